@@ -1,0 +1,100 @@
+// Shared helpers for the CPU kernels: SIMD load/store in the accumulation type,
+// and argument checks whose messages name the argument and what was expected.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/library.h>
+
+#include <sstream>
+#include <string>
+
+namespace kr {
+
+using at::vec::Vectorized;
+
+// float for float/bfloat16/half, double for double.
+template <typename T>
+using acc_t = at::opmath_type<T>;
+
+// Loads and stores Vectorized<acc_t<T>> lanes from/to memory of T.
+template <typename T>
+struct VecIO {
+  using A = acc_t<T>;
+  using V = Vectorized<A>;
+  static constexpr int64_t kSize = V::size();
+
+  static inline V load(const T* p) {
+    if constexpr (std::is_same_v<T, A>) {
+      return V::loadu(p);
+    } else {
+      V out;
+      at::vec::load_to_float<T>(p, out);
+      return out;
+    }
+  }
+  static inline V load(const T* p, int64_t n) {
+    if constexpr (std::is_same_v<T, A>) {
+      return V::loadu(p, n);
+    } else {
+      __at_align__ T buf[kSize] = {};
+      for (int64_t i = 0; i < n; ++i) buf[i] = p[i];
+      return load(buf);
+    }
+  }
+  static inline void store(T* p, const V& v) {
+    if constexpr (std::is_same_v<T, A>) {
+      v.store(p);
+    } else {
+      at::vec::convert_from_float<T>(v, v).store(p, kSize);
+    }
+  }
+  static inline void store(T* p, const V& v, int64_t n) {
+    if constexpr (std::is_same_v<T, A>) {
+      v.store(p, n);
+    } else {
+      at::vec::convert_from_float<T>(v, v).store(p, n);
+    }
+  }
+};
+
+inline std::string shape_str(const at::Tensor& t) {
+  std::ostringstream s;
+  s << t.sizes();
+  return s.str();
+}
+
+// The floating dtypes every kernel accepts.
+inline void check_float(const at::Tensor& t, const char* op, const char* name) {
+  auto st = t.scalar_type();
+  TORCH_CHECK_TYPE(st == at::kFloat || st == at::kBFloat16 || st == at::kHalf || st == at::kDouble,
+                   op, ": ", name, " must be float32, bfloat16, float16 or float64, got ", st);
+}
+
+inline void check_same_dtype(const at::Tensor& a, const char* an, const at::Tensor& b,
+                             const char* bn, const char* op) {
+  TORCH_CHECK_TYPE(a.scalar_type() == b.scalar_type(), op, ": ", an, " (", a.scalar_type(),
+                   ") and ", bn, " (", b.scalar_type(), ") must have the same dtype");
+}
+
+inline void check_cpu(const at::Tensor& t, const char* op, const char* name) {
+  TORCH_CHECK_VALUE(t.device().is_cpu(), op, ": ", name, " must be on the CPU for this kernel, got ",
+                    t.device());
+}
+
+inline void check_dim(const at::Tensor& t, int64_t dim, const char* op, const char* name,
+                      const char* expected) {
+  TORCH_CHECK_VALUE(t.dim() == dim, op, ": ", name, " must be ", dim, "-D ", expected, ", got shape ",
+                    shape_str(t));
+}
+
+// Splits [0, n) into at most max_blocks blocks of whole rows. The split depends only on
+// n, never on the thread count, so reductions over blocks give the same bits on 1 or N threads.
+inline int64_t fixed_block_count(int64_t n, int64_t max_blocks = 64) {
+  return std::max<int64_t>(1, std::min<int64_t>(n, max_blocks));
+}
+
+}  // namespace kr

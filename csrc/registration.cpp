@@ -1,0 +1,41 @@
+// The operator schemas of kr_mini_llm: the one place that says what each op takes
+// and returns. Kernels register themselves per backend beside their code
+// (csrc/ops/*.cpp under CPU); Python adds fake kernels, autograd and the
+// pure-PyTorch fallback for backends without a kernel (kr_mini_llm/ops/).
+#include <torch/library.h>
+
+TORCH_LIBRARY(kr_mini_llm, m) {
+  // y = x / sqrt(mean(x^2) + eps) * weight over the last dim; rstd is saved for backward.
+  m.def("rms_norm(Tensor x, Tensor weight, float eps) -> (Tensor y, Tensor rstd)");
+  m.def("rms_norm_backward(Tensor grad_y, Tensor x, Tensor weight, Tensor rstd)"
+        " -> (Tensor grad_x, Tensor grad_weight)");
+
+  // Rotate-half RoPE on x [B, T, H, D] with cos/sin [T, D/2] or [B, T, D/2].
+  m.def("rotary(Tensor x, Tensor cos, Tensor sin) -> Tensor");
+  m.def("rotary_backward(Tensor grad_out, Tensor cos, Tensor sin) -> Tensor");
+
+  // silu(gate) * up.
+  m.def("swiglu(Tensor gate, Tensor up) -> Tensor");
+  m.def("swiglu_backward(Tensor grad_out, Tensor gate, Tensor up)"
+        " -> (Tensor grad_gate, Tensor grad_up)");
+
+  // Flash attention on [B, T, H, D]; GQA by head groups; lse [B, Hq, T] (fp32) for backward.
+  m.def("attention(Tensor q, Tensor k, Tensor v, bool causal, float? scale) -> (Tensor out, Tensor lse)");
+  m.def("attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse,"
+        " bool causal, float? scale) -> (Tensor grad_q, Tensor grad_k, Tensor grad_v)");
+
+  // KV-cache step: q [B, S, Hq, D] are the last S of cache_lens[b] valid cache rows.
+  m.def("decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor cache_lens, float? scale)"
+        " -> Tensor");
+  // Writes k_new/v_new [B, S, Hkv, D] into rows cache_lens[b] .. cache_lens[b]+S-1.
+  m.def("kv_cache_append(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor k_new, Tensor v_new,"
+        " Tensor cache_lens) -> ()");
+
+  // Per-row cross entropy of hidden [N, C] @ weight[V, C]^T, chunked over N so the [N, V]
+  // logits never exist at once. losses/lse are [N] in the accumulation dtype.
+  m.def("linear_cross_entropy(Tensor hidden, Tensor weight, Tensor targets, int ignore_index,"
+        " int chunk_size) -> (Tensor losses, Tensor lse)");
+  m.def("linear_cross_entropy_backward(Tensor grad_losses, Tensor hidden, Tensor weight,"
+        " Tensor targets, Tensor lse, int ignore_index, int chunk_size)"
+        " -> (Tensor grad_hidden, Tensor grad_weight)");
+}

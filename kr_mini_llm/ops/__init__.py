@@ -1,0 +1,30 @@
+"""Fused ops of kr-mini-llm as PyTorch custom ops (torch.ops.kr_mini_llm.*).
+
+Each op has a native CPU kernel, a fake kernel for torch.compile, autograd whose backward
+is itself a registered op, and a pure-PyTorch reference (`*_reference`) that also serves as
+the kernel on backends without a native one. `backend_report(device)` says which path runs.
+"""
+import torch
+
+from ._library import kernel_path
+from .rms_norm import rms_norm, rms_norm_reference
+
+# Public op name -> the registered ops it runs (forward first).
+OPS = {
+    "rms_norm": ("rms_norm", "rms_norm_backward"),
+}
+
+
+def backend_report(device="cpu") -> dict:
+    """Which path each op takes on `device`: 'native' (a fused kernel) or 'reference'."""
+    return {name: kernel_path(registered[0], device) for name, registered in OPS.items()}
+
+
+def simd_capability() -> str:
+    """The SIMD level the CPU kernels were compiled for (DEFAULT, AVX2 or AVX512)."""
+    from .. import _C
+
+    return _C.simd_capability()
+
+
+__all__ = ["rms_norm", "rms_norm_reference", "backend_report", "simd_capability", "OPS"]

@@ -1,0 +1,64 @@
+"""RMSNorm: y = x / sqrt(mean(x^2, -1) + eps) * weight."""
+import torch
+
+from ._library import acc_dtype, ops, qualname, register_fallback
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """RMSNorm over the last dim of x [..., C] with weight [C] (fused kernel, fp32 accumulation)."""
+    return ops.rms_norm(x, weight, eps)[0]
+
+
+def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Pure-PyTorch RMSNorm, differentiable by autograd; accumulates in float32 (float64 stays)."""
+    xf = x.to(acc_dtype(x.dtype))
+    rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return (xf * rstd * weight.to(xf.dtype)).to(x.dtype)
+
+
+@register_fallback("rms_norm")
+def _rms_norm_fallback(x, weight, eps):
+    xf = x.to(acc_dtype(x.dtype))
+    rstd = torch.rsqrt(xf.pow(2).mean(-1) + eps)
+    y = xf * rstd.unsqueeze(-1) * weight.to(xf.dtype)
+    return y.to(x.dtype), rstd
+
+
+@register_fallback("rms_norm_backward")
+def _rms_norm_backward_fallback(grad_y, x, weight, rstd):
+    xf = x.to(rstd.dtype)
+    g = grad_y.to(rstd.dtype)
+    w = weight.to(rstd.dtype)
+    r = rstd.unsqueeze(-1)
+    dot = (g * w * xf).sum(-1, keepdim=True)
+    grad_x = r * g * w - r.pow(3) / x.shape[-1] * dot * xf
+    grad_w = (g * xf * r).reshape(-1, x.shape[-1]).sum(0)
+    return grad_x.to(x.dtype), grad_w.to(weight.dtype)
+
+
+@torch.library.register_fake(qualname("rms_norm"))
+def _rms_norm_fake(x, weight, eps):
+    torch._check(weight.dim() == 1 and weight.shape[0] == x.shape[-1],
+                 lambda: f"rms_norm: weight must be [C] = [{x.shape[-1]}], got {tuple(weight.shape)}")
+    return torch.empty_like(x), x.new_empty(x.shape[:-1], dtype=acc_dtype(x.dtype))
+
+
+@torch.library.register_fake(qualname("rms_norm_backward"))
+def _rms_norm_backward_fake(grad_y, x, weight, rstd):
+    return torch.empty_like(x), torch.empty_like(weight)
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, _ = inputs
+    _, rstd = output
+    ctx.save_for_backward(x, weight, rstd)
+    ctx.mark_non_differentiable(rstd)
+
+
+def _backward(ctx, grad_y, _grad_rstd):
+    x, weight, rstd = ctx.saved_tensors
+    grad_x, grad_w = ops.rms_norm_backward(grad_y, x, weight, rstd)
+    return grad_x, grad_w, None
+
+
+torch.library.register_autograd(qualname("rms_norm"), _backward, setup_context=_setup_context)
