@@ -6,6 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 .PHONY: install test bench-ops clean
 
 install:
+	bash scripts/install_system_deps.sh
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "$(TORCH_SPEC)"
 	$(PYTHON) -m pip install -r requirements-build.txt
 	$(PYTHON) -m pip install --no-build-isolation -e ".[test]"

@@ -1,0 +1,160 @@
+"""TransformerConfig: the model's hyper-parameters.
+
+Parsing, validation, the parameter count and YAML output live in C++ (csrc/config, yaml-cpp);
+this class adds what Python needs: keyword construction, attribute checks, equality,
+pickling and `replace`.
+
+    config = TransformerConfig.from_yaml("configs/model_small.yaml")
+    config = TransformerConfig.medium()
+    config.num_layers = 20
+    print(config)
+    print(f"{config.num_parameters / 1e6:.1f}M")
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from typing import Any
+
+from .. import _C
+
+ConfigError = _C.ConfigError
+
+_FIELD_TYPES = {
+    "vocab_size": "int", "hidden_size": "int", "num_layers": "int", "num_heads": "int",
+    "num_kv_heads": "int", "intermediate_size": "int", "max_seq_length": "int",
+    "head_dim": "int or None", "rope_theta": "float", "rope_scaling": "dict or None",
+    "dropout": "float", "rms_norm_eps": "float", "initializer_range": "float", "qk_norm": "bool",
+    "tie_word_embeddings": "bool", "pad_token_id": "int", "unk_token_id": "int",
+    "bos_token_id": "int", "eos_token_id": "int",
+}
+FIELDS = tuple(_FIELD_TYPES)
+
+
+def _unknown(name: str) -> str:
+    guess = difflib.get_close_matches(name, FIELDS, n=1)
+    hint = f" (did you mean '{guess[0]}'?)" if guess else ""
+    return f"TransformerConfig has no field '{name}'{hint}. Fields: {', '.join(FIELDS)}"
+
+
+class TransformerConfig:
+    """Hyper-parameters of the Llama/Qwen3-style decoder (see configs/model_*.yaml)."""
+
+    __slots__ = ("_c",)
+
+    def __init__(self, **fields: Any):
+        for name in fields:
+            if name not in _FIELD_TYPES:
+                raise TypeError(_unknown(name))
+        object.__setattr__(self, "_c", _C.TransformerConfig.from_dict(fields, "TransformerConfig(...)"))
+
+    @classmethod
+    def _wrap(cls, native) -> "TransformerConfig":
+        obj = cls.__new__(cls)
+        object.__setattr__(obj, "_c", native)
+        return obj
+
+    # -- construction ---------------------------------------------------------------
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> "TransformerConfig":
+        return cls._wrap(_C.TransformerConfig.from_yaml(os.fspath(path)))
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "<dict>") -> "TransformerConfig":
+        return cls._wrap(_C.TransformerConfig.from_dict(dict(d), where))
+
+    @classmethod
+    def tiny(cls) -> "TransformerConfig":
+        return cls._wrap(_C.TransformerConfig.tiny())
+
+    @classmethod
+    def small(cls) -> "TransformerConfig":
+        return cls._wrap(_C.TransformerConfig.small())
+
+    @classmethod
+    def medium(cls) -> "TransformerConfig":
+        return cls._wrap(_C.TransformerConfig.medium())
+
+    @classmethod
+    def large(cls) -> "TransformerConfig":
+        return cls._wrap(_C.TransformerConfig.large())
+
+    def replace(self, **changes: Any) -> "TransformerConfig":
+        """A copy with some fields changed, validated as a whole."""
+        for name in changes:
+            if name not in _FIELD_TYPES:
+                raise TypeError(_unknown(name))
+        return TransformerConfig.from_dict({**self.to_dict(), **changes}, "replace(...)")
+
+    # -- fields -----------------------------------------------------------------------
+    def __getattr__(self, name: str):
+        if name in _FIELD_TYPES:
+            return getattr(self._c, name)
+        raise AttributeError(_unknown(name))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name not in _FIELD_TYPES:
+            raise AttributeError(_unknown(name))
+        kind = _FIELD_TYPES[name]
+        if kind.startswith("int") and isinstance(value, bool) or kind == "bool" and not isinstance(value, bool):
+            raise TypeError(f"TransformerConfig.{name} must be {kind}, got {value!r}")
+        try:
+            setattr(self._c, name, value)
+        except TypeError:
+            raise TypeError(f"TransformerConfig.{name} must be {kind}, got {value!r}") from None
+
+    def __dir__(self):
+        return sorted(set(super().__dir__()) | set(FIELDS))
+
+    @property
+    def resolved_head_dim(self) -> int:
+        """head_dim, or hidden_size // num_heads when head_dim is not set."""
+        return self._c.resolved_head_dim
+
+    @property
+    def num_parameters(self) -> int:
+        """Exact parameter count of kr_mini_llm.model.Transformer(self)."""
+        return self._c.num_parameters
+
+    @property
+    def kv_groups(self) -> int:
+        return self.num_heads // self.num_kv_heads
+
+    # -- checks and output -------------------------------------------------------------
+    def validate(self) -> "TransformerConfig":
+        """Raises ConfigError if the combination of values is impossible; returns self."""
+        self._c.validate("TransformerConfig")
+        return self
+
+    def to_dict(self) -> dict:
+        return self._c.to_dict()
+
+    def to_yaml(self) -> str:
+        return self._c.to_yaml()
+
+    def save_yaml(self, path: str | os.PathLike) -> None:
+        """Validates, then writes atomically (temporary file + rename)."""
+        self._c.save_yaml(os.fspath(path))
+
+    def __str__(self) -> str:
+        return self._c.summary()
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items())
+        return f"TransformerConfig({fields})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TransformerConfig):
+            return NotImplemented
+        return self._c == other._c
+
+    __hash__ = None  # mutable
+
+    def __reduce__(self):
+        return (TransformerConfig.from_dict, (self.to_dict(),))
+
+    def __copy__(self):
+        return TransformerConfig._wrap(self._c.copy())
+
+    def __deepcopy__(self, memo):
+        return self.__copy__()

@@ -1,0 +1,46 @@
+"""A preallocated KV cache for generation: [B, Tmax, Hkv, D] per layer plus per-sequence lengths."""
+from __future__ import annotations
+
+import torch
+
+
+class KVCache:
+    """Keys and values of every layer for a batch of sequences of different lengths.
+
+    `lens[b]` is how many positions of sequence b are filled. A forward step of S tokens appends
+    their K/V at rows lens[b] .. lens[b]+S-1 in every layer; `advance(S)` then moves lens on.
+    """
+
+    def __init__(self, num_layers: int, batch_size: int, max_length: int, num_kv_heads: int,
+                 head_dim: int, dtype=torch.float32, device="cpu"):
+        if batch_size <= 0 or max_length <= 0:
+            raise ValueError(f"KVCache needs batch_size > 0 and max_length > 0, got {batch_size}, {max_length}")
+        shape = (batch_size, max_length, num_kv_heads, head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.lens = torch.zeros(batch_size, dtype=torch.int64, device=device)
+        self.max_length = max_length
+
+    @classmethod
+    def for_model(cls, config, batch_size: int, max_length: int | None = None, dtype=torch.float32,
+                  device="cpu") -> "KVCache":
+        max_length = max_length or config.max_seq_length
+        return cls(config.num_layers, batch_size, max_length, config.num_kv_heads,
+                   config.resolved_head_dim, dtype, device)
+
+    @property
+    def batch_size(self) -> int:
+        return self.lens.shape[0]
+
+    def check_room(self, new_tokens: int) -> None:
+        longest = int(self.lens.max()) if self.lens.numel() else 0
+        if longest + new_tokens > self.max_length:
+            raise ValueError(
+                f"KV cache is full: {longest} cached + {new_tokens} new tokens > max_length "
+                f"{self.max_length}. Use a larger cache (max_length) or a shorter prompt/generation.")
+
+    def advance(self, new_tokens: int) -> None:
+        self.lens += new_tokens
+
+    def reset(self) -> None:
+        self.lens.zero_()
