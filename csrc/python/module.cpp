@@ -7,6 +7,7 @@
 
 namespace kr {
 void bind_config(pybind11::module_& m);
+void bind_yaml(pybind11::module_& m);
 }
 
 PYBIND11_MODULE(_C, m) {
@@ -14,4 +15,5 @@ PYBIND11_MODULE(_C, m) {
   m.def("simd_capability", [] { return std::string(KR_STR(CPU_CAPABILITY)); },
         "The SIMD level the CPU kernels were compiled for (DEFAULT, AVX2, AVX512).");
   kr::bind_config(m);
+  kr::bind_yaml(m);
 }

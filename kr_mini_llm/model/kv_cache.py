@@ -28,6 +28,15 @@ class KVCache:
         return cls(config.num_layers, batch_size, max_length, config.num_kv_heads,
                    config.resolved_head_dim, dtype, device)
 
+    def row(self, b: int) -> "KVCache":
+        """A view of sequence b alone: writes through it land in this cache."""
+        view = KVCache.__new__(KVCache)
+        view.k = [k[b:b + 1] for k in self.k]
+        view.v = [v[b:b + 1] for v in self.v]
+        view.lens = self.lens[b:b + 1]
+        view.max_length = self.max_length
+        return view
+
     @property
     def batch_size(self) -> int:
         return self.lens.shape[0]

@@ -1,0 +1,160 @@
+"""Generator: text in, text out, with the KV cache on the fused decode ops.
+
+    from kr_mini_llm.inference import Generator
+    generator = Generator.from_pretrained("checkpoints/tiny")
+    print(generator.generate("오늘 날씨가", max_new_tokens=50, temperature=0.8, top_p=0.95))
+    for piece in generator.generate("오늘 날씨가", stream=True):
+        print(piece, end="", flush=True)
+"""
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from ..model import KVCache, Transformer, TransformerConfig
+from .sampling import apply_repetition_penalty, sample_next
+
+log = logging.getLogger(__name__)
+
+
+class Generator:
+    def __init__(self, model: Transformer, tokenizer, device: torch.device | str | None = None):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.model.to(self.device)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | None = None, tokenizer_path: str | None = None,
+                        ops_impl: str = "fused") -> "Generator":
+        """A checkpoint directory, or an output directory (its latest checkpoint)."""
+        from ..data.tokenizer import Tokenizer
+        from ..training.checkpoint import load_checkpoint, resolve_checkpoint
+
+        ckpt = resolve_checkpoint(path)
+        config = TransformerConfig.from_yaml(ckpt / "model_config.yaml")
+        model = Transformer(config, ops_impl=ops_impl)
+        load_checkpoint(ckpt, model)
+        tok_file = Path(tokenizer_path) if tokenizer_path else ckpt / "tokenizer.model"
+        if not tok_file.exists():
+            raise FileNotFoundError(f"{ckpt}: no tokenizer.model in the checkpoint; pass tokenizer_path=")
+        if device is None:
+            from ..training.device import pick_device
+
+            device = pick_device("auto")
+        return cls(model, Tokenizer(str(tok_file)), device)
+
+    # -- public API ------------------------------------------------------------------------------
+    def generate(self, prompt: str | list[str], max_new_tokens: int = 100, temperature: float = 0.8,
+                 top_k: int | None = 50, top_p: float | None = 0.95, repetition_penalty: float = 1.0,
+                 seed: int | None = None, stream: bool = False, max_length: int | None = None,
+                 stop_at_eos: bool = True):
+        """Continues `prompt` (a string or a list of strings).
+
+        Returns the generated text (without the prompt): a string, or a list for a list of prompts.
+        With stream=True, returns an iterator of text pieces instead (single prompt only).
+        `max_length` (seed 001's name) is accepted as an alias of max_new_tokens.
+        """
+        if max_length is not None:
+            max_new_tokens = max_length
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+        if top_p is not None and not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        if repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {repetition_penalty}")
+        single = isinstance(prompt, str)
+        prompts = [prompt] if single else list(prompt)
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise TypeError("prompt must be a string or a non-empty list of strings")
+        if stream and not single:
+            raise ValueError("stream=True takes a single prompt")
+        ids = [[self.tokenizer.bos_id] + self.tokenizer.encode(p) for p in prompts]
+        steps = self.generate_ids(ids, max_new_tokens, temperature, top_k, top_p, repetition_penalty,
+                                  seed, stop_at_eos)
+        if stream:
+            return self._stream_text(steps)
+        outputs = [[] for _ in prompts]
+        for step in steps:
+            for b, tok in enumerate(step):
+                if tok is not None:
+                    outputs[b].append(tok)
+        texts = [self.tokenizer.decode(o) for o in outputs]
+        return texts[0] if single else texts
+
+    @torch.inference_mode()
+    def generate_ids(self, prompts: list[list[int]], max_new_tokens: int, temperature: float = 0.0,
+                     top_k: int | None = None, top_p: float | None = None, repetition_penalty: float = 1.0,
+                     seed: int | None = None, stop_at_eos: bool = True) -> Iterator[list[int | None]]:
+        """Yields, per step, the new token of each sequence (None once a sequence has finished)."""
+        cfg = self.model.config
+        ctx = cfg.max_seq_length
+        if any(len(p) == 0 for p in prompts):
+            raise ValueError("every prompt needs at least one token")
+        prompts = [self._fit(p, ctx, max_new_tokens) for p in prompts]
+        B = len(prompts)
+        total = max(len(p) for p in prompts) + max_new_tokens
+        cache = KVCache.for_model(cfg, B, min(total, ctx), dtype=self._cache_dtype(), device=self.device)
+        gen = torch.Generator(device="cpu")
+        gen.manual_seed(seed if seed is not None else random.randrange(2**63))
+        seen = torch.zeros(B, cfg.vocab_size, dtype=torch.bool, device=self.device)
+        # Prefill each prompt into its own row of the cache (prompts have different lengths).
+        last = []
+        for b, p in enumerate(prompts):
+            t = torch.tensor([p], device=self.device)
+            last.append(self.model(t, kv_cache=cache.row(b), last_logits_only=True)[0, -1])
+            seen[b, t[0]] = True
+        logits = torch.stack(last)
+        done = torch.zeros(B, dtype=torch.bool)
+        for _ in range(max_new_tokens):
+            logits = apply_repetition_penalty(logits.float(), seen, repetition_penalty)
+            nxt = sample_next(logits.cpu(), temperature, top_k, top_p, gen)
+            out = [None if done[b] else int(nxt[b]) for b in range(B)]
+            if stop_at_eos:
+                done |= nxt == self.tokenizer.eos_id
+                out = [None if (o is not None and o == self.tokenizer.eos_id) else o for o in out]
+            yield out
+            if bool(done.all()):
+                return
+            seen[torch.arange(B), nxt.to(self.device)] = True
+            logits = self.model(nxt.view(B, 1).to(self.device), kv_cache=cache, last_logits_only=True)[:, -1]
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _fit(self, ids: list[int], ctx: int, max_new_tokens: int) -> list[int]:
+        if max_new_tokens >= ctx:
+            raise ValueError(f"max_new_tokens ({max_new_tokens}) must be smaller than the model's context "
+                             f"length ({ctx})")
+        room = ctx - max_new_tokens
+        if len(ids) > room:
+            log.warning("prompt of %d tokens + %d new tokens exceeds the context of %d: keeping the last %d "
+                        "prompt tokens", len(ids), max_new_tokens, ctx, room)
+            ids = ids[-room:]
+        return ids
+
+    def _cache_dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def _stream_text(self, steps) -> Iterator[str]:
+        # Decode the whole sequence each time and emit the new suffix, so multi-token characters
+        # (byte fallback) come out whole.
+        tokens: list[int] = []
+        emitted = ""
+        for step in steps:
+            if step[0] is None:
+                break
+            tokens.append(step[0])
+            text = self.tokenizer.decode(tokens)
+            if text.endswith("\ufffd"):
+                continue
+            if len(text) > len(emitted):
+                yield text[len(emitted):]
+                emitted = text
+        text = self.tokenizer.decode(tokens)
+        if len(text) > len(emitted):
+            yield text[len(emitted):]

@@ -1,0 +1,201 @@
+"""TrainingConfig: the training YAML files (configs/training*.yaml).
+
+Read with the same C++ reader as the model config (file, line and key named in every error,
+"did you mean" for misspelt keys). Two layouts load: the nested one of seed 000
+(`device`, `train:`, `data:`) and the flat legacy one of seed 001 (training keys at the top).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from dataclasses import dataclass, field, fields
+from typing import Optional
+
+from .. import _C
+from ..model.config import ConfigError
+
+
+@dataclass
+class TrainSection:
+    batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    effective_batch_size: Optional[int] = None  # checked against the product when given
+    max_seq_length: int = 256
+    learning_rate: float = 3e-4
+    min_learning_rate: float = 3e-5
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    max_grad_norm: float = 1.0
+    lr_schedule: str = "cosine"  # cosine | linear | constant (after warmup)
+    warmup_steps: int = 100
+    max_steps: int = 1000
+    max_time_minutes: Optional[float] = None  # stop (and save) after this wall time
+    mixed_precision: bool = False
+    precision: str = "auto"  # auto (bf16 on CPU/CUDA, fp16 on MPS) | bf16 | fp16
+    gradient_checkpointing: bool = False
+    compile_model: bool = False
+    ops: str = "fused"  # fused | reference
+    log_steps: int = 10
+    eval_steps: int = 200
+    eval_batches: int = 20
+    save_steps: int = 500
+    keep_checkpoints: int = 3
+    early_stopping_patience: Optional[int] = None  # evals without improvement before stopping
+    sample_prompts: list = field(default_factory=lambda: ["대한민국의 수도는", "오늘 날씨가"])
+    sample_max_new_tokens: int = 40
+    tensorboard: bool = False
+    distributed: str = "auto"  # auto | none | ddp | fsdp
+
+
+@dataclass
+class DataSection:
+    tokens: str = "data/tokens"  # binary token shards made by scripts/prepare_data.py
+    train: str = "data/processed/train.txt"
+    valid: str = "data/processed/valid.txt"
+    tokenizer: str = "models/tokenizer.model"
+
+
+@dataclass
+class TrainingConfig:
+    device: str = "auto"  # auto (cuda -> mps -> cpu) | cpu | cuda | cuda:N | mps
+    seed: int = 1337
+    output_dir: str = "checkpoints"
+    mps_memory_fraction: float = 0.8
+    threads: Optional[int] = None  # torch.set_num_threads on the CPU; None: torch's default
+    train: TrainSection = field(default_factory=TrainSection)
+    data: DataSection = field(default_factory=DataSection)
+
+    # -- loading ---------------------------------------------------------------------------
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> "TrainingConfig":
+        path = os.fspath(path)
+        raw = _C.check_yaml(path, _schema())
+        return cls.from_dict(raw, where=path)
+
+    @classmethod
+    def from_dict(cls, raw: dict, where: str = "<dict>") -> "TrainingConfig":
+        raw = dict(raw)
+        train = dict(raw.pop("train", None) or {})
+        for key in _LEGACY:
+            if key in raw:
+                value = raw.pop(key)
+                target = "mixed_precision" if key == "fp16" else key
+                if target in train:
+                    raise ConfigError(f"{where}: '{key}' is given both at the top level and under train:; keep one")
+                train[target] = value  # legacy fp16: mixed precision in the device's best dtype
+        data = dict(raw.pop("data", None) or {})
+        _check_keys(raw, [f.name for f in fields(cls) if f.name not in ("train", "data")], where, "")
+        _check_keys(train, [f.name for f in fields(TrainSection)], where, "train.")
+        _check_keys(data, [f.name for f in fields(DataSection)], where, "data.")
+        config = cls(**raw, train=TrainSection(**train), data=DataSection(**data))
+        config.validate(where)
+        return config
+
+    def replace(self, **changes) -> "TrainingConfig":
+        return dataclasses.replace(self, **changes)
+
+    def with_overrides(self, overrides: list[str], where: str = "--set") -> "TrainingConfig":
+        """Applies `key=value` strings (train.learning_rate=1e-4, device=cpu), YAML-typed."""
+        raw = self.to_dict()
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"{where}: '{item}' is not key=value (e.g. train.max_steps=100)")
+            key, value = item.split("=", 1)
+            *parents, leaf = key.strip().split(".")
+            node = raw
+            for p in parents:
+                if not isinstance(node.get(p), dict):
+                    raise ConfigError(f"{where}: '{key}' names no section '{p}' (sections: train, data)")
+                node = node[p]
+            node[leaf] = value
+        text = _to_yaml(raw)
+        return TrainingConfig.from_dict(_C.check_yaml_string(text, _schema(), where), where)
+
+    # -- checks and output -------------------------------------------------------------------
+    def validate(self, where: str = "TrainingConfig") -> None:
+        t = self.train
+
+        def fail(msg):
+            raise ConfigError(f"{where}: {msg}")
+
+        for name in ("batch_size", "gradient_accumulation_steps", "max_seq_length", "max_steps",
+                     "log_steps", "eval_steps", "eval_batches", "save_steps", "keep_checkpoints"):
+            if getattr(t, name) <= 0:
+                fail(f"train.{name} must be > 0, got {getattr(t, name)}")
+        if t.warmup_steps < 0:
+            fail(f"train.warmup_steps must be >= 0, got {t.warmup_steps}")
+        if not t.learning_rate > 0:
+            fail(f"train.learning_rate must be > 0, got {t.learning_rate}")
+        if not 0 <= t.min_learning_rate <= t.learning_rate:
+            fail(f"train.min_learning_rate must be in [0, learning_rate={t.learning_rate}], got {t.min_learning_rate}")
+        for choice, allowed in (("lr_schedule", ("cosine", "linear", "constant")),
+                                ("precision", ("auto", "bf16", "fp16")), ("ops", ("fused", "reference")),
+                                ("distributed", ("auto", "none", "ddp", "fsdp"))):
+            if getattr(t, choice) not in allowed:
+                fail(f"train.{choice} must be one of {', '.join(allowed)}, got '{getattr(t, choice)}'")
+        if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
+            fail(f"device must be auto, cpu, cuda, cuda:N or mps, got '{self.device}'")
+        if not 0 < self.mps_memory_fraction <= 2:
+            fail(f"mps_memory_fraction must be in (0, 2], got {self.mps_memory_fraction}")
+        if self.threads is not None and self.threads <= 0:
+            fail(f"threads must be > 0, got {self.threads}")
+
+    def check_effective_batch(self, world_size: int = 1, where: str = "TrainingConfig") -> int:
+        t = self.train
+        effective = t.batch_size * t.gradient_accumulation_steps * world_size
+        if t.effective_batch_size is not None and t.effective_batch_size != effective:
+            raise ConfigError(
+                f"{where}: train.effective_batch_size is {t.effective_batch_size} but batch_size x "
+                f"gradient_accumulation_steps x world_size = {t.batch_size} x {t.gradient_accumulation_steps}"
+                f" x {world_size} = {effective}; fix one of them or drop effective_batch_size")
+        return effective
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save_yaml(self, path: str | os.PathLike) -> None:
+        tmp = f"{os.fspath(path)}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(_to_yaml(self.to_dict()))
+        os.replace(tmp, path)
+
+
+# Flat keys of seed 001's configs/training.yaml, read as train.* (fp16 -> mixed_precision).
+_LEGACY = ("batch_size", "gradient_accumulation_steps", "effective_batch_size", "max_seq_length",
+           "learning_rate", "warmup_steps", "max_steps", "save_steps", "eval_steps", "fp16",
+           "mixed_precision", "gradient_checkpointing", "compile_model")
+
+_TYPES = {int: "int", float: "float", bool: "bool", str: "str", list: "list[str]"}
+
+
+def _type_name(f) -> str:
+    t = f.type if not isinstance(f.type, str) else eval(f.type, globals())  # noqa: S307 (our own annotations)
+    optional = getattr(t, "__origin__", None) is not None and type(None) in getattr(t, "__args__", ())
+    if optional:
+        t = next(a for a in t.__args__ if a is not type(None))
+    return _TYPES[t] + ("?" if optional else "")
+
+
+def _schema() -> dict:
+    schema = {f.name: _type_name(f) for f in fields(TrainingConfig) if f.name not in ("train", "data")}
+    schema["train"] = {f.name: _type_name(f) for f in fields(TrainSection)}
+    schema["data"] = {f.name: _type_name(f) for f in fields(DataSection)}
+    for key in _LEGACY:
+        schema[key] = "bool" if key == "fp16" else schema["train"][key]
+    return schema
+
+
+def _check_keys(d: dict, known: list, where: str, prefix: str) -> None:
+    for key in d:
+        if key not in known:
+            guess = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean '{prefix}{guess[0]}'?)" if guess else ""
+            raise ConfigError(f"{where}: unknown key '{prefix}{key}'{hint}")
+
+
+def _to_yaml(d: dict, indent: int = 0) -> str:
+    import yaml
+
+    return yaml.safe_dump(d, sort_keys=False, allow_unicode=True)

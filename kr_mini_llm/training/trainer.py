@@ -1,0 +1,234 @@
+"""The training loop: one process today, many through distributed.py tomorrow.
+
+    trainer = Trainer(model_config, train_config, output_dir="checkpoints/tiny")
+    trainer.train()               # or Trainer(..., resume_from="checkpoints/tiny")
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+from pathlib import Path
+
+import torch
+
+from ..model import Transformer, TransformerConfig
+from .checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from .config import TrainingConfig
+from .device import apply_memory_limit, autocast_dtype, pick_device
+from .distributed import DistributedContext
+from .metrics import MetricsLog, plot_loss_curve
+from .optim import build_optimizer, learning_rate
+
+
+class TrainingStopped(RuntimeError):
+    """Training stopped on a non-finite loss; the last good checkpoint is kept."""
+
+
+class Trainer:
+    def __init__(self, model_config: TransformerConfig, config: TrainingConfig, output_dir: str | Path | None = None,
+                 resume_from: str | Path | None = None, show_progress: bool = True):
+        from ..data.datasets import EvalWindows, RandomWindows, TokenShards
+        from ..data.tokenizer import Tokenizer
+
+        self.config = config
+        self.model_config = model_config
+        self.output_dir = Path(output_dir or config.output_dir)
+        self.dist = DistributedContext()
+        self.show_progress = show_progress and self.dist.is_main
+        t = config.train
+        self.effective_batch = config.check_effective_batch(self.dist.world_size)
+        if t.max_seq_length > model_config.max_seq_length:
+            raise ValueError(f"train.max_seq_length ({t.max_seq_length}) exceeds the model's max_seq_length "
+                             f"({model_config.max_seq_length}); lower it or raise the model's")
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self.device = pick_device(config.device)
+        apply_memory_limit(self.device, config.mps_memory_fraction)
+        self.amp_dtype = autocast_dtype(self.device, t.precision) if t.mixed_precision else None
+
+        # Data first: a missing or mismatched shard fails before any model is built.
+        self.tokenizer_path = config.data.tokenizer
+        self.tokenizer = Tokenizer(self.tokenizer_path)
+        if self.tokenizer.vocab_size > model_config.vocab_size:
+            raise ValueError(f"the tokenizer has {self.tokenizer.vocab_size} tokens but the model's vocab_size is "
+                             f"{model_config.vocab_size}; set vocab_size >= {self.tokenizer.vocab_size}")
+        self.train_shards = TokenShards(config.data.tokens, "train", expected_fingerprint=self.tokenizer.fingerprint)
+        self.valid_shards = TokenShards(config.data.tokens, "valid", expected_fingerprint=self.tokenizer.fingerprint)
+        self.batches = RandomWindows(self.train_shards, t.max_seq_length, t.batch_size, seed=config.seed,
+                                     rank=self.dist.rank, world_size=self.dist.world_size)
+        self.EvalWindows = EvalWindows
+
+        torch.manual_seed(config.seed)
+        self.model = Transformer(model_config, ops_impl=t.ops).to(self.device)
+        if t.gradient_checkpointing:
+            self.model.set_gradient_checkpointing(True)
+        self.optimizer = build_optimizer(self.model, t, self.device)
+        self.state = {"tokens_seen": 0, "best_val_loss": None, "evals_without_improvement": 0,
+                      "elapsed_s": 0.0}
+        self.step = 0
+        if resume_from is not None:
+            ckpt = resolve_checkpoint(resume_from)
+            saved = load_checkpoint(ckpt, self.model, self.optimizer)
+            self.step = saved["step"]
+            self.batches.load_state_dict(saved["data"])
+            self.state.update({k: saved[k] for k in self.state if k in saved})
+        self.forward = torch.compile(self.model) if t.compile_model else self.model
+
+    # -- the loop --------------------------------------------------------------------------------
+    def train(self) -> dict:
+        t = self.config.train
+        if self.dist.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            self.config.save_yaml(self.output_dir / "config.yaml")
+            self.model_config.save_yaml(self.output_dir / "model_config.yaml")
+        log = MetricsLog(self.output_dir, t.tensorboard, append=self.step > 0) if self.dist.is_main else None
+        progress = self._progress()
+        interrupted = {"flag": False}
+        old_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.update(flag=True))
+        start = time.time() - self.state["elapsed_s"]
+        tokens_per_step = self.effective_batch * t.max_seq_length
+        last_log = time.time()
+        reason = "max_steps"
+        result = {}
+        try:
+            while self.step < t.max_steps:
+                lr = learning_rate(self.step, t)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                loss = self._train_step()
+                if not math.isfinite(loss):
+                    raise TrainingStopped(
+                        f"loss is {loss} at step {self.step + 1}: training stopped. The last good checkpoint is "
+                        f"kept in {self.output_dir}; lower train.learning_rate or check the data, then "
+                        "--resume_from it.")
+                self.step += 1
+                self.state["tokens_seen"] += tokens_per_step
+                self.state["elapsed_s"] = time.time() - start
+                if progress is not None:
+                    progress.update(1)
+                    progress.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
+                if self.step % t.log_steps == 0 or self.step == 1:
+                    now = time.time()
+                    steps = 1 if self.step == 1 else t.log_steps
+                    tps = tokens_per_step * steps / max(now - last_log, 1e-9)
+                    last_log = now
+                    row = {"step": self.step, "loss": loss, "lr": lr, "tokens_per_sec": tps,
+                           "tokens_seen": self.state["tokens_seen"], "elapsed_s": round(self.state["elapsed_s"], 2)}
+                    if log:
+                        log.log(row)
+                    if progress is not None:
+                        progress.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
+                stop = None
+                if self.step % t.eval_steps == 0 or self.step == t.max_steps:
+                    result = self.evaluate()
+                    if log:
+                        log.log({"step": self.step, **result})
+                    if progress is not None:
+                        progress.write(f"step {self.step}: val_loss {result['val_loss']:.4f}, "
+                                       f"ppl {result['val_ppl']:.1f}, bpb {result['val_bpb']:.3f}")
+                        if result.get("sample"):
+                            progress.write(f"  sample: {result['sample']}")
+                    if self._early_stop(result["val_loss"]):
+                        stop = "early_stopping"
+                if t.max_time_minutes is not None and self.state["elapsed_s"] >= 60 * t.max_time_minutes:
+                    stop = "max_time"
+                if interrupted["flag"]:
+                    stop = "interrupted"
+                if self.step % t.save_steps == 0 or stop or self.step == t.max_steps:
+                    self.save()
+                if stop:
+                    reason = stop
+                    break
+            if result.get("step") != self.step:  # stopped between evals, or resumed at the end
+                result = self.evaluate()
+                if log:
+                    log.log({"step": self.step, **result})
+        finally:
+            signal.signal(signal.SIGINT, old_handler)
+            if progress is not None:
+                progress.close()
+            if log:
+                log.close()
+        curve = None
+        if self.dist.is_main:
+            curve = plot_loss_curve(self.output_dir / "metrics.jsonl", self.output_dir / "loss_curve.png")
+        return {"step": self.step, "stop_reason": reason, "loss_curve": str(curve) if curve else None,
+                "tokens_seen": self.state["tokens_seen"], "elapsed_s": self.state["elapsed_s"], **result}
+
+    def _train_step(self) -> float:
+        t = self.config.train
+        self.model.train()
+        total = 0.0
+        for _ in range(t.gradient_accumulation_steps):
+            x, y = next(self.batches)
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            with self._autocast():
+                loss = self.forward(x, y) / t.gradient_accumulation_steps
+            loss.backward()
+            total += loss.item()
+        if t.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return self.dist.mean(total)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        t = self.config.train
+        self.model.eval()
+        total_loss, total_tokens = 0.0, 0
+        for x, y in self.EvalWindows(self.valid_shards, t.max_seq_length, t.batch_size, max_batches=t.eval_batches):
+            x, y = x.to(self.device), y.to(self.device)
+            with self._autocast():
+                loss = self.model(x, y)
+            total_loss += loss.item() * y.numel()
+            total_tokens += y.numel()
+        val_loss = self.dist.mean(total_loss / max(total_tokens, 1))
+        bytes_per_token = self.valid_shards.bytes_per_token
+        result = {"step": self.step, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50)),
+                  "val_bpb": val_loss / (math.log(2) * bytes_per_token)}
+        if self.dist.is_main and t.sample_prompts:
+            result["sample"] = self._sample(t.sample_prompts[0], t.sample_max_new_tokens)
+        self.model.train()
+        return result
+
+    def save(self) -> Path | None:
+        if not self.dist.is_main:
+            return None
+        state = {**self.state, "data": self.batches.state_dict()}
+        return save_checkpoint(self.output_dir, self.step, self.model, self.optimizer, state, self.config,
+                               self.model_config, self.tokenizer_path, keep=self.config.train.keep_checkpoints)
+
+    # -- helpers -----------------------------------------------------------------------------------
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _early_stop(self, val_loss: float) -> bool:
+        best = self.state["best_val_loss"]
+        if best is None or val_loss < best:
+            self.state["best_val_loss"] = val_loss
+            self.state["evals_without_improvement"] = 0
+            return False
+        self.state["evals_without_improvement"] += 1
+        patience = self.config.train.early_stopping_patience
+        return patience is not None and self.state["evals_without_improvement"] >= patience
+
+    def _sample(self, prompt: str, max_new_tokens: int) -> str:
+        from ..inference.generator import Generator
+
+        gen = Generator(self.model, self.tokenizer, self.device)
+        text = gen.generate(prompt, max_new_tokens=max_new_tokens, temperature=0.8, top_k=50, top_p=0.95, seed=0)
+        self.model.train()
+        return prompt + text
+
+    def _progress(self):
+        if not self.show_progress:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=self.config.train.max_steps, initial=self.step, desc="train", unit="step",
+                    dynamic_ncols=True)

@@ -1,0 +1,121 @@
+#!/usr/bin/env python3
+"""Pretrain a kr-mini-llm model.
+
+    python scripts/train.py --config configs/training.yaml --model_config configs/model_small.yaml \\
+        [--output_dir DIR] [--resume_from DIR] [--set train.max_steps=100 ...]
+    python scripts/train.py --resume_from checkpoints/checkpoint-5000/   # configs come from the checkpoint
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from kr_mini_llm import ConfigError, TransformerConfig
+from kr_mini_llm.training import CheckpointError, Trainer, TrainingConfig, TrainingStopped, resolve_checkpoint
+from kr_mini_llm.training.device import autocast_dtype, pick_device
+
+RULE = "=" * 60
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="training YAML (configs/training*.yaml)")
+    p.add_argument("--model_config", help="model YAML (configs/model_*.yaml)")
+    p.add_argument("--output_dir", help="where checkpoints and metrics go (default: output_dir in the config)")
+    p.add_argument("--resume_from", help="a checkpoint directory, or an output directory (its latest checkpoint)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a training config key, e.g. --set train.max_steps=100 (repeatable)")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
+    return p.parse_args(argv)
+
+
+def load_configs(args):
+    ckpt = resolve_checkpoint(args.resume_from) if args.resume_from else None
+    if args.config:
+        config = TrainingConfig.from_yaml(args.config)
+    elif ckpt is not None:
+        config = TrainingConfig.from_yaml(ckpt / "config.yaml")
+    else:
+        raise ConfigError("--config is required (or --resume_from a checkpoint, whose config is used)")
+    if args.model_config:
+        model_config = TransformerConfig.from_yaml(args.model_config)
+    elif ckpt is not None:
+        model_config = TransformerConfig.from_yaml(ckpt / "model_config.yaml")
+    else:
+        raise ConfigError("--model_config is required (or --resume_from a checkpoint, whose model config is used)")
+    if args.set:
+        config = config.with_overrides(args.set)
+    if args.output_dir:
+        config = config.replace(output_dir=args.output_dir)
+    elif ckpt is not None and not args.config:
+        config = config.replace(output_dir=str(ckpt.parent))
+    return config, model_config
+
+
+def print_summary(args, config, model_config, device):
+    t = config.train
+    print(f"📦 PyTorch 버전: {torch.__version__}")
+    print(f"💻 디바이스: {device}" + (f" (MPS 메모리 제한: {config.mps_memory_fraction:.0%})" if device.type == "mps" else ""))
+    print("\n📄 설정 파일 로드 중...")
+    print(f"   ✅ 학습 설정: {args.config or '(checkpoint)'}")
+    print(f"   ✅ 모델 설정: {args.model_config or '(checkpoint)'}")
+    print(f"\n📂 출력 디렉토리: {config.output_dir}")
+    print(f"\n{RULE}\n📊 학습 설정 정보\n{RULE}")
+    print("\n🤖 모델:")
+    print(f"   - Hidden size: {model_config.hidden_size}")
+    print(f"   - Layers: {model_config.num_layers}")
+    print(f"   - Heads: {model_config.num_heads} (KV heads: {model_config.num_kv_heads})")
+    print(f"   - Vocab size: {model_config.vocab_size}")
+    print(f"   - Parameters: {model_config.num_parameters / 1e6:.1f}M ({model_config.num_parameters:,})")
+    print("\n🏋 학습:")
+    print(f"   - Batch size: {t.batch_size}")
+    print(f"   - Gradient accumulation: {t.gradient_accumulation_steps}")
+    print(f"   - Effective batch size: {t.batch_size * t.gradient_accumulation_steps}")
+    print(f"   - Sequence length: {t.max_seq_length}")
+    print(f"   - Learning rate: {t.learning_rate} (warmup {t.warmup_steps}, {t.lr_schedule} to {t.min_learning_rate})")
+    print(f"   - Max steps: {t.max_steps:,}" + (f" (or {t.max_time_minutes} min)" if t.max_time_minutes else ""))
+    amp = autocast_dtype(device, t.precision) if t.mixed_precision else None
+    print(f"   - Mixed precision: {t.mixed_precision}" + (f" ({str(amp).removeprefix('torch.')})" if amp else ""))
+    print(f"   - Gradient checkpointing: {t.gradient_checkpointing}")
+    print(f"   - Compile model: {t.compile_model}")
+    print(f"   - Ops: {t.ops}")
+    print("\n📁 데이터:")
+    print(f"   - Tokens: {config.data.tokens}")
+    print(f"   - Train: {config.data.train}")
+    print(f"   - Valid: {config.data.valid}")
+    print(f"   - Tokenizer: {config.data.tokenizer}")
+    print(f"\n🎲 Random seed: {config.seed}\n{RULE}")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        config, model_config = load_configs(args)
+        device = pick_device(config.device)
+        print_summary(args, config, model_config, device)
+        trainer = Trainer(model_config, config, resume_from=args.resume_from, show_progress=not args.no_progress)
+        if args.resume_from:
+            print(f"▶️  {args.resume_from} 에서 이어서 학습: step {trainer.step}")
+        print(f"💾 설정 저장: {Path(config.output_dir) / 'config.yaml'}")
+        print(f"💾 모델 설정 저장: {Path(config.output_dir) / 'model_config.yaml'}")
+        result = trainer.train()
+    except (ConfigError, CheckpointError, FileNotFoundError, ValueError, TrainingStopped) as e:
+        if isinstance(e, TrainingStopped):
+            print(f"\n❌ {e}", file=sys.stderr)
+            return 3
+        print(f"\n❌ {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    print(f"\n{RULE}\n✅ 학습 종료 ({result['stop_reason']}): step {result['step']}, "
+          f"{result['tokens_seen']:,} tokens, {result['elapsed_s'] / 60:.1f} min")
+    print(f"   - Validation loss: {result['val_loss']:.4f} (perplexity {result['val_ppl']:.1f}, "
+          f"{result['val_bpb']:.3f} bits/byte)")
+    if result.get("sample"):
+        print(f"   - Sample: {result['sample']}")
+    print(f"   - Checkpoints: {config.output_dir}")
+    print(f"   - Loss curve: {result['loss_curve']}\n{RULE}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
