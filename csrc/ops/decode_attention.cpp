@@ -18,6 +18,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 namespace kr {
@@ -190,9 +191,58 @@ struct Scratch {
         l(kRowBlock) {}
 };
 
+// Fixed-width micro-kernels (NV = D / vector width, a compile-time constant) that keep a K row
+// or a block of accumulators in registers and convert bf16/fp16 on the load.
+
+// sc[(r - r0) * ldsc] = q_r . k for rows r in [r_first, r_end) (q rows are [.., D] in A).
+template <typename T, int NV>
+inline void scores_fixed(const T* krow, const acc_t<T>* q, int64_t r_first, int64_t r_end,
+                         int64_t r0, acc_t<T>* sc, int64_t ldsc) {
+  using IO = VecIO<T>;
+  using A = acc_t<T>;
+  using V = typename IO::V;
+  constexpr int64_t K = IO::kSize, D = NV * K;
+  V kv[NV];
+  for (int i = 0; i < NV; ++i) kv[i] = IO::load(krow + i * K);
+  for (int64_t r = r_first; r < r_end; ++r) {
+    const A* qr = q + (r - r0) * D;
+    V s0 = V::loadu(qr) * kv[0];
+    V s1(0);
+    for (int i = 1; i < NV; ++i) {
+      if (i & 1) s1 = at::vec::fmadd(V::loadu(qr + i * K), kv[i], s1);
+      else s0 = at::vec::fmadd(V::loadu(qr + i * K), kv[i], s0);
+    }
+    sc[(r - r0) * ldsc] = at::vec::vec_reduce_all<A>([](V& x, V& y) { return x + y; }, s0 + s1);
+  }
+}
+
+// acc[R rows][D] += p[R rows][0..n) . V[0..n)[D], accumulators in registers.
+template <typename T, int NV, int R>
+inline void pv_fixed(const T* v, int64_t ld, int64_t n, const acc_t<T>* p, int64_t ldp,
+                     acc_t<T>* acc) {
+  using IO = VecIO<T>;
+  using V = typename IO::V;
+  constexpr int64_t K = IO::kSize, D = NV * K;
+  V a[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int i = 0; i < NV; ++i) a[r][i] = V::loadu(acc + r * D + i * K);
+  for (int64_t t = 0; t < n; ++t) {
+    V pr[R];
+    for (int r = 0; r < R; ++r) pr[r] = V(p[r * ldp + t]);
+    const T* vr = v + t * ld;
+    for (int i = 0; i < NV; ++i) {
+      const V vi = IO::load(vr + i * K);
+      for (int r = 0; r < R; ++r) a[r][i] = at::vec::fmadd(pr[r], vi, a[r][i]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int i = 0; i < NV; ++i) a[r][i].store(acc + r * D + i * K);
+}
+
 // Query rows [r0, r1) of sequence b (length L) and KV head g against KV rows [t0, t1):
 // leaves the unnormalised accumulator acc[r-r0][D], running max m and sum l.
-template <typename T>
+// NV > 0: D == NV * vector width, fixed-width micro-kernels; NV == 0: any D.
+template <typename T, int NV>
 void attend(const Problem<T>& P, const Item& it, int64_t L, Scratch<acc_t<T>>& w, acc_t<T>* acc,
             acc_t<T>* m, acc_t<T>* l) {
   using A = acc_t<T>;
@@ -214,6 +264,10 @@ void attend(const Problem<T>& P, const Item& it, int64_t L, Scratch<acc_t<T>>& w
   auto first_row = [&](int64_t t) {
     return std::max(it.r0, std::max<int64_t>(0, t - base) * G);
   };
+  // KV rows [u0, ..) visible to query row r.
+  auto visible = [&](int64_t r, int64_t u0, int64_t u1) {
+    return std::max<int64_t>(0, std::min(u1, base + r / G + 1) - u0);
+  };
   A* sc = w.sc.data();
   const T* kbase = P.k + (it.b * P.Tmax * Hkv + it.g) * D;
   const T* vbase = P.v + (it.b * P.Tmax * Hkv + it.g) * D;
@@ -222,16 +276,22 @@ void attend(const Problem<T>& P, const Item& it, int64_t L, Scratch<acc_t<T>>& w
     const int64_t u1 = std::min(u0 + kKvBlock, t_end);
     // Scores: each K row is loaded once for all query rows of the group.
     for (int64_t t = u0; t < u1; ++t) {
-      const A* kr = as_acc<T>(kbase + t * row_stride, w.kv.data(), D);
-      for (int64_t r = first_row(t); r < it.r1; ++r)
-        sc[(r - it.r0) * kKvBlock + (t - u0)] = dot<A>(w.q.data() + (r - it.r0) * D, kr, D);
+      if constexpr (NV > 0) {
+        scores_fixed<T, NV>(kbase + t * row_stride, w.q.data(), first_row(t), it.r1, it.r0,
+                            sc + (t - u0), kKvBlock);
+      } else {
+        const A* kr = as_acc<T>(kbase + t * row_stride, w.kv.data(), D);
+        for (int64_t r = first_row(t); r < it.r1; ++r)
+          sc[(r - it.r0) * kKvBlock + (t - u0)] = dot<A>(w.q.data() + (r - it.r0) * D, kr, D);
+      }
     }
-    // Online softmax update per query row.
+    // Online softmax update per query row; masked probabilities are set to 0.
     for (int64_t r = it.r0; r < it.r1; ++r) {
       const int64_t rr = r - it.r0;
-      const int64_t n = std::min(u1, base + r / G + 1) - u0;
-      if (n <= 0) continue;
+      const int64_t n = visible(r, u0, u1);
       A* row = sc + rr * kKvBlock;
+      std::fill(row + n, row + (u1 - u0), A(0));
+      if (n == 0) continue;
       const A m_new = std::max(m[rr], max_of<A>(row, n));
       if (l[rr] > A(0) && m_new > m[rr]) {
         const A alpha = std::exp(m[rr] - m_new);
@@ -241,12 +301,26 @@ void attend(const Problem<T>& P, const Item& it, int64_t L, Scratch<acc_t<T>>& w
       m[rr] = m_new;
       l[rr] += exp_sum<A>(row, m_new, n);
     }
-    // acc += P V: each V row is loaded once for all query rows.
-    for (int64_t t = u0; t < u1; ++t) {
-      const A* vr = as_acc<T>(vbase + t * row_stride, w.kv.data(), D);
-      for (int64_t r = first_row(t); r < it.r1; ++r) {
-        const int64_t rr = r - it.r0;
-        axpy<A>(sc[rr * kKvBlock + (t - u0)], vr, acc + rr * D, D);
+    // acc += P V: each V row is loaded once per block of query rows.
+    if constexpr (NV > 0) {
+      constexpr int R = NV <= 2 ? 4 : (NV <= 4 ? 4 : (NV <= 5 ? 3 : (NV <= 8 ? 2 : 1)));
+      const T* v0 = vbase + u0 * row_stride;
+      int64_t r = it.r0;
+      for (; r + R <= it.r1; r += R) {
+        const int64_t n = visible(r + R - 1, u0, u1);  // the block's last row sees the most
+        pv_fixed<T, NV, R>(v0, row_stride, n, sc + (r - it.r0) * kKvBlock, kKvBlock,
+                           acc + (r - it.r0) * D);
+      }
+      for (; r < it.r1; ++r)
+        pv_fixed<T, NV, 1>(v0, row_stride, visible(r, u0, u1), sc + (r - it.r0) * kKvBlock,
+                           kKvBlock, acc + (r - it.r0) * D);
+    } else {
+      for (int64_t t = u0; t < u1; ++t) {
+        const A* vr = as_acc<T>(vbase + t * row_stride, w.kv.data(), D);
+        for (int64_t r = first_row(t); r < it.r1; ++r) {
+          const int64_t rr = r - it.r0;
+          axpy<A>(sc[rr * kKvBlock + (t - u0)], vr, acc + rr * D, D);
+        }
       }
     }
   }
@@ -300,24 +374,36 @@ void decode_kernel(const at::Tensor& q, const at::Tensor& k_cache, const at::Ten
   const int64_t nitems = static_cast<int64_t>(items.size());
   // Small problems run on one thread (the result does not depend on it).
   const int64_t grain = work * D < (1 << 16) ? std::max<int64_t>(nitems, 1) : 1;
-  at::parallel_for(0, nitems, grain, [&](int64_t i0, int64_t i1) {
-    Scratch<A> w(D);
-    for (int64_t i = i0; i < i1; ++i) {
-      const Item& it = items[i];
-      const int64_t L = lens[it.b];
-      if (it.part >= 0) {
-        attend<T>(P, it, L, w, pacc.data() + it.part * nq * D, pm.data() + it.part * nq,
-                  pl.data() + it.part * nq);
-        continue;
+  auto run = [&](auto nv) {
+    constexpr int NV = decltype(nv)::value;
+    at::parallel_for(0, nitems, grain, [&](int64_t i0, int64_t i1) {
+      Scratch<A> w(D);
+      for (int64_t i = i0; i < i1; ++i) {
+        const Item& it = items[i];
+        const int64_t L = lens[it.b];
+        if (it.part >= 0) {
+          attend<T, NV>(P, it, L, w, pacc.data() + it.part * nq * D, pm.data() + it.part * nq,
+                        pl.data() + it.part * nq);
+          continue;
+        }
+        attend<T, NV>(P, it, L, w, w.acc.data(), w.m.data(), w.l.data());
+        for (int64_t r = it.r0; r < it.r1; ++r) {
+          const int64_t rr = r - it.r0, s = r / G, j = r % G;
+          store_row<T>(w.acc.data() + rr * D, A(1) / w.l[rr],
+                       op + ((it.b * S + s) * Hq + it.g * G + j) * D, D);
+        }
       }
-      attend<T>(P, it, L, w, w.acc.data(), w.m.data(), w.l.data());
-      for (int64_t r = it.r0; r < it.r1; ++r) {
-        const int64_t rr = r - it.r0, s = r / G, j = r % G;
-        store_row<T>(w.acc.data() + rr * D, A(1) / w.l[rr],
-                     op + ((it.b * S + s) * Hq + it.g * G + j) * D, D);
-      }
-    }
-  });
+    });
+  };
+  constexpr int64_t kW = Vectorized<A>::size();
+  switch (D % kW == 0 ? D / kW : 0) {
+    case 2: run(std::integral_constant<int, 2>{}); break;
+    case 4: run(std::integral_constant<int, 4>{}); break;
+    case 5: run(std::integral_constant<int, 5>{}); break;
+    case 8: run(std::integral_constant<int, 8>{}); break;
+    case 16: run(std::integral_constant<int, 16>{}); break;
+    default: run(std::integral_constant<int, 0>{}); break;
+  }
   if (combines.empty()) return;
   const int64_t ncomb = static_cast<int64_t>(combines.size());
   at::parallel_for(0, ncomb, std::max<int64_t>(1, 4096 / std::max<int64_t>(nq * D, 1)),
