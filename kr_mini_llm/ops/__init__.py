@@ -7,11 +7,15 @@ the kernel on backends without a native one. `backend_report(device)` says which
 import torch
 
 from ._library import kernel_path
+from .decode_attention import (decode_attention, decode_attention_reference, kv_cache_append,
+                               kv_cache_append_reference)
 from .rms_norm import rms_norm, rms_norm_reference
 
 # Public op name -> the registered ops it runs (forward first).
 OPS = {
     "rms_norm": ("rms_norm", "rms_norm_backward"),
+    "decode_attention": ("decode_attention",),
+    "kv_cache_append": ("kv_cache_append",),
 }
 
 
@@ -27,4 +31,5 @@ def simd_capability() -> str:
     return _C.simd_capability()
 
 
-__all__ = ["rms_norm", "rms_norm_reference", "backend_report", "simd_capability", "OPS"]
+__all__ = ["rms_norm", "rms_norm_reference", "decode_attention", "decode_attention_reference",
+           "kv_cache_append", "kv_cache_append_reference", "backend_report", "simd_capability", "OPS"]

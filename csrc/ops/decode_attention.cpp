@@ -1,0 +1,521 @@
+// The KV-cache step of generation.
+//
+// kv_cache_append writes k_new/v_new [B, S, Hkv, D] into rows cache_lens[b] .. cache_lens[b]+S-1
+// of k_cache/v_cache [B, Tmax, Hkv, D] (in place; cache_lens is not changed).
+//
+// decode_attention: q [B, S, Hq, D] are the newest S tokens, the last S of the cache_lens[b]
+// valid cache rows of sequence b; query s attends causally to rows 0 .. cache_lens[b]-S+s.
+//
+// Work item = (sequence b, KV head g, query-row block, KV range). All Hq/Hkv query heads and
+// all S rows of a group are processed together ("query rows" r = s*G + j, head g*G + j), so
+// each K/V row is read once per group and converted to the accumulation type once. At small
+// S*G the KV length is split into fixed ranges of about kSplitLen rows (a split that depends
+// only on the length, never on the thread count); each range leaves a partial (max, sum, acc)
+// and a second pass combines them in a fixed order, so 1 or N threads give the same bits.
+// Inside an item, KV rows go by sub-blocks of kKvBlock with an online softmax.
+#include "ops/common.h"
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+namespace kr {
+namespace {
+
+constexpr const char* kDec = "decode_attention";
+constexpr const char* kApp = "kv_cache_append";
+
+constexpr int64_t kRowBlock = 32;   // query rows (S * Hq/Hkv) processed against one K/V pass
+constexpr int64_t kKvBlock = 128;   // KV rows per softmax sub-block (the scores buffer)
+constexpr int64_t kSplitLen = 512;  // KV rows per split range when the query rows fit one block
+
+// ---------------------------------------------------------------------------------------------
+// Argument checks
+
+void check_cache(const at::Tensor& c, const char* op, const char* name) {
+  check_cpu(c, op, name);
+  check_float(c, op, name);
+  check_dim(c, 4, op, name, "[B, Tmax, Hkv, D]");
+  TORCH_CHECK_VALUE(c.is_contiguous(), op, ": ", name,
+                    " must be a contiguous [B, Tmax, Hkv, D] tensor (the cache is written in "
+                    "place), got shape ", shape_str(c), " with strides ", c.strides());
+}
+
+void check_caches(const at::Tensor& k_cache, const at::Tensor& v_cache, const char* op) {
+  check_cache(k_cache, op, "k_cache");
+  check_cache(v_cache, op, "v_cache");
+  TORCH_CHECK_VALUE(v_cache.sizes() == k_cache.sizes(), op,
+                    ": v_cache must have the shape of k_cache [B, Tmax, Hkv, D] = ",
+                    shape_str(k_cache), ", got ", shape_str(v_cache));
+  check_same_dtype(v_cache, "v_cache", k_cache, "k_cache", op);
+  TORCH_CHECK_VALUE(k_cache.size(2) > 0, op, ": k_cache must have at least one KV head, got ",
+                    shape_str(k_cache));
+}
+
+std::vector<int64_t> read_lens(const at::Tensor& cache_lens, const char* op, int64_t B) {
+  check_cpu(cache_lens, op, "cache_lens");
+  const auto st = cache_lens.scalar_type();
+  TORCH_CHECK_TYPE(st == at::kInt || st == at::kLong, op,
+                   ": cache_lens must be int32 or int64, got ", st);
+  TORCH_CHECK_VALUE(cache_lens.dim() == 1 && cache_lens.size(0) == B, op,
+                    ": cache_lens must be 1-D [B] = [", B, "], got ", shape_str(cache_lens));
+  std::vector<int64_t> lens(B);
+  const at::Tensor c = cache_lens.contiguous();
+  if (st == at::kInt) {
+    const int32_t* p = c.const_data_ptr<int32_t>();
+    for (int64_t b = 0; b < B; ++b) lens[b] = p[b];
+  } else {
+    const int64_t* p = c.const_data_ptr<int64_t>();
+    for (int64_t b = 0; b < B; ++b) lens[b] = p[b];
+  }
+  return lens;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Vector helpers in the accumulation type A
+
+template <typename A>
+inline A dot(const A* a, const A* b, int64_t n) {
+  using V = Vectorized<A>;
+  constexpr int64_t K = V::size();
+  V s0(0), s1(0);
+  int64_t i = 0;
+  for (; i + 2 * K <= n; i += 2 * K) {
+    s0 = at::vec::fmadd(V::loadu(a + i), V::loadu(b + i), s0);
+    s1 = at::vec::fmadd(V::loadu(a + i + K), V::loadu(b + i + K), s1);
+  }
+  for (; i + K <= n; i += K) s0 = at::vec::fmadd(V::loadu(a + i), V::loadu(b + i), s0);
+  A s = at::vec::vec_reduce_all<A>([](V& x, V& y) { return x + y; }, s0 + s1);
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+// y += alpha * x
+template <typename A>
+inline void axpy(A alpha, const A* x, A* y, int64_t n) {
+  using V = Vectorized<A>;
+  constexpr int64_t K = V::size();
+  const V va(alpha);
+  int64_t i = 0;
+  for (; i + K <= n; i += K) at::vec::fmadd(va, V::loadu(x + i), V::loadu(y + i)).store(y + i);
+  for (; i < n; ++i) y[i] += alpha * x[i];
+}
+
+template <typename A>
+inline void scale_inplace(A alpha, A* y, int64_t n) {
+  using V = Vectorized<A>;
+  constexpr int64_t K = V::size();
+  const V va(alpha);
+  int64_t i = 0;
+  for (; i + K <= n; i += K) (va * V::loadu(y + i)).store(y + i);
+  for (; i < n; ++i) y[i] *= alpha;
+}
+
+template <typename A>
+inline A max_of(const A* x, int64_t n) {
+  using V = Vectorized<A>;
+  constexpr int64_t K = V::size();
+  A m = -std::numeric_limits<A>::infinity();
+  int64_t i = 0;
+  if (n >= K) {
+    V vm = V::loadu(x);
+    for (i = K; i + K <= n; i += K) vm = at::vec::maximum(vm, V::loadu(x + i));
+    m = at::vec::vec_reduce_all<A>([](V& a, V& b) { return at::vec::maximum(a, b); }, vm);
+  }
+  for (; i < n; ++i) m = std::max(m, x[i]);
+  return m;
+}
+
+// x = exp(x - m) in place; returns the sum.
+template <typename A>
+inline A exp_sum(A* x, A m, int64_t n) {
+  using V = Vectorized<A>;
+  constexpr int64_t K = V::size();
+  const V vm(m);
+  V s(0);
+  int64_t i = 0;
+  for (; i + K <= n; i += K) {
+    V e = (V::loadu(x + i) - vm).exp_u20();
+    e.store(x + i);
+    s = s + e;
+  }
+  A sum = at::vec::vec_reduce_all<A>([](V& a, V& b) { return a + b; }, s);
+  for (; i < n; ++i) {
+    x[i] = std::exp(x[i] - m);
+    sum += x[i];
+  }
+  return sum;
+}
+
+// Converts one row of T into A (a no-op pointer pass-through when T == A).
+template <typename T>
+inline const acc_t<T>* as_acc(const T* src, acc_t<T>* buf, int64_t n) {
+  if constexpr (std::is_same_v<T, acc_t<T>>) {
+    return src;
+  } else {
+    using IO = VecIO<T>;
+    constexpr int64_t K = IO::kSize;
+    int64_t i = 0;
+    for (; i + K <= n; i += K) IO::load(src + i).store(buf + i);
+    for (; i < n; ++i) buf[i] = acc_t<T>(src[i]);
+    return buf;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// decode_attention
+
+template <typename T>
+struct Problem {
+  using A = acc_t<T>;
+  const T* q;
+  const T* k;
+  const T* v;
+  int64_t S, Hq, Hkv, G, D, Tmax;
+  A scale;
+};
+
+struct Item {
+  int64_t b, g, r0, r1, t0, t1;
+  int64_t part;  // index of its partial slot, -1 when the item writes the output directly
+};
+
+// Per-thread scratch.
+template <typename A>
+struct Scratch {
+  std::vector<A> q, sc, kv, acc, m, l;
+  explicit Scratch(int64_t D)
+      : q(kRowBlock * D), sc(kRowBlock * kKvBlock), kv(D), acc(kRowBlock * D), m(kRowBlock),
+        l(kRowBlock) {}
+};
+
+// Fixed-width micro-kernels (NV = D / vector width, a compile-time constant) that keep a K row
+// or a block of accumulators in registers and convert bf16/fp16 on the load.
+
+// sc[(r - r0) * ldsc] = q_r . k for rows r in [r_first, r_end) (q rows are [.., D] in A).
+template <typename T, int NV>
+inline void scores_fixed(const T* krow, const acc_t<T>* q, int64_t r_first, int64_t r_end,
+                         int64_t r0, acc_t<T>* sc, int64_t ldsc) {
+  using IO = VecIO<T>;
+  using A = acc_t<T>;
+  using V = typename IO::V;
+  constexpr int64_t K = IO::kSize, D = NV * K;
+  V kv[NV];
+  for (int i = 0; i < NV; ++i) kv[i] = IO::load(krow + i * K);
+  for (int64_t r = r_first; r < r_end; ++r) {
+    const A* qr = q + (r - r0) * D;
+    V s0 = V::loadu(qr) * kv[0];
+    V s1(0);
+    for (int i = 1; i < NV; ++i) {
+      if (i & 1) s1 = at::vec::fmadd(V::loadu(qr + i * K), kv[i], s1);
+      else s0 = at::vec::fmadd(V::loadu(qr + i * K), kv[i], s0);
+    }
+    sc[(r - r0) * ldsc] = at::vec::vec_reduce_all<A>([](V& x, V& y) { return x + y; }, s0 + s1);
+  }
+}
+
+// acc[R rows][D] += p[R rows][0..n) . V[0..n)[D], accumulators in registers.
+template <typename T, int NV, int R>
+inline void pv_fixed(const T* v, int64_t ld, int64_t n, const acc_t<T>* p, int64_t ldp,
+                     acc_t<T>* acc) {
+  using IO = VecIO<T>;
+  using V = typename IO::V;
+  constexpr int64_t K = IO::kSize, D = NV * K;
+  V a[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int i = 0; i < NV; ++i) a[r][i] = V::loadu(acc + r * D + i * K);
+  for (int64_t t = 0; t < n; ++t) {
+    V pr[R];
+    for (int r = 0; r < R; ++r) pr[r] = V(p[r * ldp + t]);
+    const T* vr = v + t * ld;
+    for (int i = 0; i < NV; ++i) {
+      const V vi = IO::load(vr + i * K);
+      for (int r = 0; r < R; ++r) a[r][i] = at::vec::fmadd(pr[r], vi, a[r][i]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int i = 0; i < NV; ++i) a[r][i].store(acc + r * D + i * K);
+}
+
+// Query rows [r0, r1) of sequence b (length L) and KV head g against KV rows [t0, t1):
+// leaves the unnormalised accumulator acc[r-r0][D], running max m and sum l.
+// NV > 0: D == NV * vector width, fixed-width micro-kernels; NV == 0: any D.
+template <typename T, int NV>
+void attend(const Problem<T>& P, const Item& it, int64_t L, Scratch<acc_t<T>>& w, acc_t<T>* acc,
+            acc_t<T>* m, acc_t<T>* l) {
+  using A = acc_t<T>;
+  const int64_t D = P.D, G = P.G, S = P.S, Hq = P.Hq, Hkv = P.Hkv;
+  const int64_t nr = it.r1 - it.r0;
+  const int64_t base = L - S;  // position of query s is base + s
+  for (int64_t r = it.r0; r < it.r1; ++r) {
+    const int64_t s = r / G, j = r % G;
+    const T* src = P.q + ((it.b * S + s) * Hq + it.g * G + j) * D;
+    A* dst = w.q.data() + (r - it.r0) * D;
+    for (int64_t d = 0; d < D; ++d) dst[d] = A(src[d]) * P.scale;
+  }
+  std::fill(acc, acc + nr * D, A(0));
+  std::fill(m, m + nr, -std::numeric_limits<A>::infinity());
+  std::fill(l, l + nr, A(0));
+  // Rows past the last row's position are masked for every query row of this block.
+  const int64_t t_end = std::min(it.t1, base + (it.r1 - 1) / G + 1);
+  // First query row that may see KV row t: s >= t - base.
+  auto first_row = [&](int64_t t) {
+    return std::max(it.r0, std::max<int64_t>(0, t - base) * G);
+  };
+  // KV rows [u0, ..) visible to query row r.
+  auto visible = [&](int64_t r, int64_t u0, int64_t u1) {
+    return std::max<int64_t>(0, std::min(u1, base + r / G + 1) - u0);
+  };
+  A* sc = w.sc.data();
+  const T* kbase = P.k + (it.b * P.Tmax * Hkv + it.g) * D;
+  const T* vbase = P.v + (it.b * P.Tmax * Hkv + it.g) * D;
+  const int64_t row_stride = Hkv * D;
+  for (int64_t u0 = it.t0; u0 < t_end; u0 += kKvBlock) {
+    const int64_t u1 = std::min(u0 + kKvBlock, t_end);
+    // Scores: each K row is loaded once for all query rows of the group.
+    for (int64_t t = u0; t < u1; ++t) {
+      if constexpr (NV > 0) {
+        scores_fixed<T, NV>(kbase + t * row_stride, w.q.data(), first_row(t), it.r1, it.r0,
+                            sc + (t - u0), kKvBlock);
+      } else {
+        const A* kr = as_acc<T>(kbase + t * row_stride, w.kv.data(), D);
+        for (int64_t r = first_row(t); r < it.r1; ++r)
+          sc[(r - it.r0) * kKvBlock + (t - u0)] = dot<A>(w.q.data() + (r - it.r0) * D, kr, D);
+      }
+    }
+    // Online softmax update per query row; masked probabilities are set to 0.
+    for (int64_t r = it.r0; r < it.r1; ++r) {
+      const int64_t rr = r - it.r0;
+      const int64_t n = visible(r, u0, u1);
+      A* row = sc + rr * kKvBlock;
+      std::fill(row + n, row + (u1 - u0), A(0));
+      if (n == 0) continue;
+      const A m_new = std::max(m[rr], max_of<A>(row, n));
+      if (l[rr] > A(0) && m_new > m[rr]) {
+        const A alpha = std::exp(m[rr] - m_new);
+        scale_inplace<A>(alpha, acc + rr * D, D);
+        l[rr] *= alpha;
+      }
+      m[rr] = m_new;
+      l[rr] += exp_sum<A>(row, m_new, n);
+    }
+    // acc += P V: each V row is loaded once per block of query rows.
+    if constexpr (NV > 0) {
+      constexpr int R = NV <= 2 ? 4 : (NV <= 4 ? 4 : (NV <= 5 ? 3 : (NV <= 8 ? 2 : 1)));
+      const T* v0 = vbase + u0 * row_stride;
+      int64_t r = it.r0;
+      for (; r + R <= it.r1; r += R) {
+        const int64_t n = visible(r + R - 1, u0, u1);  // the block's last row sees the most
+        pv_fixed<T, NV, R>(v0, row_stride, n, sc + (r - it.r0) * kKvBlock, kKvBlock,
+                           acc + (r - it.r0) * D);
+      }
+      for (; r < it.r1; ++r)
+        pv_fixed<T, NV, 1>(v0, row_stride, visible(r, u0, u1), sc + (r - it.r0) * kKvBlock,
+                           kKvBlock, acc + (r - it.r0) * D);
+    } else {
+      for (int64_t t = u0; t < u1; ++t) {
+        const A* vr = as_acc<T>(vbase + t * row_stride, w.kv.data(), D);
+        for (int64_t r = first_row(t); r < it.r1; ++r) {
+          const int64_t rr = r - it.r0;
+          axpy<A>(sc[rr * kKvBlock + (t - u0)], vr, acc + rr * D, D);
+        }
+      }
+    }
+  }
+}
+
+template <typename T>
+void store_row(const acc_t<T>* acc, acc_t<T> inv, T* out, int64_t D) {
+  using IO = VecIO<T>;
+  using V = typename IO::V;
+  constexpr int64_t K = IO::kSize;
+  const V vi(inv);
+  int64_t i = 0;
+  for (; i + K <= D; i += K) IO::store(out + i, V::loadu(acc + i) * vi);
+  for (; i < D; ++i) out[i] = T(acc[i] * inv);
+}
+
+template <typename T>
+void decode_kernel(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                   const std::vector<int64_t>& lens, double scale, at::Tensor& out) {
+  using A = acc_t<T>;
+  const int64_t B = q.size(0), S = q.size(1), Hq = q.size(2), D = q.size(3);
+  const int64_t Tmax = k_cache.size(1), Hkv = k_cache.size(2);
+  const int64_t G = Hq / Hkv, nq = S * G;
+  Problem<T> P{q.const_data_ptr<T>(), k_cache.const_data_ptr<T>(), v_cache.const_data_ptr<T>(),
+               S, Hq, Hkv, G, D, Tmax, A(scale)};
+  T* op = out.mutable_data_ptr<T>();
+
+  // Work items: a fixed function of the shapes and lengths.
+  std::vector<Item> items;
+  struct Combine { int64_t b, g, part0, nsplit; };
+  std::vector<Combine> combines;
+  int64_t nparts = 0;
+  int64_t work = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t L = lens[b];
+    work += L * Hq;
+    const int64_t nsplit =
+        nq <= kRowBlock ? std::max<int64_t>(1, (L + kSplitLen - 1) / kSplitLen) : 1;
+    for (int64_t g = 0; g < Hkv; ++g) {
+      if (nsplit > 1) {
+        combines.push_back({b, g, nparts, nsplit});
+        for (int64_t c = 0; c < nsplit; ++c)
+          items.push_back({b, g, 0, nq, c * L / nsplit, (c + 1) * L / nsplit, nparts++});
+      } else {
+        for (int64_t r0 = 0; r0 < nq; r0 += kRowBlock)
+          items.push_back({b, g, r0, std::min(nq, r0 + kRowBlock), 0, L, -1});
+      }
+    }
+  }
+  std::vector<A> pacc(nparts * nq * D), pm(nparts * nq), pl(nparts * nq);
+  const int64_t nitems = static_cast<int64_t>(items.size());
+  // Small problems run on one thread (the result does not depend on it).
+  const int64_t grain = work * D < (1 << 16) ? std::max<int64_t>(nitems, 1) : 1;
+  auto run = [&](auto nv) {
+    constexpr int NV = decltype(nv)::value;
+    at::parallel_for(0, nitems, grain, [&](int64_t i0, int64_t i1) {
+      Scratch<A> w(D);
+      for (int64_t i = i0; i < i1; ++i) {
+        const Item& it = items[i];
+        const int64_t L = lens[it.b];
+        if (it.part >= 0) {
+          attend<T, NV>(P, it, L, w, pacc.data() + it.part * nq * D, pm.data() + it.part * nq,
+                        pl.data() + it.part * nq);
+          continue;
+        }
+        attend<T, NV>(P, it, L, w, w.acc.data(), w.m.data(), w.l.data());
+        for (int64_t r = it.r0; r < it.r1; ++r) {
+          const int64_t rr = r - it.r0, s = r / G, j = r % G;
+          store_row<T>(w.acc.data() + rr * D, A(1) / w.l[rr],
+                       op + ((it.b * S + s) * Hq + it.g * G + j) * D, D);
+        }
+      }
+    });
+  };
+  constexpr int64_t kW = Vectorized<A>::size();
+  switch (D % kW == 0 ? D / kW : 0) {
+    case 2: run(std::integral_constant<int, 2>{}); break;
+    case 4: run(std::integral_constant<int, 4>{}); break;
+    case 5: run(std::integral_constant<int, 5>{}); break;
+    case 8: run(std::integral_constant<int, 8>{}); break;
+    case 16: run(std::integral_constant<int, 16>{}); break;
+    default: run(std::integral_constant<int, 0>{}); break;
+  }
+  if (combines.empty()) return;
+  const int64_t ncomb = static_cast<int64_t>(combines.size());
+  at::parallel_for(0, ncomb, std::max<int64_t>(1, 4096 / std::max<int64_t>(nq * D, 1)),
+                   [&](int64_t c0, int64_t c1) {
+    std::vector<A> tmp(D);
+    for (int64_t c = c0; c < c1; ++c) {
+      const Combine& cb = combines[c];
+      for (int64_t r = 0; r < nq; ++r) {
+        A M = -std::numeric_limits<A>::infinity();
+        for (int64_t p = 0; p < cb.nsplit; ++p) M = std::max(M, pm[(cb.part0 + p) * nq + r]);
+        std::fill(tmp.begin(), tmp.end(), A(0));
+        A lsum = 0;
+        for (int64_t p = 0; p < cb.nsplit; ++p) {
+          const int64_t idx = (cb.part0 + p) * nq + r;
+          if (pl[idx] == A(0)) continue;  // a range past this row's position
+          const A wgt = std::exp(pm[idx] - M);
+          lsum += wgt * pl[idx];
+          axpy<A>(wgt, pacc.data() + idx * D, tmp.data(), D);
+        }
+        const int64_t s = r / G, j = r % G;
+        store_row<T>(tmp.data(), A(1) / lsum, op + ((cb.b * S + s) * Hq + cb.g * G + j) * D, D);
+      }
+    }
+  });
+}
+
+at::Tensor decode_attention_cpu(const at::Tensor& q_, const at::Tensor& k_cache,
+                                const at::Tensor& v_cache, const at::Tensor& cache_lens,
+                                std::optional<double> scale) {
+  check_cpu(q_, kDec, "q");
+  check_float(q_, kDec, "q");
+  check_dim(q_, 4, kDec, "q", "[B, S, Hq, D]");
+  check_caches(k_cache, v_cache, kDec);
+  check_same_dtype(q_, "q", k_cache, "k_cache", kDec);
+  const int64_t B = q_.size(0), S = q_.size(1), Hq = q_.size(2), D = q_.size(3);
+  const int64_t Tmax = k_cache.size(1), Hkv = k_cache.size(2);
+  TORCH_CHECK_VALUE(k_cache.size(0) == B, kDec, ": k_cache batch size (", k_cache.size(0),
+                    ") must match q [B, S, Hq, D] = ", shape_str(q_), ", got k_cache ",
+                    shape_str(k_cache));
+  TORCH_CHECK_VALUE(k_cache.size(3) == D, kDec, ": k_cache head_dim (", k_cache.size(3),
+                    ") must match q head_dim D = ", D, "; q ", shape_str(q_), ", k_cache ",
+                    shape_str(k_cache));
+  TORCH_CHECK_VALUE(Hq % Hkv == 0, kDec, ": the query heads Hq = ", Hq,
+                    " (q.size(2)) must be a multiple of the KV heads Hkv = ", Hkv,
+                    " (k_cache.size(2))");
+  const auto lens = read_lens(cache_lens, kDec, B);
+  for (int64_t b = 0; b < B; ++b) {
+    TORCH_CHECK_VALUE(lens[b] >= S && lens[b] <= Tmax, kDec, ": cache_lens[", b, "] = ", lens[b],
+                      " must be in [S, Tmax] = [", S, ", ", Tmax,
+                      "] (it counts the valid cache rows, the S new tokens included: append "
+                      "them first)");
+  }
+  const double sc = scale.has_value() ? *scale : 1.0 / std::sqrt(static_cast<double>(D));
+  const at::Tensor q = q_.contiguous();
+  at::Tensor out = at::empty_like(q);
+  if (out.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "decode_attention_cpu",
+                                  [&] { decode_kernel<scalar_t>(q, k_cache, v_cache, lens, sc, out); });
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// kv_cache_append
+
+void kv_cache_append_cpu(const at::Tensor& k_cache, const at::Tensor& v_cache,
+                         const at::Tensor& k_new_, const at::Tensor& v_new_,
+                         const at::Tensor& cache_lens) {
+  check_caches(k_cache, v_cache, kApp);
+  check_cpu(k_new_, kApp, "k_new");
+  check_cpu(v_new_, kApp, "v_new");
+  check_dim(k_new_, 4, kApp, "k_new", "[B, S, Hkv, D]");
+  check_dim(v_new_, 4, kApp, "v_new", "[B, S, Hkv, D]");
+  check_same_dtype(k_new_, "k_new", k_cache, "k_cache", kApp);
+  check_same_dtype(v_new_, "v_new", v_cache, "v_cache", kApp);
+  const int64_t B = k_cache.size(0), Tmax = k_cache.size(1), Hkv = k_cache.size(2),
+                D = k_cache.size(3);
+  const int64_t S = k_new_.size(1);
+  TORCH_CHECK_VALUE(k_new_.size(0) == B && k_new_.size(2) == Hkv && k_new_.size(3) == D, kApp,
+                    ": k_new must be [B, S, Hkv, D] with B = ", B, ", Hkv = ", Hkv, ", D = ", D,
+                    " as in k_cache ", shape_str(k_cache), ", got ", shape_str(k_new_));
+  TORCH_CHECK_VALUE(v_new_.sizes() == k_new_.sizes(), kApp,
+                    ": v_new must have the shape of k_new [B, S, Hkv, D] = ", shape_str(k_new_),
+                    ", got ", shape_str(v_new_));
+  const auto lens = read_lens(cache_lens, kApp, B);
+  for (int64_t b = 0; b < B; ++b) {
+    TORCH_CHECK_VALUE(lens[b] >= 0 && lens[b] + S <= Tmax, kApp, ": cache_lens[", b, "] = ",
+                      lens[b], " leaves no room for S = ", S, " new rows: need 0 <= cache_lens[",
+                      b, "] and cache_lens[", b, "] + S <= Tmax = ", Tmax);
+  }
+  const int64_t row = S * Hkv * D;  // the S new rows of one sequence, contiguous in both
+  if (row == 0 || B == 0) return;
+  const at::Tensor kn = k_new_.contiguous(), vn = v_new_.contiguous();
+  const int64_t esize = k_cache.element_size();
+  const char* ks = static_cast<const char*>(kn.const_data_ptr());
+  const char* vs = static_cast<const char*>(vn.const_data_ptr());
+  char* kd = static_cast<char*>(k_cache.mutable_data_ptr());
+  char* vd = static_cast<char*>(v_cache.mutable_data_ptr());
+  const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / row);
+  at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t dst = (b * Tmax + lens[b]) * Hkv * D * esize;
+      std::memmove(kd + dst, ks + b * row * esize, row * esize);
+      std::memmove(vd + dst, vs + b * row * esize, row * esize);
+    }
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(kr_mini_llm, CPU, m) {
+  m.impl("decode_attention", &decode_attention_cpu);
+  m.impl("kv_cache_append", &kv_cache_append_cpu);
+}
+
+}  // namespace kr

@@ -1,0 +1,206 @@
+"""The KV-cache step of generation: `kv_cache_append` then `decode_attention`.
+
+Caches are preallocated, contiguous `[B, Tmax, Hkv, D]` tensors; `cache_lens` `[B]` (int32 or
+int64, read on the CPU) counts the valid rows of each sequence. A generation step is::
+
+    kv_cache_append(k_cache, v_cache, k_new, v_new, cache_lens)   # rows lens .. lens+S-1
+    cache_lens += S                                                 # the caller advances it
+    out = decode_attention(q, k_cache, v_cache, cache_lens)        # q: the same S tokens
+
+`decode_attention` is inference-only (no backward); train with `kr_mini_llm.ops.attention`.
+"""
+from typing import Optional
+
+import torch
+
+from ._library import acc_dtype, ops, qualname, register_fallback
+
+_INFERENCE_ONLY = (
+    "kr_mini_llm.ops.decode_attention is inference-only and has no backward: train with "
+    "kr_mini_llm.ops.attention (full-sequence attention), and run generation under "
+    "torch.no_grad() or torch.inference_mode()")
+
+
+def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                     cache_lens: torch.Tensor, scale: Optional[float] = None) -> torch.Tensor:
+    """Attention of the newest S tokens q [B, S, Hq, D] over the KV cache [B, Tmax, Hkv, D].
+
+    q's tokens are the last S of the cache_lens[b] valid rows of sequence b (append them first);
+    query s attends causally to rows 0 .. cache_lens[b]-S+s. GQA/MQA when Hq is a multiple of
+    Hkv; scale defaults to 1/sqrt(D). Returns [B, S, Hq, D] in q's dtype.
+    """
+    return ops.decode_attention(q, k_cache, v_cache, cache_lens, scale)
+
+
+def kv_cache_append(k_cache: torch.Tensor, v_cache: torch.Tensor, k_new: torch.Tensor,
+                    v_new: torch.Tensor, cache_lens: torch.Tensor) -> None:
+    """Writes k_new/v_new [B, S, Hkv, D] into cache rows cache_lens[b] .. cache_lens[b]+S-1 in
+    place. cache_lens is not changed: the caller advances it by S."""
+    ops.kv_cache_append(k_cache, v_cache, k_new, v_new, cache_lens)
+
+
+# ------------------------------------------------------------------------------------------
+# References (pure PyTorch; the oracles in the tests)
+
+def decode_attention_reference(q, k_cache, v_cache, cache_lens, scale=None):
+    """Pure-PyTorch decode attention (float32 accumulation; float64 stays float64)."""
+    B, S, Hq, D = q.shape
+    Hkv = k_cache.shape[2]
+    G = Hq // Hkv
+    scale = D ** -0.5 if scale is None else scale
+    dt = acc_dtype(q.dtype)
+    outs = []
+    for b, L in enumerate(cache_lens.tolist()):
+        qb = q[b].to(dt).reshape(S, Hkv, G, D)
+        kb = k_cache[b, :L].to(dt)
+        vb = v_cache[b, :L].to(dt)
+        s = torch.einsum("shgd,thd->hgst", qb, kb) * scale
+        pos = torch.arange(L - S, L, device=q.device).unsqueeze(1)
+        t = torch.arange(L, device=q.device).unsqueeze(0)
+        s = s.masked_fill(t > pos, float("-inf"))
+        o = torch.einsum("hgst,thd->shgd", s.softmax(-1), vb).reshape(S, Hq, D)
+        outs.append(o.to(q.dtype))
+    if not outs:
+        return q.new_empty(q.shape)
+    return torch.stack(outs)
+
+
+def kv_cache_append_reference(k_cache, v_cache, k_new, v_new, cache_lens) -> None:
+    """Pure-PyTorch append: copies k_new/v_new into rows cache_lens[b] .. +S-1, in place."""
+    S = k_new.shape[1]
+    for b, L in enumerate(cache_lens.tolist()):
+        k_cache[b, L:L + S].copy_(k_new[b])
+        v_cache[b, L:L + S].copy_(v_new[b])
+
+
+# ------------------------------------------------------------------------------------------
+# Argument checks shared by the fallback kernels (same messages as the C++ kernels)
+
+_FLOATS = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+def _check_caches(op, k_cache, v_cache):
+    for name, c in (("k_cache", k_cache), ("v_cache", v_cache)):
+        if c.dtype not in _FLOATS:
+            raise TypeError(f"{op}: {name} must be float32, bfloat16, float16 or float64, got {c.dtype}")
+        if c.dim() != 4:
+            raise ValueError(f"{op}: {name} must be 4-D [B, Tmax, Hkv, D], got shape {list(c.shape)}")
+        if not c.is_contiguous():
+            raise ValueError(f"{op}: {name} must be a contiguous [B, Tmax, Hkv, D] tensor (the cache "
+                             f"is written in place), got shape {list(c.shape)} with strides {c.stride()}")
+    if v_cache.shape != k_cache.shape:
+        raise ValueError(f"{op}: v_cache must have the shape of k_cache [B, Tmax, Hkv, D] = "
+                         f"{list(k_cache.shape)}, got {list(v_cache.shape)}")
+    if v_cache.dtype != k_cache.dtype:
+        raise TypeError(f"{op}: v_cache ({v_cache.dtype}) and k_cache ({k_cache.dtype}) must have the same dtype")
+    if k_cache.shape[2] == 0:
+        raise ValueError(f"{op}: k_cache must have at least one KV head, got {list(k_cache.shape)}")
+
+
+def _read_lens(op, cache_lens, B):
+    if cache_lens.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"{op}: cache_lens must be int32 or int64, got {cache_lens.dtype}")
+    if cache_lens.dim() != 1 or cache_lens.shape[0] != B:
+        raise ValueError(f"{op}: cache_lens must be 1-D [B] = [{B}], got {list(cache_lens.shape)}")
+    return cache_lens.tolist()
+
+
+def _check_decode(q, k_cache, v_cache, cache_lens):
+    op = "decode_attention"
+    if q.dtype not in _FLOATS:
+        raise TypeError(f"{op}: q must be float32, bfloat16, float16 or float64, got {q.dtype}")
+    if q.dim() != 4:
+        raise ValueError(f"{op}: q must be 4-D [B, S, Hq, D], got shape {list(q.shape)}")
+    _check_caches(op, k_cache, v_cache)
+    if q.dtype != k_cache.dtype:
+        raise TypeError(f"{op}: q ({q.dtype}) and k_cache ({k_cache.dtype}) must have the same dtype")
+    B, S, Hq, D = q.shape
+    _, Tmax, Hkv, Dk = k_cache.shape
+    if k_cache.shape[0] != B:
+        raise ValueError(f"{op}: k_cache batch size ({k_cache.shape[0]}) must match q [B, S, Hq, D]")
+    if Dk != D:
+        raise ValueError(f"{op}: k_cache head_dim ({Dk}) must match q head_dim D = {D}")
+    if Hq % Hkv:
+        raise ValueError(f"{op}: the query heads Hq = {Hq} (q.size(2)) must be a multiple of the KV "
+                         f"heads Hkv = {Hkv} (k_cache.size(2))")
+    for b, L in enumerate(_read_lens(op, cache_lens, B)):
+        if not S <= L <= Tmax:
+            raise ValueError(f"{op}: cache_lens[{b}] = {L} must be in [S, Tmax] = [{S}, {Tmax}]")
+
+
+def _check_append(k_cache, v_cache, k_new, v_new, cache_lens):
+    op = "kv_cache_append"
+    _check_caches(op, k_cache, v_cache)
+    for name, t in (("k_new", k_new), ("v_new", v_new)):
+        if t.dim() != 4:
+            raise ValueError(f"{op}: {name} must be 4-D [B, S, Hkv, D], got shape {list(t.shape)}")
+    if k_new.dtype != k_cache.dtype:
+        raise TypeError(f"{op}: k_new ({k_new.dtype}) and k_cache ({k_cache.dtype}) must have the same dtype")
+    if v_new.dtype != v_cache.dtype:
+        raise TypeError(f"{op}: v_new ({v_new.dtype}) and v_cache ({v_cache.dtype}) must have the same dtype")
+    B, Tmax, Hkv, D = k_cache.shape
+    S = k_new.shape[1]
+    if (k_new.shape[0], k_new.shape[2], k_new.shape[3]) != (B, Hkv, D):
+        raise ValueError(f"{op}: k_new must be [B, S, Hkv, D] with B = {B}, Hkv = {Hkv}, D = {D} "
+                         f"as in k_cache, got {list(k_new.shape)}")
+    if v_new.shape != k_new.shape:
+        raise ValueError(f"{op}: v_new must have the shape of k_new [B, S, Hkv, D] = "
+                         f"{list(k_new.shape)}, got {list(v_new.shape)}")
+    for b, L in enumerate(_read_lens(op, cache_lens, B)):
+        if L < 0 or L + S > Tmax:
+            raise ValueError(f"{op}: cache_lens[{b}] = {L} leaves no room for S = {S} new rows: need "
+                             f"0 <= cache_lens[{b}] and cache_lens[{b}] + S <= Tmax = {Tmax}")
+
+
+# ------------------------------------------------------------------------------------------
+# Kernels for backends without a native one, fake kernels, autograd
+
+@register_fallback("decode_attention")
+def _decode_attention_fallback(q, k_cache, v_cache, cache_lens, scale):
+    _check_decode(q, k_cache, v_cache, cache_lens)
+    return decode_attention_reference(q, k_cache, v_cache, cache_lens, scale).contiguous()
+
+
+@register_fallback("kv_cache_append")
+def _kv_cache_append_fallback(k_cache, v_cache, k_new, v_new, cache_lens):
+    _check_append(k_cache, v_cache, k_new, v_new, cache_lens)
+    kv_cache_append_reference(k_cache, v_cache, k_new, v_new, cache_lens)
+
+
+@torch.library.register_fake(qualname("decode_attention"))
+def _decode_attention_fake(q, k_cache, v_cache, cache_lens, scale):
+    torch._check(q.dim() == 4 and k_cache.dim() == 4 and v_cache.dim() == 4,
+                 lambda: "decode_attention: q must be [B, S, Hq, D] and the caches [B, Tmax, Hkv, D]")
+    torch._check(k_cache.shape == v_cache.shape,
+                 lambda: "decode_attention: v_cache must have the shape of k_cache")
+    torch._check(k_cache.shape[0] == q.shape[0] and k_cache.shape[3] == q.shape[3],
+                 lambda: "decode_attention: the caches' batch and head_dim must match q's")
+    torch._check(q.shape[2] % k_cache.shape[2] == 0,
+                 lambda: "decode_attention: Hq must be a multiple of Hkv")
+    torch._check(q.dtype == k_cache.dtype == v_cache.dtype,
+                 lambda: "decode_attention: q, k_cache and v_cache must have the same dtype")
+    return q.new_empty(q.shape)
+
+
+@torch.library.register_fake(qualname("kv_cache_append"))
+def _kv_cache_append_fake(k_cache, v_cache, k_new, v_new, cache_lens):
+    torch._check(k_cache.dim() == 4 and k_new.dim() == 4 and k_cache.shape == v_cache.shape,
+                 lambda: "kv_cache_append: the caches must be [B, Tmax, Hkv, D], k_new [B, S, Hkv, D]")
+    torch._check(k_new.shape == v_new.shape,
+                 lambda: "kv_cache_append: v_new must have the shape of k_new")
+    torch._check(k_new.shape[0] == k_cache.shape[0] and k_new.shape[2] == k_cache.shape[2]
+                 and k_new.shape[3] == k_cache.shape[3],
+                 lambda: "kv_cache_append: k_new must be [B, S, Hkv, D] as in k_cache")
+    return None
+
+
+def _decode_setup_context(ctx, inputs, output):
+    pass
+
+
+def _decode_backward(ctx, grad_out):
+    raise RuntimeError(_INFERENCE_ONLY)
+
+
+torch.library.register_autograd(qualname("decode_attention"), _decode_backward,
+                                setup_context=_decode_setup_context)
