@@ -8,10 +8,15 @@ import torch
 
 from ._library import kernel_path
 from .rms_norm import rms_norm, rms_norm_reference
+from .rope import rope_inv_freq, rope_tables
+from .rotary import rotary, rotary_reference
+from .swiglu import swiglu, swiglu_reference
 
 # Public op name -> the registered ops it runs (forward first).
 OPS = {
     "rms_norm": ("rms_norm", "rms_norm_backward"),
+    "rotary": ("rotary", "rotary_backward"),
+    "swiglu": ("swiglu", "swiglu_backward"),
 }
 
 
@@ -27,4 +32,5 @@ def simd_capability() -> str:
     return _C.simd_capability()
 
 
-__all__ = ["rms_norm", "rms_norm_reference", "backend_report", "simd_capability", "OPS"]
+__all__ = ["rms_norm", "rms_norm_reference", "rotary", "rotary_reference", "rope_tables",
+           "rope_inv_freq", "swiglu", "swiglu_reference", "backend_report", "simd_capability", "OPS"]
