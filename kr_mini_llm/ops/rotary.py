@@ -92,6 +92,13 @@ def _backward(ctx, grad_out):
     return ops.rotary_backward(grad_out, cos, sin), None, None
 
 
+def _double_backward(ctx, grad_grad_x):
+    cos, sin = ctx.saved_tensors
+    # rotary_backward is the inverse rotation, a linear map: its adjoint is the forward rotation.
+    return ops.rotary(grad_grad_x, cos, sin), None, None
+
+
 torch.library.register_autograd(qualname("rotary"), _backward, setup_context=_setup_context)
+torch.library.register_autograd(qualname("rotary_backward"), _double_backward, setup_context=_setup_context)
 
 __all__ = ["rotary", "rotary_reference", "rope_tables", "rope_inv_freq"]

@@ -204,11 +204,14 @@ def _bad(shape=(2, 3, 4, 8), t_shape=(3, 4), dtype=torch.float32, t_dtype=torch.
 
 BAD = [
     (_bad(shape=(3, 4, 8)), ValueError, r"x must be 4-D \[B, T, H, D\], got shape \[3, 4, 8\]"),
-    (_bad(shape=(2, 3, 4, 7), t_shape=(3, 3)), ValueError, r"x \[B, T, H, D\] must have an even head_dim D, got shape \[2, 3, 4, 7\]"),
+    (_bad(shape=(2, 3, 4, 7), t_shape=(3, 3)), ValueError,
+     r"x \[B, T, H, D\] must have an even head_dim D, got shape \[2, 3, 4, 7\]"),
     (_bad(t_shape=(5, 4)), ValueError, r"cos/sin must be \[T, D/2\] = \[3, 4\] or \[B, T, D/2\] = \[2, 3, 4\]"),
     (_bad(t_shape=(3, 8)), ValueError, r"cos/sin must be \[T, D/2\] = \[3, 4\]"),
     (_bad(t_shape=(3, 4), s_shape=(2, 3, 4)), ValueError, "cos and sin must have the same shape"),
-    (_bad(t_shape=(1, 3, 4)), ValueError, r"cos/sin must be \[T, D/2\] = \[3, 4\] or \[B, T, D/2\] = \[2, 3, 4\] for x \[2, 3, 4, 8\], got \[1, 3, 4\]"),
+    (_bad(t_shape=(1, 3, 4)), ValueError,  # batch mismatch in [B, T, D/2] tables
+     r"cos/sin must be \[T, D/2\] = \[3, 4\] or \[B, T, D/2\] = \[2, 3, 4\] for x \[2, 3, 4, 8\], "
+     r"got \[1, 3, 4\]"),
     (_bad(t_shape=(4,)), ValueError, r"cos/sin must be \[T, D/2\]"),
     (_bad(dtype=torch.int32), TypeError, "x must be float32, bfloat16, float16 or float64"),
     (_bad(t_dtype=torch.int64), TypeError, "cos must be float32, bfloat16, float16 or float64"),
