@@ -10,10 +10,15 @@ from ._library import kernel_path
 from .decode_attention import (decode_attention, decode_attention_reference, kv_cache_append,
                                kv_cache_append_reference)
 from .rms_norm import rms_norm, rms_norm_reference
+from .rope import rope_inv_freq, rope_tables
+from .rotary import rotary, rotary_reference
+from .swiglu import swiglu, swiglu_reference
 
 # Public op name -> the registered ops it runs (forward first).
 OPS = {
     "rms_norm": ("rms_norm", "rms_norm_backward"),
+    "rotary": ("rotary", "rotary_backward"),
+    "swiglu": ("swiglu", "swiglu_backward"),
     "decode_attention": ("decode_attention",),
     "kv_cache_append": ("kv_cache_append",),
 }
@@ -31,5 +36,7 @@ def simd_capability() -> str:
     return _C.simd_capability()
 
 
-__all__ = ["rms_norm", "rms_norm_reference", "decode_attention", "decode_attention_reference",
-           "kv_cache_append", "kv_cache_append_reference", "backend_report", "simd_capability", "OPS"]
+__all__ = ["rms_norm", "rms_norm_reference", "rotary", "rotary_reference", "rope_tables",
+           "rope_inv_freq", "swiglu", "swiglu_reference", "decode_attention",
+           "decode_attention_reference", "kv_cache_append", "kv_cache_append_reference",
+           "backend_report", "simd_capability", "OPS"]

@@ -1,0 +1,197 @@
+"""RoPE tables (cos, sin) for `rotary`, with linear, NTK and YaRN scaling.
+
+The tables are half width, [..., head_dim / 2]: HF builds `cat(freqs, freqs)` of width head_dim
+and the two halves are equal, so `rotary` reads each angle once. For float32 tables the numbers
+are those HF transformers computes for the same settings (`modeling_rope_utils`, the Llama/Qwen3
+rotary embedding): the same inverse frequencies, the same float32 angle `position * inv_freq`,
+and YaRN's attention factor multiplied into cos and sin. This module does not import
+transformers; the tests compare against it.
+
+`scaling` (the `rope_scaling` / `rope_parameters` dict of a config; "type" or "rope_type"):
+
+- None or {"type": "default"}: plain RoPE, inv_freq = theta ** (-2i / head_dim).
+- {"type": "linear", "factor": f}: position interpolation, inv_freq / f.
+- {"type": "ntk", "factor": f, "original_max_position_embeddings": M [, "seq_len": L]}
+  (also "dynamic", HF's name): HF's dynamic NTK evaluated at length L:
+  theta' = theta * (f * max(L, M) / M - (f - 1)) ** (d / (d - 2)). L defaults to the length the
+  tables cover (max position + 1), which is what a freshly built HF module computes for those
+  positions. We evaluate it statelessly at that length rather than copying HF's cache (which
+  keeps the frequencies of the longest length it has seen), so the tables of a sequence never
+  depend on what ran before. Up to M the tables equal plain RoPE. "max_position_embeddings" is
+  accepted for M. Static NTK-aware scaling by alpha is the same formula at
+  L = M * (alpha + f - 1) / f; the YaRN and linear types cover the rest.
+- {"type": "yarn", "factor": f, "original_max_position_embeddings": M, "beta_fast": 32,
+  "beta_slow": 1, "attention_factor": None, "mscale": None, "mscale_all_dim": None,
+  "truncate": True}: HF's YaRN; the YaRN paper's "alpha"/"beta" names are accepted for
+  beta_slow/beta_fast (the project's long-context config writes {"alpha": 1.0, "beta": 32.0}).
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping, Optional, Tuple, Union
+
+import torch
+
+# type -> (required keys, optional keys); "type"/"rope_type" are always allowed.
+_SCALING_KEYS = {
+    "default": (set(), set()),
+    "linear": ({"factor"}, set()),
+    "ntk": ({"factor", "original_max_position_embeddings"}, {"seq_len"}),
+    "yarn": ({"factor", "original_max_position_embeddings"},
+             {"beta_fast", "beta_slow", "attention_factor", "mscale", "mscale_all_dim", "truncate"}),
+}
+_TYPE_ALIASES = {"dynamic": "ntk", None: "default"}
+_KEY_ALIASES = {
+    "ntk": {"max_position_embeddings": "original_max_position_embeddings"},
+    "yarn": {"beta": "beta_fast", "alpha": "beta_slow"},
+}
+
+
+def _normalize_scaling(scaling: Optional[Mapping]) -> dict:
+    """The scaling dict with its type resolved and aliases renamed; rejects unknown keys."""
+    if scaling is None:
+        return {"type": "default"}
+    if not isinstance(scaling, Mapping):
+        raise TypeError(f"rope_tables: scaling must be None or a dict, got {type(scaling).__name__}")
+    s = dict(scaling)
+    kind = s.pop("rope_type", None)
+    kind2 = s.pop("type", None)
+    if kind is not None and kind2 is not None and kind != kind2:
+        raise ValueError(f"rope_tables: scaling gives two types, rope_type={kind!r} and type={kind2!r}")
+    kind = kind if kind is not None else kind2
+    kind = _TYPE_ALIASES.get(kind, kind)
+    if kind not in _SCALING_KEYS:
+        raise ValueError(f"rope_tables: unknown scaling type {kind!r}; expected one of "
+                         "'default', 'linear', 'ntk' (or 'dynamic'), 'yarn'")
+    for old, new in _KEY_ALIASES.get(kind, {}).items():
+        if old in s:
+            if new in s:
+                raise ValueError(f"rope_tables: {kind} scaling gives both {old!r} and {new!r}")
+            s[new] = s.pop(old)
+    required, optional = _SCALING_KEYS[kind]
+    unknown = set(s) - required - optional
+    if unknown:
+        allowed = sorted(required | optional) or ["(none)"]
+        raise ValueError(f"rope_tables: unknown key(s) {sorted(unknown)} for {kind} scaling; "
+                         f"allowed: {', '.join(allowed)}")
+    missing = required - set(s)
+    if missing:
+        raise ValueError(f"rope_tables: {kind} scaling needs {sorted(missing)}")
+    if "factor" in s:
+        f = s["factor"]
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not f > 0:
+            raise ValueError(f"rope_tables: scaling factor must be a positive number, got {f!r}")
+        if kind in ("ntk", "yarn") and f < 1:
+            raise ValueError(f"rope_tables: {kind} scaling factor must be >= 1, got {f!r}")
+    if "original_max_position_embeddings" in s:
+        m = s["original_max_position_embeddings"]
+        if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+            raise ValueError("rope_tables: original_max_position_embeddings must be a positive int, "
+                             f"got {m!r}")
+    s["type"] = kind
+    return s
+
+
+def _check_head_dim(head_dim: int) -> None:
+    if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 2 or head_dim % 2:
+        raise ValueError(f"rope_tables: head_dim must be an even int >= 2, got {head_dim!r}")
+
+
+def _default_inv_freq(head_dim: int, base: float, dtype: torch.dtype) -> torch.Tensor:
+    # HF: 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    return 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.int64).to(dtype) / head_dim))
+
+
+def rope_inv_freq(head_dim: int, theta: float = 10000.0, scaling: Optional[Mapping] = None,
+                  seq_len: Optional[int] = None, dtype: torch.dtype = torch.float32
+                  ) -> Tuple[torch.Tensor, float]:
+    """Inverse frequencies [head_dim / 2] (CPU) and the attention factor that scales cos/sin.
+
+    `seq_len` is the length dynamic NTK scaling is evaluated at (see the module doc); the other
+    types ignore it. With dtype float32 the numbers are HF's.
+    """
+    _check_head_dim(head_dim)
+    if not (isinstance(theta, (int, float)) and not isinstance(theta, bool) and theta > 0):
+        raise ValueError(f"rope_tables: theta must be a positive number, got {theta!r}")
+    s = _normalize_scaling(scaling)
+    kind, dim, base = s["type"], head_dim, float(theta)
+    if kind == "default":
+        return _default_inv_freq(dim, base, dtype), 1.0
+    if kind == "linear":
+        return _default_inv_freq(dim, base, dtype) / s["factor"], 1.0
+    if kind == "ntk":
+        factor, m = s["factor"], s["original_max_position_embeddings"]
+        length = s.get("seq_len", seq_len)
+        length = m if length is None else max(int(length), m)
+        if dim > 2:  # at dim 2 the only frequency is 1 for every base
+            base = base * ((factor * length / m) - (factor - 1)) ** (dim / (dim - 2))
+        return _default_inv_freq(dim, base, dtype), 1.0
+    # yarn, as HF's _compute_yarn_parameters
+    factor, m = s["factor"], s["original_max_position_embeddings"]
+    attention_factor = s.get("attention_factor")
+    mscale, mscale_all_dim = s.get("mscale"), s.get("mscale_all_dim")
+
+    def get_mscale(scale, ms=1.0):
+        return 1.0 if scale <= 1 else 0.1 * ms * math.log(scale) + 1.0
+
+    if attention_factor is None:
+        if mscale and mscale_all_dim:
+            attention_factor = float(get_mscale(factor, mscale) / get_mscale(factor, mscale_all_dim))
+        else:
+            attention_factor = get_mscale(factor)
+    beta_fast = s.get("beta_fast") or 32
+    beta_slow = s.get("beta_slow") or 1
+
+    def correction_dim(num_rotations):
+        return (dim * math.log(m / (num_rotations * 2 * math.pi))) / (2 * math.log(base))
+
+    low, high = correction_dim(beta_fast), correction_dim(beta_slow)
+    if s.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001  # HF: prevent a singular ramp
+    ramp = ((torch.arange(dim // 2, dtype=dtype) - low) / (high - low)).clamp(0, 1)
+    pos_freqs = base ** (torch.arange(0, dim, 2).to(dtype) / dim)
+    inv_extrapolation = 1.0 / pos_freqs
+    inv_interpolation = 1.0 / (factor * pos_freqs)
+    extrapolation_factor = 1 - ramp
+    inv_freq = inv_interpolation * (1 - extrapolation_factor) + inv_extrapolation * extrapolation_factor
+    return inv_freq, float(attention_factor)
+
+
+def rope_tables(head_dim: int, positions: Union[int, torch.Tensor], theta: float = 10000.0,
+                scaling: Optional[Mapping] = None, device=None, dtype: torch.dtype = torch.float32
+                ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin tables for `rotary`.
+
+    positions: an int n (positions 0..n-1, tables [n, head_dim/2]), a 1-D tensor of positions
+    [T] (tables [T, head_dim/2]) or a 2-D tensor [B, T] of per-sequence positions (tables
+    [B, T, head_dim/2], e.g. decoding sequences of different lengths).
+    The angles are computed in float32 like HF (float64 when dtype is float64) and cast to dtype.
+    """
+    if isinstance(positions, torch.Tensor):
+        if positions.dim() not in (1, 2) or positions.is_floating_point() or positions.is_complex():
+            raise ValueError("rope_tables: positions must be an int or an integer tensor [T] or [B, T], "
+                             f"got a {positions.dtype} tensor of shape {tuple(positions.shape)}")
+        if device is None:
+            device = positions.device
+        pos = positions.to(device)
+        seq_len = int(pos.max()) + 1 if pos.numel() else 0
+    elif isinstance(positions, int) and not isinstance(positions, bool) and positions >= 0:
+        pos = torch.arange(positions, device=device)
+        seq_len = positions
+    else:
+        raise ValueError(f"rope_tables: positions must be an int >= 0 or an integer tensor, got {positions!r}")
+    if dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+        raise TypeError(f"rope_tables: dtype must be a floating dtype, got {dtype}")
+    work = torch.float64 if dtype == torch.float64 else torch.float32
+    inv_freq, attention_factor = rope_inv_freq(head_dim, theta, scaling, seq_len=seq_len, dtype=work)
+    angles = pos[..., None].to(work) * inv_freq.to(device=pos.device)
+    cos, sin = angles.cos(), angles.sin()
+    if attention_factor != 1.0:
+        cos, sin = cos * attention_factor, sin * attention_factor
+    return cos.to(dtype), sin.to(dtype)
+
+
+__all__ = ["rope_tables", "rope_inv_freq"]

@@ -1,0 +1,104 @@
+"""Rotary position embedding (RoPE), rotate-half convention of HF Llama/Qwen3.
+
+x [B, T, H, D] (D even), cos/sin [T, D/2] (shared by the batch) or [B, T, D/2] (per-sequence
+positions), as built by `rope_tables`:
+    out[..., :D/2] = x1 * cos - x2 * sin,   out[..., D/2:] = x2 * cos + x1 * sin.
+The tables may be float32 while x is bfloat16/float16 (the kernel computes in float32); otherwise
+they have x's dtype. x may be a strided view (q/k split from a fused projection); the output is
+contiguous. The backward is the inverse rotation. The tables get NO gradient: they are
+functions of positions, not parameters; a cos/sin that requires grad gets None.
+"""
+import torch
+
+from ._library import acc_dtype, ops, qualname, register_fallback
+from .rope import rope_inv_freq, rope_tables  # noqa: F401  (re-exported)
+
+
+def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Applies RoPE to x [B, T, H, D] with cos/sin [T, D/2] or [B, T, D/2] (fused kernel)."""
+    return ops.rotary(x, cos, sin)
+
+
+def rotary_reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Pure-PyTorch RoPE, differentiable by autograd; computes in float32 (float64 stays)."""
+    acc = acc_dtype(x.dtype)
+    c = cos.to(acc).unsqueeze(-2)  # [T, 1, D/2] or [B, T, 1, D/2]: broadcast over heads
+    s = sin.to(acc).unsqueeze(-2)
+    x1, x2 = x.to(acc).chunk(2, dim=-1)
+    return torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1).to(x.dtype)
+
+
+_FLOATS = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+def _check(x, cos, sin, op="rotary", xname="x"):
+    """The CPU kernel's argument checks, with its messages (fallback and fake kernels)."""
+    for name, t in ((xname, x), ("cos", cos), ("sin", sin)):
+        if t.dtype not in _FLOATS:
+            raise TypeError(f"{op}: {name} must be float32, bfloat16, float16 or float64, got {t.dtype}")
+    if x.dim() != 4:
+        raise ValueError(f"{op}: {xname} must be 4-D [B, T, H, D], got shape {list(x.shape)}")
+    B, T, _, D = x.shape
+    if D % 2:
+        raise ValueError(f"{op}: {xname} [B, T, H, D] must have an even head_dim D, got shape {list(x.shape)}")
+    if cos.shape != sin.shape:
+        raise ValueError(f"{op}: cos and sin must have the same shape, got cos {list(cos.shape)} "
+                         f"and sin {list(sin.shape)}")
+    if tuple(cos.shape) not in ((T, D // 2), (B, T, D // 2)):
+        raise ValueError(f"{op}: cos/sin must be [T, D/2] = [{T}, {D // 2}] or [B, T, D/2] = "
+                         f"[{B}, {T}, {D // 2}] for {xname} {list(x.shape)}, got {list(cos.shape)}")
+    if cos.dtype != sin.dtype:
+        raise TypeError(f"{op}: cos ({cos.dtype}) and sin ({sin.dtype}) must have the same dtype")
+    if cos.dtype not in (x.dtype, torch.float32):
+        raise TypeError(f"{op}: cos/sin must be float32 or {xname}'s dtype ({x.dtype}), got {cos.dtype}")
+
+
+def _rotate(x, cos, sin):
+    return rotary_reference(x, cos, sin).contiguous()
+
+
+@register_fallback("rotary")
+def _rotary_fallback(x, cos, sin):
+    _check(x, cos, sin)
+    return _rotate(x, cos, sin)
+
+
+@register_fallback("rotary_backward")
+def _rotary_backward_fallback(grad_out, cos, sin):
+    _check(grad_out, cos, sin, "rotary_backward", "grad_out")
+    return _rotate(grad_out, cos, -sin.to(acc_dtype(grad_out.dtype)))
+
+
+@torch.library.register_fake(qualname("rotary"))
+def _rotary_fake(x, cos, sin):
+    _check(x, cos, sin)
+    return x.new_empty(x.shape)
+
+
+@torch.library.register_fake(qualname("rotary_backward"))
+def _rotary_backward_fake(grad_out, cos, sin):
+    _check(grad_out, cos, sin, "rotary_backward", "grad_out")
+    return grad_out.new_empty(grad_out.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    _, cos, sin = inputs
+    ctx.save_for_backward(cos, sin)
+
+
+def _backward(ctx, grad_out):
+    cos, sin = ctx.saved_tensors
+    # The tables get no gradient (see the module doc).
+    return ops.rotary_backward(grad_out, cos, sin), None, None
+
+
+def _double_backward(ctx, grad_grad_x):
+    cos, sin = ctx.saved_tensors
+    # rotary_backward is the inverse rotation, a linear map: its adjoint is the forward rotation.
+    return ops.rotary(grad_grad_x, cos, sin), None, None
+
+
+torch.library.register_autograd(qualname("rotary"), _backward, setup_context=_setup_context)
+torch.library.register_autograd(qualname("rotary_backward"), _double_backward, setup_context=_setup_context)
+
+__all__ = ["rotary", "rotary_reference", "rope_tables", "rope_inv_freq"]
