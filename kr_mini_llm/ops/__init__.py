@@ -7,11 +7,13 @@ the kernel on backends without a native one. `backend_report(device)` says which
 import torch
 
 from ._library import kernel_path
+from .attention import attention, attention_reference
 from .rms_norm import rms_norm, rms_norm_reference
 
 # Public op name -> the registered ops it runs (forward first).
 OPS = {
     "rms_norm": ("rms_norm", "rms_norm_backward"),
+    "attention": ("attention", "attention_backward"),
 }
 
 
@@ -27,4 +29,4 @@ def simd_capability() -> str:
     return _C.simd_capability()
 
 
-__all__ = ["rms_norm", "rms_norm_reference", "backend_report", "simd_capability", "OPS"]
+__all__ = ["rms_norm", "rms_norm_reference", "attention", "attention_reference", "backend_report", "simd_capability", "OPS"]
