@@ -21,6 +21,7 @@
 #include <ATen/native/CPUBlas.h>
 
 #include <atomic>
+#include <cstring>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -31,22 +32,97 @@ namespace {
 constexpr const char* kOp = "attention";
 constexpr const char* kOpBwd = "attention_backward";
 
+// Per-worker buffers of the reduced-precision GEMM path.
+template <typename T>
+struct GemmScratch {
+  std::vector<T> a, b, bp;
+  std::vector<float> c, af, bf;
+};
+
+// Whether bf16/fp16 GEMMs go through oneDNN's VNNI brgemm ukernel (AMX / AVX512-BF16/FP16).
+template <typename T>
+bool use_vnni() {
+  if constexpr (std::is_same_v<T, at::BFloat16> || std::is_same_v<T, at::Half>) {
+    static const bool ok = at::native::cpublas::could_pack(c10::CppTypeToScalarType<T>::value);
+    return ok;
+  }
+  return false;
+}
+
 // C[M, N] (row-major, ldc, accumulation type) = A[M, K] @ B[K, N] (+ C if accumulate), all
-// row-major. cpublas::brgemm takes bf16/fp16 operands with fp32 output (AMX/AVX-512 through
-// oneDNN where the machine has it) and fp32; float64 (gradcheck only) goes through at::mm.
+// row-major. fp32: cpublas::brgemm. bf16/fp16: B is packed into VNNI panels of 64 columns
+// (zero-padded to an even K and to a multiple of 16 columns, as oneDNN requires) for
+// cpublas::brgemm's ukernel, with fp32 output; on machines without it the operands are widened
+// to fp32. float64 (gradcheck only) goes through at::mm.
 template <typename T>
 inline void mm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb,
-               bool accumulate, acc_t<T>* C, int64_t ldc) {
+               bool accumulate, acc_t<T>* C, int64_t ldc, GemmScratch<T>& ws) {
   if (M == 0 || N == 0) return;
+  if (K == 0) {
+    if (!accumulate)
+      for (int64_t i = 0; i < M; ++i) std::fill(C + i * ldc, C + i * ldc + N, acc_t<T>(0));
+    return;
+  }
   if constexpr (std::is_same_v<T, double>) {
     auto opt = at::TensorOptions().dtype(at::kDouble);
     at::Tensor a = at::from_blob(const_cast<double*>(A), {M, K}, {lda, 1}, opt);
     at::Tensor b = at::from_blob(const_cast<double*>(B), {K, N}, {ldb, 1}, opt);
     at::Tensor c = at::from_blob(C, {M, N}, {ldc, 1}, opt);
     if (accumulate) c.addmm_(a, b); else at::mm_out(c, a, b);
-  } else {
+  } else if constexpr (std::is_same_v<T, float>) {
     at::native::cpublas::brgemm(M, N, K, lda, ldb, ldc, accumulate, A, B, C, /*is_vnni=*/false);
+  } else if (!use_vnni<T>()) {
+    ws.af.resize(M * K);
+    ws.bf.resize(K * N);
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t j = 0; j < K; ++j) ws.af[i * K + j] = float(A[i * lda + j]);
+    for (int64_t i = 0; i < K; ++i)
+      for (int64_t j = 0; j < N; ++j) ws.bf[i * N + j] = float(B[i * ldb + j]);
+    at::native::cpublas::brgemm(M, N, K, K, N, ldc, accumulate, ws.af.data(), ws.bf.data(), C, false);
+  } else {
+    constexpr int64_t kPanel = 64;
+    const int64_t Kp = K + (K & 1);
+    const T* a = A;
+    int64_t lda_ = lda;
+    if (Kp != K) {  // an odd K: one zero column on A
+      ws.a.resize(M * Kp);
+      for (int64_t i = 0; i < M; ++i) {
+        std::memcpy(ws.a.data() + i * Kp, A + i * lda, K * sizeof(T));
+        ws.a[i * Kp + K] = T(0);
+      }
+      a = ws.a.data();
+      lda_ = Kp;
+    }
+    ws.b.resize(Kp * kPanel);
+    ws.bp.resize(Kp * kPanel);
+    for (int64_t n0 = 0; n0 < N; n0 += kPanel) {
+      const int64_t w = std::min(kPanel, N - n0), wp = (w + 15) / 16 * 16;
+      T* bb = ws.b.data();
+      for (int64_t i = 0; i < K; ++i) {
+        std::memcpy(bb + i * wp, B + i * ldb + n0, w * sizeof(T));
+        std::fill(bb + i * wp + w, bb + (i + 1) * wp, T(0));
+      }
+      if (Kp != K) std::fill(bb + K * wp, bb + Kp * wp, T(0));
+      const auto dt = c10::CppTypeToScalarType<T>::value;
+      at::native::cpublas::pack(Kp, wp, wp, wp, dt, dt, bb, ws.bp.data());
+      if (wp == w) {
+        at::native::cpublas::brgemm(M, wp, Kp, lda_, wp, ldc, accumulate, a, ws.bp.data(), C + n0, true);
+      } else {
+        ws.c.resize(M * wp);
+        float* cb = ws.c.data();
+        if (accumulate)
+          for (int64_t i = 0; i < M; ++i) std::memcpy(cb + i * wp, C + i * ldc + n0, w * sizeof(float));
+        at::native::cpublas::brgemm(M, wp, Kp, lda_, wp, wp, accumulate, a, ws.bp.data(), cb, true);
+        for (int64_t i = 0; i < M; ++i) std::memcpy(C + i * ldc + n0, cb + i * wp, w * sizeof(float));
+      }
+    }
   }
+}
+
+// Releases the AMX tile state a worker's brgemm calls may have configured.
+template <typename T>
+inline void gemm_done() {
+  if (use_vnni<T>()) at::native::cpublas::brgemm_release();
 }
 
 // dst[c * ld_dst + r] = src[r * ld_src + c] for r < rows, c < cols.
@@ -64,7 +140,7 @@ inline void transpose(int64_t rows, int64_t cols, const T* src, int64_t ld_src, 
 
 // Runs fn(item, scratch) for item in [0, n), handing items out in order from a shared counter.
 // Scratch is built once per worker with make_scratch().
-template <typename MakeScratch, typename Fn>
+template <typename T, typename MakeScratch, typename Fn>
 void for_each_item(int64_t n, const MakeScratch& make_scratch, const Fn& fn) {
   if (n <= 0) return;
   std::atomic<int64_t> next{0};
@@ -74,6 +150,7 @@ void for_each_item(int64_t n, const MakeScratch& make_scratch, const Fn& fn) {
          i = next.fetch_add(1, std::memory_order_relaxed)) {
       fn(i, scratch);
     }
+    gemm_done<T>();
   });
 }
 
@@ -233,6 +310,7 @@ void forward_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
   struct Scratch {
     std::vector<T> qp, kt, pr;
     std::vector<A> s, o, m, l;
+    GemmScratch<T> ws;
   };
   auto make = [&] {
     Scratch s;
@@ -246,7 +324,7 @@ void forward_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
     return s;
   };
   // Heaviest query blocks (the last ones, when causal) first.
-  for_each_item(BH * nq, make, [&](int64_t item, Scratch& sc) {
+  for_each_item<T>(BH * nq, make, [&](int64_t item, Scratch& sc) {
     const int64_t qi = nq - 1 - item / BH;
     const int64_t b = (item % BH) / d.Hkv, hk = item % d.Hkv;
     const int64_t t0 = qi * qb, nt = std::min(qb, d.Tq - t0), rows = nt * G;
@@ -267,7 +345,7 @@ void forward_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
       const T* vp = Vv.row(b, n0, hk);
       T* kt = sc.kt.data();
       transpose(nb, D, kp, ldk, kt, nb);
-      mm<T>(rows, nb, D, qp, D, kt, nb, false, S, nb);
+      mm<T>(rows, nb, D, qp, D, kt, nb, false, S, nb, sc.ws);
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t t = t0 + r / G;
         const int64_t valid = causal ? std::min(nb, std::max<int64_t>(t - n0 + 1, 0)) : nb;
@@ -287,7 +365,7 @@ void forward_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
           at::vec::map([alpha](V x) { return x * V(alpha); }, O + r * D, O + r * D, D);
         }
       }
-      mm<T>(rows, D, nb, P, nb, vp, ldv, true, O, D);
+      mm<T>(rows, D, nb, P, nb, vp, ldv, true, O, D, sc.ws);
     }
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t t = t0 + r / G, h = hk * G + r % G;
@@ -406,6 +484,7 @@ void backward_kernel(const at::Tensor& go, const at::Tensor& q, const at::Tensor
   struct Scratch {
     std::vector<T> qp, dop, qt, dot, kt, vt, pr, dsr;
     std::vector<A> s, dp, dk, dv;
+    GemmScratch<T> ws;
   };
   auto make = [&] {
     Scratch s;
@@ -424,7 +503,7 @@ void backward_kernel(const at::Tensor& go, const at::Tensor& q, const at::Tensor
     return s;
   };
   // Items: chunk-major, so the heavy first chunks of causal attention start first.
-  for_each_item(nchunks * BH, make, [&](int64_t item, Scratch& sc) {
+  for_each_item<T>(nchunks * BH, make, [&](int64_t item, Scratch& sc) {
     const int64_t c = item / BH, bh = item % BH, b = bh / d.Hkv, hk = bh % d.Hkv;
     A* dq = partp + c * part_stride + bh * d.Tq * G * D;  // [Tq, G, D]
     std::fill(dq + q_lo[c] * G * D, dq + d.Tq * G * D, A(0));
@@ -458,8 +537,8 @@ void backward_kernel(const at::Tensor& go, const at::Tensor& q, const at::Tensor
         pack_rows(GO, b, t0, nt, hk * G, G, D, dop);
         transpose(rows, D, qp, D, qt, rows);
         transpose(rows, D, dop, D, dot, rows);
-        mm<T>(rows, nb, D, qp, D, kt, nb, false, S, nb);
-        mm<T>(rows, nb, D, dop, D, vt, nb, false, dP, nb);
+        mm<T>(rows, nb, D, qp, D, kt, nb, false, S, nb, sc.ws);
+        mm<T>(rows, nb, D, dop, D, vt, nb, false, dP, nb, sc.ws);
         for (int64_t r = 0; r < rows; ++r) {
           const int64_t tl = r / G, g = r % G, t = t0 + tl;
           const int64_t valid = causal ? std::min(nb, std::max<int64_t>(t - n0 + 1, 0)) : nb;
@@ -480,9 +559,9 @@ void backward_kernel(const at::Tensor& go, const at::Tensor& q, const at::Tensor
           }
           for (i = valid; i < nb; ++i) dsr[i] = T(0);
         }
-        mm<T>(D, nb, rows, dot, rows, P, nb, true, dV, nb);
-        mm<T>(D, nb, rows, qt, rows, dS, nb, true, dK, nb);
-        mm<T>(rows, D, nb, dS, nb, kp, ldk, true, dq + t0 * G * D, D);
+        mm<T>(D, nb, rows, dot, rows, P, nb, true, dV, nb, sc.ws);
+        mm<T>(D, nb, rows, qt, rows, dS, nb, true, dK, nb, sc.ws);
+        mm<T>(rows, D, nb, dS, nb, kp, ldk, true, dq + t0 * G * D, D, sc.ws);
       }
       for (int64_t r = 0; r < nb; ++r) {
         T* gkr = gkp + ((b * d.Tk + n0 + r) * d.Hkv + hk) * D;
