@@ -7,6 +7,7 @@ the kernel on backends without a native one. `backend_report(device)` says which
 import torch
 
 from ._library import kernel_path
+from .attention import attention, attention_reference
 from .decode_attention import (decode_attention, decode_attention_reference, kv_cache_append,
                                kv_cache_append_reference)
 from .rms_norm import rms_norm, rms_norm_reference
@@ -19,6 +20,7 @@ OPS = {
     "rms_norm": ("rms_norm", "rms_norm_backward"),
     "rotary": ("rotary", "rotary_backward"),
     "swiglu": ("swiglu", "swiglu_backward"),
+    "attention": ("attention", "attention_backward"),
     "decode_attention": ("decode_attention",),
     "kv_cache_append": ("kv_cache_append",),
 }
@@ -37,6 +39,6 @@ def simd_capability() -> str:
 
 
 __all__ = ["rms_norm", "rms_norm_reference", "rotary", "rotary_reference", "rope_tables",
-           "rope_inv_freq", "swiglu", "swiglu_reference", "decode_attention",
+           "rope_inv_freq", "swiglu", "swiglu_reference", "attention", "attention_reference", "decode_attention",
            "decode_attention_reference", "kv_cache_append", "kv_cache_append_reference",
            "backend_report", "simd_capability", "OPS"]

@@ -1,0 +1,644 @@
+// Flash attention on the CPU: q [B, Tq, Hq, D], k/v [B, Tk, Hkv, D] in the layout a linear
+// layer produces; GQA/MQA by head groups (query head h reads kv head h / (Hq / Hkv)).
+//
+// Forward: one work item = (batch, kv head, query block). The G = Hq / Hkv query heads of the
+// group are packed together as the rows of one [qBlock * G, D] tile (row r = token r / G,
+// head r % G), so each K/V tile is read once for the whole group and the GEMMs are G times
+// taller. Online softmax over KV tiles; blocks above the causal diagonal are skipped; the
+// logsumexp is saved for the backward. Memory: per-work-item tiles only, never Tq x Tk.
+//
+// Backward: Di = rowsum(dO * O) first, then one work item = (batch, kv head, KV chunk) that
+// owns dK/dV of its KV blocks (no races) and recomputes P = exp(scale * q k^T - lse) tile by
+// tile. dQ of each KV chunk goes to its own fp32 partial buffer; the partials are summed in
+// chunk order afterwards. The chunking depends only on the shapes, so results do not depend
+// on the thread count.
+//
+// Scheduling: work items are handed out heaviest first from an atomic counter inside
+// at::parallel_for, so causal imbalance and noisy neighbours cost little. Each item is computed
+// the same way whichever thread runs it (no cross-item reductions), so this is deterministic.
+#include "ops/common.h"
+
+#include <ATen/native/CPUBlas.h>
+
+#include <atomic>
+#include <cstring>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+namespace kr {
+namespace {
+
+constexpr const char* kOp = "attention";
+constexpr const char* kOpBwd = "attention_backward";
+
+// Per-worker buffers of the reduced-precision GEMM path.
+template <typename T>
+struct GemmScratch {
+  std::vector<T> a, b, bp;
+  std::vector<float> c, af, bf;
+};
+
+// Whether bf16/fp16 GEMMs go through oneDNN's VNNI brgemm ukernel (AMX / AVX512-BF16/FP16).
+template <typename T>
+bool use_vnni() {
+  if constexpr (std::is_same_v<T, at::BFloat16> || std::is_same_v<T, at::Half>) {
+    static const bool ok = at::native::cpublas::could_pack(c10::CppTypeToScalarType<T>::value);
+    return ok;
+  }
+  return false;
+}
+
+// C[M, N] (row-major, ldc, accumulation type) = A[M, K] @ B[K, N] (+ C if accumulate), all
+// row-major. fp32: cpublas::brgemm. bf16/fp16: B is packed into VNNI panels of 64 columns
+// (zero-padded to an even K and to a multiple of 16 columns, as oneDNN requires) for
+// cpublas::brgemm's ukernel, with fp32 output; on machines without it the operands are widened
+// to fp32. float64 (gradcheck only) goes through at::mm.
+template <typename T>
+inline void mm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb,
+               bool accumulate, acc_t<T>* C, int64_t ldc, GemmScratch<T>& ws) {
+  if (M == 0 || N == 0) return;
+  if (K == 0) {
+    if (!accumulate)
+      for (int64_t i = 0; i < M; ++i) std::fill(C + i * ldc, C + i * ldc + N, acc_t<T>(0));
+    return;
+  }
+  if constexpr (std::is_same_v<T, double>) {
+    auto opt = at::TensorOptions().dtype(at::kDouble);
+    at::Tensor a = at::from_blob(const_cast<double*>(A), {M, K}, {lda, 1}, opt);
+    at::Tensor b = at::from_blob(const_cast<double*>(B), {K, N}, {ldb, 1}, opt);
+    at::Tensor c = at::from_blob(C, {M, N}, {ldc, 1}, opt);
+    if (accumulate) c.addmm_(a, b); else at::mm_out(c, a, b);
+  } else if constexpr (std::is_same_v<T, float>) {
+    at::native::cpublas::brgemm(M, N, K, lda, ldb, ldc, accumulate, A, B, C, /*is_vnni=*/false);
+  } else if (!use_vnni<T>()) {
+    ws.af.resize(M * K);
+    ws.bf.resize(K * N);
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t j = 0; j < K; ++j) ws.af[i * K + j] = float(A[i * lda + j]);
+    for (int64_t i = 0; i < K; ++i)
+      for (int64_t j = 0; j < N; ++j) ws.bf[i * N + j] = float(B[i * ldb + j]);
+    at::native::cpublas::brgemm(M, N, K, K, N, ldc, accumulate, ws.af.data(), ws.bf.data(), C, false);
+  } else {
+    constexpr int64_t kPanel = 64;
+    const int64_t Kp = K + (K & 1);
+    const T* a = A;
+    int64_t lda_ = lda;
+    if (Kp != K) {  // an odd K: one zero column on A
+      ws.a.resize(M * Kp);
+      for (int64_t i = 0; i < M; ++i) {
+        std::memcpy(ws.a.data() + i * Kp, A + i * lda, K * sizeof(T));
+        ws.a[i * Kp + K] = T(0);
+      }
+      a = ws.a.data();
+      lda_ = Kp;
+    }
+    ws.b.resize(Kp * kPanel);
+    ws.bp.resize(Kp * kPanel);
+    for (int64_t n0 = 0; n0 < N; n0 += kPanel) {
+      const int64_t w = std::min(kPanel, N - n0), wp = (w + 15) / 16 * 16;
+      T* bb = ws.b.data();
+      for (int64_t i = 0; i < K; ++i) {
+        std::memcpy(bb + i * wp, B + i * ldb + n0, w * sizeof(T));
+        std::fill(bb + i * wp + w, bb + (i + 1) * wp, T(0));
+      }
+      if (Kp != K) std::fill(bb + K * wp, bb + Kp * wp, T(0));
+      const auto dt = c10::CppTypeToScalarType<T>::value;
+      at::native::cpublas::pack(Kp, wp, wp, wp, dt, dt, bb, ws.bp.data());
+      if (wp == w) {
+        at::native::cpublas::brgemm(M, wp, Kp, lda_, wp, ldc, accumulate, a, ws.bp.data(), C + n0, true);
+      } else {
+        ws.c.resize(M * wp);
+        float* cb = ws.c.data();
+        if (accumulate)
+          for (int64_t i = 0; i < M; ++i) std::memcpy(cb + i * wp, C + i * ldc + n0, w * sizeof(float));
+        at::native::cpublas::brgemm(M, wp, Kp, lda_, wp, wp, accumulate, a, ws.bp.data(), cb, true);
+        for (int64_t i = 0; i < M; ++i) std::memcpy(C + i * ldc + n0, cb + i * wp, w * sizeof(float));
+      }
+    }
+  }
+}
+
+// Releases the AMX tile state a worker's brgemm calls may have configured.
+template <typename T>
+inline void gemm_done() {
+  if (use_vnni<T>()) at::native::cpublas::brgemm_release();
+}
+
+// dst[c * ld_dst + r] = src[r * ld_src + c] for r < rows, c < cols.
+template <typename T>
+inline void transpose(int64_t rows, int64_t cols, const T* src, int64_t ld_src, T* dst,
+                      int64_t ld_dst) {
+  constexpr int64_t kB = 16;
+  for (int64_t r0 = 0; r0 < rows; r0 += kB)
+    for (int64_t c0 = 0; c0 < cols; c0 += kB) {
+      const int64_t r1 = std::min(rows, r0 + kB), c1 = std::min(cols, c0 + kB);
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t c = c0; c < c1; ++c) dst[c * ld_dst + r] = src[r * ld_src + c];
+    }
+}
+
+// Runs fn(item, scratch) for item in [0, n), handing items out in order from a shared counter.
+// Scratch is built once per worker with make_scratch().
+template <typename T, typename MakeScratch, typename Fn>
+void for_each_item(int64_t n, const MakeScratch& make_scratch, const Fn& fn) {
+  if (n <= 0) return;
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, n, 1, [&](int64_t, int64_t) {
+    auto scratch = make_scratch();
+    for (int64_t i = next.fetch_add(1, std::memory_order_relaxed); i < n;
+         i = next.fetch_add(1, std::memory_order_relaxed)) {
+      fn(i, scratch);
+    }
+    gemm_done<T>();
+  });
+}
+
+// Strided view of a [B, T, H, D] tensor whose last dim is dense.
+template <typename T>
+struct BTHD {
+  const T* p;
+  int64_t sb, st, sh;
+  const T* row(int64_t b, int64_t t, int64_t h) const { return p + b * sb + t * st + h * sh; }
+};
+
+template <typename T>
+BTHD<T> view_of(const at::Tensor& x) {
+  return {x.const_data_ptr<T>(), x.stride(0), x.stride(1), x.stride(2)};
+}
+
+// A tensor usable by the kernels: last dim dense and, for GEMM operands, rows of one head at a
+// stride >= D. Anything else is copied to contiguous.
+at::Tensor usable(const at::Tensor& x) {
+  const int64_t D = x.size(3);
+  const bool ok = (x.stride(3) == 1 || D <= 1) && (x.size(1) <= 1 || x.stride(1) >= D);
+  return ok ? x : x.contiguous();
+}
+
+// Leading dimension of the rows (tokens) of one head; any value >= D works for a single row.
+inline int64_t row_ld(const at::Tensor& x) {
+  return x.size(1) <= 1 ? std::max<int64_t>(x.size(3), 1) : x.stride(1);
+}
+
+// Copies rows [t0, t0 + nt) of heads [h0, h0 + G) into dst [nt * G, D] (row = t * G + g).
+template <typename T>
+inline void pack_rows(const BTHD<T>& src, int64_t b, int64_t t0, int64_t nt, int64_t h0,
+                      int64_t G, int64_t D, T* dst) {
+  for (int64_t t = 0; t < nt; ++t)
+    for (int64_t g = 0; g < G; ++g)
+      std::memcpy(dst + (t * G + g) * D, src.row(b, t0 + t, h0 + g), D * sizeof(T));
+}
+
+template <typename A>
+inline A vec_max_scaled(const A* s, int64_t n, A scale) {
+  using V = Vectorized<A>;
+  constexpr int64_t K = V::size();
+  const V vs(scale);
+  V m(-std::numeric_limits<A>::infinity());
+  int64_t i = 0;
+  for (; i + K <= n; i += K) m = at::vec::maximum(m, V::loadu(s + i) * vs);
+  A r = at::vec::vec_reduce_all<A>([](V& a, V& b) { return at::vec::maximum(a, b); }, m);
+  for (; i < n; ++i) r = std::max(r, s[i] * scale);
+  return r;
+}
+
+// p[i] = exp(s[i] * scale - sub) for i < n (stored as T), p[n..nb) = 0; returns the sum of
+// the stored values' accumulation-type originals.
+template <typename T, typename A = acc_t<T>>
+inline A exp_row(const A* s, int64_t n, int64_t nb, A scale, A sub, T* p) {
+  using IO = VecIO<T>;
+  using V = typename IO::V;
+  constexpr int64_t K = V::size();
+  const V vs(scale), vsub(sub);
+  V acc(0);
+  int64_t i = 0;
+  for (; i + K <= n; i += K) {
+    V e = at::vec::fmsub(V::loadu(s + i), vs, vsub).exp_u20();
+    acc = acc + e;
+    IO::store(p + i, e);
+  }
+  A sum = at::vec::vec_reduce_all<A>([](V& a, V& b) { return a + b; }, acc);
+  for (; i < n; ++i) {
+    A e = std::exp(s[i] * scale - sub);
+    sum += e;
+    p[i] = T(e);
+  }
+  for (; i < nb; ++i) p[i] = T(0);
+  return sum;
+}
+
+// ------------------------------------------------------------------------------------------
+// Checks
+
+struct Dims {
+  int64_t B, Tq, Tk, Hq, Hkv, G, D;
+};
+
+Dims check_qkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool causal,
+               const char* op) {
+  check_dim(q, 4, op, "q", "[B, Tq, Hq, D]");
+  check_dim(k, 4, op, "k", "[B, Tk, Hkv, D]");
+  check_dim(v, 4, op, "v", "[B, Tk, Hkv, D]");
+  check_cpu(q, op, "q");
+  check_cpu(k, op, "k");
+  check_cpu(v, op, "v");
+  check_float(q, op, "q");
+  check_same_dtype(k, "k", q, "q", op);
+  check_same_dtype(v, "v", q, "q", op);
+  TORCH_CHECK_VALUE(k.sizes() == v.sizes(), op, ": k and v must have the same shape [B, Tk, Hkv, D], got k ",
+                    shape_str(k), " and v ", shape_str(v));
+  const int64_t B = q.size(0), Tq = q.size(1), Hq = q.size(2), D = q.size(3);
+  const int64_t Tk = k.size(1), Hkv = k.size(2);
+  TORCH_CHECK_VALUE(k.size(0) == B, op, ": k/v must be [B, Tk, Hkv, D] with B = ", B,
+                    " as in q ", shape_str(q), ", got ", shape_str(k));
+  TORCH_CHECK_VALUE(k.size(3) == D, op, ": head_dim of k/v (", k.size(3),
+                    ") must equal head_dim of q (", D, "): q ", shape_str(q), ", k ", shape_str(k));
+  TORCH_CHECK_VALUE(D >= 1, op, ": head_dim must be >= 1, got q ", shape_str(q));
+  TORCH_CHECK_VALUE(Hkv >= 1 && Hq % Hkv == 0, op, ": the number of query heads Hq = ", Hq,
+                    " must be a multiple of the number of kv heads Hkv = ", Hkv, " (q ",
+                    shape_str(q), ", k ", shape_str(k), ")");
+  TORCH_CHECK_VALUE(!causal || Tq == Tk, op, ": causal=True needs Tq == Tk, got Tq = ", Tq,
+                    " and Tk = ", Tk, " (use causal=False for Tq != Tk)");
+  return {B, Tq, Tk, Hq, Hkv, Hq / Hkv, D};
+}
+
+double resolve_scale(std::optional<double> scale, int64_t D) {
+  return scale.has_value() ? *scale : 1.0 / std::sqrt(static_cast<double>(D));
+}
+
+// Block sizes. Rows of a tile are (token, head-of-group) pairs: aim at ~kRows rows whatever G.
+struct Blocks {
+  int64_t qb;  // query tokens per block
+  int64_t kb;  // kv tokens per block
+};
+
+Blocks forward_blocks(const Dims& d) {
+  const int64_t rows = d.Tq >= 768 ? 256 : (d.Tq >= 192 ? 128 : 64);
+  int64_t qb = std::max<int64_t>(1, rows / d.G);
+  qb = std::min(qb, std::max<int64_t>(d.Tq, 1));
+  const int64_t kb = std::min<int64_t>(256, std::max<int64_t>(d.Tk, 1));
+  return {qb, kb};
+}
+
+Blocks backward_blocks(const Dims& d) {
+  int64_t qb = std::max<int64_t>(1, 128 / d.G);
+  qb = std::min(qb, std::max<int64_t>(d.Tq, 1));
+  const int64_t kb = std::min<int64_t>(128, std::max<int64_t>(d.Tk, 1));
+  return {qb, kb};
+}
+
+// ------------------------------------------------------------------------------------------
+// Forward
+
+template <typename T>
+void forward_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out,
+                    at::Tensor& lse, const Dims& d, bool causal, double scale_d) {
+  using A = acc_t<T>;
+  constexpr bool kReduced = !std::is_same_v<T, A>;
+  const Blocks bl = forward_blocks(d);
+  const int64_t G = d.G, D = d.D, qb = bl.qb, kb = bl.kb;
+  const int64_t M = qb * G;
+  const int64_t nq = (d.Tq + qb - 1) / qb;
+  const int64_t BH = d.B * d.Hkv;
+  const A scale = static_cast<A>(scale_d);
+  const BTHD<T> Q = view_of<T>(q), K = view_of<T>(k), Vv = view_of<T>(v);
+  const int64_t ldk = row_ld(k), ldv = row_ld(v);
+  T* op = out.mutable_data_ptr<T>();
+  A* lp = lse.mutable_data_ptr<A>();
+  const A ninf = -std::numeric_limits<A>::infinity();
+
+  struct Scratch {
+    std::vector<T> qp, kt, pr;
+    std::vector<A> s, o, m, l;
+    GemmScratch<T> ws;
+  };
+  auto make = [&] {
+    Scratch s;
+    s.qp.resize(M * D);
+    s.kt.resize(D * kb);
+    s.pr.resize(kReduced ? M * kb : 0);
+    s.s.resize(M * kb);
+    s.o.resize(M * D);
+    s.m.resize(M);
+    s.l.resize(M);
+    return s;
+  };
+  // Heaviest query blocks (the last ones, when causal) first.
+  for_each_item<T>(BH * nq, make, [&](int64_t item, Scratch& sc) {
+    const int64_t qi = nq - 1 - item / BH;
+    const int64_t b = (item % BH) / d.Hkv, hk = item % d.Hkv;
+    const int64_t t0 = qi * qb, nt = std::min(qb, d.Tq - t0), rows = nt * G;
+    T* qp = sc.qp.data();
+    A* S = sc.s.data();
+    T* P = kReduced ? sc.pr.data() : reinterpret_cast<T*>(S);
+    A* O = sc.o.data();
+    A* mx = sc.m.data();
+    A* sum = sc.l.data();
+    pack_rows(Q, b, t0, nt, hk * G, G, D, qp);
+    std::fill(O, O + rows * D, A(0));
+    std::fill(mx, mx + rows, ninf);
+    std::fill(sum, sum + rows, A(0));
+    const int64_t nkeys = causal ? std::min(t0 + nt, d.Tk) : d.Tk;
+    for (int64_t n0 = 0; n0 < nkeys; n0 += kb) {
+      const int64_t nb = std::min(kb, nkeys - n0);
+      const T* kp = K.row(b, n0, hk);
+      const T* vp = Vv.row(b, n0, hk);
+      T* kt = sc.kt.data();
+      transpose(nb, D, kp, ldk, kt, nb);
+      mm<T>(rows, nb, D, qp, D, kt, nb, false, S, nb, sc.ws);
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t t = t0 + r / G;
+        const int64_t valid = causal ? std::min(nb, std::max<int64_t>(t - n0 + 1, 0)) : nb;
+        A* sr = S + r * nb;
+        T* pr = P + r * nb;
+        if (valid == 0) {
+          std::fill(pr, pr + nb, T(0));
+          continue;
+        }
+        const A new_m = std::max(mx[r], vec_max_scaled(sr, valid, scale));
+        const A alpha = std::exp(mx[r] - new_m);  // 0 for the first block of the row
+        const A s_blk = exp_row<T>(sr, valid, nb, scale, new_m, pr);
+        sum[r] = sum[r] * alpha + s_blk;
+        mx[r] = new_m;
+        if (alpha != A(1)) {
+          using V = Vectorized<A>;
+          at::vec::map([alpha](V x) { return x * V(alpha); }, O + r * D, O + r * D, D);
+        }
+      }
+      mm<T>(rows, D, nb, P, nb, vp, ldv, true, O, D, sc.ws);
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t t = t0 + r / G, h = hk * G + r % G;
+      const A inv = sum[r] > A(0) ? A(1) / sum[r] : A(0);
+      T* orow = op + ((b * d.Tq + t) * d.Hq + h) * D;
+      using V = Vectorized<A>;
+      using IO = VecIO<T>;
+      constexpr int64_t KV = V::size();
+      const V vinv(inv);
+      const A* orr = O + r * D;
+      int64_t i = 0;
+      for (; i + KV <= D; i += KV) IO::store(orow + i, V::loadu(orr + i) * vinv);
+      if (i < D) IO::store(orow + i, V::loadu(orr + i, D - i) * vinv, D - i);
+      lp[(b * d.Hq + h) * d.Tq + t] = sum[r] > A(0) ? mx[r] + std::log(sum[r]) : ninf;
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> attention_cpu(const at::Tensor& q_, const at::Tensor& k_,
+                                                 const at::Tensor& v_, bool causal,
+                                                 std::optional<double> scale) {
+  const Dims d = check_qkv(q_, k_, v_, causal, kOp);
+  const auto acc_dtype = at::toOpMathType(q_.scalar_type());
+  at::Tensor out = at::empty({d.B, d.Tq, d.Hq, d.D}, q_.options());
+  at::Tensor lse = at::empty({d.B, d.Hq, d.Tq}, q_.options().dtype(acc_dtype));
+  if (out.numel() == 0) return {out, lse};
+  const at::Tensor q = usable(q_), k = usable(k_), v = usable(v_);
+  const double sc = resolve_scale(scale, d.D);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "attention_cpu", [&] {
+    forward_kernel<scalar_t>(q, k, v, out, lse, d, causal, sc);
+  });
+  return {out, lse};
+}
+
+// ------------------------------------------------------------------------------------------
+// Backward
+
+// KV block ranges of the chunks: contiguous, balanced by work (causal blocks see fewer queries).
+std::vector<int64_t> chunk_bounds(int64_t nkb, int64_t nchunks, int64_t kb, int64_t Tq, bool causal) {
+  std::vector<int64_t> w(nkb);
+  double total = 0;
+  for (int64_t j = 0; j < nkb; ++j) {
+    w[j] = causal ? std::max<int64_t>(Tq - j * kb, 1) : 1;
+    total += static_cast<double>(w[j]);
+  }
+  std::vector<int64_t> bounds{0};
+  double acc = 0;
+  for (int64_t j = 0; j < nkb; ++j) {
+    acc += static_cast<double>(w[j]);
+    const int64_t c = static_cast<int64_t>(bounds.size());
+    const bool room = nkb - (j + 1) >= nchunks - c;  // blocks left for the remaining chunks
+    if (c < nchunks && j + 1 < nkb && (acc >= total * c / nchunks || !room)) bounds.push_back(j + 1);
+  }
+  bounds.push_back(nkb);
+  return bounds;
+}
+
+// Chunks of KV blocks per (batch, kv head): enough work items for a multi-core machine, fixed
+// by the shapes alone.
+constexpr int64_t kMinBackwardItems = 8;
+
+template <typename T>
+void backward_kernel(const at::Tensor& go, const at::Tensor& q, const at::Tensor& k,
+                     const at::Tensor& v, const at::Tensor& o, const at::Tensor& lse,
+                     at::Tensor& gq, at::Tensor& gk, at::Tensor& gv, const Dims& d, bool causal,
+                     double scale_d) {
+  using A = acc_t<T>;
+  using V = Vectorized<A>;
+  using IO = VecIO<T>;
+  constexpr int64_t KV = V::size();
+  constexpr bool kReduced = !std::is_same_v<T, A>;
+  const Blocks bl = backward_blocks(d);
+  const int64_t G = d.G, D = d.D, qb = bl.qb, kb = bl.kb, M = qb * G;
+  const int64_t BH = d.B * d.Hkv;
+  const A scale = static_cast<A>(scale_d);
+  const BTHD<T> Q = view_of<T>(q), Kt = view_of<T>(k), Vt = view_of<T>(v), GO = view_of<T>(go),
+                O = view_of<T>(o);
+  const int64_t ldk = row_ld(k), ldv = row_ld(v);
+  const A* lsep = lse.const_data_ptr<A>();
+
+  // Di = rowsum(dO * O), laid out [B, Hkv, Tq, G] like the packed rows.
+  at::Tensor di = at::empty({d.B, d.Hkv, d.Tq, G}, lse.options());
+  A* dip = di.mutable_data_ptr<A>();
+  at::parallel_for(0, d.B * d.Tq, std::max<int64_t>(1, 4096 / std::max<int64_t>(d.Hq * D, 1)),
+                   [&](int64_t s, int64_t e) {
+    for (int64_t bt = s; bt < e; ++bt) {
+      const int64_t b = bt / d.Tq, t = bt % d.Tq;
+      for (int64_t h = 0; h < d.Hq; ++h) {
+        const T* a = GO.row(b, t, h);
+        const T* c = O.row(b, t, h);
+        V acc(0);
+        int64_t i = 0;
+        for (; i + KV <= D; i += KV) acc = at::vec::fmadd(IO::load(a + i), IO::load(c + i), acc);
+        A r = at::vec::vec_reduce_all<A>([](V& x, V& y) { return x + y; }, acc);
+        for (; i < D; ++i) r += A(a[i]) * A(c[i]);
+        dip[((b * d.Hkv + h / G) * d.Tq + t) * G + h % G] = r;
+      }
+    }
+  });
+
+  const int64_t nkb = (d.Tk + kb - 1) / kb;
+  const int64_t nchunks = std::max<int64_t>(
+      1, std::min<int64_t>(nkb, (kMinBackwardItems + BH - 1) / BH));
+  const std::vector<int64_t> bounds = chunk_bounds(nkb, nchunks, kb, d.Tq, causal);
+  // dQ partials [chunk, B, Hkv, Tq, G, D] (fp32); chunk c writes rows from q_lo[c] on.
+  const int64_t part_stride = BH * d.Tq * G * D;
+  at::Tensor part = at::empty({nchunks * part_stride}, lse.options());
+  A* partp = part.mutable_data_ptr<A>();
+  std::vector<int64_t> q_lo(nchunks);
+  for (int64_t c = 0; c < nchunks; ++c)
+    q_lo[c] = causal ? std::min(d.Tq, (bounds[c] * kb) / qb * qb) : 0;
+
+  T* gkp = gk.mutable_data_ptr<T>();
+  T* gvp = gv.mutable_data_ptr<T>();
+
+  struct Scratch {
+    std::vector<T> qp, dop, qt, dot, kt, vt, pr, dsr;
+    std::vector<A> s, dp, dk, dv;
+    GemmScratch<T> ws;
+  };
+  auto make = [&] {
+    Scratch s;
+    s.qp.resize(M * D);
+    s.dop.resize(M * D);
+    s.qt.resize(D * M);
+    s.dot.resize(D * M);
+    s.kt.resize(D * kb);
+    s.vt.resize(D * kb);
+    s.pr.resize(kReduced ? M * kb : 0);
+    s.dsr.resize(kReduced ? M * kb : 0);
+    s.s.resize(M * kb);
+    s.dp.resize(M * kb);
+    s.dk.resize(kb * D);
+    s.dv.resize(kb * D);
+    return s;
+  };
+  // Items: chunk-major, so the heavy first chunks of causal attention start first.
+  for_each_item<T>(nchunks * BH, make, [&](int64_t item, Scratch& sc) {
+    const int64_t c = item / BH, bh = item % BH, b = bh / d.Hkv, hk = bh % d.Hkv;
+    A* dq = partp + c * part_stride + bh * d.Tq * G * D;  // [Tq, G, D]
+    std::fill(dq + q_lo[c] * G * D, dq + d.Tq * G * D, A(0));
+    const A* lse_bh = lsep + (b * d.Hq + hk * G) * d.Tq;  // lse[b, hk*G + g, t] at g*Tq + t
+    const A* di_bh = dip + bh * d.Tq * G;
+    T* qp = sc.qp.data();
+    T* dop = sc.dop.data();
+    A* S = sc.s.data();
+    A* dP = sc.dp.data();
+    T* P = kReduced ? sc.pr.data() : reinterpret_cast<T*>(S);
+    T* dS = kReduced ? sc.dsr.data() : reinterpret_cast<T*>(dP);
+    A* dK = sc.dk.data();
+    A* dV = sc.dv.data();
+    for (int64_t j = bounds[c]; j < bounds[c + 1]; ++j) {
+      const int64_t n0 = j * kb, nb = std::min(kb, d.Tk - n0);
+      const T* kp = Kt.row(b, n0, hk);
+      const T* vp = Vt.row(b, n0, hk);
+      // dK^T and dV^T [D, nb] accumulate here.
+      std::fill(dK, dK + nb * D, A(0));
+      std::fill(dV, dV + nb * D, A(0));
+      T* kt = sc.kt.data();
+      T* vt = sc.vt.data();
+      T* qt = sc.qt.data();
+      T* dot = sc.dot.data();
+      transpose(nb, D, kp, ldk, kt, nb);
+      transpose(nb, D, vp, ldv, vt, nb);
+      const int64_t qstart = causal ? n0 / qb : 0;
+      for (int64_t qi = qstart; qi * qb < d.Tq; ++qi) {
+        const int64_t t0 = qi * qb, nt = std::min(qb, d.Tq - t0), rows = nt * G;
+        pack_rows(Q, b, t0, nt, hk * G, G, D, qp);
+        pack_rows(GO, b, t0, nt, hk * G, G, D, dop);
+        transpose(rows, D, qp, D, qt, rows);
+        transpose(rows, D, dop, D, dot, rows);
+        mm<T>(rows, nb, D, qp, D, kt, nb, false, S, nb, sc.ws);
+        mm<T>(rows, nb, D, dop, D, vt, nb, false, dP, nb, sc.ws);
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t tl = r / G, g = r % G, t = t0 + tl;
+          const int64_t valid = causal ? std::min(nb, std::max<int64_t>(t - n0 + 1, 0)) : nb;
+          A* sr = S + r * nb;
+          T* pr = P + r * nb;
+          A* dpr = dP + r * nb;
+          T* dsr = dS + r * nb;
+          exp_row<T>(sr, valid, nb, scale, lse_bh[g * d.Tq + t], pr);
+          // dS = P * (dP - Di); P is re-read from its stored (possibly rounded) values so
+          // dV and dS see the same P.
+          const V vdi(di_bh[t * G + g]);
+          int64_t i = 0;
+          for (; i + KV <= valid; i += KV)
+            IO::store(dsr + i, IO::load(pr + i) * (V::loadu(dpr + i) - vdi));
+          if (i < valid) {
+            const int64_t n = valid - i;
+            IO::store(dsr + i, IO::load(pr + i, n) * (V::loadu(dpr + i, n) - vdi), n);
+          }
+          for (i = valid; i < nb; ++i) dsr[i] = T(0);
+        }
+        mm<T>(D, nb, rows, dot, rows, P, nb, true, dV, nb, sc.ws);
+        mm<T>(D, nb, rows, qt, rows, dS, nb, true, dK, nb, sc.ws);
+        mm<T>(rows, D, nb, dS, nb, kp, ldk, true, dq + t0 * G * D, D, sc.ws);
+      }
+      for (int64_t r = 0; r < nb; ++r) {
+        T* gkr = gkp + ((b * d.Tk + n0 + r) * d.Hkv + hk) * D;
+        T* gvr = gvp + ((b * d.Tk + n0 + r) * d.Hkv + hk) * D;
+        for (int64_t i = 0; i < D; ++i) {
+          gkr[i] = T(dK[i * nb + r] * scale);
+          gvr[i] = T(dV[i * nb + r]);
+        }
+      }
+    }
+  });
+
+  // grad_q[b, t, h] = scale * sum over chunks (in chunk order) of the partials.
+  T* gqp = gq.mutable_data_ptr<T>();
+  at::parallel_for(0, BH * d.Tq, std::max<int64_t>(1, 8192 / std::max<int64_t>(G * D, 1)),
+                   [&](int64_t s, int64_t e) {
+    std::vector<A> acc(G * D);
+    for (int64_t x = s; x < e; ++x) {
+      const int64_t bh = x / d.Tq, t = x % d.Tq, b = bh / d.Hkv, hk = bh % d.Hkv;
+      const A* p0 = partp + (bh * d.Tq + t) * G * D;
+      std::copy(p0, p0 + G * D, acc.begin());
+      for (int64_t c = 1; c < nchunks; ++c) {
+        if (t < q_lo[c]) break;  // q_lo is non-decreasing
+        const A* pc = p0 + c * part_stride;
+        at::vec::map2([](V a, V bb) { return a + bb; }, acc.data(), acc.data(), pc, G * D);
+      }
+      T* dst = gqp + ((b * d.Tq + t) * d.Hq + hk * G) * D;  // the G heads are contiguous
+      const V vs(scale);
+      int64_t i = 0;
+      for (; i + KV <= G * D; i += KV) IO::store(dst + i, V::loadu(acc.data() + i) * vs);
+      if (i < G * D) IO::store(dst + i, V::loadu(acc.data() + i, G * D - i) * vs, G * D - i);
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu(
+    const at::Tensor& grad_out_, const at::Tensor& q_, const at::Tensor& k_, const at::Tensor& v_,
+    const at::Tensor& out_, const at::Tensor& lse_, bool causal, std::optional<double> scale) {
+  const Dims d = check_qkv(q_, k_, v_, causal, kOpBwd);
+  TORCH_CHECK_VALUE(grad_out_.sizes() == q_.sizes(), kOpBwd, ": grad_out must be [B, Tq, Hq, D] = ",
+                    shape_str(q_), " like q, got ", shape_str(grad_out_));
+  TORCH_CHECK_VALUE(out_.sizes() == q_.sizes(), kOpBwd, ": out must be [B, Tq, Hq, D] = ",
+                    shape_str(q_), " like q, got ", shape_str(out_));
+  check_cpu(grad_out_, kOpBwd, "grad_out");
+  check_cpu(out_, kOpBwd, "out");
+  check_cpu(lse_, kOpBwd, "lse");
+  check_same_dtype(grad_out_, "grad_out", q_, "q", kOpBwd);
+  check_same_dtype(out_, "out", q_, "q", kOpBwd);
+  const auto acc_dtype = at::toOpMathType(q_.scalar_type());
+  TORCH_CHECK_VALUE(lse_.dim() == 3 && lse_.size(0) == d.B && lse_.size(1) == d.Hq &&
+                        lse_.size(2) == d.Tq && lse_.scalar_type() == acc_dtype,
+                    kOpBwd, ": lse must be the [B, Hq, Tq] = [", d.B, ", ", d.Hq, ", ", d.Tq, "] ",
+                    acc_dtype, " tensor saved by the forward, got ", shape_str(lse_), " ",
+                    lse_.scalar_type());
+  at::Tensor gq = at::empty({d.B, d.Tq, d.Hq, d.D}, q_.options());
+  at::Tensor gk = at::empty({d.B, d.Tk, d.Hkv, d.D}, k_.options());
+  at::Tensor gv = at::empty({d.B, d.Tk, d.Hkv, d.D}, v_.options());
+  if (gq.numel() == 0 || gk.numel() == 0) {
+    gq.zero_();
+    gk.zero_();
+    gv.zero_();
+    return {gq, gk, gv};
+  }
+  const at::Tensor q = usable(q_), k = usable(k_), v = usable(v_), go = usable(grad_out_),
+                   o = usable(out_), lse = lse_.contiguous();
+  const double sc = resolve_scale(scale, d.D);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "attention_backward_cpu", [&] {
+    backward_kernel<scalar_t>(go, q, k, v, o, lse, gq, gk, gv, d, causal, sc);
+  });
+  return {gq, gk, gv};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(kr_mini_llm, CPU, m) {
+  m.impl("attention", &attention_cpu);
+  m.impl("attention_backward", &attention_backward_cpu);
+}
+
+}  // namespace kr

@@ -1,0 +1,141 @@
+"""Flash attention on [B, T, H, D] tensors with GQA/MQA by head groups.
+
+q [B, Tq, Hq, D], k/v [B, Tk, Hkv, D] with Hq % Hkv == 0: query head h reads kv head
+h // (Hq // Hkv). causal=True needs Tq == Tk. scale defaults to 1 / sqrt(D).
+"""
+import math
+from typing import Optional
+
+import torch
+
+from ._library import acc_dtype, ops, qualname, register_fallback
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True,
+              scale: Optional[float] = None) -> torch.Tensor:
+    """Softmax(scale * q k^T [+ causal mask]) v per head group; returns out [B, Tq, Hq, D]."""
+    return ops.attention(q, k, v, causal, scale)[0]
+
+
+def _scores(q, k, causal, scale):
+    """Scaled scores [B, Hkv, G, Tq, Tk] in the accumulation dtype (masked entries -inf)."""
+    B, Tq, Hq, D = q.shape
+    Tk, Hkv = k.shape[1], k.shape[2]
+    G = Hq // Hkv
+    acc = acc_dtype(q.dtype)
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    # q head h = hk * G + g: view [B, Tq, Hkv, G, D] -> [B, Hkv, G * Tq, D]; k: [B, Hkv, D, Tk].
+    qg = q.to(acc).reshape(B, Tq, Hkv, G, D).permute(0, 2, 3, 1, 4).reshape(B, Hkv, G * Tq, D)
+    kt = k.to(acc).permute(0, 2, 3, 1)
+    s = torch.matmul(qg, kt).mul(scale).reshape(B, Hkv, G, Tq, Tk)
+    if causal:
+        mask = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).triu(1)
+        s = s.masked_fill(mask, float("-inf"))
+    return s
+
+
+def _merge_heads(x, B, Tq, Hq, D):
+    """[B, Hkv, G, Tq, D] -> [B, Tq, Hq, D]."""
+    return x.permute(0, 3, 1, 2, 4).reshape(B, Tq, Hq, D)
+
+
+def _split_heads(x, Hkv):
+    """[B, Tq, Hq, D] -> [B, Hkv, G, Tq, D]."""
+    B, Tq, Hq, D = x.shape
+    return x.reshape(B, Tq, Hkv, Hq // Hkv, D).permute(0, 2, 3, 1, 4)
+
+
+def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True,
+                        scale: Optional[float] = None) -> torch.Tensor:
+    """Pure-PyTorch attention (explicit matmul + softmax in float32, float64 stays float64),
+    differentiable by autograd; GQA by head-group indexing, K/V are never repeated."""
+    B, Tq, Hq, D = q.shape
+    Hkv = k.shape[2]
+    s = _scores(q, k, causal, scale)                          # [B, Hkv, G, Tq, Tk]
+    p = torch.softmax(s, dim=-1)
+    o = torch.matmul(p, v.to(s.dtype).transpose(1, 2).unsqueeze(2))  # [B, Hkv, G, Tq, D]
+    return _merge_heads(o, B, Tq, Hq, D).to(q.dtype)
+
+
+def _check(q, k, v, causal, op="attention"):
+    torch._check(q.dim() == 4 and k.dim() == 4 and v.dim() == 4,
+                 lambda: f"{op}: q, k, v must be 4-D [B, T, H, D], got {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+    torch._check(k.shape == v.shape, lambda: f"{op}: k and v must have the same shape [B, Tk, Hkv, D], "
+                                             f"got k {tuple(k.shape)} and v {tuple(v.shape)}")
+    torch._check(k.shape[0] == q.shape[0] and k.shape[3] == q.shape[3],
+                 lambda: f"{op}: k/v must be [B, Tk, Hkv, D] matching q {tuple(q.shape)}, got {tuple(k.shape)}")
+    torch._check(k.shape[2] >= 1 and q.shape[2] % k.shape[2] == 0,
+                 lambda: f"{op}: the number of query heads Hq = {q.shape[2]} must be a multiple of the "
+                         f"number of kv heads Hkv = {k.shape[2]}")
+    torch._check(not causal or q.shape[1] == k.shape[1],
+                 lambda: f"{op}: causal=True needs Tq == Tk, got Tq = {q.shape[1]} and Tk = {k.shape[1]}")
+    torch._check(q.dtype == k.dtype == v.dtype,
+                 lambda: f"{op}: q, k, v must have the same dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+
+
+@register_fallback("attention")
+def _attention_fallback(q, k, v, causal, scale):
+    _check(q, k, v, causal)
+    B, Tq, Hq, D = q.shape
+    s = _scores(q, k, causal, scale)
+    lse = torch.logsumexp(s, dim=-1)                          # [B, Hkv, G, Tq]
+    p = torch.exp(s - lse.unsqueeze(-1))
+    if s.shape[-1] == 0:
+        p = torch.zeros_like(s)
+    o = torch.matmul(p, v.to(s.dtype).transpose(1, 2).unsqueeze(2))
+    return _merge_heads(o, B, Tq, Hq, D).to(q.dtype), lse.reshape(B, Hq, Tq)
+
+
+@register_fallback("attention_backward")
+def _attention_backward_fallback(grad_out, q, k, v, out, lse, causal, scale):
+    _check(q, k, v, causal, "attention_backward")
+    B, Tq, Hq, D = q.shape
+    Hkv = k.shape[2]
+    G = Hq // Hkv
+    acc = lse.dtype
+    sc = 1.0 / math.sqrt(D) if scale is None else scale
+    s = _scores(q, k, causal, scale)                          # [B, Hkv, G, Tq, Tk]
+    p = torch.exp(s - lse.reshape(B, Hkv, G, Tq, 1))
+    do = _split_heads(grad_out.to(acc), Hkv)                  # [B, Hkv, G, Tq, D]
+    di = (grad_out.to(acc) * out.to(acc)).sum(-1)             # [B, Tq, Hq]
+    di = di.reshape(B, Tq, Hkv, G).permute(0, 2, 3, 1).unsqueeze(-1)
+    kf = k.to(acc).transpose(1, 2).unsqueeze(2)               # [B, Hkv, 1, Tk, D]
+    vf = v.to(acc).transpose(1, 2).unsqueeze(2)
+    dv = torch.matmul(p.transpose(-1, -2), do).sum(2)         # [B, Hkv, Tk, D]
+    dp = torch.matmul(do, vf.transpose(-1, -2))
+    ds = p * (dp - di) * sc
+    dq = torch.matmul(ds, kf)                                 # [B, Hkv, G, Tq, D]
+    dk = torch.matmul(ds.transpose(-1, -2), _split_heads(q.to(acc), Hkv)).sum(2)
+    return (_merge_heads(dq, B, Tq, Hq, D).to(q.dtype), dk.transpose(1, 2).to(k.dtype),
+            dv.transpose(1, 2).to(v.dtype))
+
+
+@torch.library.register_fake(qualname("attention"))
+def _attention_fake(q, k, v, causal, scale):
+    _check(q, k, v, causal)
+    B, Tq, Hq, D = q.shape
+    return (q.new_empty((B, Tq, Hq, D)), q.new_empty((B, Hq, Tq), dtype=acc_dtype(q.dtype)))
+
+
+@torch.library.register_fake(qualname("attention_backward"))
+def _attention_backward_fake(grad_out, q, k, v, out, lse, causal, scale):
+    _check(q, k, v, causal, "attention_backward")
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, causal, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse)
+    ctx.causal, ctx.scale = causal, scale
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward(ctx, grad_out, _grad_lse):
+    q, k, v, out, lse = ctx.saved_tensors
+    gq, gk, gv = ops.attention_backward(grad_out, q, k, v, out, lse, ctx.causal, ctx.scale)
+    return gq, gk, gv, None, None
+
+
+torch.library.register_autograd(qualname("attention"), _backward, setup_context=_setup_context)
