@@ -143,7 +143,7 @@ def hangul_ratio(line: str) -> float:
     return sum(map(_is_hangul, letters)) / len(letters)
 
 
-def filter_lines(text: str, min_line_chars: int = 10, min_hangul_ratio: float = 0.5) -> str:
+def filter_lines(text: str, min_line_chars: int = 5, min_hangul_ratio: float = 0.3) -> str:
     """Keep lines with at least `min_line_chars` characters and a Hangul ratio >= threshold."""
     keep = [ln for ln in text.split("\n")
             if len(ln) >= min_line_chars and (min_hangul_ratio <= 0 or hangul_ratio(ln) >= min_hangul_ratio)]
@@ -222,8 +222,8 @@ def near_dedup(docs: List[str], threshold: float = 0.8, num_perm: int = 64, band
 # ------------------------------------------------------------------------- pipeline
 @dataclass
 class CleanConfig:
-    min_line_chars: int = 10         # shorter lines (menu labels, headings) are dropped
-    min_hangul_ratio: float = 0.5    # Hangul share of a line's letters; 0 disables the filter
+    min_line_chars: int = 5          # shorter lines (menu labels, bare numbers) are dropped
+    min_hangul_ratio: float = 0.3    # Hangul share of a line's letters; 0 disables the filter
     min_doc_chars: int = 100         # documents shorter than this after line filtering are dropped
     dedup: bool = True               # exact duplicates by hash
     near_dedup: bool = True          # MinHash near-duplicates

@@ -124,9 +124,9 @@ def _open_bytes(p: Path) -> bytes:
 
 
 def _split_blank_lines(text: str) -> Iterator[str]:
-    for block in re.split(r"\n[ \t\r\f\v]*\n", text):
+    for block in re.split(r"\n\s*\n", text):
         if block.strip():
-            yield block
+            yield block.strip("\r\n")
 
 
 def _read_jsonl(text: str, p: Path, text_field: str) -> Iterator[str]:

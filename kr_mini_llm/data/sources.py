@@ -82,7 +82,7 @@ def _extract(deb: Path, dest: Path) -> None:
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
-    r = _run(["dpkg-deb", "-x", str(deb), str(dest)], dest)
+    r = _run(["dpkg-deb", "-x", str(Path(deb).resolve()), str(dest.resolve())], dest)
     if r.returncode != 0:
         raise SourceUnavailable(f"`dpkg-deb -x {deb}` failed:\n{r.stderr.strip()[-2000:]}")
 
