@@ -20,7 +20,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Union
+from typing import Iterator, List, Optional, Sequence, Union
 
 from .cleaning import strip_html, strip_wikitext
 
@@ -145,6 +145,7 @@ def _read_jsonl(text: str, p: Path, text_field: str) -> Iterator[str]:
             yield obj[text_field]
 
 
+_HTML_TAG_RE = re.compile(r"</?[a-zA-Z][a-zA-Z0-9]*(\s[^<>]*)?/?>")
 _WIKI_DOC_RE = re.compile(r"<doc\b[^>]*>\n?(.*?)</doc>", re.S)
 
 
@@ -204,7 +205,7 @@ def read_file(p: Path, text_field: str = "text", stats: Optional[ReadStats] = No
         yield strip_html(text)
     elif name.endswith((".jsonl", ".json", ".jsonl.gz")) or (_is_wikiextractor_file(p) and stripped.startswith("{")):
         for t in _read_jsonl(text, p, text_field):
-            yield strip_html(t) if "<" in t and ">" in t else t
+            yield strip_html(t) if _HTML_TAG_RE.search(t) else t
     elif _is_wikiextractor_file(p) or stripped.startswith("<doc "):
         for m in _WIKI_DOC_RE.finditer(text):
             body = m.group(1).split("\n", 1)[-1]   # first line is the title

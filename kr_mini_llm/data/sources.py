@@ -22,7 +22,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 __all__ = ["DebSource", "SOURCES", "DEFAULT_SOURCES", "SourceUnavailable", "obtain_sources"]
 

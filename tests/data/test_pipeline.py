@@ -10,7 +10,6 @@ from kr_mini_llm.data.datasets import EvalWindows, RandomWindows, TokenShards
 from kr_mini_llm.data.pipeline import prepare_text, tokenize_splits
 from kr_mini_llm.data.readers import InputError
 from kr_mini_llm.data.shards import ShardError
-from .conftest import korean_docs
 
 QUIET = dict(log=lambda *a: None)
 
