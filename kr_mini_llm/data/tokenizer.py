@@ -1,0 +1,138 @@
+"""SentencePiece tokenizer: training with the project's fixed special tokens, and `Tokenizer`.
+
+Fixed ids (the model config defaults rely on them):
+  pad=0 <pad>, unk=1 <unk>, bos=2 <s>, eos=3 </s>, 4 <|im_start|>, 5 <|im_end|>
+Training uses byte fallback (no unknown characters), no text normalisation (the cleaner
+already did NFC) and no dummy prefix / whitespace collapsing, so decode(encode(t)) == t for
+any NFC text, and encodings of consecutive pieces of text concatenate (the chat template
+relies on that).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+__all__ = ["Tokenizer", "TokenizerError", "train_tokenizer", "SPECIAL_TOKENS", "IM_START", "IM_END",
+           "PAD_ID", "UNK_ID", "BOS_ID", "EOS_ID", "IM_START_ID", "IM_END_ID", "file_fingerprint"]
+
+IM_START, IM_END = "<|im_start|>", "<|im_end|>"
+PAD_ID, UNK_ID, BOS_ID, EOS_ID, IM_START_ID, IM_END_ID = 0, 1, 2, 3, 4, 5
+SPECIAL_TOKENS = {"<pad>": PAD_ID, "<unk>": UNK_ID, "<s>": BOS_ID, "</s>": EOS_ID,
+                  IM_START: IM_START_ID, IM_END: IM_END_ID}
+
+
+class TokenizerError(ValueError):
+    """Missing or invalid tokenizer model file."""
+
+
+def file_fingerprint(path: Union[str, os.PathLike]) -> str:
+    """Short hex sha256 of a file (16 hex digits)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def _resolve_model_path(path: Union[str, os.PathLike]) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        p = p / "tokenizer.model"
+    elif not p.exists() and p.suffix != ".model" and Path(str(p) + ".model").exists():
+        p = Path(str(p) + ".model")     # the --output prefix of train_tokenizer.py
+    if not p.is_file():
+        raise TokenizerError(f"tokenizer model not found: {str(path)!r}; train one with "
+                             f"`python scripts/train_tokenizer.py --input data/processed/train.txt "
+                             f"--vocab_size 32000 --output models/tokenizer`")
+    return p
+
+
+class Tokenizer:
+    """SentencePiece model wrapper. `Tokenizer("models/tokenizer.model")` (or the prefix
+    "models/tokenizer", or a directory holding tokenizer.model)."""
+
+    def __init__(self, path: Union[str, os.PathLike], num_threads: int = -1):
+        import sentencepiece as spm
+
+        self.path = _resolve_model_path(path)
+        data = self.path.read_bytes()
+        self.sp = spm.SentencePieceProcessor()
+        try:
+            self.sp.LoadFromSerializedProto(data)
+        except Exception as e:  # sentencepiece raises RuntimeError/OSError variants
+            raise TokenizerError(f"{str(self.path)!r} is not a valid SentencePiece model: {e}") from None
+        self.fingerprint = hashlib.sha256(data).hexdigest()[:16]
+        self.num_threads = num_threads
+        self.pad_id, self.unk_id = self.sp.pad_id(), self.sp.unk_id()
+        self.bos_id, self.eos_id = self.sp.bos_id(), self.sp.eos_id()
+        self.im_start_id, self.im_end_id = self.sp.piece_to_id(IM_START), self.sp.piece_to_id(IM_END)
+        if self.im_start_id == self.unk_id or self.im_end_id == self.unk_id:
+            raise TokenizerError(f"{str(self.path)!r} has no {IM_START}/{IM_END} tokens; "
+                                 "train it with scripts/train_tokenizer.py")
+
+    @property
+    def vocab_size(self) -> int:
+        return self.sp.get_piece_size()
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def encode(self, text: Union[str, Sequence[str]], add_bos: bool = False, add_eos: bool = False):
+        """str -> list[int]; list of str -> list[list[int]] (encoded by sentencepiece's threads)."""
+        if isinstance(text, str):
+            return self.sp.encode(text, add_bos=add_bos, add_eos=add_eos)
+        return self.sp.encode(list(text), add_bos=add_bos, add_eos=add_eos, num_threads=self.num_threads)
+
+    def decode(self, ids):
+        """list[int] -> str; list[list[int]] -> list[str]. Accepts numpy arrays / tensors."""
+        if hasattr(ids, "tolist"):
+            ids = ids.tolist()
+        if len(ids) and isinstance(ids[0], (list, tuple)) or (len(ids) and hasattr(ids[0], "tolist")):
+            return self.sp.decode([list(map(int, x)) for x in ids], num_threads=self.num_threads)
+        return self.sp.decode(list(map(int, ids)))
+
+    def id_to_piece(self, i: int) -> str:
+        return self.sp.id_to_piece(int(i))
+
+    def piece_to_id(self, piece: str) -> int:
+        return self.sp.piece_to_id(piece)
+
+    def __repr__(self):
+        return f"Tokenizer({str(self.path)!r}, vocab_size={self.vocab_size}, fingerprint={self.fingerprint})"
+
+
+def train_tokenizer(input_files: Sequence[Union[str, os.PathLike]], vocab_size: int, output_prefix: Union[str, os.PathLike],
+                    model_type: str = "bpe", character_coverage: float = 0.9995,
+                    input_sentence_size: int = 2_000_000, num_threads: Optional[int] = None,
+                    seed_sentencepiece_size: int = 1_000_000, max_sentence_length: int = 16384,
+                    log_level: int = 1) -> Path:
+    """Train SentencePiece on text files (one sentence/paragraph per line). Writes
+    <output_prefix>.model and .vocab; returns the .model path."""
+    import sentencepiece as spm
+
+    if model_type not in ("bpe", "unigram"):
+        raise ValueError(f"model_type must be 'bpe' or 'unigram', not {model_type!r}")
+    files = [str(f) for f in input_files]
+    for f in files:
+        if not Path(f).is_file():
+            raise FileNotFoundError(f"tokenizer input not found: {f!r}")
+    min_vocab = 256 + len(SPECIAL_TOKENS) + 1
+    if vocab_size < min_vocab:
+        raise ValueError(f"vocab_size {vocab_size} is too small: byte fallback needs 256 byte pieces plus "
+                         f"{len(SPECIAL_TOKENS)} special tokens (>= {min_vocab})")
+    out = Path(output_prefix)
+    if out.suffix == ".model":
+        out = out.with_suffix("")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    spm.SentencePieceTrainer.train(
+        input=files, model_prefix=str(out), vocab_size=vocab_size, model_type=model_type,
+        character_coverage=character_coverage, byte_fallback=True,
+        pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
+        pad_piece="<pad>", unk_piece="<unk>", bos_piece="<s>", eos_piece="</s>",
+        user_defined_symbols=[IM_START, IM_END],
+        normalization_rule_name="identity", add_dummy_prefix=False, remove_extra_whitespaces=False,
+        split_digits=True, allow_whitespace_only_pieces=True, max_sentence_length=max_sentence_length,
+        input_sentence_size=input_sentence_size, shuffle_input_sentence=True,
+        seed_sentencepiece_size=seed_sentencepiece_size,
+        num_threads=num_threads or os.cpu_count() or 1, minloglevel=log_level,
+        hard_vocab_limit=model_type != "unigram",
+    )
+    return Path(str(out) + ".model")
