@@ -1,15 +1,24 @@
-# kr-mini-llm: `make test` sets up and runs the tests; `make install` only sets up.
+# kr-mini-llm: `make demo` sets up and runs the main job on the default Korean corpus;
+# `make test` sets up and runs the tests; `make install` only sets up.
 PYTHON ?= python3
 # The torch to install when none is present (any torch >= 2.4 works; see README).
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install test bench-ops clean
+.PHONY: install demo test bench-ops clean
 
 install:
 	bash scripts/install_system_deps.sh
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "$(TORCH_SPEC)"
 	$(PYTHON) -m pip install -r requirements-build.txt
 	$(PYTHON) -m pip install --no-build-isolation -e ".[test]"
+
+# The main job: default corpus -> tokenizer -> token shards -> model_tiny for ~10 min -> text.
+demo: install
+	$(PYTHON) scripts/prepare_data.py
+	$(PYTHON) scripts/train_tokenizer.py --input data/processed/train.txt --vocab_size 8000 --output models/tokenizer
+	$(PYTHON) scripts/prepare_data.py --tokenizer models/tokenizer.model
+	$(PYTHON) scripts/train.py --config configs/training_demo.yaml --model_config configs/model_tiny.yaml --overwrite_output_dir
+	$(PYTHON) scripts/generate.py --model checkpoints/demo --prompt "대한민국의 수도는" --max_new_tokens 60 --seed 0
 
 test: install
 	$(PYTHON) -m pytest tests

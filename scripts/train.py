@@ -26,6 +26,8 @@ def parse_args(argv=None):
     p.add_argument("--resume_from", help="a checkpoint directory, or an output directory (its latest checkpoint)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a training config key, e.g. --set train.max_steps=100 (repeatable)")
+    p.add_argument("--overwrite_output_dir", action="store_true",
+                   help="start afresh even if the output directory holds checkpoints (they are deleted)")
     p.add_argument("--no_progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
     return p.parse_args(argv)
 
@@ -94,7 +96,8 @@ def main(argv=None) -> int:
         config, model_config = load_configs(args)
         device = pick_device(config.device)
         print_summary(args, config, model_config, device)
-        trainer = Trainer(model_config, config, resume_from=args.resume_from, show_progress=not args.no_progress)
+        trainer = Trainer(model_config, config, resume_from=args.resume_from, show_progress=not args.no_progress,
+                          overwrite=args.overwrite_output_dir)
         if args.resume_from:
             print(f"▶️  {args.resume_from} 에서 이어서 학습: step {trainer.step}")
         print(f"💾 설정 저장: {Path(config.output_dir) / 'config.yaml'}")

@@ -70,7 +70,7 @@ class Generator:
         if repetition_penalty <= 0:
             raise ValueError(f"repetition_penalty must be > 0, got {repetition_penalty}")
         single = isinstance(prompt, str)
-        prompts = [prompt] if single else list(prompt)
+        prompts = [prompt] if single else list(prompt) if isinstance(prompt, (list, tuple)) else None
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise TypeError("prompt must be a string or a non-empty list of strings")
         if stream and not single:

@@ -6,6 +6,7 @@ Read with the same C++ reader as the model config (file, line and key named in e
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import os
@@ -94,7 +95,8 @@ class TrainingConfig:
         return config
 
     def replace(self, **changes) -> "TrainingConfig":
-        return dataclasses.replace(self, **changes)
+        """A deep copy with some top-level fields changed (sections are copied, never shared)."""
+        return dataclasses.replace(copy.deepcopy(self), **changes)
 
     def with_overrides(self, overrides: list[str], where: str = "--set") -> "TrainingConfig":
         """Applies `key=value` strings (train.learning_rate=1e-4, device=cpu), YAML-typed."""

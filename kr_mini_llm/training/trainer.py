@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ..model import Transformer, TransformerConfig
-from .checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from .checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
 from .config import TrainingConfig
 from .device import apply_memory_limit, autocast_dtype, pick_device
 from .distributed import DistributedContext
@@ -28,7 +29,7 @@ class TrainingStopped(RuntimeError):
 
 class Trainer:
     def __init__(self, model_config: TransformerConfig, config: TrainingConfig, output_dir: str | Path | None = None,
-                 resume_from: str | Path | None = None, show_progress: bool = True):
+                 resume_from: str | Path | None = None, show_progress: bool = True, overwrite: bool = False):
         from ..data.datasets import EvalWindows, RandomWindows, TokenShards
         from ..data.tokenizer import Tokenizer
 
@@ -36,6 +37,14 @@ class Trainer:
         self.model_config = model_config
         self.output_dir = Path(output_dir or config.output_dir)
         self.dist = DistributedContext()
+        existing = list_checkpoints(self.output_dir)
+        if existing and resume_from is None:
+            if not overwrite:
+                raise ValueError(f"{self.output_dir} already holds checkpoints (latest {existing[-1].name}); resume with "
+                                 "--resume_from, choose another --output_dir, or pass --overwrite_output_dir")
+            if self.dist.is_main:
+                for old in existing:
+                    shutil.rmtree(old)
         self.show_progress = show_progress and self.dist.is_main
         t = config.train
         self.effective_batch = config.check_effective_batch(self.dist.world_size)
@@ -77,8 +86,11 @@ class Trainer:
         self.forward = torch.compile(self.model) if t.compile_model else self.model
 
     # -- the loop --------------------------------------------------------------------------------
-    def train(self) -> dict:
+    def train(self, stop_after: int | None = None) -> dict:
+        """Trains to train.max_steps (or until a time limit, early stop, Ctrl-C, or `stop_after` steps
+        of this run), saving checkpoints on the way and at the end; returns the final metrics."""
         t = self.config.train
+        first_step = self.step
         if self.dist.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             self.config.save_yaml(self.output_dir / "config.yaml")
@@ -136,6 +148,8 @@ class Trainer:
                     stop = "max_time"
                 if interrupted["flag"]:
                     stop = "interrupted"
+                if stop_after is not None and self.step - first_step >= stop_after:
+                    stop = "stop_after"
                 if self.step % t.save_steps == 0 or stop or self.step == t.max_steps:
                     self.save()
                 if stop:
