@@ -7,11 +7,14 @@ the kernel on backends without a native one. `backend_report(device)` says which
 import torch
 
 from ._library import kernel_path
+from .linear_cross_entropy import linear_cross_entropy, linear_cross_entropy_reference
 from .rms_norm import rms_norm, rms_norm_reference
 
 # Public op name -> the registered ops it runs (forward first).
 OPS = {
     "rms_norm": ("rms_norm", "rms_norm_backward"),
+    "linear_cross_entropy": ("linear_cross_entropy", "linear_cross_entropy_backward",
+                             "linear_cross_entropy_and_grad"),
 }
 
 
@@ -27,4 +30,4 @@ def simd_capability() -> str:
     return _C.simd_capability()
 
 
-__all__ = ["rms_norm", "rms_norm_reference", "backend_report", "simd_capability", "OPS"]
+__all__ = ["rms_norm", "rms_norm_reference", "linear_cross_entropy", "linear_cross_entropy_reference", "backend_report", "simd_capability", "OPS"]
