@@ -115,11 +115,12 @@ void gemm_acc(const at::Tensor& a, bool ta, const at::Tensor& b, bool tb, at::Te
   }
   const int64_t m = c.size(0), n = c.size(1), k = opa.size(1);
   constexpr int64_t kMax = std::numeric_limits<int>::max();
-  if (lowp != nullptr && m <= kMax && n <= kMax && k <= kMax && a.numel() <= kMax && b.numel() <= kMax &&
-      c.numel() <= kMax) {
+  // a, b: row-major with unit column stride and row stride lda/ldb (G's may exceed its width).
+  if (lowp != nullptr && m <= kMax && n <= kMax && k <= kMax && a.stride(0) <= kMax && b.stride(0) <= kMax &&
+      c.numel() <= kMax && a.stride(1) == 1 && b.stride(1) == 1 && c.is_contiguous()) {
     constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;
     lowp(kRowMajor, ta ? kTrans : kNoTrans, tb ? kTrans : kNoTrans, int(m), int(n), int(k), 1.0f,
-         a.const_data_ptr(), int(a.size(1)), b.const_data_ptr(), int(b.size(1)), accumulate ? 1.0f : 0.0f,
+         a.const_data_ptr(), int(a.stride(0)), b.const_data_ptr(), int(b.stride(0)), accumulate ? 1.0f : 0.0f,
          c.mutable_data_ptr<float>(), int(n));
     return;
   }
@@ -215,9 +216,14 @@ void run_chunks(Mode mode, const at::Tensor& hidden, const at::Tensor& weight, c
   const auto acc_opts = hidden.options().dtype(c10::CppTypeToScalarType<A>::value);
 
   at::Tensor logits_buf = at::empty({chunk, V}, acc_opts);
-  at::Tensor g_buf;   // softmax - onehot in T (bf16/fp16); the logits buffer itself for fp32/fp64
+  // softmax - onehot overwrites the logits in place. For bf16/fp16 row r of G (in T) sits at
+  // the start of logits row r's bytes (row stride V * sizeof(A) / sizeof(T) elements of T):
+  // each row is converted front to back by one thread, writing only bytes it has already read.
+  constexpr int64_t kRatio = int64_t(sizeof(A) / sizeof(T));
+  const int64_t ldg = V * kRatio;
+  at::Tensor g_buf;   // [chunk, V] view of T with row stride ldg
   at::Tensor gh_buf;  // grad_hidden of a chunk in acc (bf16/fp16)
-  if (want_grad) g_buf = kSame ? logits_buf : at::empty({chunk, V}, hidden.options());
+  if (want_grad) g_buf = kSame ? logits_buf : logits_buf.view(hidden.scalar_type()).narrow(1, 0, V);
   if (want_gh && !kSame) gh_buf = at::empty({chunk, C}, acc_opts);
   A* logits = logits_buf.mutable_data_ptr<A>();
   T* g = want_grad ? g_buf.mutable_data_ptr<T>() : nullptr;
@@ -244,7 +250,7 @@ void run_chunks(Mode mode, const at::Tensor& hidden, const at::Tensor& weight, c
           losses[i] = ignored ? A(0) : l - x[t];
         }
         if (!want_grad) continue;
-        T* gr = g + r * V;
+        T* gr = g + r * ldg;
         const A sc = mode == Mode::kBackward ? gl[i] : A(o.scale);
         if (ignored) {
           std::fill(gr, gr + V, T(0));
@@ -317,7 +323,9 @@ std::tuple<at::Tensor, at::Tensor> lce_backward_cpu(const at::Tensor& grad_losse
   const at::Tensor gl = grad_losses_.to(acc).contiguous();
   const at::Tensor lse = lse_.contiguous();
   at::Tensor grad_hidden = at::empty_like(hidden);
-  at::Tensor gw = at::zeros({d.V, d.C}, hidden.options().dtype(acc));  // stays 0 if N == 0
+  // The first chunk's GEMM overwrites gw (beta = 0); it stays 0 only when there is no row.
+  at::Tensor gw = d.N == 0 ? at::zeros({d.V, d.C}, hidden.options().dtype(acc))
+                           : at::empty({d.V, d.C}, hidden.options().dtype(acc));
   if (d.N == 0) return {grad_hidden, gw.to(weight.scalar_type())};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, hidden.scalar_type(), "linear_cross_entropy_backward_cpu", [&] {
     Outputs o;
@@ -346,8 +354,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lce_and_grad_cpu(
   at::Tensor losses = at::empty({d.N}, hidden.options().dtype(acc));
   at::Tensor lse = at::empty({d.N}, hidden.options().dtype(acc));
   at::Tensor grad_hidden = need_grad_hidden ? at::empty_like(hidden) : at::empty({0}, hidden.options());
-  at::Tensor gw = need_grad_weight ? at::zeros({d.V, d.C}, hidden.options().dtype(acc))
-                                   : at::empty({0}, hidden.options().dtype(acc));
+  at::Tensor gw = !need_grad_weight ? at::empty({0}, hidden.options().dtype(acc))
+                 : d.N == 0          ? at::zeros({d.V, d.C}, hidden.options().dtype(acc))
+                                     : at::empty({d.V, d.C}, hidden.options().dtype(acc));
   at::Tensor loss = at::zeros({}, hidden.options().dtype(acc));
   if (d.N > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, hidden.scalar_type(), "linear_cross_entropy_and_grad_cpu", [&] {
