@@ -38,4 +38,10 @@ TORCH_LIBRARY(kr_mini_llm, m) {
   m.def("linear_cross_entropy_backward(Tensor grad_losses, Tensor hidden, Tensor weight,"
         " Tensor targets, Tensor lse, int ignore_index, int chunk_size)"
         " -> (Tensor grad_hidden, Tensor grad_weight)");
+  // The mean (over non-ignored rows; 0 when there are none) or sum of those losses, with its
+  // gradients computed in the same chunked pass (3 GEMMs in all, as Liger-Kernel does); the
+  // autograd backward only scales them. A gradient that is not asked for comes back as [0].
+  m.def("linear_cross_entropy_and_grad(Tensor hidden, Tensor weight, Tensor targets,"
+        " int ignore_index, int chunk_size, bool mean, bool need_grad_hidden, bool need_grad_weight)"
+        " -> (Tensor loss, Tensor grad_hidden, Tensor grad_weight)");
 }

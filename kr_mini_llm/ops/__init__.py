@@ -10,6 +10,7 @@ from ._library import kernel_path
 from .attention import attention, attention_reference
 from .decode_attention import (decode_attention, decode_attention_reference, kv_cache_append,
                                kv_cache_append_reference)
+from .linear_cross_entropy import linear_cross_entropy, linear_cross_entropy_reference
 from .rms_norm import rms_norm, rms_norm_reference
 from .rope import rope_inv_freq, rope_tables
 from .rotary import rotary, rotary_reference
@@ -23,6 +24,8 @@ OPS = {
     "attention": ("attention", "attention_backward"),
     "decode_attention": ("decode_attention",),
     "kv_cache_append": ("kv_cache_append",),
+    "linear_cross_entropy": ("linear_cross_entropy", "linear_cross_entropy_backward",
+                             "linear_cross_entropy_and_grad"),
 }
 
 
@@ -40,5 +43,6 @@ def simd_capability() -> str:
 
 __all__ = ["rms_norm", "rms_norm_reference", "rotary", "rotary_reference", "rope_tables",
            "rope_inv_freq", "swiglu", "swiglu_reference", "attention", "attention_reference", "decode_attention",
-           "decode_attention_reference", "kv_cache_append", "kv_cache_append_reference",
+           "decode_attention_reference", "kv_cache_append", "kv_cache_append_reference", "linear_cross_entropy",
+           "linear_cross_entropy_reference",
            "backend_report", "simd_capability", "OPS"]
