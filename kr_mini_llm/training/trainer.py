@@ -137,11 +137,10 @@ class Trainer:
                     result = self.evaluate()
                     if log:
                         log.log({"step": self.step, **result})
-                    if progress is not None:
-                        progress.write(f"step {self.step}: val_loss {result['val_loss']:.4f}, "
-                                       f"ppl {result['val_ppl']:.1f}, bpb {result['val_bpb']:.3f}")
-                        if result.get("sample"):
-                            progress.write(f"  sample: {result['sample']}")
+                    self._say(progress, f"step {self.step}: val_loss {result['val_loss']:.4f}, "
+                                        f"ppl {result['val_ppl']:.1f}, bpb {result['val_bpb']:.3f}")
+                    if result.get("sample"):
+                        self._say(progress, f"  sample: {result['sample']!r}")
                     if self._early_stop(result["val_loss"]):
                         stop = "early_stopping"
                 if t.max_time_minutes is not None and self.state["elapsed_s"] >= 60 * t.max_time_minutes:
@@ -238,6 +237,14 @@ class Trainer:
         text = gen.generate(prompt, max_new_tokens=max_new_tokens, temperature=0.8, top_k=50, top_p=0.95, seed=0)
         self.model.train()
         return prompt + text
+
+    def _say(self, progress, text: str) -> None:
+        if not self.dist.is_main:
+            return
+        if progress is not None:
+            progress.write(text)
+        else:
+            print(text, flush=True)
 
     def _progress(self):
         if not self.show_progress:
