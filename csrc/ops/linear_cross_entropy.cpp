@@ -1,12 +1,13 @@
 // Linear + cross entropy (the LM head and its loss), fused and chunked over rows.
 //
 // For each chunk of `chunk_size` rows: logits[chunk, V] = hidden[chunk] @ weight^T by one
-// GEMM (cpublas; bf16/fp16 in, fp32 out), then one vectorised pass per row for max,
-// sum(exp) and (when gradients are wanted) softmax - onehot, written in place; then
-// grad_hidden[chunk] = G @ weight and grad_weight += G^T @ hidden[chunk] by two more GEMMs.
-// Only [chunk, V] logits exist at a time. Chunks run in order and grad_weight is accumulated
-// in the accumulation dtype by beta=1 GEMMs in that order, so the result does not depend on
-// the thread count (the GEMMs and the row pass are threaded inside each chunk).
+// GEMM (fp32 out; see gemm_acc), then one vectorised pass per row (threaded over rows) for
+// max, sum(exp) and, when gradients are wanted, G = scale * (softmax - onehot) written in
+// place over the logits; then grad_hidden[chunk] = G @ weight and grad_weight += G^T @
+// hidden[chunk] by two more GEMMs (threaded by the BLAS). Only [chunk, V] logits exist at a
+// time. Chunks run in order and grad_weight is accumulated in the accumulation dtype by
+// beta=1 GEMMs in that order, so losses and grad_weight do not depend on the thread count.
+// (cpublas::gemm, with its bf16->fp32 overload, is not exported by libtorch, hence gemm_acc.)
 //
 // Three entry points share one loop:
 //   linear_cross_entropy           -> per-row losses and lse (no gradients);
