@@ -64,3 +64,13 @@ def environment() -> list[str]:
         f"- torch {torch.__version__}, kr_mini_llm kernels built for {ops.simd_capability()}",
         f"- Date: {time.strftime('%Y-%m-%d %H:%M %Z')}",
     ]
+
+
+def write_report(path, lines: list[str], start: float) -> None:
+    """Writes the markdown report with the total time; creates the folder."""
+    from pathlib import Path
+
+    lines = lines + [f"\nTotal benchmark time: {time.time() - start:.0f} s"]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text("\n".join(lines) + "\n")
+    print(f"wrote {path}")

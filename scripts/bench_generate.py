@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import environment, peak_memory  # noqa: E402
+from bench_common import environment, write_report, peak_memory  # noqa: E402
 from bench_model import hf_model  # noqa: E402
 
 from kr_mini_llm import Transformer, TransformerConfig  # noqa: E402
@@ -103,10 +103,7 @@ def main():
                 lines.append(row)
                 print(row, flush=True)
     lines.append("\nNot compared: llama.cpp (kr-mini-llm has no GGUF export yet).")
-    lines.append(f"\nTotal benchmark time: {time.time() - start:.0f} s")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.output}")
+    write_report(args.output, lines, start)
 
 
 if __name__ == "__main__":

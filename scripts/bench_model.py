@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import environment, median_time, peak_memory  # noqa: E402
+from bench_common import environment, write_report, median_time, peak_memory  # noqa: E402
 
 from kr_mini_llm import Transformer, TransformerConfig  # noqa: E402
 from kr_mini_llm.model.hf import config_to_hf  # noqa: E402
@@ -118,10 +118,7 @@ def main():
                            f"{tps:,.0f} | {mem / 2**20:,.0f} | {vs_t} | {vs_m} |")
                     lines.append(row)
                     print(row, flush=True)
-    lines.append(f"\nTotal benchmark time: {time.time() - start:.0f} s")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.output}")
+    write_report(args.output, lines, start)
 
 
 if __name__ == "__main__":

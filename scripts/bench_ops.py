@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import environment, median_time, peak_memory, ratio  # noqa: E402
+from bench_common import environment, write_report, median_time, peak_memory, ratio  # noqa: E402
 
 from kr_mini_llm import ops  # noqa: E402
 
@@ -222,10 +222,7 @@ def main():
         run_op(name, args, lines)
     if not args.no_memory:
         memory_section(args, lines)
-    lines.append(f"\nTotal benchmark time: {time.time() - start:.0f} s")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.output}")
+    write_report(args.output, lines, start)
 
 
 if __name__ == "__main__":
