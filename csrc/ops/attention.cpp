@@ -5,7 +5,10 @@
 // group are packed together as the rows of one [qBlock * G, D] tile (row r = token r / G,
 // head r % G), so each K/V tile is read once for the whole group and the GEMMs are G times
 // taller. Online softmax over KV tiles; blocks above the causal diagonal are skipped; the
-// logsumexp is saved for the backward. Memory: per-work-item tiles only, never Tq x Tk.
+// logsumexp is saved for the backward. K and V are first laid out once (per batch, kv head and
+// KV block) in the form the GEMMs read (VNNI panels for bf16/fp16, K^T otherwise), so no
+// query block re-packs a KV tile. Memory: that O(B * Tk * Hkv * D) copy and per-work-item
+// tiles, never Tq x Tk.
 //
 // Backward: Di = rowsum(dO * O) first, then one work item = (batch, kv head, KV chunk) that
 // owns dK/dV of its KV blocks (no races) and recomputes P = exp(scale * q k^T - lse) tile by
