@@ -5,7 +5,10 @@
 // group are packed together as the rows of one [qBlock * G, D] tile (row r = token r / G,
 // head r % G), so each K/V tile is read once for the whole group and the GEMMs are G times
 // taller. Online softmax over KV tiles; blocks above the causal diagonal are skipped; the
-// logsumexp is saved for the backward. Memory: per-work-item tiles only, never Tq x Tk.
+// logsumexp is saved for the backward. K and V are first laid out once (per batch, kv head and
+// KV block) in the form the GEMMs read (VNNI panels for bf16/fp16, K^T otherwise), so no
+// query block re-packs a KV tile. Memory: that O(B * Tk * Hkv * D) copy and per-work-item
+// tiles, never Tq x Tk.
 //
 // Backward: Di = rowsum(dO * O) first, then one work item = (batch, kv head, KV chunk) that
 // owns dK/dV of its KV blocks (no races) and recomputes P = exp(scale * q k^T - lse) tile by
@@ -180,15 +183,23 @@ inline int64_t row_ld(const at::Tensor& x) {
   return x.size(1) <= 1 ? std::max<int64_t>(x.size(3), 1) : x.stride(1);
 }
 
-// Copies rows [t0, t0 + nt) of heads [h0, h0 + G) into dst [nt * G, D] (row = t * G + g).
+// Copies rows [t0, t0 + nt) of heads [h0, h0 + G) into dst [nt * G, ld] (row = t * G + g);
+// columns [D, ld) are zeroed.
 template <typename T>
 inline void pack_rows(const BTHD<T>& src, int64_t b, int64_t t0, int64_t nt, int64_t h0,
-                      int64_t G, int64_t D, T* dst) {
+                      int64_t G, int64_t D, T* dst, int64_t ld = -1) {
+  if (ld < 0) ld = D;
   for (int64_t t = 0; t < nt; ++t)
-    for (int64_t g = 0; g < G; ++g)
-      std::memcpy(dst + (t * G + g) * D, src.row(b, t0 + t, h0 + g), D * sizeof(T));
+    for (int64_t g = 0; g < G; ++g) {
+      T* row = dst + (t * G + g) * ld;
+      std::memcpy(row, src.row(b, t0 + t, h0 + g), D * sizeof(T));
+      if (ld > D) std::fill(row + D, row + ld, T(0));
+    }
 }
 
+// max(s[i] * scale) for i < n (n >= 1). clamp_min is a bare SIMD max: at::vec::maximum's NaN
+// propagation costs three more instructions per vector in the hottest loop of the forward, and
+// a NaN score still reaches the output through exp_row.
 template <typename A>
 inline A vec_max_scaled(const A* s, int64_t n, A scale) {
   using V = Vectorized<A>;
@@ -196,14 +207,14 @@ inline A vec_max_scaled(const A* s, int64_t n, A scale) {
   const V vs(scale);
   V m(-std::numeric_limits<A>::infinity());
   int64_t i = 0;
-  for (; i + K <= n; i += K) m = at::vec::maximum(m, V::loadu(s + i) * vs);
-  A r = at::vec::vec_reduce_all<A>([](V& a, V& b) { return at::vec::maximum(a, b); }, m);
-  for (; i < n; ++i) r = std::max(r, s[i] * scale);
-  return r;
+  for (; i + K <= n; i += K) m = at::vec::clamp_min(V::loadu(s + i) * vs, m);
+  if (i < n) m = at::vec::clamp_min(V::set(m, V::loadu(s + i, n - i) * vs, n - i), m);
+  return at::vec::vec_reduce_all<A>([](V& a, V& b) { return at::vec::maximum(a, b); }, m);
 }
 
 // p[i] = exp(s[i] * scale - sub) for i < n (stored as T), p[n..nb) = 0; returns the sum of
-// the stored values' accumulation-type originals.
+// the stored values' accumulation-type originals. The tail (rows that end on the causal
+// diagonal) is vectorised too, with the unused lanes masked out of the sum.
 template <typename T, typename A = acc_t<T>>
 inline A exp_row(const A* s, int64_t n, int64_t nb, A scale, A sub, T* p) {
   using IO = VecIO<T>;
@@ -217,14 +228,14 @@ inline A exp_row(const A* s, int64_t n, int64_t nb, A scale, A sub, T* p) {
     acc = acc + e;
     IO::store(p + i, e);
   }
-  A sum = at::vec::vec_reduce_all<A>([](V& a, V& b) { return a + b; }, acc);
-  for (; i < n; ++i) {
-    A e = std::exp(s[i] * scale - sub);
-    sum += e;
-    p[i] = T(e);
+  if (i < n) {
+    V e = V::set(V(0), at::vec::fmsub(V::loadu(s + i, n - i), vs, vsub).exp_u20(), n - i);
+    acc = acc + e;
+    IO::store(p + i, e, n - i);
+    i = n;
   }
-  for (; i < nb; ++i) p[i] = T(0);
-  return sum;
+  if (i < nb) std::fill(p + i, p + nb, T(0));
+  return at::vec::vec_reduce_all<A>([](V& a, V& b) { return a + b; }, acc);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -274,7 +285,10 @@ struct Blocks {
 
 Blocks forward_blocks(const Dims& d) {
   const int64_t rows = d.Tq >= 768 ? 256 : (d.Tq >= 192 ? 128 : 64);
-  int64_t qb = std::max<int64_t>(1, rows / d.G);
+  // Query tokens per block: a multiple of 16, so a tile has a multiple of 16 rows (whatever G)
+  // and the brgemm ukernel runs on whole AMX/AVX-512 row blocks (a tail block measured ~10%
+  // slower overall at G = 3).
+  int64_t qb = std::max<int64_t>(1, rows / (d.G * 16)) * 16;
   qb = std::min(qb, std::max<int64_t>(d.Tq, 1));
   const int64_t kb = std::min<int64_t>(256, std::max<int64_t>(d.Tk, 1));
   return {qb, kb};
@@ -290,6 +304,106 @@ Blocks backward_blocks(const Dims& d) {
 // ------------------------------------------------------------------------------------------
 // Forward
 
+// oneDNN's pack writes VNNI panels of at most 64 columns; every panel here is that wide.
+constexpr int64_t kPanel = 64;
+
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// Packs tmp [K, kPanel] (row-major, K even) into the VNNI layout brgemm reads as B.
+template <typename T>
+inline void vnni_pack(int64_t K, const T* tmp, T* dst) {
+  const auto dt = c10::CppTypeToScalarType<T>::value;
+  at::native::cpublas::pack(K, kPanel, kPanel, kPanel, dt, dt, tmp, dst);
+}
+
+// C[M, kPanel] (ld ldc, fp32) (+)= A[M, K] (ld lda) @ one VNNI panel [K, kPanel] (K even).
+template <typename T>
+inline void panel_gemm(int64_t M, int64_t K, const T* A, int64_t lda, const T* panel, bool accumulate,
+                       acc_t<T>* C, int64_t ldc) {
+  if constexpr (std::is_same_v<T, at::BFloat16> || std::is_same_v<T, at::Half>) {
+    at::native::cpublas::brgemm(M, kPanel, K, lda, kPanel, ldc, accumulate, A, panel, C, true);
+  } else {
+    TORCH_INTERNAL_ASSERT(false, "attention: VNNI GEMM on a type without a VNNI layout");
+  }
+}
+
+// K and V laid out once, before the main loop, in the form the forward's GEMMs read. Every
+// query block of a (batch, kv head) reads the same KV tiles, so preparing them per work item
+// (as before) re-transposed and re-packed each tile Tq / qb times; this costs one pass over K
+// and V and an O(B * Tk * Hkv * D) buffer (never Tq x Tk). One block per (b * Hkv + hk, j):
+//  - VNNI (bf16/fp16 through oneDNN's brgemm ukernel): K^T as panels of kPanel keys
+//    [Dp, kPanel] (Dp = D rounded up to even: VNNI pairs rows), so S = q k^T is one brgemm per
+//    panel; then V as panels of kPanel columns [round_up(nb, 2), kPanel], so O += P V is one
+//    brgemm per panel. The padding is zeros: padded columns of S are exact zeros (never read)
+//    and padded rows of V meet the zeros exp_row writes after each row's valid keys.
+//  - otherwise: K^T [D, nb] (ld nb) for mm(); V is read in place.
+template <typename T>
+struct ForwardKV {
+  bool vnni = false;
+  int64_t kb = 0, nkb = 0;           // KV block length and count
+  int64_t Dp = 0, kbe = 0;           // VNNI: padded head dim and padded block length
+  int64_t kpanels = 0, vpanels = 0;  // VNNI: panels per block of K^T and of V
+  int64_t stride = 0;                // elements per block
+  at::Tensor buf;
+
+  const T* k_block(int64_t bh, int64_t j) const {
+    return buf.template const_data_ptr<T>() + (bh * nkb + j) * stride;
+  }
+  // VNNI only: the V panels follow the K^T panels of the block.
+  const T* v_block(int64_t bh, int64_t j) const { return k_block(bh, j) + kpanels * Dp * kPanel; }
+};
+
+template <typename T>
+ForwardKV<T> prepare_forward_kv(const at::Tensor& k, const at::Tensor& v, const Dims& d,
+                                int64_t kb) {
+  ForwardKV<T> p;
+  p.vnni = use_vnni<T>();
+  p.kb = kb;
+  p.nkb = (d.Tk + kb - 1) / kb;
+  const int64_t D = d.D, BH = d.B * d.Hkv;
+  if (p.vnni) {
+    p.Dp = round_up(D, 2);
+    p.kbe = round_up(kb, 2);
+    p.kpanels = (kb + kPanel - 1) / kPanel;
+    p.vpanels = (D + kPanel - 1) / kPanel;
+    p.stride = p.kpanels * p.Dp * kPanel + p.vpanels * p.kbe * kPanel;
+  } else {
+    p.stride = D * kb;
+  }
+  p.buf = at::empty({BH * p.nkb * p.stride}, k.options());
+  const BTHD<T> K = view_of<T>(k), Vv = view_of<T>(v);
+  const int64_t ldk = row_ld(k);
+  T* base = p.buf.template mutable_data_ptr<T>();
+  at::parallel_for(0, BH * p.nkb, 1, [&](int64_t s, int64_t e) {
+    std::vector<T> tmp(p.vnni ? std::max(p.Dp, p.kbe) * kPanel : 0);
+    for (int64_t x = s; x < e; ++x) {
+      const int64_t bh = x / p.nkb, j = x % p.nkb, b = bh / d.Hkv, hk = bh % d.Hkv;
+      const int64_t n0 = j * kb, nb = std::min(kb, d.Tk - n0);
+      T* dst = base + x * p.stride;
+      if (!p.vnni) {
+        transpose(nb, D, K.row(b, n0, hk), ldk, dst, nb);
+        continue;
+      }
+      // Panels past the block's last key (a short last block) are never read.
+      for (int64_t c0 = 0; c0 < nb; c0 += kPanel) {
+        std::fill(tmp.begin(), tmp.begin() + p.Dp * kPanel, T(0));
+        transpose(std::min(kPanel, nb - c0), D, K.row(b, n0 + c0, hk), ldk, tmp.data(), kPanel);
+        vnni_pack(p.Dp, tmp.data(), dst + (c0 / kPanel) * p.Dp * kPanel);
+      }
+      const int64_t nbe = round_up(nb, 2);
+      T* vdst = dst + p.kpanels * p.Dp * kPanel;
+      for (int64_t c0 = 0; c0 < D; c0 += kPanel) {
+        const int64_t w = std::min(kPanel, D - c0);
+        std::fill(tmp.begin(), tmp.begin() + nbe * kPanel, T(0));
+        for (int64_t r = 0; r < nb; ++r)
+          std::memcpy(tmp.data() + r * kPanel, Vv.row(b, n0 + r, hk) + c0, w * sizeof(T));
+        vnni_pack(nbe, tmp.data(), vdst + (c0 / kPanel) * p.kbe * kPanel);
+      }
+    }
+  });
+  return p;
+}
+
 template <typename T>
 void forward_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out,
                     at::Tensor& lse, const Dims& d, bool causal, double scale_d) {
@@ -301,71 +415,90 @@ void forward_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
   const int64_t nq = (d.Tq + qb - 1) / qb;
   const int64_t BH = d.B * d.Hkv;
   const A scale = static_cast<A>(scale_d);
-  const BTHD<T> Q = view_of<T>(q), K = view_of<T>(k), Vv = view_of<T>(v);
-  const int64_t ldk = row_ld(k), ldv = row_ld(v);
+  const ForwardKV<T> kv = prepare_forward_kv<T>(k, v, d, kb);
+  const bool vnni = kv.vnni;
+  // Leading dimensions of the per-item tiles: q rows, scores S and P, output accumulator O.
+  // The VNNI path pads them to whole panels (and an even head dim).
+  const int64_t ldq = vnni ? kv.Dp : D;
+  const int64_t lds = (vnni ? kv.kpanels * kPanel : kb);
+  const int64_t ldo = vnni ? kv.vpanels * kPanel : D;
+  const BTHD<T> Q = view_of<T>(q), Vv = view_of<T>(v);
+  const int64_t ldv = row_ld(v);
   T* op = out.mutable_data_ptr<T>();
   A* lp = lse.mutable_data_ptr<A>();
   const A ninf = -std::numeric_limits<A>::infinity();
 
   struct Scratch {
-    std::vector<T> qp, kt, pr;
+    std::vector<T> qp, pr;
     std::vector<A> s, o, m, l;
     GemmScratch<T> ws;
   };
   auto make = [&] {
     Scratch s;
-    s.qp.resize(M * D);
-    s.kt.resize(D * kb);
-    s.pr.resize(kReduced ? M * kb : 0);
-    s.s.resize(M * kb);
-    s.o.resize(M * D);
+    s.qp.resize(M * ldq);
+    s.pr.resize(kReduced ? M * lds : 0);
+    s.s.resize(M * lds);
+    s.o.resize(M * ldo);
     s.m.resize(M);
     s.l.resize(M);
     return s;
   };
   // Heaviest query blocks (the last ones, when causal) first.
   for_each_item<T>(BH * nq, make, [&](int64_t item, Scratch& sc) {
-    const int64_t qi = nq - 1 - item / BH;
-    const int64_t b = (item % BH) / d.Hkv, hk = item % d.Hkv;
+    const int64_t qi = nq - 1 - item / BH, bh = item % BH;
+    const int64_t b = bh / d.Hkv, hk = bh % d.Hkv;
     const int64_t t0 = qi * qb, nt = std::min(qb, d.Tq - t0), rows = nt * G;
     T* qp = sc.qp.data();
     A* S = sc.s.data();
-    T* P = kReduced ? sc.pr.data() : reinterpret_cast<T*>(S);
+    T* P = kReduced ? sc.pr.data() : reinterpret_cast<T*>(S);  // same ld: lds
     A* O = sc.o.data();
     A* mx = sc.m.data();
     A* sum = sc.l.data();
-    pack_rows(Q, b, t0, nt, hk * G, G, D, qp);
-    std::fill(O, O + rows * D, A(0));
+    pack_rows(Q, b, t0, nt, hk * G, G, D, qp, ldq);
+    std::fill(O, O + rows * ldo, A(0));
     std::fill(mx, mx + rows, ninf);
     std::fill(sum, sum + rows, A(0));
     const int64_t nkeys = causal ? std::min(t0 + nt, d.Tk) : d.Tk;
-    for (int64_t n0 = 0; n0 < nkeys; n0 += kb) {
-      const int64_t nb = std::min(kb, nkeys - n0);
-      const T* kp = K.row(b, n0, hk);
-      const T* vp = Vv.row(b, n0, hk);
-      T* kt = sc.kt.data();
-      transpose(nb, D, kp, ldk, kt, nb);
-      mm<T>(rows, nb, D, qp, D, kt, nb, false, S, nb, sc.ws);
+    for (int64_t j = 0; j * kb < nkeys; ++j) {
+      const int64_t n0 = j * kb, nb = std::min(kb, nkeys - n0);
+      // P's columns up to np are written (zeros past the valid keys): the VNNI GEMM reads an
+      // even number of them.
+      const int64_t np = vnni ? round_up(nb, 2) : nb;
+      const T* kblk = kv.k_block(bh, j);
+      if (vnni) {
+        for (int64_t c0 = 0; c0 < nb; c0 += kPanel)
+          panel_gemm<T>(rows, kv.Dp, qp, ldq, kblk + (c0 / kPanel) * kv.Dp * kPanel, false, S + c0, lds);
+      } else {
+        // K^T of a block has ld = the block's full length.
+        mm<T>(rows, nb, D, qp, ldq, kblk, std::min(kb, d.Tk - n0), false, S, lds, sc.ws);
+      }
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t t = t0 + r / G;
         const int64_t valid = causal ? std::min(nb, std::max<int64_t>(t - n0 + 1, 0)) : nb;
-        A* sr = S + r * nb;
-        T* pr = P + r * nb;
+        A* sr = S + r * lds;
+        T* pr = P + r * lds;
         if (valid == 0) {
-          std::fill(pr, pr + nb, T(0));
+          std::fill(pr, pr + np, T(0));
           continue;
         }
         const A new_m = std::max(mx[r], vec_max_scaled(sr, valid, scale));
-        const A alpha = std::exp(mx[r] - new_m);  // 0 for the first block of the row
-        const A s_blk = exp_row<T>(sr, valid, nb, scale, new_m, pr);
+        // 0 for the first block of the row; 1 (no exp, no rescale) while the max holds.
+        const A alpha = new_m == mx[r] ? A(1) : std::exp(mx[r] - new_m);
+        const A s_blk = exp_row<T>(sr, valid, np, scale, new_m, pr);
         sum[r] = sum[r] * alpha + s_blk;
         mx[r] = new_m;
         if (alpha != A(1)) {
           using V = Vectorized<A>;
-          at::vec::map([alpha](V x) { return x * V(alpha); }, O + r * D, O + r * D, D);
+          at::vec::map([alpha](V x) { return x * V(alpha); }, O + r * ldo, O + r * ldo, D);
         }
       }
-      mm<T>(rows, D, nb, P, nb, vp, ldv, true, O, D, sc.ws);
+      if (vnni) {
+        const T* vblk = kv.v_block(bh, j);
+        for (int64_t c0 = 0; c0 < D; c0 += kPanel)
+          panel_gemm<T>(rows, np, P, lds, vblk + (c0 / kPanel) * kv.kbe * kPanel, true, O + c0, ldo);
+      } else {
+        mm<T>(rows, D, nb, P, lds, Vv.row(b, n0, hk), ldv, true, O, ldo, sc.ws);
+      }
     }
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t t = t0 + r / G, h = hk * G + r % G;
@@ -375,7 +508,7 @@ void forward_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
       using IO = VecIO<T>;
       constexpr int64_t KV = V::size();
       const V vinv(inv);
-      const A* orr = O + r * D;
+      const A* orr = O + r * ldo;
       int64_t i = 0;
       for (; i + KV <= D; i += KV) IO::store(orow + i, V::loadu(orr + i) * vinv);
       if (i < D) IO::store(orow + i, V::loadu(orr + i, D - i) * vinv, D - i);

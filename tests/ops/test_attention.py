@@ -37,7 +37,8 @@ def check_against_reference(q, k, v, causal, scale=None, dtype=torch.float32, to
         assert_close(g, gr, dtype, scale=s, msg=f"grad_{name}")
 
 
-# (B, T, Hq, Hkv, D): head dims 32..256, Hq:Hkv 1:1, 4:1, 28:4, MQA; T = 1, odd, prime.
+# (B, T, Hq, Hkv, D): head dims 32..256 and an odd one (padded to even for the bf16 VNNI GEMMs),
+# Hq:Hkv 1:1, 3:1, 4:1, 28:4, MQA; T = 1, odd, prime, a last KV block of one key (257).
 SHAPES = [
     (1, 1, 4, 4, 64),
     (2, 1, 8, 2, 32),
@@ -49,6 +50,7 @@ SHAPES = [
     (1, 130, 2, 2, 128),
     (1, 61, 4, 2, 256),
     (1, 257, 12, 4, 64),
+    (2, 45, 6, 2, 33),
 ]
 
 
