@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from kr_mini_llm import ConfigError, TransformerConfig
+from kr_mini_llm.inference import Generator
 from kr_mini_llm.training import CheckpointError, Trainer, TrainingConfig, TrainingStopped, resolve_checkpoint
 from kr_mini_llm.training.device import autocast_dtype, pick_device
 
@@ -97,7 +98,7 @@ def main(argv=None) -> int:
         device = pick_device(config.device)
         print_summary(args, config, model_config, device)
         trainer = Trainer(model_config, config, resume_from=args.resume_from, show_progress=not args.no_progress,
-                          overwrite=args.overwrite_output_dir)
+                          overwrite=args.overwrite_output_dir, sampler=Generator.sample_during_training)
         if args.resume_from:
             print(f"▶️  {args.resume_from} 에서 이어서 학습: step {trainer.step}")
         print(f"💾 설정 저장: {Path(config.output_dir) / 'config.yaml'}")

@@ -125,6 +125,15 @@ class Generator:
             seen[torch.arange(B), nxt.to(self.device)] = True
             logits = self.model(nxt.view(B, 1).to(self.device), kv_cache=cache, last_logits_only=True)[:, -1]
 
+    @staticmethod
+    def sample_during_training(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
+        """The Trainer's `sampler`: a seeded sample from the model as it is; leaves it in train mode."""
+        was_training = model.training
+        text = Generator(model, tokenizer).generate(prompt, max_new_tokens=max_new_tokens, temperature=0.8,
+                                                    top_k=50, top_p=0.95, seed=0)
+        model.train(was_training)
+        return text
+
     # -- helpers ---------------------------------------------------------------------------------
     def _fit(self, ids: list[int], ctx: int, max_new_tokens: int) -> list[int]:
         if max_new_tokens >= ctx:

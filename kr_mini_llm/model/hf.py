@@ -115,15 +115,14 @@ def _read_safetensors(path: Path) -> dict:
     return state
 
 
-def load_hf(path: str | os.PathLike, ops_impl: str = "fused"):
-    from .transformer import Transformer
-
+def load_hf(path: str | os.PathLike, model_cls, ops_impl: str = "fused"):
+    """Builds `model_cls(config, ops_impl)` from a HF directory and loads its weights."""
     path = Path(path)
     cfg_file = path / "config.json"
     if not cfg_file.exists():
         raise FileNotFoundError(f"{path}: not a HF model directory (no config.json)")
     config = config_from_hf(json.loads(cfg_file.read_text()), str(cfg_file))
-    model = Transformer(config, ops_impl=ops_impl)
+    model = model_cls(config, ops_impl=ops_impl)
     state = {}
     for name, tensor in _read_safetensors(path).items():
         if name.endswith("rotary_emb.inv_freq"):

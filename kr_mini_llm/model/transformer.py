@@ -14,6 +14,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .. import ops as _ops
 from .config import TransformerConfig
+from .hf import load_hf, save_hf
 from .kv_cache import KVCache
 from .layers import Block, RMSNorm
 from .op_set import op_set
@@ -85,14 +86,10 @@ class Transformer(nn.Module):
     @classmethod
     def from_hf(cls, path, ops_impl: str = "fused") -> "Transformer":
         """Loads a HF LlamaForCausalLM / Qwen3ForCausalLM directory (config.json + safetensors)."""
-        from .hf import load_hf
-
-        return load_hf(path, ops_impl)
+        return load_hf(path, cls, ops_impl)
 
     def save_hf(self, path) -> None:
         """Writes a directory that transformers.AutoModelForCausalLM.from_pretrained loads."""
-        from .hf import save_hf
-
         save_hf(self, path)
 
     @property

@@ -29,12 +29,16 @@ class TrainingStopped(RuntimeError):
 
 class Trainer:
     def __init__(self, model_config: TransformerConfig, config: TrainingConfig, output_dir: str | Path | None = None,
-                 resume_from: str | Path | None = None, show_progress: bool = True, overwrite: bool = False):
+                 resume_from: str | Path | None = None, show_progress: bool = True, overwrite: bool = False,
+                 sampler=None):
         from ..data.datasets import EvalWindows, RandomWindows, TokenShards
         from ..data.tokenizer import Tokenizer
 
         self.config = config
         self.model_config = model_config
+        # sampler(model, tokenizer, prompt, max_new_tokens) -> text, for the samples at each eval
+        # (scripts/train.py passes the Generator's; training does not depend on inference).
+        self.sampler = sampler
         self.output_dir = Path(output_dir or config.output_dir)
         self.dist = DistributedContext()
         existing = list_checkpoints(self.output_dir)
@@ -202,8 +206,9 @@ class Trainer:
         bytes_per_token = self.valid_shards.bytes_per_token
         result = {"step": self.step, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50)),
                   "val_bpb": val_loss / (math.log(2) * bytes_per_token)}
-        if self.dist.is_main and t.sample_prompts:
-            result["sample"] = self._sample(t.sample_prompts[0], t.sample_max_new_tokens)
+        if self.dist.is_main and t.sample_prompts and self.sampler is not None:
+            result["sample"] = t.sample_prompts[0] + self.sampler(self.model, self.tokenizer, t.sample_prompts[0],
+                                                                  t.sample_max_new_tokens)
         self.model.train()
         return result
 
@@ -229,14 +234,6 @@ class Trainer:
         self.state["evals_without_improvement"] += 1
         patience = self.config.train.early_stopping_patience
         return patience is not None and self.state["evals_without_improvement"] >= patience
-
-    def _sample(self, prompt: str, max_new_tokens: int) -> str:
-        from ..inference.generator import Generator
-
-        gen = Generator(self.model, self.tokenizer, self.device)
-        text = gen.generate(prompt, max_new_tokens=max_new_tokens, temperature=0.8, top_k=50, top_p=0.95, seed=0)
-        self.model.train()
-        return prompt + text
 
     def _say(self, progress, text: str) -> None:
         if not self.dist.is_main:

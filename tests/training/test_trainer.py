@@ -15,8 +15,11 @@ def losses(run_dir):
 
 
 def test_short_run_learns_and_writes_everything(model_config, train_config):
+    from kr_mini_llm.inference import Generator
+
     out = train_config.output_dir
-    result = Trainer(model_config, train_config, show_progress=False).train()
+    result = Trainer(model_config, train_config, show_progress=False,
+                     sampler=Generator.sample_during_training).train()
     run = __import__("pathlib").Path(out)
     curve = losses(run)
     assert result["step"] == 20 and result["stop_reason"] == "max_steps"
@@ -32,6 +35,7 @@ def test_short_run_learns_and_writes_everything(model_config, train_config):
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert {"step", "loss", "lr", "tokens_per_sec"} <= set(rows[0])
     assert any("val_loss" in r and "val_bpb" in r for r in rows)
+    assert result["sample"].startswith(train_config.train.sample_prompts[0])
 
 
 def test_resume_gives_the_same_losses(model_config, train_config, tmp_path):
