@@ -17,7 +17,8 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from kr_mini_llm import ConfigError, TransformerConfig
 from kr_mini_llm.training import CheckpointError, Trainer, TrainingConfig, TrainingStopped, resolve_checkpoint
 from kr_mini_llm.training.device import autocast_dtype, pick_device
-from kr_mini_llm.training.distributed import RankFailedError, close_distributed, env_world_size
+from kr_mini_llm.training.distributed import (RankFailedError, close_distributed, env_world_size,
+                                              explain_collective_failure)
 
 RANK = int(os.environ.get("RANK", 0))
 # Under torchrun every rank prefixes its errors with its rank; only rank 0 prints the rest.
@@ -125,6 +126,12 @@ def main(argv=None) -> int:
             return 3
         print(f"\n{TAG}❌ {type(e).__name__}: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        message = explain_collective_failure(e)
+        if message is None:
+            raise
+        print(f"\n{TAG}❌ {message}", file=sys.stderr)
+        return 4
     finally:
         close_distributed()
     if RANK != 0:

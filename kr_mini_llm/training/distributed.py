@@ -175,7 +175,13 @@ class DistributedContext:
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self._ddp = DistributedDataParallel(model, device_ids=ids)
+            # The only buffers are the RoPE tables, equal on every rank: no broadcast before each forward
+            # (torch >= 2.13 names the switch forward_sync_buffers and deprecates broadcast_buffers).
+            import inspect
+
+            newer = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+            no_sync = {"forward_sync_buffers": False} if newer else {"broadcast_buffers": False}
+            self._ddp = DistributedDataParallel(model, device_ids=ids, **no_sync)
             return self._ddp
         if self.mode == "fsdp":
             self._fsdp_root = shard_model(model, self.device, self.world_size, amp_dtype=amp_dtype,
@@ -280,6 +286,22 @@ def shard_model(model: torch.nn.Module, device: torch.device, world_size: int, a
         fully_shard(block, reshard_after_forward=reshard_after_forward, **kwargs)
     fully_shard(model, reshard_after_forward=reshard_after_forward, **kwargs)
     return model
+
+
+def explain_collective_failure(error: BaseException) -> str | None:
+    """A readable message for a collective that failed because another rank stopped answering
+    (timed out, or its connection closed when it died), or None for any other error."""
+    import torch.distributed as dist
+
+    text = str(error)
+    timed_out = "timed out" in text.lower() or "timeout" in text.lower()
+    lost_peer = "connection closed by peer" in text.lower() or "connection reset" in text.lower()
+    if not (dist.is_available() and dist.is_initialized()) or not (timed_out or lost_peer):
+        return None
+    what = ("waited longer than train.collective_timeout_minutes for the other ranks" if timed_out
+            else "lost the connection to another rank")
+    return (f"a collective operation {what}: another rank hung or died (its own log, or torchrun's "
+            f"summary, names it and says why). Original error: {text.strip()}")
 
 
 def close_distributed() -> None:
