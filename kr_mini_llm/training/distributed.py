@@ -276,7 +276,12 @@ def shard_model(model: torch.nn.Module, device: torch.device, world_size: int, a
     LM head, which may share the embedding's weight). Parameters become DTensors between steps;
     inside a unit's forward they are plain gathered tensors, which is what the fused ops take."""
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+
+    try:
+        from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+    except ImportError as e:  # public FSDP2 API since torch 2.6
+        raise ConfigError(f"train.distributed: fsdp needs torch >= 2.6 (FSDP2), this is {torch.__version__}; "
+                          "upgrade torch or use train.distributed: ddp") from e
 
     mesh = init_device_mesh(device.type, (world_size,))
     mp = (MixedPrecisionPolicy(param_dtype=amp_dtype, reduce_dtype=torch.float32) if amp_dtype is not None
