@@ -4,17 +4,26 @@
     python scripts/train.py --config configs/training.yaml --model_config configs/model_small.yaml \\
         [--output_dir DIR] [--resume_from DIR] [--set train.max_steps=100 ...]
     python scripts/train.py --resume_from checkpoints/checkpoint-5000/   # configs come from the checkpoint
+    torchrun --nproc_per_node=N scripts/train.py ...   # N processes: DDP, or FSDP2 with --set train.distributed=fsdp
 """
 import argparse
+import os
 import sys
 from pathlib import Path
 
 import torch
+from torch.distributed.elastic.multiprocessing.errors import record
 
 from kr_mini_llm import ConfigError, TransformerConfig
 from kr_mini_llm.inference import Generator
 from kr_mini_llm.training import CheckpointError, Trainer, TrainingConfig, TrainingStopped, resolve_checkpoint
 from kr_mini_llm.training.device import autocast_dtype, pick_device
+from kr_mini_llm.training.distributed import (RankFailedError, close_distributed, env_world_size,
+                                              explain_collective_failure)
+
+RANK = int(os.environ.get("RANK", 0))
+# Under torchrun every rank prefixes its errors with its rank; only rank 0 prints the rest.
+TAG = f"[rank {RANK}/{env_world_size()}] " if env_world_size() > 1 else ""
 
 RULE = "=" * 60
 
@@ -74,7 +83,12 @@ def print_summary(args, config, model_config, device):
     print("\n🏋 학습:")
     print(f"   - Batch size: {t.batch_size}")
     print(f"   - Gradient accumulation: {t.gradient_accumulation_steps}")
-    print(f"   - Effective batch size: {t.batch_size * t.gradient_accumulation_steps}")
+    world = env_world_size()
+    print(f"   - Effective batch size: {t.batch_size} x {t.gradient_accumulation_steps}" +
+          (f" x {world} processes" if world > 1 else "") + f" = {t.batch_size * t.gradient_accumulation_steps * world}")
+    mode = t.distributed if t.distributed != "auto" else ("ddp" if world > 1 else "none")
+    if mode != "none":
+        print(f"   - Distributed: {mode}, {world} process(es), each reading its own 1/{world} of every global batch")
     print(f"   - Sequence length: {t.max_seq_length}")
     print(f"   - Learning rate: {t.learning_rate} (warmup {t.warmup_steps}, {t.lr_schedule} to {t.min_learning_rate})")
     print(f"   - Max steps: {t.max_steps:,}" + (f" (or {t.max_time_minutes} min)" if t.max_time_minutes else ""))
@@ -91,25 +105,38 @@ def print_summary(args, config, model_config, device):
     print(f"\n🎲 Random seed: {config.seed}\n{RULE}")
 
 
+@record
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         config, model_config = load_configs(args)
         device = pick_device(config.device)
-        print_summary(args, config, model_config, device)
+        if RANK == 0:
+            print_summary(args, config, model_config, device)
         trainer = Trainer(model_config, config, resume_from=args.resume_from, show_progress=not args.no_progress,
                           overwrite=args.overwrite_output_dir, sampler=Generator.sample_during_training)
-        if args.resume_from:
-            print(f"▶️  {args.resume_from} 에서 이어서 학습: step {trainer.step}")
-        print(f"💾 설정 저장: {Path(config.output_dir) / 'config.yaml'}")
-        print(f"💾 모델 설정 저장: {Path(config.output_dir) / 'model_config.yaml'}")
+        if RANK == 0:
+            if args.resume_from:
+                print(f"▶️  {args.resume_from} 에서 이어서 학습: step {trainer.step}")
+            print(f"💾 설정 저장: {Path(config.output_dir) / 'config.yaml'}")
+            print(f"💾 모델 설정 저장: {Path(config.output_dir) / 'model_config.yaml'}")
         result = trainer.train()
-    except (ConfigError, CheckpointError, FileNotFoundError, ValueError, TrainingStopped) as e:
+    except (ConfigError, CheckpointError, FileNotFoundError, ValueError, TrainingStopped, RankFailedError) as e:
         if isinstance(e, TrainingStopped):
-            print(f"\n❌ {e}", file=sys.stderr)
+            print(f"\n{TAG}❌ {e}", file=sys.stderr)
             return 3
-        print(f"\n❌ {type(e).__name__}: {e}", file=sys.stderr)
+        print(f"\n{TAG}❌ {type(e).__name__}: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        message = explain_collective_failure(e)
+        if message is None:
+            raise
+        print(f"\n{TAG}❌ {message}", file=sys.stderr)
+        return 4
+    finally:
+        close_distributed()
+    if RANK != 0:
+        return 0
     print(f"\n{RULE}\n✅ 학습 종료 ({result['stop_reason']}): step {result['step']}, "
           f"{result['tokens_seen']:,} tokens, {result['elapsed_s'] / 60:.1f} min")
     print(f"   - Validation loss: {result['val_loss']:.4f} (perplexity {result['val_ppl']:.1f}, "

@@ -11,6 +11,8 @@ between epochs), shuffles all windows with (seed, epoch) and deals them out in g
 of world_size * batch_size, rank r taking slice r. Ranks therefore never share a window within
 an epoch, and the stream is a pure function of (seed, epoch, position): `state_dict()` is two
 integers, and `load_state_dict()` continues with exactly the batches an uninterrupted run gets.
+The position counts windows over all ranks, so a run may resume at another world size or
+micro-batch: with the same windows per optimizer step (the trainer checks) it continues exactly.
 """
 from __future__ import annotations
 
@@ -150,11 +152,11 @@ class RandomWindows:
                 "num_tokens": self.shards.num_tokens, "fingerprint": self.shards.fingerprint}
 
     def load_state_dict(self, state: Dict) -> None:
-        for k in ("seed", "seq_len", "batch_size", "world_size", "num_tokens", "fingerprint"):
+        for k in ("seed", "seq_len", "num_tokens", "fingerprint"):  # batch_size/world_size may change: see above
             mine = getattr(self, k) if hasattr(self, k) else getattr(self.shards, k)
             if k in state and state[k] != mine:
                 raise ValueError(f"cannot resume the data stream: {k} was {state[k]!r}, now {mine!r} "
-                                 "(resuming exactly needs the same data, seed, seq_len, batch size and world size)")
+                                 "(resuming exactly needs the same data, seed and seq_len)")
         self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
 
 

@@ -9,6 +9,8 @@ checkpoint-STEP/
   config.yaml             training config
   model_config.yaml       model config
   tokenizer.model         the tokenizer the model was trained with (when known)
+
+FSDP runs write `dcp/` (sharded model + optimizer) instead of the first two; see sharded_checkpoint.py.
 """
 from __future__ import annotations
 
@@ -64,20 +66,29 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def staging_dir(output_dir: str | os.PathLike, step: int) -> Path:
+    """Where checkpoint-STEP is written before the rename that publishes it."""
+    return Path(output_dir) / f".checkpoint-{step}.tmp"
+
+
 def save_checkpoint(output_dir: str | os.PathLike, step: int, model, optimizer, trainer_state: dict,
                     train_config, model_config, tokenizer_path: str | None = None,
-                    keep: int | None = None) -> Path:
+                    keep: int | None = None, write_weights=None) -> Path:
+    """`write_weights(staging_dir)`, when given, replaces model.safetensors + optimizer.pt (FSDP: DCP shards)."""
     from safetensors.torch import save_model
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     final = out / f"checkpoint-{step}"
-    tmp = out / f".checkpoint-{step}.tmp"
+    tmp = staging_dir(out, step)
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    save_model(model, str(tmp / "model.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    if write_weights is not None:
+        write_weights(tmp)
+    else:
+        save_model(model, str(tmp / "model.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(rng_state(), tmp / "rng.pt")
     (tmp / "trainer_state.json").write_text(json.dumps({**trainer_state, "step": step}, indent=2))
     train_config.save_yaml(tmp / "config.yaml")
@@ -110,16 +121,23 @@ def load_checkpoint(path: str | os.PathLike, model, optimizer=None) -> dict:
         state = json.loads((ckpt / "trainer_state.json").read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{ckpt}: trainer_state.json is unreadable ({e}); the checkpoint is damaged") from e
-    try:
-        missing, unexpected = load_model(model, str(ckpt / "model.safetensors"), strict=False)
-    except (OSError, SafetensorError, RuntimeError) as e:
-        raise CheckpointError(f"{ckpt}/model.safetensors cannot be loaded into this model: {e}") from e
-    if missing or unexpected:
-        raise CheckpointError(f"{ckpt}/model.safetensors does not match the model: missing {sorted(missing)[:5]}, "
-                              f"unexpected {sorted(unexpected)[:5]}")
+    from .sharded_checkpoint import distributed_loader
+
+    special = distributed_loader(ckpt, model)  # DCP shards, or an FSDP-sharded model: see there
+    if special is not None:
+        special(ckpt, model, optimizer)
+    else:
+        try:
+            missing, unexpected = load_model(model, str(ckpt / "model.safetensors"), strict=False)
+        except (OSError, SafetensorError, RuntimeError) as e:
+            raise CheckpointError(f"{ckpt}/model.safetensors cannot be loaded into this model: {e}") from e
+        if missing or unexpected:
+            raise CheckpointError(f"{ckpt}/model.safetensors does not match the model: missing "
+                                  f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
     if optimizer is not None:
         try:
-            optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+            if special is None:
+                optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
             set_rng_state(torch.load(ckpt / "rng.pt", weights_only=True))
         except (OSError, RuntimeError, ValueError, KeyError) as e:
             raise CheckpointError(f"{ckpt}: optimizer or RNG state cannot be loaded: {e}") from e

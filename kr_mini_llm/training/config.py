@@ -47,7 +47,10 @@ class TrainSection:
     sample_prompts: list = field(default_factory=lambda: ["대한민국의 수도는", "오늘 날씨가"])
     sample_max_new_tokens: int = 40
     tensorboard: bool = False
-    distributed: str = "auto"  # auto | none | ddp | fsdp
+    distributed: str = "auto"  # auto (ddp when WORLD_SIZE > 1) | none | ddp | fsdp
+    fsdp_cpu_offload: bool = False  # FSDP2 keeps parameters, gradients and optimizer state in CPU memory (CUDA)
+    fsdp_reshard_after_forward: bool = True  # False: keep gathered weights until backward (more memory, less traffic)
+    collective_timeout_minutes: float = 10.0  # a rank waiting longer on the others fails, naming the collective
 
 
 @dataclass
@@ -141,6 +144,8 @@ class TrainingConfig:
             fail(f"device must be auto, cpu, cuda, cuda:N or mps, got '{self.device}'")
         if not 0 < self.mps_memory_fraction <= 2:
             fail(f"mps_memory_fraction must be in (0, 2], got {self.mps_memory_fraction}")
+        if not t.collective_timeout_minutes > 0:
+            fail(f"train.collective_timeout_minutes must be > 0, got {t.collective_timeout_minutes}")
         if self.threads is not None and self.threads <= 0:
             fail(f"threads must be > 0, got {self.threads}")
 

@@ -1,4 +1,4 @@
-"""The training loop: one process today, many through distributed.py tomorrow.
+"""The training loop, for one process or many (torchrun; everything about ranks is in distributed.py).
 
     trainer = Trainer(model_config, train_config, output_dir="checkpoints/tiny")
     trainer.train()               # or Trainer(..., resume_from="checkpoints/tiny")
@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 
 from ..model import Transformer, TransformerConfig
-from .checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
+from .checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoint
 from .config import TrainingConfig
 from .device import apply_memory_limit, autocast_dtype, pick_device
-from .distributed import DistributedContext
+from .distributed import DistributedContext, check_global_batch
 from .metrics import MetricsLog, plot_loss_curve
 from .optim import build_optimizer, learning_rate
 
@@ -40,7 +40,8 @@ class Trainer:
         # (scripts/train.py passes the Generator's; training does not depend on inference).
         self.sampler = sampler
         self.output_dir = Path(output_dir or config.output_dir)
-        self.dist = DistributedContext()
+        self.dist = DistributedContext(config, pick_device(config.device))
+        self.device = self.dist.device  # cuda:LOCAL_RANK under torchrun
         existing = list_checkpoints(self.output_dir)
         if existing and resume_from is None:
             if not overwrite:
@@ -57,37 +58,42 @@ class Trainer:
                              f"({model_config.max_seq_length}); lower it or raise the model's")
         if config.threads:
             torch.set_num_threads(config.threads)
-        self.device = pick_device(config.device)
         apply_memory_limit(self.device, config.mps_memory_fraction)
         self.amp_dtype = autocast_dtype(self.device, t.precision) if t.mixed_precision else None
 
-        # Data first: a missing or mismatched shard fails before any model is built.
+        # Data first: a missing or mismatched shard fails before any model is built (on every rank).
         self.tokenizer_path = config.data.tokenizer
-        self.tokenizer = Tokenizer(self.tokenizer_path)
-        if self.tokenizer.vocab_size > model_config.vocab_size:
-            raise ValueError(f"the tokenizer has {self.tokenizer.vocab_size} tokens but the model's vocab_size is "
-                             f"{model_config.vocab_size}; set vocab_size >= {self.tokenizer.vocab_size}")
-        self.train_shards = TokenShards(config.data.tokens, "train", expected_fingerprint=self.tokenizer.fingerprint)
-        self.valid_shards = TokenShards(config.data.tokens, "valid", expected_fingerprint=self.tokenizer.fingerprint)
-        self.batches = RandomWindows(self.train_shards, t.max_seq_length, t.batch_size, seed=config.seed,
-                                     rank=self.dist.rank, world_size=self.dist.world_size)
+        with self.dist.agree("reading the tokenizer and token shards"):
+            self.tokenizer = Tokenizer(self.tokenizer_path)
+            if self.tokenizer.vocab_size > model_config.vocab_size:
+                raise ValueError(f"the tokenizer has {self.tokenizer.vocab_size} tokens but the model's vocab_size "
+                                 f"is {model_config.vocab_size}; set vocab_size >= {self.tokenizer.vocab_size}")
+            fingerprint = self.tokenizer.fingerprint
+            self.train_shards = TokenShards(config.data.tokens, "train", expected_fingerprint=fingerprint)
+            self.valid_shards = TokenShards(config.data.tokens, "valid", expected_fingerprint=fingerprint)
+            self.batches = RandomWindows(self.train_shards, t.max_seq_length, t.batch_size, seed=config.seed,
+                                         rank=self.dist.rank, world_size=self.dist.world_size)
         self.EvalWindows = EvalWindows
 
         torch.manual_seed(config.seed)
         self.model = Transformer(model_config, ops_impl=t.ops).to(self.device)
         if t.gradient_checkpointing:
             self.model.set_gradient_checkpointing(True)
+        # DDP: a wrapper for training steps (self.model stays the plain module); FSDP2: shards in place.
+        self.forward = self.dist.wrap_model(self.model, t, self.amp_dtype)
         self.optimizer = build_optimizer(self.model, t, self.device)
         self.state = {"tokens_seen": 0, "best_val_loss": None, "evals_without_improvement": 0,
                       "elapsed_s": 0.0}
         self.step = 0
         if resume_from is not None:
-            ckpt = resolve_checkpoint(resume_from)
-            saved = load_checkpoint(ckpt, self.model, self.optimizer)
-            self.step = saved["step"]
-            self.batches.load_state_dict(saved["data"])
-            self.state.update({k: saved[k] for k in self.state if k in saved})
-        self.forward = torch.compile(self.model) if t.compile_model else self.model
+            with self.dist.agree(f"resuming from {resume_from}"):
+                saved = load_checkpoint(resolve_checkpoint(resume_from), self.model, self.optimizer)
+                check_global_batch(saved, self.effective_batch, self.dist.world_size)
+                self.step = saved["step"]
+                self.batches.load_state_dict(saved["data"])
+                self.state.update({k: saved[k] for k in self.state if k in saved})
+        if t.compile_model:
+            self.forward = torch.compile(self.forward)
 
     # -- the loop --------------------------------------------------------------------------------
     def train(self, stop_after: int | None = None) -> dict:
@@ -178,12 +184,13 @@ class Trainer:
         t = self.config.train
         self.model.train()
         total = 0.0
-        for _ in range(t.gradient_accumulation_steps):
+        for micro in range(t.gradient_accumulation_steps):
             x, y = next(self.batches)
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            with self._autocast():
-                loss = self.forward(x, y) / t.gradient_accumulation_steps
-            loss.backward()
+            with self.dist.grad_sync(micro == t.gradient_accumulation_steps - 1):
+                with self._autocast():
+                    loss = self.forward(x, y) / t.gradient_accumulation_steps
+                loss.backward()
             total += loss.item()
         if t.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.max_grad_norm)
@@ -196,28 +203,36 @@ class Trainer:
         t = self.config.train
         self.model.eval()
         total_loss, total_tokens = 0.0, 0
-        for x, y in self.EvalWindows(self.valid_shards, t.max_seq_length, t.batch_size, max_batches=t.eval_batches):
+        # eval_batches per rank: the same windows as one process with batch_size x world_size.
+        windows = self.EvalWindows(self.valid_shards, t.max_seq_length, t.batch_size,
+                                   max_batches=t.eval_batches * self.dist.world_size)
+        for x, y, counted in self.dist.eval_share(windows):  # this rank's batches
             x, y = x.to(self.device), y.to(self.device)
             with self._autocast():
                 loss = self.model(x, y)
-            total_loss += loss.item() * y.numel()
-            total_tokens += y.numel()
-        val_loss = self.dist.mean(total_loss / max(total_tokens, 1))
+            n = y.numel() if counted else 0
+            total_loss += loss.item() * n
+            total_tokens += n
+        total_loss, total_tokens = self.dist.sum(total_loss, total_tokens)
+        val_loss = total_loss / max(total_tokens, 1)
         bytes_per_token = self.valid_shards.bytes_per_token
         result = {"step": self.step, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50)),
                   "val_bpb": val_loss / (math.log(2) * bytes_per_token)}
-        if self.dist.is_main and t.sample_prompts and self.sampler is not None:
-            result["sample"] = t.sample_prompts[0] + self.sampler(self.model, self.tokenizer, t.sample_prompts[0],
-                                                                  t.sample_max_new_tokens)
+        if self.dist.samples_here and t.sample_prompts and self.sampler is not None:
+            # Under FSDP every rank takes part in the sample's forwards; rank 0 keeps it.
+            prompt = t.sample_prompts[0]
+            sample = prompt + self.sampler(self.model, self.tokenizer, prompt, t.sample_max_new_tokens)
+            if self.dist.is_main:
+                result["sample"] = sample
         self.model.train()
         return result
 
     def save(self) -> Path | None:
-        if not self.dist.is_main:
-            return None
-        state = {**self.state, "data": self.batches.state_dict()}
-        return save_checkpoint(self.output_dir, self.step, self.model, self.optimizer, state, self.config,
-                               self.model_config, self.tokenizer_path, keep=self.config.train.keep_checkpoints)
+        """Saves checkpoint-STEP (every rank calls this); returns its path on rank 0."""
+        state = {**self.state, "data": self.batches.state_dict(), "global_batch": self.effective_batch}
+        return self.dist.save_checkpoint(self.output_dir, self.step, self.model, self.optimizer, state, self.config,
+                                         self.model_config, self.tokenizer_path,
+                                         keep=self.config.train.keep_checkpoints)
 
     # -- helpers -----------------------------------------------------------------------------------
     def _autocast(self):

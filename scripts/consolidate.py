@@ -1,0 +1,34 @@
+#!/usr/bin/env python3
+"""Turn a sharded FSDP checkpoint (dcp/) into the ordinary single-file checkpoint.
+
+    python scripts/consolidate.py checkpoints/run/checkpoint-5000            # adds model.safetensors + optimizer.pt
+    python scripts/consolidate.py checkpoints/run --output checkpoints/final # latest checkpoint -> a new directory
+
+One process on the CPU, with memory for the whole model and optimizer. No consolidation is needed
+to resume (at any world size) or to load the model with Generator.from_pretrained: both read
+the shards; the single file is for tools that expect model.safetensors.
+"""
+import argparse
+import sys
+
+from kr_mini_llm import ConfigError
+from kr_mini_llm.training import CheckpointError
+from kr_mini_llm.training.sharded_checkpoint import consolidate_checkpoint
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", help="a checkpoint-STEP directory with dcp/, or an output directory (its latest)")
+    p.add_argument("--output", help="write a new ordinary checkpoint here (without the shards) instead of in place")
+    args = p.parse_args(argv)
+    try:
+        out = consolidate_checkpoint(args.checkpoint, args.output)
+    except (CheckpointError, ConfigError, FileNotFoundError) as e:
+        print(f"❌ {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    print(f"✅ {out}/model.safetensors, {out}/optimizer.pt")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
