@@ -168,7 +168,7 @@ class SFTBatches:
     """Endless training batches: rows sorted by length, cut into batches of neighbours (little
     padding), the batch order shuffled each epoch with (seed, epoch). The stream is a pure
     function of (seed, epoch, position), so state_dict() is two integers and a resumed run gets
-    exactly the batches of an uninterrupted one. `last_tokens`: input tokens of the last batch."""
+    exactly the batches of an uninterrupted one."""
 
     def __init__(self, dataset: SFTDataset, batch_size: int, seed: int = 0, pad_id: int = 0):
         if len(dataset) < batch_size:
@@ -177,7 +177,7 @@ class SFTBatches:
         order = dataset.length_order()
         self.batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
         self.dataset, self.seed, self.pad_id = dataset, seed, pad_id
-        self.epoch, self.position, self.last_tokens = 0, 0, 0
+        self.epoch, self.position, self.tokens = 0, 0, 0
         self._order = self._epoch_order(0)
 
     def _epoch_order(self, epoch: int) -> List[int]:
@@ -194,8 +194,14 @@ class SFTBatches:
             self._order = self._epoch_order(self.epoch)
         idx = self.batches[self._order[self.position]]
         self.position += 1
-        x, y, self.last_tokens = collate([self.dataset.examples[i] for i in idx], self.pad_id)
+        x, y, tokens = collate([self.dataset.examples[i] for i in idx], self.pad_id)
+        self.tokens += tokens
         return x, y
+
+    def pop_tokens(self) -> int:
+        """Input tokens (padding excluded) of the batches taken since the last call."""
+        tokens, self.tokens = self.tokens, 0
+        return tokens
 
     def state_dict(self) -> Dict[str, int]:
         return {"epoch": self.epoch, "position": self.position}
