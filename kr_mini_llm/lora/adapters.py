@@ -135,21 +135,27 @@ def load_adapter_weights(model: torch.nn.Module, file: str | os.PathLike,
         raise LoRAError(f"{file} was trained on a base model with fingerprint {saved_fp}, but the model it is "
                         f"loaded onto has {expected_fingerprint}; load the base model the adapters were trained "
                         "on (see 'model' in adapter_config.json)")
+    copy_adapter_tensors(model, tensors, str(file))
+    return meta
+
+
+def copy_adapter_tensors(model: torch.nn.Module, tensors: dict, where: str) -> None:
+    """Copies {'layers.3.self_attn.q_proj.lora_A': tensor, ...} into the model's LoRA layers after
+    checking that the names and shapes are exactly the model's."""
     own = lora_state_dict(model)
     missing, unexpected = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
     if missing or unexpected:
-        raise LoRAError(f"{file} does not match the adapters of this model: missing {missing[:4]}, unexpected "
+        raise LoRAError(f"{where} does not match the adapters of this model: missing {missing[:4]}, unexpected "
                         f"{unexpected[:4]}; check num_layers and lora_parameters.keys in adapter_config.json")
     for name, t in tensors.items():
         if tuple(t.shape) != tuple(own[name].shape):
-            raise LoRAError(f"{file}: {name} has shape {tuple(t.shape)} but this model needs "
+            raise LoRAError(f"{where}: {name} has shape {tuple(t.shape)} but this model needs "
                             f"{tuple(own[name].shape)} (different rank or base model dimensions)")
     mods = lora_modules(model)
     with torch.no_grad():
         for name, t in tensors.items():
             mod_name, _, attr = name.rpartition(".")
             getattr(mods[mod_name], attr).copy_(t)
-    return meta
 
 
 def load_training_state(weights_file: str | os.PathLike, step: int) -> dict | None:
