@@ -4,7 +4,7 @@ PYTHON ?= python3
 # The torch to install when none is present (any torch >= 2.4 works; see README).
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test bench-ops clean
+.PHONY: install demo lora-demo test bench-ops bench-lora clean
 
 install:
 	bash scripts/install_system_deps.sh
@@ -20,11 +20,25 @@ demo: install
 	$(PYTHON) scripts/train.py --config configs/training_demo.yaml --model_config configs/model_tiny.yaml --overwrite_output_dir
 	$(PYTHON) scripts/generate.py --model checkpoints/demo --prompt "대한민국의 수도는" --max_new_tokens 60 --seed 0
 
+# LoRA on the main job's model (run `make demo` first): help-page titles -> their first paragraph.
+lora-demo:
+	$(PYTHON) scripts/make_sft_demo.py --input data/processed --output data/sft
+	$(PYTHON) scripts/generate.py --model checkpoints/demo --chat --prompt "$$(printf '$(LORA_DEMO_PROMPT)')" --temperature 0 --max_new_tokens 60
+	$(PYTHON) scripts/lora.py --model checkpoints/demo --train --test --data data/sft --iters 300 --batch-size 8 \
+		--num-layers -1 --lora-rank 8 --learning-rate 2e-4 --mask-prompt --steps-per-eval 100 --val-batches -1 \
+		--test-batches -1 --adapter-path adapters/demo --overwrite-adapters --device cpu
+	$(PYTHON) scripts/generate.py --model checkpoints/demo --adapter-path adapters/demo --chat --prompt "$$(printf '$(LORA_DEMO_PROMPT)')" --temperature 0 --max_new_tokens 60
+	$(PYTHON) scripts/fuse.py --model checkpoints/demo --adapter-path adapters/demo --save-path models/demo-fused --export-hf
+LORA_DEMO_PROMPT ?= 다음 도움말 항목을 한 문단으로 설명하세요.\n\n치수 단위 변환
+
 test: install
 	$(PYTHON) -m pytest tests
 
 bench-ops: install
 	$(PYTHON) scripts/bench_ops.py
+
+bench-lora: install
+	$(PYTHON) scripts/bench_lora.py
 
 clean:
 	rm -rf build kr_mini_llm/_C*.so *.egg-info

@@ -58,6 +58,8 @@ def build(variant: str, config: TransformerConfig, base: Transformer):
 def make_step(variant, model, dtype, ids, labels):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     is_hf = variant.startswith("hf")
+    if variant == "hf-compile":
+        torch._dynamo.reset()
     fwd = torch.compile(model) if variant == "hf-compile" else model
 
     def step():

@@ -141,6 +141,7 @@ def run_op(name, args, lines):
             base = make(dtype)
             fns = {"ours": variants["ours"], "eager": variants["reference"]}
             if not args.no_compile:
+                torch._dynamo.reset()  # a fresh cache per case: never fall back to eager on a recompile limit
                 fns["compile"] = torch.compile(variants["reference"], dynamic=False)
             if "sdpa" in variants:
                 fns["sdpa"] = variants["sdpa"]
@@ -205,6 +206,7 @@ def main():
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "ops_cpu.md")
     args = parser.parse_args()
+    torch._dynamo.config.cache_size_limit = 64
     args.dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
     args.threads = [int(t) for t in args.threads.split(",")]
     names = args.ops.split(",")

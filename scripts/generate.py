@@ -25,12 +25,19 @@ def parse_args(argv=None):
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
     p.add_argument("--tokenizer", default=None, help="tokenizer.model if the checkpoint has none")
     p.add_argument("--no_stream", action="store_true", help="print each answer whole")
+    p.add_argument("--adapter-path", "--adapter_path", dest="adapter_path",
+                   help="LoRA adapters from scripts/lora.py to apply (unfused)")
+    p.add_argument("--chat", action="store_true",
+                   help="treat each prompt as a user message in the chat template; print the assistant's answer")
     return p.parse_args(argv)
 
 
 def run_one(gen, prompt, args):
     kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
               top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed)
+    if args.chat:
+        print(f"> {prompt}\n{gen.chat(prompt, **kw)}")
+        return
     if args.no_stream:
         print(prompt + gen.generate(prompt, **kw))
         return
@@ -46,8 +53,9 @@ def main(argv=None) -> int:
         print("error: give --prompt TEXT or --interactive", file=sys.stderr)
         return 2
     try:
-        gen = Generator.from_pretrained(args.model, device=args.device, tokenizer_path=args.tokenizer)
-        if args.prompt and len(args.prompt) > 1 and args.no_stream:
+        gen = Generator.from_pretrained(args.model, device=args.device, tokenizer_path=args.tokenizer,
+                                        adapter_path=args.adapter_path)
+        if args.prompt and len(args.prompt) > 1 and args.no_stream and not args.chat:
             for p, text in zip(args.prompt, gen.generate(args.prompt, max_new_tokens=args.max_new_tokens,
                                                          temperature=args.temperature, top_k=args.top_k,
                                                          top_p=args.top_p, seed=args.seed,

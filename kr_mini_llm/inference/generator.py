@@ -30,8 +30,9 @@ class Generator:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | None = None, tokenizer_path: str | None = None,
-                        ops_impl: str = "fused") -> "Generator":
-        """A checkpoint directory, or an output directory (its latest checkpoint)."""
+                        ops_impl: str = "fused", adapter_path: str | Path | None = None) -> "Generator":
+        """A checkpoint directory, or an output directory (its latest checkpoint); with adapter_path,
+        the LoRA adapters of scripts/lora.py on top (unfused, checked against the base)."""
         from ..data.tokenizer import Tokenizer
         from ..training.checkpoint import load_checkpoint, resolve_checkpoint
 
@@ -39,6 +40,10 @@ class Generator:
         config = TransformerConfig.from_yaml(ckpt / "model_config.yaml")
         model = Transformer(config, ops_impl=ops_impl)
         load_checkpoint(ckpt, model)
+        if adapter_path is not None:
+            from ..lora.adapters import load_adapters
+
+            load_adapters(model, adapter_path)
         tok_file = Path(tokenizer_path) if tokenizer_path else ckpt / "tokenizer.model"
         if not tok_file.exists():
             raise FileNotFoundError(f"{ckpt}: no tokenizer.model in the checkpoint; pass tokenizer_path=")
@@ -87,6 +92,23 @@ class Generator:
                     outputs[b].append(tok)
         texts = [self.tokenizer.decode(o) for o in outputs]
         return texts[0] if single else texts
+
+    def chat(self, messages: str | list, max_new_tokens: int = 100, temperature: float = 0.8,
+             top_k: int | None = 50, top_p: float | None = 0.95, repetition_penalty: float = 1.0,
+             seed: int | None = None) -> str:
+        """The assistant's answer to `messages` (a list of {"role", "content"}, or one user string),
+        prompted with the chat template of data/chat.py (as SFT data is), up to its <|im_end|>."""
+        from ..data.chat import encode_chat
+
+        if isinstance(messages, str):
+            messages = [{"role": "user", "content": messages}]
+        ids, _ = encode_chat(messages, self.tokenizer, add_generation_prompt=True)
+        out = []
+        for step in self.generate_ids([ids], max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed):
+            if step[0] is None or step[0] == self.tokenizer.im_end_id:
+                break
+            out.append(step[0])
+        return self.tokenizer.decode(out)
 
     @torch.inference_mode()
     def generate_ids(self, prompts: list[list[int]], max_new_tokens: int, temperature: float = 0.0,

@@ -31,9 +31,6 @@ class Trainer:
     def __init__(self, model_config: TransformerConfig, config: TrainingConfig, output_dir: str | Path | None = None,
                  resume_from: str | Path | None = None, show_progress: bool = True, overwrite: bool = False,
                  sampler=None):
-        from ..data.datasets import EvalWindows, RandomWindows, TokenShards
-        from ..data.tokenizer import Tokenizer
-
         self.config = config
         self.model_config = model_config
         # sampler(model, tokenizer, prompt, max_new_tokens) -> text, for the samples at each eval
@@ -60,7 +57,17 @@ class Trainer:
             torch.set_num_threads(config.threads)
         apply_memory_limit(self.device, config.mps_memory_fraction)
         self.amp_dtype = autocast_dtype(self.device, t.precision) if t.mixed_precision else None
+        self._build(resume_from)
+        if t.compile_model:
+            self.forward = torch.compile(self.forward)
 
+    def _build(self, resume_from) -> None:
+        """The task's own part: data, model, optimizer, resumed state. A fine-tuning task (lora/)
+        overrides it, and evaluate/save and the hooks below, and runs this same loop."""
+        from ..data.datasets import EvalWindows, RandomWindows, TokenShards
+        from ..data.tokenizer import Tokenizer
+
+        config, model_config, t = self.config, self.model_config, self.config.train
         # Data first: a missing or mismatched shard fails before any model is built (on every rank).
         self.tokenizer_path = config.data.tokenizer
         with self.dist.agree("reading the tokenizer and token shards"):
@@ -92,8 +99,6 @@ class Trainer:
                 self.step = saved["step"]
                 self.batches.load_state_dict(saved["data"])
                 self.state.update({k: saved[k] for k in self.state if k in saved})
-        if t.compile_model:
-            self.forward = torch.compile(self.forward)
 
     # -- the loop --------------------------------------------------------------------------------
     def train(self, stop_after: int | None = None) -> dict:
@@ -103,15 +108,13 @@ class Trainer:
         first_step = self.step
         if self.dist.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            self.config.save_yaml(self.output_dir / "config.yaml")
-            self.model_config.save_yaml(self.output_dir / "model_config.yaml")
+            self._save_run_configs()
         log = MetricsLog(self.output_dir, t.tensorboard, append=self.step > 0) if self.dist.is_main else None
         progress = self._progress()
         interrupted = {"flag": False}
         old_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.update(flag=True))
         start = time.time() - self.state["elapsed_s"]
-        tokens_per_step = self.effective_batch * t.max_seq_length
-        last_log = time.time()
+        last_log, last_step, last_tokens = time.time(), self.step, self.state["tokens_seen"]
         reason = "max_steps"
         result = {}
         try:
@@ -126,29 +129,28 @@ class Trainer:
                         f"kept in {self.output_dir}; lower train.learning_rate or check the data, then "
                         "--resume_from it.")
                 self.step += 1
-                self.state["tokens_seen"] += tokens_per_step
+                self.state["tokens_seen"] += self._step_tokens()
                 self.state["elapsed_s"] = time.time() - start
                 if progress is not None:
                     progress.update(1)
                     progress.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
                 if self.step % t.log_steps == 0 or self.step == 1:
                     now = time.time()
-                    steps = 1 if self.step == 1 else t.log_steps
-                    tps = tokens_per_step * steps / max(now - last_log, 1e-9)
-                    last_log = now
+                    seconds = max(now - last_log, 1e-9)
+                    tps = (self.state["tokens_seen"] - last_tokens) / seconds
                     row = {"step": self.step, "loss": loss, "lr": lr, "tokens_per_sec": tps,
+                           "it_per_sec": (self.step - last_step) / seconds,
                            "tokens_seen": self.state["tokens_seen"], "elapsed_s": round(self.state["elapsed_s"], 2)}
+                    last_log, last_step, last_tokens = now, self.step, self.state["tokens_seen"]
+                    self._report(row, progress)
                     if log:
                         log.log(row)
-                    if progress is not None:
-                        progress.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
                 stop = None
                 if self.step % t.eval_steps == 0 or self.step == t.max_steps:
                     result = self.evaluate()
                     if log:
                         log.log({"step": self.step, **result})
-                    self._say(progress, f"step {self.step}: val_loss {result['val_loss']:.4f}, "
-                                        f"ppl {result['val_ppl']:.1f}, bpb {result['val_bpb']:.3f}")
+                    self._say(progress, self._eval_line(result))
                     if result.get("sample"):
                         self._say(progress, f"  sample: {result['sample']!r}")
                     if self._early_stop(result["val_loss"]):
@@ -233,6 +235,24 @@ class Trainer:
         return self.dist.save_checkpoint(self.output_dir, self.step, self.model, self.optimizer, state, self.config,
                                          self.model_config, self.tokenizer_path,
                                          keep=self.config.train.keep_checkpoints)
+
+    # -- hooks a fine-tuning task overrides ------------------------------------------------------
+    def _save_run_configs(self) -> None:
+        self.config.save_yaml(self.output_dir / "config.yaml")
+        self.model_config.save_yaml(self.output_dir / "model_config.yaml")
+
+    def _step_tokens(self) -> int:
+        """Tokens the last optimizer step trained on."""
+        return self.effective_batch * self.config.train.max_seq_length
+
+    def _report(self, row: dict, progress) -> None:
+        """Called every log_steps with the metrics row (before it is written to metrics.jsonl)."""
+        if progress is not None:
+            progress.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}", tok_s=f"{row['tokens_per_sec']:,.0f}")
+
+    def _eval_line(self, result: dict) -> str:
+        return (f"step {result['step']}: val_loss {result['val_loss']:.4f}, ppl {result['val_ppl']:.1f}, "
+                f"bpb {result['val_bpb']:.3f}")
 
     # -- helpers -----------------------------------------------------------------------------------
     def _autocast(self):

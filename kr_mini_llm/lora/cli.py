@@ -1,0 +1,166 @@
+"""`python -m kr_mini_llm.lora` / `scripts/lora.py`: LoRA fine-tuning with mlx-lm's flags.
+
+    python scripts/lora.py --model checkpoints/demo --train --data data/sft --iters 200 \\
+        --batch-size 4 --num-layers 4 --learning-rate 1e-4 --mask-prompt --adapter-path adapters/demo
+    python scripts/lora.py --model checkpoints/demo --test --data data/sft --adapter-path adapters/demo
+    python scripts/lora.py -c lora.yaml            # the same keys in YAML (flags given here win)
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from .apply import LoRAError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lora", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                argument_default=None)
+    a = p.add_argument
+    a("-c", "--config", help="YAML file with any of these settings (underscored names: learning_rate)")
+    a("--model", help="base model: a checkpoint or output directory of scripts/train.py, or a HF Llama/Qwen3 directory")
+    a("--train", action="store_true", default=None, help="fine-tune")
+    a("--test", action="store_true", default=None, help="evaluate the adapters on test.jsonl")
+    a("--data", help="directory with train.jsonl and valid.jsonl (and test.jsonl) (default: data)")
+    a("--fine-tune-type", choices=["lora"], help="only lora (full fine-tuning is scripts/train.py)")
+    a("--optimizer", choices=["adam", "adamw", "sgd"], help="default: adam")
+    a("--mask-prompt", action="store_true", default=None, help="train on the answer tokens only")
+    a("--num-layers", type=int, help="adapters on the last N blocks, -1 for all (default: 16)")
+    a("--batch-size", type=int, help="default: 4")
+    a("--iters", type=int, help="iterations to train (counted from the start when resuming) (default: 1000)")
+    a("--val-batches", type=int, help="validation batches per evaluation, -1 for all (default: 25)")
+    a("--learning-rate", type=float, help="default: 1e-5")
+    a("--steps-per-report", type=int, help="iterations between loss reports (default: 10)")
+    a("--steps-per-eval", type=int, help="iterations between validations (default: 200)")
+    a("--resume-adapter-file", help="adapters.safetensors (or NNNNNNN_adapters.safetensors) to continue from")
+    a("--adapter-path", help="where adapters and adapter_config.json go (default: adapters)")
+    a("--save-every", type=int, help="iterations between numbered adapter files (default: 100)")
+    a("--test-batches", type=int, help="test batches, -1 for all (default: 500)")
+    a("--max-seq-length", type=int, help="longer rows are truncated (default: the model's context length)")
+    a("--grad-checkpoint", action="store_true", default=None, help="recompute activations to save memory")
+    a("--grad-accumulation-steps", type=int, help="batches per optimizer step (default: 1)")
+    a("--seed", type=int, help="default: 0")
+    a("--lora-rank", type=int, help="default: 8")
+    a("--lora-scale", type=float, help="multiplies the adapter's update (PEFT's lora_alpha / rank) (default: 20.0)")
+    a("--lora-dropout", type=float, help="dropout on the adapter input (default: 0.0)")
+    a("--lora-keys", nargs="+", help="projections to adapt: q k v o (default) gate up down, or attn, mlp, all")
+    a("--lr-schedule", choices=["constant", "cosine", "linear"], help="after --warmup-steps (default: constant)")
+    a("--warmup-steps", type=int, help="default: 0")
+    a("--weight-decay", type=float, help="adamw only (default: 0.01)")
+    a("--device", help="auto (default), cpu, cuda, cuda:N, mps")
+    a("--tokenizer", help="tokenizer.model, when --model holds none")
+    a("--threads", type=int, help="CPU threads (default: torch's)")
+    a("--overwrite-adapters", action="store_true", help="replace adapters already in --adapter-path")
+    a("--no-progress", action="store_true", help="no progress bar")
+    a("--lora-layers", type=int, help=argparse.SUPPRESS)  # the old mlx-lm name: answered with a hint
+    return p
+
+
+_FLAT_LORA = {"lora_rank": "rank", "lora_scale": "scale", "lora_dropout": "dropout", "lora_keys": "keys"}
+_CLI_ONLY = ("config", "overwrite_adapters", "no_progress", "lora_layers")
+
+
+def load_config(args):
+    from .config import LoRAConfig
+
+    file_values = LoRAConfig.from_yaml(args.config) if args.config else {}
+    cli = {k: v for k, v in vars(args).items() if k not in _CLI_ONLY and k not in _FLAT_LORA}
+    cli["lora_parameters"] = {v: getattr(args, k) for k, v in _FLAT_LORA.items()}
+    return LoRAConfig.merged(file_values, cli, where=args.config or "command line")
+
+
+def main(argv=None) -> int:
+    from ..data.sft import SFTDataError, load_split
+    from ..data.tokenizer import Tokenizer, TokenizerError
+    from ..model.config import ConfigError
+    from ..training.checkpoint import CheckpointError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.lora_layers is not None:
+        parser.error("--lora-layers is the old name: use --num-layers")
+    try:
+        cfg = load_config(args)
+        print("Loading pretrained model")
+        from .base import load_base_model
+
+        base = load_base_model(cfg.model, cfg.tokenizer)
+        mc = base.model.config
+        print(f"  {base.source} ({base.kind}): {mc.num_layers} layers, hidden {mc.hidden_size}, "
+              f"vocab {mc.vocab_size}, context {mc.max_seq_length}")
+        max_len = cfg.max_seq_length or mc.max_seq_length
+        if max_len > mc.max_seq_length:
+            raise LoRAError(f"--max-seq-length {max_len} is longer than the model's context ({mc.max_seq_length}); "
+                            f"use at most {mc.max_seq_length}")
+        print("Loading datasets")
+        tok = Tokenizer(base.tokenizer_path)
+        train_set = valid_set = None
+        if cfg.train:
+            train_set = load_split(cfg.data, "train", tok, max_len, cfg.mask_prompt)
+            valid_set = load_split(cfg.data, "valid", tok, max_len, cfg.mask_prompt)
+        test_set = load_split(cfg.data, "test", tok, max_len, cfg.mask_prompt) if cfg.test else None
+        for ds in (train_set, valid_set, test_set):
+            if ds is not None:
+                print(f"  {ds.summary()}")
+        if cfg.train:
+            result = _train(cfg, base, train_set, valid_set, args)
+            model, device = result.model, result.device
+        else:
+            model, device = _load_for_test(cfg, base)
+        if cfg.test:
+            from .trainer import evaluate_loss
+            import math
+
+            print("Testing")
+            loss, _ = evaluate_loss(model, test_set, cfg.batch_size, cfg.test_batches, device)
+            print(f"Test loss {loss:.3f}, Test ppl {math.exp(min(loss, 50)):.3f}.")
+    except (LoRAError, SFTDataError, ConfigError, CheckpointError, TokenizerError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:  # config and shape checks of the model and trainer
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _train(cfg, base, train_set, valid_set, args):
+    from ..training.trainer import TrainingStopped
+    from .trainer import LoRATrainer
+
+    trainer = LoRATrainer(cfg, base, train_set, valid_set, show_progress=not args.no_progress,
+                          overwrite=args.overwrite_adapters)
+    lp = cfg.lora_parameters
+    print(f"  LoRA: rank {lp.rank}, scale {lp.scale}, dropout {lp.dropout}, keys {', '.join(lp.keys)}, "
+          f"last {cfg.num_layers if cfg.num_layers != -1 else base.model.config.num_layers} blocks")
+    print(trainer.describe())
+    print(f"Starting training..., iters: {cfg.iters}")
+    start = time.time()
+    try:
+        trainer.train()
+    except TrainingStopped as e:
+        raise LoRAError(str(e).replace("train.learning_rate", "--learning-rate").replace("--resume_from",
+                                                                                       "--resume-adapter-file"))
+    out = Path(cfg.adapter_path)
+    print(f"Saved final adapter weights to {out / 'adapters.safetensors'}.")
+    print(f"  {time.time() - start:.1f}s; adapter_config.json and metrics.jsonl in {out}")
+    return trainer
+
+
+def _load_for_test(cfg, base):
+    from ..training.device import pick_device
+    from .adapters import load_adapters
+
+    device = pick_device(cfg.device)
+    path = Path(cfg.adapter_path)
+    if (path / "adapters.safetensors").is_file():
+        load_adapters(base.model, path)
+        print(f"  adapters: {path}")
+    else:
+        print(f"  no adapters in {path}: testing the base model")
+    return base.model.to(device), device
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""Fuse: base + adapters -> one plain model, written as a checkpoint directory that
+Generator.from_pretrained, scripts/lora.py --model and load_checkpoint read, and optionally as a
+HF directory (save_hf) for transformers and llama.cpp's convert_hf_to_gguf.py.
+
+    save-path/
+      model.safetensors  model_config.yaml  tokenizer.model  trainer_state.json
+      adapter_config.json          the adapters it was fused from (a record)
+      hf/                          with --export-hf: config.json, model.safetensors, tokenizer.model
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from .adapters import CONFIG_NAME, load_adapters
+from .apply import LoRAError, fuse_lora, lora_modules
+
+
+def save_model_dir(model, out: str | os.PathLike, tokenizer_path: str | os.PathLike, state: dict | None = None,
+                   export_hf: bool = False, extra_files: dict | None = None) -> Path:
+    """Writes a plain (adapter-free) model as a checkpoint directory, via a temporary directory
+    renamed into place, so `out` is either complete or untouched."""
+    from safetensors.torch import save_model
+
+    if lora_modules(model):
+        raise LoRAError("the model still carries LoRA adapters; fuse them first (fuse_lora)")
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        save_model(model, str(tmp / "model.safetensors"))
+        model.config.save_yaml(tmp / "model_config.yaml")
+        shutil.copyfile(tokenizer_path, tmp / "tokenizer.model")
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": 0, **(state or {})}, indent=2) + "\n")
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
+        if export_hf:
+            model.save_hf(tmp / "hf")
+            shutil.copyfile(tokenizer_path, tmp / "hf" / "tokenizer.model")
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def fuse_to_dir(base, adapter_path: str | os.PathLike, save_path: str | os.PathLike, export_hf: bool = False) -> Path:
+    """Loads the adapters onto `base` (a lora.base.BaseModel), fuses them, writes `save_path`."""
+    config = load_adapters(base.model, adapter_path)
+    fuse_lora(base.model)
+    record = (Path(adapter_path) / CONFIG_NAME).read_text(encoding="utf-8")
+    return save_model_dir(base.model, save_path, base.tokenizer_path,
+                          {"fused_from": {"base": str(base.source), "adapters": str(adapter_path),
+                                          "base_model_fingerprint": config.get("base_model_fingerprint")}},
+                          export_hf=export_hf, extra_files={CONFIG_NAME: record})
