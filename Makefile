@@ -12,7 +12,7 @@ install:
 	$(PYTHON) -m pip install -r requirements-build.txt
 	$(PYTHON) -m pip install --no-build-isolation -e ".[test]"
 
-# The main job: default corpus -> tokenizer -> token shards -> model_tiny for ~10 min -> text.
+# The main job: default corpus -> tokenizer -> token shards -> model_tiny (1000 steps, at most 10 min) -> text.
 demo: install
 	$(PYTHON) scripts/prepare_data.py
 	$(PYTHON) scripts/train_tokenizer.py --input data/processed/train.txt --vocab_size 8000 --output models/tokenizer
