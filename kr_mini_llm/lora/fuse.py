@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 from .adapters import CONFIG_NAME, load_adapters
+from ..training.checkpoint import replace_directory
 from .apply import LoRAError, fuse_lora, lora_modules
 
 
@@ -40,14 +41,7 @@ def save_model_dir(model, out: str | os.PathLike, tokenizer_path: str | os.PathL
         if export_hf:
             model.save_hf(tmp / "hf")
             shutil.copyfile(tokenizer_path, tmp / "hf" / "tokenizer.model")
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        replace_directory(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -96,14 +96,7 @@ def save_checkpoint(output_dir: str | os.PathLike, step: int, model, optimizer, 
     if tokenizer_path and Path(tokenizer_path).exists():
         shutil.copyfile(tokenizer_path, tmp / "tokenizer.model")
     _fsync_dir(tmp)
-    if final.exists():  # re-saving a step: move the old one aside first, drop it after
-        old = out / f".checkpoint-{step}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
+    replace_directory(tmp, final)
     _fsync_dir(out)
     if keep:
         for stale in list_checkpoints(out)[:-keep]:
@@ -143,6 +136,19 @@ def load_checkpoint(path: str | os.PathLike, model, optimizer=None) -> dict:
             raise CheckpointError(f"{ckpt}: optimizer or RNG state cannot be loaded: {e}") from e
     state["path"] = str(ckpt)
     return state
+
+
+def replace_directory(tmp: Path, final: Path) -> None:
+    """Puts the finished directory `tmp` at `final`; an existing `final` is moved aside first and
+    dropped only after the rename, so some complete copy exists at every moment."""
+    if final.exists():
+        old = final.with_name(f".{final.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
 
 
 def _fsync_dir(path: Path) -> None:
