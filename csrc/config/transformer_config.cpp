@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <iomanip>
 #include <sstream>
 
@@ -10,15 +11,74 @@ namespace kr {
 
 namespace {
 
-const std::vector<std::string> kKeys = {
-    "vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size",
-    "max_seq_length", "head_dim", "rope_theta", "rope_scaling", "dropout", "rms_norm_eps",
-    "initializer_range", "qk_norm", "tie_word_embeddings", "pad_token_id", "unk_token_id",
-    "bos_token_id", "eos_token_id"};
+#define KR_FIELD_NAME(name, kind, def, check, doc) #name,
+const std::vector<std::string> kKeys = {KR_TRANSFORMER_CONFIG_FIELDS(KR_FIELD_NAME)};
+#undef KR_FIELD_NAME
 
 const std::vector<std::string> kRopeKeys = {
     "type", "rope_type", "factor", "original_max_position_embeddings", "beta_fast", "beta_slow",
     "alpha", "beta", "attention_factor"};
+
+
+// Python's spelling of each kind (TransformerConfig.fields()).
+constexpr const char* kind_type(const char* kind) {
+  return kind[0] == 'I' ? "int" : kind[0] == 'F' ? "float" : kind[0] == 'B' ? "bool"
+       : kind[0] == 'O' ? "int or None" : "dict or None";
+}
+
+// One overload per kind: read a present key, write a value to YAML.
+void read_field(const MappingReader& m, const char* k, int64_t& v, const std::string&) { v = m.get_int(k); }
+void read_field(const MappingReader& m, const char* k, double& v, const std::string&) { v = m.get_double(k); }
+void read_field(const MappingReader& m, const char* k, bool& v, const std::string&) { v = m.get_bool(k); }
+void read_field(const MappingReader& m, const char* k, std::optional<int64_t>& v, const std::string&) {
+  v = m.get_int(k);
+}
+void read_field(const MappingReader& m, const char* k, RopeScaling& v, const std::string& where) {
+  v = parse_rope_scaling(m.get(k), where);
+}
+
+void emit_field(YAML::Node& n, const char* k, int64_t v) { n[k] = v; }
+void emit_field(YAML::Node& n, const char* k, double v) { n[k] = format_double(v); }
+void emit_field(YAML::Node& n, const char* k, bool v) { n[k] = v; }
+void emit_field(YAML::Node& n, const char* k, const std::optional<int64_t>& v) {
+  if (v) n[k] = *v;  // unset means derived: leave it out
+}
+void emit_field(YAML::Node& n, const char* k, const RopeScaling& r) {
+  if (r.type == "none") return;
+  YAML::Node y;
+  y["type"] = r.type;
+  y["factor"] = format_double(r.factor);
+  if (r.original_max_position_embeddings)
+    y["original_max_position_embeddings"] = r.original_max_position_embeddings;
+  if (r.type == "yarn") {
+    y["beta_fast"] = format_double(r.beta_fast);
+    y["beta_slow"] = format_double(r.beta_slow);
+    if (r.attention_factor) y["attention_factor"] = format_double(*r.attention_factor);
+  }
+  n[k] = y;
+}
+
+// Range checks named by the table's check column. Positive runs in phase 0 (before the
+// hand-written rules, which divide by these), Token in phase 1 (after them).
+struct RangeCheck {
+  int phase;
+  int64_t vocab_size;
+  const std::function<void(const std::string&)>& fail;
+};
+template <class T>
+void check_range(field_check::Any, const char*, const T&, const RangeCheck&) {}
+void check_range(field_check::Positive, const char* k, int64_t v, const RangeCheck& c) {
+  if (c.phase == 0 && v <= 0) c.fail(std::string(k) + " must be > 0, got " + std::to_string(v));
+}
+void check_range(field_check::Positive, const char* k, const std::optional<int64_t>& v,
+                 const RangeCheck& c) {
+  if (v) check_range(field_check::Positive{}, k, *v, c);
+}
+void check_range(field_check::Token, const char* k, int64_t v, const RangeCheck& c) {
+  if (c.phase == 1 && (v < -1 || v >= c.vocab_size))
+    c.fail(std::string(k) + " must be in [0, vocab_size=" + std::to_string(c.vocab_size) +
+           ") or -1 for none, got " + std::to_string(v));
+}
 
 }  // namespace
 
@@ -84,15 +144,16 @@ bool RopeScaling::operator==(const RopeScaling& o) const {
 }
 
 bool TransformerConfig::operator==(const TransformerConfig& o) const {
-  return vocab_size == o.vocab_size && hidden_size == o.hidden_size && num_layers == o.num_layers &&
-         num_heads == o.num_heads && num_kv_heads == o.num_kv_heads &&
-         intermediate_size == o.intermediate_size && max_seq_length == o.max_seq_length &&
-         head_dim == o.head_dim && rope_theta == o.rope_theta && rope_scaling == o.rope_scaling &&
-         dropout == o.dropout && rms_norm_eps == o.rms_norm_eps &&
-         initializer_range == o.initializer_range && qk_norm == o.qk_norm &&
-         tie_word_embeddings == o.tie_word_embeddings && pad_token_id == o.pad_token_id &&
-         unk_token_id == o.unk_token_id && bos_token_id == o.bos_token_id &&
-         eos_token_id == o.eos_token_id;
+#define KR_FIELD_EQ(name, kind, def, check, doc) name == o.name&&
+  return KR_TRANSFORMER_CONFIG_FIELDS(KR_FIELD_EQ) true;
+#undef KR_FIELD_EQ
+}
+
+const std::vector<TransformerConfig::FieldInfo>& TransformerConfig::fields() {
+#define KR_FIELD_INFO(name, kind, def, check, doc) {#name, kind_type(#kind), doc},
+  static const std::vector<FieldInfo> f = {KR_TRANSFORMER_CONFIG_FIELDS(KR_FIELD_INFO)};
+#undef KR_FIELD_INFO
+  return f;
 }
 
 // Presets: small/medium/large are the documents' configs (seeds 000, 001); tiny is ours,
@@ -147,35 +208,12 @@ TransformerConfig TransformerConfig::large() {
 TransformerConfig TransformerConfig::from_node(const YAML::Node& node, const std::string& where) {
   MappingReader m(node, where, kKeys);
   TransformerConfig c;
-  auto int_key = [&](const char* k, int64_t& dst) {
-    if (m.has(k)) dst = m.get_int(k);
-  };
-  auto dbl_key = [&](const char* k, double& dst) {
-    if (m.has(k)) dst = m.get_double(k);
-  };
-  auto bool_key = [&](const char* k, bool& dst) {
-    if (m.has(k)) dst = m.get_bool(k);
-  };
-  int_key("vocab_size", c.vocab_size);
-  int_key("hidden_size", c.hidden_size);
-  int_key("num_layers", c.num_layers);
-  int_key("num_heads", c.num_heads);
+#define KR_READ_FIELD(name, kind, def, check, doc) \
+  if (m.has(#name)) read_field(m, #name, c.name, where);
+  KR_TRANSFORMER_CONFIG_FIELDS(KR_READ_FIELD)
+#undef KR_READ_FIELD
   // Without num_kv_heads the model is plain multi-head attention.
-  c.num_kv_heads = m.has("num_kv_heads") ? m.get_int("num_kv_heads") : c.num_heads;
-  int_key("intermediate_size", c.intermediate_size);
-  int_key("max_seq_length", c.max_seq_length);
-  if (m.has("head_dim")) c.head_dim = m.get_int("head_dim");
-  dbl_key("rope_theta", c.rope_theta);
-  if (m.has("rope_scaling")) c.rope_scaling = parse_rope_scaling(m.get("rope_scaling"), where);
-  dbl_key("dropout", c.dropout);
-  dbl_key("rms_norm_eps", c.rms_norm_eps);
-  dbl_key("initializer_range", c.initializer_range);
-  bool_key("qk_norm", c.qk_norm);
-  bool_key("tie_word_embeddings", c.tie_word_embeddings);
-  int_key("pad_token_id", c.pad_token_id);
-  int_key("unk_token_id", c.unk_token_id);
-  int_key("bos_token_id", c.bos_token_id);
-  int_key("eos_token_id", c.eos_token_id);
+  if (!m.has("num_kv_heads")) c.num_kv_heads = c.num_heads;
 
   // Re-check with line numbers: validate() names the key, the reader adds file:line.
   try {
@@ -225,23 +263,23 @@ int64_t TransformerConfig::num_parameters() const {
 
 void TransformerConfig::validate(const std::string& where) const {
   const std::string pre = where.empty() ? "" : where + ": ";
-  auto fail = [&](const std::string& msg) { throw ConfigError(pre + msg); };
-  auto positive = [&](const char* k, int64_t v) {
-    if (v <= 0) fail(std::string(k) + " must be > 0, got " + std::to_string(v));
+  const std::function<void(const std::string&)> fail = [&](const std::string& msg) {
+    throw ConfigError(pre + msg);
   };
-  positive("vocab_size", vocab_size);
-  positive("hidden_size", hidden_size);
-  positive("num_layers", num_layers);
-  positive("num_heads", num_heads);
-  positive("num_kv_heads", num_kv_heads);
-  positive("intermediate_size", intermediate_size);
-  positive("max_seq_length", max_seq_length);
-  if (head_dim) {
-    positive("head_dim", *head_dim);
-  } else if (hidden_size % num_heads != 0) {
+#define KR_CHECK_FIELD(name, kind, def, check, doc) \
+  check_range(field_check::check{}, #name, name, RangeCheck{phase, vocab_size, fail});
+  for (int phase = 0; phase < 2; ++phase) {
+    KR_TRANSFORMER_CONFIG_FIELDS(KR_CHECK_FIELD)
+    if (phase == 0) check_rules(fail);
+  }
+#undef KR_CHECK_FIELD
+}
+
+// The rules that tie fields together (or bound floats), after every size is known positive.
+void TransformerConfig::check_rules(const std::function<void(const std::string&)>& fail) const {
+  if (!head_dim && hidden_size % num_heads != 0)
     fail("num_heads (" + std::to_string(num_heads) + ") must divide hidden_size (" +
          std::to_string(hidden_size) + ") when head_dim is not set; set head_dim or change one");
-  }
   if (resolved_head_dim() % 2 != 0)
     fail("head_dim must be even for rotary embeddings, got " + std::to_string(resolved_head_dim()));
   if (num_heads % num_kv_heads != 0)
@@ -257,51 +295,13 @@ void TransformerConfig::validate(const std::string& where) const {
     fail("rope_scaling type must be one of none, linear, ntk, yarn; got '" + r.type + "'");
   if (r.type != "none" && !(r.factor >= 1.0))
     fail("rope_scaling factor must be >= 1, got " + format_double(r.factor));
-  auto token = [&](const char* k, int64_t v) {
-    if (v < -1 || v >= vocab_size)
-      fail(std::string(k) + " must be in [0, vocab_size=" + std::to_string(vocab_size) +
-           ") or -1 for none, got " + std::to_string(v));
-  };
-  token("pad_token_id", pad_token_id);
-  token("unk_token_id", unk_token_id);
-  token("bos_token_id", bos_token_id);
-  token("eos_token_id", eos_token_id);
 }
 
 YAML::Node TransformerConfig::to_node() const {
   YAML::Node n;
-  n["vocab_size"] = vocab_size;
-  n["hidden_size"] = hidden_size;
-  n["num_layers"] = num_layers;
-  n["num_heads"] = num_heads;
-  n["num_kv_heads"] = num_kv_heads;
-  n["intermediate_size"] = intermediate_size;
-  n["max_seq_length"] = max_seq_length;
-  if (head_dim) n["head_dim"] = *head_dim;
-  n["rope_theta"] = format_double(rope_theta);
-  if (rope_scaling.type != "none") {
-    YAML::Node r;
-    r["type"] = rope_scaling.type;
-    r["factor"] = format_double(rope_scaling.factor);
-    if (rope_scaling.original_max_position_embeddings)
-      r["original_max_position_embeddings"] = rope_scaling.original_max_position_embeddings;
-    if (rope_scaling.type == "yarn") {
-      r["beta_fast"] = format_double(rope_scaling.beta_fast);
-      r["beta_slow"] = format_double(rope_scaling.beta_slow);
-      if (rope_scaling.attention_factor)
-        r["attention_factor"] = format_double(*rope_scaling.attention_factor);
-    }
-    n["rope_scaling"] = r;
-  }
-  n["dropout"] = format_double(dropout);
-  n["rms_norm_eps"] = format_double(rms_norm_eps);
-  n["initializer_range"] = format_double(initializer_range);
-  n["qk_norm"] = qk_norm;
-  n["tie_word_embeddings"] = tie_word_embeddings;
-  n["pad_token_id"] = pad_token_id;
-  n["unk_token_id"] = unk_token_id;
-  n["bos_token_id"] = bos_token_id;
-  n["eos_token_id"] = eos_token_id;
+#define KR_EMIT_FIELD(name, kind, def, check, doc) emit_field(n, #name, name);
+  KR_TRANSFORMER_CONFIG_FIELDS(KR_EMIT_FIELD)
+#undef KR_EMIT_FIELD
   return n;
 }
 

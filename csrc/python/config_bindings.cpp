@@ -30,7 +30,12 @@ YAML::Node to_yaml_node(const py::handle& obj) {
   return YAML::Node(py::str(obj).cast<std::string>());
 }
 
-py::object rope_scaling_to_py(const RopeScaling& r) {
+// One overload per field kind: the value as Python sees it.
+py::object to_py(int64_t v) { return py::int_(v); }
+py::object to_py(double v) { return py::float_(v); }
+py::object to_py(bool v) { return py::bool_(v); }
+py::object to_py(const std::optional<int64_t>& v) { return v ? py::object(py::int_(*v)) : py::none(); }
+py::object to_py(const RopeScaling& r) {
   if (r.type == "none") return py::none();
   py::dict d;
   d["type"] = r.type;
@@ -47,26 +52,24 @@ py::object rope_scaling_to_py(const RopeScaling& r) {
 
 py::dict config_to_dict(const TransformerConfig& c) {
   py::dict d;
-  d["vocab_size"] = c.vocab_size;
-  d["hidden_size"] = c.hidden_size;
-  d["num_layers"] = c.num_layers;
-  d["num_heads"] = c.num_heads;
-  d["num_kv_heads"] = c.num_kv_heads;
-  d["intermediate_size"] = c.intermediate_size;
-  d["max_seq_length"] = c.max_seq_length;
-  d["head_dim"] = c.head_dim ? py::cast(*c.head_dim) : py::none();
-  d["rope_theta"] = c.rope_theta;
-  d["rope_scaling"] = rope_scaling_to_py(c.rope_scaling);
-  d["dropout"] = c.dropout;
-  d["rms_norm_eps"] = c.rms_norm_eps;
-  d["initializer_range"] = c.initializer_range;
-  d["qk_norm"] = c.qk_norm;
-  d["tie_word_embeddings"] = c.tie_word_embeddings;
-  d["pad_token_id"] = c.pad_token_id;
-  d["unk_token_id"] = c.unk_token_id;
-  d["bos_token_id"] = c.bos_token_id;
-  d["eos_token_id"] = c.eos_token_id;
+#define KR_FIELD_TO_PY(name, kind, def, check, doc) d[#name] = to_py(c.name);
+  KR_TRANSFORMER_CONFIG_FIELDS(KR_FIELD_TO_PY)
+#undef KR_FIELD_TO_PY
   return d;
+}
+
+// A plain attribute for every kind but rope_scaling, which is set through its parser.
+template <class T>
+void bind_field(py::class_<TransformerConfig>& cls, const char* name, T TransformerConfig::*member) {
+  cls.def_readwrite(name, member);
+}
+void bind_field(py::class_<TransformerConfig>& cls, const char* name,
+                RopeScaling TransformerConfig::*member) {
+  cls.def_property(name,
+      [member](const TransformerConfig& c) { return to_py(c.*member); },
+      [member, name](TransformerConfig& c, const py::object& v) {
+        c.*member = parse_rope_scaling(to_yaml_node(v), name);
+      });
 }
 
 }  // namespace
@@ -75,8 +78,16 @@ void bind_config(py::module_& m) {
   py::register_exception<ConfigError>(m, "ConfigError", PyExc_ValueError);
 
   using C = TransformerConfig;
-  py::class_<C>(m, "TransformerConfig")
-      .def(py::init<>())
+  py::class_<C> cls(m, "TransformerConfig");
+#define KR_BIND_FIELD(name, kind, def, check, doc) bind_field(cls, #name, &C::name);
+  KR_TRANSFORMER_CONFIG_FIELDS(KR_BIND_FIELD)
+#undef KR_BIND_FIELD
+  cls.def(py::init<>())
+      .def_static("fields", [] {
+            py::list out;
+            for (const auto& f : C::fields()) out.append(py::make_tuple(f.name, f.type, f.doc));
+            return out;
+          }, "(name, type, doc) of every field, in the order of the C++ field table")
       .def_static("from_dict", [](const py::dict& d, const std::string& where) {
             return C::from_node(to_yaml_node(d), where);
           }, py::arg("d"), py::arg("where") = "<dict>")
@@ -87,29 +98,6 @@ void bind_config(py::module_& m) {
       .def_static("small", &C::small)
       .def_static("medium", &C::medium)
       .def_static("large", &C::large)
-      .def_readwrite("vocab_size", &C::vocab_size)
-      .def_readwrite("hidden_size", &C::hidden_size)
-      .def_readwrite("num_layers", &C::num_layers)
-      .def_readwrite("num_heads", &C::num_heads)
-      .def_readwrite("num_kv_heads", &C::num_kv_heads)
-      .def_readwrite("intermediate_size", &C::intermediate_size)
-      .def_readwrite("max_seq_length", &C::max_seq_length)
-      .def_readwrite("head_dim", &C::head_dim)
-      .def_readwrite("rope_theta", &C::rope_theta)
-      .def_property("rope_scaling",
-          [](const C& c) { return rope_scaling_to_py(c.rope_scaling); },
-          [](C& c, const py::object& v) {
-            c.rope_scaling = parse_rope_scaling(to_yaml_node(v), "rope_scaling");
-          })
-      .def_readwrite("dropout", &C::dropout)
-      .def_readwrite("rms_norm_eps", &C::rms_norm_eps)
-      .def_readwrite("initializer_range", &C::initializer_range)
-      .def_readwrite("qk_norm", &C::qk_norm)
-      .def_readwrite("tie_word_embeddings", &C::tie_word_embeddings)
-      .def_readwrite("pad_token_id", &C::pad_token_id)
-      .def_readwrite("unk_token_id", &C::unk_token_id)
-      .def_readwrite("bos_token_id", &C::bos_token_id)
-      .def_readwrite("eos_token_id", &C::eos_token_id)
       .def_property_readonly("resolved_head_dim", &C::resolved_head_dim)
       .def_property_readonly("num_parameters", &C::num_parameters)
       .def("validate", &C::validate, py::arg("where") = "TransformerConfig")

@@ -20,14 +20,9 @@ from .. import _C
 
 ConfigError = _C.ConfigError
 
-_FIELD_TYPES = {
-    "vocab_size": "int", "hidden_size": "int", "num_layers": "int", "num_heads": "int",
-    "num_kv_heads": "int", "intermediate_size": "int", "max_seq_length": "int",
-    "head_dim": "int or None", "rope_theta": "float", "rope_scaling": "dict or None",
-    "dropout": "float", "rms_norm_eps": "float", "initializer_range": "float", "qk_norm": "bool",
-    "tie_word_embeddings": "bool", "pad_token_id": "int", "unk_token_id": "int",
-    "bos_token_id": "int", "eos_token_id": "int",
-}
+# The field list comes from the C++ table (KR_TRANSFORMER_CONFIG_FIELDS), never spelled here.
+_FIELD_TYPES = {name: kind for name, kind, _ in _C.TransformerConfig.fields()}
+FIELD_DOCS = {name: doc for name, _, doc in _C.TransformerConfig.fields()}
 FIELDS = tuple(_FIELD_TYPES)
 
 
