@@ -17,23 +17,19 @@ from .config import ConfigError, TransformerConfig
 _SUPPORTED = ("llama", "qwen3")
 
 
-def _rope_from_hf(cfg: dict, where: str):
+# HF's rope keys that our config has; the config's parser maps HF's type names ("default",
+# "dynamic") and rejects types it does not know, so the vocabulary lives in one place.
+_HF_ROPE_KEYS = ("factor", "original_max_position_embeddings", "beta_fast", "beta_slow", "attention_factor")
+
+
+def _rope_from_hf(cfg: dict):
     params = cfg.get("rope_parameters")
     if params is None:  # transformers < 5: rope_theta + rope_scaling
         params = dict(cfg.get("rope_scaling") or {})
         params.setdefault("rope_theta", cfg.get("rope_theta", 10000.0))
     theta = float(params.get("rope_theta", cfg.get("rope_theta", 10000.0)))
     kind = params.get("rope_type", params.get("type", "default"))
-    if kind == "default":
-        return theta, None
-    mapping = {"linear": "linear", "dynamic": "ntk", "yarn": "yarn"}
-    if kind not in mapping:
-        raise ConfigError(f"{where}: rope type '{kind}' is not supported (supported: default, linear, "
-                          "dynamic, yarn)")
-    scaling = {"type": mapping[kind], "factor": float(params["factor"])}
-    for key in ("original_max_position_embeddings", "beta_fast", "beta_slow", "attention_factor"):
-        if params.get(key) is not None:
-            scaling[key] = params[key]
+    scaling = {"type": kind, **{k: params[k] for k in _HF_ROPE_KEYS if params.get(k) is not None}}
     return theta, scaling
 
 
@@ -48,7 +44,7 @@ def config_from_hf(cfg: dict, where: str = "config.json") -> TransformerConfig:
         raise ConfigError(f"{where}: hidden_act '{cfg['hidden_act']}' is not supported (SwiGLU uses silu)")
     if cfg.get("use_sliding_window"):
         raise ConfigError(f"{where}: sliding-window attention is not supported")
-    theta, scaling = _rope_from_hf(cfg, where)
+    theta, scaling = _rope_from_hf(cfg)
     heads = cfg["num_attention_heads"]
     fields = dict(
         vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"], num_layers=cfg["num_hidden_layers"],

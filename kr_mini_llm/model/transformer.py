@@ -20,14 +20,6 @@ from .layers import Block, RMSNorm
 from .op_set import op_set
 
 
-def _rope_scaling(config: TransformerConfig):
-    """The config's rope_scaling for rope_tables; like HF, the original context defaults to max_seq_length."""
-    scaling = config.rope_scaling
-    if scaling and scaling["type"] in ("ntk", "yarn"):
-        scaling = {"original_max_position_embeddings": config.max_seq_length, **scaling}
-    return scaling
-
-
 class Transformer(nn.Module):
     """Decoder-only transformer.
 
@@ -53,7 +45,7 @@ class Transformer(nn.Module):
             self.lm_head.weight = self.embed_tokens.weight
         self.gradient_checkpointing = False
         cos, sin = _ops.rope_tables(config.resolved_head_dim, config.max_seq_length, config.rope_theta,
-                                    _rope_scaling(config))
+                                    config.resolved_rope_scaling)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.reset_parameters()

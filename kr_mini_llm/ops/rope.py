@@ -7,9 +7,11 @@ rotary embedding): the same inverse frequencies, the same float32 angle `positio
 and YaRN's attention factor multiplied into cos and sin. This module does not import
 transformers; the tests compare against it.
 
-`scaling` (the `rope_scaling` / `rope_parameters` dict of a config; "type" or "rope_type"):
+`scaling`: `TransformerConfig.resolved_rope_scaling` (the config's normalised form: types none,
+linear, ntk, yarn), or an HF `rope_scaling` / `rope_parameters` dict ("type" or "rope_type", HF's
+type names and keys accepted too):
 
-- None or {"type": "default"}: plain RoPE, inv_freq = theta ** (-2i / head_dim).
+- None or {"type": "none"} (HF's "default"): plain RoPE, inv_freq = theta ** (-2i / head_dim).
 - {"type": "linear", "factor": f}: position interpolation, inv_freq / f.
 - {"type": "ntk", "factor": f, "original_max_position_embeddings": M [, "seq_len": L]}
   (also "dynamic", HF's name): HF's dynamic NTK evaluated at length L:
@@ -34,13 +36,13 @@ import torch
 
 # type -> (required keys, optional keys); "type"/"rope_type" are always allowed.
 _SCALING_KEYS = {
-    "default": (set(), set()),
+    "none": (set(), set()),
     "linear": ({"factor"}, set()),
     "ntk": ({"factor", "original_max_position_embeddings"}, {"seq_len"}),
     "yarn": ({"factor", "original_max_position_embeddings"},
              {"beta_fast", "beta_slow", "attention_factor", "mscale", "mscale_all_dim", "truncate"}),
 }
-_TYPE_ALIASES = {"dynamic": "ntk", None: "default"}
+_TYPE_ALIASES = {"dynamic": "ntk", "default": "none", None: "none"}  # HF's names -> the config's
 _KEY_ALIASES = {
     "ntk": {"max_position_embeddings": "original_max_position_embeddings"},
     "yarn": {"beta": "beta_fast", "alpha": "beta_slow"},
@@ -50,7 +52,7 @@ _KEY_ALIASES = {
 def _normalize_scaling(scaling: Optional[Mapping]) -> dict:
     """The scaling dict with its type resolved and aliases renamed; rejects unknown keys."""
     if scaling is None:
-        return {"type": "default"}
+        return {"type": "none"}
     if not isinstance(scaling, Mapping):
         raise TypeError(f"rope_tables: scaling must be None or a dict, got {type(scaling).__name__}")
     s = dict(scaling)
@@ -62,7 +64,7 @@ def _normalize_scaling(scaling: Optional[Mapping]) -> dict:
     kind = _TYPE_ALIASES.get(kind, kind)
     if kind not in _SCALING_KEYS:
         raise ValueError(f"rope_tables: unknown scaling type {kind!r}; expected one of "
-                         "'default', 'linear', 'ntk' (or 'dynamic'), 'yarn'")
+                         "'none' (or 'default'), 'linear', 'ntk' (or 'dynamic'), 'yarn'")
     for old, new in _KEY_ALIASES.get(kind, {}).items():
         if old in s:
             if new in s:
@@ -115,7 +117,7 @@ def rope_inv_freq(head_dim: int, theta: float = 10000.0, scaling: Optional[Mappi
         raise ValueError(f"rope_tables: theta must be a positive number, got {theta!r}")
     s = _normalize_scaling(scaling)
     kind, dim, base = s["type"], head_dim, float(theta)
-    if kind == "default":
+    if kind == "none":
         return _default_inv_freq(dim, base, dtype), 1.0
     if kind == "linear":
         return _default_inv_freq(dim, base, dtype) / s["factor"], 1.0
