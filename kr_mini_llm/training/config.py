@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from typing import Optional
 
 from .. import _C
-from ..model.config import ConfigError
+from ..model.config import ConfigError, check_config_file
 
 
 @dataclass
@@ -74,7 +74,7 @@ class TrainingConfig:
     # -- loading ---------------------------------------------------------------------------
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> "TrainingConfig":
-        path = os.fspath(path)
+        path = check_config_file(path, "training config")
         raw = _C.check_yaml(path, _schema())
         return cls.from_dict(raw, where=path)
 

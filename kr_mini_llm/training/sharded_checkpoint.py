@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from . import safe_dcp
 from .checkpoint import CheckpointError, _fsync_dir, resolve_checkpoint, save_checkpoint, staging_dir
 
 SHARDED_DIR = "dcp"
@@ -89,7 +90,6 @@ def _dcp_save(model, optimizer, path: Path) -> None:
 # -- loading ------------------------------------------------------------------------------------
 def load_sharded(ckpt: Path, model: torch.nn.Module, optimizer=None) -> None:
     """DCP shards into `model` (plain, DDP's module, or FSDP-sharded at any world size) and `optimizer`."""
-    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_state_dict,
                                                          set_model_state_dict, set_state_dict)
 
@@ -101,7 +101,9 @@ def load_sharded(ckpt: Path, model: torch.nn.Module, optimizer=None) -> None:
     try:
         with warnings.catch_warnings():  # one process reading shards is intended, not a mistake to warn of
             warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-            dcp.load(state, checkpoint_id=str(ckpt / SHARDED_DIR), no_dist=not _distributed_now())
+            safe_dcp.load(state, ckpt / SHARDED_DIR, no_dist=not _distributed_now())
+    except safe_dcp.UnsafeCheckpointError as e:
+        raise CheckpointError(str(e)) from None
     except Exception as e:  # noqa: BLE001 -- DCP wraps per-rank failures in its own exception types
         raise CheckpointError(f"{ckpt}/{SHARDED_DIR} cannot be loaded into this model: {e}") from e
     if optimizer is None:
