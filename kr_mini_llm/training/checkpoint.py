@@ -294,13 +294,20 @@ def _load_pickled(path: Path, what: str):
     except FileNotFoundError:
         raise CheckpointError(f"{path} is missing; the checkpoint is incomplete (use an earlier one)") from None
     except pickle.UnpicklingError as e:
-        first = next((line for line in str(e).splitlines() if line.strip()), "")[:200]
-        raise CheckpointError(f"{path} holds objects other than tensors and numbers, which kr-mini-llm never "
-                              f"writes; refusing to load it ({first}). It may have been crafted to run code: "
-                              "use a checkpoint you trust") from None
+        raise CheckpointError(f"{path} holds objects other than tensors and numbers ({refused_object(e)}), which "
+                              "kr-mini-llm never writes; refusing to load it. It may have been crafted to run "
+                              "code: use a checkpoint you trust") from None
     except Exception as e:  # noqa: BLE001 -- torch raises EOFError, RuntimeError, ... for a damaged file
         raise CheckpointError(f"{path}: the {what} is unreadable ({type(e).__name__}: {e}); the checkpoint "
                               "is damaged (use an earlier one)") from None
+
+
+def refused_object(e: Exception) -> str:
+    """What torch.load(weights_only=True) refused, in a few words, from its long message."""
+    m = re.search(r"(?:unsupported GLOBAL|Unsupported global: GLOBAL) ([\w.]+)", str(e))
+    if m:
+        return f"it refers to {m.group(1)}"
+    return "torch.load(weights_only=True) refused it"
 
 
 def nonfinite_parameters(model) -> list[str]:

@@ -103,9 +103,10 @@ class SafeLoadPlanner(DefaultLoadPlanner):
         try:
             obj = torch.load(value, weights_only=True)
         except pickle.UnpicklingError as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            from .checkpoint import refused_object
+
             raise UnsafeCheckpointError(f"the DCP entry {read_item.dest_index.fqn} holds objects other than "
-                                        f"tensors and numbers ({first}); refusing to load it") from None
+                                        f"tensors and numbers ({refused_object(e)}); refusing to load it") from None
         if self.flatten_state_dict:
             from torch.distributed.checkpoint._traverse import set_element  # what DefaultLoadPlanner uses
 
@@ -120,5 +121,14 @@ def load(state: dict, path: str | os.PathLike, no_dist: bool) -> None:
     inside DCP's per-rank machinery."""
     import torch.distributed.checkpoint as dcp
 
+    from torch.distributed.checkpoint.api import CheckpointException
+
     read_metadata_file(Path(path) / ".metadata")
-    dcp.load(state, storage_reader=SafeFileSystemReader(path), planner=SafeLoadPlanner(), no_dist=no_dist)
+    try:
+        dcp.load(state, storage_reader=SafeFileSystemReader(path), planner=SafeLoadPlanner(), no_dist=no_dist)
+    except CheckpointException as e:  # a BaseException wrapping each rank's error and traceback
+        errors = {rank: exc for rank, (exc, _) in e.failures.items()}
+        unsafe = next((x for x in errors.values() if isinstance(x, UnsafeCheckpointError)), None)
+        if unsafe is not None:
+            raise UnsafeCheckpointError(f"{path}: {unsafe}") from None
+        raise RuntimeError("; ".join(f"rank {r}: {type(x).__name__}: {x}" for r, x in errors.items())) from None
