@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from . import safe_dcp
+from . import integrity, safe_dcp
 from .checkpoint import CheckpointError, _fsync_dir, resolve_checkpoint, save_checkpoint, staging_dir
 
 SHARDED_DIR = "dcp"
@@ -177,6 +177,10 @@ def consolidate_checkpoint(path: str | os.PathLike, output: str | os.PathLike | 
     ckpt = resolve_checkpoint(path)
     if not is_sharded_checkpoint(ckpt):
         raise CheckpointError(f"{ckpt} has no {SHARDED_DIR}/ shards: it already is an ordinary checkpoint")
+    try:
+        integrity.verify(ckpt)
+    except integrity.IntegrityError as e:
+        raise CheckpointError(str(e)) from None
     model = Transformer(TransformerConfig.from_yaml(ckpt / "model_config.yaml"))
     optimizer = build_optimizer(model, TrainingConfig.from_yaml(ckpt / "config.yaml").train, torch.device("cpu"))
     load_sharded(ckpt, model, optimizer)
@@ -188,6 +192,7 @@ def consolidate_checkpoint(path: str | os.PathLike, output: str | os.PathLike | 
             tmp = ckpt / f".{name}.tmp"
             write(tmp)
             os.replace(tmp, ckpt / name)
+        integrity.write_manifest(ckpt)
         _fsync_dir(ckpt)
         return ckpt
     out = Path(output)
@@ -198,6 +203,7 @@ def consolidate_checkpoint(path: str | os.PathLike, output: str | os.PathLike | 
     shutil.copytree(ckpt, tmp, ignore=shutil.ignore_patterns(SHARDED_DIR, "model.safetensors", "optimizer.pt"))
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     save_model(model, str(tmp / "model.safetensors"))
+    integrity.write_manifest(tmp)
     _fsync_dir(tmp)
     os.replace(tmp, out)
     return out

@@ -209,6 +209,12 @@ class Trainer:
                 result = self.evaluate()
                 if log:
                     log.log({"step": self.step, **result})
+            if log:
+                log.close()
+                log = None
+            curve = None
+            if self.dist.is_main:
+                curve = plot_loss_curve(self.output_dir / "metrics.jsonl", self.output_dir / "loss_curve.png")
         finally:
             for signum, handler in old_handlers.items():
                 signal.signal(signum, handler)
@@ -217,9 +223,6 @@ class Trainer:
             if log:
                 log.close()
             self.release_lock()
-        curve = None
-        if self.dist.is_main:
-            curve = plot_loss_curve(self.output_dir / "metrics.jsonl", self.output_dir / "loss_curve.png")
         return {"step": self.step, "stop_reason": reason, "loss_curve": str(curve) if curve else None,
                 "tokens_seen": self.state["tokens_seen"], "elapsed_s": self.state["elapsed_s"], **result}
 
