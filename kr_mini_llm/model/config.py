@@ -34,7 +34,7 @@ def check_config_file(path: str | os.PathLike, what: str) -> str:
     except OSError:
         return path  # the reader names a missing or unreadable file
     if not any(line.strip() and not line.lstrip().startswith(b"#") for line in text.splitlines()):
-        raise ConfigError(f"{path}: the {what} file is empty (no settings in it); give a YAML file with the "
+        raise ConfigError(f"{path}: the {what} is empty (no settings in it); give a YAML file with the "
                           "settings (see configs/ for examples)")
     return path
 

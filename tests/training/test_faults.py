@@ -395,7 +395,7 @@ def test_empty_or_directory_configs_are_refused(setup, tmp_path, capsys):
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     assert script.main(["--config", str(empty), "--model_config", str(root / "model.yaml")]) == 2
-    assert "the training config file is empty" in capsys.readouterr().err
+    assert "the training config is empty" in capsys.readouterr().err
     assert script.main(["--config", str(root / "train.yaml"), "--model_config", str(tmp_path)]) == 2
     assert "is a directory, not a model config file" in capsys.readouterr().err
 
