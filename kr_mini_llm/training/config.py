@@ -76,6 +76,9 @@ class TrainingConfig:
     def from_yaml(cls, path: str | os.PathLike) -> "TrainingConfig":
         path = check_config_file(path, "training config")
         raw = _C.check_yaml(path, _schema())
+        if not raw:  # e.g. only "---": no settings, which would silently mean all defaults
+            raise ConfigError(f"{path}: the training config is empty (no settings in it); give a YAML file with "
+                              "the settings (see configs/ for examples)")
         return cls.from_dict(raw, where=path)
 
     @classmethod
