@@ -31,8 +31,8 @@ class UnsafeCheckpointError(RuntimeError):
 def _allowed(module: str, name: str):
     """The object a `.metadata` pickle may name, or None."""
     if module == "torch.distributed.checkpoint.metadata":
-        obj = getattr(_metadata, name, None)
-        return obj if isinstance(obj, type) else None  # its dataclasses and the memory-format enum
+        obj = getattr(_metadata, name, None)  # its dataclasses and the memory-format enum, not its imports
+        return obj if isinstance(obj, type) and obj.__module__ == _metadata.__name__ else None
     if (module, name) == ("torch.distributed.checkpoint.filesystem", "_StorageInfo"):
         from torch.distributed.checkpoint.filesystem import _StorageInfo
 
