@@ -25,6 +25,7 @@ import os
 import random
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -126,7 +127,10 @@ def save_checkpoint(output_dir: str | os.PathLike, step: int, model, optimizer, 
     _fsync_dir(out)
     if keep:
         for stale in list_checkpoints(out)[:-keep]:
-            remove_directory(stale)
+            try:
+                remove_directory(stale)
+            except OSError as e:  # the new checkpoint is saved; an old one that stays is no reason to stop
+                warnings.warn(f"could not remove the old checkpoint {stale}: {e}", stacklevel=2)
     return final
 
 
