@@ -8,6 +8,7 @@ import argparse
 import sys
 
 from kr_mini_llm.inference import Generator
+from kr_mini_llm.inference.sampling import check_sampling
 from kr_mini_llm.training import CheckpointError
 
 
@@ -18,7 +19,7 @@ def parse_args(argv=None):
     p.add_argument("--interactive", action="store_true", help="read prompts from the terminal")
     p.add_argument("--max_new_tokens", type=int, default=100)
     p.add_argument("--temperature", type=float, default=0.8, help="0 for greedy")
-    p.add_argument("--top_k", type=int, default=50)
+    p.add_argument("--top_k", type=int, default=50, help=">= 1; the vocabulary size or more keeps every token")
     p.add_argument("--top_p", type=float, default=0.95)
     p.add_argument("--repetition_penalty", type=float, default=1.1)
     p.add_argument("--seed", type=int)
@@ -53,6 +54,7 @@ def main(argv=None) -> int:
         print("error: give --prompt TEXT or --interactive", file=sys.stderr)
         return 2
     try:
+        check_sampling(args.temperature, args.top_k, args.top_p, args.repetition_penalty)  # before the model loads
         gen = Generator.from_pretrained(args.model, device=args.device, tokenizer_path=args.tokenizer,
                                         adapter_path=args.adapter_path)
         if args.prompt and len(args.prompt) > 1 and args.no_stream and not args.chat:

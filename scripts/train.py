@@ -18,6 +18,7 @@ from kr_mini_llm import ConfigError, TransformerConfig
 from kr_mini_llm.inference import Generator
 from kr_mini_llm.training import CheckpointError, Trainer, TrainingConfig, TrainingStopped, resolve_checkpoint
 from kr_mini_llm.training.device import autocast_dtype, pick_device
+from kr_mini_llm.training.run_lock import RunLockedError
 from kr_mini_llm.training.distributed import (RankFailedError, close_distributed, env_world_size,
                                               explain_collective_failure)
 
@@ -121,7 +122,8 @@ def main(argv=None) -> int:
             print(f"💾 설정 저장: {Path(config.output_dir) / 'config.yaml'}")
             print(f"💾 모델 설정 저장: {Path(config.output_dir) / 'model_config.yaml'}")
         result = trainer.train()
-    except (ConfigError, CheckpointError, FileNotFoundError, ValueError, TrainingStopped, RankFailedError) as e:
+    except (ConfigError, CheckpointError, FileNotFoundError, ValueError, TrainingStopped, RankFailedError,
+            RunLockedError) as e:
         if isinstance(e, TrainingStopped):
             print(f"\n{TAG}❌ {e}", file=sys.stderr)
             return 3

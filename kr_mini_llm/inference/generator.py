@@ -16,7 +16,7 @@ from typing import Iterator
 import torch
 
 from ..model import KVCache, Transformer, TransformerConfig
-from .sampling import apply_repetition_penalty, sample_next
+from .sampling import apply_repetition_penalty, check_sampling, sample_next
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +68,7 @@ class Generator:
             max_new_tokens = max_length
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-        if top_p is not None and not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-        if repetition_penalty <= 0:
-            raise ValueError(f"repetition_penalty must be > 0, got {repetition_penalty}")
+        check_sampling(temperature, top_k, top_p, repetition_penalty)
         single = isinstance(prompt, str)
         prompts = [prompt] if single else list(prompt) if isinstance(prompt, (list, tuple)) else None
         if not prompts or not all(isinstance(p, str) for p in prompts):
@@ -115,6 +110,7 @@ class Generator:
                      top_k: int | None = None, top_p: float | None = None, repetition_penalty: float = 1.0,
                      seed: int | None = None, stop_at_eos: bool = True) -> Iterator[list[int | None]]:
         """Yields, per step, the new token of each sequence (None once a sequence has finished)."""
+        check_sampling(temperature, top_k, top_p, repetition_penalty)
         cfg = self.model.config
         ctx = cfg.max_seq_length
         if any(len(p) == 0 for p in prompts):

@@ -1,7 +1,22 @@
 """Next-token choice from logits: repetition penalty, temperature, top-k, top-p (nucleus)."""
 from __future__ import annotations
 
+import math
+
 import torch
+
+
+def check_sampling(temperature: float, top_k: int | None, top_p: float | None, repetition_penalty: float) -> None:
+    """ValueError naming the setting that sampling cannot use (NaN and inf included)."""
+    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k <= 0):
+        raise ValueError(f"top_k must be a whole number >= 1 (None keeps every token), got {top_k}")
+    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if not isinstance(repetition_penalty, (int, float)) or not math.isfinite(repetition_penalty) \
+            or repetition_penalty <= 0:
+        raise ValueError(f"repetition_penalty must be a finite number > 0, got {repetition_penalty}")
 
 
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:

@@ -9,7 +9,8 @@ adapter-path/
                                   so --resume-adapter-file continues exactly
 
 Every file is written to a temporary name and renamed, so a crash never leaves a half-written
-adapter. The base-model fingerprint is a hash of the base weights (names, dtypes, shapes and
+adapter. Each weights file records in its metadata a blake2b digest of its tensors and of the
+.state.pt beside it; loading checks both, so a damaged file is named rather than trained on. The base-model fingerprint is a hash of the base weights (names, dtypes, shapes and
 bytes), so the same weights match whichever file format they were loaded from.
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from ..training import integrity
 from .apply import LoRAError, LoRAParameters, apply_lora, lora_modules, lora_state_dict
 
 CONFIG_NAME = "adapter_config.json"
@@ -107,9 +109,11 @@ def save_adapter_weights(path: str | os.PathLike, model: torch.nn.Module, base_f
     tensors = {k: v.contiguous().cpu() for k, v in lora_state_dict(model).items()}
     if not tensors:
         raise LoRAError("the model carries no LoRA adapters to save")
+    meta = {"format": "pt", "base_model_fingerprint": base_fingerprint, "step": str(step),
+            "tensors_blake2b": integrity.tensors_digest(tensors)}
     if state is not None:
         _atomic(state_path(path), lambda tmp: torch.save({**state, "step": step}, tmp))
-    meta = {"format": "pt", "base_model_fingerprint": base_fingerprint, "step": str(step)}
+        meta["state_blake2b"] = integrity.file_digest(state_path(path))
     _atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
     return path
 
@@ -130,6 +134,10 @@ def load_adapter_weights(model: torch.nn.Module, file: str | os.PathLike,
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError) as e:
         raise LoRAError(f"{file}: not a readable safetensors file ({e}); the file is damaged") from None
+    recorded = meta.get("tensors_blake2b")
+    if recorded and integrity.tensors_digest(tensors) != recorded:
+        raise LoRAError(f"{file} does not match the checksum recorded when it was saved: the file was damaged on "
+                        "disk or edited. Use an earlier adapter file (NNNNNNN_adapters.safetensors)")
     saved_fp = meta.get("base_model_fingerprint")
     if expected_fingerprint and saved_fp and saved_fp != expected_fingerprint:
         raise LoRAError(f"{file} was trained on a base model with fingerprint {saved_fp}, but the model it is "
@@ -158,11 +166,15 @@ def copy_adapter_tensors(model: torch.nn.Module, tensors: dict, where: str) -> N
             getattr(mods[mod_name], attr).copy_(t)
 
 
-def load_training_state(weights_file: str | os.PathLike, step: int) -> dict | None:
-    """The .state.pt beside an adapter file, or None when there is none (weights-only resume)."""
+def load_training_state(weights_file: str | os.PathLike, step: int, digest: str | None = None) -> dict | None:
+    """The .state.pt beside an adapter file, or None when there is none (weights-only resume).
+    `digest`: the blake2b the weights file recorded for it."""
     path = state_path(weights_file)
     if not path.is_file():
         return None
+    if digest and integrity.file_digest(path) != digest:
+        raise LoRAError(f"{path} does not match the checksum recorded in {Path(weights_file).name} (damaged, edited, "
+                        "or from an interrupted save); delete it to resume from the weights alone")
     try:
         state = torch.load(path, weights_only=True)
     except Exception as e:  # noqa: BLE001 (torch raises many kinds for damaged files)

@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--fine-tune-type", choices=["lora"], help="only lora (full fine-tuning is scripts/train.py)")
     a("--optimizer", choices=["adam", "adamw", "sgd"], help="default: adam")
     a("--mask-prompt", action="store_true", default=None, help="train on the answer tokens only")
-    a("--num-layers", type=int, help="adapters on the last N blocks, -1 for all (default: 16)")
+    a("--num-layers", type=int, help="adapters on the last N blocks, -1 for all (default: 16, or all when fewer)")
     a("--batch-size", type=int, help="default: 4")
     a("--iters", type=int, help="iterations to train (counted from the start when resuming) (default: 1000)")
     a("--val-batches", type=int, help="validation batches per evaluation, -1 for all (default: 25)")
@@ -76,12 +76,16 @@ def main(argv=None) -> int:
     from ..data.tokenizer import Tokenizer, TokenizerError
     from ..model.config import ConfigError
     from ..training.checkpoint import CheckpointError
+    from ..training.run_lock import RunLockedError
 
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.lora_layers is not None:
         parser.error("--lora-layers is the old name: use --num-layers")
     try:
+        from .trainer import check_one_process
+
+        check_one_process()
         cfg = load_config(args)
         print("Loading pretrained model")
         from .base import load_base_model
@@ -116,7 +120,8 @@ def main(argv=None) -> int:
             print("Testing")
             loss, _ = evaluate_loss(model, test_set, cfg.batch_size, cfg.test_batches, device)
             print(f"Test loss {loss:.3f}, Test ppl {math.exp(min(loss, 50)):.3f}.")
-    except (LoRAError, SFTDataError, ConfigError, CheckpointError, TokenizerError, FileNotFoundError) as e:
+    except (LoRAError, SFTDataError, ConfigError, CheckpointError, TokenizerError, FileNotFoundError,
+            RunLockedError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except ValueError as e:  # config and shape checks of the model and trainer
@@ -133,7 +138,7 @@ def _train(cfg, base, train_set, valid_set, args):
                           overwrite=args.overwrite_adapters)
     lp = cfg.lora_parameters
     print(f"  LoRA: rank {lp.rank}, scale {lp.scale}, dropout {lp.dropout}, keys {', '.join(lp.keys)}, "
-          f"last {cfg.num_layers if cfg.num_layers != -1 else base.model.config.num_layers} blocks")
+          f"last {trainer.num_layers if trainer.num_layers != -1 else base.model.config.num_layers} blocks")
     print(trainer.describe())
     print(f"Starting training..., iters: {cfg.iters}")
     start = time.time()

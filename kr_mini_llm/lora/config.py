@@ -15,9 +15,10 @@ from dataclasses import dataclass, field, fields
 from typing import Optional
 
 from .. import _C
-from ..model.config import ConfigError
+from ..model.config import ConfigError, check_config_file
 from .apply import DEFAULT_KEYS, LoRAError, LoRAParameters
 
+DEFAULT_NUM_LAYERS = 16
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "linear")
 
@@ -31,7 +32,7 @@ class LoRAConfig:
     fine_tune_type: str = "lora"
     optimizer: str = "adam"                   # adam | adamw | sgd
     mask_prompt: bool = False
-    num_layers: int = 16                      # adapters on the last N blocks; -1 for all
+    num_layers: Optional[int] = None          # adapters on the last N blocks; -1 for all; None: 16 (all when fewer)
     batch_size: int = 4
     iters: int = 1000
     val_batches: int = 25                     # -1: the whole validation set
@@ -59,7 +60,7 @@ class LoRAConfig:
     def from_yaml(cls, path: str | os.PathLike) -> dict:
         """The file's keys as a dict (checked against the schema; flat lora_* keys folded into
         lora_parameters). Merge it with `merged`."""
-        path = os.fspath(path)
+        path = check_config_file(path, "LoRA config")
         raw = _C.check_yaml(path, _schema())
         lp = dict(raw.pop("lora_parameters", None) or {})
         for flat in ("rank", "scale", "dropout", "keys"):
@@ -103,7 +104,7 @@ class LoRAConfig:
             v = getattr(self, name)
             if v == 0 or v < -1:
                 fail(f"{name} must be a positive number of batches or -1 for all, got {v}")
-        if self.num_layers == 0 or self.num_layers < -1:
+        if self.num_layers is not None and (self.num_layers == 0 or self.num_layers < -1):
             fail(f"num_layers must be a positive number of blocks or -1 for all, got {self.num_layers}")
         if self.max_seq_length is not None and self.max_seq_length <= 1:
             fail(f"max_seq_length must be > 1, got {self.max_seq_length}")
@@ -123,6 +124,11 @@ class LoRAConfig:
                  "Llama/Qwen3 directory)")
         if not (self.train or self.test):
             fail("nothing to do: pass --train (fine-tune) and/or --test (evaluate on test.jsonl)")
+
+    def layers_for(self, depth: int) -> int:
+        """The number of blocks to adapt in a `depth`-block model: num_layers when given, else mlx-lm's 16,
+        or every block of a model that has fewer."""
+        return self.num_layers if self.num_layers is not None else min(DEFAULT_NUM_LAYERS, depth)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

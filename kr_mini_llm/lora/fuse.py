@@ -3,7 +3,7 @@ Generator.from_pretrained, scripts/lora.py --model and load_checkpoint read, and
 HF directory (save_hf) for transformers and llama.cpp's convert_hf_to_gguf.py.
 
     save-path/
-      model.safetensors  model_config.yaml  tokenizer.model  trainer_state.json
+      model.safetensors  model_config.yaml  tokenizer.model  trainer_state.json  checksums.json
       adapter_config.json          the adapters it was fused from (a record)
       hf/                          with --export-hf: config.json, model.safetensors, tokenizer.model
 """
@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 from .adapters import CONFIG_NAME, load_adapters
+from ..training import integrity
 from ..training.checkpoint import replace_directory
 from .apply import LoRAError, fuse_lora, lora_modules
 
@@ -41,6 +42,7 @@ def save_model_dir(model, out: str | os.PathLike, tokenizer_path: str | os.PathL
         if export_hf:
             model.save_hf(tmp / "hf")
             shutil.copyfile(tokenizer_path, tmp / "hf" / "tokenizer.model")
+        integrity.write_manifest(tmp)
         replace_directory(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

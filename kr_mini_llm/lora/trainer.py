@@ -51,9 +51,21 @@ def evaluate_loss(model, dataset: SFTDataset, batch_size: int, max_batches: int,
     return total / max(tokens, 1), tokens
 
 
+def check_one_process() -> None:
+    """Fine-tuning runs in one process: under torchrun every rank would train the same batches and
+    write the same adapter files at once."""
+    from ..training.distributed import env_world_size
+
+    if env_world_size() > 1:
+        raise LoRAError(f"LoRA fine-tuning runs in one process, but WORLD_SIZE={env_world_size()} (torchrun started "
+                        "several): each would train the same batches and overwrite the others' adapter files. "
+                        "Run scripts/lora.py without torchrun (--device picks the GPU)")
+
+
 class LoRATrainer(Trainer):
     def __init__(self, cfg: LoRAConfig, base: BaseModel, train_set: SFTDataset, valid_set: SFTDataset,
                  show_progress: bool = True, overwrite: bool = False, log=print):
+        check_one_process()
         self.lora, self.base, self.train_set, self.valid_set, self.log = cfg, base, train_set, valid_set, log
         weights = Path(cfg.adapter_path) / WEIGHTS_NAME
         resuming_here = cfg.resume_adapter_file and Path(cfg.resume_adapter_file).parent.resolve() == weights.parent.resolve()
@@ -76,7 +88,8 @@ class LoRATrainer(Trainer):
                             f"{model.config.vocab_size}; pass the tokenizer the base model was trained with")
         self.base_fingerprint = model_fingerprint(model)
         torch.manual_seed(cfg.seed)
-        apply_lora(model, cfg.num_layers, cfg.lora_parameters)
+        self.num_layers = cfg.layers_for(len(model.layers))
+        apply_lora(model, self.num_layers, cfg.lora_parameters)
         self.model = model.to(self.device).train()
         self.forward = self.model  # fine-tuning runs in one process (no DDP/FSDP wrapper)
         self.model.set_gradient_checkpointing(cfg.grad_checkpoint)
@@ -92,7 +105,7 @@ class LoRATrainer(Trainer):
     def _resume(self, file: Path) -> None:
         meta = load_adapter_weights(self.model, file, self.base_fingerprint)
         step = int(meta.get("step", 0))
-        saved = load_training_state(file, step)
+        saved = load_training_state(file, step, meta.get("state_blake2b"))
         if saved is None:
             self.log(f"Resuming from the weights of {file} (no {state_path(file).name} beside it: optimizer and "
                      "data order start afresh, iterations count from 0)")
@@ -145,7 +158,7 @@ class LoRATrainer(Trainer):
         lp = cfg.pop("lora_parameters")
         return {"model": str(self.lora.model), "base_model_fingerprint": self.base_fingerprint,
                 "base_model_config": self.model_config.to_dict(), "tokenizer_fingerprint": self.tokenizer.fingerprint,
-                "fine_tune_type": "lora", "num_layers": self.lora.num_layers, "lora_parameters": lp,
+                "fine_tune_type": "lora", "num_layers": self.num_layers, "lora_parameters": lp,
                 **{k: v for k, v in cfg.items() if k not in ("model", "num_layers", "fine_tune_type")},
                 "max_seq_length": self.config.train.max_seq_length}
 

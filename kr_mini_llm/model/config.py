@@ -20,6 +20,24 @@ from .. import _C
 
 ConfigError = _C.ConfigError
 
+
+def check_config_file(path: str | os.PathLike, what: str) -> str:
+    """`path` as a string, after refusing a directory or an empty file (YAML reads both as "no
+    settings", which would silently mean all defaults)."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ConfigError(f"{path}: is a directory, not a {what} file; pass the YAML file itself "
+                          "(e.g. configs/model_tiny.yaml, configs/training_demo.yaml)")
+    try:
+        with open(path, "rb") as f:
+            text = f.read(1 << 16)
+    except OSError:
+        return path  # the reader names a missing or unreadable file
+    if not any(line.strip() and not line.lstrip().startswith(b"#") for line in text.splitlines()):
+        raise ConfigError(f"{path}: the {what} is empty (no settings in it); give a YAML file with the "
+                          "settings (see configs/ for examples)")
+    return path
+
 # The field list comes from the C++ table (KR_TRANSFORMER_CONFIG_FIELDS), never spelled here.
 _FIELD_TYPES = {name: kind for name, kind, _ in _C.TransformerConfig.fields()}
 FIELD_DOCS = {name: doc for name, _, doc in _C.TransformerConfig.fields()}
@@ -52,7 +70,7 @@ class TransformerConfig:
     # -- construction ---------------------------------------------------------------
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> "TransformerConfig":
-        return cls._wrap(_C.TransformerConfig.from_yaml(os.fspath(path)))
+        return cls._wrap(_C.TransformerConfig.from_yaml(check_config_file(path, "model config")))
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "<dict>") -> "TransformerConfig":

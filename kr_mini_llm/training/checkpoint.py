@@ -9,19 +9,28 @@ checkpoint-STEP/
   config.yaml             training config
   model_config.yaml       model config
   tokenizer.model         the tokenizer the model was trained with (when known)
+  checksums.json          size and blake2b digest of each file above, verified on load (integrity.py)
 
 FSDP runs write `dcp/` (sharded model + optimizer) instead of the first two; see sharded_checkpoint.py.
+
+Old checkpoints are removed by renaming them to a hidden `.checkpoint-STEP.deleting` first, so a
+crash mid-deletion never leaves a half-deleted directory that looks like a checkpoint; leftovers of
+crashed saves and deletions are cleaned up at the next save (clean_leftovers).
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
+
+from . import integrity
 
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 
@@ -30,14 +39,22 @@ class CheckpointError(RuntimeError):
     pass
 
 
-def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
-    """Complete checkpoints in output_dir, oldest first."""
-    d = Path(output_dir)
-    if not d.is_dir():
+def is_complete(ckpt: Path) -> bool:
+    """trainer_state.json, the weights (single file or DCP shards) and every file checksums.json lists."""
+    return ((ckpt / "trainer_state.json").is_file()
+            and ((ckpt / "model.safetensors").is_file() or (ckpt / "dcp" / ".metadata").is_file())
+            and integrity.listed_files_present(ckpt))
+
+
+def _numbered(output_dir: Path) -> list[tuple[int, Path]]:
+    if not output_dir.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _NAME.match(p.name)) and p.is_dir()
-             and (p / "trainer_state.json").exists()]
-    return [p for _, p in sorted(found)]
+    return sorted((int(m.group(1)), p) for p in output_dir.iterdir() if (m := _NAME.match(p.name)) and p.is_dir())
+
+
+def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints in output_dir, oldest first (a directory that lost files is not one)."""
+    return [p for _, p in _numbered(Path(output_dir)) if is_complete(p)]
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
@@ -74,45 +91,164 @@ def staging_dir(output_dir: str | os.PathLike, step: int) -> Path:
 def save_checkpoint(output_dir: str | os.PathLike, step: int, model, optimizer, trainer_state: dict,
                     train_config, model_config, tokenizer_path: str | None = None,
                     keep: int | None = None, write_weights=None) -> Path:
-    """`write_weights(staging_dir)`, when given, replaces model.safetensors + optimizer.pt (FSDP: DCP shards)."""
+    """`write_weights(staging_dir)`, when given, replaces model.safetensors + optimizer.pt (FSDP: DCP shards).
+    A failed save (disk full, a write limit) removes its staging directory and raises CheckpointError
+    saying why; the checkpoints saved before are untouched."""
     from safetensors.torch import save_model
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    clean_leftovers(out)
     final = out / f"checkpoint-{step}"
     tmp = staging_dir(out, step)
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    if write_weights is not None:
-        write_weights(tmp)
-    else:
-        save_model(model, str(tmp / "model.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(rng_state(), tmp / "rng.pt")
-    (tmp / "trainer_state.json").write_text(json.dumps({**trainer_state, "step": step}, indent=2))
-    train_config.save_yaml(tmp / "config.yaml")
-    model_config.save_yaml(tmp / "model_config.yaml")
-    if tokenizer_path and Path(tokenizer_path).exists():
-        shutil.copyfile(tokenizer_path, tmp / "tokenizer.model")
-    _fsync_dir(tmp)
+    try:
+        tmp.mkdir()
+        if write_weights is not None:
+            write_weights(tmp)
+        else:
+            save_model(model, str(tmp / "model.safetensors"))
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(rng_state(), tmp / "rng.pt")
+        (tmp / "trainer_state.json").write_text(json.dumps({**trainer_state, "step": step}, indent=2))
+        train_config.save_yaml(tmp / "config.yaml")
+        model_config.save_yaml(tmp / "model_config.yaml")
+        if tokenizer_path and Path(tokenizer_path).exists():
+            shutil.copyfile(tokenizer_path, tmp / "tokenizer.model")
+        integrity.write_manifest(tmp)
+        _fsync_dir(tmp)
+    except BaseException as e:
+        failure = _write_failure(e, tmp, f"checkpoint-{step}",
+                                 lambda: checkpoint_size(model, optimizer, tokenizer_path))
+        shutil.rmtree(tmp, ignore_errors=True)
+        if failure is not None:
+            raise failure from e
+        raise
     replace_directory(tmp, final)
     _fsync_dir(out)
     if keep:
         for stale in list_checkpoints(out)[:-keep]:
-            shutil.rmtree(stale, ignore_errors=True)
+            try:
+                remove_directory(stale)
+            except OSError as e:  # the new checkpoint is saved; an old one that stays is no reason to stop
+                warnings.warn(f"could not remove the old checkpoint {stale}: {e}", stacklevel=2)
     return final
 
 
+def checkpoint_size(model, optimizer=None, tokenizer_path: str | None = None) -> int:
+    """About how many bytes a checkpoint of this model (and optimizer) takes on disk."""
+    total = sum(p.numel() * p.element_size() for p in model.state_dict().values() if torch.is_tensor(p))
+    if optimizer is not None:
+        for per_param in optimizer.state.values():
+            total += sum(v.numel() * v.element_size() for v in per_param.values() if torch.is_tensor(v))
+    if tokenizer_path and Path(tokenizer_path).is_file():
+        total += Path(tokenizer_path).stat().st_size
+    return total + 64 * 1024  # configs, state, RNG, headers
+
+
+def _write_failure(e: BaseException, tmp: Path, what: str, size) -> CheckpointError | None:
+    """A CheckpointError that says why writing `what` failed when storage ran out (no space, quota,
+    file-size limit), or None for other failures. torch.save reports a short write only as
+    'unexpected pos', so the free space and the file-size limit are looked at too."""
+    text = str(e)
+    code = getattr(e, "errno", None)
+    if code is None and (m := re.search(r"os error (\d+)", text)):  # safetensors' Rust I/O errors
+        code = int(m.group(1))
+    short_write = "unexpected pos" in text or "file write failed" in text
+    if not (isinstance(e, OSError) or short_write or code is not None):
+        return None
+    device = _mount_point(tmp.parent)
+    try:
+        free = shutil.disk_usage(tmp.parent).free
+    except OSError:
+        free = None
+    try:
+        needed = size()
+    except Exception:  # noqa: BLE001 -- the size is only for the message
+        needed = None
+    written = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file()) if tmp.is_dir() else 0
+    mb = lambda n: f"{n / 2**20:,.1f} MB"  # noqa: E731
+    needs = f"needs about {mb(needed)}" if needed else "size unknown"
+    if code in (errno.ENOSPC, errno.EDQUOT) or (short_write and free is not None and needed is not None
+                                                  and free < needed - written + 2**20):
+        free_text = f", {mb(free)} free" if free is not None else ""
+        return CheckpointError(f"no space left on {device} while saving {what} ({needs}{free_text}). The partial "
+                               f"{tmp.name} was removed and the earlier checkpoints are kept; free some space "
+                               "(or lower train.keep_checkpoints, or choose another --output_dir) and resume")
+    limit = _file_size_limit()
+    if code == errno.EFBIG or (short_write and limit is not None):
+        limit_text = f" of {mb(limit)}" if limit is not None else ""
+        return CheckpointError(f"the file size limit{limit_text} (ulimit -f) stopped writing {what} to {device} "
+                               f"({needs}). The partial {tmp.name} was removed and the earlier checkpoints are "
+                               "kept; raise the limit and resume")
+    if short_write or isinstance(e, OSError):
+        return CheckpointError(f"writing {what} to {device} failed ({type(e).__name__}: {text.strip()}); the "
+                               f"partial {tmp.name} was removed and the earlier checkpoints are kept")
+    return None
+
+
+def _mount_point(path: Path) -> str:
+    p = path.resolve()
+    while not os.path.ismount(p) and p != p.parent:
+        p = p.parent
+    return str(p)
+
+
+def _file_size_limit() -> int | None:
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def remove_directory(path: Path) -> None:
+    """Renames `path` to a hidden `.NAME.deleting`, then deletes it: it stops being a checkpoint at once,
+    and a crash during the deletion leaves only a hidden leftover for clean_leftovers."""
+    doomed = path.with_name(f".{path.name}.deleting")
+    shutil.rmtree(doomed, ignore_errors=True)
+    os.replace(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def clean_leftovers(output_dir: Path) -> None:
+    """Removes what crashed saves and deletions left in output_dir: staging directories, directories
+    being deleted, and numbered directories that are incomplete and older than the latest complete
+    checkpoint. A `.checkpoint-N.old` whose checkpoint-N is missing (a crash between the two renames
+    of replace_directory) is put back."""
+    for p in output_dir.glob(".checkpoint-*"):
+        name = p.name
+        if name.endswith(".old") and _NAME.match(name[1:-4]):
+            final = p.with_name(name[1:-4])
+            if not final.exists():
+                os.replace(p, final)
+                continue
+        if name.endswith((".tmp", ".deleting", ".old")) and p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+    numbered = _numbered(output_dir)
+    complete = [step for step, p in numbered if is_complete(p)]
+    for step, p in numbered:
+        if complete and step < complete[-1] and not is_complete(p):
+            remove_directory(p)
+
+
 def load_checkpoint(path: str | os.PathLike, model, optimizer=None) -> dict:
-    """Loads weights (and optimizer and RNG state when an optimizer is given); returns trainer_state."""
+    """Loads weights (and optimizer and RNG state when an optimizer is given); returns trainer_state.
+    Every file is checked against checksums.json first, and the weights must be finite."""
     from safetensors import SafetensorError
     from safetensors.torch import load_model
 
     ckpt = resolve_checkpoint(path)
     try:
+        files = integrity.read_manifest(ckpt) or {}
+        integrity.verify(ckpt, [n for n in files if optimizer is not None or n != "optimizer.pt"])
+    except integrity.IntegrityError as e:
+        raise CheckpointError(str(e)) from None
+    try:
         state = json.loads((ckpt / "trainer_state.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        if not isinstance(state, dict):
+            raise ValueError(f"a JSON {type(state).__name__}, not an object")
+    except (OSError, ValueError) as e:
         raise CheckpointError(f"{ckpt}: trainer_state.json is unreadable ({e}); the checkpoint is damaged") from e
     from .sharded_checkpoint import distributed_loader
 
@@ -127,15 +263,66 @@ def load_checkpoint(path: str | os.PathLike, model, optimizer=None) -> dict:
         if missing or unexpected:
             raise CheckpointError(f"{ckpt}/model.safetensors does not match the model: missing "
                                   f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+    bad = nonfinite_parameters(model)
+    if bad:
+        raise CheckpointError(f"{ckpt}: {len(bad)} weight tensor(s) hold NaN or inf (first: {bad[0]}); training "
+                              "had diverged when it was saved. Use an earlier checkpoint")
     if optimizer is not None:
+        if special is None:
+            saved = _load_pickled(ckpt / "optimizer.pt", "optimizer state")
+            try:
+                optimizer.load_state_dict(saved)
+            except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
+                raise CheckpointError(f"{ckpt}/optimizer.pt does not match this model's optimizer "
+                                      f"({type(e).__name__}: {e})") from None
+        rng = _load_pickled(ckpt / "rng.pt", "RNG state")
         try:
-            if special is None:
-                optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
-            set_rng_state(torch.load(ckpt / "rng.pt", weights_only=True))
-        except (OSError, RuntimeError, ValueError, KeyError) as e:
-            raise CheckpointError(f"{ckpt}: optimizer or RNG state cannot be loaded: {e}") from e
+            set_rng_state(rng)
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"{ckpt}/rng.pt does not hold the RNG states this trainer saves "
+                                  f"({type(e).__name__}: {e}); the checkpoint is damaged") from None
     state["path"] = str(ckpt)
     return state
+
+
+def _load_pickled(path: Path, what: str):
+    """torch.load(weights_only=True) with one clear error per way a file can be broken."""
+    import pickle
+
+    try:
+        if path.stat().st_size == 0:
+            raise CheckpointError(f"{path} is empty; the checkpoint is damaged (use an earlier one)")
+        return torch.load(path, weights_only=True)
+    except CheckpointError:
+        raise
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing; the checkpoint is incomplete (use an earlier one)") from None
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{path} holds objects other than tensors and numbers ({refused_object(e)}), which "
+                              "kr-mini-llm never writes; refusing to load it. It may have been crafted to run "
+                              "code: use a checkpoint you trust") from None
+    except Exception as e:  # noqa: BLE001 -- torch raises EOFError, RuntimeError, ... for a damaged file
+        raise CheckpointError(f"{path}: the {what} is unreadable ({type(e).__name__}: {e}); the checkpoint "
+                              "is damaged (use an earlier one)") from None
+
+
+def refused_object(e: Exception) -> str:
+    """What torch.load(weights_only=True) refused, in a few words, from its long message."""
+    m = re.search(r"(?:unsupported GLOBAL|Unsupported global: GLOBAL) ([\w.]+)", str(e))
+    if m:
+        return f"it refers to {m.group(1)}"
+    return "torch.load(weights_only=True) refused it"
+
+
+def nonfinite_parameters(model) -> list[str]:
+    """Names of the parameters (this rank's shard of a sharded one) that hold NaN or inf."""
+    bad = []
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            local = p.to_local() if hasattr(p, "to_local") else p
+            if not bool(torch.isfinite(local).all()):
+                bad.append(name)
+    return bad
 
 
 def replace_directory(tmp: Path, final: Path) -> None:

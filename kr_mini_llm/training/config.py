@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from typing import Optional
 
 from .. import _C
-from ..model.config import ConfigError
+from ..model.config import ConfigError, check_config_file
 
 
 @dataclass
@@ -74,8 +74,11 @@ class TrainingConfig:
     # -- loading ---------------------------------------------------------------------------
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> "TrainingConfig":
-        path = os.fspath(path)
+        path = check_config_file(path, "training config")
         raw = _C.check_yaml(path, _schema())
+        if not raw:  # e.g. only "---": no settings, which would silently mean all defaults
+            raise ConfigError(f"{path}: the training config is empty (no settings in it); give a YAML file with "
+                              "the settings (see configs/ for examples)")
         return cls.from_dict(raw, where=path)
 
     @classmethod

@@ -3,14 +3,20 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 
 class MetricsLog:
-    def __init__(self, output_dir: str | Path, tensorboard: bool = False, append: bool = False):
+    """`resume_step` N > 0: a resumed run; the rows of steps up to N are kept, later ones (logged by the
+    interrupted run after its last checkpoint) and any torn last line are dropped. 0: a new log."""
+
+    def __init__(self, output_dir: str | Path, tensorboard: bool = False, resume_step: int = 0):
         self.path = Path(output_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a" if append else "w", encoding="utf-8")
+        if resume_step > 0:
+            _truncate(self.path, resume_step)
+        self._file = open(self.path, "a" if resume_step > 0 else "w", encoding="utf-8")
         self._tb = None
         if tensorboard:
             try:
@@ -32,6 +38,22 @@ class MetricsLog:
         self._file.close()
         if self._tb is not None:
             self._tb.close()
+
+
+def _truncate(path: Path, last_step: int) -> None:
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= last_step:
+            kept.append(line + "\n")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(kept), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def read_metrics(path: str | Path) -> list[dict]:

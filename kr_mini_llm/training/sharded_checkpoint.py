@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from . import integrity, safe_dcp
 from .checkpoint import CheckpointError, _fsync_dir, resolve_checkpoint, save_checkpoint, staging_dir
 
 SHARDED_DIR = "dcp"
@@ -89,7 +90,6 @@ def _dcp_save(model, optimizer, path: Path) -> None:
 # -- loading ------------------------------------------------------------------------------------
 def load_sharded(ckpt: Path, model: torch.nn.Module, optimizer=None) -> None:
     """DCP shards into `model` (plain, DDP's module, or FSDP-sharded at any world size) and `optimizer`."""
-    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_state_dict,
                                                          set_model_state_dict, set_state_dict)
 
@@ -101,7 +101,9 @@ def load_sharded(ckpt: Path, model: torch.nn.Module, optimizer=None) -> None:
     try:
         with warnings.catch_warnings():  # one process reading shards is intended, not a mistake to warn of
             warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-            dcp.load(state, checkpoint_id=str(ckpt / SHARDED_DIR), no_dist=not _distributed_now())
+            safe_dcp.load(state, ckpt / SHARDED_DIR, no_dist=not _distributed_now())
+    except safe_dcp.UnsafeCheckpointError as e:
+        raise CheckpointError(str(e)) from None
     except Exception as e:  # noqa: BLE001 -- DCP wraps per-rank failures in its own exception types
         raise CheckpointError(f"{ckpt}/{SHARDED_DIR} cannot be loaded into this model: {e}") from e
     if optimizer is None:
@@ -175,6 +177,10 @@ def consolidate_checkpoint(path: str | os.PathLike, output: str | os.PathLike | 
     ckpt = resolve_checkpoint(path)
     if not is_sharded_checkpoint(ckpt):
         raise CheckpointError(f"{ckpt} has no {SHARDED_DIR}/ shards: it already is an ordinary checkpoint")
+    try:
+        integrity.verify(ckpt)
+    except integrity.IntegrityError as e:
+        raise CheckpointError(str(e)) from None
     model = Transformer(TransformerConfig.from_yaml(ckpt / "model_config.yaml"))
     optimizer = build_optimizer(model, TrainingConfig.from_yaml(ckpt / "config.yaml").train, torch.device("cpu"))
     load_sharded(ckpt, model, optimizer)
@@ -186,6 +192,7 @@ def consolidate_checkpoint(path: str | os.PathLike, output: str | os.PathLike | 
             tmp = ckpt / f".{name}.tmp"
             write(tmp)
             os.replace(tmp, ckpt / name)
+        integrity.write_manifest(ckpt)
         _fsync_dir(ckpt)
         return ckpt
     out = Path(output)
@@ -196,6 +203,7 @@ def consolidate_checkpoint(path: str | os.PathLike, output: str | os.PathLike | 
     shutil.copytree(ckpt, tmp, ignore=shutil.ignore_patterns(SHARDED_DIR, "model.safetensors", "optimizer.pt"))
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     save_model(model, str(tmp / "model.safetensors"))
+    integrity.write_manifest(tmp)
     _fsync_dir(tmp)
     os.replace(tmp, out)
     return out

@@ -7,24 +7,31 @@ from __future__ import annotations
 
 import contextlib
 import math
-import shutil
 import signal
+import threading
 import time
+import weakref
 from pathlib import Path
 
 import torch
 
 from ..model import Transformer, TransformerConfig
-from .checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoint
+from .checkpoint import (CheckpointError, list_checkpoints, load_checkpoint, nonfinite_parameters, remove_directory,
+                         resolve_checkpoint)
 from .config import TrainingConfig
 from .device import apply_memory_limit, autocast_dtype, pick_device
 from .distributed import DistributedContext, check_global_batch
 from .metrics import MetricsLog, plot_loss_curve
 from .optim import build_optimizer, learning_rate
+from .run_lock import RunLock
 
 
 class TrainingStopped(RuntimeError):
-    """Training stopped on a non-finite loss; the last good checkpoint is kept."""
+    """Training stopped on a non-finite loss or non-finite weights; the last good checkpoint is kept."""
+
+
+# The signals that end a run with a save: Ctrl-C, and what Slurm, Kubernetes and `timeout` send.
+STOP_SIGNALS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}
 
 
 class Trainer:
@@ -39,6 +46,25 @@ class Trainer:
         self.output_dir = Path(output_dir or config.output_dir)
         self.dist = DistributedContext(config, pick_device(config.device))
         self.device = self.dist.device  # cuda:LOCAL_RANK under torchrun
+        # One run per output directory (rank 0 holds the lock for all ranks); released when train()
+        # ends, when this object is collected, or at exit.
+        self._lock = RunLock(self.output_dir) if self.dist.is_main else None
+        with self.dist.agree(f"locking {self.output_dir}"):
+            if self._lock is not None:
+                self._lock.acquire()
+                weakref.finalize(self, self._lock.release)
+        try:
+            self._setup(model_config, config, resume_from, show_progress, overwrite)
+        except BaseException:
+            self.release_lock()
+            raise
+
+    def release_lock(self) -> None:
+        """Lets another run use the output directory (train() does this when it ends)."""
+        if self._lock is not None:
+            self._lock.release()
+
+    def _setup(self, model_config, config, resume_from, show_progress, overwrite) -> None:
         existing = list_checkpoints(self.output_dir)
         if existing and resume_from is None:
             if not overwrite:
@@ -46,7 +72,7 @@ class Trainer:
                                  "--resume_from, choose another --output_dir, or pass --overwrite_output_dir")
             if self.dist.is_main:
                 for old in existing:
-                    shutil.rmtree(old)
+                    remove_directory(old)
         self.show_progress = show_progress and self.dist.is_main
         t = config.train
         self.effective_batch = config.check_effective_batch(self.dist.world_size)
@@ -95,9 +121,14 @@ class Trainer:
         if resume_from is not None:
             with self.dist.agree(f"resuming from {resume_from}"):
                 saved = load_checkpoint(resolve_checkpoint(resume_from), self.model, self.optimizer)
+                check_resumable(saved)
                 check_global_batch(saved, self.effective_batch, self.dist.world_size)
                 self.step = saved["step"]
-                self.batches.load_state_dict(saved["data"])
+                try:
+                    self.batches.load_state_dict(saved["data"])
+                except (KeyError, TypeError, ValueError) as e:
+                    raise CheckpointError(f"{saved['path']}/trainer_state.json: the data position cannot be "
+                                          f"restored ({type(e).__name__}: {e})") from None
                 self.state.update({k: saved[k] for k in self.state if k in saved})
 
     # -- the loop --------------------------------------------------------------------------------
@@ -106,13 +137,17 @@ class Trainer:
         of this run), saving checkpoints on the way and at the end; returns the final metrics."""
         t = self.config.train
         first_step = self.step
+        with self.dist.agree(f"locking {self.output_dir}"):
+            if self._lock is not None:
+                self._lock.acquire()  # again, for a second train() on this object
         if self.dist.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             self._save_run_configs()
-        log = MetricsLog(self.output_dir, t.tensorboard, append=self.step > 0) if self.dist.is_main else None
+        # Resumed: the log keeps the rows up to the resumed step (a crash may have logged beyond it).
+        log = MetricsLog(self.output_dir, t.tensorboard, resume_step=self.step) if self.dist.is_main else None
         progress = self._progress()
-        interrupted = {"flag": False}
-        old_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.update(flag=True))
+        received = {"signal": None}
+        old_handlers = self._catch_stop_signals(received, progress)
         start = time.time() - self.state["elapsed_s"]
         last_log, last_step, last_tokens = time.time(), self.step, self.state["tokens_seen"]
         reason = "max_steps"
@@ -157,11 +192,15 @@ class Trainer:
                         stop = "early_stopping"
                 if t.max_time_minutes is not None and self.state["elapsed_s"] >= 60 * t.max_time_minutes:
                     stop = "max_time"
-                if interrupted["flag"]:
-                    stop = "interrupted"
+                signalled = received["signal"] is not None
+                if self.dist.enabled:  # every rank stops at the same step, whichever got the signal
+                    signalled = self.dist.sum(float(signalled))[0] > 0
+                if signalled:
+                    stop = STOP_SIGNALS.get(received["signal"], "interrupted")
                 if stop_after is not None and self.step - first_step >= stop_after:
                     stop = "stop_after"
                 if self.step % t.save_steps == 0 or stop or self.step == t.max_steps:
+                    self._check_weights_finite()
                     self.save()
                 if stop:
                     reason = stop
@@ -170,17 +209,47 @@ class Trainer:
                 result = self.evaluate()
                 if log:
                     log.log({"step": self.step, **result})
+            if log:
+                log.close()
+                log = None
+            curve = None
+            if self.dist.is_main:
+                curve = plot_loss_curve(self.output_dir / "metrics.jsonl", self.output_dir / "loss_curve.png")
         finally:
-            signal.signal(signal.SIGINT, old_handler)
+            for signum, handler in old_handlers.items():
+                signal.signal(signum, handler)
             if progress is not None:
                 progress.close()
             if log:
                 log.close()
-        curve = None
-        if self.dist.is_main:
-            curve = plot_loss_curve(self.output_dir / "metrics.jsonl", self.output_dir / "loss_curve.png")
+            self.release_lock()
         return {"step": self.step, "stop_reason": reason, "loss_curve": str(curve) if curve else None,
                 "tokens_seen": self.state["tokens_seen"], "elapsed_s": self.state["elapsed_s"], **result}
+
+    def _catch_stop_signals(self, received: dict, progress) -> dict:
+        """SIGINT and SIGTERM set `received` (the loop then saves and stops); a second one stops at once."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}  # Python delivers signals to the main thread only
+
+        def on_signal(signum, frame):
+            if received["signal"] is not None:
+                raise KeyboardInterrupt
+            received["signal"] = signum
+            self._say(progress, f"{signal.Signals(signum).name}: saving a checkpoint after this step, then stopping "
+                                "(send it again to stop at once, without saving)")
+
+        return {signum: signal.signal(signum, on_signal) for signum in STOP_SIGNALS}
+
+    def _check_weights_finite(self) -> None:
+        """A save never keeps weights that the last optimizer step made NaN or inf."""
+        bad = nonfinite_parameters(self.model)
+        count = int(self.dist.sum(float(len(bad)))[0]) if self.dist.enabled else len(bad)
+        if count:
+            first = f" (first: {bad[0]})" if bad else ""
+            raise TrainingStopped(
+                f"the weights hold NaN or inf after step {self.step}{first}: training stopped without saving them. "
+                f"The last good checkpoint is kept in {self.output_dir}; lower train.learning_rate or check the "
+                "data, then --resume_from it.")
 
     def _train_step(self) -> float:
         t = self.config.train
@@ -285,3 +354,14 @@ class Trainer:
 
         return tqdm(total=self.config.train.max_steps, initial=self.step, desc="train", unit="step",
                     dynamic_ncols=True)
+
+
+def check_resumable(saved: dict) -> None:
+    """A checkpoint resumes only with the state the trainer saved: step and data position."""
+    where = f"{saved.get('path', 'the checkpoint')}/trainer_state.json"
+    if not isinstance(saved.get("step"), int) or saved["step"] < 0:
+        raise CheckpointError(f"{where}: 'step' is {saved.get('step')!r}, not a step number; the file is damaged")
+    if not isinstance(saved.get("data"), dict):
+        raise CheckpointError(f"{where} has no 'data' (the position in the token stream), so training cannot "
+                              "continue exactly where it stopped. A fused or converted model is not a training "
+                              "checkpoint: start a new run from it (--model_config and fresh training) instead")

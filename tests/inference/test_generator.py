@@ -52,13 +52,21 @@ def test_long_prompt_is_truncated_on_the_left_not_a_crash(generator, caplog):
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(max_new_tokens=48), "must be smaller than the model's context length"),
-    (dict(temperature=-1.0), "temperature must be >= 0"),
+    (dict(temperature=-1.0), "temperature must be a finite number >= 0"),
+    (dict(temperature=float("nan")), "temperature must be a finite number >= 0 .* got nan"),
+    (dict(temperature=float("inf")), "temperature must be a finite number >= 0 .* got inf"),
+    (dict(top_k=0), "top_k must be a whole number >= 1"),
+    (dict(top_k=-5), "top_k must be a whole number >= 1"),
     (dict(top_p=0.0), "top_p must be in"),
-    (dict(repetition_penalty=0.0), "repetition_penalty must be > 0"),
+    (dict(top_p=float("nan")), "top_p must be in"),
+    (dict(repetition_penalty=0.0), "repetition_penalty must be a finite number > 0"),
+    (dict(repetition_penalty=float("nan")), "repetition_penalty must be a finite number > 0"),
 ])
 def test_bad_arguments(generator, kwargs, match):
     with pytest.raises(ValueError, match=match):
         generator.generate("오늘", **kwargs)
+    with pytest.raises(ValueError, match=match):  # the chat path checks them too
+        generator.chat("오늘", **kwargs)
 
 
 def test_bad_prompt_type(generator):

@@ -88,9 +88,10 @@ def test_interrupted_save_leaves_previous_checkpoint(model_config, train_config,
 
     monkeypatch.setattr(ckpt.torch, "save", crash)
     trainer.step = 15
-    with pytest.raises(OSError):
+    with pytest.raises(CheckpointError, match="writing checkpoint-15 to .* failed .*disk full.* earlier checkpoints are kept"):
         trainer.save()
     assert [p.name for p in list_checkpoints(run)] == ["checkpoint-10"]
+    assert not list(run.glob(".checkpoint-*"))  # the partial directory is gone
     model = type(trainer.model)(model_config)
     assert load_checkpoint(run, model)["step"] == 10
 
@@ -101,6 +102,9 @@ def test_corrupted_checkpoint_is_a_clear_error(model_config, train_config):
     trainer.train()
     ck = __import__("pathlib").Path(train_config.output_dir) / "checkpoint-10"
     (ck / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="model.safetensors does not match the checksum recorded"):
+        load_checkpoint(ck, type(trainer.model)(model_config))
+    (ck / "checksums.json").unlink()  # without checksums, the file's own reader says what is wrong
     with pytest.raises(CheckpointError, match="model.safetensors cannot be loaded"):
         load_checkpoint(ck, type(trainer.model)(model_config))
     with pytest.raises(CheckpointError, match="no checkpoint here"):
