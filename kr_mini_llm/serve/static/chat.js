@@ -43,6 +43,11 @@ async function loadModel() {
   if (!resp.ok) { $("model").textContent = await errorText(resp); return; }
   modelId = (await resp.json()).data[0].id;
   $("model").textContent = modelId;
+  // Keep the default answer length within the model's context (the prompt needs room too).
+  const health = await (await fetch("/health")).json();
+  const maxTokens = $("max-tokens");
+  maxTokens.max = health.context_length - 1;
+  if (Number(maxTokens.value) > health.context_length / 2) maxTokens.value = Math.floor(health.context_length / 2);
 }
 
 function busy(on) {
@@ -114,6 +119,7 @@ async function send(text) {
     div.classList.remove("streaming");
   }
   if (answer) messages.push({ role: "assistant", content: answer });
+  else if (finish !== "stopped" && finish !== "stop" && finish !== "length") div.remove();  // the error says why
   if (finish === "stopped") note(div, "(stopped)");
   else if (finish === "length") note(div, "(max tokens reached)");
   const seconds = (performance.now() - start) / 1000;
