@@ -37,12 +37,13 @@ class KVCache:
         view.max_length = self.max_length
         return view
 
-    def rows(self, n: int) -> "KVCache":
-        """A view of sequences 0 .. n-1: a server decodes its n busy rows without touching the rest."""
+    def rows(self, start: int, stop: int) -> "KVCache":
+        """A view of sequences start .. stop-1 (writes land in this cache): a server decodes its busy
+        rows, or prefills new ones, without touching the rest."""
         view = KVCache.__new__(KVCache)
-        view.k = [k[:n] for k in self.k]
-        view.v = [v[:n] for v in self.v]
-        view.lens = self.lens[:n]
+        view.k = [k[start:stop] for k in self.k]
+        view.v = [v[start:stop] for v in self.v]
+        view.lens = self.lens[start:stop]
         view.max_length = self.max_length
         return view
 

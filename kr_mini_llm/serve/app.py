@@ -123,7 +123,7 @@ async def _collect(stream: Stream, request: Request) -> tuple[str, str, int]:
         while (await request.receive())["type"] != "http.disconnect":
             pass
         stream.cancel()
-        stream.push(Event(error="client disconnected"))
+        stream.put(Event(error="client disconnected"))
 
     watcher = asyncio.create_task(watch())
     pieces = []

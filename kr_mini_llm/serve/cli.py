@@ -70,7 +70,7 @@ def _listen(host: str, port: int) -> socket.socket:
     except OSError as e:
         sock.close()
         raise OSError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-    sock.set_inheritable(True)
+    sock.listen(2048)  # from here on, clients queue until uvicorn accepts (it starts just after)
     return sock
 
 

@@ -3,7 +3,7 @@
 The busy rows are always rows 0 .. n-1 of the cache, so a decode step runs the model once on
 a view of exactly those rows. One loop iteration:
 
-    admit    queued requests take free rows: their prompt is prefilled into the row alone
+    admit    queued requests take free rows: their prompts are prefilled together (right-padded)
     sample   every busy row picks its next token (own sampling settings, own seeded RNG)
     emit     text pieces go to each request's stream; finished or cancelled requests leave,
              the last busy row moving into the freed one
@@ -79,11 +79,9 @@ class Stream:
         """The client went away: the model thread frees the row at its next step."""
         self.cancelled = True
 
-    def push(self, event: Event) -> None:  # called from the model thread
-        try:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
-        except RuntimeError:  # the event loop is closed: nobody is listening any more
-            self.cancelled = True
+    def put(self, event: Event) -> None:
+        """Delivers an event; call from the stream's event loop (the model thread goes through _Outbox)."""
+        self._queue.put_nowait(event)
 
     def __aiter__(self):
         return self
@@ -95,6 +93,31 @@ class Stream:
         if event.finish_reason is not None or event.error is not None:
             self._ended = True
         return event
+
+
+class _Outbox:
+    """Events of one model step, handed to each event loop in one call: waking a loop costs a
+    system call, and once per token per request it would cost more than a small model's step."""
+
+    def __init__(self):
+        self._items: dict[asyncio.AbstractEventLoop, list[tuple[Stream, Event]]] = {}
+
+    def add(self, stream: Stream, event: Event) -> None:
+        self._items.setdefault(stream._loop, []).append((stream, event))
+
+    def send(self) -> None:
+        for loop, items in self._items.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, items)
+            except RuntimeError:  # that event loop is closed: nobody is listening any more
+                for stream, _ in items:
+                    stream.cancelled = True
+        self._items = {}
+
+
+def _deliver(items: list[tuple[Stream, Event]]) -> None:
+    for stream, event in items:
+        stream.put(event)
 
 
 class _Sequence:
@@ -170,6 +193,8 @@ class Engine:
         self._wake = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self._outbox = _Outbox()
+        self._last_logits: torch.Tensor | None = None  # of the busy rows, from the last decode step
 
     @property
     def context_length(self) -> int:
@@ -257,41 +282,44 @@ class Engine:
             token = greedy[i] if seq.params.plain_greedy else seq.sample(logits[i:i + 1])
             event = seq.accept(token)
             if event is not None:
-                seq.stream.push(event)
+                self._outbox.add(seq.stream, event)
             if event is None or event.finish_reason is None:
                 keep.append(i)
         self._release(keep)
+        self._outbox.send()  # before the decode step: clients see this token while the next one is computed
         if self._rows:
             n = len(self._rows)
             tokens = torch.tensor([[s.last] for s in self._rows], device=self.device)
-            self._last_logits = self.model(tokens, kv_cache=self.cache.rows(n), last_logits_only=True)[:, -1]
-
-    _last_logits: torch.Tensor | None = None
+            self._last_logits = self.model(tokens, kv_cache=self.cache.rows(0, n), last_logits_only=True)[:, -1]
 
     def _admit(self, logits: torch.Tensor | None) -> torch.Tensor | None:
-        """Prefills queued requests into free rows; returns the logits of all busy rows [n, V]."""
-        new = []
-        while len(self._rows) < self.max_batch:
-            with self._wake:
-                if not self._queue:
-                    break
+        """Prefills queued requests into free rows, all in one forward (right-padded to the longest
+        prompt); returns the logits of all busy rows [n, V]."""
+        new: list[_Sequence] = []
+        with self._wake:
+            while self._queue and len(self._rows) + len(new) < self.max_batch:
                 seq = self._queue.popleft()
-            if seq.stream.cancelled:
-                continue
-            row = len(self._rows)
-            self.cache.lens[row] = 0
-            try:
-                ids = torch.tensor([seq.prompt], device=self.device)
-                out = self.model(ids, kv_cache=self.cache.row(row), last_logits_only=True)[:, -1]
-            except Exception as e:  # a request the model cannot run fails alone
-                log.exception("prefill failed")
-                self._fail([seq], f"prefill failed: {e}")
-                continue
-            self._rows.append(seq)
-            new.append(out)
+                if not seq.stream.cancelled:
+                    new.append(seq)
         if not new:
             return logits
-        return torch.cat(([logits] if logits is not None else []) + new)
+        first = len(self._rows)
+        view = self.cache.rows(first, first + len(new))
+        lengths = torch.tensor([len(s.prompt) for s in new])
+        ids = torch.zeros(len(new), int(lengths.max()), dtype=torch.long)
+        for i, s in enumerate(new):
+            ids[i, :len(s.prompt)] = torch.tensor(s.prompt)
+        view.lens.zero_()
+        try:
+            out = self.model(ids.to(self.device), kv_cache=view, logits_at=lengths - 1)[:, -1]
+        except Exception as e:  # these requests fail; the running ones go on
+            log.exception("prefill failed")
+            self._fail(new, f"prefill failed: {e}")
+            return logits
+        # Each row holds its own prompt; the padding K/V past it is overwritten by the next tokens.
+        view.lens.copy_(lengths.to(view.lens.device))
+        self._rows.extend(new)
+        return out if logits is None else torch.cat([logits, out])
 
     def _release(self, keep: list[int]) -> None:
         """Keeps rows `keep` (ascending), moving them down so the busy rows stay 0 .. n-1."""
@@ -302,7 +330,8 @@ class Engine:
             rows.append(self._rows[src])
         self._rows = rows
 
-    @staticmethod
-    def _fail(seqs, message: str) -> None:
+    def _fail(self, seqs, message: str) -> None:
         for seq in seqs:
-            seq.stream.push(Event(error=message, prompt_tokens=len(seq.prompt), completion_tokens=seq.generated))
+            self._outbox.add(seq.stream, Event(error=message, prompt_tokens=len(seq.prompt),
+                                               completion_tokens=seq.generated))
+        self._outbox.send()

@@ -1,0 +1,201 @@
+#!/usr/bin/env python3
+"""Serving throughput: N concurrent streaming clients against scripts/serve.py (continuous batching).
+
+    python scripts/bench_serve.py                              # -> benchmarks/serve_cpu.md
+    python scripts/bench_serve.py --model checkpoints/demo --concurrency 1,8 --requests 16 --output /tmp/s.md
+
+The server runs as its own process (scripts/serve.py, --max-batch = the largest concurrency);
+clients are asyncio tasks speaking plain HTTP/1.1 with server-sent events. At each concurrency
+N, N clients share a fixed list of requests (distinct prompts, greedy, fixed max_tokens), each
+client sending its next request as soon as its last answer ends. Reported per level: requests/s,
+output tokens/s (from `usage`), time to first token and latency (p50/p95 over requests), and a
+check that every request got its own complete answer: a `finish_reason`, `usage` equal to the
+tokens streamed, `data: [DONE]`, and the same text as when that prompt was served alone
+(concurrency 1). Levels are interleaved over repeats; the table shows medians (by output tokens/s).
+
+Without --model, a random-weights model of --config (default: tiny, the `make demo` size) with
+a tokenizer trained on synthetic Korean text is written to a temporary directory.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import environment, write_report  # noqa: E402
+
+
+def make_random_model(out: Path, config_name: str) -> Path:
+    """A random-weights checkpoint directory of TransformerConfig.<config_name>() with a real tokenizer."""
+    import torch
+
+    from kr_mini_llm import Transformer, TransformerConfig
+    from kr_mini_llm.data.tokenizer import train_tokenizer
+    from kr_mini_llm.lora.fuse import save_model_dir
+
+    config = getattr(TransformerConfig, config_name)().replace(dropout=0.0)
+    rng = random.Random(0)
+    syllables = [chr(0xAC00 + rng.randrange(11172)) for _ in range(600)]
+    lines = (" ".join("".join(rng.choices(syllables, k=rng.randint(1, 3))) for _ in range(12)) for _ in range(30000))
+    corpus = out / "corpus.txt"
+    corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    tok = train_tokenizer([corpus], vocab_size=config.vocab_size, output_prefix=out / "tokenizer", num_threads=2,
+                          log_level=2)
+    torch.manual_seed(0)
+    return save_model_dir(Transformer(config), out / f"random-{config_name}", tok)
+
+
+def start_server(model: Path, max_batch: int, threads: int | None) -> tuple[subprocess.Popen, str, int, str]:
+    """scripts/serve.py on a free port: (process, host, port, served model name)."""
+    cmd = [sys.executable, str(ROOT / "scripts" / "serve.py"), "--model", str(model), "--port", "0",
+           "--max-batch", str(max_batch), "--log-level", "warning", "--device", "cpu"]
+    env = None
+    if threads:
+        import os
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
+    line = proc.stdout.readline()  # serving 'NAME' on http://HOST:PORT  (...)
+    if "http://" not in line:
+        proc.kill()
+        raise SystemExit(f"the server did not start: {line!r}")
+    host, port = line.split("http://", 1)[1].split()[0].rsplit(":", 1)
+    return proc, host, int(port), line.split("'")[1]
+
+
+async def stream_request(host: str, port: int, body: dict) -> dict:
+    """One streaming completion over raw HTTP/1.1: text, usage, timings, completeness."""
+    t0 = time.perf_counter()
+    reader, writer = await asyncio.open_connection(host, port)
+    payload = json.dumps(body).encode()
+    writer.write(b"POST /v1/completions HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+                 b"Connection: close\r\nContent-Length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload)
+    await writer.drain()
+    status = (await reader.readline()).split()[1]
+    while (await reader.readline()) not in (b"\r\n", b""):
+        pass
+    text, chunks, usage, finish, done, ttft = "", 0, None, None, False, None
+    buf = b""
+    while True:
+        size = await reader.readline()  # chunked transfer encoding
+        n = int(size.strip() or b"0", 16)
+        if n == 0:
+            break
+        buf += (await reader.readexactly(n + 2))[:-2]  # the chunk without its CRLF
+        *events, buf = buf.split(b"\n\n")
+        for ev in events:
+            data = ev.decode()[len("data: "):]
+            if data == "[DONE]":
+                done = True
+                continue
+            obj = json.loads(data)
+            if obj.get("usage"):
+                usage = obj["usage"]
+            for c in obj.get("choices", []):
+                if c["text"]:
+                    ttft = ttft if ttft is not None else time.perf_counter() - t0
+                    text += c["text"]
+                chunks += 1
+                finish = c["finish_reason"] or finish
+    writer.close()
+    return dict(status=int(status), text=text, usage=usage, finish=finish, done=done, chunks=chunks,
+                ttft=ttft if ttft is not None else time.perf_counter() - t0, latency=time.perf_counter() - t0)
+
+
+async def run_level(host, port, model_name, prompts, concurrency, max_tokens) -> tuple[float, list[dict]]:
+    queue = list(enumerate(prompts))
+    results: list[dict | None] = [None] * len(prompts)
+
+    async def client():
+        while queue:
+            i, prompt = queue.pop(0)
+            results[i] = await stream_request(host, port, dict(
+                model=model_name, prompt=prompt, max_tokens=max_tokens, temperature=0, stream=True,
+                stream_options={"include_usage": True}))
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    return time.perf_counter() - t0, results
+
+
+def pct(values, q):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, help="checkpoint directory (default: random weights of --config)")
+    p.add_argument("--config", default="tiny", help="TransformerConfig preset for the random model")
+    p.add_argument("--concurrency", default="1,8,32")
+    p.add_argument("--requests", type=int, default=32, help="requests per concurrency level")
+    p.add_argument("--max_tokens", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of the server (default: torch's)")
+    p.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "serve_cpu.md")
+    args = p.parse_args()
+    levels = [int(c) for c in args.concurrency.split(",")]
+    start = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        model = args.model or make_random_model(Path(tmp), args.config)
+        proc, host, port, name = start_server(model, max(levels), args.threads)
+        try:
+            prompts = [f"요청 {i}: " + "오늘 날씨가 좋아서 공원에 갔습니다. " * (1 + i % 3) for i in range(args.requests)]
+            asyncio.run(run_level(host, port, name, prompts[:2], 1, 8))  # warm-up
+            runs = {c: [] for c in levels}
+            for r in range(args.repeats):
+                for c in levels:
+                    wall, res = asyncio.run(run_level(host, port, name, prompts, c, args.max_tokens))
+                    runs[c].append((wall, res))
+                    print(f"repeat {r}: concurrency {c}: {wall:.2f} s", flush=True)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+
+    solo = {i: res["text"] for wall, results in runs[min(levels)] for i, res in enumerate(results)}
+    rows, tps = [], {}
+    for c in levels:
+        def tokens(run):
+            return sum((res["usage"] or {}).get("completion_tokens", 0) for res in run[1])
+        wall, results = sorted(runs[c], key=lambda run: tokens(run) / run[0])[len(runs[c]) // 2]
+        out_tokens = tokens((wall, results))
+        tps[c] = out_tokens / wall
+        complete = sum(res["status"] == 200 and res["done"] and res["finish"] in ("stop", "length")
+                       and res["usage"] is not None for res in results)
+        own = sum(res["text"] == solo[i] for i, res in enumerate(results))
+        ttft = [res["ttft"] for res in results]
+        lat = [res["latency"] for res in results]
+        rows.append(f"| {c} | {len(results)} | {len(results) / wall:.2f} | {tps[c]:,.1f} | {tps[c] / tps[levels[0]]:.2f}x "
+                    f"| {pct(ttft, .5) * 1e3:,.0f} | {pct(ttft, .95) * 1e3:,.0f} | {pct(lat, .5) * 1e3:,.0f} "
+                    f"| {pct(lat, .95) * 1e3:,.0f} | {complete}/{len(results)} | {own}/{len(results)} |")
+        print(rows[-1], flush=True)
+
+    import torch
+    lines = ["# Serving on the CPU: continuous batching", "",
+             "Command: `python " + " ".join(["scripts/bench_serve.py", *sys.argv[1:]]) + "`", "", *environment(),
+             f"- Server: scripts/serve.py --max-batch {max(levels)}, fp32, torch threads: "
+             f"{args.threads or torch.get_num_threads()}; model: "
+             + (str(args.model) if args.model else f"random weights, TransformerConfig.{args.config}()"),
+             f"- Workload: {args.requests} streaming completions per level (distinct prompts of 15-45 tokens), "
+             f"greedy, max_tokens {args.max_tokens}; N clients each send their next request when the last "
+             f"one ends; clients and server share the machine",
+             "- The machine was shared with other jobs while this ran: absolute figures are noisy; the ratios "
+             "are measured in the same run, levels interleaved over repeats (medians by output tokens/s).", "",
+             f"| clients | requests | requests/s | output tok/s | vs 1 client | TTFT p50 ms | TTFT p95 ms "
+             f"| latency p50 ms | latency p95 ms | complete | own answer |",
+             "|---|---|---|---|---|---|---|---|---|---|---|", *rows, "",
+             "complete: the stream ended with a finish_reason, a usage chunk and `data: [DONE]`. own answer: the "
+             "text equals that prompt's answer when served alone (1 client); a difference would mean rows mixed."]
+    write_report(args.output, lines, start)
+
+
+if __name__ == "__main__":
+    main()
