@@ -146,53 +146,54 @@ def _sse(chunks) -> StreamingResponse:
 
 
 def _data(obj) -> str:
-    body = obj.model_dump_json() if hasattr(obj, "model_dump_json") else json.dumps(obj)
+    body = obj.model_dump_json() if hasattr(obj, "model_dump_json") else json.dumps(obj, ensure_ascii=False)
     return f"data: {body}\n\n"
 
 
 async def _chat_chunks(stream: Stream, rid: str, model: str, include_usage: bool):
-    def chunk(delta: S.Delta, finish=None):
-        return _data(S.ChatCompletionChunk(id=rid, model=model, created=created,
-                                           choices=[S.ChatChunkChoice(delta=delta, finish_reason=finish)]))
+    # The chunk's shape comes from the schema once; per token only the delta changes (cheap json.dumps).
+    chunk = S.ChatCompletionChunk(id=rid, model=model, choices=[S.ChatChunkChoice(delta=S.Delta())]).model_dump()
+    choice = chunk["choices"][0]
 
-    created = int(time.time())
-    try:
-        yield chunk(S.Delta(role="assistant", content=""))
-        async for ev in stream:
-            if ev.error:
-                yield _data(error_body(500, ev.error))
-                break
-            if ev.text:
-                yield chunk(S.Delta(content=ev.text))
-            if ev.finish_reason:
-                yield chunk(S.Delta(), ev.finish_reason)
-                if include_usage:
-                    yield _data(S.ChatCompletionChunk(id=rid, model=model, created=created, choices=[],
-                                                      usage=S.usage(ev.prompt_tokens, ev.completion_tokens)))
-                break
-        yield "data: [DONE]\n\n"
-    finally:
-        stream.cancel()  # the client went away mid-answer (or it is over): free the row
+    def piece(delta: dict, finish=None) -> str:
+        choice["delta"], choice["finish_reason"] = delta, finish
+        return _data(chunk)
+
+    yield piece({"role": "assistant", "content": ""})
+    async for text in _sse_body(stream, chunk, piece, lambda text: {"content": text}, {}, include_usage):
+        yield text
 
 
 async def _completion_chunks(stream: Stream, rid: str, model: str, include_usage: bool):
-    def chunk(text: str, finish=None):
-        return _data(S.Completion(id=rid, model=model, created=created,
-                                  choices=[S.CompletionChoice(text=text, finish_reason=finish)]))
+    chunk = S.Completion(id=rid, model=model, choices=[S.CompletionChoice(text="")]).model_dump()
+    choice = chunk["choices"][0]
 
-    created = int(time.time())
+    def piece(text: str, finish=None) -> str:
+        choice["text"], choice["finish_reason"] = text, finish
+        return _data(chunk)
+
+    async for text in _sse_body(stream, chunk, piece, lambda text: text, "", include_usage):
+        yield text
+
+
+async def _sse_body(stream: Stream, chunk: dict, piece, content, empty, include_usage: bool):
+    """The events of one answer as SSE text: content chunks, a finish chunk, the usage chunk when
+    asked, `data: [DONE]`. Events that queued up while the client was slow go out in one write."""
     try:
-        async for ev in stream:
-            if ev.error:
-                yield _data(error_body(500, ev.error))
-                break
-            if ev.text or ev.finish_reason:
-                yield chunk(ev.text, ev.finish_reason)
-            if ev.finish_reason:
-                if include_usage:
-                    yield _data(S.Completion(id=rid, model=model, created=created, choices=[],
-                                             usage=S.usage(ev.prompt_tokens, ev.completion_tokens)))
-                break
+        async for first in stream:
+            out = []
+            for ev in [first, *stream.ready()]:
+                if ev.error:
+                    out.append(_data(error_body(500, ev.error)))
+                    break
+                if ev.text:
+                    out.append(piece(content(ev.text)))
+                if ev.finish_reason:
+                    out.append(piece(empty, ev.finish_reason))
+                    if include_usage:
+                        out.append(_data({**chunk, "choices": [],
+                                          "usage": S.usage(ev.prompt_tokens, ev.completion_tokens).model_dump()}))
+            yield "".join(out)
         yield "data: [DONE]\n\n"
     finally:
-        stream.cancel()
+        stream.cancel()  # the client went away mid-answer (or it is over): free the row

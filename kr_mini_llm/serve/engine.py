@@ -83,11 +83,19 @@ class Stream:
         """Delivers an event; call from the stream's event loop (the model thread goes through _Outbox)."""
         self._queue.put_nowait(event)
 
+    def ready(self) -> list[Event]:
+        """The events already queued (without waiting), up to the last one of the answer."""
+        out = []
+        while not self._ended and not self._queue.empty():
+            out.append(self._queue.get_nowait())
+            self._ended = out[-1].finish_reason is not None or out[-1].error is not None
+        return out
+
     def __aiter__(self):
         return self
 
     async def __anext__(self) -> Event:
-        if self._ended and self._queue.empty():
+        if self._ended:
             raise StopAsyncIteration
         event = await self._queue.get()
         if event.finish_reason is not None or event.error is not None:
