@@ -12,6 +12,7 @@ output tokens/s (from `usage`), time to first token and latency (p50/p95 over re
 check that every request got its own complete answer: a `finish_reason`, `usage` equal to the
 tokens streamed, `data: [DONE]`, and the same text as when that prompt was served alone
 (concurrency 1). Levels are interleaved over repeats; the table shows medians (by output tokens/s).
+It also reports output tokens per second of the server's CPU time, steadier on a shared machine.
 
 Without --model, a random-weights model of --config (default: tiny, the `make demo` size) with
 a tokenizer trained on synthetic Korean text is written to a temporary directory.
@@ -79,9 +80,11 @@ async def stream_request(host: str, port: int, body: dict) -> dict:
     writer.write(b"POST /v1/completions HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
                  b"Connection: close\r\nContent-Length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload)
     await writer.drain()
-    status = (await reader.readline()).split()[1]
+    status = int((await reader.readline()).split()[1])
     while (await reader.readline()) not in (b"\r\n", b""):
         pass
+    if status != 200:
+        raise SystemExit(f"request failed ({status}): {(await reader.read()).decode(errors='replace')}")
     text, chunks, usage, finish, done, ttft = "", 0, None, None, False, None
     buf = b""
     while True:
@@ -106,7 +109,7 @@ async def stream_request(host: str, port: int, body: dict) -> dict:
                 chunks += 1
                 finish = c["finish_reason"] or finish
     writer.close()
-    return dict(status=int(status), text=text, usage=usage, finish=finish, done=done, chunks=chunks,
+    return dict(status=status, text=text, usage=usage, finish=finish, done=done, chunks=chunks,
                 ttft=ttft if ttft is not None else time.perf_counter() - t0, latency=time.perf_counter() - t0)
 
 
@@ -126,6 +129,17 @@ async def run_level(host, port, model_name, prompts, concurrency, max_tokens) ->
     return time.perf_counter() - t0, results
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far (Linux /proc); None elsewhere."""
+    import os
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def pct(values, q):
     values = sorted(values)
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
@@ -136,8 +150,8 @@ def main():
     p.add_argument("--model", type=Path, help="checkpoint directory (default: random weights of --config)")
     p.add_argument("--config", default="tiny", help="TransformerConfig preset for the random model")
     p.add_argument("--concurrency", default="1,8,32")
-    p.add_argument("--requests", type=int, default=32, help="requests per concurrency level")
-    p.add_argument("--max_tokens", type=int, default=64)
+    p.add_argument("--requests", type=int, default=64, help="requests per concurrency level")
+    p.add_argument("--max_tokens", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of the server (default: torch's)")
     p.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "serve_cpu.md")
@@ -148,32 +162,39 @@ def main():
         model = args.model or make_random_model(Path(tmp), args.config)
         proc, host, port, name = start_server(model, max(levels), args.threads)
         try:
-            prompts = [f"요청 {i}: " + "오늘 날씨가 좋아서 공원에 갔습니다. " * (1 + i % 3) for i in range(args.requests)]
+            prompts = [f"요청 {i}: " + "오늘 날씨가 좋아서 " * (1 + i % 3) for i in range(args.requests)]
             asyncio.run(run_level(host, port, name, prompts[:2], 1, 8))  # warm-up
             runs = {c: [] for c in levels}
             for r in range(args.repeats):
                 for c in levels:
+                    cpu0 = cpu_seconds(proc.pid)
                     wall, res = asyncio.run(run_level(host, port, name, prompts, c, args.max_tokens))
-                    runs[c].append((wall, res))
+                    cpu1 = cpu_seconds(proc.pid)
+                    runs[c].append((wall, res, None if cpu0 is None else cpu1 - cpu0))
                     print(f"repeat {r}: concurrency {c}: {wall:.2f} s", flush=True)
         finally:
             proc.terminate()
             proc.wait(30)
 
-    solo = {i: res["text"] for wall, results in runs[min(levels)] for i, res in enumerate(results)}
-    rows, tps = [], {}
+    solo = {i: res["text"] for wall, results, _ in runs[min(levels)] for i, res in enumerate(results)}
+    rows, tps, cpu_tps = [], {}, {}
     for c in levels:
         def tokens(run):
             return sum((res["usage"] or {}).get("completion_tokens", 0) for res in run[1])
-        wall, results = sorted(runs[c], key=lambda run: tokens(run) / run[0])[len(runs[c]) // 2]
+        wall, results, cpu = sorted(runs[c], key=lambda run: tokens(run) / run[0])[len(runs[c]) // 2]
         out_tokens = tokens((wall, results))
         tps[c] = out_tokens / wall
+        cpus = [tokens(run) / run[2] for run in runs[c] if run[2]]
+        cpu_tps[c] = statistics.median(cpus) if cpus else None
         complete = sum(res["status"] == 200 and res["done"] and res["finish"] in ("stop", "length")
                        and res["usage"] is not None for res in results)
         own = sum(res["text"] == solo[i] for i, res in enumerate(results))
         ttft = [res["ttft"] for res in results]
         lat = [res["latency"] for res in results]
+        per_cpu = (f"{cpu_tps[c]:,.0f} | {cpu_tps[c] / cpu_tps[levels[0]]:.2f}x" if cpu_tps[c] and cpu_tps[levels[0]]
+                   else "– | –")
         rows.append(f"| {c} | {len(results)} | {len(results) / wall:.2f} | {tps[c]:,.1f} | {tps[c] / tps[levels[0]]:.2f}x "
+                    f"| {per_cpu} "
                     f"| {pct(ttft, .5) * 1e3:,.0f} | {pct(ttft, .95) * 1e3:,.0f} | {pct(lat, .5) * 1e3:,.0f} "
                     f"| {pct(lat, .95) * 1e3:,.0f} | {complete}/{len(results)} | {own}/{len(results)} |")
         print(rows[-1], flush=True)
@@ -184,14 +205,16 @@ def main():
              f"- Server: scripts/serve.py --max-batch {max(levels)}, fp32, torch threads: "
              f"{args.threads or torch.get_num_threads()}; model: "
              + (str(args.model) if args.model else f"random weights, TransformerConfig.{args.config}()"),
-             f"- Workload: {args.requests} streaming completions per level (distinct prompts of 15-45 tokens), "
+             f"- Workload: {args.requests} streaming completions per level (distinct prompts), "
              f"greedy, max_tokens {args.max_tokens}; N clients each send their next request when the last "
              f"one ends; clients and server share the machine",
              "- The machine was shared with other jobs while this ran: absolute figures are noisy; the ratios "
              "are measured in the same run, levels interleaved over repeats (medians by output tokens/s).", "",
-             f"| clients | requests | requests/s | output tok/s | vs 1 client | TTFT p50 ms | TTFT p95 ms "
-             f"| latency p50 ms | latency p95 ms | complete | own answer |",
-             "|---|---|---|---|---|---|---|---|---|---|---|", *rows, "",
+             f"| clients | requests | requests/s | output tok/s | vs 1 client | tok per server CPU-s | vs 1 client "
+             f"| TTFT p50 ms | TTFT p95 ms | latency p50 ms | latency p95 ms | complete | own answer |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|", *rows, "",
+             "tok per server CPU-s: output tokens per second of CPU time the server process used (user + system, "
+             "all its threads), which a busy machine disturbs less than wall-clock throughput.",
              "complete: the stream ended with a finish_reason, a usage chunk and `data: [DONE]`. own answer: the "
              "text equals that prompt's answer when served alone (1 client); a difference would mean rows mixed."]
     write_report(args.output, lines, start)

@@ -108,5 +108,8 @@ def main(argv=None) -> int:
     print(f"serving '{name}' on http://{shown}:{port}  (chat page: /, API: /v1, max batch {args.max_batch}, "
           f"context {engine.context_length}, device {generator.device})", flush=True)
     config = uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=5)
-    uvicorn.Server(config).run(sockets=[sock])
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:  # Ctrl-C: uvicorn has shut down gracefully, then re-raised the signal
+        pass
     return 0
