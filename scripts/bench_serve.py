@@ -12,7 +12,8 @@ output tokens/s (from `usage`), time to first token and latency (p50/p95 over re
 check that every request got its own complete answer: a `finish_reason`, `usage` equal to the
 tokens streamed, `data: [DONE]`, and the same text as when that prompt was served alone
 (concurrency 1). Levels are interleaved over repeats; the table shows medians (by output tokens/s).
-It also reports output tokens per second of the server's CPU time, steadier on a shared machine.
+It also reports output tokens per second of the server's CPU time, steadier on a shared machine,
+and the bare model's decode step at batch N against batch 1 (the ceiling for any batching).
 
 Without --model, a random-weights model of --config (default: tiny, the `make demo` size) with
 a tokenizer trained on synthetic Korean text is written to a temporary directory.
@@ -140,6 +141,31 @@ def cpu_seconds(pid: int) -> float | None:
         return None
 
 
+def decode_step_ceiling(model: Path, levels: list[int], threads: int | None, repeats: int) -> dict[int, float]:
+    """Tokens/s of the bare model's decode step at batch N (KV cache, no server), in this process:
+    what batching could give at most. Batch sizes interleaved over repeats; medians."""
+    import torch
+
+    from kr_mini_llm.inference import Generator
+    from kr_mini_llm.model import KVCache
+
+    if threads:
+        torch.set_num_threads(threads)
+    model = Generator.from_pretrained(model, device="cpu").model
+    cache = KVCache.for_model(model.config, max(levels), model.config.max_seq_length)
+    times = {c: [] for c in levels}
+    with torch.inference_mode():
+        for _ in range(repeats + 1):  # the first round warms up
+            for c in levels:
+                cache.lens.fill_(32)  # mid-answer
+                tokens = torch.randint(4, model.config.vocab_size, (c, 1))
+                t0 = time.perf_counter()
+                for _ in range(16):
+                    model(tokens, kv_cache=cache.rows(0, c), last_logits_only=True)
+                times[c].append((time.perf_counter() - t0) / 16)
+    return {c: c / statistics.median(t[1:]) for c, t in times.items()}
+
+
 def pct(values, q):
     values = sorted(values)
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
@@ -175,6 +201,7 @@ def main():
         finally:
             proc.terminate()
             proc.wait(30)
+        ceiling = decode_step_ceiling(model, levels, args.threads, args.repeats)
 
     solo = {i: res["text"] for wall, results, _ in runs[min(levels)] for i, res in enumerate(results)}
     rows, tps, cpu_tps = [], {}, {}
@@ -194,7 +221,7 @@ def main():
         per_cpu = (f"{cpu_tps[c]:,.0f} | {cpu_tps[c] / cpu_tps[levels[0]]:.2f}x" if cpu_tps[c] and cpu_tps[levels[0]]
                    else "– | –")
         rows.append(f"| {c} | {len(results)} | {len(results) / wall:.2f} | {tps[c]:,.1f} | {tps[c] / tps[levels[0]]:.2f}x "
-                    f"| {per_cpu} "
+                    f"| {per_cpu} | {ceiling[c] / ceiling[levels[0]]:.2f}x "
                     f"| {pct(ttft, .5) * 1e3:,.0f} | {pct(ttft, .95) * 1e3:,.0f} | {pct(lat, .5) * 1e3:,.0f} "
                     f"| {pct(lat, .95) * 1e3:,.0f} | {complete}/{len(results)} | {own}/{len(results)} |")
         print(rows[-1], flush=True)
@@ -211,8 +238,11 @@ def main():
              "- The machine was shared with other jobs while this ran: absolute figures are noisy; the ratios "
              "are measured in the same run, levels interleaved over repeats (medians by output tokens/s).", "",
              f"| clients | requests | requests/s | output tok/s | vs 1 client | tok per server CPU-s | vs 1 client "
-             f"| TTFT p50 ms | TTFT p95 ms | latency p50 ms | latency p95 ms | complete | own answer |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|", *rows, "",
+             f"| bare decode step, batch N vs 1 | TTFT p50 ms | TTFT p95 ms | latency p50 ms | latency p95 ms "
+             f"| complete | own answer |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|", *rows, "",
+             "bare decode step: tokens/s of the model's KV-cache decode step alone at batch N over batch 1, in "
+             "the benchmark process after the server stopped: the most batching could give on this machine.",
              "tok per server CPU-s: output tokens per second of CPU time the server process used (user + system, "
              "all its threads), which a busy machine disturbs less than wall-clock throughput.",
              "complete: the stream ended with a finish_reason, a usage chunk and `data: [DONE]`. own answer: the "
