@@ -220,7 +220,8 @@ def main():
         lat = [res["latency"] for res in results]
         per_cpu = (f"{cpu_tps[c]:,.0f} | {cpu_tps[c] / cpu_tps[levels[0]]:.2f}x" if cpu_tps[c] and cpu_tps[levels[0]]
                    else "– | –")
-        rows.append(f"| {c} | {len(results)} | {len(results) / wall:.2f} | {tps[c]:,.1f} | {tps[c] / tps[levels[0]]:.2f}x "
+        rows.append(f"| {c} | {len(results)} | {len(results) / wall:.2f} | {tps[c]:,.1f} "
+                    f"| {tps[c] / tps[levels[0]]:.2f}x "
                     f"| {per_cpu} | {ceiling[c] / ceiling[levels[0]]:.2f}x "
                     f"| {pct(ttft, .5) * 1e3:,.0f} | {pct(ttft, .95) * 1e3:,.0f} | {pct(lat, .5) * 1e3:,.0f} "
                     f"| {pct(lat, .95) * 1e3:,.0f} | {complete}/{len(results)} | {own}/{len(results)} |")
@@ -234,12 +235,12 @@ def main():
              + (str(args.model) if args.model else f"random weights, TransformerConfig.{args.config}()"),
              f"- Workload: {args.requests} streaming completions per level (distinct prompts), "
              f"greedy, max_tokens {args.max_tokens}; N clients each send their next request when the last "
-             f"one ends; clients and server share the machine",
+             "one ends; clients and server share the machine",
              "- The machine was shared with other jobs while this ran: absolute figures are noisy; the ratios "
              "are measured in the same run, levels interleaved over repeats (medians by output tokens/s).", "",
-             f"| clients | requests | requests/s | output tok/s | vs 1 client | tok per server CPU-s | vs 1 client "
-             f"| bare decode step, batch N vs 1 | TTFT p50 ms | TTFT p95 ms | latency p50 ms | latency p95 ms "
-             f"| complete | own answer |",
+             "| clients | requests | requests/s | output tok/s | vs 1 client | tok per server CPU-s | vs 1 client "
+             "| bare decode step, batch N vs 1 | TTFT p50 ms | TTFT p95 ms | latency p50 ms | latency p95 ms "
+             "| complete | own answer |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|", *rows, "",
              "bare decode step: tokens/s of the model's KV-cache decode step alone at batch N over batch 1, in "
              "the benchmark process after the server stopped: the most batching could give on this machine.",

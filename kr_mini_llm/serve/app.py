@@ -54,7 +54,8 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None,
             raise APIError(404, f"The model '{name}' does not exist. This server serves '{model_name}'.",
                            "model", "model_not_found")
 
-    def submit(prompt: list[int], req: S._Request, stop_ids: tuple[int, ...], param: str) -> tuple[Stream, int]:
+    def submit(prompt: list[int], req: S.GenerationRequest, stop_ids: tuple[int, ...],
+               param: str) -> tuple[Stream, int]:
         room = engine.context_length - len(prompt)
         max_tokens = req.max_tokens if req.max_tokens is not None else max(room, 1)
         params = SamplingParams(

@@ -194,7 +194,7 @@ class Engine:
         self.device = generator.device
         self.config = self.model.config
         self.max_batch = max_batch
-        self.cache = KVCache.for_model(self.config, max_batch, self.context_length,
+        self.cache = KVCache.for_model(self.config, max_batch, self.context_length,  # the Generator's cache dtype
                                        dtype=generator._cache_dtype(), device=self.device)
         self._rows: list[_Sequence] = []
         self._queue: collections.deque[_Sequence] = collections.deque()

@@ -40,7 +40,8 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None, s
     errors = exc.errors()
     for e in errors:
         if e.get("type") == "json_invalid":
-            return (f"We could not parse the JSON body of your request ({e.get('ctx', {}).get('error', 'invalid JSON')}). "
+            reason = e.get("ctx", {}).get("error", "invalid JSON")
+            return (f"We could not parse the JSON body of your request ({reason}). "
                     "Send a valid JSON object with Content-Type: application/json.", None, "invalid_json")
     first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
     loc = [str(p) for p in first.get("loc", ()) if p != "body"]

@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from ..data.chat import ROLES
 
 
-class _Request(BaseModel):
+class GenerationRequest(BaseModel):
+    """What both completion routes share: the model, the answer's length and the sampling settings."""
     model_config = ConfigDict(extra="ignore")
 
     model: str
@@ -85,7 +86,7 @@ class ChatMessage(BaseModel):
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
 
 
-class ChatCompletionRequest(_Request):
+class ChatCompletionRequest(GenerationRequest):
     messages: List[ChatMessage] = Field(min_length=1)
     max_completion_tokens: Optional[int] = Field(None, ge=1)
 
@@ -96,7 +97,7 @@ class ChatCompletionRequest(_Request):
         return self
 
 
-class CompletionRequest(_Request):
+class CompletionRequest(GenerationRequest):
     prompt: Union[str, List[str]]
     max_tokens: Optional[int] = Field(16, ge=1)  # OpenAI's default for completions
     echo: bool = False
@@ -203,6 +204,6 @@ class ModelList(BaseModel):
     data: List[ModelCard]
 
 
-_Request.model_rebuild()
+GenerationRequest.model_rebuild()
 ChatCompletionRequest.model_rebuild()
 CompletionRequest.model_rebuild()

@@ -94,7 +94,9 @@ def http(url, body=None, method=None, headers=None, timeout=60):
     import urllib.error
     import urllib.request
 
-    data = json.dumps(body).encode() if isinstance(body, (dict, list)) else body.encode() if isinstance(body, str) else body
+    data = body.encode() if isinstance(body, str) else body
+    if isinstance(body, (dict, list)):
+        data = json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, method=method or ("POST" if data is not None else "GET"),
                                  headers={"Content-Type": "application/json", **(headers or {})})
     try:
