@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import statistics
 import subprocess
@@ -60,10 +61,7 @@ def start_server(model: Path, max_batch: int, threads: int | None) -> tuple[subp
     """scripts/serve.py on a free port: (process, host, port, served model name)."""
     cmd = [sys.executable, str(ROOT / "scripts" / "serve.py"), "--model", str(model), "--port", "0",
            "--max-batch", str(max_batch), "--log-level", "warning", "--device", "cpu"]
-    env = None
-    if threads:
-        import os
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
     line = proc.stdout.readline()  # serving 'NAME' on http://HOST:PORT  (...)
     if "http://" not in line:
@@ -132,7 +130,6 @@ async def run_level(host, port, model_name, prompts, concurrency, max_tokens) ->
 
 def cpu_seconds(pid: int) -> float | None:
     """User + system CPU time of a process so far (Linux /proc); None elsewhere."""
-    import os
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
@@ -184,6 +181,7 @@ def main():
     args = p.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     start = time.time()
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or make_random_model(Path(tmp), args.config)
         proc, host, port, name = start_server(model, max(levels), args.threads)
@@ -236,8 +234,10 @@ def main():
              f"- Workload: {args.requests} streaming completions per level (distinct prompts), "
              f"greedy, max_tokens {args.max_tokens}; N clients each send their next request when the last "
              "one ends; clients and server share the machine",
-             "- The machine was shared with other jobs while this ran: absolute figures are noisy; the ratios "
-             "are measured in the same run, levels interleaved over repeats (medians by output tokens/s).", "",
+             "- The machine was shared with other jobs while this ran (1-minute load average "
+             f"{load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end, on {os.cpu_count()} cores): "
+             "absolute figures are noisy; the ratios are measured in the same run, levels interleaved over "
+             "repeats (medians by output tokens/s).", "",
              "| clients | requests | requests/s | output tok/s | vs 1 client | tok per server CPU-s | vs 1 client "
              "| bare decode step, batch N vs 1 | TTFT p50 ms | TTFT p95 ms | latency p50 ms | latency p95 ms "
              "| complete | own answer |",
