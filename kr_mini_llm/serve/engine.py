@@ -5,8 +5,8 @@ a view of exactly those rows. One loop iteration:
 
     admit    queued requests take free rows: their prompts are prefilled together (right-padded)
     sample   every busy row picks its next token (own sampling settings, own seeded RNG)
-    emit     text pieces go to each request's stream; finished or cancelled requests leave,
-             the last busy row moving into the freed one
+    emit     text pieces go to each request's stream (all of a step in one event-loop call);
+             finished or cancelled requests leave, the busy rows behind them moving up
     decode   one forward of the model on [n, 1] new tokens, appending to the cache rows
 
 A request therefore joins the running batch at the next step and leaves it as soon as it is
