@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the system libraries the native build needs (yaml-cpp), if they are missing.
+# Installs the system libraries the native build needs (yaml-cpp), if they are missing,
+# and the browser the chat page test drives (chromium + chromium-driver, Debian/Ubuntu only).
 # Debian/Ubuntu: apt-get (as root or through sudo); macOS: Homebrew.
 set -euo pipefail
 
@@ -9,6 +10,20 @@ have_yaml_cpp() {
   done
   return 1
 }
+
+# ---- chat page browser test (issue 17): Debian's chromium + chromium-driver -------------------
+# tests/serve/test_chat_page.py drives the page with selenium through /usr/bin/chromedriver;
+# nothing downloads a browser at run time. Elsewhere the test says it needs them and is skipped.
+if [ "$(uname -s)" = Linux ] && command -v apt-get >/dev/null && \
+   { [ ! -x /usr/bin/chromedriver ] || ! command -v chromium >/dev/null; }; then
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  echo "installing chromium and chromium-driver with apt-get (browser test of the chat page)"
+  { $SUDO apt-get update -qq && \
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } || \
+    echo "warning: chromium + chromium-driver could not be installed; the chat page browser test will be skipped" >&2
+fi
+# ---- end of the chat page block -------------------------------------------------------------
 
 if have_yaml_cpp; then
   exit 0

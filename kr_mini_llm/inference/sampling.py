@@ -1,4 +1,4 @@
-"""Next-token choice from logits: repetition penalty, temperature, top-k, top-p (nucleus)."""
+"""Next-token choice from logits: repetition / frequency / presence penalties, temperature, top-k, top-p."""
 from __future__ import annotations
 
 import math
@@ -28,6 +28,17 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
         return logits
     penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
     return torch.where(seen, penalised, logits)
+
+
+def apply_frequency_presence_penalty(logits: torch.Tensor, counts: torch.Tensor, frequency: float,
+                                     presence: float) -> torch.Tensor:
+    """OpenAI-style: subtract frequency * count + presence * (count > 0) from each token's logit.
+
+    logits [B, V]; counts [B, V], how often each token was generated so far.
+    """
+    if frequency == 0.0 and presence == 0.0:
+        return logits
+    return logits - frequency * counts - presence * (counts > 0).to(logits.dtype)
 
 
 def filter_top_k_top_p(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:

@@ -37,6 +37,24 @@ class KVCache:
         view.max_length = self.max_length
         return view
 
+    def rows(self, start: int, stop: int) -> "KVCache":
+        """A view of sequences start .. stop-1 (writes land in this cache): a server decodes its busy
+        rows, or prefills new ones, without touching the rest."""
+        view = KVCache.__new__(KVCache)
+        view.k = [k[start:stop] for k in self.k]
+        view.v = [v[start:stop] for v in self.v]
+        view.lens = self.lens[start:stop]
+        view.max_length = self.max_length
+        return view
+
+    def move_row(self, src: int, dst: int) -> None:
+        """Copies sequence src (its filled positions and length) into row dst, e.g. to keep busy rows first."""
+        n = int(self.lens[src])
+        for k, v in zip(self.k, self.v):
+            k[dst, :n] = k[src, :n]
+            v[dst, :n] = v[src, :n]
+        self.lens[dst] = n
+
     @property
     def batch_size(self) -> int:
         return self.lens.shape[0]

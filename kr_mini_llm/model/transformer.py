@@ -29,6 +29,7 @@ class Transformer(nn.Module):
                                         the token that follows input_ids[b, t] (already shifted);
                                         ignore_index positions are skipped.
     model(input_ids, kv_cache=cache) -> logits of the new tokens; their K/V go into the cache.
+    last_logits_only / logits_at=[B] positions: logits of the last / of one given position per row.
     """
 
     def __init__(self, config: TransformerConfig, ops_impl: str = "fused"):
@@ -104,7 +105,7 @@ class Transformer(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, *,
                 kv_cache: KVCache | None = None, ignore_index: int = -100,
-                last_logits_only: bool = False):
+                last_logits_only: bool = False, logits_at: torch.Tensor | None = None):
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [batch, seq_len], got shape {tuple(input_ids.shape)}")
         B, T = input_ids.shape
@@ -128,6 +129,8 @@ class Transformer(nn.Module):
                 h, w = h.to(dt), w.to(dt)
             return self.ops.linear_cross_entropy(h.reshape(B * T, -1), w, labels.reshape(-1),
                                                  ignore_index=ignore_index)
-        if last_logits_only:
+        if logits_at is not None:  # [B] one position per row (right-padded batches): logits [B, 1, V]
+            h = h[torch.arange(B, device=h.device), logits_at.to(h.device)].unsqueeze(1)
+        elif last_logits_only:
             h = h[:, -1:]
         return self.lm_head(h)

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from kr_mini_llm.inference.sampling import apply_repetition_penalty, filter_top_k_top_p, sample_next
+from kr_mini_llm.inference.sampling import (apply_frequency_presence_penalty, apply_repetition_penalty,
+                                            filter_top_k_top_p, sample_next)
 
 
 def test_top_k_keeps_exactly_the_k_largest():
@@ -57,3 +58,17 @@ def test_repetition_penalty(penalty):
     seen = torch.tensor([[True, True, False]])
     out = apply_repetition_penalty(logits, seen, penalty)
     assert torch.allclose(out, torch.tensor([[2.0 / penalty, -2.0 * penalty, 1.0]]))
+
+
+def test_frequency_and_presence_penalty_follow_openai_formula():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 40, dtype=torch.float64, generator=g)
+    counts = torch.randint(0, 4, (3, 40), generator=g).double()
+    out = apply_frequency_presence_penalty(logits, counts, 0.7, -0.4)
+    expected = torch.empty_like(logits)
+    for b in range(3):
+        for v in range(40):
+            c = counts[b, v].item()
+            expected[b, v] = logits[b, v] - 0.7 * c - (-0.4) * (1.0 if c > 0 else 0.0)
+    torch.testing.assert_close(out, expected)
+    assert apply_frequency_presence_penalty(logits, counts, 0.0, 0.0) is logits

@@ -96,6 +96,32 @@ def test_kv_cache_decoding_matches_full_forward(changes):
     assert cache.lens.tolist() == [23, 23]
 
 
+def test_right_padded_prefill_into_cache_rows_then_decode_matches_full_forward():
+    """What the server does: prompts of different lengths prefilled together (right-padded) into rows
+    2..4 of a cache, logits taken at each prompt's last token, lengths set back, rows moved, decoded."""
+    torch.manual_seed(0)
+    m = Transformer(tiny()).eval()
+    prompts = [torch.randint(0, 97, (n,)) for n in (5, 11, 8)]
+    nxt = torch.randint(0, 97, (3, 1))
+    with torch.no_grad():
+        cache = KVCache.for_model(m.config, batch_size=5, max_length=32)
+        view = cache.rows(2, 5)
+        ids = torch.zeros(3, 11, dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, :len(p)] = p
+        lengths = torch.tensor([5, 11, 8])
+        first = m(ids, kv_cache=view, logits_at=lengths - 1)[:, -1]
+        view.lens.copy_(lengths)
+        for src, dst in ((2, 0), (3, 1), (4, 2)):  # keep the busy rows first, as the server does
+            cache.move_row(src, dst)
+        step = m(nxt, kv_cache=cache.rows(0, 3), last_logits_only=True)[:, -1]
+        for i, p in enumerate(prompts):
+            full = m(torch.cat([p, nxt[i]]).unsqueeze(0))[0]
+            torch.testing.assert_close(first[i], full[len(p) - 1], atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(step[i], full[-1], atol=1e-4, rtol=1e-4)
+    assert cache.lens[:3].tolist() == [6, 12, 9]
+
+
 def test_gradient_checkpointing_gives_the_same_gradients():
     torch.manual_seed(0)
     a = Transformer(tiny())

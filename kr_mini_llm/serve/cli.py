@@ -1,0 +1,115 @@
+"""`scripts/serve.py` (= `python -m kr_mini_llm.serve`): load a model as the Generator does and serve it.
+
+    python scripts/serve.py --model checkpoints/demo                  # http://127.0.0.1:8000
+    python scripts/serve.py --model checkpoints/demo --adapter-path adapters/demo --max-batch 16
+    KR_MINI_LLM_API_KEY=secret python scripts/serve.py --model checkpoints/demo --host 0.0.0.0
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import ipaddress
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+
+log = logging.getLogger("kr_mini_llm.serve")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="serve.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="checkpoint directory or training output directory")
+    p.add_argument("--adapter-path", "--adapter_path", dest="adapter_path",
+                   help="LoRA adapters from scripts/lora.py to apply (unfused)")
+    p.add_argument("--dtype", default=None,
+                   help="weight dtype, passed to Generator.from_pretrained when it takes one (default: its default)")
+    p.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer.model if the checkpoint has none")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (0: any free port, printed at start)")
+    p.add_argument("--api-key", "--api_key", dest="api_key", default=os.environ.get("KR_MINI_LLM_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' on /v1 (default: $KR_MINI_LLM_API_KEY, else none)")
+    p.add_argument("--max-batch", "--max_batch", dest="max_batch", type=int, default=8,
+                   help="rows of the KV cache: requests generated together (default 8)")
+    p.add_argument("--served-model-name", dest="served_model_name",
+                   help="the model id clients send (default: the model directory's name)")
+    p.add_argument("--max-body-bytes", dest="max_body_bytes", type=int, default=1 << 20,
+                   help="largest request body accepted (default 1 MiB)")
+    p.add_argument("--log-level", dest="log_level", default="info", choices=["debug", "info", "warning", "error"])
+    args = p.parse_args(argv)
+    if args.max_batch < 1:
+        p.error(f"--max-batch must be >= 1, got {args.max_batch}")
+    if not 0 <= args.port <= 65535:
+        p.error(f"--port must be in 0..65535, got {args.port}")
+    return args
+
+
+def load_generator(model: str, adapter_path=None, dtype: str | None = None, device=None, tokenizer=None):
+    """Generator.from_pretrained, with `dtype` passed on only when the loader takes one."""
+    from ..inference import Generator
+
+    kwargs = dict(device=device, tokenizer_path=tokenizer, adapter_path=adapter_path)
+    if dtype is not None:
+        if "dtype" in inspect.signature(Generator.from_pretrained).parameters:
+            kwargs["dtype"] = dtype
+        elif dtype not in ("float32", "fp32"):
+            raise ValueError(f"--dtype {dtype}: this version of Generator.from_pretrained loads float32 weights "
+                             "only; leave --dtype out or pass --dtype float32")
+    return Generator.from_pretrained(model, **kwargs)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    sock.listen(2048)  # from here on, clients queue until uvicorn accepts (it starts just after)
+    return sock
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import uvicorn
+
+    from ..lora.apply import LoRAError
+    from ..training import CheckpointError
+    from .app import create_app
+    from .engine import Engine
+
+    try:
+        generator = load_generator(args.model, args.adapter_path, args.dtype, args.device, args.tokenizer)
+        sock = _listen(args.host, args.port)
+    except (CheckpointError, FileNotFoundError, LoRAError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    name = args.served_model_name or Path(args.model).resolve().name
+    engine = Engine(generator, max_batch=args.max_batch)
+    app = create_app(engine, name, api_key=args.api_key, max_body_bytes=args.max_body_bytes)
+    if not _is_loopback(args.host) and not args.api_key:
+        log.warning("listening on %s without --api-key: anyone who can reach this address can use the model",
+                    args.host)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    print(f"serving '{name}' on http://{shown}:{port}  (chat page: /, API: /v1, max batch {args.max_batch}, "
+          f"context {engine.context_length}, device {generator.device})", flush=True)
+    config = uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=5)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:  # Ctrl-C: uvicorn has shut down gracefully, then re-raised the signal
+        pass
+    return 0
