@@ -52,6 +52,8 @@ def evaluate_loss(model, dataset: SFTDataset, batch_size: int, max_batches: int,
 
 
 class LoRATrainer(Trainer):
+    check_memory = False  # frozen base: no gradients or optimizer state for most weights
+
     def __init__(self, cfg: LoRAConfig, base: BaseModel, train_set: SFTDataset, valid_set: SFTDataset,
                  show_progress: bool = True, overwrite: bool = False, log=print):
         self.lora, self.base, self.train_set, self.valid_set, self.log = cfg, base, train_set, valid_set, log
