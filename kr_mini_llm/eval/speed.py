@@ -22,9 +22,9 @@ def _measure(model_dir: str, prompt_ids: list[int], new_tokens: int, repeats: in
         torch.set_num_threads(threads)
     gen = Generator.from_pretrained(model_dir, device=device)
     ctx = gen.model.config.max_seq_length
-    prompt = prompt_ids[:max(1, min(len(prompt_ids), ctx - new_tokens - 1))]
-    if len(prompt) + new_tokens >= ctx:
-        new_tokens = max(1, ctx - len(prompt) - 1)
+    # The full prompt when the context allows it with at least 16 new tokens; new tokens yield first.
+    prompt = prompt_ids[:max(1, min(len(prompt_ids), ctx - 17))]
+    new_tokens = max(1, min(new_tokens, ctx - len(prompt) - 1))
 
     def once(n):
         t0 = time.perf_counter()

@@ -10,7 +10,7 @@ def eval_checkpoint(token_data, tmp_path_factory):
     tokens, tok = token_data
     out = tmp_path_factory.mktemp("eval_run")
     model_config = TransformerConfig(vocab_size=512, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
-                                     intermediate_size=128, max_seq_length=128)
+                                     intermediate_size=128, max_seq_length=256)
     config = TrainingConfig.from_dict({
         "device": "cpu", "seed": 3, "output_dir": str(out),
         "train": {"batch_size": 4, "max_seq_length": 64, "learning_rate": 3e-3, "warmup_steps": 2, "max_steps": 12,
