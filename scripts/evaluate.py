@@ -20,8 +20,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_common import environment  # noqa: E402  (scripts/ is on sys.path when run as a script)
+from bench_common import environment  # noqa: E402  (the machine, torch and ISA lines of the benchmarks)
 
 from kr_mini_llm.eval import DEFAULT_PROMPTS, EvalError, PromptsError, read_prompts  # noqa: E402
 from kr_mini_llm.eval.report import evaluate_models, write_report  # noqa: E402

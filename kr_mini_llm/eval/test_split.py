@@ -38,6 +38,8 @@ def split_documents(text: str) -> list[str]:
 class TestSplit:
     """The test split: token shards (--tokens) and/or the processed text (test.txt)."""
 
+    __test__ = False  # not a pytest test class, despite the name
+
     tokens_dir: Path | None
     text_path: Path | None
 

@@ -1,4 +1,5 @@
 """Attention maps: the recorded weights against a direct computation, the PNGs, and bad input."""
+import importlib.util
 import os
 import subprocess
 import sys
@@ -72,22 +73,30 @@ def test_korean_font_is_found_or_named(monkeypatch):
         find_korean_font()
 
 
-def _visualize(*args):
+def _script():
+    spec = importlib.util.spec_from_file_location("visualize_attention", ROOT / "scripts/visualize_attention.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_script_pngs_and_errors(eval_checkpoint, tmp_path, capsys):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, str(ROOT / "scripts/visualize_attention.py"), *map(str, args)],
-                          capture_output=True, text=True, env=env, timeout=600)
-
-
-def test_script_pngs_and_errors(eval_checkpoint, tmp_path):
-    r = _visualize("--model", eval_checkpoint, "--prompt", "오늘 날씨가 맑다", "--output", tmp_path / "a")
+    r = subprocess.run([sys.executable, str(ROOT / "scripts/visualize_attention.py"), "--model", str(eval_checkpoint),
+                        "--prompt", "오늘 날씨가 맑다", "--output", str(tmp_path / "a")],
+                       capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr
     pngs = sorted((tmp_path / "a").glob("*.png"))
     assert [p.name for p in pngs] == ["layer_00.png", "layer_01.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
-    r = _visualize("--model", eval_checkpoint, "--prompt", "가", "--layer", "1", "--head", "3", "--output", tmp_path / "b")
-    assert r.returncode == 0 and [p.name for p in (tmp_path / "b").glob("*.png")] == ["layer_01_head_03.png"]
+    main = _script().main
+    assert main(["--model", str(eval_checkpoint), "--prompt", "가", "--layer", "1", "--head", "3",
+                 "--output", str(tmp_path / "b")]) == 0
+    assert [p.name for p in (tmp_path / "b").glob("*.png")] == ["layer_01_head_03.png"]
     for flag, value, msg in (("--layer", "2", "--layer 2 does not exist: the model has 2 layers"),
                              ("--head", "-1", "--head -1 does not exist: the model has 4 heads")):
-        r = _visualize("--model", eval_checkpoint, "--prompt", "가", flag, value, "--output", tmp_path / "c")
-        assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr
-    assert not (tmp_path / "c").exists() or not list((tmp_path / "c").iterdir())
+        capsys.readouterr()
+        assert main(["--model", str(eval_checkpoint), "--prompt", "가", flag, value,
+                     "--output", str(tmp_path / "c")]) == 2
+        assert msg in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
