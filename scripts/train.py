@@ -92,7 +92,8 @@ def print_memory_estimate(config, model_config, device) -> None:
 
 
 def report_overfit(trainer, result) -> int:
-    first, last = trainer.first_loss, result["val_loss"]
+    first = trainer.first_loss if trainer.first_loss is not None else float("nan")  # resumed at the end
+    last = result["val_loss"]
     if last < OVERFIT_LOSS:
         print(f"\n✅ overfit one batch: loss {first:.4f} → {last:.4f} in {result['step']} steps: the model, "
               "loss and optimizer learn")
@@ -154,8 +155,9 @@ def main(argv=None) -> int:
             return 0
         if RANK == 0:
             print_summary(args, config, model_config, device)
-        trainer = (OverfitTrainer if args.overfit_batch else Trainer)(model_config, config, resume_from=args.resume_from, show_progress=not args.no_progress,
-                          overwrite=args.overwrite_output_dir, sampler=Generator.sample_during_training)
+        trainer_class = OverfitTrainer if args.overfit_batch else Trainer
+        trainer = trainer_class(model_config, config, resume_from=args.resume_from, show_progress=not args.no_progress,
+                                overwrite=args.overwrite_output_dir, sampler=Generator.sample_during_training)
         if RANK == 0:
             if args.resume_from:
                 print(f"▶️  {args.resume_from} 에서 이어서 학습: step {trainer.step}")

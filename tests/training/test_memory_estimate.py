@@ -4,44 +4,18 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 
 from kr_mini_llm import TransformerConfig
-from kr_mini_llm.model import Transformer
 from kr_mini_llm.training import TrainingConfig
-from kr_mini_llm.training.memory import allocated_peak_bytes
+from kr_mini_llm.training.memory import training_step_peak_bytes
 from kr_mini_llm.training.memory_advice import memory_advice
-from kr_mini_llm.training.optim import build_optimizer
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = dict(vocab_size=512, hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=344,
              max_seq_length=256)
-
-
-def measured_step_peak(config, batch, seq, precision, checkpointing):
-    """Peak bytes torch allocates to build the model and optimizer and run two optimizer steps
-    as the Trainer does (the second one with the optimizer state in place)."""
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randint(0, config.vocab_size, (batch, seq), generator=gen)
-    y = torch.randint(0, config.vocab_size, (batch, seq), generator=gen)
-    amp = {"fp32": None, "bf16": torch.bfloat16}[precision]
-    train = SimpleNamespace(weight_decay=0.1, learning_rate=1e-3, beta1=0.9, beta2=0.95)
-
-    def run():
-        model = Transformer(config).set_gradient_checkpointing(checkpointing).train()
-        opt = build_optimizer(model, train, torch.device("cpu"))
-        for _ in range(2):
-            with torch.autocast("cpu", dtype=amp, enabled=amp is not None):
-                loss = model(x, y)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-
-    return allocated_peak_bytes(run)
 
 
 @pytest.mark.parametrize("config, batch, seq, precision, checkpointing", [
@@ -52,7 +26,7 @@ def measured_step_peak(config, batch, seq, precision, checkpointing):
 ], ids=["tiny-fp32", "small-bf16-checkpointing", "qknorm-tied-bf16"])
 def test_estimate_within_15_percent_of_measured_peak(config, batch, seq, precision, checkpointing):
     est = config.estimate_memory(batch, seq, precision, "adamw", checkpointing)
-    measured = measured_step_peak(config, batch, seq, precision, checkpointing)
+    measured = training_step_peak_bytes(config, batch, seq, precision, checkpointing)
     assert abs(est.total_bytes - measured) <= 0.15 * measured, (est.total_bytes / 2**20, measured / 2**20)
     # the parts: parameters, gradients and AdamW state are exact multiples of the parameter count
     P = config.num_parameters
