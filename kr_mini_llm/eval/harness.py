@@ -114,14 +114,13 @@ class KrMiniLLM(TemplateLM):
     @torch.no_grad()
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
         """requests: ((context, continuation), context_ids, continuation_ids) -> (log p, is greedy)."""
-        order = sorted(range(len(requests)), key=lambda i: -len(requests[i][1]) - len(requests[i][2]))
-        results: list = [None] * len(requests)
+        results: list = [(0.0, True) if not r[2] else None for r in requests]   # empty continuation: log 1
+        order = sorted((i for i, r in enumerate(requests) if r[2]),          # longest first: less padding
+                       key=lambda i: -len(requests[i][1]) - len(requests[i][2]))
         for idx in _batches(order, self.batch_size):
             rows, conts = [], []
             for i in idx:
                 _, ctx, cont = requests[i]
-                if not cont:
-                    raise ValueError(f"lm-eval request {i}: empty continuation")
                 seq = (ctx + cont)[-(self.max_length + 1):]   # keep the end, as the harness's models do
                 rows.append(seq[:-1])
                 conts.append(cont[-len(seq[:-1]):] if len(cont) > len(seq) - 1 else cont)
@@ -136,7 +135,8 @@ class KrMiniLLM(TemplateLM):
                 target = torch.tensor(cont, device=logp.device)
                 score = float(logp.gather(1, target[:, None]).sum())
                 results[i] = (score, bool((logp.argmax(-1) == target).all()))
-                self.cache_hook.add_partial("loglikelihood", requests[i][0], results[i])
+                if requests[i][0] is not None:     # rolling windows are cached as their whole text
+                    self.cache_hook.add_partial("loglikelihood", requests[i][0], results[i])
         return results
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
@@ -148,11 +148,13 @@ class KrMiniLLM(TemplateLM):
             for ctx, cont in map(make_disjoint_window, get_rolling_token_windows(
                     token_list=self.tok_encode(text, add_special_tokens=False), prefix_token=self.prefix_token_id,
                     max_seq_len=self.max_length, context_len=1)):
-                windows.append(((None, None), ctx, cont))
+                windows.append((None, ctx, cont))
                 owner.append(n)
         totals = [0.0] * len(requests)
         for n, (score, _) in zip(owner, self._loglikelihood_tokens(windows, disable_tqdm=True)):
             totals[n] += score
+        for req, total in zip(requests, totals):
+            self.cache_hook.add_partial("loglikelihood_rolling", req.args, total)
         return totals
 
     # -- generation ------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ def test_loglikelihood_matches_direct_scores_in_any_batch(lm):
         ids = [tok.bos_id] + tok.encode(ctx) + cont_ids
         assert score == pytest.approx(_direct_logprob(lm.model, ids, len(cont_ids)), abs=1e-3)
         assert isinstance(greedy, bool)
+    assert lm.loglikelihood([_req("loglikelihood", "오늘", "")]) == [(0.0, True)]   # log 1
     one = KrMiniLLM.__new__(KrMiniLLM)
     one.__dict__.update(lm.__dict__, _batch_size=1)
     assert [s for s, _ in one.loglikelihood([_req("loglikelihood", c, x) for c, x in pairs])] == \
