@@ -36,7 +36,9 @@ def _load(model_dir, device):
         raise EvalError(f"--model {str(model_dir)!r}: {e}") from None
     missing = [f for f in MODEL_FILES if not (ckpt / f).is_file()]
     if missing:
-        hint = "; its tokenizer: copy the tokenizer.model it was trained with into it" if "tokenizer.model" in missing else ""
+        hint = "; copy the tokenizer.model it was trained with into it" if "tokenizer.model" in missing else ""
+        if "model.safetensors" in missing and (ckpt / "dcp").is_dir():
+            hint += "; it is a sharded (FSDP) checkpoint: consolidate it first with scripts/consolidate.py"
         raise EvalError(f"--model {str(model_dir)!r}: checkpoint {str(ckpt)!r} lacks {', '.join(missing)}{hint}")
     return ckpt, Generator.from_pretrained(ckpt, device=device)
 
