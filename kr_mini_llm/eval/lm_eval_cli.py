@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
-HUB_TASKS = ("kobest_boolq", "kobest_copa", "kobest_hellaswag", "kobest_sentineg", "kobest_wic", "haerae", "kmmlu")
 
 
 def _with_include_path(argv: list[str]) -> list[str]:

@@ -41,7 +41,6 @@ def test_loglikelihood_matches_direct_scores_in_any_batch(lm):
              ("", "작은 고양이가 강가에서 연을 날렸습니다."), ("짧은 문맥 ", "끝."), ("비 오는 날", " 우리는")]
     got = lm.loglikelihood([_req("loglikelihood", c, x) for c, x in pairs])
     for (ctx, cont), (score, greedy) in zip(pairs, got):
-        spaces = len(ctx) - len(ctx.rstrip())
         ctx, cont = ctx.rstrip(), ctx[len(ctx.rstrip()):] + cont
         cont_ids = tok.encode(ctx + cont)[len(tok.encode(ctx)):] if ctx else tok.encode(cont)
         ids = [tok.bos_id] + tok.encode(ctx) + cont_ids
