@@ -4,6 +4,18 @@
 # Debian/Ubuntu: apt-get (as root or through sudo); macOS: Homebrew.
 set -euo pipefail
 
+# ---- Korean font for Hangul labels in plots (scripts/visualize_attention.py) --------------------
+# Debian/Ubuntu: fonts-nanum. Elsewhere (macOS ships Apple SD Gothic Neo) nothing is installed;
+# a missing font is reported by the script that needs it, so a failure here is not fatal.
+if [ "$(uname -s)" = Linux ] && command -v apt-get >/dev/null && ! ls /usr/share/fonts/truetype/nanum/NanumGothic*.ttf >/dev/null 2>&1; then
+  FONT_SUDO=""
+  [ "$(id -u)" -ne 0 ] && FONT_SUDO="sudo"
+  echo "installing fonts-nanum with apt-get (Korean font for plots)"
+  { $FONT_SUDO apt-get update -qq && $FONT_SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-nanum; } \
+    || echo "could not install fonts-nanum; scripts/visualize_attention.py will ask for a Korean font" >&2
+fi
+# ---- end Korean font -------------------------------------------------------------------------------
+
 have_yaml_cpp() {
   for d in /usr/include /usr/local/include /opt/homebrew/include; do
     [ -f "$d/yaml-cpp/yaml.h" ] && return 0

@@ -5,6 +5,8 @@
         [--output_dir DIR] [--resume_from DIR] [--set train.max_steps=100 ...]
     python scripts/train.py --resume_from checkpoints/checkpoint-5000/   # configs come from the checkpoint
     torchrun --nproc_per_node=N scripts/train.py ...   # N processes: DDP, or FSDP2 with --set train.distributed=fsdp
+    python scripts/train.py --config ... --model_config ... --estimate_memory   # memory of a step, then exit
+    python scripts/train.py --config ... --model_config configs/model_tiny.yaml --overfit_batch   # sanity run
 """
 import argparse
 import os
@@ -19,6 +21,8 @@ from kr_mini_llm.inference import Generator
 from kr_mini_llm.training import CheckpointError, Trainer, TrainingConfig, TrainingStopped, resolve_checkpoint
 from kr_mini_llm.training.device import autocast_dtype, pick_device
 from kr_mini_llm.training.run_lock import RunLockedError
+from kr_mini_llm.training.memory_advice import available_memory_bytes, estimate_for_run, memory_advice
+from kr_mini_llm.training.overfit import OVERFIT_LOSS, OverfitTrainer, overfit_config
 from kr_mini_llm.training.distributed import (RankFailedError, close_distributed, env_world_size,
                                               explain_collective_failure)
 
@@ -40,6 +44,13 @@ def parse_args(argv=None):
     p.add_argument("--overwrite_output_dir", action="store_true",
                    help="start afresh even if the output directory holds checkpoints (they are deleted)")
     p.add_argument("--no_progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
+    p.add_argument("--estimate_memory", action="store_true",
+                   help="print the memory one training step needs (parameters, gradients, optimizer state, "
+                        "activations), what is available and, if short, the remedies; then exit")
+    p.add_argument("--overfit_batch", action="store_true",
+                   help=f"sanity run: train on one repeated batch until the loss is near zero "
+                        f"(< {OVERFIT_LOSS}); output in OUTPUT_DIR/overfit_batch unless --output_dir is given")
+    p.add_argument("--overfit_steps", type=int, default=300, help="steps of --overfit_batch (default 300)")
     return p.parse_args(argv)
 
 
@@ -57,13 +68,41 @@ def load_configs(args):
         model_config = TransformerConfig.from_yaml(ckpt / "model_config.yaml")
     else:
         raise ConfigError("--model_config is required (or --resume_from a checkpoint, whose model config is used)")
+    if args.overfit_batch:
+        config = overfit_config(config, args.overfit_steps)
     if args.set:
         config = config.with_overrides(args.set)
     if args.output_dir:
         config = config.replace(output_dir=args.output_dir)
     elif ckpt is not None and not args.config:
         config = config.replace(output_dir=str(ckpt.parent))
+    elif args.overfit_batch:
+        config = config.replace(output_dir=str(Path(config.output_dir) / "overfit_batch"))
     return config, model_config
+
+
+def print_memory_estimate(config, model_config, device) -> None:
+    t = config.train
+    est = estimate_for_run(model_config, t, device)
+    print(est)
+    available = available_memory_bytes(device, config.mps_memory_fraction)
+    if available is not None:
+        print(f"  available on {device.type}: {available / 2**30:.3f} GiB")
+    advice = memory_advice(model_config, t, device, available)
+    print(advice if advice else "  ✅ fits")
+
+
+def report_overfit(trainer, result) -> int:
+    first = trainer.first_loss if trainer.first_loss is not None else float("nan")  # resumed at the end
+    last = result["val_loss"]
+    if last < OVERFIT_LOSS:
+        print(f"\n✅ overfit one batch: loss {first:.4f} → {last:.4f} in {result['step']} steps: the model, "
+              "loss and optimizer learn")
+        return 0
+    print(f"\n❌ overfit one batch: loss {first:.4f} → {last:.4f} in {result['step']} steps, not below "
+          f"{OVERFIT_LOSS}: check the learning rate (--set train.learning_rate=...), more --overfit_steps, "
+          "or a bug in the model or data", file=sys.stderr)
+    return 5
 
 
 def print_summary(args, config, model_config, device):
@@ -112,10 +151,14 @@ def main(argv=None) -> int:
     try:
         config, model_config = load_configs(args)
         device = pick_device(config.device)
+        if args.estimate_memory:
+            print_memory_estimate(config, model_config, device)
+            return 0
         if RANK == 0:
             print_summary(args, config, model_config, device)
-        trainer = Trainer(model_config, config, resume_from=args.resume_from, show_progress=not args.no_progress,
-                          overwrite=args.overwrite_output_dir, sampler=Generator.sample_during_training)
+        trainer_class = OverfitTrainer if args.overfit_batch else Trainer
+        trainer = trainer_class(model_config, config, resume_from=args.resume_from, show_progress=not args.no_progress,
+                                overwrite=args.overwrite_output_dir, sampler=Generator.sample_during_training)
         if RANK == 0:
             if args.resume_from:
                 print(f"▶️  {args.resume_from} 에서 이어서 학습: step {trainer.step}")
@@ -139,6 +182,8 @@ def main(argv=None) -> int:
         close_distributed()
     if RANK != 0:
         return 0
+    if args.overfit_batch:
+        return report_overfit(trainer, result)
     print(f"\n{RULE}\n✅ 학습 종료 ({result['stop_reason']}): step {result['step']}, "
           f"{result['tokens_seen']:,} tokens, {result['elapsed_s'] / 60:.1f} min")
     print(f"   - Validation loss: {result['val_loss']:.4f} (perplexity {result['val_ppl']:.1f}, "

@@ -6,8 +6,10 @@
 Writes <output>.model and <output>.vocab (models/tokenizer.model). Fixed ids: <pad>=0 <unk>=1
 <s>=2 </s>=3 <|im_start|>=4 <|im_end|>=5; byte fallback; Korean character coverage 0.9995.
 --input takes the same inputs as prepare_data.py (.txt, .jsonl, dumps): non-.txt inputs are
-read and normalised into a temporary text file first. Reports bytes/token and chars/token on
---valid (default data/processed/valid.txt when it exists).
+read and normalised into a temporary text file first. When done, reports the tokenizer's
+figures (chars and bytes per token, byte-fallback share, unknown pieces: the same as
+scripts/evaluate.py's) on --valid (default: valid.txt beside the first --input, else
+data/processed/valid.txt, when it exists).
 """
 import argparse
 import sys
@@ -20,16 +22,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from kr_mini_llm.data.readers import InputError, expand_inputs, read_documents  # noqa: E402
 from kr_mini_llm.data.cleaning import normalize_text  # noqa: E402
 from kr_mini_llm.data.tokenizer import Tokenizer, train_tokenizer  # noqa: E402
+from kr_mini_llm.eval.tokenizer_stats import format_tokenizer_stats, tokenizer_stats  # noqa: E402
 
 
-def compression(tok: Tokenizer, path: Path):
-    """(bytes/token, chars/token, tokens) over the paragraphs of a text file."""
-    lines = [ln for ln in path.read_text(encoding="utf-8").split("\n") if ln]
-    ids = tok.encode(lines)
-    n_tok = sum(map(len, ids))
-    n_bytes = sum(len(ln.encode("utf-8")) for ln in lines)
-    n_chars = sum(map(len, lines))
-    return n_bytes / max(n_tok, 1), n_chars / max(n_tok, 1), n_tok
+def default_valid(inputs) -> Path:
+    beside = Path(inputs[0]).parent / "valid.txt"
+    return beside if beside.is_file() else Path("data/processed/valid.txt")
 
 
 def main(argv=None):
@@ -67,10 +65,10 @@ def main(argv=None):
     tok = Tokenizer(model)
     print(f"wrote {model} and {model.with_suffix('.vocab')}: {a.model_type}, vocab {tok.vocab_size}, "
           f"fingerprint {tok.fingerprint}, {time.perf_counter() - t0:.1f} s")
-    valid = Path(a.valid) if a.valid else Path("data/processed/valid.txt")
+    valid = Path(a.valid) if a.valid else default_valid(a.input)
     if valid.is_file():
-        bpt, cpt, n = compression(tok, valid)
-        print(f"{valid}: {n:,} tokens, {bpt:.3f} bytes/token, {cpt:.3f} chars/token")
+        lines = [ln for ln in valid.read_text(encoding="utf-8").split("\n") if ln]
+        print(f"{valid}: {format_tokenizer_stats(tokenizer_stats(tok, lines))}")
     elif a.valid:
         print(f"error: --valid {a.valid!r} not found", file=sys.stderr)
         return 2

@@ -43,16 +43,7 @@ def render_chat(messages: Sequence[Dict[str, str]], add_generation_prompt: bool 
 
 def _encode_text(tokenizer, text: str) -> List[int]:
     """Encode text, keeping literal '<|im_start|>'/'<|im_end|>' strings as ordinary text."""
-    if IM_START not in text and IM_END not in text:
-        return tokenizer.encode(text) if text else []
-    ids: List[int] = []
-    for i in tokenizer.encode(text):
-        if i == tokenizer.im_start_id or i == tokenizer.im_end_id:
-            literal = IM_START if i == tokenizer.im_start_id else IM_END
-            ids.extend(tokenizer.piece_to_id(f"<0x{b:02X}>") for b in literal.encode("utf-8"))  # byte pieces
-        else:
-            ids.append(i)
-    return ids
+    return tokenizer.encode(text, special_tokens=False) if text else []
 
 
 def encode_chat(messages: Sequence[Dict[str, str]], tokenizer, add_generation_prompt: bool = False,

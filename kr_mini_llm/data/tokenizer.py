@@ -3,14 +3,25 @@
 Fixed ids (the model config defaults rely on them):
   pad=0 <pad>, unk=1 <unk>, bos=2 <s>, eos=3 </s>, 4 <|im_start|>, 5 <|im_end|>
 Training uses byte fallback (no unknown characters), no text normalisation (the cleaner
-already did NFC) and no dummy prefix / whitespace collapsing, so decode(encode(t)) == t for
-any NFC text, and encodings of consecutive pieces of text concatenate (the chat template
-relies on that).
+already did NFC) and no dummy prefix / whitespace collapsing.
+
+`Tokenizer.encode` is the one entrance every text goes through on its way to the model
+(prompts, `Generator.generate`/`chat`, the chat template, SFT/LoRA data, token shards, the
+server): it normalises to Unicode NFC there, so decomposed input (NFD jamo, as macOS file
+names and some input methods give) gets the ids the model was trained on. Hence
+encode(nfd) == encode(nfc) and decode(encode(s)) == NFC(s) for any string s. SentencePiece
+writes spaces as U+2581 "▁" inside pieces, so a literal "▁" in the text is encoded as its
+three byte pieces (else it would decode as a space). With `special_tokens=False` the strings
+"<|im_start|>"/"<|im_end|>" stay text too (byte pieces, never the control ids): the chat
+template encodes message contents that way. Encodings of consecutive pieces of NFC text
+concatenate (the chat template relies on that).
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import re
+import unicodedata
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -19,6 +30,7 @@ __all__ = ["Tokenizer", "TokenizerError", "train_tokenizer", "SPECIAL_TOKENS", "
 
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 PAD_ID, UNK_ID, BOS_ID, EOS_ID, IM_START_ID, IM_END_ID = 0, 1, 2, 3, 4, 5
+_SPACE_MARK = "\u2581"   # SentencePiece's meta symbol for a space
 SPECIAL_TOKENS = {"<pad>": PAD_ID, "<unk>": UNK_ID, "<s>": BOS_ID, "</s>": EOS_ID,
                   IM_START: IM_START_ID, IM_END: IM_END_ID}
 
@@ -75,11 +87,40 @@ class Tokenizer:
     def __len__(self) -> int:
         return self.vocab_size
 
-    def encode(self, text: Union[str, Sequence[str]], add_bos: bool = False, add_eos: bool = False):
-        """str -> list[int]; list of str -> list[list[int]] (encoded by sentencepiece's threads)."""
+    def encode(self, text: Union[str, Sequence[str]], add_bos: bool = False, add_eos: bool = False,
+               special_tokens: bool = True):
+        """str -> list[int]; list of str -> list[list[int]] (encoded by sentencepiece's threads).
+
+        The text is normalised to NFC first (see the module doc). special_tokens=False keeps
+        "<|im_start|>"/"<|im_end|>" written in the text as text instead of the control ids."""
         if isinstance(text, str):
+            return self._encode_one(text, add_bos, add_eos, special_tokens)
+        texts = [unicodedata.normalize("NFC", t) for t in text]
+        plain = [not self._needs_split(t, special_tokens) for t in texts]
+        out = self.sp.encode([t for t, p in zip(texts, plain) if p], add_bos=add_bos, add_eos=add_eos,
+                             num_threads=self.num_threads)
+        it = iter(out)
+        return [next(it) if p else self._encode_one(t, add_bos, add_eos, special_tokens)
+                for t, p in zip(texts, plain)]
+
+    @staticmethod
+    def _needs_split(text: str, special_tokens: bool) -> bool:
+        return _SPACE_MARK in text or not special_tokens and (IM_START in text or IM_END in text)
+
+    def _encode_one(self, text: str, add_bos: bool, add_eos: bool, special_tokens: bool):
+        text = unicodedata.normalize("NFC", text)
+        if not self._needs_split(text, special_tokens):
             return self.sp.encode(text, add_bos=add_bos, add_eos=add_eos)
-        return self.sp.encode(list(text), add_bos=add_bos, add_eos=add_eos, num_threads=self.num_threads)
+        # Literal "▁" (and, with special_tokens=False, the role markers): their UTF-8 bytes as
+        # byte pieces; the text between them as usual.
+        literals = [_SPACE_MARK] + ([] if special_tokens else [IM_START, IM_END])
+        ids = [self.bos_id] if add_bos else []
+        for part in re.split("(" + "|".join(map(re.escape, literals)) + ")", text):
+            if part in literals:
+                ids.extend(self.sp.piece_to_id(f"<0x{b:02X}>") for b in part.encode("utf-8"))
+            elif part:
+                ids.extend(self.sp.encode(part))
+        return ids + [self.eos_id] if add_eos else ids
 
     def decode(self, ids):
         """list[int] -> str; list[list[int]] -> list[str]. Accepts numpy arrays / tensors."""

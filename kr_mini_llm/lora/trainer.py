@@ -63,6 +63,8 @@ def check_one_process() -> None:
 
 
 class LoRATrainer(Trainer):
+    check_memory = False  # frozen base: no gradients or optimizer state for most weights
+
     def __init__(self, cfg: LoRAConfig, base: BaseModel, train_set: SFTDataset, valid_set: SFTDataset,
                  show_progress: bool = True, overwrite: bool = False, log=print):
         check_one_process()

@@ -143,6 +143,15 @@ class TransformerConfig:
     def kv_groups(self) -> int:
         return self.num_heads // self.num_kv_heads
 
+    def estimate_memory(self, batch_size: int, seq_len: int, precision: str = "fp32", optimizer: str = "adamw",
+                        gradient_checkpointing: bool = False):
+        """Training memory of one optimizer step (parameters, gradients, optimizer state,
+        activations, peak) as a MemoryEstimate; precision fp32 | bf16 | fp16 (autocast),
+        optimizer adamw | adam | sgd_momentum | sgd. See model/memory_estimate.py."""
+        from .memory_estimate import estimate_memory
+
+        return estimate_memory(self, batch_size, seq_len, precision, optimizer, gradient_checkpointing)
+
     # -- checks and output -------------------------------------------------------------
     def validate(self) -> "TransformerConfig":
         """Raises ConfigError if the combination of values is impossible; returns self."""

@@ -21,6 +21,7 @@ from .checkpoint import (CheckpointError, list_checkpoints, load_checkpoint, non
 from .config import TrainingConfig
 from .device import apply_memory_limit, autocast_dtype, pick_device
 from .distributed import DistributedContext, check_global_batch
+from .memory_advice import warn_if_short_of_memory
 from .metrics import MetricsLog, plot_loss_curve
 from .optim import build_optimizer, learning_rate
 from .run_lock import RunLock
@@ -35,6 +36,10 @@ STOP_SIGNALS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}
 
 
 class Trainer:
+    # Warn before building when a full-training step will not fit (memory_advice.py); a task the
+    # full-training estimate does not describe (LoRA) turns it off.
+    check_memory = True
+
     def __init__(self, model_config: TransformerConfig, config: TrainingConfig, output_dir: str | Path | None = None,
                  resume_from: str | Path | None = None, show_progress: bool = True, overwrite: bool = False,
                  sampler=None):
@@ -83,6 +88,8 @@ class Trainer:
             torch.set_num_threads(config.threads)
         apply_memory_limit(self.device, config.mps_memory_fraction)
         self.amp_dtype = autocast_dtype(self.device, t.precision) if t.mixed_precision else None
+        if self.check_memory:
+            warn_if_short_of_memory(model_config, config, self.device, self.dist.is_main)
         self._build(resume_from)
         if t.compile_model:
             self.forward = torch.compile(self.forward)

@@ -21,7 +21,7 @@ def test_cli_prepare_train_tokenize(tmp_path, junk_corpus_dir):
              "--output", "models/tokenizer", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "models/tokenizer.model").is_file() and (tmp_path / "models/tokenizer.vocab").is_file()
-    assert "bytes/token" in r.stdout and "chars/token" in r.stdout
+    assert "bytes/token" in r.stdout and "chars/token" in r.stdout and "byte fallback" in r.stdout
     r = _run("prepare_data.py", "--input", raw, "--split", "80/10/10", "--tokenizer", "models/tokenizer.model",
              "--num_proc", 2, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
