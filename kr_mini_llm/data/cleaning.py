@@ -17,7 +17,7 @@ import numpy as np
 __all__ = [
     "CleanConfig", "CleanStats", "EmptyCorpusError", "strip_html", "strip_wikitext",
     "normalize_text", "hangul_ratio", "filter_lines", "exact_dedup", "near_dedup",
-    "minhash_signatures", "clean_documents", "clean_one", "step_names",
+    "minhash_signatures", "clean_documents", "clean_many", "step_names", "filter_lines_many",
 ]
 
 
@@ -117,15 +117,17 @@ def strip_wikitext(text: str) -> str:
 # Control/format characters other than \n and \t, the replacement character left by invalid
 # UTF-8, zero-width characters and BOMs are removed; exotic spaces become a plain space.
 _DROP_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff\ufffd]")
-_SPACE_RE = re.compile("[ \t\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]+")
+_SPACE = "[ \t\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]"
+# whitespace runs -> one space; a lone plain space (most matches) is left alone, not replaced by itself
+_SPACE_RE = re.compile(f"{_SPACE}{{2,}}|[\t\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]")
 
 
 def normalize_text(text: str) -> str:
     """NFC (Hangul stays/becomes precomposed), control chars removed, whitespace collapsed,
     lines stripped, empty lines dropped. Paragraphs stay one per line."""
     text = unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n"))
-    text = _DROP_RE.sub("", text)
-    lines = (_SPACE_RE.sub(" ", line).strip() for line in text.split("\n"))
+    text = _SPACE_RE.sub(" ", _DROP_RE.sub("", text))     # _SPACE_RE never spans a line break
+    lines = (line.strip() for line in text.split("\n"))
     return "\n".join(line for line in lines if line)
 
 
@@ -141,11 +143,57 @@ def hangul_ratio(line: str) -> float:
     return len(_HANGUL_RE.findall(line)) / letters
 
 
+_BMP_CLASS = None      # per BMP code point: bit 0 = str.isalpha, bit 1 = Hangul
+
+
+def _char_class(cps: np.ndarray) -> np.ndarray:
+    global _BMP_CLASS
+    if _BMP_CLASS is None:
+        t = np.array([chr(c).isalpha() for c in range(0x10000)], np.uint8)
+        for lo, hi in ((0xAC00, 0xD7A3), (0x1100, 0x11FF), (0x3131, 0x318E)):
+            t[lo:hi + 1] |= 2
+        _BMP_CLASS = t
+    out = _BMP_CLASS[np.minimum(cps, 0xFFFF)]
+    astral = np.flatnonzero(cps > 0xFFFF)
+    if len(astral):
+        out[astral] = [chr(c).isalpha() for c in cps[astral].tolist()]
+    return out
+
+
+def _keep_lines(text: str, min_line_chars: int, min_hangul_ratio: float) -> List[bool]:
+    """Per line of `text`: at least `min_line_chars` characters and hangul_ratio >= threshold
+    (computed for all lines at once from prefix sums over the code points)."""
+    cps = np.frombuffer(text.encode("utf-32-le", errors="surrogatepass"), np.uint32)
+    bounds = np.r_[-1, np.flatnonzero(cps == 10), len(cps)]     # line i: bounds[i]+1 .. bounds[i+1]
+    start, end = bounds[:-1] + 1, bounds[1:]
+    keep = end - start >= min_line_chars
+    if min_hangul_ratio > 0:
+        cls = _char_class(cps)
+        letters = np.zeros(len(cps) + 1, np.int32)           # prefix sums
+        hangul = np.zeros(len(cps) + 1, np.int32)
+        np.add.accumulate(cls & 1, dtype=np.int32, out=letters[1:])
+        np.add.accumulate(cls >> 1, dtype=np.int32, out=hangul[1:])
+        n_letters = letters[end] - letters[start]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratio = (hangul[end] - hangul[start]) / n_letters
+        keep &= (n_letters > 0) & (ratio >= min_hangul_ratio)
+    return keep.tolist()
+
+
 def filter_lines(text: str, min_line_chars: int = 5, min_hangul_ratio: float = 0.3) -> str:
     """Keep lines with at least `min_line_chars` characters and a Hangul ratio >= threshold."""
-    keep = [ln for ln in text.split("\n")
-            if len(ln) >= min_line_chars and (min_hangul_ratio <= 0 or hangul_ratio(ln) >= min_hangul_ratio)]
-    return "\n".join(keep)
+    return filter_lines_many([text], min_line_chars, min_hangul_ratio)[0]
+
+
+def filter_lines_many(texts: List[str], min_line_chars: int = 5, min_hangul_ratio: float = 0.3) -> List[str]:
+    """filter_lines of many texts in one vectorised pass."""
+    keep = _keep_lines("\n".join(texts), min_line_chars, min_hangul_ratio)
+    out, pos = [], 0
+    for t in texts:
+        lines = t.split("\n")
+        out.append("\n".join(ln for ln, k in zip(lines, keep[pos:pos + len(lines)]) if k))
+        pos += len(lines)
+    return out
 
 
 # ---------------------------------------------------------------------------- dedup
@@ -233,20 +281,22 @@ def step_names(cfg: CleanConfig) -> List[str]:
     return names
 
 
-def clean_one(text: str, cfg: CleanConfig):
-    """The per-document steps: (texts after input/normalize/lines/length, None once dropped)."""
-    out = [text, None, None, None]
-    t = normalize_text(text)
-    if not t:
-        return out
-    out[1] = t
-    t = filter_lines(t, cfg.min_line_chars, cfg.min_hangul_ratio)
-    if not t:
-        return out
-    out[2] = t
-    if len(t) >= cfg.min_doc_chars:
-        out[3] = t
-    return out
+def clean_many(texts: List[str], cfg: CleanConfig):
+    """The per-document steps on a batch: (kept texts, [4, 3] counts of documents, characters
+    and UTF-8 bytes after input / normalize / line filters / minimum length)."""
+    counts = np.zeros((4, 3), np.int64)
+
+    def count(row, docs):
+        counts[row] += (len(docs), sum(map(len, docs)), sum(len(d.encode("utf-8")) for d in docs))
+
+    count(0, texts)
+    docs = [t for t in map(normalize_text, texts) if t]
+    count(1, docs)
+    docs = [t for t in filter_lines_many(docs, cfg.min_line_chars, cfg.min_hangul_ratio) if t] if docs else []
+    count(2, docs)
+    docs = [d for d in docs if len(d) >= cfg.min_doc_chars]
+    count(3, docs)
+    return docs, counts
 
 
 def clean_documents(docs: Iterable[str], cfg: Optional[CleanConfig] = None,
@@ -256,21 +306,15 @@ def clean_documents(docs: Iterable[str], cfg: Optional[CleanConfig] = None,
     Raises EmptyCorpusError (naming the step) when nothing is left."""
     cfg = cfg or CleanConfig()
     stats = stats if stats is not None else CleanStats()
+    out, counts = clean_many(list(docs), cfg)
     names = step_names(cfg)
-    per_step: List[List[str]] = [[], [], [], []]
-    for d in docs:
-        for i, t in enumerate(clean_one(d, cfg)):
-            if t is None:
-                break
-            per_step[i].append(t)
-    out = per_step[3]
-    if cfg.dedup and out:
-        per_step.append(exact_dedup(out))
-        out = per_step[-1]
-    if cfg.near_dedup and out:
-        per_step.append(near_dedup(out, cfg.near_dup_threshold))
-        out = per_step[-1]
-    for name, kept in zip(names, per_step + [[]] * (len(names) - len(per_step))):
-        stats.add(name, kept)
+    for name, c in zip(names, counts.tolist()):
+        stats.steps.append((name, *c))
+    if cfg.dedup:
+        out = exact_dedup(out)
+        stats.add(names[len(stats.steps)], out)
+    if cfg.near_dedup:
+        out = near_dedup(out, cfg.near_dup_threshold)
+        stats.add(names[len(stats.steps)], out)
     stats.check()
     return out

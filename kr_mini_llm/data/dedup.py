@@ -21,7 +21,7 @@ import numpy as np
 
 __all__ = ["doc_hash", "MinHasher", "SortedRuns", "NearDupIndex", "ExactDupIndex"]
 
-_SEGMENT = 1 << 18          # shingles hashed at once: bounds the memory of one long document
+_SEGMENT = 1 << 15          # shingles hashed at once: bounds the memory of one long document
 
 
 def doc_hash(text: str) -> int:
@@ -29,22 +29,9 @@ def doc_hash(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
 
 
-def _shingle_hashes(text: str, k: int) -> np.ndarray:
-    """64-bit polynomial hashes of the character k-grams of `text` (whitespace removed)."""
-    cps = np.frombuffer("".join(text.split()).encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
-    if len(cps) < k:
-        cps = np.concatenate([cps, np.zeros(k - len(cps), np.uint64)])
-    n = len(cps) - k + 1
-    h = np.zeros(n, np.uint64)
-    with np.errstate(over="ignore"):
-        for j in range(k):  # wrap-around uint64 arithmetic is the hash
-            h *= np.uint64(1_000_003)
-            h += cps[j:n + j]
-    return h
-
-
 class MinHasher:
-    """MinHash signatures [n, num_perm] (uint32) of many documents at once."""
+    """MinHash signatures [n, num_perm] (uint32) of many documents at once: the documents of a
+    batch are hashed together, a long one in overlapping pieces of _SEGMENT characters."""
 
     def __init__(self, num_perm: int = 64, shingle: int = 5, seed: int = 0):
         rng = np.random.default_rng(seed)
@@ -53,44 +40,56 @@ class MinHasher:
         self.num_perm, self.shingle = num_perm, shingle
 
     def __call__(self, docs: Sequence[str]) -> np.ndarray:
+        k = self.shingle
         sig = np.empty((len(docs), self.num_perm), np.uint32)
-        self._last = -1                 # the document the previous flush ended with
-        group: List[np.ndarray] = []
         owners: List[int] = []
-        size = 0
+        pieces: List[str] = []
+        size, self._last = 0, -1
         for i, d in enumerate(docs):
-            h = _shingle_hashes(d, self.shingle)
-            for s in range(0, len(h), _SEGMENT):
-                group.append(h[s:s + _SEGMENT])
+            s = "".join(d.split())
+            if len(s) < k:
+                s += "\0" * (k - len(s))      # a single zero-padded shingle
+            for j in range(0, len(s) - k + 1, _SEGMENT):
+                pieces.append(s[j:j + _SEGMENT + k - 1])
                 owners.append(i)
-                size += len(group[-1])
+                size += len(pieces[-1])
                 if size >= _SEGMENT:
-                    self._flush(group, owners, sig)
-                    group, owners, size = [], [], 0
-        if group:
-            self._flush(group, owners, sig)
+                    self._hash(pieces, owners, sig)
+                    pieces, owners, size = [], [], 0
+        if pieces:
+            self._hash(pieces, owners, sig)
         return sig
 
-    def _flush(self, group, owners, sig):
-        h = np.concatenate(group)
-        starts = np.cumsum([0] + [len(g) for g in group[:-1]])
-        owners = np.asarray(owners)
+    def _hash(self, pieces, owners, sig):
+        k = self.shingle
+        cps = np.frombuffer("".join(pieces).encode("utf-32-le", "surrogatepass"), np.uint32).astype(np.uint64)
+        n = len(cps) - k + 1
+        h = np.zeros(n, np.uint64)
+        with np.errstate(over="ignore"):
+            for j in range(k):          # wrap-around uint64 arithmetic is the hash
+                h *= np.uint64(1_000_003)
+                h += cps[j:n + j]
+        # keep the shingles that lie inside one piece
+        lens = np.fromiter(map(len, pieces), np.int64, len(pieces))
+        nwin = lens - k + 1
+        first = np.cumsum(nwin) - nwin
+        idx = np.repeat(np.cumsum(lens) - lens - first, nwin) + np.arange(int(nwin.sum()))
+        h = h[idx]
         tmp = np.empty_like(h)
-        mins = np.empty((len(group), self.num_perm), np.uint64)
+        mins = np.empty((len(pieces), self.num_perm), np.uint64)
         with np.errstate(over="ignore"):
             for p in range(self.num_perm):
                 np.multiply(h, self.a[p], out=tmp)
                 tmp += self.b[p]
-                mins[:, p] = np.minimum.reduceat(tmp, starts)
+                mins[:, p] = np.minimum.reduceat(tmp, first)
         mins >>= np.uint64(32)          # monotone, so the min of the shifted values
-        # a document split over segments (or over two flushes) takes the min of its parts
-        first = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]])
-        per_doc = np.minimum.reduceat(mins, first, axis=0).astype(np.uint32)
-        docs = owners[first]
-        if docs[0] == self._last:     # continues the previous flush's last document
-            per_doc[0] = np.minimum(per_doc[0], sig[docs[0]])
-        sig[docs] = per_doc
-        self._last = docs[-1]
+        owners = np.asarray(owners)
+        starts = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]])
+        per_doc = np.minimum.reduceat(mins, starts, axis=0)
+        if owners[0] == self._last:         # a long document continued from the last call
+            per_doc[0] = np.minimum(per_doc[0], sig[owners[0]])
+        sig[owners[starts]] = per_doc
+        self._last = owners[-1]
 
 
 class SortedRuns:
@@ -177,8 +176,9 @@ def band_keys(sig: np.ndarray, bands: int) -> np.ndarray:
 class NearDupIndex:
     """MinHash LSH near dedup: a document is dropped when an earlier kept document shares an LSH
     band with it and their signatures agree on >= threshold of the positions."""
+    BANDS = 16
 
-    def __init__(self, threshold: float = 0.8, num_perm: int = 64, bands: int = 16,
+    def __init__(self, threshold: float = 0.8, num_perm: int = 64, bands: int = BANDS,
                  tmp_dir: Optional[str] = None):
         if num_perm % bands:
             raise ValueError(f"num_perm ({num_perm}) must be a multiple of bands ({bands})")
@@ -190,40 +190,42 @@ class NearDupIndex:
     def close(self):
         self._sigs.close()
 
-    def _read_sigs(self, ids: np.ndarray) -> np.ndarray:
-        row = self.num_perm * 4
-        fd = self._sigs.fileno()
-        return np.stack([np.frombuffer(os.pread(fd, row, int(i) * row), np.uint32) for i in ids])
+    def _best_agreement(self, q: np.ndarray, ids: np.ndarray, sig: np.ndarray, n: int) -> np.ndarray:
+        """Per query document, the most signature positions it shares with its kept candidates."""
+        best = np.zeros(n, np.int64)
+        if not len(q):
+            return best
+        stored = np.memmap(self._sigs, np.uint32, "r", shape=(self.kept, self.num_perm))
+        step = 1 << 14                   # bounds the [pairs, num_perm] temporary
+        for s in range(0, len(q), step):
+            qq, ii = q[s:s + step], ids[s:s + step]
+            agree = np.count_nonzero(stored[ii] == sig[qq], axis=1)
+            np.maximum.at(best, qq, agree)
+        del stored
+        return best
 
-    def keep(self, sig: np.ndarray) -> np.ndarray:
-        n = len(sig)
-        keys = band_keys(sig, self.bands)
-        # candidates among the documents kept before this batch
-        cands: List[dict] = [dict() for _ in range(n)]
-        for b in range(self.bands):
-            q, ids = self.index[b].lookup(keys[:, b])
-            for i, j in zip(q.tolist(), ids.tolist()):
-                cands[i][j] = None
-        # ... and among earlier documents of this batch (decided below, in order)
+    def keep(self, sig: np.ndarray, keys: Optional[np.ndarray] = None) -> np.ndarray:
+        """Mask of the documents to keep; `keys` = band_keys(sig) when computed elsewhere."""
+        n, need = len(sig), self.threshold * self.num_perm
+        keys = band_keys(sig, self.bands) if keys is None else keys
+        # candidates among the documents kept before this batch (distinct (query, id) pairs)
+        found = [self.index[b].lookup(keys[:, b]) for b in range(self.bands)]
+        pairs = np.unique(np.concatenate([(q.astype(np.int64) << 32) | v for q, v in found]))
+        best = self._best_agreement(pairs >> 32, pairs & 0xFFFFFFFF, sig, n)
+        mask = best < need
+        # ... and among the earlier documents of this batch, decided in order
         flat = keys.astype(np.uint64) | (np.arange(self.bands, dtype=np.uint64) << np.uint64(32))[None, :]
         _, inv, counts = np.unique(flat.ravel(), return_inverse=True, return_counts=True)
-        shared = (counts[inv] > 1).reshape(n, self.bands).any(axis=1)
-        mask = np.ones(n, bool)
-        old = {}
-        need = sorted({j for c in cands for j in c})
-        if need:
-            old = dict(zip(need, self._read_sigs(np.asarray(need))))
+        shared = (counts[inv.ravel()] > 1).reshape(n, self.bands).any(axis=1)
         buckets: dict = {}
-        for i in np.flatnonzero(shared | np.fromiter((bool(c) for c in cands), bool, n)).tolist():
-            agree = [np.mean(old[j] == sig[i]) for j in cands[i]]
-            if shared[i]:
-                seen = {k for b in range(self.bands) for k in buckets.get((b, int(keys[i, b])), ())}
-                agree += [np.mean(sig[k] == sig[i]) for k in seen]
-            if agree and max(agree) >= self.threshold:
+        for i in np.flatnonzero(shared & mask).tolist():
+            row = [(b, int(keys[i, b])) for b in range(self.bands)]
+            seen = {k for key in row for k in buckets.get(key, ())}
+            if seen and np.count_nonzero(sig[sorted(seen)] == sig[i], axis=1).max() >= need:
                 mask[i] = False
-            elif shared[i]:
-                for b in range(self.bands):
-                    buckets.setdefault((b, int(keys[i, b])), []).append(i)
+                continue
+            for key in row:
+                buckets.setdefault(key, []).append(i)
         kept = np.flatnonzero(mask)
         ids = np.arange(self.kept, self.kept + len(kept), dtype=np.uint32)
         for b in range(self.bands):

@@ -21,8 +21,8 @@ from typing import Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
-from .cleaning import CleanConfig, CleanStats, EmptyCorpusError, clean_one, step_names
-from .dedup import ExactDupIndex, MinHasher, NearDupIndex, doc_hash
+from .cleaning import CleanConfig, CleanStats, EmptyCorpusError, clean_many, step_names
+from .dedup import ExactDupIndex, MinHasher, NearDupIndex, band_keys, doc_hash
 from .parallel import default_workers, ordered_map
 from .readers import ReadStats, expand_inputs, read_documents, strip_markup
 from .shards import ShardError, ShardWriter, dtype_for_vocab, read_header, write_meta
@@ -74,24 +74,14 @@ def _clean_init(cfg_dict):
 def _clean_batch(batch):
     """Worker: markup -> per-document cleaning (+ per-step counts) -> exact keys, signatures."""
     cfg, minhash = _CLEAN
-    texts, markups = batch
-    counts = np.zeros((4, 3), np.int64)
-    kept, lens = [], []
-    for text, markup in zip(texts, markups):
-        text = strip_markup(text, markup)
-        if markup == "wikitext" and not text.strip():
-            continue
-        for i, t in enumerate(clean_one(text, cfg)):
-            if t is None:
-                break
-            n = len(t.encode("utf-8"))
-            counts[i] += (1, len(t), n)
-        else:
-            kept.append(t)
-            lens.append((len(t), n))
+    texts = [strip_markup(t, m) for t, m in zip(*batch)]
+    texts = [t for t, m in zip(texts, batch[1]) if m != "wikitext" or t.strip()]
+    kept, counts = clean_many(texts, cfg)
+    lens = np.array([(len(t), len(t.encode("utf-8"))) for t in kept], np.int64).reshape(-1, 2)
     keys = np.fromiter((doc_hash(t) for t in kept), np.uint64, len(kept))
     sigs = minhash(kept) if minhash is not None and kept else None
-    return counts, kept, np.asarray(lens, np.int64).reshape(-1, 2), keys, sigs
+    bands = band_keys(sigs, NearDupIndex.BANDS) if sigs is not None else None
+    return counts, kept, lens, keys, (sigs, bands)
 
 
 def _split_of(keys: np.ndarray, ratios, seed: int) -> np.ndarray:
@@ -193,8 +183,9 @@ def prepare_text(inputs: Optional[Sequence[str]] = None, sources: Optional[Seque
     t0 = time.perf_counter()
     num_proc = num_proc or default_workers()
     inflight = 2 * num_proc
-    # each in-flight batch costs about 8x its text across parent, pipe and worker
-    batch_bytes = int(min(8 << 20, max(64 << 10, max_memory_mb * 2 ** 20 / 4 / (8 * inflight))))
+    # each in-flight batch costs about 8x its text across parent, pipe and worker; 1 MB batches
+    # keep the workers' arrays in cache, a small budget makes them smaller
+    batch_bytes = int(min(1 << 20, max(16 << 10, max_memory_mb * 2 ** 20 / 4 / (8 * inflight))))
     rstats = ReadStats()
     names = step_names(clean)
     counts = np.zeros((len(names), 3), np.int64)
@@ -215,7 +206,7 @@ def prepare_text(inputs: Optional[Sequence[str]] = None, sources: Optional[Seque
                 row += 1
             if near is not None and mask.any():
                 idx = np.flatnonzero(mask)
-                mask[idx] = near.keep(sigs[idx])
+                mask[idx] = near.keep(sigs[0][idx], sigs[1][idx])
                 counts[row] += (mask.sum(), *lens[mask].sum(axis=0))
             idx = np.flatnonzero(mask)
             for i, sp in zip(idx.tolist(), _split_of(keys[idx], ratios, seed).tolist()):

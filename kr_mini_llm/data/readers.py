@@ -167,25 +167,46 @@ def _lines(p: Path, stats: Optional[ReadStats]) -> Iterator[str]:
             yield decode_utf8(raw, str(p), stats)
 
 
-def _split_blank_lines(lines: Iterator[str]) -> Iterator[str]:
-    """Blocks of non-blank lines; a blank line (whitespace only) ends a document."""
-    block: List[str] = []
-    size = 0
-    for line in lines:
-        if line.strip():
-            block.append(line)
-            size += len(line)
-            if size < MAX_DOC_BYTES:
-                continue
-        if block:
-            text = "".join(block).strip("\r\n")
-            block, size = [], 0
-            if text.strip():
-                yield text
-    if block:
-        text = "".join(block).strip("\r\n")
-        if text.strip():
-            yield text
+_BLANK_LINES_RE = re.compile(r"(\n\s*\n)")
+_BLOCK = 1 << 20
+
+
+def _blank_line_docs(p: Path, stats: Optional[ReadStats]) -> Iterator[str]:
+    """Blocks of text separated by blank (whitespace-only) lines, read 1 MB at a time: each
+    block is cut at its last line break, and the last separator (it may go on in the next
+    block) with the text after it is carried over."""
+    carry = ""
+    with _open_stream(p) as f:
+        tail = b""
+        while True:
+            block = f.read(_BLOCK)
+            data = tail + block
+            if block:
+                cut = data.rfind(b"\n") + 1
+                data, tail = data[:cut], data[cut:]
+            else:
+                tail = b""
+            text = carry + decode_utf8(data, str(p), stats)
+            parts = _BLANK_LINES_RE.split(text)     # doc, separator, doc, ..., doc
+            if block and len(parts) > 1:
+                carry = parts[-2] + parts[-1]
+                parts = parts[:-2:2]
+            elif block:
+                carry, parts = text, []
+            else:
+                carry, parts = "", parts[::2]
+            if len(carry) > MAX_DOC_BYTES:          # no blank line for too long: cut at a line
+                cut = carry.rfind("\n")
+                cut = cut if cut > 0 else len(carry)
+                parts.append(carry[:cut])
+                carry = carry[cut + 1:]
+            for part in parts:
+                if part.strip():
+                    yield part.strip("\r\n")
+            if not block:
+                if carry.strip():
+                    yield carry.strip("\r\n")
+                return
 
 
 def _read_jsonl(lines: Iterator[str], p: Path, text_field: str) -> Iterator[str]:
@@ -318,7 +339,7 @@ def _read_raw(p: Path, text_field: str, stats: Optional[ReadStats]) -> Iterator[
         for t in _read_wikiextractor(_lines(p, stats)):
             yield Document(t, src, "html")
     else:
-        for t in _split_blank_lines(_lines(p, stats)):
+        for t in _blank_line_docs(p, stats):
             yield Document(t, src, None)
 
 

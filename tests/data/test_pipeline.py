@@ -36,7 +36,7 @@ def test_prepare_text_cleans_dedups_and_splits(prepared):
     assert len(everything) == len(set(everything)) == len(docs)
     assert not any("English" in d or "스크립트" in d or "메뉴 홈" in d or "\ufffd" in d for d in everything)
     assert set(out["train"]).isdisjoint(out["valid"]) and set(out["train"]).isdisjoint(out["test"])
-    assert len(out["valid"]) == len(out["test"]) == 6
+    assert 1 <= len(out["valid"]) <= 12 and 1 <= len(out["test"]) <= 12     # ~10% each, by hash
     assert pmeta["read"]["invalid_utf8"] >= 1 and pmeta["read"]["empty_files"] == 1 and pmeta["split_seed"] == 7
     steps = [s["documents"] for s in pmeta["clean_steps"]]
     assert steps[0] > steps[-1] == len(docs)
