@@ -344,18 +344,19 @@ def _read_raw(p: Path, text_field: str, stats: Optional[ReadStats]) -> Iterator[
 
 
 def _describe(p: Path, e: BaseException) -> str:
+    import xml.etree.ElementTree as ET
     name = p.name.lower()
     msg = str(e) or type(e).__name__
     if isinstance(e, EOFError) or "end-of-stream" in msg or "truncated" in msg.lower():
         return f"{p}: the archive is truncated ({msg}); download it again"
+    if isinstance(e, ET.ParseError):
+        return f"{p}: not well-formed XML ({msg}); expected a complete MediaWiki dump"
     if name.endswith(".bz2"):
         return f"{p}: not a valid bz2 archive ({msg})"
     if name.endswith(".gz"):
         return f"{p}: not a valid gzip archive ({msg})"
     if name.endswith(".zst"):
         return f"{p}: not a valid zstd archive ({msg})"
-    if name.endswith((".xml", ".xml.bz2")):
-        return f"{p}: not well-formed XML ({msg}); expected a MediaWiki dump"
     if name.endswith(".parquet"):
         return f"{p}: not a readable Parquet file ({msg})"
     return f"{p}: cannot be read ({msg})"
