@@ -118,7 +118,10 @@ def test_sorted_runs_multimap_matches_dict():
 
 
 _PEAK = """
-import resource, sys
+import resource, sys, types
+pkg = types.ModuleType("kr_mini_llm")     # the data package alone: skip the model package's torch import
+pkg.__path__ = [sys.argv[3]]
+sys.modules["kr_mini_llm"] = pkg
 from kr_mini_llm.data.pipeline import prepare_text
 prepare_text(inputs=[sys.argv[1]], out_dir=sys.argv[2], num_proc=1, max_memory_mb=64, log=lambda *a: None)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
@@ -136,7 +139,8 @@ def test_memory_does_not_grow_with_the_input(tmp_path):
             for i in range(n):       # distinct blocks: every document survives dedup
                 fh.write(block.replace("습니다.", f"습니다{i}.", 1 + i))
         sizes.append(f.stat().st_size)
-        r = subprocess.run([sys.executable, "-c", _PEAK, str(f), str(tmp_path / f"o{n}")], capture_output=True,
+        r = subprocess.run([sys.executable, "-c", _PEAK, str(f), str(tmp_path / f"o{n}"), str(REPO / "kr_mini_llm")],
+                           capture_output=True,
                            text=True, cwd=REPO, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
         assert r.returncode == 0, r.stderr
         peaks.append(int(r.stdout.split()[-1]))
