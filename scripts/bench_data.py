@@ -121,10 +121,11 @@ def cpu():  # user + system seconds of this process and its (joined) workers
                for f in ("ru_utime", "ru_stime"))
 """
 TEXT = CPU + """
-import json, time
+import inspect, json, time
 from kr_mini_llm.data.pipeline import prepare_text
+kw = dict(num_proc={num_proc}) if "num_proc" in inspect.signature(prepare_text).parameters else {{}}  # --impl older
 t = time.perf_counter()
-m = prepare_text(inputs=[{corpus!r}], out_dir={out!r}, force=True, num_proc={num_proc}, log=lambda *a: None)
+m = prepare_text(inputs=[{corpus!r}], out_dir={out!r}, force=True, log=lambda *a: None, **kw)
 s = time.perf_counter() - t
 print(json.dumps(dict(seconds=s, cpu=cpu(), steps=m["clean_steps"], splits=m["splits"])))
 """

@@ -45,13 +45,14 @@ def _ray_map(fn, items, num_proc=None, max_inflight=None, engine=None, address=N
         yield ray.get(pending.popleft())
 
 
-def run(engine: str, corpus: str, out: Path, workers: int) -> float:
+def run(engine: str, corpus: str, out: Path, workers: int, address=None) -> float:
     t = time.perf_counter()
     if engine == "ray":
         pipeline.ordered_map = _ray_map
     try:
         pipeline.prepare_text(inputs=[corpus], out_dir=out, force=True, num_proc=workers,
-                              engine="dask" if engine == "dask" else "local", log=lambda *a: None)
+                              engine="dask" if engine == "dask" else "local", engine_address=address,
+                              log=lambda *a: None)
     finally:
         pipeline.ordered_map = ordered_map
     return time.perf_counter() - t
@@ -64,34 +65,39 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--engines", default="local,dask,ray")
     a = ap.parse_args()
-    engines = []
+    engines, startup, address = [], {}, None
     for e in a.engines.split(","):
+        t = time.perf_counter()
         try:
-            if e == "dask":
-                import distributed  # noqa: F401
+            if e == "dask":       # started once, like a cluster that is already up
+                from distributed import LocalCluster
+                cluster = LocalCluster(n_workers=a.workers, threads_per_worker=1, processes=True,
+                                       dashboard_address=None, silence_logs=40)
+                address = cluster.scheduler_address
             elif e == "ray":
                 import ray
-                t = time.perf_counter()
                 ray.init(num_cpus=a.workers, include_dashboard=False, log_to_driver=False)
-                print(f"ray.init: {time.perf_counter() - t:.1f} s")
             engines.append(e)
         except ImportError:
             print(f"{e}: not installed, skipped")
+            continue
+        startup[e] = time.perf_counter() - t
     size = sum(f.stat().st_size for f in Path(a.corpus).rglob("*") if f.is_file()) / 1e6
     times = {e: [] for e in engines}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(a.repeats):
             for e in engines:                      # interleaved
-                times[e].append(run(e, a.corpus, Path(tmp) / e, a.workers))
+                times[e].append(run(e, a.corpus, Path(tmp) / e, a.workers, address if e == "dask" else None))
         ref = {s: (Path(tmp) / "local" / f"{s}.txt").read_bytes() for s in ("train", "valid", "test")} \
             if "local" in engines else None
         same = {e: ref is not None and all((Path(tmp) / e / f"{s}.txt").read_bytes() == ref[s] for s in ref)
                 for e in engines}
     print(f"\ncorpus {size:.0f} MB, {a.workers} workers, median of {a.repeats} (machine shared: wall times are upper bounds)\n")
-    print("| engine | median s | MB/s | runs s | output == local |\n|---|---|---|---|---|")
+    print("| engine | start-up s | median s | MB/s | runs s | output == local |\n|---|---|---|---|---|---|")
     for e in engines:
         m = statistics.median(times[e])
-        print(f"| {e} | {m:.1f} | {size / m:.1f} | {', '.join(f'{x:.1f}' for x in times[e])} | {same[e]} |")
+        print(f"| {e} | {startup[e]:.1f} | {m:.1f} | {size / m:.1f} | {', '.join(f'{x:.1f}' for x in times[e])} "
+              f"| {same[e]} |")
 
 
 if __name__ == "__main__":
