@@ -188,3 +188,16 @@ def test_pipeline_errors(tmp_path, tiny_tokenizer):
         prepare_text(inputs=[str(tmp_path / "empty.txt")], out_dir=tmp_path / "p", **QUIET)
     with pytest.raises(FileNotFoundError, match="run the text stage first"):
         tokenize_splits(tiny_tokenizer.path, tmp_path / "nothing", tmp_path / "t", progress=False, **QUIET)
+
+
+def test_token_stage_reads_chunks_in_pieces(prepared, tiny_tokenizer, tmp_path, monkeypatch):
+    """A worker encodes its chunk piece by piece (bounded memory): same shards as whole chunks."""
+    from kr_mini_llm.data import pipeline
+    toks = prepared[3]
+    monkeypatch.setattr(pipeline, "_PIECE", 97)        # pieces far smaller than a document
+    small = tmp_path / "small"
+    tokenize_splits(tiny_tokenizer.path, prepared[2], small, num_proc=1, shard_size_mb=0.004, progress=False, **QUIET)
+    names = sorted(p.name for p in toks.glob("*.bin"))
+    assert names == sorted(p.name for p in small.glob("*.bin"))
+    for n in names:
+        assert (small / n).read_bytes() == (toks / n).read_bytes()
