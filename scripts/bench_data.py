@@ -187,7 +187,8 @@ def main(argv=None):
         rows.append((f"tokens ({r['tokens']:,} tokens)", nbytes, r))
     lines = [f"# Data pipeline at {a.size}", "",
              f"Command: `python scripts/bench_data.py --size {a.size}" + (f" --num_proc {a.num_proc}" if a.num_proc else "")
-             + "`", "",
+             + (f" --stages {a.stages}" if a.stages != "text,tokenizer,tokens" else "")
+             + (f" --impl {a.impl}" if Path(a.impl).resolve() != ROOT else "") + "`", "",
              f"Machine: {cpu_name()}, {os.cpu_count()} CPUs visible, {num_proc} worker processes. "
              "Shared with other jobs while it ran: wall times are upper bounds.", "",
              f"Corpus: {info['bytes'] / 1e6:,.0f} MB, {info['documents']:,} documents, {info['exact_copies']:,} exact "
