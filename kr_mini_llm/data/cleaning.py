@@ -118,8 +118,9 @@ def strip_wikitext(text: str) -> str:
 # UTF-8, zero-width characters and BOMs are removed; exotic spaces become a plain space.
 _DROP_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff\ufffd]")
 _SPACE = "[ \t\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]"
-# whitespace runs -> one space; a lone plain space (most matches) is left alone, not replaced by itself
-_SPACE_RE = re.compile(f"{_SPACE}{{2,}}|[\t\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]")
+# a whitespace run -> one space. A lone plain space (most of them) is not matched, rather than
+# replaced by itself: the run goes on, or the character just read is not " "
+_SPACE_RE = re.compile(f"{_SPACE}(?:{_SPACE}+|(?<! ))")
 
 
 def normalize_text(text: str) -> str:

@@ -2,11 +2,19 @@
 pipeline is checked against. Slow and memory-hungry on purpose: plain sets, dicts of bytes keys,
 one [num_perm, shingles] matrix per document."""
 import hashlib
+import re
 import unicodedata
 
 import numpy as np
 
-from kr_mini_llm.data.cleaning import normalize_text
+_DROP = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff\ufffd]")
+_SPACE = re.compile("[ \t\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]+")
+
+
+def normalize_text(text):
+    text = _DROP.sub("", unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n")))
+    lines = (_SPACE.sub(" ", line).strip() for line in text.split("\n"))
+    return "\n".join(line for line in lines if line)
 
 
 def hangul_ratio(line):
