@@ -190,18 +190,23 @@ class NearDupIndex:
     def close(self):
         self._sigs.close()
 
+    def _read_sigs(self, ids: np.ndarray) -> np.ndarray:
+        """Signatures of kept documents `ids` (sorted, distinct), read with pread: no mapping,
+        so the file never counts in this process's memory."""
+        row = self.num_perm * 4
+        fd = self._sigs.fileno()
+        buf = b"".join(os.pread(fd, row, int(i) * row) for i in ids.tolist())
+        return np.frombuffer(buf, np.uint32).reshape(len(ids), self.num_perm)
+
     def _best_agreement(self, q: np.ndarray, ids: np.ndarray, sig: np.ndarray, n: int) -> np.ndarray:
         """Per query document, the most signature positions it shares with its kept candidates."""
         best = np.zeros(n, np.int64)
-        if not len(q):
-            return best
-        stored = np.memmap(self._sigs, np.uint32, "r", shape=(self.kept, self.num_perm))
         step = 1 << 14                   # bounds the [pairs, num_perm] temporary
         for s in range(0, len(q), step):
             qq, ii = q[s:s + step], ids[s:s + step]
-            agree = np.count_nonzero(stored[ii] == sig[qq], axis=1)
+            uniq, inv = np.unique(ii, return_inverse=True)
+            agree = np.count_nonzero(self._read_sigs(uniq)[inv] == sig[qq], axis=1)
             np.maximum.at(best, qq, agree)
-        del stored
         return best
 
     def keep(self, sig: np.ndarray, keys: Optional[np.ndarray] = None) -> np.ndarray:
