@@ -13,6 +13,7 @@ on the number of workers. Both skip their work when rerun with the same inputs a
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import time
@@ -301,7 +302,7 @@ def _encode_docs(tok, docs: List[str]) -> np.ndarray:
     ids = tok.encode(docs)
     lens = np.fromiter(map(len, ids), np.int64, len(ids))
     total = int(lens.sum())
-    flat = np.fromiter((t for x in ids for t in x), np.int64, total)
+    flat = np.fromiter(itertools.chain.from_iterable(ids), np.int64, total)
     arr = np.empty(total + 2 * len(ids), np.int64)
     ends = np.cumsum(lens + 2)
     arr[ends - lens - 2] = tok.bos_id
@@ -311,28 +312,35 @@ def _encode_docs(tok, docs: List[str]) -> np.ndarray:
 
 
 def _encode_chunk(job):
-    """Worker: fingerprint the chunk; keep a shard that already matches, else encode it piece by
-    piece into the shard (memory: one piece, not the chunk)."""
+    """Worker: keep a shard whose header matches the chunk's fingerprint, else encode the chunk
+    piece by piece into the shard (memory: one piece, not the chunk)."""
     path, start, end, out_path, dtype_name, force = job
     tok = _WORKER_TOK
-    h = hashlib.blake2b(digest_size=8)
     with open(path, "rb") as f:
-        for piece in _pieces(f, start, end):
-            h.update(piece)
-        src_fp = h.hexdigest()
-        if not force and os.path.isfile(out_path):
+        if not force and os.path.isfile(out_path):     # hash first: the shard may be up to date
+            h = hashlib.blake2b(digest_size=8)
+            for piece in _pieces(f, start, end):
+                h.update(piece)
             try:
                 hdr = read_header(out_path)
                 if (hdr.tokenizer_fingerprint, hdr.source_fingerprint, hdr.itemsize) == (
-                        tok.fingerprint, src_fp, np.dtype(dtype_name).itemsize):
+                        tok.fingerprint, h.hexdigest(), np.dtype(dtype_name).itemsize):
                     return out_path, hdr.num_tokens, hdr.num_bytes, end - start, False
             except ShardError:
                 pass
-        with ShardWriter(out_path, dtype_name, tok.fingerprint, src_fp) as w:
+        h = hashlib.blake2b(digest_size=8)
+        w = ShardWriter(out_path, dtype_name, tok.fingerprint)
+        try:
             for piece in _pieces(f, start, end):
+                h.update(piece)
                 docs = [d[:-1] if d.endswith(b"\n") else d for d in piece.split(_SEP) if d.strip()]
                 if docs:
                     w.append(_encode_docs(tok, [d.decode("utf-8") for d in docs]), sum(map(len, docs)))
+            w.source_fingerprint = h.hexdigest()
+            w.close()
+        except BaseException:
+            w.abort()
+            raise
     return out_path, w.num_tokens, w.num_bytes, end - start, True
 
 

@@ -72,7 +72,8 @@ class ShardWriter:
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.uint16, np.uint32):
             raise ValueError(f"shard tokens must be uint16 or uint32, got {self.dtype}")
-        self.fps = (tokenizer_fingerprint, source_fingerprint)
+        self.tokenizer_fingerprint = tokenizer_fingerprint
+        self.source_fingerprint = source_fingerprint     # may be set before close()
         self.tmp = self.path.with_name(self.path.name + ".tmp")
         self.num_tokens = self.num_bytes = 0
         self.f = open(self.tmp, "wb")
@@ -84,11 +85,11 @@ class ShardWriter:
         self.num_bytes += int(num_bytes)
 
     def close(self) -> ShardHeader:
-        hdr = ShardHeader(self.dtype.itemsize, self.num_tokens, self.num_bytes, *self.fps)
+        tfp, sfp = self.tokenizer_fingerprint, self.source_fingerprint
+        hdr = ShardHeader(self.dtype.itemsize, self.num_tokens, self.num_bytes, tfp, sfp)
         self.f.seek(0)
         self.f.write(_HEADER.pack(MAGIC, VERSION, hdr.itemsize, hdr.num_tokens, hdr.num_bytes,
-                                  self.fps[0].encode("ascii")[:16].ljust(16, b"\0"),
-                                  self.fps[1].encode("ascii")[:16].ljust(16, b"\0")))
+                                  tfp.encode("ascii")[:16].ljust(16, b"\0"), sfp.encode("ascii")[:16].ljust(16, b"\0")))
         self.f.close()
         os.replace(self.tmp, self.path)
         return hdr
