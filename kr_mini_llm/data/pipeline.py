@@ -22,7 +22,7 @@ from typing import Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
-from .cleaning import CleanConfig, CleanStats, EmptyCorpusError, clean_many, step_names
+from .cleaning import CleanConfig, CleanStats, clean_many, step_names
 from .dedup import ExactDupIndex, MinHasher, NearDupIndex, band_keys, doc_hash
 from .parallel import default_workers, ordered_map
 from .readers import ReadStats, expand_inputs, read_documents, strip_markup
@@ -35,7 +35,6 @@ DOC_SEPARATOR = "\n\n"
 PROCESSED_META = "meta.json"
 SPLIT_METHOD = "per document: blake2b(text) with the seed -> train/valid/test by the ratios"
 DEFAULT_MAX_MEMORY_MB = 2048
-_DEDUP_BYTES_PER_DOC = 8 + 16 * 8      # exact key + 16 LSH bands (key, id); signatures on disk
 
 
 def _input_signature(files) -> List:
@@ -403,7 +402,7 @@ def tokenize_splits(tokenizer_path, processed_dir="data/processed", out_dir="dat
     }
     write_meta(out_dir, meta)
     mbps = encoded / 1e6 / seconds if encoded and seconds > 0 else None
-    log(f"[tokens] " + ", ".join(f"{s}: {v['tokens']:,} tokens" for s, v in splits.items())
+    log("[tokens] " + ", ".join(f"{s}: {v['tokens']:,} tokens" for s, v in splits.items())
         + (f"; {encoded / 1e6:.2f} MB in {seconds:.2f} s = {mbps:.2f} MB/s with {num_proc} processes" if encoded
            else "; nothing to do") + f" -> {out_dir}")
     meta["timing"] = {"bytes": encoded, "seconds": seconds, "num_proc": num_proc, "mb_per_s": mbps}

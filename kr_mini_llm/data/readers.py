@@ -255,7 +255,7 @@ def _read_wiki_xml(p: Path) -> Iterator[str]:
     """Raw wikitext of the article pages of a MediaWiki export, one <page> at a time."""
     import xml.etree.ElementTree as ET
     with _open_stream(p) as f:
-        ns, page_ns, is_redirect, in_page = "", "0", False, False
+        page_ns, is_redirect, in_page = "0", False, False
         root = None
         for event, el in ET.iterparse(f, events=("start", "end")):
             tag = el.tag.rsplit("}", 1)[-1]
