@@ -13,7 +13,6 @@ cost is linear in its length and its memory bounded by the segment size.
 from __future__ import annotations
 
 import hashlib
-import mmap
 import os
 import tempfile
 from typing import List, Optional, Sequence
@@ -192,22 +191,17 @@ class NearDupIndex:
         self._sigs.close()
 
     def _read_sigs(self, ids: np.ndarray) -> np.ndarray:
-        """Signatures of kept documents `ids` (sorted, distinct). The file is mapped for this one
-        gather and unmapped at once, so at most len(ids) pages ever count in this process's RSS."""
+        """Signatures of kept documents `ids` (sorted, distinct), read with pread: no mapping,
+        so the file never counts in this process's memory."""
         row = self.num_perm * 4
-        mm = mmap.mmap(self._sigs.fileno(), self.kept * row, access=mmap.ACCESS_READ)
-        try:
-            stored = np.frombuffer(mm, np.uint32).reshape(self.kept, self.num_perm)
-            out = stored[ids]                     # a copy
-            del stored
-        finally:
-            mm.close()
-        return out
+        fd = self._sigs.fileno()
+        buf = b"".join(os.pread(fd, row, int(i) * row) for i in ids.tolist())
+        return np.frombuffer(buf, np.uint32).reshape(len(ids), self.num_perm)
 
     def _best_agreement(self, q: np.ndarray, ids: np.ndarray, sig: np.ndarray, n: int) -> np.ndarray:
         """Per query document, the most signature positions it shares with its kept candidates."""
         best = np.zeros(n, np.int64)
-        step = 1 << 12                   # bounds the pages mapped and the [pairs, num_perm] temporary
+        step = 1 << 14                   # bounds the [pairs, num_perm] temporary
         for s in range(0, len(q), step):
             qq, ii = q[s:s + step], ids[s:s + step]
             uniq, inv = np.unique(ii, return_inverse=True)
