@@ -7,8 +7,10 @@
 
 Stage 1 (text): obtain/read -> strip markup -> NFC, whitespace -> line filters (length,
 Hangul ratio) -> minimum document length -> exact and near dedup -> split by document
-(98/1/1, seeded) -> data/processed/{train,valid,test}.txt. Stage 2 (--tokenizer): token
-shards + meta.json in data/tokens/, in parallel. Reruns skip finished work (--force redoes it).
+(98/1/1, by a hash of each document and the seed) -> data/processed/{train,valid,test}.txt.
+Stage 2 (--tokenizer): token shards + meta.json in data/tokens/. Both stream (memory does not
+grow with the corpus) and use every core (--num_proc); --engine dask runs the text stage's
+workers on a Dask cluster (docs/data.md). Reruns skip finished work (--force redoes it).
 """
 import argparse
 import sys
@@ -17,6 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kr_mini_llm.data.cleaning import CleanConfig, EmptyCorpusError  # noqa: E402
+from kr_mini_llm.data.parallel import ENGINES  # noqa: E402
+from kr_mini_llm.data.pipeline import DEFAULT_MAX_MEMORY_MB  # noqa: E402
 from kr_mini_llm.data.readers import InputError  # noqa: E402
 from kr_mini_llm.data.shards import ShardError  # noqa: E402
 from kr_mini_llm.data.sources import DEFAULT_SOURCES, SOURCES, SourceUnavailable  # noqa: E402
@@ -49,8 +53,16 @@ def main(argv=None):
     tk = ap.add_argument_group("token shards")
     tk.add_argument("--tokenizer", help="SentencePiece model (e.g. models/tokenizer.model): also write token shards")
     tk.add_argument("--tokens_dir", default="data/tokens")
-    tk.add_argument("--num_proc", type=int, default=None, help="tokenizer processes (default: all cores)")
+    tk.add_argument("--num_proc", type=int, default=None,
+                    help="worker processes of both stages (default: all cores)")
     tk.add_argument("--shard_size_mb", type=float, default=64.0, help="text per shard (MB)")
+    ex = ap.add_argument_group("execution (the output does not depend on these)")
+    ex.add_argument("--max_memory_mb", type=float, default=DEFAULT_MAX_MEMORY_MB,
+                    help="budget for the batches in flight in the text stage (dedup state comes on top: "
+                         "~136 bytes per kept document)")
+    ex.add_argument("--engine", choices=ENGINES, default="local",
+                    help="text-stage workers: local processes, or a Dask cluster")
+    ex.add_argument("--engine_address", help="Dask scheduler address (tcp://host:8786); default: a local cluster")
     ap.add_argument("--force", action="store_true", help="redo work even when outputs are up to date")
     ap.add_argument("--no_progress", action="store_true")
     a = ap.parse_args(argv)
@@ -62,11 +74,13 @@ def main(argv=None):
     try:
         prepare_text(inputs=a.input, sources=[s for s in a.source.split(",") if s], raw_dir=a.raw_dir,
                      out_dir=a.output_dir, clean=cfg, ratios=parse_ratios(a.split), seed=a.seed,
-                     text_field=a.text_field, force=a.force)
+                     text_field=a.text_field, force=a.force, num_proc=a.num_proc, max_memory_mb=a.max_memory_mb,
+                     engine=a.engine, engine_address=a.engine_address)
         if a.tokenizer:
             tokenize_splits(a.tokenizer, a.output_dir, a.tokens_dir, num_proc=a.num_proc,
                             shard_size_mb=a.shard_size_mb, force=a.force, progress=not a.no_progress)
-    except (SourceUnavailable, InputError, EmptyCorpusError, TokenizerError, ShardError, FileNotFoundError, ValueError) as e:
+    except (SourceUnavailable, InputError, EmptyCorpusError, TokenizerError, ShardError, FileNotFoundError, ValueError,
+            ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

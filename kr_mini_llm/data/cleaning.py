@@ -5,7 +5,6 @@ chains them and returns per-step statistics (documents, characters, UTF-8 bytes)
 """
 from __future__ import annotations
 
-import hashlib
 import html
 import re
 import unicodedata
@@ -18,7 +17,7 @@ import numpy as np
 __all__ = [
     "CleanConfig", "CleanStats", "EmptyCorpusError", "strip_html", "strip_wikitext",
     "normalize_text", "hangul_ratio", "filter_lines", "exact_dedup", "near_dedup",
-    "minhash_signatures", "clean_documents",
+    "minhash_signatures", "clean_documents", "clean_many", "step_names", "filter_lines_many",
 ]
 
 
@@ -118,105 +117,114 @@ def strip_wikitext(text: str) -> str:
 # Control/format characters other than \n and \t, the replacement character left by invalid
 # UTF-8, zero-width characters and BOMs are removed; exotic spaces become a plain space.
 _DROP_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff\ufffd]")
-_SPACE_RE = re.compile("[ \t\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]+")
+_SPACE = "[ \t\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]"
+# a whitespace run -> one space. A lone plain space (most of them) is not matched, rather than
+# replaced by itself: the run goes on, or the character just read is not " "
+_SPACE_RE = re.compile(f"{_SPACE}(?:{_SPACE}+|(?<! ))")
 
 
 def normalize_text(text: str) -> str:
     """NFC (Hangul stays/becomes precomposed), control chars removed, whitespace collapsed,
     lines stripped, empty lines dropped. Paragraphs stay one per line."""
     text = unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n"))
-    text = _DROP_RE.sub("", text)
-    lines = (_SPACE_RE.sub(" ", line).strip() for line in text.split("\n"))
+    text = _SPACE_RE.sub(" ", _DROP_RE.sub("", text))     # _SPACE_RE never spans a line break
+    lines = (line.strip() for line in text.split("\n"))
     return "\n".join(line for line in lines if line)
 
 
-def _is_hangul(c: str) -> bool:
-    o = ord(c)
-    return 0xAC00 <= o <= 0xD7A3 or 0x1100 <= o <= 0x11FF or 0x3130 <= o <= 0x318F
+# Hangul syllables, Jamo and compatibility Jamo: every assigned code point here is a letter.
+_HANGUL_RE = re.compile("[\uac00-\ud7a3\u1100-\u11ff\u3131-\u318e]")
 
 
 def hangul_ratio(line: str) -> float:
     """Fraction of the letters (str.isalpha) in `line` that are Hangul; 0.0 without letters."""
-    letters = [c for c in line if c.isalpha()]
+    letters = sum(map(str.isalpha, line))
     if not letters:
         return 0.0
-    return sum(map(_is_hangul, letters)) / len(letters)
+    return len(_HANGUL_RE.findall(line)) / letters
+
+
+_BMP_CLASS = None      # per BMP code point: bit 0 = str.isalpha, bit 1 = Hangul
+
+
+def _char_class(cps: np.ndarray) -> np.ndarray:
+    global _BMP_CLASS
+    if _BMP_CLASS is None:
+        t = np.array([chr(c).isalpha() for c in range(0x10000)], np.uint8)
+        for lo, hi in ((0xAC00, 0xD7A3), (0x1100, 0x11FF), (0x3131, 0x318E)):
+            t[lo:hi + 1] |= 2
+        _BMP_CLASS = t
+    out = _BMP_CLASS[np.minimum(cps, 0xFFFF)]
+    astral = np.flatnonzero(cps > 0xFFFF)
+    if len(astral):
+        out[astral] = [chr(c).isalpha() for c in cps[astral].tolist()]
+    return out
+
+
+def _keep_lines(text: str, min_line_chars: int, min_hangul_ratio: float) -> List[bool]:
+    """Per line of `text`: at least `min_line_chars` characters and hangul_ratio >= threshold
+    (computed for all lines at once from prefix sums over the code points)."""
+    cps = np.frombuffer(text.encode("utf-32-le", errors="surrogatepass"), np.uint32)
+    bounds = np.r_[-1, np.flatnonzero(cps == 10), len(cps)]     # line i: bounds[i]+1 .. bounds[i+1]
+    start, end = bounds[:-1] + 1, bounds[1:]
+    keep = end - start >= min_line_chars
+    if min_hangul_ratio > 0:
+        cls = _char_class(cps)
+        letters = np.zeros(len(cps) + 1, np.int32)           # prefix sums
+        hangul = np.zeros(len(cps) + 1, np.int32)
+        np.add.accumulate(cls & 1, dtype=np.int32, out=letters[1:])
+        np.add.accumulate(cls >> 1, dtype=np.int32, out=hangul[1:])
+        n_letters = letters[end] - letters[start]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratio = (hangul[end] - hangul[start]) / n_letters
+        keep &= (n_letters > 0) & (ratio >= min_hangul_ratio)
+    return keep.tolist()
 
 
 def filter_lines(text: str, min_line_chars: int = 5, min_hangul_ratio: float = 0.3) -> str:
     """Keep lines with at least `min_line_chars` characters and a Hangul ratio >= threshold."""
-    keep = [ln for ln in text.split("\n")
-            if len(ln) >= min_line_chars and (min_hangul_ratio <= 0 or hangul_ratio(ln) >= min_hangul_ratio)]
-    return "\n".join(keep)
+    return filter_lines_many([text], min_line_chars, min_hangul_ratio)[0]
 
 
-# ---------------------------------------------------------------------------- dedup
-def _doc_key(text: str) -> bytes:
-    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
-
-
-def exact_dedup(docs: Iterable[str]) -> List[str]:
-    """First occurrence of each distinct document (by hash of the normalised text)."""
-    seen, out = set(), []
-    for d in docs:
-        k = _doc_key(d)
-        if k not in seen:
-            seen.add(k)
-            out.append(d)
+def filter_lines_many(texts: List[str], min_line_chars: int = 5, min_hangul_ratio: float = 0.3) -> List[str]:
+    """filter_lines of many texts in one vectorised pass."""
+    keep = _keep_lines("\n".join(texts), min_line_chars, min_hangul_ratio)
+    out, pos = [], 0
+    for t in texts:
+        lines = t.split("\n")
+        out.append("\n".join(ln for ln, k in zip(lines, keep[pos:pos + len(lines)]) if k))
+        pos += len(lines)
     return out
 
 
-_MERSENNE = np.uint64((1 << 61) - 1)
-
-
-def _shingle_hashes(text: str, k: int) -> np.ndarray:
-    """Distinct 64-bit polynomial hashes of the character k-grams of `text` (whitespace removed)."""
-    cps = np.frombuffer("".join(text.split()).encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
-    if len(cps) < k:
-        cps = np.concatenate([cps, np.zeros(k - len(cps), np.uint64)])
-    h = np.zeros(len(cps) - k + 1, np.uint64)
-    with np.errstate(over="ignore"):
-        for j in range(k):  # wrap-around uint64 arithmetic is the hash
-            h = h * np.uint64(1_000_003) + cps[j:len(cps) - k + 1 + j]
-    return np.unique(h)
+# ---------------------------------------------------------------------------- dedup
+def exact_dedup(docs: Iterable[str]) -> List[str]:
+    """First occurrence of each distinct document (by hash of the normalised text)."""
+    from .dedup import ExactDupIndex, doc_hash
+    docs = list(docs)
+    keys = np.fromiter((doc_hash(d) for d in docs), np.uint64, len(docs))
+    mask = ExactDupIndex().keep(keys)
+    return [d for d, k in zip(docs, mask) if k]
 
 
 def minhash_signatures(docs: List[str], num_perm: int = 64, shingle: int = 5, seed: int = 0) -> np.ndarray:
     """[len(docs), num_perm] MinHash signatures (multiply-shift hashing of character shingles)."""
-    rng = np.random.default_rng(seed)
-    a = rng.integers(1, 1 << 62, num_perm, dtype=np.uint64) | np.uint64(1)
-    b = rng.integers(0, 1 << 62, num_perm, dtype=np.uint64)
-    sig = np.empty((len(docs), num_perm), np.uint64)
-    with np.errstate(over="ignore"):
-        for i, d in enumerate(docs):
-            sh = _shingle_hashes(d, shingle)
-            sig[i] = ((sh[None, :] * a[:, None] + b[:, None]) >> np.uint64(32)).min(axis=1)
-    return sig
+    from .dedup import MinHasher
+    return MinHasher(num_perm, shingle, seed)(docs)
 
 
 def near_dedup(docs: List[str], threshold: float = 0.8, num_perm: int = 64, bands: int = 16,
                shingle: int = 5, seed: int = 0) -> List[str]:
     """Drop documents whose estimated Jaccard similarity (character `shingle`-grams) with an
     earlier kept document is >= threshold. LSH with `bands` bands finds candidate pairs."""
-    if len(docs) < 2:
-        return list(docs)
-    if num_perm % bands:
-        raise ValueError(f"num_perm ({num_perm}) must be a multiple of bands ({bands})")
-    sig = minhash_signatures(docs, num_perm, shingle, seed)
-    rows = num_perm // bands
-    buckets = [dict() for _ in range(bands)]
-    kept_idx: List[int] = []
-    for i in range(len(docs)):
-        keys = [sig[i, bnd * rows:(bnd + 1) * rows].tobytes() for bnd in range(bands)]
-        cands = set()
-        for bnd, key in enumerate(keys):
-            cands.update(buckets[bnd].get(key, ()))
-        if any(np.mean(sig[i] == sig[j]) >= threshold for j in cands):
-            continue
-        kept_idx.append(i)
-        for bnd, key in enumerate(keys):
-            buckets[bnd].setdefault(key, []).append(i)
-    return [docs[i] for i in kept_idx]
+    from .dedup import NearDupIndex
+    docs = list(docs)
+    index = NearDupIndex(threshold, num_perm, bands)
+    try:
+        mask = index.keep(minhash_signatures(docs, num_perm, shingle, seed))
+    finally:
+        index.close()
+    return [d for d, k in zip(docs, mask) if k]
 
 
 # ------------------------------------------------------------------------- pipeline
@@ -250,33 +258,64 @@ class CleanStats:
     def to_list(self):
         return [dict(step=s, documents=n, chars=c, bytes=b) for s, n, c, b in self.steps]
 
+    def check(self):
+        """EmptyCorpusError naming the first step that left nothing."""
+        if not self.steps or not self.steps[0][1]:
+            raise EmptyCorpusError("no documents were read from the input")
+        for name, n, _, _ in self.steps:
+            if not n:
+                raise EmptyCorpusError(
+                    f"no text left after '{name}' (started with {self.steps[0][1]} documents); "
+                    f"relax the filters (--min_hangul_ratio, --min_line_chars, --min_doc_chars) or check the input\n"
+                    + self.table())
+
+
+def step_names(cfg: CleanConfig) -> List[str]:
+    """The rows of CleanStats, in order."""
+    names = ["input (markup stripped)", "normalize (NFC, whitespace)",
+             f"lines >= {cfg.min_line_chars} chars, hangul >= {cfg.min_hangul_ratio:g}",
+             f"documents >= {cfg.min_doc_chars} chars"]
+    if cfg.dedup:
+        names.append("exact dedup")
+    if cfg.near_dedup:
+        names.append(f"near dedup (J >= {cfg.near_dup_threshold:g})")
+    return names
+
+
+def clean_many(texts: List[str], cfg: CleanConfig):
+    """The per-document steps on a batch: (kept texts, [4, 3] counts of documents, characters
+    and UTF-8 bytes after input / normalize / line filters / minimum length)."""
+    counts = np.zeros((4, 3), np.int64)
+
+    def count(row, docs):
+        counts[row] += (len(docs), sum(map(len, docs)), sum(len(d.encode("utf-8")) for d in docs))
+
+    count(0, texts)
+    docs = [t for t in map(normalize_text, texts) if t]
+    count(1, docs)
+    docs = [t for t in filter_lines_many(docs, cfg.min_line_chars, cfg.min_hangul_ratio) if t] if docs else []
+    count(2, docs)
+    docs = [d for d in docs if len(d) >= cfg.min_doc_chars]
+    count(3, docs)
+    return docs, counts
+
 
 def clean_documents(docs: Iterable[str], cfg: Optional[CleanConfig] = None,
                     stats: Optional[CleanStats] = None) -> List[str]:
-    """Normalise -> line filters -> min doc length -> exact dedup -> near dedup.
+    """Normalise -> line filters -> min doc length -> exact dedup -> near dedup, in memory (the
+    streaming, multi-process version is kr_mini_llm.data.pipeline.prepare_text).
     Raises EmptyCorpusError (naming the step) when nothing is left."""
     cfg = cfg or CleanConfig()
     stats = stats if stats is not None else CleanStats()
-    docs = list(docs)
-    stats.add("input (markup stripped)", docs)
-    if not docs:
-        raise EmptyCorpusError("no documents were read from the input")
-
-    def step(name, new):
-        stats.add(name, new)
-        if not new:
-            raise EmptyCorpusError(
-                f"no text left after '{name}' (started with {stats.steps[0][1]} documents); "
-                f"relax the filters (--min_hangul_ratio, --min_line_chars, --min_doc_chars) or check the input\n"
-                + stats.table())
-        return new
-
-    docs = step("normalize (NFC, whitespace)", [t for t in map(normalize_text, docs) if t])
-    docs = step(f"lines >= {cfg.min_line_chars} chars, hangul >= {cfg.min_hangul_ratio:g}",
-                [t for t in (filter_lines(d, cfg.min_line_chars, cfg.min_hangul_ratio) for d in docs) if t])
-    docs = step(f"documents >= {cfg.min_doc_chars} chars", [d for d in docs if len(d) >= cfg.min_doc_chars])
+    out, counts = clean_many(list(docs), cfg)
+    names = step_names(cfg)
+    for name, c in zip(names, counts.tolist()):
+        stats.steps.append((name, *c))
     if cfg.dedup:
-        docs = step("exact dedup", exact_dedup(docs))
+        out = exact_dedup(out)
+        stats.add(names[len(stats.steps)], out)
     if cfg.near_dedup:
-        docs = step(f"near dedup (J >= {cfg.near_dup_threshold:g})", near_dedup(docs, cfg.near_dup_threshold))
-    return docs
+        out = near_dedup(out, cfg.near_dup_threshold)
+        stats.add(names[len(stats.steps)], out)
+    stats.check()
+    return out

@@ -1,20 +1,26 @@
-"""Readers: turn --input paths into a stream of documents (markup already stripped).
+"""Readers: turn --input paths into a stream of documents, one file read incrementally.
 
 Accepted inputs (files, directories, globs; directories are searched recursively):
-  *.txt          documents separated by blank lines (paragraphs one per line)
-  *.jsonl        one JSON object per line with a text field (`text_field`, default "text");
-                 wikiextractor `--json` output (files named wiki_00 ...) is read the same way
-  wiki_*         wikiextractor plain output (<doc ...> ... </doc>) is recognised too
-  *.xml.bz2/.xml a MediaWiki (Wikipedia) XML dump: article pages (namespace 0, no redirects)
-  *.html/*.htm   one document per file
-  hf:NAME[:CONFIG][:SPLIT]  a Hugging Face dataset (needs `datasets` and the network)
-Invalid UTF-8 is replaced and counted in `ReadStats`, never fatal.
+  *.txt[.gz|.zst]          documents separated by blank lines (paragraphs one per line)
+  *.jsonl/.json[.gz|.zst]  one JSON object per line with a text field (`text_field`, default "text");
+                           wikiextractor `--json` output (files named wiki_00 ...) is read the same way
+  wiki_*[.bz2]             wikiextractor plain output (<doc ...> ... </doc>) is recognised too
+  *.xml[.bz2]              a MediaWiki (Wikipedia) XML dump, multistream or not: article pages
+                           (namespace 0, no redirects)
+  *.parquet                a text column (`text_field`), as Hugging Face data sets ship
+  *.html/*.htm             one document per file
+  hf:NAME[:CONFIG][:SPLIT] a Hugging Face dataset (needs `datasets` and the network)
+
+No file is ever read whole (except an HTML page): text files by line, XML by element, Parquet by
+row batch. Invalid UTF-8 is replaced and counted in `ReadStats`, never fatal. A broken archive or
+a file of the wrong kind raises `BadInputFile` naming the file.
 """
 from __future__ import annotations
 
 import bz2
 import glob
 import gzip
+import io
 import json
 import os
 import re
@@ -24,19 +30,38 @@ from typing import Iterator, List, Optional, Sequence, Union
 
 from .cleaning import strip_html, strip_wikitext
 
-__all__ = ["Document", "ReadStats", "InputError", "expand_inputs", "read_documents", "decode_utf8"]
+__all__ = ["Document", "ReadStats", "InputError", "BadInputFile", "expand_inputs", "read_documents",
+           "read_file", "decode_utf8", "strip_markup"]
 
-TEXT_SUFFIXES = (".txt", ".jsonl", ".json", ".xml", ".xml.bz2", ".html", ".htm", ".jsonl.gz", ".txt.gz")
+TEXT_SUFFIXES = (".txt", ".jsonl", ".json", ".xml", ".xml.bz2", ".html", ".htm", ".parquet",
+                 ".jsonl.gz", ".txt.gz", ".json.gz", ".jsonl.zst", ".txt.zst", ".json.zst")
+# A blank-line-free text file would otherwise make one document of the whole file: past this
+# size a document is cut at the next line break.
+MAX_DOC_BYTES = 16 << 20
 
 
 class InputError(FileNotFoundError):
     """An --input that names nothing readable."""
 
 
+class BadInputFile(ValueError):
+    """A file that cannot be read as what its name says (broken archive, wrong format)."""
+
+
 @dataclass
 class Document:
     text: str
     source: str = ""
+    markup: Optional[str] = None    # "html", "wikitext", "html?" (strip if tags are found) or None
+
+
+def strip_markup(text: str, markup: Optional[str]) -> str:
+    """Apply the markup stripping a reader asked for (run in worker processes by the pipeline)."""
+    if markup == "html" or (markup == "html?" and _HTML_TAG_RE.search(text)):
+        return strip_html(text)
+    if markup == "wikitext":
+        return strip_wikitext(text)
+    return text
 
 
 @dataclass
@@ -66,7 +91,8 @@ def decode_utf8(data: bytes, name: str = "", stats: Optional[ReadStats] = None) 
         bad = text.count("\ufffd") - data.count("\ufffd".encode("utf-8"))
         if stats is not None and bad > 0:
             stats.invalid_utf8 += bad
-            stats.files_with_invalid_utf8.append(name)
+            if not stats.files_with_invalid_utf8 or stats.files_with_invalid_utf8[-1] != name:
+                stats.files_with_invalid_utf8.append(name)
         return text
 
 
@@ -113,52 +139,136 @@ def expand_inputs(inputs: Union[str, os.PathLike, Sequence[Union[str, os.PathLik
     return out
 
 
-def _open_bytes(p: Path) -> bytes:
-    if p.name.endswith(".gz"):
-        with gzip.open(p, "rb") as f:
-            return f.read()
-    if p.name.endswith(".bz2"):
-        with bz2.open(p, "rb") as f:
-            return f.read()
-    return p.read_bytes()
+# ------------------------------------------------------------------------ byte streams
+def _zstd_open(p: Path):
+    try:
+        import zstandard
+    except ImportError:
+        raise BadInputFile(f"{p}: reading .zst needs the `zstandard` package (pip install zstandard)") from None
+    return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(p, "rb"), closefd=True))
 
 
-def _split_blank_lines(text: str) -> Iterator[str]:
-    for block in re.split(r"\n\s*\n", text):
-        if block.strip():
-            yield block.strip("\r\n")
+def _open_stream(p: Path):
+    """A binary file object that decompresses .gz / .bz2 / .zst on the fly."""
+    name = p.name.lower()
+    if name.endswith(".gz"):
+        return gzip.open(p, "rb")
+    if name.endswith(".bz2"):
+        return bz2.open(p, "rb")        # multistream (concatenated bz2 streams) included
+    if name.endswith(".zst"):
+        return _zstd_open(p)
+    return open(p, "rb")
 
 
-def _read_jsonl(text: str, p: Path, text_field: str) -> Iterator[str]:
-    for lineno, line in enumerate(text.splitlines(), 1):
+def _lines(p: Path, stats: Optional[ReadStats]) -> Iterator[str]:
+    """Decoded lines (with their '\\n'), one at a time."""
+    with _open_stream(p) as f:
+        for raw in f:
+            yield decode_utf8(raw, str(p), stats)
+
+
+_BLANK_LINES_RE = re.compile(r"(\n\s*\n)")
+_BLOCK = 1 << 20
+
+
+def _blank_line_docs(p: Path, stats: Optional[ReadStats]) -> Iterator[str]:
+    """Blocks of text separated by blank (whitespace-only) lines, read 1 MB at a time: each
+    block is cut at its last line break, and the last separator (it may go on in the next
+    block) with the text after it is carried over."""
+    carry = ""
+    with _open_stream(p) as f:
+        tail = b""
+        while True:
+            block = f.read(_BLOCK)
+            data = tail + block
+            if block:
+                cut = data.rfind(b"\n") + 1
+                data, tail = data[:cut], data[cut:]
+            else:
+                tail = b""
+            text = carry + decode_utf8(data, str(p), stats)
+            parts = _BLANK_LINES_RE.split(text)     # doc, separator, doc, ..., doc
+            if block and len(parts) > 1:
+                carry = parts[-2] + parts[-1]
+                parts = parts[:-2:2]
+            elif block:
+                carry, parts = text, []
+            else:
+                carry, parts = "", parts[::2]
+            if len(carry) > MAX_DOC_BYTES:          # no blank line for too long: cut at a line
+                cut = carry.rfind("\n")
+                cut = cut if cut > 0 else len(carry)
+                parts.append(carry[:cut])
+                carry = carry[cut + 1:]
+            for part in parts:
+                if part.strip():
+                    yield part.strip("\r\n")
+            if not block:
+                if carry.strip():
+                    yield carry.strip("\r\n")
+                return
+
+
+def _read_jsonl(lines: Iterator[str], p: Path, text_field: str) -> Iterator[str]:
+    for lineno, line in enumerate(lines, 1):
         line = line.strip()
         if not line:
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{p}:{lineno}: not valid JSON ({e.msg})") from None
+            raise BadInputFile(f"{p}:{lineno}: not valid JSON ({e.msg})") from None
         if not isinstance(obj, dict) or text_field not in obj:
             keys = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
-            raise ValueError(f"{p}:{lineno}: no {text_field!r} field (found {keys}); pass --text_field")
+            raise BadInputFile(f"{p}:{lineno}: no {text_field!r} field (found {keys}); pass --text_field")
         if isinstance(obj[text_field], str):
             yield obj[text_field]
 
 
 _HTML_TAG_RE = re.compile(r"</?[a-zA-Z][a-zA-Z0-9]*(\s[^<>]*)?/?>")
-_WIKI_DOC_RE = re.compile(r"<doc\b[^>]*>\n?(.*?)</doc>", re.S)
+_DOC_OPEN_RE = re.compile(r"<doc\b[^>]*>")
+
+
+def _read_wikiextractor(lines: Iterator[str]) -> Iterator[str]:
+    """<doc id=.. title=..>\\ntitle\\nbody...</doc> blocks; the first line (the title) is dropped."""
+    body: Optional[List[str]] = None
+    for line in lines:
+        if body is None:
+            m = _DOC_OPEN_RE.search(line)
+            if not m:
+                continue
+            rest = line[m.end():]
+            body = [rest[1:] if rest.startswith("\n") else rest]
+            line = body.pop()
+            if not line:
+                continue
+        end = line.find("</doc>")
+        if end < 0:
+            body.append(line)
+            continue
+        body.append(line[:end])
+        yield "".join(body).split("\n", 1)[-1]
+        body = None
 
 
 def _read_wiki_xml(p: Path) -> Iterator[str]:
+    """Raw wikitext of the article pages of a MediaWiki export, one <page> at a time."""
     import xml.etree.ElementTree as ET
-    opener = bz2.open if p.name.endswith(".bz2") else open
-    with opener(p, "rb") as f:
-        ns, title, is_redirect, page_ns = "", None, False, "0"
+    with _open_stream(p) as f:
+        page_ns, is_redirect, in_page = "0", False, False
+        root = None
         for event, el in ET.iterparse(f, events=("start", "end")):
             tag = el.tag.rsplit("}", 1)[-1]
             if event == "start":
-                if tag == "page":
-                    is_redirect, page_ns = False, "0"
+                if root is None:
+                    root = el
+                    if tag != "mediawiki":
+                        raise BadInputFile(f"{p}: not a MediaWiki XML dump (root element <{tag}>, expected "
+                                           f"<mediawiki>); pass Wikipedia's *-pages-articles*.xml.bz2")
+                elif tag == "page":
+                    is_redirect, page_ns, in_page = False, "0", True
+                continue
+            if not in_page:
                 continue
             if tag == "ns":
                 page_ns = (el.text or "").strip()
@@ -166,11 +276,129 @@ def _read_wiki_xml(p: Path) -> Iterator[str]:
                 is_redirect = True
             elif tag == "text":
                 if page_ns == "0" and not is_redirect and el.text:
-                    body = strip_wikitext(el.text)
-                    if body.strip():
-                        yield body
+                    yield el.text
             elif tag == "page":
-                el.clear()
+                in_page = False
+                root.clear()    # drop finished pages: memory stays one page deep
+        if root is None:
+            raise BadInputFile(f"{p}: empty XML file")
+
+
+def _read_parquet(p: Path, text_field: str) -> Iterator[str]:
+    import pyarrow.parquet as pq
+    pf = pq.ParquetFile(p)
+    names = pf.schema_arrow.names
+    if text_field not in names:
+        raise BadInputFile(f"{p}: no {text_field!r} column (found {names}); pass --text_field")
+    for batch in pf.iter_batches(batch_size=1024, columns=[text_field]):
+        for t in batch.column(0).to_pylist():
+            if isinstance(t, str):
+                yield t
+
+
+def _peek(p: Path, n: int = 4096) -> str:
+    """The file's first non-blank characters ('' for a blank file)."""
+    with _open_stream(p) as f:
+        while True:
+            block = f.read(n)
+            if not block:
+                return ""
+            if block.strip():
+                return block.decode("utf-8", errors="replace").lstrip()
+
+
+def _read_raw(p: Path, text_field: str, stats: Optional[ReadStats]) -> Iterator[Document]:
+    name = p.name.lower()
+    src = str(p)
+    if name.endswith((".xml", ".xml.bz2")):
+        for t in _read_wiki_xml(p):
+            yield Document(t, src, "wikitext")
+        return
+    if name.endswith(".parquet"):
+        for t in _read_parquet(p, text_field):
+            yield Document(t, src, "html?")
+        return
+    if name.endswith((".html", ".htm")):
+        with open(p, "rb") as f:
+            text = decode_utf8(f.read(), src, stats)
+        if text.strip():
+            yield Document(text, src, "html")
+        elif stats is not None:
+            stats.empty_files += 1
+        return
+    head = _peek(p)
+    if not head.strip():
+        if stats is not None:
+            stats.empty_files += 1
+        return
+    if name.endswith((".jsonl", ".json", ".jsonl.gz", ".json.gz", ".jsonl.zst", ".json.zst")) or (
+            _is_wikiextractor_file(p) and head.startswith("{")):
+        for t in _read_jsonl(_lines(p, stats), p, text_field):
+            yield Document(t, src, "html?")
+    elif _is_wikiextractor_file(p) or head.startswith("<doc "):
+        for t in _read_wikiextractor(_lines(p, stats)):
+            yield Document(t, src, "html")
+    else:
+        for t in _blank_line_docs(p, stats):
+            yield Document(t, src, None)
+
+
+def _describe(p: Path, e: BaseException) -> str:
+    import xml.etree.ElementTree as ET
+    name = p.name.lower()
+    msg = str(e) or type(e).__name__
+    if isinstance(e, EOFError) or "end-of-stream" in msg or "truncated" in msg.lower():
+        return f"{p}: the archive is truncated ({msg}); download it again"
+    if isinstance(e, ET.ParseError):
+        return f"{p}: not well-formed XML ({msg}); expected a complete MediaWiki dump"
+    if name.endswith(".bz2"):
+        return f"{p}: not a valid bz2 archive ({msg})"
+    if name.endswith(".gz"):
+        return f"{p}: not a valid gzip archive ({msg})"
+    if name.endswith(".zst"):
+        return f"{p}: not a valid zstd archive ({msg})"
+    if name.endswith(".parquet"):
+        return f"{p}: not a readable Parquet file ({msg})"
+    return f"{p}: cannot be read ({msg})"
+
+
+def _read_errors():
+    errs = [OSError, EOFError, UnicodeDecodeError]
+    import xml.etree.ElementTree as ET
+    errs.append(ET.ParseError)
+    try:
+        import zstandard
+        errs.append(zstandard.ZstdError)
+    except ImportError:
+        pass
+    try:
+        import pyarrow
+        errs.append(pyarrow.ArrowException)
+    except ImportError:
+        pass
+    return tuple(errs)
+
+
+def read_raw_file(p: Path, text_field: str = "text", stats: Optional[ReadStats] = None) -> Iterator[Document]:
+    """Documents of one file with their markup still in place (see `strip_markup`)."""
+    p = Path(p)
+    errors = _read_errors()
+    try:
+        yield from _read_raw(p, text_field, stats)
+    except BadInputFile:
+        raise
+    except FileNotFoundError:
+        raise InputError(f"{p}: no such file") from None
+    except errors as e:
+        raise BadInputFile(_describe(p, e)) from None
+
+
+def read_file(p: Path, text_field: str = "text", stats: Optional[ReadStats] = None) -> Iterator[str]:
+    """Documents (markup stripped, not yet normalised) from one file."""
+    for d in read_raw_file(p, text_field, stats):
+        t = strip_markup(d.text, d.markup)
+        if d.markup != "wikitext" or t.strip():
+            yield t
 
 
 def _read_hf(spec: str, text_field: str) -> Iterator[str]:
@@ -189,37 +417,23 @@ def _read_hf(spec: str, text_field: str) -> Iterator[str]:
             yield t
 
 
-def read_file(p: Path, text_field: str = "text", stats: Optional[ReadStats] = None) -> Iterator[str]:
-    """Documents (markup stripped, not yet normalised) from one file."""
-    name = p.name.lower()
-    if name.endswith((".xml", ".xml.bz2")):
-        yield from _read_wiki_xml(p)
-        return
-    text = decode_utf8(_open_bytes(p), str(p), stats)
-    if not text.strip():
-        if stats is not None:
-            stats.empty_files += 1
-        return
-    stripped = text.lstrip()
-    if name.endswith((".html", ".htm")):
-        yield strip_html(text)
-    elif name.endswith((".jsonl", ".json", ".jsonl.gz")) or (_is_wikiextractor_file(p) and stripped.startswith("{")):
-        for t in _read_jsonl(text, p, text_field):
-            yield strip_html(t) if _HTML_TAG_RE.search(t) else t
-    elif _is_wikiextractor_file(p) or stripped.startswith("<doc "):
-        for m in _WIKI_DOC_RE.finditer(text):
-            body = m.group(1).split("\n", 1)[-1]   # first line is the title
-            yield strip_html(body)
-    else:
-        yield from _split_blank_lines(text)
-
-
-def read_documents(inputs, text_field: str = "text", stats: Optional[ReadStats] = None) -> Iterator[Document]:
-    """Documents from every input. `stats` (a ReadStats) collects counts and invalid UTF-8."""
+def read_documents(inputs, text_field: str = "text", stats: Optional[ReadStats] = None,
+                   raw_markup: bool = False) -> Iterator[Document]:
+    """Documents from every input, streamed. `stats` (a ReadStats) collects counts and invalid
+    UTF-8. With `raw_markup` the markup is left in place and named in `Document.markup` (the
+    pipeline strips it in its worker processes)."""
     stats = stats if stats is not None else ReadStats()
     for item in expand_inputs(inputs):
         stats.files += 1
-        it = _read_hf(item, text_field) if isinstance(item, str) else read_file(item, text_field, stats)
-        for t in it:
+        if isinstance(item, str):
+            docs = (Document(t, item) for t in _read_hf(item, text_field))
+        else:
+            docs = read_raw_file(item, text_field, stats)
+        for d in docs:
+            if not raw_markup:
+                t = strip_markup(d.text, d.markup)
+                if d.markup == "wikitext" and not t.strip():
+                    continue
+                d = Document(t, d.source)
             stats.documents += 1
-            yield Document(t, str(item))
+            yield d

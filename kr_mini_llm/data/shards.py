@@ -27,7 +27,7 @@ from typing import Dict, Optional, Union
 import numpy as np
 
 __all__ = ["MAGIC", "VERSION", "HEADER_SIZE", "ShardHeader", "ShardError", "dtype_for_vocab",
-           "write_shard", "read_header", "open_shard", "read_meta", "write_meta", "META_NAME"]
+           "write_shard", "ShardWriter", "read_header", "open_shard", "read_meta", "write_meta", "META_NAME"]
 
 MAGIC = b"KRMLTOK\0"
 VERSION = 1
@@ -58,22 +58,67 @@ def dtype_for_vocab(vocab_size: int):
     return np.dtype(np.uint16) if vocab_size <= 65535 else np.dtype(np.uint32)
 
 
+class ShardWriter:
+    """Writes a shard piece by piece (tokens appended as they are encoded), atomically: the
+    header is written last, then the tmp file is renamed, so an interrupted run never leaves a
+    valid-looking shard.
+
+        with ShardWriter(path, np.uint16, tokenizer_fp, source_fp) as w:
+            w.append(tokens, num_bytes)
+    """
+
+    def __init__(self, path: Union[str, os.PathLike], dtype, tokenizer_fingerprint: str, source_fingerprint: str = ""):
+        self.path = Path(path)
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.uint16, np.uint32):
+            raise ValueError(f"shard tokens must be uint16 or uint32, got {self.dtype}")
+        self.tokenizer_fingerprint = tokenizer_fingerprint
+        self.source_fingerprint = source_fingerprint     # may be set before close()
+        self.tmp = self.path.with_name(self.path.name + ".tmp")
+        self.num_tokens = self.num_bytes = 0
+        self.f = open(self.tmp, "wb")
+        self.f.write(b"\0" * HEADER_SIZE)
+
+    def append(self, tokens: np.ndarray, num_bytes: int):
+        self.f.write(np.ascontiguousarray(tokens).astype(self.dtype.newbyteorder("<"), copy=False).tobytes())
+        self.num_tokens += int(np.asarray(tokens).size)
+        self.num_bytes += int(num_bytes)
+
+    def close(self) -> ShardHeader:
+        tfp, sfp = self.tokenizer_fingerprint, self.source_fingerprint
+        hdr = ShardHeader(self.dtype.itemsize, self.num_tokens, self.num_bytes, tfp, sfp)
+        self.f.seek(0)
+        self.f.write(_HEADER.pack(MAGIC, VERSION, hdr.itemsize, hdr.num_tokens, hdr.num_bytes,
+                                  tfp.encode("ascii")[:16].ljust(16, b"\0"), sfp.encode("ascii")[:16].ljust(16, b"\0")))
+        self.f.close()
+        os.replace(self.tmp, self.path)
+        return hdr
+
+    def abort(self):
+        self.f.close()
+        self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *_):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
 def write_shard(path: Union[str, os.PathLike], tokens: np.ndarray, num_bytes: int,
                 tokenizer_fingerprint: str, source_fingerprint: str = "") -> ShardHeader:
-    """Write atomically (tmp file + rename), so an interrupted run never leaves a valid-looking shard."""
+    """Write a whole shard at once (see ShardWriter)."""
     tokens = np.asarray(tokens)
-    if tokens.dtype not in (np.uint16, np.uint32):
-        raise ValueError(f"shard tokens must be uint16 or uint32, got {tokens.dtype}")
-    hdr = ShardHeader(tokens.dtype.itemsize, int(tokens.size), int(num_bytes), tokenizer_fingerprint, source_fingerprint)
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(_HEADER.pack(MAGIC, VERSION, hdr.itemsize, hdr.num_tokens, hdr.num_bytes,
-                             tokenizer_fingerprint.encode("ascii")[:16].ljust(16, b"\0"),
-                             source_fingerprint.encode("ascii")[:16].ljust(16, b"\0")))
-        f.write(np.ascontiguousarray(tokens).astype(tokens.dtype.newbyteorder("<"), copy=False).tobytes())
-    os.replace(tmp, path)
-    return hdr
+    w = ShardWriter(path, tokens.dtype, tokenizer_fingerprint, source_fingerprint)
+    try:
+        w.append(tokens, num_bytes)
+    except BaseException:
+        w.abort()
+        raise
+    return w.close()
 
 
 def read_header(path: Union[str, os.PathLike]) -> ShardHeader:

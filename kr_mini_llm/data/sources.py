@@ -87,6 +87,18 @@ def _extract(deb: Path, dest: Path) -> None:
         raise SourceUnavailable(f"`dpkg-deb -x {deb}` failed:\n{r.stderr.strip()[-2000:]}")
 
 
+def _inside(tree: Path, files) -> List[Path]:
+    """The files that really lie inside `tree`: a package may ship symlinks (absolute, or with
+    ../) to files elsewhere on the machine, whose text must never enter the corpus."""
+    root = tree.resolve()
+    out = []
+    for f in files:
+        target = f.resolve()
+        if target.is_relative_to(root) and target.is_file():
+            out.append(f)
+    return out
+
+
 def _hangul_syllables(text: str) -> int:
     return sum(1 for c in text if "\uac00" <= c <= "\ud7a3")
 
@@ -120,12 +132,13 @@ def obtain_sources(names: Sequence[str] = DEFAULT_SOURCES, raw_dir: os.PathLike 
             if src.copyright_pkg != src.package:
                 cdeb = _download(src.copyright_pkg, deb_dir)
                 _extract(cdeb, raw_dir / "unpacked" / src.copyright_pkg)
-                cfile = raw_dir / "unpacked" / src.copyright_pkg / "usr/share/doc" / src.copyright_pkg / "copyright"
+                ctree = raw_dir / "unpacked" / src.copyright_pkg
             else:
-                cfile = tree / "usr/share/doc" / src.package / "copyright"
-            if not cfile.is_file():
+                ctree = tree
+            cfile = ctree / "usr/share/doc" / src.copyright_pkg / "copyright"
+            if not _inside(ctree, [cfile]):
                 raise SourceUnavailable(f"{name}: no copyright file at {cfile}; refusing to use text without its licence")
-            files = sorted(tree.glob(src.text_glob))
+            files = _inside(tree, sorted(tree.glob(src.text_glob)))
             stats = ReadStats()
             docs = []
             for f in files:

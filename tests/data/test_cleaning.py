@@ -81,3 +81,18 @@ def test_clean_documents_empty_result_is_clear_error():
         clean_documents(["English only text in this document.\nAnother English line here."])
     with pytest.raises(EmptyCorpusError, match="no documents"):
         clean_documents([])
+
+
+def test_vectorised_steps_match_the_per_line_reference():
+    """normalize_text and filter_lines (regex tricks, numpy prefix sums) against the plain
+    per-line, per-character versions, on random mixes of Hangul, Latin, spaces and symbols."""
+    import random
+    from . import reference_pipeline as ref
+    rng = random.Random(0)
+    chars = list("가나다힣abcXYZ 1234·…「」ㄱㅏé") + ["\u1100", "\u3130", "\u318f", "\U0001d49c", "😀", "\u2028", "½",
+                                                  "①", "\t", "\u3000", "\u00a0", "\r", "\n", "  ", "\x0b", "\u200b", "\ufffd"]
+    for _ in range(2000):
+        t = "".join(rng.choice(chars) for _ in range(rng.randint(0, 40)))
+        assert normalize_text(t) == ref.normalize_text(t), repr(t)
+        for m, r in ((5, 0.3), (0, 0.0), (3, 0.5), (1, 1.0)):
+            assert filter_lines(t, m, r) == ref.filter_lines(t, m, r), (repr(t), m, r)

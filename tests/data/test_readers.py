@@ -82,3 +82,80 @@ def test_bad_input_paths_are_clear_errors(tmp_path):
         expand_inputs([tmp_path / "emptydir"])
     with pytest.raises(InputError, match="no such file"):
         list(read_documents(str(tmp_path / "*.jsonl")))
+
+
+# ------------------------------------------------------------ compressed, Parquet, dumps
+_WIKI_HEAD = '<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.11/" xml:lang="ko">\n'
+_PAGE = "  <page><title>{t}</title><ns>0</ns><id>{i}</id><revision><text>{body}</text></revision></page>\n"
+
+
+def test_compressed_text_and_jsonl(tmp_path):
+    import gzip
+    import zstandard
+    docs = korean_docs(4, seed=3)
+    (tmp_path / "a.txt.gz").write_bytes(gzip.compress("\n\n".join(docs[:2]).encode()))
+    lines = "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in docs[2:])
+    (tmp_path / "b.jsonl.gz").write_bytes(gzip.compress(lines.encode()))
+    (tmp_path / "c.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(lines.encode()))
+    texts, st = _texts([tmp_path])
+    assert texts == docs[:2] + docs[2:] + docs[2:] and st.files == 3
+
+
+def test_parquet_text_column(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    docs = korean_docs(3, seed=4)
+    pq.write_table(pa.table({"id": [1, 2, 3], "content": docs}), tmp_path / "d.parquet", row_group_size=2)
+    assert _texts([tmp_path / "d.parquet"], text_field="content")[0] == docs
+    with pytest.raises(ValueError, match=r"d.parquet: no 'text' column \(found \['id', 'content'\]\)"):
+        _texts([tmp_path / "d.parquet"])
+
+
+def test_wikipedia_multistream_dump(tmp_path):
+    """A multistream dump is many bz2 streams back to back (header, 100 pages each, footer)."""
+    pages = [_PAGE.format(t=f"문서{i}", i=i, body=f"'''문서{i}'''는 [[서울|수도]]에 관한 글이다.") for i in range(5)]
+    streams = [_WIKI_HEAD, "".join(pages[:2]), "".join(pages[2:]), "</mediawiki>\n"]
+    p = tmp_path / "kowiki-20240101-pages-articles-multistream.xml.bz2"
+    p.write_bytes(b"".join(bz2.compress(s.encode()) for s in streams))
+    texts, _ = _texts([p])
+    assert texts == [f"문서{i}는 수도에 관한 글이다." for i in range(5)]
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("bad.xml.bz2", b"this is not bzip2 at all" * 10, "not a valid bz2 archive"),
+    ("cut.xml.bz2", None, "truncated"),
+    ("rss.xml", b'<rss version="2.0"><channel><item><title>t</title><text>\xea\xb0\x80\xeb\x82\x98\xeb\x8b\xa4 '
+                b'\xeb\x9d\xbc\xeb\xa7\x88\xeb\xb0\x94</text></item></channel></rss>', r"not a MediaWiki XML dump \(root element <rss>"),
+    ("broken.xml", _WIKI_HEAD.encode() + b"<page><title>x</title><ns>0", "not well-formed XML"),
+    ("bad.jsonl.gz", b'{"text": "plain JSON, not gzip"}', "not a valid gzip archive"),
+    ("bad.jsonl.zst", b"\x28\xb5\x2f\xfdgarbage", "not a valid zstd archive"),
+    ("bad.parquet", b"PAR1 not parquet PAR1", "not a readable Parquet file"),
+    ("bad.txt.gz", b"plain text, not gzip", "not a valid gzip archive"),
+    ("wiki_00.bz2", b"wikiextractor output that is not bzip2", "not a valid bz2 archive"),
+])
+def test_broken_files_are_clear_errors_naming_the_file(tmp_path, name, content, message):
+    from kr_mini_llm.data.readers import BadInputFile
+    p = tmp_path / name
+    if content is None:         # a real dump cut in the middle
+        body = "\n".join(korean_docs(50, seed=9))
+        full = bz2.compress((_WIKI_HEAD + _PAGE.format(t="가", i=1, body=body) + "</mediawiki>").encode())
+        content = full[:len(full) // 2]
+    p.write_bytes(content)
+    with pytest.raises(BadInputFile, match=message) as e:
+        _texts([p])
+    assert str(p) in str(e.value)
+
+
+def test_cli_broken_dump_is_one_line_error(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+    p = tmp_path / "kowiki.xml.bz2"
+    body = "\n".join(korean_docs(50, seed=9))
+    full = bz2.compress((_WIKI_HEAD + _PAGE.format(t="가", i=1, body=body) + "</mediawiki>").encode())
+    p.write_bytes(full[:len(full) // 2])
+    r = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[2] / "scripts" / "prepare_data.py"),
+                        "--input", str(p), "--output_dir", str(tmp_path / "out")], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.startswith(f"error: {p}: the archive is truncated")
+    assert not list((tmp_path / "out").glob("*.txt*"))          # nothing half-written
