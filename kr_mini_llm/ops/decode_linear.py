@@ -53,8 +53,8 @@ def quantize_int8(weight: torch.Tensor, group_size: int | None = None) -> tuple[
     G = K if group_size is None else int(group_size)
     if G <= 0 or K % G != 0:
         raise ValueError(f"quantize_int8: group_size {G} does not divide in_features {K} of a weight "
-                         f"{list(weight.shape)}; choose a group size that divides every layer's input "
-                         "size (a power of two such as 32, 64 or 128 usually does), or per-channel scales")
+                         f"{list(weight.shape)}; choose a group size that divides the input size of every "
+                         "layer, or per-channel scales (group_size None)")
     w = weight.detach().float().view(M, K // G, G)
     scales = w.abs().amax(-1) / 127.0
     safe = torch.where(scales > 0, scales, torch.ones_like(scales))
