@@ -14,8 +14,9 @@
 // These are inference ops: they have no backward (the Python face says so when asked for one).
 #include "ops/common.h"
 
-#include <array>
 #include <cmath>
+#include <type_traits>
+#include <utility>
 
 namespace kr {
 namespace {
@@ -70,37 +71,61 @@ struct Weights {
 };
 
 // acc[jb][n] = sum_k x[n][k] * w[rows[jb]][k] for NR rows of x (leading dim ldx) and JB weight rows.
+// The full-vector loop has no branches, so the accumulators live in registers; tails are separate.
+// Calls f(std::integral_constant<int, I>) for I = 0..N-1, unrolled at compile time: the
+// accumulator arrays below are then indexed by constants only and stay in registers.
+template <int N, typename F, int... I>
+inline void static_for_impl(F&& f, std::integer_sequence<int, I...>) {
+  (f(std::integral_constant<int, I>{}), ...);
+}
+template <int N, typename F>
+inline void static_for(F&& f) {
+  static_for_impl<N>(std::forward<F>(f), std::make_integer_sequence<int, N>{});
+}
+
 template <typename W, int NR, int JB>
 inline void dot_block(const float* x, int64_t ldx, const Weights<W>& w, const int64_t* rows,
                       float (&out)[JB][NR]) {
   constexpr bool kInt8 = std::is_same_v<W, int8_t>;
-  std::array<std::array<VF, NR>, JB> acc;
-  for (auto& a : acc) a.fill(VF(0.f));
+  VF acc[JB][NR];
+  static_for<JB>([&](auto jb) { static_for<NR>([&](auto n) { acc[jb][n] = VF(0.f); }); });
   const W* wr[JB];
   for (int jb = 0; jb < JB; ++jb) wr[jb] = w.data + rows[jb] * w.K;
   const int64_t G = w.group_size;
+  // One vector of every row: full (cnt = kVL, no masks) or the tail of a group.
+  auto step = [&](int64_t k, auto full, int64_t cnt, const VF* s) {
+    VF xv[NR];
+    static_for<NR>([&](auto n) {
+      if constexpr (decltype(full)::value) {
+        xv[n] = VF::loadu(x + n * ldx + k);
+      } else {
+        xv[n] = VF::loadu(x + n * ldx + k, cnt);
+      }
+    });
+    static_for<JB>([&](auto jb) {
+      VF wv;
+      if constexpr (decltype(full)::value) {
+        wv = WeightLoad<W>::load(wr[jb] + k);
+      } else {
+        wv = WeightLoad<W>::load(wr[jb] + k, cnt);
+      }
+      if constexpr (kInt8) wv = wv * s[jb];
+      static_for<NR>([&](auto n) { acc[jb][n] = at::vec::fmadd(wv, xv[n], acc[jb][n]); });
+    });
+  };
   for (int64_t g = 0; g < w.groups; ++g) {
     const int64_t k0 = g * G, k1 = k0 + G;
     VF s[JB];
     if constexpr (kInt8) {
-      for (int jb = 0; jb < JB; ++jb) s[jb] = VF(w.scales[rows[jb] * w.groups + g]);
+      static_for<JB>([&](auto jb) { s[jb] = VF(w.scales[rows[jb] * w.groups + g]); });
     }
-    auto step = [&](int64_t k, int64_t cnt) {
-      const bool full = cnt == kVL;
-      VF xv[NR];
-      for (int n = 0; n < NR; ++n) xv[n] = full ? VF::loadu(x + n * ldx + k) : VF::loadu(x + n * ldx + k, cnt);
-      for (int jb = 0; jb < JB; ++jb) {
-        VF wv = full ? WeightLoad<W>::load(wr[jb] + k) : WeightLoad<W>::load(wr[jb] + k, cnt);
-        if constexpr (kInt8) wv = wv * s[jb];
-        for (int n = 0; n < NR; ++n) acc[jb][n] = at::vec::fmadd(wv, xv[n], acc[jb][n]);
-      }
-    };
     int64_t k = k0;
-    for (; k + kVL <= k1; k += kVL) step(k, kVL);
-    if (k < k1) step(k, k1 - k);
+    for (; k + kVL <= k1; k += kVL) step(k, std::true_type{}, kVL, s);
+    if (k < k1) step(k, std::false_type{}, k1 - k, s);
   }
-  for (int jb = 0; jb < JB; ++jb)
-    for (int n = 0; n < NR; ++n) out[jb][n] = at::vec::vec_reduce_all<float>(std::plus<VF>(), acc[jb][n]);
+  static_for<JB>([&](auto jb) {
+    static_for<NR>([&](auto n) { out[jb][n] = at::vec::vec_reduce_all<float>(std::plus<VF>(), acc[jb][n]); });
+  });
 }
 
 // The output rows of one block of work, and where each of its JB dot products goes.
