@@ -25,6 +25,8 @@ using VF = Vectorized<float>;
 constexpr int64_t kVL = VF::size();
 // Rows of x per pass: JB x NR accumulators must stay in registers (32 zmm; 16 ymm / NEON q).
 constexpr int kMaxRows = kVL >= 16 ? 8 : 4;
+// Software prefetch distance along each weight row (GCC/Clang builtin: x86 and Arm alike).
+constexpr int64_t kPrefetchBytes = 1024;
 
 // Weight lanes widened to fp32. The partial forms read only n < kVL elements (zeros after).
 template <typename W>
@@ -105,6 +107,7 @@ inline void dot_block(const float* x, int64_t ldx, const Weights<W>& w, const in
     static_for<JB>([&](auto jb) {
       VF wv;
       if constexpr (decltype(full)::value) {
+        __builtin_prefetch(wr[jb] + k + kPrefetchBytes / sizeof(W));
         wv = WeightLoad<W>::load(wr[jb] + k);
       } else {
         wv = WeightLoad<W>::load(wr[jb] + k, cnt);
@@ -183,11 +186,10 @@ void run_range(const float* x, int64_t N, int64_t K, const Weights<W>& w, int64_
   }
 }
 
-// Output rows per block: 4 weight streams keep the loads busy; more rows of x leave fewer
-// registers, so JB = 2 there. SwiGLU blocks hold gate and up rows in pairs.
-template <typename W, typename T, Epilogue E>
-void run(const float* x, int64_t N, const Weights<W>& w, int64_t outputs, T* y, const T* residual) {
-  constexpr int JB = 4;
+// Output rows per block: 4 weight streams keep the loads busy; with many rows of x the JB x NR
+// accumulators would not fit in the registers, so JB = 2 there. SwiGLU blocks hold gate/up pairs.
+template <typename W, typename T, Epilogue E, int JB>
+void run_jb(const float* x, int64_t N, const Weights<W>& w, int64_t outputs, T* y, const T* residual) {
   constexpr int kOut = E == Epilogue::kPlain ? JB : JB / 2;
   const int64_t K = w.K, half = outputs;
   const int64_t full_blocks = outputs / kOut;
@@ -200,6 +202,16 @@ void run(const float* x, int64_t N, const Weights<W>& w, int64_t outputs, T* y, 
   // The last outputs % kOut rows, one (or one gate/up pair) at a time.
   constexpr int JB1 = E == Epilogue::kPlain ? 1 : 2;
   run_range<W, T, JB1, E>(x, N, K, w, full_blocks * kOut, outputs, half, y, outputs, residual);
+}
+
+template <typename W, typename T, Epilogue E>
+void run(const float* x, int64_t N, const Weights<W>& w, int64_t outputs, T* y, const T* residual) {
+  constexpr int64_t kFewRows = kVL >= 16 ? 4 : 2;
+  if (N <= kFewRows) {
+    run_jb<W, T, E, 4>(x, N, w, outputs, y, residual);
+  } else {
+    run_jb<W, T, E, 2>(x, N, w, outputs, y, residual);
+  }
 }
 
 void check_args(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& scales,
