@@ -13,7 +13,7 @@ import torch
 from .. import ops
 from ..model import KVCache, TransformerConfig
 from ..model.transformer import _rope_scaling
-from .packed import PackedLinear, check_dtype
+from .packed import PackedLinear, check_dtype, native_bf16
 
 SCALES_SUFFIX = ".scales"
 
@@ -34,6 +34,8 @@ class DecodeModel:
         are taken as they are."""
         self.config = config
         self.dtype = check_dtype(dtype)
+        if dtype != "fp32":
+            native_bf16()  # decided (and, on a CPU without bf16 hardware, logged) once, at load
         c = config
         D = c.resolved_head_dim
         self.num_heads, self.num_kv_heads, self.head_dim = c.num_heads, c.num_kv_heads, D

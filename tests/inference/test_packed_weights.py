@@ -120,3 +120,24 @@ def test_quantize_script(checkpoint, tmp_path):
     assert "0.50x" in ok.stdout
     gen = Generator.from_pretrained(tmp_path / "bf16", device="cpu")
     assert gen.model.dtype == "bf16" and gen.model.cache_dtype == torch.bfloat16
+
+
+def test_cpu_without_native_bf16_logs_once_and_still_works(monkeypatch, caplog):
+    from kr_mini_llm.inference import packed
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    packed.native_bf16.cache_clear()
+    try:
+        torch.manual_seed(4)
+        model = Transformer(config()).eval()
+        ids = torch.randint(0, 512, (1, 40))
+        with caplog.at_level("WARNING"):
+            bf16 = DecodeModel.from_transformer(model, "bf16")
+            DecodeModel.from_transformer(model, "int8")
+        assert sum("no native bf16" in r.message for r in caplog.records) == 1
+        ref = logits_with_cache(model, ids, steps=2)
+        got = logits_with_cache(bf16, ids, steps=2, cache_dtype=bf16.cache_dtype)
+        assert ((got - ref).norm() / ref.norm()).item() < REL_TOL["bf16"]
+    finally:
+        packed.native_bf16.cache_clear()
