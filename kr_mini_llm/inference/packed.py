@@ -1,6 +1,6 @@
 """Inference weights: a linear layer's weight stored in fp32, bf16, or int8 + scales.
 
-A few rows (a decode step: batch x new tokens <= DECODE_MAX_ROWS) go through the decode_linear
+A few rows (a decode step: batch x new tokens up to DECODE_MAX_ROWS) go through the decode_linear
 kernels, which stream the weight once in its storage dtype. More rows (a prefill) go through an
 ordinary GEMM: fp32 weights in fp32; bf16 and int8 weights in bf16 where the CPU multiplies bf16
 natively (AMX / avx512_bf16), else in fp32.
@@ -18,7 +18,9 @@ from .. import ops
 log = logging.getLogger(__name__)
 
 DTYPES = ("fp32", "bf16", "int8")
-DECODE_MAX_ROWS = 16
+# Rows up to which the decode kernels beat a GEMM: int8 goes further, since its GEMM must first
+# dequantise the whole weight.
+DECODE_MAX_ROWS = {torch.float32: 16, torch.bfloat16: 16, torch.int8: 64}
 
 
 def check_dtype(dtype: str) -> str:
@@ -41,11 +43,12 @@ def native_bf16() -> bool:
 class PackedLinear:
     """y = x W^T for W [out, in] held as `weight` (fp32 / bf16 / int8) and, for int8, `scales` [out, G]."""
 
-    __slots__ = ("weight", "scales")
+    __slots__ = ("weight", "scales", "_max_decode")
 
     def __init__(self, weight: torch.Tensor, scales: torch.Tensor | None = None):
         self.weight = weight.contiguous()
         self.scales = scales.contiguous() if scales is not None else None
+        self._max_decode = DECODE_MAX_ROWS[weight.dtype] * weight.shape[1]
 
     @classmethod
     def from_float(cls, weight: torch.Tensor, dtype: str, group_size: int | None = None) -> "PackedLinear":
@@ -80,14 +83,14 @@ class PackedLinear:
         return F.linear(x.to(torch.bfloat16), self.dense(torch.bfloat16)).to(x.dtype)
 
     def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        if x.numel() <= DECODE_MAX_ROWS * self.in_features:
+        if x.numel() <= self._max_decode:
             return ops.decode_linear(x, self.weight, self.scales, residual)
         y = self._gemm(x)
         return y if residual is None else y.add_(residual)
 
     def swiglu(self, x: torch.Tensor) -> torch.Tensor:
         """silu(gate) * up for this weight = [W_gate; W_up]."""
-        if x.numel() <= DECODE_MAX_ROWS * self.in_features:
+        if x.numel() <= self._max_decode:
             return ops.decode_linear_swiglu(x, self.weight, self.scales)
         gate, up = self._gemm(x).chunk(2, dim=-1)
         return ops.swiglu(gate, up)
