@@ -134,6 +134,7 @@ def main():
     p.add_argument("--llama-cpp", "--llama_cpp", dest="llama_cpp", type=Path,
                    help="llama.cpp directory with build/bin/llama-batched-bench and src/convert_hf_to_gguf.py")
     p.add_argument("--tokenizer", type=Path, help="SentencePiece model for the GGUFs (llama.cpp needs one)")
+    p.add_argument("--no_memory", action="store_true", help="skip the peak-memory runs (profiler; slow)")
     p.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "generate_cpu.md")
     args = p.parse_args()
     if args.llama_cpp and not args.tokenizer:
@@ -198,7 +199,7 @@ def main():
             for impl, rs in runs.items():
                 ttft = statistics.median(r[0] for r in rs)
                 decode = statistics.median((args.new_tokens - 1) * batch / max(r[1] - r[0], 1e-9) for r in rs)
-                mem = weight_bytes[impl] + peak_memory(lambda: contenders[impl](prompts))
+                mem = None if args.no_memory else weight_bytes[impl] + peak_memory(lambda: contenders[impl](prompts))
                 res[impl] = (ttft, batch * args.prompt_len / ttft, decode, mem)
             for t, reps in llama.items():
                 rows = [r[batch] for r in reps if batch in r]
@@ -220,7 +221,7 @@ def main():
                     if other:
                         vs = f"{decode / res[other][2]:.2f}x {other}"
                 row = (f"| {name} | {batch} | {impl} | {weight_bytes[impl] / 2**20:,.0f} | {ttft * 1e3:,.0f} | "
-                       f"{pf:,.0f} | {decode:,.1f} | {pct:.0f} | {mem / 2**20:,.0f} | {vs} |")
+                       f"{pf:,.0f} | {decode:,.1f} | {pct:.0f} | {'–' if mem is None else f'{mem / 2**20:,.0f}'} | {vs} |")
                 lines.append(row)
                 print(row, flush=True)
     lines.append(f"\nTriad bandwidth in this run: median {statistics.median(triads):.1f} GB/s "
