@@ -101,8 +101,11 @@ def make_ggufs(model: Transformer, tokenizer: Path, llama: Path, work: Path) -> 
 
 
 def run_llama(llama: Path, gguf: Path, prompt_len: int, new_tokens: int, batches, threads: int) -> dict:
-    """{batch: (prefill tok/s, decode tok/s, TTFT s, max RSS bytes)} from one llama-batched-bench run."""
+    """{batch: (prefill tok/s, decode tok/s, TTFT s, max RSS bytes)} from one llama-batched-bench run
+    (or, in a build without it, llama-bench: batch 1 only, decode after a prompt_len context)."""
     exe = llama / "build" / "bin" / "llama-batched-bench"
+    if not exe.exists():
+        return run_llama_bench(llama, gguf, prompt_len, new_tokens, threads)
     ctx = max(batches) * (prompt_len + new_tokens) + 16
     cmd = [str(exe), "-m", str(gguf), "-c", str(ctx), "-b", "2048", "-ub", "512", "-npp", str(prompt_len),
            "-ntg", str(new_tokens), "-npl", ",".join(map(str, batches)), "-t", str(threads), "--no-warmup"]
@@ -120,6 +123,25 @@ def run_llama(llama: Path, gguf: Path, prompt_len: int, new_tokens: int, batches
             b = int(cells[2])
             res[b] = (float(cells[5]), float(cells[7]), float(cells[4]), usage.ru_maxrss * 1024)
     return res
+
+
+def run_llama_bench(llama: Path, gguf: Path, prompt_len: int, new_tokens: int, threads: int) -> dict:
+    import json
+
+    cmd = [str(llama / "build" / "bin" / "llama-bench"), "-m", str(gguf), "-p", str(prompt_len), "-n", str(new_tokens),
+           "-d", f"0,{prompt_len}", "-t", str(threads), "-r", "1", "-o", "json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{' '.join(cmd[:3])} ... failed (exit {os.waitstatus_to_exitcode(status)})")
+    pp = tg = None
+    for r in json.loads(out):
+        if r["n_prompt"] > 0 and r["n_depth"] == 0:
+            pp = r["avg_ts"]
+        elif r["n_gen"] > 0 and r["n_depth"] == prompt_len:
+            tg = r["avg_ts"]
+    return {1: (pp, tg, prompt_len / pp, usage.ru_maxrss * 1024)}
 
 
 def main():
@@ -144,6 +166,7 @@ def main():
     batches = [int(b) for b in args.batches.split(",")]
     impls = args.impls.split(",")
     triads = [triad_gbs(args.threads)]
+    failures: list[str] = []
     lines = ["# Generation on the CPU", "", "Command: `python " + " ".join(["scripts/bench_generate.py", *sys.argv[1:]]) + "`",
              "", *environment(),
              f"- Threads: {args.threads}; prompt {args.prompt_len} random tokens; {args.new_tokens} new tokens, greedy",
@@ -181,8 +204,12 @@ def main():
                 ggufs = make_ggufs(base, args.tokenizer, args.llama_cpp, Path(work))
                 for t, path in ggufs.items():
                     weight_bytes[f"llama.cpp-{t}"] = path.stat().st_size
-                    llama[t] = [run_llama(args.llama_cpp, path, args.prompt_len, args.new_tokens, batches, args.threads)
-                                for _ in range(args.repeats)]
+                    try:
+                        llama[t] = [run_llama(args.llama_cpp, path, args.prompt_len, args.new_tokens, batches,
+                                              args.threads) for _ in range(args.repeats)]
+                    except RuntimeError as e:  # a build that cannot run this type here: say so, keep the rest
+                        failures.append(f"llama.cpp {t} ({name}): {e}")
+                        print(failures[-1], file=sys.stderr)
         D, L, Hkv = config.resolved_head_dim, config.num_layers, config.num_kv_heads
         for batch in batches:
             g = torch.Generator().manual_seed(batch)
@@ -228,6 +255,7 @@ def main():
                  f"(min {min(triads):.1f}, max {max(triads):.1f}) over {len(triads)} measurements.")
     if not args.llama_cpp:
         lines.append("llama.cpp not measured in this run (pass --llama-cpp DIR --tokenizer FILE).")
+    lines += [f"- not measured: {f}" for f in failures]
     write_report(args.output, lines, start)
 
 
