@@ -10,8 +10,9 @@ of new tokens after a prompt of --prompt_len random tokens (no early stop):
   ours-fp32/bf16/int8  Generator on the packed decode kernels (int8: symmetric, per output channel)
   ours-nn              the Transformer with nn.Linear (the Generator before the decode kernels), fp32
   hf-fp32/hf-bf16      transformers LlamaForCausalLM.generate, sdpa attention
-  llama.cpp f32/bf16/q8_0  llama-batched-bench on GGUFs converted from the same weights (HF export +
-                       llama.cpp's convert_hf_to_gguf.py; needs a SentencePiece --tokenizer)
+  llama.cpp f32/bf16/q8_0  llama-batched-bench (or, in a build without it, llama-bench: batch 1 only) on
+                       GGUFs converted from the same weights (HF export + llama.cpp's
+                       convert_hf_to_gguf.py; needs a SentencePiece --tokenizer)
 Ours and HF run in this process, interleaved over --repeats, medians reported. TTFT = prefill + first
 token; prefill tok/s = batch * prompt_len / TTFT; decode tok/s = (new_tokens - 1) * batch / (total - TTFT).
 "BW %" = bytes a decode step reads (all weights once, plus the KV cache at the mean context) x steps/s,
