@@ -44,4 +44,12 @@ TORCH_LIBRARY(kr_mini_llm, m) {
   m.def("linear_cross_entropy_and_grad(Tensor hidden, Tensor weight, Tensor targets,"
         " int ignore_index, int chunk_size, bool mean, bool need_grad_hidden, bool need_grad_weight)"
         " -> (Tensor loss, Tensor grad_hidden, Tensor grad_weight)");
+
+  // Inference-only (no backward): y = x W^T (+ residual) for the few rows of a decode step,
+  // x [..., K] float32/bfloat16, weight [M, K] float32/bfloat16/int8; int8 takes symmetric
+  // scales [M, G] (float32, G groups of K/G inputs each; G = 1 is per output channel).
+  // fp32 accumulation; y [..., M] in x's dtype.
+  m.def("decode_linear(Tensor x, Tensor weight, Tensor? scales=None, Tensor? residual=None) -> Tensor");
+  // silu(x Wg^T) * (x Wu^T) for weight = [Wg; Wu] [2I, K] (gate rows, then up rows) -> [..., I].
+  m.def("decode_linear_swiglu(Tensor x, Tensor weight, Tensor? scales=None) -> Tensor");
 }

@@ -1,36 +1,66 @@
 #!/usr/bin/env python3
-"""Generation speed: decode tokens/s, time to first token, peak memory; ours against HF generate.
+"""Generation speed on the CPU: ours (fp32, bf16, int8 decode kernels) against HF generate and llama.cpp.
 
-    python scripts/bench_generate.py                     # -> benchmarks/generate_cpu.md
+    python scripts/bench_generate.py                                  # -> benchmarks/generate_cpu.md
+    python scripts/bench_generate.py --llama-cpp ~/.cache/kr-mini-llm/llama.cpp --tokenizer models/tokenizer.model
     python scripts/bench_generate.py --models tiny --batches 1 --new_tokens 32 --output /tmp/g.md
 
-Both run greedy decoding with a KV cache on the same random weights (ours: Generator on the fused
-decode ops; HF: LlamaForCausalLM.generate, sdpa attention, built from the same weights), for a
-fixed number of new tokens (no early stop). Time to first token = the prefill of the prompt plus
-the first sampled token; decode tokens/s = (new tokens - 1) * batch / (total time - TTFT).
+Every contender runs greedy decoding with a KV cache on the same random weights, for a fixed number
+of new tokens after a prompt of --prompt_len random tokens (no early stop):
+  ours-fp32/bf16/int8  Generator on the packed decode kernels (int8: symmetric, per output channel)
+  ours-nn              the Transformer with nn.Linear (the Generator before the decode kernels), fp32
+  hf-fp32/hf-bf16      transformers LlamaForCausalLM.generate, sdpa attention
+  llama.cpp f32/bf16/q8_0  llama-batched-bench (or, in a build without it, llama-bench: batch 1 only) on
+                       GGUFs converted from the same weights (HF export + llama.cpp's
+                       convert_hf_to_gguf.py; needs a SentencePiece --tokenizer)
+Ours and HF run in this process, interleaved over --repeats, medians reported. TTFT = prefill + first
+token; prefill tok/s = batch * prompt_len / TTFT; decode tok/s = (new_tokens - 1) * batch / (total - TTFT).
+"BW %" = bytes a decode step reads (all weights once, plus the KV cache at the mean context) x steps/s,
+over the triad bandwidth (a = b + 2c on 3 x 256 MiB, STREAM byte count) measured in the same run.
+Peak MB: ours/HF = weights + the most torch allocates during one generate; llama.cpp = max RSS.
 """
 from __future__ import annotations
 
 import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import environment, write_report, peak_memory  # noqa: E402
+from bench_common import environment, peak_memory, write_report  # noqa: E402
 from bench_model import hf_model  # noqa: E402
 
 from kr_mini_llm import Transformer, TransformerConfig  # noqa: E402
 from kr_mini_llm.inference import Generator  # noqa: E402
+from kr_mini_llm.inference.decode_model import DecodeModel  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+OURS = ("fp32", "bf16", "int8")
+MATCH = {"fp32": "f32", "bf16": "bf16", "int8": "q8_0"}  # our dtype -> llama.cpp type
 
 
 class _Ids:
     """The Generator needs only eos_id from a tokenizer when fed token ids."""
     eos_id = -1
+
+
+def triad_gbs(threads: int, mib: int = 256, repeats: int = 7) -> float:
+    n = mib * 2**20 // 4
+    a, b, c = torch.empty(n), torch.rand(n), torch.rand(n)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.add(b, c, alpha=2.0, out=a)
+        times.append(time.perf_counter() - t0)
+    return 3 * n * 4 / statistics.median(times[1:]) / 1e9
 
 
 def run_ours(gen: Generator, prompts, new_tokens):
@@ -55,9 +85,64 @@ def run_hf(model, prompts, new_tokens):
     return ttft, total
 
 
-def measure(fn, repeats):
-    runs = sorted((fn() for _ in range(repeats)), key=lambda r: r[1])
-    return runs[len(runs) // 2]
+# -- llama.cpp ------------------------------------------------------------------------------------
+def make_ggufs(model: Transformer, tokenizer: Path, llama: Path, work: Path) -> dict[str, Path]:
+    """f32, bf16 and q8_0 GGUFs of `model` through our HF export and llama.cpp's converter."""
+    hf_dir = work / "hf"
+    model.save_hf(hf_dir)
+    shutil.copyfile(tokenizer, hf_dir / "tokenizer.model")
+    env = {**os.environ, "PYTHONPATH": str(llama / "src" / "gguf-py")}
+    out = {}
+    for t in ("f32", "bf16", "q8_0"):
+        path = work / f"model-{t}.gguf"
+        subprocess.run([sys.executable, str(llama / "src" / "convert_hf_to_gguf.py"), str(hf_dir), "--outtype", t,
+                        "--outfile", str(path)], check=True, env=env, capture_output=True)
+        out[t] = path
+    return out
+
+
+def run_llama(llama: Path, gguf: Path, prompt_len: int, new_tokens: int, batches, threads: int) -> dict:
+    """{batch: (prefill tok/s, decode tok/s, TTFT s, max RSS bytes)} from one llama-batched-bench run
+    (or, in a build without it, llama-bench: batch 1 only, decode after a prompt_len context)."""
+    exe = llama / "build" / "bin" / "llama-batched-bench"
+    if not exe.exists():
+        return run_llama_bench(llama, gguf, prompt_len, new_tokens, threads)
+    ctx = max(batches) * (prompt_len + new_tokens) + 16
+    cmd = [str(exe), "-m", str(gguf), "-c", str(ctx), "-b", "2048", "-ub", "512", "-npp", str(prompt_len),
+           "-ntg", str(new_tokens), "-npl", ",".join(map(str, batches)), "-t", str(threads), "--no-warmup"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode})")
+    res = {}
+    # |    PP |     TG |    B |   N_KV |   T_PP s | S_PP t/s |   T_TG s | S_TG t/s |      T s |    S t/s |
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 10 and re.fullmatch(r"\d+", cells[0]):
+            b = int(cells[2])
+            res[b] = (float(cells[5]), float(cells[7]), float(cells[4]), usage.ru_maxrss * 1024)
+    return res
+
+
+def run_llama_bench(llama: Path, gguf: Path, prompt_len: int, new_tokens: int, threads: int) -> dict:
+    import json
+
+    cmd = [str(llama / "build" / "bin" / "llama-bench"), "-m", str(gguf), "-p", str(prompt_len), "-n", str(new_tokens),
+           "-d", f"0,{prompt_len}", "-t", str(threads), "-r", "1", "-o", "json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{' '.join(cmd[:3])} ... failed (exit {os.waitstatus_to_exitcode(status)})")
+    pp = tg = None
+    for r in json.loads(out):
+        if r["n_prompt"] > 0 and r["n_depth"] == 0:
+            pp = r["avg_ts"]
+        elif r["n_gen"] > 0 and r["n_depth"] == prompt_len:
+            tg = r["avg_ts"]
+    return {1: (pp, tg, prompt_len / pp, usage.ru_maxrss * 1024)}
 
 
 def main():
@@ -65,44 +150,113 @@ def main():
     p.add_argument("--models", default="tiny,small")
     p.add_argument("--batches", default="1,8")
     p.add_argument("--prompt_len", type=int, default=512)
-    p.add_argument("--new_tokens", type=int, default=128)
+    p.add_argument("--new_tokens", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--impls", default="ours-fp32,ours-bf16,ours-int8,ours-nn,hf-fp32,hf-bf16")
+    p.add_argument("--llama-cpp", "--llama_cpp", dest="llama_cpp", type=Path,
+                   help="llama.cpp directory with build/bin/llama-batched-bench and src/convert_hf_to_gguf.py")
+    p.add_argument("--tokenizer", type=Path, help="SentencePiece model for the GGUFs (llama.cpp needs one)")
+    p.add_argument("--no_memory", action="store_true", help="skip the peak-memory runs (profiler; slow)")
     p.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "generate_cpu.md")
     args = p.parse_args()
+    if args.llama_cpp and not args.tokenizer:
+        p.error("--llama-cpp needs --tokenizer (a SentencePiece .model) to build the GGUFs")
     torch.set_num_threads(args.threads)
     start = time.time()
+    batches = [int(b) for b in args.batches.split(",")]
+    impls = args.impls.split(",")
+    triads = [triad_gbs(args.threads)]
+    failures: list[str] = []
     lines = ["# Generation on the CPU", "", "Command: `python " + " ".join(["scripts/bench_generate.py", *sys.argv[1:]]) + "`",
              "", *environment(),
-             f"- Threads: {args.threads}; prompt {args.prompt_len} tokens; {args.new_tokens} new tokens, greedy, fp32",
-             "", "Medians of repeated runs (by total time). Ratios are ours / HF (decode) and HF / ours (TTFT): > 1 means ours is better.",
-             "", "| model | batch | impl | TTFT ms | decode tok/s | peak MB | decode vs HF | TTFT vs HF |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"- Threads: {args.threads}; prompt {args.prompt_len} random tokens; {args.new_tokens} new tokens, greedy",
+             f"- ISA env: ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', '-')}, "
+             f"MKL_ENABLE_INSTRUCTIONS={os.environ.get('MKL_ENABLE_INSTRUCTIONS', '-')}",
+             "", "Medians over repeats, contenders interleaved. 'vs' columns: decode tok/s of ours-DTYPE over the "
+             "matching contender (llama.cpp at the same precision, else HF at the same dtype); > 1 means ours is faster.",
+             "", "| model | batch | impl | weights MB | TTFT ms | prefill tok/s | decode tok/s | BW % | peak MB | ours vs |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name in args.models.split(","):
         config = getattr(TransformerConfig, name)().replace(dropout=0.0)
         config = config.replace(max_seq_length=max(config.max_seq_length, args.prompt_len + args.new_tokens))
         torch.manual_seed(0)
-        ours = Transformer(config).eval()
-        gen = Generator(ours, _Ids(), "cpu")
-        hf = hf_model(config, ours, "sdpa").eval()
-        for batch in [int(b) for b in args.batches.split(",")]:
+        base = Transformer(config).eval()
+        contenders, weight_bytes = {}, {}
+        for impl in impls:
+            kind, dt = impl.split("-")
+            if kind == "ours" and dt in OURS:
+                model = DecodeModel.from_transformer(base, dt)
+                gen = Generator(model, _Ids(), "cpu")
+                contenders[impl] = (lambda g=gen: (lambda pr: run_ours(g, pr, args.new_tokens)))()
+                weight_bytes[impl] = sum(t.nbytes for k, t in model.state_dict().items() if k != "embed_tokens.weight"
+                                         or config.tie_word_embeddings)
+            elif impl == "ours-nn":
+                gen = Generator(base, _Ids(), "cpu")
+                contenders[impl] = (lambda g=gen: (lambda pr: run_ours(g, pr, args.new_tokens)))()
+                weight_bytes[impl] = sum(p.nbytes for p in base.parameters())
+            elif kind == "hf":
+                hf = hf_model(config, base, "sdpa").eval().to(torch.float32 if dt == "fp32" else torch.bfloat16)
+                contenders[impl] = (lambda m=hf: (lambda pr: run_hf(m, pr, args.new_tokens)))()
+                weight_bytes[impl] = sum(p.nbytes for p in hf.parameters())
+        llama = {}
+        if args.llama_cpp:
+            with tempfile.TemporaryDirectory() as work:
+                ggufs = make_ggufs(base, args.tokenizer, args.llama_cpp, Path(work))
+                for t, path in ggufs.items():
+                    weight_bytes[f"llama.cpp-{t}"] = path.stat().st_size
+                    try:
+                        llama[t] = [run_llama(args.llama_cpp, path, args.prompt_len, args.new_tokens, batches,
+                                              args.threads) for _ in range(args.repeats)]
+                    except RuntimeError as e:  # a build that cannot run this type here: say so, keep the rest
+                        failures.append(f"llama.cpp {t} ({name}): {e}")
+                        print(failures[-1], file=sys.stderr)
+        D, L, Hkv = config.resolved_head_dim, config.num_layers, config.num_kv_heads
+        for batch in batches:
             g = torch.Generator().manual_seed(batch)
             prompts = torch.randint(4, config.vocab_size, (batch, args.prompt_len), generator=g).tolist()
+            runs = {impl: [] for impl in contenders}
+            for fn in contenders.values():
+                fn(prompts)  # warm-up
+            for _ in range(args.repeats):  # interleaved
+                for impl, fn in contenders.items():
+                    runs[impl].append(fn(prompts))
+                triads.append(triad_gbs(args.threads))
+            bw = statistics.median(triads)
             res = {}
-            for impl, fn in (("ours", lambda: run_ours(gen, prompts, args.new_tokens)),
-                             ("hf", lambda: run_hf(hf, prompts, args.new_tokens))):
-                fn()  # warm-up
-                ttft, total = measure(fn, args.repeats)
-                decode = (args.new_tokens - 1) * batch / max(total - ttft, 1e-9)
-                mem = peak_memory(fn)
-                res[impl] = (ttft, decode, mem)
-            for impl, (ttft, decode, mem) in res.items():
-                vs_d = f"{res['ours'][1] / res['hf'][1]:.2f}x" if impl == "ours" else "–"
-                vs_t = f"{res['hf'][0] / res['ours'][0]:.2f}x" if impl == "ours" else "–"
-                row = f"| {name} | {batch} | {impl} | {ttft * 1e3:,.0f} | {decode:,.1f} | {mem / 2**20:,.1f} | {vs_d} | {vs_t} |"
+            for impl, rs in runs.items():
+                ttft = statistics.median(r[0] for r in rs)
+                decode = statistics.median((args.new_tokens - 1) * batch / max(r[1] - r[0], 1e-9) for r in rs)
+                mem = None if args.no_memory else weight_bytes[impl] + peak_memory(lambda: contenders[impl](prompts))
+                res[impl] = (ttft, batch * args.prompt_len / ttft, decode, mem)
+            for t, reps in llama.items():
+                rows = [r[batch] for r in reps if batch in r]
+                if rows:
+                    pp = statistics.median(r[0] for r in rows)
+                    res[f"llama.cpp-{t}"] = (statistics.median(r[2] for r in rows), pp,
+                                             statistics.median(r[1] for r in rows), max(r[3] for r in rows))
+            # KV bytes read per decode step at the mean context, in the cache dtype of each contender
+            ctx = args.prompt_len + args.new_tokens / 2
+            for impl, (ttft, pf, decode, mem) in res.items():
+                kv_elem = 2 if impl.endswith(("bf16",)) or impl.startswith("llama.cpp") else 4
+                step_bytes = weight_bytes[impl] + 2 * L * Hkv * D * ctx * kv_elem * batch
+                pct = 100 * step_bytes * decode / batch / (bw * 1e9)
+                vs = "–"
+                if impl.startswith("ours-") and impl != "ours-nn":
+                    dt = impl.split("-")[1]
+                    other = f"llama.cpp-{MATCH[dt]}" if f"llama.cpp-{MATCH[dt]}" in res else \
+                        (f"hf-{dt}" if f"hf-{dt}" in res else None)
+                    if other:
+                        vs = f"{decode / res[other][2]:.2f}x {other}"
+                row = (f"| {name} | {batch} | {impl} | {weight_bytes[impl] / 2**20:,.0f} | {ttft * 1e3:,.0f} | "
+                       f"{pf:,.0f} | {decode:,.1f} | {pct:.0f} | {'–' if mem is None else f'{mem / 2**20:,.0f}'} | {vs} |")
                 lines.append(row)
                 print(row, flush=True)
-    lines.append("\nNot compared: llama.cpp (kr-mini-llm has no GGUF export yet).")
+    lines.append(f"\nTriad bandwidth in this run: median {statistics.median(triads):.1f} GB/s "
+                 f"(min {min(triads):.1f}, max {max(triads):.1f}) over {len(triads)} measurements.")
+    if not args.llama_cpp:
+        lines.append("llama.cpp not measured in this run (pass --llama-cpp DIR --tokenizer FILE).")
+    lines += [f"- not measured: {f}" for f in failures]
     write_report(args.output, lines, start)
 
 

@@ -108,10 +108,26 @@ def lce_cases(quick):
                {"ours": ops.linear_cross_entropy, "reference": ops.linear_cross_entropy_reference})
 
 
+def decode_linear_cases(quick):
+    # model_small's decode step: q/k/v stacked, gate/up (SwiGLU epilogue), down, the LM head; 1 and 8 rows.
+    shapes = [(1, 1280, 768), (8, 1280, 768), (1, 4096, 768), (1, 768, 2048), (1, 32000, 768), (8, 32000, 768)]
+    if quick:
+        shapes = [(3, 37, 64)]
+    for n, m, k in shapes:
+        for wfmt in ("same", "int8"):
+            def make(dtype, n=n, m=m, k=k, wfmt=wfmt):
+                w = torch.randn(m, k)
+                w, s = ops.quantize_int8(w) if wfmt == "int8" else (w.to(dtype), None)
+                return (torch.randn(n, k, dtype=dtype), w, s)
+            label = "weight as x" if wfmt == "same" else "weight int8 per channel"
+            yield (f"x [{n}, {k}] @ [{m}, {k}]^T, {label}", make,
+                   {"ours": ops.decode_linear, "reference": ops.decode_linear_reference})
+
+
 OPS = {"rms_norm": rms_norm_cases, "rotary": rotary_cases, "swiglu": swiglu_cases,
        "attention": attention_cases, "decode_attention": decode_cases,
-       "linear_cross_entropy": lce_cases}
-INFERENCE_ONLY = {"decode_attention"}
+       "linear_cross_entropy": lce_cases, "decode_linear": decode_linear_cases}
+INFERENCE_ONLY = {"decode_attention", "decode_linear"}
 
 
 def first(out):

@@ -14,7 +14,8 @@ from kr_mini_llm.training import CheckpointError
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="checkpoint directory or training output directory")
+    p.add_argument("--model", required=True,
+                   help="checkpoint directory, training output directory, or a scripts/quantize.py directory")
     p.add_argument("--prompt", action="append", help="prompt text (repeat for a batch)")
     p.add_argument("--interactive", action="store_true", help="read prompts from the terminal")
     p.add_argument("--max_new_tokens", type=int, default=100)
@@ -24,6 +25,8 @@ def parse_args(argv=None):
     p.add_argument("--repetition_penalty", type=float, default=1.1)
     p.add_argument("--seed", type=int)
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "int8"], default=None,
+                   help="CPU decode weights (default: fp32, or the dtype of a scripts/quantize.py directory)")
     p.add_argument("--tokenizer", default=None, help="tokenizer.model if the checkpoint has none")
     p.add_argument("--no_stream", action="store_true", help="print each answer whole")
     p.add_argument("--adapter-path", "--adapter_path", dest="adapter_path",
@@ -56,7 +59,7 @@ def main(argv=None) -> int:
     try:
         check_sampling(args.temperature, args.top_k, args.top_p, args.repetition_penalty)  # before the model loads
         gen = Generator.from_pretrained(args.model, device=args.device, tokenizer_path=args.tokenizer,
-                                        adapter_path=args.adapter_path)
+                                        adapter_path=args.adapter_path, dtype=args.dtype)
         if args.prompt and len(args.prompt) > 1 and args.no_stream and not args.chat:
             for p, text in zip(args.prompt, gen.generate(args.prompt, max_new_tokens=args.max_new_tokens,
                                                          temperature=args.temperature, top_k=args.top_k,

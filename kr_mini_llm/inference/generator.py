@@ -16,41 +16,71 @@ from typing import Iterator
 import torch
 
 from ..model import KVCache, Transformer, TransformerConfig
+from .decode_model import DecodeModel
+from .packed import check_dtype
 from .sampling import apply_repetition_penalty, check_sampling, sample_next
 
 log = logging.getLogger(__name__)
 
 
 class Generator:
-    def __init__(self, model: Transformer, tokenizer, device: torch.device | str | None = None):
+    def __init__(self, model, tokenizer, device: torch.device | str | None = None):
+        """`model`: a Transformer (runs as it is), or a DecodeModel (packed fp32/bf16/int8 weights
+        on the decode_linear kernels; see from_pretrained)."""
         self.model = model.eval()
         self.tokenizer = tokenizer
-        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        if device is None:
+            device = model.device if isinstance(model, DecodeModel) else next(model.parameters()).device
+        self.device = torch.device(device)
         self.model.to(self.device)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | None = None, tokenizer_path: str | None = None,
-                        ops_impl: str = "fused", adapter_path: str | Path | None = None) -> "Generator":
-        """A checkpoint directory, or an output directory (its latest checkpoint); with adapter_path,
-        the LoRA adapters of scripts/lora.py on top (unfused, checked against the base)."""
+                        ops_impl: str = "fused", adapter_path: str | Path | None = None,
+                        dtype: str | None = None, group_size: int | None = None) -> "Generator":
+        """A checkpoint directory, an output directory (its latest checkpoint), or an inference
+        directory of scripts/quantize.py.
+
+        dtype: the weights to decode with, "fp32", "bf16" or "int8" (int8: symmetric, per group of
+        `group_size` inputs, None = per output channel). On the CPU the default is "fp32" on the
+        packed decode kernels, or the inference directory's own dtype. With adapter_path (LoRA
+        adapters of scripts/lora.py, unfused) or on another device, the Transformer runs as it is.
+        """
         from ..data.tokenizer import Tokenizer
         from ..training.checkpoint import load_checkpoint, resolve_checkpoint
+        from .saved import is_inference_dir, load_inference_model
 
-        ckpt = resolve_checkpoint(path)
-        config = TransformerConfig.from_yaml(ckpt / "model_config.yaml")
-        model = Transformer(config, ops_impl=ops_impl)
-        load_checkpoint(ckpt, model)
-        if adapter_path is not None:
-            from ..lora.adapters import load_adapters
-
-            load_adapters(model, adapter_path)
-        tok_file = Path(tokenizer_path) if tokenizer_path else ckpt / "tokenizer.model"
-        if not tok_file.exists():
-            raise FileNotFoundError(f"{ckpt}: no tokenizer.model in the checkpoint; pass tokenizer_path=")
+        if dtype is not None:
+            check_dtype(dtype)
         if device is None:
             from ..training.device import pick_device
 
             device = pick_device("auto")
+        on_cpu = torch.device(device).type == "cpu"
+        if is_inference_dir(path):
+            if not on_cpu or adapter_path is not None:
+                raise ValueError(f"{path} holds packed inference weights: they run on the CPU, without adapters")
+            ckpt = Path(path)
+            model = load_inference_model(ckpt, dtype)
+        else:
+            ckpt = resolve_checkpoint(path)
+            config = TransformerConfig.from_yaml(ckpt / "model_config.yaml")
+            model = Transformer(config, ops_impl=ops_impl)
+            load_checkpoint(ckpt, model)
+            if adapter_path is not None:
+                from ..lora.adapters import load_adapters
+
+                load_adapters(model, adapter_path)
+            packed = on_cpu and adapter_path is None and ops_impl == "fused"
+            if dtype not in (None, "fp32") and not packed:
+                raise ValueError(f"dtype={dtype!r} runs on the CPU with fused ops and no adapters (fuse LoRA "
+                                 "adapters first with scripts/fuse.py); got "
+                                 f"device={device}, ops_impl={ops_impl}, adapters={adapter_path is not None}")
+            if packed:
+                model = DecodeModel.from_transformer(model, dtype or "fp32", group_size)
+        tok_file = Path(tokenizer_path) if tokenizer_path else ckpt / "tokenizer.model"
+        if not tok_file.exists():
+            raise FileNotFoundError(f"{ckpt}: no tokenizer.model in the checkpoint; pass tokenizer_path=")
         return cls(model, Tokenizer(str(tok_file)), device)
 
     # -- public API ------------------------------------------------------------------------------
@@ -122,26 +152,37 @@ class Generator:
         gen = torch.Generator(device="cpu")
         gen.manual_seed(seed if seed is not None else random.randrange(2**63))
         seen = torch.zeros(B, cfg.vocab_size, dtype=torch.bool, device=self.device)
-        # Prefill each prompt into its own row of the cache (prompts have different lengths).
-        last = []
-        for b, p in enumerate(prompts):
-            t = torch.tensor([p], device=self.device)
-            last.append(self.model(t, kv_cache=cache.row(b), last_logits_only=True)[0, -1])
-            seen[b, t[0]] = True
-        logits = torch.stack(last)
-        done = torch.zeros(B, dtype=torch.bool)
+        # Prefill: prompts of one length together, else each into its own row of the cache.
+        if len({len(p) for p in prompts}) == 1:
+            t = torch.tensor(prompts, device=self.device)
+            logits = self.model(t, kv_cache=cache, last_logits_only=True)[:, -1]
+            seen[torch.arange(B).unsqueeze(1), t] = True
+        else:
+            last = []
+            for b, p in enumerate(prompts):
+                t = torch.tensor([p], device=self.device)
+                last.append(self.model(t, kv_cache=cache.row(b), last_logits_only=True)[0, -1])
+                seen[b, t[0]] = True
+            logits = torch.stack(last)
+        done = [False] * B
+        eos = self.tokenizer.eos_id
+        rows = torch.arange(B, device=self.device)
         for _ in range(max_new_tokens):
-            logits = apply_repetition_penalty(logits.float(), seen, repetition_penalty)
-            nxt = sample_next(logits.cpu(), temperature, top_k, top_p, gen)
-            out = [None if done[b] else int(nxt[b]) for b in range(B)]
+            if repetition_penalty != 1.0:
+                logits = apply_repetition_penalty(logits.float(), seen, repetition_penalty)
+            nxt = sample_next(logits.float().cpu(), temperature, top_k, top_p, gen)
+            ids = nxt.tolist()  # one conversion per step, not one per sequence
+            out = [None if done[b] else ids[b] for b in range(B)]
             if stop_at_eos:
-                done |= nxt == self.tokenizer.eos_id
-                out = [None if (o is not None and o == self.tokenizer.eos_id) else o for o in out]
+                done = [d or t == eos for d, t in zip(done, ids)]
+                out = [None if o == eos else o for o in out]
             yield out
-            if bool(done.all()):
+            if all(done):
                 return
-            seen[torch.arange(B), nxt.to(self.device)] = True
-            logits = self.model(nxt.view(B, 1).to(self.device), kv_cache=cache, last_logits_only=True)[:, -1]
+            nxt = nxt.to(self.device)
+            if repetition_penalty != 1.0:
+                seen[rows, nxt] = True
+            logits = self.model(nxt.view(B, 1), kv_cache=cache, last_logits_only=True)[:, -1]
 
     @staticmethod
     def sample_during_training(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
@@ -165,6 +206,8 @@ class Generator:
         return ids
 
     def _cache_dtype(self) -> torch.dtype:
+        if isinstance(self.model, DecodeModel):
+            return self.model.cache_dtype
         return next(self.model.parameters()).dtype
 
     def _stream_text(self, steps) -> Iterator[str]:

@@ -1,0 +1,185 @@
+"""The decoder for generation: the Transformer's math with its weights packed for decoding.
+
+Per block: q/k/v are one stacked weight, gate/up one weight whose SwiGLU is the kernel's epilogue,
+and the residual adds are fused into the o/down projections, so a decode step costs 9-11 op calls
+per block (norm, qkv, rotary x2, cache append, attention, o, norm, gate/up, down). Weights are
+fp32, bf16, or int8 + scales (see packed.py); activations and the residual stream are fp32; the
+KV cache is fp32, or bf16 for bf16 weights. Called like Transformer(ids, kv_cache=..., last_logits_only=...).
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import ops
+from ..model import KVCache, TransformerConfig
+from ..model.transformer import _rope_scaling
+from .packed import PackedLinear, check_dtype, native_bf16
+
+SCALES_SUFFIX = ".scales"
+
+
+class ConfigMismatchError(ValueError):
+    """The weights do not have the sizes their config says."""
+
+
+class _Layer:
+    __slots__ = ("norm1", "qkv", "q_norm", "k_norm", "o", "norm2", "gate_up", "down")
+
+
+class DecodeModel:
+    def __init__(self, config: TransformerConfig, tensors: dict[str, torch.Tensor], dtype: str = "fp32",
+                 group_size: int | None = None):
+        """`tensors`: the Transformer's state_dict names. Floating weights are packed into `dtype`
+        (int8 with `group_size`, None = per output channel); int8 ones (with their NAME.scales)
+        are taken as they are."""
+        self.config = config
+        self.dtype = check_dtype(dtype)
+        if dtype != "fp32":
+            native_bf16()  # decided (and, on a CPU without bf16 hardware, logged) once, at load
+        c = config
+        D = c.resolved_head_dim
+        self.num_heads, self.num_kv_heads, self.head_dim = c.num_heads, c.num_kv_heads, D
+        self.eps = c.rms_norm_eps
+
+        def vec(name, n):
+            return _take(tensors, name, (n,)).float().contiguous()
+
+        def lin(name, out, inp):
+            w = _take(tensors, name + ".weight", (out, inp))
+            if w.dtype == torch.int8:
+                s = tensors.get(name + SCALES_SUFFIX)
+                if s is None:
+                    raise ConfigMismatchError(f"{name}.weight is int8 but {name}{SCALES_SUFFIX} is missing")
+                if s.dim() != 2 or s.shape[0] != out or inp % s.shape[1]:
+                    raise ConfigMismatchError(f"{name}{SCALES_SUFFIX} must be [{out}, groups dividing {inp}], "
+                                              f"got {list(s.shape)}")
+                if dtype != "int8":
+                    raise ConfigMismatchError(f"{name} holds int8 weights; load them with dtype='int8'")
+                return PackedLinear(w, s.float())
+            try:
+                return PackedLinear.from_float(w, dtype, group_size)
+            except ValueError as e:  # a group size that does not fit: name the layer
+                raise ValueError(f"{name}: {e}") from None
+
+        C, Hq, Hkv, I = c.hidden_size, c.num_heads * D, c.num_kv_heads * D, c.intermediate_size
+        self.layers = []
+        for i in range(c.num_layers):
+            p = f"layers.{i}."
+            L = _Layer()
+            L.norm1 = vec(p + "input_layernorm.weight", C)
+            L.qkv = PackedLinear.cat([lin(p + "self_attn.q_proj", Hq, C), lin(p + "self_attn.k_proj", Hkv, C),
+                                      lin(p + "self_attn.v_proj", Hkv, C)])
+            L.q_norm = vec(p + "self_attn.q_norm.weight", D) if c.qk_norm else None
+            L.k_norm = vec(p + "self_attn.k_norm.weight", D) if c.qk_norm else None
+            L.o = lin(p + "self_attn.o_proj", C, Hq)
+            L.norm2 = vec(p + "post_attention_layernorm.weight", C)
+            L.gate_up = PackedLinear.cat([lin(p + "mlp.gate_proj", I, C), lin(p + "mlp.up_proj", I, C)])
+            L.down = lin(p + "mlp.down_proj", C, I)
+            self.layers.append(L)
+        self.norm = vec("norm.weight", C)
+        self.embed = lin("embed_tokens", c.vocab_size, C)
+        self.lm_head = self.embed if c.tie_word_embeddings else lin("lm_head", c.vocab_size, C)
+        self.rope_cos, self.rope_sin = ops.rope_tables(D, c.max_seq_length, c.rope_theta, _rope_scaling(c))
+        self.cache_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
+        self.device = torch.device("cpu")
+
+    @classmethod
+    def from_transformer(cls, model, dtype: str = "fp32", group_size: int | None = None) -> "DecodeModel":
+        return cls(model.config, dict(model.state_dict()), dtype, group_size)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The packed weights under the Transformer's names (int8: NAME.weight + NAME.scales), q/k/v and
+        gate/up split again, so a saved file reads like a checkpoint."""
+        c, D = self.config, self.head_dim
+        out: dict[str, torch.Tensor] = {}
+
+        def put(name, packed: PackedLinear, lo=0, hi=None):
+            out[name + ".weight"] = packed.weight[lo:hi].contiguous()
+            if packed.scales is not None:
+                out[name + SCALES_SUFFIX] = packed.scales[lo:hi].contiguous()
+
+        Hq, Hkv, I = c.num_heads * D, c.num_kv_heads * D, c.intermediate_size
+        for i, L in enumerate(self.layers):
+            p = f"layers.{i}."
+            out[p + "input_layernorm.weight"] = L.norm1
+            put(p + "self_attn.q_proj", L.qkv, 0, Hq)
+            put(p + "self_attn.k_proj", L.qkv, Hq, Hq + Hkv)
+            put(p + "self_attn.v_proj", L.qkv, Hq + Hkv, None)
+            if L.q_norm is not None:
+                out[p + "self_attn.q_norm.weight"] = L.q_norm
+                out[p + "self_attn.k_norm.weight"] = L.k_norm
+            put(p + "self_attn.o_proj", L.o)
+            out[p + "post_attention_layernorm.weight"] = L.norm2
+            put(p + "mlp.gate_proj", L.gate_up, 0, I)
+            put(p + "mlp.up_proj", L.gate_up, I, None)
+            put(p + "mlp.down_proj", L.down)
+        out["norm.weight"] = self.norm
+        put("embed_tokens", self.embed)
+        if not c.tie_word_embeddings:
+            put("lm_head", self.lm_head)
+        return out
+
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.state_dict().values())
+
+    # Generator compatibility: an inference model is always in eval mode and on the CPU.
+    def eval(self) -> "DecodeModel":
+        return self
+
+    def to(self, device) -> "DecodeModel":
+        if torch.device(device).type != "cpu":
+            raise ValueError(f"packed {self.dtype} inference weights run on the CPU; got device {device}")
+        return self
+
+    # -- forward ------------------------------------------------------------------------------
+    def __call__(self, input_ids: torch.Tensor, labels=None, *, kv_cache: KVCache | None = None,
+                 last_logits_only: bool = False) -> torch.Tensor:
+        if labels is not None:
+            raise ValueError("packed inference weights compute logits only; train or evaluate the loss "
+                             "with the Transformer (nn.Linear weights)")
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [batch, seq_len], got shape {tuple(input_ids.shape)}")
+        B, T = input_ids.shape
+        if kv_cache is None:  # a whole sequence at once: a cache just for it
+            kv_cache = KVCache.for_model(self.config, B, T, dtype=self.cache_dtype)
+        end = int(kv_cache.lens.max()) + T
+        if end > kv_cache.max_length:
+            kv_cache.check_room(T)  # raises with the cache's own message
+        if end > self.rope_cos.shape[0]:
+            raise ValueError(f"position {end} exceeds max_seq_length {self.rope_cos.shape[0]} of this model")
+        pos = kv_cache.lens.unsqueeze(1) + torch.arange(T)
+        cos, sin = self.rope_cos[pos], self.rope_sin[pos]
+        lens_after = kv_cache.lens + T
+        H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
+        cd = self.cache_dtype
+        x = self.embed.rows(input_ids)
+        for i, L in enumerate(self.layers):
+            h = ops.rms_norm(x, L.norm1, self.eps)
+            qkv = L.qkv(h).view(B, T, H + 2 * Hkv, D)
+            q, k, v = qkv[:, :, :H], qkv[:, :, H:H + Hkv], qkv[:, :, H + Hkv:]
+            if L.q_norm is not None:
+                q, k = ops.rms_norm(q, L.q_norm, self.eps), ops.rms_norm(k, L.k_norm, self.eps)
+            q, k = ops.rotary(q, cos, sin), ops.rotary(k, cos, sin)
+            kc, vc = kv_cache.k[i], kv_cache.v[i]
+            if cd != torch.float32:
+                q, k, v = q.to(cd), k.to(cd), v.to(cd)
+            elif not v.is_contiguous():
+                v = v.contiguous()
+            ops.kv_cache_append(kc, vc, k, v, kv_cache.lens)
+            att = ops.decode_attention(q, kc, vc, lens_after).view(B, T, H * D)
+            x = L.o(att.float() if cd != torch.float32 else att, residual=x)
+            x = L.down(L.gate_up.swiglu(ops.rms_norm(x, L.norm2, self.eps)), residual=x)
+        kv_cache.advance(T)
+        if last_logits_only:
+            x = x[:, -1:]
+        return self.lm_head(ops.rms_norm(x, self.norm, self.eps))
+
+
+def _take(tensors: dict, name: str, shape: tuple) -> torch.Tensor:
+    t = tensors.get(name)
+    if t is None:
+        raise ConfigMismatchError(f"weights have no {name!r}: they do not belong to this config")
+    if tuple(t.shape) != tuple(shape):
+        raise ConfigMismatchError(f"{name} is {list(t.shape)} but the config needs {list(shape)}: the weights "
+                                  "and model_config.yaml do not belong together")
+    return t

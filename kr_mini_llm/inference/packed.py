@@ -1,0 +1,119 @@
+"""Inference weights: a linear layer's weight stored in fp32, bf16, or int8 + scales.
+
+A few rows (a decode step: batch x new tokens up to DECODE_MAX_ROWS) go through the decode_linear
+kernels, which stream the weight once in its storage dtype. More rows (a prefill) go through an
+ordinary GEMM: fp32 weights in fp32; bf16 and int8 weights in bf16 where the CPU multiplies bf16
+natively (AMX / avx512_bf16), else in fp32.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+
+import torch
+import torch.nn.functional as F
+
+from .. import ops
+
+log = logging.getLogger(__name__)
+
+DTYPES = ("fp32", "bf16", "int8")
+# Rows up to which the decode kernels beat a GEMM: int8 goes further, since its GEMM must first
+# dequantise the whole weight.
+DECODE_MAX_ROWS = {torch.float32: 16, torch.bfloat16: 16, torch.int8: 64}
+
+
+def check_dtype(dtype: str) -> str:
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    return dtype
+
+
+@functools.lru_cache(maxsize=None)
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AMX or avx512_bf16); decided once, logged once."""
+    cpu = torch.cpu
+    native = bool(cpu._is_amx_tile_supported() or cpu._is_avx512_bf16_supported())
+    if not native:
+        log.warning("this CPU has no native bf16 (no AMX, no avx512_bf16): bf16/int8 weights still work "
+                    "(decode widens them to fp32 in the kernels), but prefill GEMMs run in fp32")
+    return native
+
+
+class PackedLinear:
+    """y = x W^T for W [out, in] held as `weight` (fp32 / bf16 / int8) and, for int8, `scales` [out, G]."""
+
+    __slots__ = ("weight", "scales", "_max_decode")
+
+    def __init__(self, weight: torch.Tensor, scales: torch.Tensor | None = None):
+        self.weight = weight.contiguous()
+        self.scales = scales.contiguous() if scales is not None else None
+        self._max_decode = DECODE_MAX_ROWS[weight.dtype] * weight.shape[1]
+
+    @classmethod
+    def from_float(cls, weight: torch.Tensor, dtype: str, group_size: int | None = None) -> "PackedLinear":
+        """Packs a floating weight into `dtype` (int8: symmetric, per group of `group_size` inputs,
+        or per output channel when None)."""
+        w = weight.detach()
+        if dtype == "int8":
+            return cls(*ops.quantize_int8(w, group_size))
+        return cls(w.to(torch.float32 if dtype == "fp32" else torch.bfloat16))
+
+    @property
+    def dtype(self) -> str:
+        return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.int8: "int8"}[self.weight.dtype]
+
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[0]
+
+    @property
+    def in_features(self) -> int:
+        return self.weight.shape[1]
+
+    def dense(self, dtype: torch.dtype) -> torch.Tensor:
+        """The full weight in `dtype` (int8 dequantised)."""
+        if self.scales is not None:
+            return ops.dequantize_int8(self.weight, self.scales, dtype)
+        return self.weight if self.weight.dtype == dtype else self.weight.to(dtype)
+
+    def _gemm(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight.dtype == torch.float32 or not native_bf16():
+            return F.linear(x, self.dense(torch.float32))
+        return F.linear(x.to(torch.bfloat16), self.dense(torch.bfloat16)).to(x.dtype)
+
+    def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        if x.numel() <= self._max_decode:
+            return ops.decode_linear(x, self.weight, self.scales, residual)
+        y = self._gemm(x)
+        return y if residual is None else y.add_(residual)
+
+    def swiglu(self, x: torch.Tensor) -> torch.Tensor:
+        """silu(gate) * up for this weight = [W_gate; W_up]."""
+        if x.numel() <= self._max_decode:
+            return ops.decode_linear_swiglu(x, self.weight, self.scales)
+        gate, up = self._gemm(x).chunk(2, dim=-1)
+        return ops.swiglu(gate, up)
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """Rows `ids` of W as fp32 (an embedding lookup)."""
+        w = F.embedding(ids, self.weight)
+        if self.scales is None:
+            return w.float()
+        s = F.embedding(ids, self.scales)
+        return (w.float().unflatten(-1, (s.shape[-1], -1)) * s.unsqueeze(-1)).flatten(-2)
+
+    @staticmethod
+    def cat(parts: list["PackedLinear"]) -> "PackedLinear":
+        """Weights stacked along the outputs (q/k/v, gate/up): one kernel call reads them all."""
+        if len({p.weight.dtype for p in parts}) != 1:
+            raise ValueError("cannot stack weights of different dtypes")
+        scales = None
+        if parts[0].scales is not None:
+            if len({p.scales.shape[1] for p in parts}) != 1:
+                raise ValueError("cannot stack int8 weights with different group sizes")
+            scales = torch.cat([p.scales for p in parts])
+        return PackedLinear(torch.cat([p.weight for p in parts]), scales)
+
+    def nbytes(self) -> int:
+        return self.weight.nbytes + (self.scales.nbytes if self.scales is not None else 0)

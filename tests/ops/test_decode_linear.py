@@ -1,0 +1,156 @@
+import pytest
+import torch
+
+from kr_mini_llm import ops
+from kr_mini_llm.ops.decode_linear import _decode_linear_fallback, _decode_linear_swiglu_fallback
+
+from .utils import num_threads
+
+# odd and prime sizes, sizes below and around one vector, model widths
+SHAPES = [(1, 1), (7, 5), (37, 53), (33, 17), (96, 256), (130, 688), (50, 768)]
+ROWS = [1, 2, 5, 8, 9, 16]
+WEIGHT_DTYPES = [torch.float32, torch.bfloat16, torch.int8]
+
+
+def make_weight(M, K, wdtype, group_size=None, gen=None):
+    w = torch.randn(M, K, dtype=torch.float64, generator=gen)
+    if wdtype == torch.int8:
+        return ops.quantize_int8(w, group_size)
+    return w.to(wdtype), None
+
+
+def ref64(x, w, s, residual=None, swiglu=False):
+    """Float64 reference on the exact weights the kernel sees (int8 dequantised in float64)."""
+    w64 = ops.dequantize_int8(w, s, torch.float64) if w.dtype == torch.int8 else w.double()
+    y = x.double() @ w64.T
+    if swiglu:
+        gate, up = y.chunk(2, dim=-1)
+        return torch.nn.functional.silu(gate) * up
+    return y if residual is None else y + residual.double()
+
+
+def tol(x_dtype, K):
+    # fp32 sums of K products against float64; a bf16 output adds its own rounding
+    if x_dtype == torch.bfloat16:
+        return dict(atol=2e-2 * K**0.5, rtol=1.6e-2)
+    return dict(atol=2e-5 * K**0.5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("wdtype", WEIGHT_DTYPES)
+@pytest.mark.parametrize("M,K", SHAPES)
+def test_matches_float64_reference(wdtype, M, K):
+    gen = torch.Generator().manual_seed(M * 1000 + K)
+    w, s = make_weight(M, K, wdtype, gen=gen)
+    for N in ROWS:
+        x = torch.randn(N, K, generator=gen)
+        y = ops.decode_linear(x, w, s)
+        assert y.shape == (N, M) and y.dtype == torch.float32
+        torch.testing.assert_close(y.double(), ref64(x, w, s), **tol(torch.float32, K))
+
+
+@pytest.mark.parametrize("wdtype", WEIGHT_DTYPES)
+@pytest.mark.parametrize("group_size", [32, 64, 128])
+def test_int8_groups_and_residual(wdtype, group_size):
+    gen = torch.Generator().manual_seed(group_size)
+    M, K = 67, 384
+    w, s = make_weight(M, K, wdtype, group_size, gen)
+    for N in (1, 16):
+        x = torch.randn(2, N, K, generator=gen)  # leading dims are kept
+        r = torch.randn(2, N, M, generator=gen)
+        y = ops.decode_linear(x, w, s, r)
+        assert y.shape == (2, N, M)
+        torch.testing.assert_close(y.double(), ref64(x, w, s, r), **tol(torch.float32, K))
+
+
+@pytest.mark.parametrize("wdtype", WEIGHT_DTYPES)
+@pytest.mark.parametrize("I,K", [(1, 3), (45, 77), (344, 256)])
+def test_swiglu_matches_float64_reference(wdtype, I, K):
+    gen = torch.Generator().manual_seed(I + K)
+    w, s = make_weight(2 * I, K, wdtype, gen=gen)
+    for N in (1, 3, 16):
+        x = torch.randn(N, K, generator=gen)
+        y = ops.decode_linear_swiglu(x, w, s)
+        assert y.shape == (N, I)
+        torch.testing.assert_close(y.double(), ref64(x, w, s, swiglu=True), **tol(torch.float32, K))
+
+
+@pytest.mark.parametrize("wdtype", WEIGHT_DTYPES)
+def test_bfloat16_activations(wdtype):
+    gen = torch.Generator().manual_seed(3)
+    w, s = make_weight(41, 130, wdtype, gen=gen)
+    x = torch.randn(4, 130, generator=gen).bfloat16()
+    r = torch.randn(4, 41, generator=gen).bfloat16()
+    y = ops.decode_linear(x, w, s, r)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.double(), ref64(x, w, s, r), **tol(torch.bfloat16, 130))
+
+
+def test_same_result_on_one_and_two_threads():
+    gen = torch.Generator().manual_seed(5)
+    w, s = make_weight(1001, 256, torch.int8, 64, gen)
+    x = torch.randn(3, 256, generator=gen)
+    with num_threads(1):
+        y1 = ops.decode_linear(x, w, s)
+    with num_threads(2):
+        y2 = ops.decode_linear(x, w, s)
+    assert torch.equal(y1, y2)
+
+
+def test_fallback_matches_kernel():
+    gen = torch.Generator().manual_seed(6)
+    w, s = make_weight(2 * 30, 96, torch.int8, 32, gen)
+    x = torch.randn(5, 96, generator=gen)
+    torch.testing.assert_close(_decode_linear_fallback(x, w, s), ops.decode_linear(x, w, s), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(_decode_linear_swiglu_fallback(x, w, s), ops.decode_linear_swiglu(x, w, s),
+                               atol=1e-4, rtol=1e-4)
+
+
+def test_quantize_round_trip_error_bound():
+    gen = torch.Generator().manual_seed(7)
+    w = torch.randn(64, 256, generator=gen) * torch.rand(64, 1, generator=gen)
+    for group in (None, 32, 128):
+        q, s = ops.quantize_int8(w, group)
+        assert q.dtype == torch.int8 and s.dtype == torch.float32 and q.abs().max() <= 127
+        # rounding to the nearest step: at most half a step per element, per group
+        err = (ops.dequantize_int8(q, s) - w).abs().view(64, s.shape[1], -1)
+        assert (err <= s.unsqueeze(-1) / 2 + 1e-7).all()
+    q, s = ops.quantize_int8(torch.zeros(3, 32), 32)
+    assert (q == 0).all() and torch.isfinite(s).all()
+
+
+def test_opcheck():
+    gen = torch.Generator().manual_seed(8)
+    for wdtype in WEIGHT_DTYPES:
+        w, s = make_weight(2 * 19, 64, wdtype, 32, gen)
+        x = torch.randn(3, 64, generator=gen)
+        torch.library.opcheck(torch.ops.kr_mini_llm.decode_linear.default, (x, w, s, torch.randn(3, 38)))
+        torch.library.opcheck(torch.ops.kr_mini_llm.decode_linear_swiglu.default, (x, w, s))
+
+
+def test_inference_only():
+    w = torch.randn(8, 16, requires_grad=True)
+    with pytest.raises(RuntimeError, match="inference-only"):
+        ops.decode_linear(torch.randn(1, 16), w)
+    with torch.no_grad():
+        ops.decode_linear(torch.randn(1, 16), w)
+
+
+def test_bad_input():
+    x = torch.randn(2, 64)
+    q, s = ops.quantize_int8(torch.randn(8, 64), 32)
+    with pytest.raises(ValueError, match="in_features"):
+        ops.decode_linear(torch.randn(2, 63), q, s)
+    with pytest.raises(ValueError, match="needs scales"):
+        ops.decode_linear(x, q)
+    with pytest.raises(ValueError, match="dividing"):
+        ops.decode_linear(x, q, torch.ones(8, 3))
+    with pytest.raises(ValueError, match="only for int8"):
+        ops.decode_linear(x, torch.randn(8, 64), s)
+    with pytest.raises(TypeError, match="float32, bfloat16 or int8"):
+        ops.decode_linear(x, torch.randn(8, 64).half())
+    with pytest.raises(ValueError, match="gate and up"):
+        ops.decode_linear_swiglu(x, torch.randn(7, 64))
+    with pytest.raises(ValueError, match="residual"):
+        ops.decode_linear(x, q, s, torch.randn(2, 9))
+    with pytest.raises(ValueError, match="does not divide in_features 100"):
+        ops.quantize_int8(torch.randn(4, 100), 32)
