@@ -1,0 +1,66 @@
+// kr-llama-greedy: token ids in, llama.cpp's greedy continuation out, as token ids.
+//
+//   kr-llama-greedy MODEL.gguf N_PREDICT ID [ID ...]
+//
+// Prints the N_PREDICT greedy token ids (space-separated, one line; it does not stop at EOS, the
+// caller cuts where it wants). The KV cache is f32 and flash attention is off, so an f32 GGUF
+// is compared with our Generator at f32 all the way. Built by scripts/build_llama_cpp.sh against
+// the libllama it builds; the GGUF export tests (tests/export) use it as their oracle.
+#include "llama.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+
+static void quiet(ggml_log_level level, const char * text, void *) {
+    if (level == GGML_LOG_LEVEL_ERROR) fputs(text, stderr);
+}
+
+int main(int argc, char ** argv) {
+    if (argc < 4) {
+        fprintf(stderr, "usage: %s MODEL.gguf N_PREDICT ID [ID ...]\n", argv[0]);
+        return 2;
+    }
+    const int n_predict = atoi(argv[2]);
+    std::vector<llama_token> prompt;
+    for (int i = 3; i < argc; ++i) prompt.push_back((llama_token) atoi(argv[i]));
+
+    llama_log_set(quiet, nullptr);
+    llama_backend_init();
+    llama_model * model = llama_model_load_from_file(argv[1], llama_model_default_params());
+    if (!model) {
+        fprintf(stderr, "error: cannot load %s\n", argv[1]);
+        return 1;
+    }
+    llama_context_params cp = llama_context_default_params();
+    cp.n_ctx = (uint32_t) (prompt.size() + n_predict);
+    cp.n_batch = (uint32_t) prompt.size();
+    cp.type_k = GGML_TYPE_F32;
+    cp.type_v = GGML_TYPE_F32;
+    cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;
+    llama_context * ctx = llama_init_from_model(model, cp);
+    if (!ctx) {
+        fprintf(stderr, "error: cannot create a context\n");
+        return 1;
+    }
+    llama_sampler * greedy = llama_sampler_init_greedy();
+
+    llama_batch batch = llama_batch_get_one(prompt.data(), (int32_t) prompt.size());
+    llama_token next = 0;
+    for (int i = 0; i < n_predict; ++i) {
+        if (llama_decode(ctx, batch) != 0) {
+            fprintf(stderr, "error: llama_decode failed at step %d\n", i);
+            return 1;
+        }
+        next = llama_sampler_sample(greedy, ctx, -1);
+        printf(i ? " %d" : "%d", next);
+        batch = llama_batch_get_one(&next, 1);
+    }
+    printf("\n");
+
+    llama_sampler_free(greedy);
+    llama_free(ctx);
+    llama_model_free(model);
+    llama_backend_free();
+    return 0;
+}
