@@ -111,27 +111,32 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def _export_hf(model, meta, sp_model: Path, output: Path, outtype: str) -> ExportResult:
-    from ..model.hf import save_hf
-    from .hf_tokenizer import write_hf_tokenizer
-
-    dtype = HF_DTYPES[outtype]
     tmp = output.with_name(f".{output.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        save_hf(model.to(dtype), tmp)
-        cfg_file = tmp / "config.json"
-        cfg = json.loads(cfg_file.read_text())
-        cfg["torch_dtype"] = cfg["dtype"] = str(dtype).removeprefix("torch.")
-        cfg_file.write_text(json.dumps(cfg, indent=2) + "\n")
-        write_hf_tokenizer(meta, sp_model, tmp, model.config.max_seq_length)
-        generation = {"bos_token_id": meta.bos_id, "eos_token_id": meta.stop_ids, "pad_token_id": meta.pad_id,
-                      "do_sample": True, **GENERATION_DEFAULTS}
-        (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
-        _readable_by_all(tmp)
+        write_hf_dir(model.to(HF_DTYPES[outtype]), meta, sp_model, tmp)
         os.replace(tmp, output)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return ExportResult("hf", outtype, output, sorted(output.iterdir()))
+
+
+def write_hf_dir(model, meta: TokenizerMeta, sp_model: Path, out: Path) -> None:
+    """save_hf's config.json + model.safetensors (in the model's dtype) and the tokenizer files,
+    into the new directory `out` (the caller renames it into place)."""
+    from ..model.hf import save_hf
+    from .hf_tokenizer import write_hf_tokenizer
+
+    save_hf(model, out)
+    cfg_file = out / "config.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg["torch_dtype"] = cfg["dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
+    cfg_file.write_text(json.dumps(cfg, indent=2) + "\n")
+    write_hf_tokenizer(meta, sp_model, out, model.config.max_seq_length)
+    generation = {"bos_token_id": meta.bos_id, "eos_token_id": meta.stop_ids, "pad_token_id": meta.pad_id,
+                  "do_sample": True, **GENERATION_DEFAULTS}
+    (out / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+    _readable_by_all(out)
 
 
 def _readable_by_all(directory: Path) -> None:

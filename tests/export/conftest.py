@@ -66,3 +66,31 @@ def qwen3_dir(tmp_path_factory, tokenizer_file):
     """Qwen3-style: QK-norm, untied output, head_dim (32) not hidden/heads (16), MQA."""
     cfg = tiny_config(qk_norm=True, tie_word_embeddings=False, head_dim=32, num_kv_heads=1, rope_theta=1e6)
     return save_model(random_model(cfg, seed=2), tmp_path_factory.mktemp("export") / "qwen3", tokenizer_file)
+
+
+def make_adapters(base_dir, out, seed=3, rank=4):
+    """LoRA adapters on every projection of every block of `base_dir`, with random A and B (B is
+    zero after initialisation, which would make fusing a no-op), as scripts/lora.py writes them."""
+    from kr_mini_llm.lora import LoRAParameters, apply_lora, lora_modules, model_fingerprint
+    from kr_mini_llm.lora.adapters import WEIGHTS_NAME, save_adapter_weights, write_adapter_config
+    from kr_mini_llm.lora.base import load_base_model
+
+    model = load_base_model(base_dir).model
+    fingerprint = model_fingerprint(model)
+    params = LoRAParameters(rank=rank, scale=2.0, keys=["all"])
+    apply_lora(model, -1, params)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for m in lora_modules(model).values():
+            for name, p in m.named_parameters():
+                if "lora" in name:
+                    p.normal_(0, 0.1)
+    save_adapter_weights(out / WEIGHTS_NAME, model, fingerprint, step=1)
+    write_adapter_config(out, {"model": str(base_dir), "base_model_fingerprint": fingerprint,
+                               "fine_tune_type": "lora", "num_layers": -1, "lora_parameters": params.to_dict()})
+    return out
+
+
+@pytest.fixture(scope="session")
+def adapters_dir(tmp_path_factory, llama_dir):
+    return make_adapters(llama_dir, tmp_path_factory.mktemp("export") / "adapters")
