@@ -8,7 +8,7 @@ from kr_mini_llm.data.tokenizer import Tokenizer
 from kr_mini_llm.export import export_model
 from kr_mini_llm.inference import Generator
 
-from . import llama_cpp
+from kr_mini_llm.export import llama_cpp
 from .conftest import PROMPTS, TEXTS
 from .test_tokenizer_meta import CONVERSATIONS
 
