@@ -94,3 +94,10 @@ def make_adapters(base_dir, out, seed=3, rank=4):
 @pytest.fixture(scope="session")
 def adapters_dir(tmp_path_factory, llama_dir):
     return make_adapters(llama_dir, tmp_path_factory.mktemp("export") / "adapters")
+
+
+@pytest.fixture(scope="session")
+def linear_rope_dir(tmp_path_factory, tokenizer_file):
+    """Llama-style with linear RoPE scaling (the one scaling llama.cpp shares with us), untied, MHA."""
+    cfg = tiny_config(rope_scaling={"type": "linear", "factor": 4.0}, num_kv_heads=4, tie_word_embeddings=False)
+    return save_model(random_model(cfg, seed=4), tmp_path_factory.mktemp("export") / "linear_rope", tokenizer_file)

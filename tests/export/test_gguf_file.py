@@ -94,3 +94,9 @@ def test_tensors_round_trip(exported, name, outtype, tol, llama_dir, qwen3_dir):
         assert sorted(kept) == rows_not_32
         assert sorted(r.split(" ")[0] for r in result.kept_unquantized) == rows_not_32
         assert (name == "llama") == bool(rows_not_32)   # llama_dir's ffn rows are 100 long
+
+
+def test_linear_rope_scaling(linear_rope_dir, tmp_path):
+    f = fields(gguf.GGUFReader(export_model(linear_rope_dir, tmp_path / "m.gguf", "gguf", "f16").path))
+    assert f["llama.rope.scaling.type"] == "linear" and f["llama.rope.scaling.factor"] == 4.0
+    assert f["general.file_type"] == gguf.LlamaFileType.MOSTLY_F16

@@ -17,7 +17,7 @@ N = 32
 
 
 @pytest.fixture(scope="module")
-def ggufs(tmp_path_factory, llama_dir, qwen3_dir, adapters_dir):
+def ggufs(tmp_path_factory, llama_dir, qwen3_dir, adapters_dir, linear_rope_dir):
     out = tmp_path_factory.mktemp("gguf")
     return {
         ("llama", "f32"): export_model(llama_dir, out / "llama-f32.gguf", "gguf", "f32").path,
@@ -25,15 +25,17 @@ def ggufs(tmp_path_factory, llama_dir, qwen3_dir, adapters_dir):
         ("qwen3", "f32"): export_model(qwen3_dir, out / "qwen3-f32.gguf", "gguf", "f32").path,
         ("qwen3", "q8_0"): export_model(qwen3_dir, out / "qwen3-q8_0.gguf", "gguf", "q8_0").path,
         ("lora", "f32"): export_model(llama_dir, out / "lora-f32.gguf", "gguf", "f32", adapter_path=adapters_dir).path,
+        ("linear_rope", "f32"): export_model(linear_rope_dir, out / "linear-f32.gguf", "gguf", "f32").path,
     }
 
 
 @pytest.fixture(scope="module")
-def generators(llama_dir, qwen3_dir, adapters_dir):
+def generators(llama_dir, qwen3_dir, adapters_dir, linear_rope_dir):
     """Our reference: the Generator on the checkpoints (the LoRA one with its adapters unfused)."""
     return {"llama": Generator.from_pretrained(llama_dir, device="cpu"),
             "qwen3": Generator.from_pretrained(qwen3_dir, device="cpu"),
-            "lora": Generator.from_pretrained(llama_dir, device="cpu", adapter_path=adapters_dir)}
+            "lora": Generator.from_pretrained(llama_dir, device="cpu", adapter_path=adapters_dir),
+            "linear_rope": Generator.from_pretrained(linear_rope_dir, device="cpu")}
 
 
 def ours_greedy(gen, ids):
@@ -56,7 +58,7 @@ def test_chat_prompt_ids_equal_encode_chat(ggufs, tokenizer_file):
             encode_chat(messages, tok, add_generation_prompt=True)[0]
 
 
-@pytest.mark.parametrize("name", ["llama", "qwen3", "lora"])
+@pytest.mark.parametrize("name", ["llama", "qwen3", "lora", "linear_rope"])
 def test_f32_greedy_equals_generator(ggufs, generators, name):
     gen = generators[name]
     for prompt in PROMPTS:
