@@ -3,8 +3,8 @@
 //   kr-llama-greedy MODEL.gguf N_PREDICT ID [ID ...]
 //
 // Prints the N_PREDICT greedy token ids (space-separated, one line; it does not stop at EOS, the
-// caller cuts where it wants). The KV cache is f32 and flash attention is off, so an f32 GGUF
-// is compared with our Generator at f32 all the way. Built by scripts/build_llama_cpp.sh against
+// caller cuts where it wants). The KV cache is f32, flash attention is off and weights are not
+// repacked, so an f32 GGUF is compared with our Generator at f32 all the way. Built by scripts/build_llama_cpp.sh against
 // the libllama it builds; the GGUF export tests (tests/export) use it as their oracle.
 #include "llama.h"
 
@@ -27,7 +27,11 @@ int main(int argc, char ** argv) {
 
     llama_log_set(quiet, nullptr);
     llama_backend_init();
-    llama_model * model = llama_model_load_from_file(argv[1], llama_model_default_params());
+    llama_model_params mp = llama_model_default_params();
+    // No repacked weight layouts (llama-cli's --no-repack): on the AMX Xeon this was written on,
+    // ggml's AMX kernels, which a native build picks for q8_0 by default, crash (SIGSEGV/SIGILL).
+    mp.use_extra_bufts = false;
+    llama_model * model = llama_model_load_from_file(argv[1], mp);
     if (!model) {
         fprintf(stderr, "error: cannot load %s\n", argv[1]);
         return 1;
