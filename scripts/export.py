@@ -34,8 +34,8 @@ def main(argv=None) -> int:
         return 2
     if r.format == "gguf":
         print(f"Wrote {r.path} ({r.arch}, {r.outtype}, {r.path.stat().st_size / 2**20:.1f} MiB) and {r.files[1]}")
-        for t in r.kept_unquantized:
-            print(f"  kept {t}: its rows are not a multiple of 32, which q8_0 needs")
+        if r.kept_unquantized:
+            print(f"  not q8_0 (q8_0 needs rows that are a multiple of 32): {', '.join(r.kept_unquantized)}")
         print(f"  llama.cpp: llama-cli -m {r.path} -p '대한민국의 수도는' -n 60\n"
               f"  Ollama:    ollama create kr-mini -f {r.files[1]} && ollama run kr-mini")
     else:
