@@ -81,3 +81,30 @@ def test_q8_0_greedy_agrees_on_most(ggufs, generators, name):
           f"tokens equal before the first difference: {same_prefix}")
     # 8-bit weights move logits by ~1e-2: a close pair of candidates may swap, and the sequences then part.
     assert same_prompts >= len(PROMPTS) // 2 and min(same_prefix) >= 4, same_prefix
+
+
+def test_convert_hf_to_gguf_takes_our_hf_export(tmp_path, llama_dir, ggufs):
+    """llama.cpp's own converter, on our HF export, writes the tensors and tokenizer of our GGUF."""
+    import os
+    import subprocess
+    import sys
+
+    import gguf
+
+    src = llama_cpp.llama_cpp_dir() / "src"
+    hf = export_model(llama_dir, tmp_path / "hf", "hf", "f32").path
+    env = {**os.environ, "PYTHONPATH": str(src / "gguf-py")}
+    r = subprocess.run([sys.executable, str(src / "convert_hf_to_gguf.py"), str(hf), "--outtype", "f32", "--outfile",
+                        str(tmp_path / "converted.gguf")], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    theirs, ours = gguf.GGUFReader(tmp_path / "converted.gguf"), gguf.GGUFReader(ggufs["llama", "f32"])
+    assert {t.name: t.data.tobytes() for t in theirs.tensors} == {t.name: t.data.tobytes() for t in ours.tensors}
+    f, g = ({k: v.contents() for k, v in r.fields.items()} for r in (theirs, ours))
+    for key in ("tokenizer.ggml.model", "tokenizer.ggml.tokens", "tokenizer.ggml.add_space_prefix",
+                "tokenizer.ggml.add_bos_token", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
+                "tokenizer.chat_template", "llama.rope.freq_base", "llama.context_length",
+                "llama.attention.head_count_kv"):
+        assert f[key] == g[key], key
+    # the converter marks <unk> CONTROL and gives special pieces score -1000; the pieces that are text agree
+    assert f["tokenizer.ggml.token_type"][2:] == g["tokenizer.ggml.token_type"][2:]
+    assert f["tokenizer.ggml.scores"][6:] == g["tokenizer.ggml.scores"][6:]
