@@ -3,9 +3,10 @@
 //   kr-llama-greedy MODEL.gguf N_PREDICT ID [ID ...]
 //
 // Prints the N_PREDICT greedy token ids (space-separated, one line; it does not stop at EOS, the
-// caller cuts where it wants). The KV cache is f32, flash attention is off and weights are not
-// repacked, so an f32 GGUF is compared with our Generator at f32 all the way. Built by scripts/build_llama_cpp.sh against
-// the libllama it builds; the GGUF export tests (tests/export) use it as their oracle.
+// caller cuts where it wants). With N_PREDICT 0, prints instead the argmax after every given id
+// (teacher forcing: one forward pass over the ids). The KV cache is f32, flash attention is off
+// and weights are not repacked, so an f32 GGUF is compared with our Generator at f32 all the way.
+// Built by scripts/build_llama_cpp.sh against the libllama it builds; tests/export's oracle.
 #include "llama.h"
 
 #include <cstdio>
@@ -38,6 +39,7 @@ int main(int argc, char ** argv) {
     }
     llama_context_params cp = llama_context_default_params();
     cp.n_ctx = (uint32_t) (prompt.size() + n_predict);
+    cp.n_ubatch = (uint32_t) prompt.size();
     cp.n_batch = (uint32_t) prompt.size();
     cp.type_k = GGML_TYPE_F32;
     cp.type_v = GGML_TYPE_F32;
@@ -46,6 +48,34 @@ int main(int argc, char ** argv) {
     if (!ctx) {
         fprintf(stderr, "error: cannot create a context\n");
         return 1;
+    }
+    if (n_predict == 0) {   // argmax after every prompt position
+        const int n = (int) prompt.size();
+        const int n_vocab = llama_vocab_n_tokens(llama_model_get_vocab(model));
+        llama_batch all = llama_batch_init(n, 0, 1);
+        for (int i = 0; i < n; ++i) {
+            all.token[i] = prompt[i];
+            all.pos[i] = i;
+            all.n_seq_id[i] = 1;
+            all.seq_id[i][0] = 0;
+            all.logits[i] = true;
+        }
+        all.n_tokens = n;
+        if (llama_decode(ctx, all) != 0) {
+            fprintf(stderr, "error: llama_decode failed\n");
+            return 1;
+        }
+        for (int i = 0; i < n; ++i) {
+            const float * row = llama_get_logits_ith(ctx, i);
+            int best = 0;
+            for (int v = 1; v < n_vocab; ++v) if (row[v] > row[best]) best = v;
+            printf(i ? " %d" : "%d", best);
+        }
+        printf("\n");
+        llama_batch_free(all);
+        llama_free(ctx);
+        llama_model_free(model);
+        return 0;
     }
     llama_sampler * greedy = llama_sampler_init_greedy();
 

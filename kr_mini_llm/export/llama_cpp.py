@@ -43,3 +43,8 @@ def tokenize(gguf: str | os.PathLike, text: str, add_bos: bool) -> List[int]:
 def greedy(gguf: str | os.PathLike, ids: List[int], n: int) -> List[int]:
     """llama.cpp's n greedy tokens after the prompt ids (f32 KV cache; does not stop at EOS)."""
     return [int(x) for x in _run([_bin("kr-llama-greedy"), gguf, n, *ids]).split()]
+
+
+def argmax_each(gguf: str | os.PathLike, ids: List[int]) -> List[int]:
+    """llama.cpp's argmax after each of `ids` (teacher forcing, one forward pass)."""
+    return [int(x) for x in _run([_bin("kr-llama-greedy"), gguf, 0, *ids]).split()]

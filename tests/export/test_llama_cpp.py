@@ -69,19 +69,23 @@ def test_f32_greedy_equals_generator(ggufs, generators, name):
 
 @pytest.mark.parametrize("name", ["llama", "qwen3"])
 def test_q8_0_greedy_agrees_on_most(ggufs, generators, name):
+    """8-bit weights move the logits a little: where two candidates are close they may swap, and a
+    free-running greedy sequence then parts from ours for good. So the bound is on teacher-forced
+    next-token agreement along our greedy sequences; the free-running agreement is printed."""
     gen = generators[name]
-    same_prompts, same_prefix = 0, []
+    forced_same, total, free_full, free_prefix = 0, 0, 0, []
     for prompt in PROMPTS:
         ids = [gen.tokenizer.bos_id] + gen.tokenizer.encode(prompt)
-        want, got = ours_greedy(gen, ids), llama_cpp.greedy(ggufs[name, "q8_0"], ids, N)
-        prefix = next((i for i, (a, b) in enumerate(zip(want, got)) if a != b), N)
-        same_prefix.append(prefix)
-        same_prompts += prefix == N
-    print(f"\n{name} q8_0: {same_prompts}/{len(PROMPTS)} prompts give our {N} greedy tokens; "
-          f"tokens equal before the first difference: {same_prefix}")
-    # 8-bit weights move logits by ~1e-2: a close pair of candidates may swap, and the sequences then part.
-    assert same_prompts >= len(PROMPTS) // 2 and min(same_prefix) >= 4, same_prefix
-
+        want = ours_greedy(gen, ids)
+        forced = llama_cpp.argmax_each(ggufs[name, "q8_0"], ids + want[:-1])[len(ids) - 1:]
+        forced_same += sum(a == b for a, b in zip(forced, want))
+        total += N
+        got = llama_cpp.greedy(ggufs[name, "q8_0"], ids, N)
+        free_prefix.append(next((i for i, (a, b) in enumerate(zip(want, got)) if a != b), N))
+        free_full += free_prefix[-1] == N
+    print(f"\n{name} q8_0 vs our f32 Generator: {forced_same}/{total} next tokens agree (teacher-forced); "
+          f"free-running, {free_full}/{len(PROMPTS)} prompts give our {N} tokens, equal prefixes {free_prefix}")
+    assert forced_same >= 0.8 * total   # measured: 145/160 (llama), 154/160 (qwen3)
 
 def test_convert_hf_to_gguf_takes_our_hf_export(tmp_path, llama_dir, ggufs):
     """llama.cpp's own converter, on our HF export, writes the tensors and tokenizer of our GGUF."""
