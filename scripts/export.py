@@ -36,7 +36,7 @@ def main(argv=None) -> int:
         print(f"Wrote {r.path} ({r.arch}, {r.outtype}, {r.path.stat().st_size / 2**20:.1f} MiB) and {r.files[1]}")
         if r.kept_unquantized:
             print(f"  not q8_0 (q8_0 needs rows that are a multiple of 32): {', '.join(r.kept_unquantized)}")
-        print(f"  llama.cpp: llama-cli -m {r.path} -p '대한민국의 수도는' -n 60\n"
+        print(f"  llama.cpp: llama-completion -m {r.path} -p '대한민국의 수도는' -n 60   (chat: llama-cli -m {r.path})\n"
               f"  Ollama:    ollama create kr-mini -f {r.files[1]} && ollama run kr-mini")
     else:
         print(f"Wrote {r.path}: " + ", ".join(f.name for f in r.files))
