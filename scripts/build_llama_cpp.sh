@@ -7,7 +7,8 @@
 #                      llama-tokenize, and kr-llama-greedy (scripts/llama_cpp_greedy.cpp)
 #
 # DIR is ${KR_LLAMA_CPP_DIR:-$HOME/.cache/kr-mini-llm/llama.cpp}. A finished build is reused (the
-# stamp file holds the version). About 6-10 minutes on 2 cores the first time. On failure, exits
+# stamp file holds the version). About 12 CPU-minutes the first time (~6-7 min on 2 idle cores; an
+# hour on a busy shared 2-core machine). On failure, exits
 # non-zero with one line saying why (the full log stays in $DIR/build.log).
 #
 #   bash scripts/build_llama_cpp.sh            # JOBS=N to change the build parallelism
