@@ -100,3 +100,13 @@ def test_linear_rope_scaling(linear_rope_dir, tmp_path):
     f = fields(gguf.GGUFReader(export_model(linear_rope_dir, tmp_path / "m.gguf", "gguf", "f16").path))
     assert f["llama.rope.scaling.type"] == "linear" and f["llama.rope.scaling.factor"] == 4.0
     assert f["general.file_type"] == gguf.LlamaFileType.MOSTLY_F16
+
+
+def test_embedding_rows_beyond_the_tokenizer_get_unused_pieces(tokenizer_file, tmp_path):
+    from .conftest import random_model, save_model, tiny_config
+
+    d = save_model(random_model(tiny_config(vocab_size=520)), tmp_path / "model", tokenizer_file)
+    f = fields(gguf.GGUFReader(export_model(d, tmp_path / "m.gguf", "gguf", "f32").path))
+    assert len(f["tokenizer.ggml.tokens"]) == f["llama.vocab_size"] == 520
+    assert f["tokenizer.ggml.tokens"][512:] == [f"[PAD{i}]" for i in range(512, 520)]
+    assert f["tokenizer.ggml.token_type"][512:] == [gguf.TokenType.UNUSED] * 8
