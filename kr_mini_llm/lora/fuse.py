@@ -5,7 +5,7 @@ HF directory (save_hf) for transformers and llama.cpp's convert_hf_to_gguf.py.
     save-path/
       model.safetensors  model_config.yaml  tokenizer.model  trainer_state.json  checksums.json
       adapter_config.json          the adapters it was fused from (a record)
-      hf/                          with --export-hf: config.json, model.safetensors, tokenizer.model
+      hf/                          with --export-hf: what scripts/export.py --format hf writes
 """
 from __future__ import annotations
 
@@ -39,9 +39,12 @@ def save_model_dir(model, out: str | os.PathLike, tokenizer_path: str | os.PathL
         (tmp / "trainer_state.json").write_text(json.dumps({"step": 0, **(state or {})}, indent=2) + "\n")
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text, encoding="utf-8")
-        if export_hf:
-            model.save_hf(tmp / "hf")
-            shutil.copyfile(tokenizer_path, tmp / "hf" / "tokenizer.model")
+        if export_hf:   # the HF directory of scripts/export.py --format hf, tokenizer files included
+            from ..data.tokenizer import Tokenizer
+            from ..export.exporter import write_hf_dir
+            from ..export.tokenizer_meta import TokenizerMeta
+
+            write_hf_dir(model, TokenizerMeta.from_tokenizer(Tokenizer(tokenizer_path)), Path(tokenizer_path), tmp / "hf")
         integrity.write_manifest(tmp)
         replace_directory(tmp, out)
     finally:

@@ -1,0 +1,5 @@
+"""The one error type of the exporters."""
+
+
+class ExportError(ValueError):
+    """A model, adapter or output path that cannot be exported; the message says what and how to fix it."""
