@@ -133,7 +133,9 @@ class DecodeModel:
 
     # -- forward ------------------------------------------------------------------------------
     def __call__(self, input_ids: torch.Tensor, labels=None, *, kv_cache: KVCache | None = None,
-                 last_logits_only: bool = False) -> torch.Tensor:
+                 last_logits_only: bool = False, logits_at: torch.Tensor | None = None) -> torch.Tensor:
+        """As Transformer.forward without labels: logits of the new tokens (all, the last, or at
+        `logits_at` [B], one position per row of a right-padded batch)."""
         if labels is not None:
             raise ValueError("packed inference weights compute logits only; train or evaluate the loss "
                              "with the Transformer (nn.Linear weights)")
@@ -170,7 +172,9 @@ class DecodeModel:
             x = L.o(att.float() if cd != torch.float32 else att, residual=x)
             x = L.down(L.gate_up.swiglu(ops.rms_norm(x, L.norm2, self.eps)), residual=x)
         kv_cache.advance(T)
-        if last_logits_only:
+        if logits_at is not None:
+            x = x[torch.arange(B), logits_at.to(x.device)].unsqueeze(1)
+        elif last_logits_only:
             x = x[:, -1:]
         return self.lm_head(ops.rms_norm(x, self.norm, self.eps))
 
