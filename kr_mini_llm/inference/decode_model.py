@@ -12,7 +12,6 @@ import torch
 
 from .. import ops
 from ..model import KVCache, TransformerConfig
-from ..model.transformer import _rope_scaling
 from .packed import PackedLinear, check_dtype, native_bf16
 
 SCALES_SUFFIX = ".scales"
@@ -79,7 +78,7 @@ class DecodeModel:
         self.norm = vec("norm.weight", C)
         self.embed = lin("embed_tokens", c.vocab_size, C)
         self.lm_head = self.embed if c.tie_word_embeddings else lin("lm_head", c.vocab_size, C)
-        self.rope_cos, self.rope_sin = ops.rope_tables(D, c.max_seq_length, c.rope_theta, _rope_scaling(c))
+        self.rope_cos, self.rope_sin = ops.rope_tables(D, c.max_seq_length, c.rope_theta, c.resolved_rope_scaling)
         self.cache_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
         self.device = torch.device("cpu")
 
