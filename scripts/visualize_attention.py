@@ -44,7 +44,8 @@ def main(argv=None) -> int:
         from kr_mini_llm.training.checkpoint import CheckpointError
 
         try:
-            gen = Generator.from_pretrained(args.model, device="cpu")
+            # ops_impl="reference": the Transformer on the reference ops, whose attention is recorded
+            gen = Generator.from_pretrained(args.model, device="cpu", ops_impl="reference")
         except CheckpointError as e:
             raise FileNotFoundError(f"--model {args.model!r}: {e}") from None
         cfg = gen.model.config

@@ -40,7 +40,14 @@ def _load(model_dir, device):
         if "model.safetensors" in missing and (ckpt / "dcp").is_dir():
             hint += "; it is a sharded (FSDP) checkpoint: consolidate it first with scripts/consolidate.py"
         raise EvalError(f"--model {str(model_dir)!r}: checkpoint {str(ckpt)!r} lacks {', '.join(missing)}{hint}")
-    return ckpt, Generator.from_pretrained(ckpt, device=device)
+    # The Transformer itself (not the packed decode weights): the test loss needs its fused loss.
+    from ..data.tokenizer import Tokenizer
+    from ..training.checkpoint import load_model
+    from ..training.device import pick_device
+
+    model, _ = load_model(ckpt)
+    device = pick_device(device or "auto")
+    return ckpt, Generator(model.to(device).eval(), Tokenizer(str(ckpt / "tokenizer.model")), device)
 
 
 def _disk(ckpt: Path) -> dict:

@@ -15,7 +15,7 @@ from typing import Iterator
 
 import torch
 
-from ..model import KVCache, Transformer, TransformerConfig
+from ..model import KVCache
 from .decode_model import DecodeModel
 from .packed import check_dtype
 from .sampling import apply_repetition_penalty, check_sampling, sample_next
@@ -47,7 +47,7 @@ class Generator:
         adapters of scripts/lora.py, unfused) or on another device, the Transformer runs as it is.
         """
         from ..data.tokenizer import Tokenizer
-        from ..training.checkpoint import load_checkpoint, resolve_checkpoint
+        from ..training.checkpoint import load_model
         from .saved import is_inference_dir, load_inference_model
 
         if dtype is not None:
@@ -63,10 +63,7 @@ class Generator:
             ckpt = Path(path)
             model = load_inference_model(ckpt, dtype)
         else:
-            ckpt = resolve_checkpoint(path)
-            config = TransformerConfig.from_yaml(ckpt / "model_config.yaml")
-            model = Transformer(config, ops_impl=ops_impl)
-            load_checkpoint(ckpt, model)
+            model, ckpt = load_model(path, ops_impl)
             if adapter_path is not None:
                 from ..lora.adapters import load_adapters
 

@@ -285,6 +285,17 @@ def load_checkpoint(path: str | os.PathLike, model, optimizer=None) -> dict:
     return state
 
 
+def load_model(path: str | os.PathLike, ops_impl: str = "fused"):
+    """(Transformer with the checkpoint's weights, checkpoint directory) of a checkpoint, or of an
+    output directory's latest one: what inference, evaluation and fine-tuning start from."""
+    from ..model import Transformer, TransformerConfig
+
+    ckpt = resolve_checkpoint(path)
+    model = Transformer(TransformerConfig.from_yaml(ckpt / "model_config.yaml"), ops_impl=ops_impl)
+    load_checkpoint(ckpt, model)
+    return model, ckpt
+
+
 def _load_pickled(path: Path, what: str):
     """torch.load(weights_only=True) with one clear error per way a file can be broken."""
     import pickle

@@ -10,7 +10,9 @@ import torch
 
 from kr_mini_llm.eval import attention_maps
 from kr_mini_llm.eval.attention_maps import FontNotFoundError, attention_weights, find_korean_font, token_labels
+from kr_mini_llm.data.tokenizer import Tokenizer
 from kr_mini_llm.inference import Generator
+from kr_mini_llm.training.checkpoint import load_model
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,7 +41,9 @@ def _layer0_direct(model, ids):
 
 
 def test_weights_match_direct_computation(eval_checkpoint):
-    gen = Generator.from_pretrained(eval_checkpoint, device="cpu")
+    # The Transformer (fused ops), as a notebook user holds it; from_pretrained would pack it for decode.
+    model, ckpt = load_model(eval_checkpoint)
+    gen = Generator(model, Tokenizer(str(ckpt / "tokenizer.model")), "cpu")
     ids = [gen.tokenizer.bos_id] + gen.tokenizer.encode("대한민국의 수도는 서울입니다.")
     with torch.no_grad():
         before = gen.model(torch.tensor([ids]))

@@ -19,7 +19,8 @@ from kr_mini_llm.data.tokenizer import Tokenizer, train_tokenizer
 from kr_mini_llm.eval import EvalError, PromptsError, TestSplit, read_prompts, tokenizer_stats
 from kr_mini_llm.eval.report import evaluate_models
 from kr_mini_llm.inference import Generator
-from kr_mini_llm.training.checkpoint import resolve_checkpoint
+from kr_mini_llm.training import integrity
+from kr_mini_llm.training.checkpoint import load_model, resolve_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,6 +40,7 @@ def other_tokenizer_model(eval_checkpoint, token_data, tmp_path_factory):
     tok = train_tokenizer([tokens.parent / "processed/train.txt"], 512, d.parent / "tok", num_threads=1,
                           character_coverage=0.98)
     shutil.copy(tok, d / "tokenizer.model")
+    integrity.write_manifest(d)  # a deliberate edit: record the new tokenizer's checksum
     return d
 
 
@@ -103,7 +105,7 @@ def test_report_two_models(eval_checkpoint, other_tokenizer_model, token_data, t
         assert m["bytes_on_disk"]["model_files"] == sum((ck / f).stat().st_size for f in
                                                          ("model.safetensors", "model_config.yaml", "tokenizer.model"))
         assert [x["prompt"] for x in m["samples"]] == ["대한민국의 수도는", "오늘 날씨가"]
-    assert a["parameters"] == Generator.from_pretrained(a["checkpoint"], device="cpu").model.num_parameters
+    assert a["parameters"] == sum(p.numel() for p in load_model(a["checkpoint"])[0].parameters())
     # seeded: sample i is Generator.generate with seed i
     gen = Generator.from_pretrained(a["checkpoint"], device="cpu")
     assert a["samples"][1]["text"] == gen.generate("오늘 날씨가", max_new_tokens=6, temperature=0.8, top_k=50,
