@@ -44,4 +44,9 @@ TORCH_LIBRARY(kr_mini_llm, m) {
   m.def("linear_cross_entropy_and_grad(Tensor hidden, Tensor weight, Tensor targets,"
         " int ignore_index, int chunk_size, bool mean, bool need_grad_hidden, bool need_grad_weight)"
         " -> (Tensor loss, Tensor grad_hidden, Tensor grad_weight)");
+
+  // Test-only: c (+)= op(a) @ op(b) through the kernels' GEMM layer (csrc/ops/gemm.h); tiles
+  // selects the in-kernel tile GEMM instead of the whole-matrix one.
+  m.def("gemm_for_tests(Tensor a, Tensor b, Tensor c, bool transpose_a, bool transpose_b,"
+        " bool accumulate, bool tiles) -> Tensor");
 }
