@@ -6,6 +6,7 @@
 #include <ATen/cpu/Utils.h>
 
 #include <array>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -95,6 +96,74 @@ void mm_acc(const at::Tensor& a, bool ta, const at::Tensor& b, bool tb, at::Tens
   } else {
     c.copy_(prod);
   }
+}
+
+namespace {
+
+// fp32 FMAs per call of fma_burst: 12 independent chains (enough to cover FMA latency x ports on
+// current x86 and Arm cores) of 256 dependent steps, in the build's vector width.
+constexpr int kChains = 12, kSteps = 256;
+
+// Read on every call, so the compiler can neither fold the chains nor hoist a call out of a loop.
+volatile float g_fma_mul = 0.999f;
+
+float fma_burst(float seed) {
+  using V = Vectorized<float>;
+  V acc[kChains];
+  for (int c = 0; c < kChains; ++c) acc[c] = V(seed + c);
+  const V m(g_fma_mul), a(0.001f);
+  for (int s = 0; s < kSteps; ++s)
+    for (int c = 0; c < kChains; ++c) acc[c] = at::vec::fmadd(acc[c], m, a);
+  V sum = acc[0];
+  for (int c = 1; c < kChains; ++c) sum = sum + acc[c];
+  return at::vec::vec_reduce_all<float>([](V& x, V& y) { return x + y; }, sum);
+}
+
+// Runs body() on every thread for `seconds`; returns the total rate of `flops_per_call`.
+template <typename Body>
+double rate_on_all_threads(double seconds, double flops_per_call, const Body& body) {
+  const int nt = at::get_num_threads();
+  std::vector<double> rate(nt, 0.0);
+  at::parallel_for(0, nt, 1, [&](int64_t b, int64_t e) {
+    for (int64_t tid = b; tid < e; ++tid) {
+      const auto t0 = std::chrono::steady_clock::now();
+      int64_t n = 0;
+      double dt = 0.0;
+      while (dt < seconds) {
+        for (int r = 0; r < 64; ++r, ++n) body(tid);
+        dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      }
+      rate[tid] = flops_per_call * n / dt;
+    }
+  });
+  double total = 0.0;
+  for (double r : rate) total += r;
+  return total / 1e9;
+}
+
+}  // namespace
+
+double peak_gflops(at::ScalarType dtype, double seconds) {
+  if (dtype == at::kFloat) {
+    // The FMA peak: 2 flops per lane per FMA, in the kernels' build ISA.
+    volatile float sink = 0.0f;
+    const double flops = 2.0 * kChains * kSteps * Vectorized<float>::size();
+    return rate_on_all_threads(seconds, flops, [&](int64_t tid) { sink = sink + fma_burst(float(tid)); });
+  }
+  // bf16: the dot-product peak of oneDNN's VNNI brgemm (AMX or AVX512-BF16) on L1/L2-resident
+  // tiles; 0 where bf16 is not native.
+  TORCH_CHECK_VALUE(dtype == at::kBFloat16, "peak_gflops: float32 or bfloat16, got ", dtype);
+  if (!use_vnni<at::BFloat16>()) return 0.0;
+  constexpr int64_t M = 32, N = 64, K = 256;
+  const int nt = at::get_num_threads();
+  std::vector<std::vector<at::BFloat16>> a(nt, std::vector<at::BFloat16>(M * K, at::BFloat16(0.5f)));
+  std::vector<std::vector<at::BFloat16>> b(nt, std::vector<at::BFloat16>(K * N, at::BFloat16(0.25f)));
+  std::vector<std::vector<float>> c(nt, std::vector<float>(M * N, 0.0f));
+  const double gf = rate_on_all_threads(seconds, 2.0 * M * N * K, [&](int64_t tid) {
+    at::native::cpublas::brgemm(M, N, K, K, N, N, true, a[tid].data(), b[tid].data(), c[tid].data(), true);
+  });
+  at::parallel_for(0, nt, 1, [](int64_t, int64_t) { at::native::cpublas::brgemm_release(); });
+  return gf;
 }
 
 namespace {

@@ -147,6 +147,12 @@ inline void tile_done() {
   if (use_vnni<T>()) at::native::cpublas::brgemm_release();
 }
 
+// The machine's peak in GFLOP/s on all threads, measured for `seconds` per thread: fp32, the
+// FMA peak at the kernels' build ISA (independent FMA chains); bf16, the VNNI brgemm ukernel
+// (AMX or AVX512-BF16 dot products) on cache-resident tiles, 0 where bf16 is not native. The
+// benchmarks report MFU against these.
+double peak_gflops(at::ScalarType dtype, double seconds);
+
 // c (+)= op(a) @ op(b), op = transpose when ta / tb; a, b 2-D of one dtype T, c a [m, n]
 // tensor in T's accumulation dtype (float32 for bf16/fp16), rows contiguous.
 void mm_acc(const at::Tensor& a, bool ta, const at::Tensor& b, bool tb, at::Tensor& c, bool accumulate);

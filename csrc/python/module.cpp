@@ -9,6 +9,7 @@
 namespace kr {
 namespace gemm {
 bool vnni_available(c10::ScalarType dtype);
+double peak_gflops(c10::ScalarType dtype, double seconds);
 }
 void bind_config(pybind11::module_& m);
 void bind_yaml(pybind11::module_& m);
@@ -22,6 +23,11 @@ PYBIND11_MODULE(_C, m) {
     return kr::gemm::vnni_available(half ? c10::kHalf : c10::kBFloat16);
   }, "Whether the kernels' bf16 (half=False) / fp16 (half=True) tile GEMMs use native dot products "
      "(oneDNN's VNNI brgemm: AMX or AVX512-BF16/FP16) here, rather than widening to fp32.");
+  m.def("peak_gflops", [](bool bf16, double seconds) {
+    return kr::gemm::peak_gflops(bf16 ? c10::kBFloat16 : c10::kFloat, seconds);
+  }, "Measured peak GFLOP/s on all threads: fp32 FMA peak at the kernels' build ISA, or (bf16=True) "
+     "oneDNN's bf16 dot-product brgemm on cache-resident tiles, 0 where bf16 is not native. The "
+     "benchmarks' MFU denominator.");
   kr::bind_config(m);
   kr::bind_yaml(m);
 }

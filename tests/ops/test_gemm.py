@@ -62,6 +62,16 @@ def test_tile_gemm_matches_float64(dtype):
             check(c, a, b, c0, False, False, accumulate, dtype)
 
 
+def test_kernels_are_the_build_of_the_isa_level_under_test():
+    """Under scripts/run_isa.py (make test-isa-avx2) the kernels are the build for that level."""
+    from kr_mini_llm import ops
+
+    expect = {"avx2": "AVX2", "avx512": "AVX512", "avx512-no-amx": "AVX512"}.get(os.environ.get("KR_MINI_LLM_ISA_LEVEL"))
+    if expect is not None:
+        assert ops.simd_capability() == expect
+    assert ops.simd_capability() in ("DEFAULT", "AVX2", "AVX512")
+
+
 def test_bad_shapes_are_named():
     with pytest.raises(ValueError, match="inner dimensions differ"):
         gemm(torch.ones(2, 3), torch.ones(4, 2), torch.ones(2, 2), False, False, False, False)
