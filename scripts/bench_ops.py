@@ -64,8 +64,10 @@ def _sdpa(q, k, v):
     return out.transpose(1, 2)
 
 
-def attention_cases(quick):
+def attention_cases(quick, tiny=False):
     shapes = [(4, 512, 12, 4, 64), (2, 1024, 12, 4, 64), (1, 2048, 16, 4, 64)]
+    if tiny:  # model_tiny's attention at its training length
+        shapes = [(16, 256, 8, 2, 32)]
     if quick:
         shapes = [(1, 64, 4, 2, 32)]
     for b, t, hq, hkv, d in shapes:
@@ -100,8 +102,10 @@ def decode_cases(quick):
                {"ours": ops.decode_attention, "reference": ops.decode_attention_reference, "sdpa": sdpa})
 
 
-def lce_cases(quick):
+def lce_cases(quick, tiny=False):
     shapes = [(8192, 768, 32000), (4096, 1024, 32000)] if not quick else [(64, 48, 301)]
+    if tiny and not quick:  # model_tiny's LM head and loss on a 4,096-token step
+        shapes = [(4096, 256, 8000)]
     for n, c, v in shapes:
         def make(dtype, n=n, c=c, v=v):
             return (torch.randn(n, c, dtype=dtype), 0.02 * torch.randn(v, c, dtype=dtype),
@@ -151,7 +155,8 @@ def run_op(name, args, lines):
               " | eager / ours | compile / ours | sdpa / ours | ours MFU |")
     lines.append(header)
     lines.append("|" + "---|" * 12)
-    for shape, make, variants in OPS[name](args.quick):
+    cases = OPS[name](args.quick, args.tiny) if name in ("attention", "linear_cross_entropy") else OPS[name](args.quick)
+    for shape, make, variants in cases:
         for dtype in args.dtypes:
             base = make(dtype)
             fns = {"ours": variants["ours"], "eager": variants["reference"]}
@@ -222,6 +227,8 @@ def main():
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="tiny shapes: a smoke run, not a measurement")
+    parser.add_argument("--tiny", action="store_true",
+                        help="attention and linear_cross_entropy at model_tiny's shapes (a short run)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "ops_cpu.md")
