@@ -82,7 +82,9 @@ bool vnni_available(at::ScalarType dtype) {
 void mm_acc(const at::Tensor& a, bool ta, const at::Tensor& b, bool tb, at::Tensor& c, bool accumulate) {
   const at::Tensor opa = ta ? a.t() : a;
   const at::Tensor opb = tb ? b.t() : b;
-  if (a.scalar_type() == c.scalar_type()) {
+  if (a.scalar_type() == c.scalar_type() && (a.scalar_type() == at::kFloat || a.scalar_type() == at::kDouble ||
+                                             (a.scalar_type() == at::kBFloat16 ? use_vnni<at::BFloat16>()
+                                                                               : use_vnni<at::Half>()))) {
     if (accumulate) {
       c.addmm_(opa, opb);
     } else {
@@ -90,7 +92,15 @@ void mm_acc(const at::Tensor& a, bool ta, const at::Tensor& b, bool tb, at::Tens
     }
     return;
   }
-  const at::Tensor prod = at::mm(opa, opb);
+  // bf16/fp16 without native dot products: oneDNN would emulate them, several times slower
+  // than fp32, so the operands are widened (exact) and multiplied in fp32.
+  const bool widen = (a.scalar_type() == at::kBFloat16 && !use_vnni<at::BFloat16>()) ||
+                     (a.scalar_type() == at::kHalf && !use_vnni<at::Half>());
+  if (widen && c.scalar_type() == at::kFloat) {
+    mm_acc(opa.to(at::kFloat), false, opb.to(at::kFloat), false, c, accumulate);
+    return;
+  }
+  const at::Tensor prod = widen ? at::mm(opa.to(at::kFloat), opb.to(at::kFloat)) : at::mm(opa, opb);
   if (accumulate) {
     c.add_(prod);
   } else {

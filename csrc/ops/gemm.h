@@ -9,7 +9,8 @@
 //    them; elsewhere the operands are widened to fp32. Call tile_done<T>() when a worker ends.
 //  - whole-matrix GEMMs (linear_cross_entropy): gemm::mm_acc on tensors, threaded by oneDNN /
 //    the BLAS. bf16/fp16 use at::mm in that dtype (oneDNN's matmul: fp32 accumulation inside,
-//    the product rounded to the dtype as F.linear does) and accumulate in fp32 outside it.
+//    the product rounded to the dtype as F.linear does) and accumulate in fp32 outside it;
+//    where bf16/fp16 dot products are not native, the operands are widened and multiplied in fp32.
 //    (MKL's cblas_gemm_bf16bf16f32 is fast only with AMX, a third of oneDNN's speed elsewhere;
 //    cpublas::gemm's bf16 -> fp32 overload is not exported by libtorch.)
 #pragma once

@@ -95,7 +95,7 @@ def _cpu_flags():
 def test_bf16_tiles_use_native_dot_products_only_where_the_isa_allows():
     """bf16 tile GEMMs take the VNNI ukernel where the CPU has bf16 dot products (AMX or
     AVX512-BF16) and oneDNN's ISA limit allows them, and widen to fp32 (still correct) under an
-    AVX2 limit. Checked in child processes: oneDNN reads its limit once, at start-up."""
+    AVX2 limit; whole-matrix bf16 GEMMs widen there too. Checked in child processes: oneDNN reads its limit once, at start-up."""
     flags = _cpu_flags()
     native = bool(flags & {"avx512_bf16", "amx_bf16"})
     if "ONEDNN_MAX_CPU_ISA" not in os.environ and "DNNL_MAX_CPU_ISA" not in os.environ:
@@ -105,6 +105,8 @@ def test_bf16_tiles_use_native_dot_products_only_where_the_isa_allows():
         "a = torch.randn(33, 65).bfloat16(); b = torch.randn(65, 70).bfloat16()\n"
         "c = torch.ops.kr_mini_llm.gemm_for_tests(a, b, torch.zeros(33, 70), False, False, False, True)\n"
         "err = (c.double() - a.double() @ b.double()).abs().max().item()\n"
+        "m = torch.ops.kr_mini_llm.gemm_for_tests(a.t().contiguous(), b, torch.zeros(33, 70), True, False, False, False)\n"
+        "err = max(err, (m.double() - a.double() @ b.double()).abs().max().item() / 100)\n"
         "print(int(_C.vnni_tile_gemm(False)), err)\n")
     levels = {"AVX2": False, "AVX512_CORE": False, "AVX512_CORE_BF16": native}
     for level, expect in levels.items():
