@@ -52,4 +52,9 @@ TORCH_LIBRARY(kr_mini_llm, m) {
   m.def("decode_linear(Tensor x, Tensor weight, Tensor? scales=None, Tensor? residual=None) -> Tensor");
   // silu(x Wg^T) * (x Wu^T) for weight = [Wg; Wu] [2I, K] (gate rows, then up rows) -> [..., I].
   m.def("decode_linear_swiglu(Tensor x, Tensor weight, Tensor? scales=None) -> Tensor");
+
+  // Test-only: c (+)= op(a) @ op(b) through the kernels' GEMM layer (csrc/ops/gemm.h); tiles
+  // selects the in-kernel tile GEMM instead of the whole-matrix one.
+  m.def("gemm_for_tests(Tensor a, Tensor b, Tensor c, bool transpose_a, bool transpose_b,"
+        " bool accumulate, bool tiles) -> Tensor");
 }

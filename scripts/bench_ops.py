@@ -4,10 +4,11 @@
     python scripts/bench_ops.py                      # full run -> benchmarks/ops_cpu.md
     python scripts/bench_ops.py --ops attention --threads 2 --dtypes bfloat16
     python scripts/bench_ops.py --quick --no-compile --output /tmp/ops.md   # smoke run
+    python scripts/bench_ops.py --isa avx2 --output benchmarks/ops_cpu_avx2.md   # an AVX2-only CPU
 
 Baselines: the eager pure-PyTorch reference, torch.compile of that reference, and for the
 attention ops F.scaled_dot_product_attention (PyTorch's CPU flash kernel, enable_gqa=True).
-Times are medians of repeated runs; ratios are baseline time / our time (> 1: we are faster).
+Times are medians of repeated runs, the contenders taking turns; ratios are baseline time / our time (> 1: we are faster).
 Peak memory is measured with the profiler's allocation events (all CPU allocations by torch).
 """
 from __future__ import annotations
@@ -21,7 +22,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import environment, write_report, median_time, peak_memory, ratio  # noqa: E402
+from bench_common import (add_isa_argument, enter_isa, environment, interleaved_medians, mfu,  # noqa: E402
+                          peak_memory, ratio, write_report)
 
 from kr_mini_llm import ops  # noqa: E402
 
@@ -62,8 +64,10 @@ def _sdpa(q, k, v):
     return out.transpose(1, 2)
 
 
-def attention_cases(quick):
+def attention_cases(quick, tiny=False):
     shapes = [(4, 512, 12, 4, 64), (2, 1024, 12, 4, 64), (1, 2048, 16, 4, 64)]
+    if tiny:  # model_tiny's attention at its training length
+        shapes = [(16, 256, 8, 2, 32)]
     if quick:
         shapes = [(1, 64, 4, 2, 32)]
     for b, t, hq, hkv, d in shapes:
@@ -98,8 +102,10 @@ def decode_cases(quick):
                {"ours": ops.decode_attention, "reference": ops.decode_attention_reference, "sdpa": sdpa})
 
 
-def lce_cases(quick):
+def lce_cases(quick, tiny=False):
     shapes = [(8192, 768, 32000), (4096, 1024, 32000)] if not quick else [(64, 48, 301)]
+    if tiny and not quick:  # model_tiny's LM head and loss on a 4,096-token step
+        shapes = [(4096, 256, 8000)]
     for n, c, v in shapes:
         def make(dtype, n=n, c=c, v=v):
             return (torch.randn(n, c, dtype=dtype), 0.02 * torch.randn(v, c, dtype=dtype),
@@ -123,6 +129,19 @@ def decode_linear_cases(quick):
             yield (f"x [{n}, {k}] @ [{m}, {k}]^T, {label}", make,
                    {"ours": ops.decode_linear, "reference": ops.decode_linear_reference})
 
+
+def attention_flops(q, k, v):
+    """Forward FLOPs of causal attention: QK^T and PV over seq / 2 keys on average."""
+    b, t, hq, d = q.shape
+    return 2 * 2 * b * hq * t * (t / 2) * d
+
+
+def lce_flops(h, w, targets):
+    return 2 * h.shape[0] * h.shape[1] * w.shape[0]
+
+
+# Model FLOPs of a forward (fwd+bwd: 3x) for the GEMM-bound ops; their rows report MFU.
+FLOPS = {"attention": attention_flops, "linear_cross_entropy": lce_flops}
 
 OPS = {"rms_norm": rms_norm_cases, "rotary": rotary_cases, "swiglu": swiglu_cases,
        "attention": attention_cases, "decode_attention": decode_cases,
@@ -149,10 +168,11 @@ def run_op(name, args, lines):
     lines.append(f"\n## {name}\n")
     header = ("| shape | dtype | threads | pass | ours ms | " +
               " | ".join(f"{b} ms" for b in ("eager", "compile", "sdpa")) +
-              " | eager / ours | compile / ours | sdpa / ours |")
+              " | eager / ours | compile / ours | sdpa / ours | ours MFU |")
     lines.append(header)
-    lines.append("|" + "---|" * 11)
-    for shape, make, variants in OPS[name](args.quick):
+    lines.append("|" + "---|" * 12)
+    cases = OPS[name](args.quick, args.tiny) if name in ("attention", "linear_cross_entropy") else OPS[name](args.quick)
+    for shape, make, variants in cases:
         for dtype in args.dtypes:
             base = make(dtype)
             fns = {"ours": variants["ours"], "eager": variants["reference"]}
@@ -165,19 +185,24 @@ def run_op(name, args, lines):
             for threads in args.threads:
                 torch.set_num_threads(threads)
                 for p in passes:
-                    times = {}
-                    for label, fn in fns.items():
-                        if p == "fwd":
-                            with torch.no_grad():
-                                times[label] = median_time(lambda fn=fn: fn(*base), args.repeats)
-                        else:
-                            times[label] = median_time(
-                                lambda fn=fn: fwd_bwd(fn, base, GRAD_INPUTS[name]), args.repeats)
+                    if p == "fwd":
+                        calls = {k: (lambda fn=fn: _no_grad(fn, base)) for k, fn in fns.items()}
+                    else:
+                        calls = {k: (lambda fn=fn: fwd_bwd(fn, base, GRAD_INPUTS[name])) for k, fn in fns.items()}
+                    times = interleaved_medians(calls, args.repeats)
                     cells = [f"{times[k] * 1e3:.2f}" if k in times else "–" for k in ("ours", "eager", "compile", "sdpa")]
                     rs = [ratio(times.get(k), times["ours"]) for k in ("eager", "compile", "sdpa")]
-                    row = f"| {shape} | {str(dtype).removeprefix('torch.')} | {threads} | {p} | " + " | ".join(cells) + " | " + " | ".join(rs) + " |"
+                    flops = FLOPS[name](*base) * (1 if p == "fwd" else 3) if name in FLOPS else None
+                    util = mfu(flops / times["ours"], dtype) if flops else "–"
+                    row = (f"| {shape} | {str(dtype).removeprefix('torch.')} | {threads} | {p} | " + " | ".join(cells)
+                           + " | " + " | ".join(rs) + f" | {util} |")
                     lines.append(row)
                     print(row, flush=True)
+
+
+def _no_grad(fn, inputs):
+    with torch.no_grad():
+        return fn(*inputs)
 
 
 def memory_section(args, lines):
@@ -218,10 +243,14 @@ def main():
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="tiny shapes: a smoke run, not a measurement")
+    parser.add_argument("--tiny", action="store_true",
+                        help="attention and linear_cross_entropy at model_tiny's shapes (a short run)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "ops_cpu.md")
+    add_isa_argument(parser)
     args = parser.parse_args()
+    enter_isa(args.isa)
     torch._dynamo.config.cache_size_limit = 64
     args.dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
     args.threads = [int(t) for t in args.threads.split(",")]
@@ -233,9 +262,11 @@ def main():
     start = time.time()
     lines = ["# Fused ops on the CPU", "", "Command: `python " + " ".join(["scripts/bench_ops.py", *sys.argv[1:]]) + "`",
              "", *environment(), "",
-             "Times are medians of repeated runs in one process; a ratio is baseline / ours (> 1: ours is faster).",
+             "Times are medians of repeated runs in one process, the contenders taking turns call by call; a ratio is baseline / ours (> 1: ours is faster).",
              "`eager` is the op's pure-PyTorch reference, `compile` is `torch.compile` of it, `sdpa` is "
-             "`F.scaled_dot_product_attention(..., enable_gqa=True)` on transposed views."]
+             "`F.scaled_dot_product_attention(..., enable_gqa=True)` on transposed views. MFU (attention, "
+             "linear_cross_entropy): model FLOPs (fwd+bwd = 3x fwd; causal attention counts seq / 2 keys) "
+             "per second over the measured GEMM peak of the dtype."]
     for name in names:
         run_op(name, args, lines)
     if not args.no_memory:

@@ -19,7 +19,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from kr_mini_llm import ConfigError, TransformerConfig
 from kr_mini_llm.inference import Generator
 from kr_mini_llm.training import CheckpointError, Trainer, TrainingConfig, TrainingStopped, resolve_checkpoint
-from kr_mini_llm.training.device import autocast_dtype, pick_device
+from kr_mini_llm.training.device import pick_device, precision_choice
 from kr_mini_llm.training.run_lock import RunLockedError
 from kr_mini_llm.training.memory_advice import available_memory_bytes, estimate_for_run, memory_advice
 from kr_mini_llm.training.overfit import OVERFIT_LOSS, OverfitTrainer, overfit_config
@@ -132,8 +132,7 @@ def print_summary(args, config, model_config, device):
     print(f"   - Sequence length: {t.max_seq_length}")
     print(f"   - Learning rate: {t.learning_rate} (warmup {t.warmup_steps}, {t.lr_schedule} to {t.min_learning_rate})")
     print(f"   - Max steps: {t.max_steps:,}" + (f" (or {t.max_time_minutes} min)" if t.max_time_minutes else ""))
-    amp = autocast_dtype(device, t.precision) if t.mixed_precision else None
-    print(f"   - Mixed precision: {t.mixed_precision}" + (f" ({str(amp).removeprefix('torch.')})" if amp else ""))
+    print(f"   - Mixed precision: {t.mixed_precision} -> {precision_choice(device, t.mixed_precision, t.precision)[1]}")
     print(f"   - Gradient checkpointing: {t.gradient_checkpointing}")
     print(f"   - Compile model: {t.compile_model}")
     print(f"   - Ops: {t.ops}")

@@ -19,9 +19,8 @@
 // Scheduling: work items are handed out heaviest first from an atomic counter inside
 // at::parallel_for, so causal imbalance and noisy neighbours cost little. Each item is computed
 // the same way whichever thread runs it (no cross-item reductions), so this is deterministic.
-#include "ops/common.h"
-
-#include <ATen/native/CPUBlas.h>
+#include "ops/gemm.h"
+#include "ops/softmax_rows.h"
 
 #include <atomic>
 #include <cstring>
@@ -35,98 +34,8 @@ namespace {
 constexpr const char* kOp = "attention";
 constexpr const char* kOpBwd = "attention_backward";
 
-// Per-worker buffers of the reduced-precision GEMM path.
-template <typename T>
-struct GemmScratch {
-  std::vector<T> a, b, bp;
-  std::vector<float> c, af, bf;
-};
-
-// Whether bf16/fp16 GEMMs go through oneDNN's VNNI brgemm ukernel (AMX / AVX512-BF16/FP16).
-template <typename T>
-bool use_vnni() {
-  if constexpr (std::is_same_v<T, at::BFloat16> || std::is_same_v<T, at::Half>) {
-    static const bool ok = at::native::cpublas::could_pack(c10::CppTypeToScalarType<T>::value);
-    return ok;
-  }
-  return false;
-}
-
-// C[M, N] (row-major, ldc, accumulation type) = A[M, K] @ B[K, N] (+ C if accumulate), all
-// row-major. fp32: cpublas::brgemm. bf16/fp16: B is packed into VNNI panels of 64 columns
-// (zero-padded to an even K and to a multiple of 16 columns, as oneDNN requires) for
-// cpublas::brgemm's ukernel, with fp32 output; on machines without it the operands are widened
-// to fp32. float64 (gradcheck only) goes through at::mm.
-template <typename T>
-inline void mm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb,
-               bool accumulate, acc_t<T>* C, int64_t ldc, GemmScratch<T>& ws) {
-  if (M == 0 || N == 0) return;
-  if (K == 0) {
-    if (!accumulate)
-      for (int64_t i = 0; i < M; ++i) std::fill(C + i * ldc, C + i * ldc + N, acc_t<T>(0));
-    return;
-  }
-  if constexpr (std::is_same_v<T, double>) {
-    auto opt = at::TensorOptions().dtype(at::kDouble);
-    at::Tensor a = at::from_blob(const_cast<double*>(A), {M, K}, {lda, 1}, opt);
-    at::Tensor b = at::from_blob(const_cast<double*>(B), {K, N}, {ldb, 1}, opt);
-    at::Tensor c = at::from_blob(C, {M, N}, {ldc, 1}, opt);
-    if (accumulate) c.addmm_(a, b); else at::mm_out(c, a, b);
-  } else if constexpr (std::is_same_v<T, float>) {
-    at::native::cpublas::brgemm(M, N, K, lda, ldb, ldc, accumulate, A, B, C, /*is_vnni=*/false);
-  } else if (!use_vnni<T>()) {
-    ws.af.resize(M * K);
-    ws.bf.resize(K * N);
-    for (int64_t i = 0; i < M; ++i)
-      for (int64_t j = 0; j < K; ++j) ws.af[i * K + j] = float(A[i * lda + j]);
-    for (int64_t i = 0; i < K; ++i)
-      for (int64_t j = 0; j < N; ++j) ws.bf[i * N + j] = float(B[i * ldb + j]);
-    at::native::cpublas::brgemm(M, N, K, K, N, ldc, accumulate, ws.af.data(), ws.bf.data(), C, false);
-  } else {
-    constexpr int64_t kPanel = 64;
-    const int64_t Kp = K + (K & 1);
-    const T* a = A;
-    int64_t lda_ = lda;
-    if (Kp != K) {  // an odd K: one zero column on A
-      ws.a.resize(M * Kp);
-      for (int64_t i = 0; i < M; ++i) {
-        std::memcpy(ws.a.data() + i * Kp, A + i * lda, K * sizeof(T));
-        ws.a[i * Kp + K] = T(0);
-      }
-      a = ws.a.data();
-      lda_ = Kp;
-    }
-    ws.b.resize(Kp * kPanel);
-    ws.bp.resize(Kp * kPanel);
-    for (int64_t n0 = 0; n0 < N; n0 += kPanel) {
-      const int64_t w = std::min(kPanel, N - n0), wp = (w + 15) / 16 * 16;
-      T* bb = ws.b.data();
-      for (int64_t i = 0; i < K; ++i) {
-        std::memcpy(bb + i * wp, B + i * ldb + n0, w * sizeof(T));
-        std::fill(bb + i * wp + w, bb + (i + 1) * wp, T(0));
-      }
-      if (Kp != K) std::fill(bb + K * wp, bb + Kp * wp, T(0));
-      const auto dt = c10::CppTypeToScalarType<T>::value;
-      at::native::cpublas::pack(Kp, wp, wp, wp, dt, dt, bb, ws.bp.data());
-      if (wp == w) {
-        at::native::cpublas::brgemm(M, wp, Kp, lda_, wp, ldc, accumulate, a, ws.bp.data(), C + n0, true);
-      } else {
-        ws.c.resize(M * wp);
-        float* cb = ws.c.data();
-        if (accumulate)
-          for (int64_t i = 0; i < M; ++i) std::memcpy(cb + i * wp, C + i * ldc + n0, w * sizeof(float));
-        at::native::cpublas::brgemm(M, wp, Kp, lda_, wp, wp, accumulate, a, ws.bp.data(), cb, true);
-        for (int64_t i = 0; i < M; ++i) std::memcpy(C + i * ldc + n0, cb + i * wp, w * sizeof(float));
-      }
-    }
-  }
-}
-
-// Releases the AMX tile state a worker's brgemm calls may have configured.
-template <typename T>
-inline void gemm_done() {
-  if (use_vnni<T>()) at::native::cpublas::brgemm_release();
-}
+using gemm::kPanel;
+using gemm::round_up;
 
 // dst[c * ld_dst + r] = src[r * ld_src + c] for r < rows, c < cols.
 template <typename T>
@@ -153,7 +62,7 @@ void for_each_item(int64_t n, const MakeScratch& make_scratch, const Fn& fn) {
          i = next.fetch_add(1, std::memory_order_relaxed)) {
       fn(i, scratch);
     }
-    gemm_done<T>();
+    gemm::tile_done<T>();
   });
 }
 
@@ -195,47 +104,6 @@ inline void pack_rows(const BTHD<T>& src, int64_t b, int64_t t0, int64_t nt, int
       std::memcpy(row, src.row(b, t0 + t, h0 + g), D * sizeof(T));
       if (ld > D) std::fill(row + D, row + ld, T(0));
     }
-}
-
-// max(s[i] * scale) for i < n (n >= 1). clamp_min is a bare SIMD max: at::vec::maximum's NaN
-// propagation costs three more instructions per vector in the hottest loop of the forward, and
-// a NaN score still reaches the output through exp_row.
-template <typename A>
-inline A vec_max_scaled(const A* s, int64_t n, A scale) {
-  using V = Vectorized<A>;
-  constexpr int64_t K = V::size();
-  const V vs(scale);
-  V m(-std::numeric_limits<A>::infinity());
-  int64_t i = 0;
-  for (; i + K <= n; i += K) m = at::vec::clamp_min(V::loadu(s + i) * vs, m);
-  if (i < n) m = at::vec::clamp_min(V::set(m, V::loadu(s + i, n - i) * vs, n - i), m);
-  return at::vec::vec_reduce_all<A>([](V& a, V& b) { return at::vec::maximum(a, b); }, m);
-}
-
-// p[i] = exp(s[i] * scale - sub) for i < n (stored as T), p[n..nb) = 0; returns the sum of
-// the stored values' accumulation-type originals. The tail (rows that end on the causal
-// diagonal) is vectorised too, with the unused lanes masked out of the sum.
-template <typename T, typename A = acc_t<T>>
-inline A exp_row(const A* s, int64_t n, int64_t nb, A scale, A sub, T* p) {
-  using IO = VecIO<T>;
-  using V = typename IO::V;
-  constexpr int64_t K = V::size();
-  const V vs(scale), vsub(sub);
-  V acc(0);
-  int64_t i = 0;
-  for (; i + K <= n; i += K) {
-    V e = at::vec::fmsub(V::loadu(s + i), vs, vsub).exp_u20();
-    acc = acc + e;
-    IO::store(p + i, e);
-  }
-  if (i < n) {
-    V e = V::set(V(0), at::vec::fmsub(V::loadu(s + i, n - i), vs, vsub).exp_u20(), n - i);
-    acc = acc + e;
-    IO::store(p + i, e, n - i);
-    i = n;
-  }
-  if (i < nb) std::fill(p + i, p + nb, T(0));
-  return at::vec::vec_reduce_all<A>([](V& a, V& b) { return a + b; }, acc);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -304,29 +172,6 @@ Blocks backward_blocks(const Dims& d) {
 // ------------------------------------------------------------------------------------------
 // Forward
 
-// oneDNN's pack writes VNNI panels of at most 64 columns; every panel here is that wide.
-constexpr int64_t kPanel = 64;
-
-inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
-
-// Packs tmp [K, kPanel] (row-major, K even) into the VNNI layout brgemm reads as B.
-template <typename T>
-inline void vnni_pack(int64_t K, const T* tmp, T* dst) {
-  const auto dt = c10::CppTypeToScalarType<T>::value;
-  at::native::cpublas::pack(K, kPanel, kPanel, kPanel, dt, dt, tmp, dst);
-}
-
-// C[M, kPanel] (ld ldc, fp32) (+)= A[M, K] (ld lda) @ one VNNI panel [K, kPanel] (K even).
-template <typename T>
-inline void panel_gemm(int64_t M, int64_t K, const T* A, int64_t lda, const T* panel, bool accumulate,
-                       acc_t<T>* C, int64_t ldc) {
-  if constexpr (std::is_same_v<T, at::BFloat16> || std::is_same_v<T, at::Half>) {
-    at::native::cpublas::brgemm(M, kPanel, K, lda, kPanel, ldc, accumulate, A, panel, C, true);
-  } else {
-    TORCH_INTERNAL_ASSERT(false, "attention: VNNI GEMM on a type without a VNNI layout");
-  }
-}
-
 // K and V laid out once, before the main loop, in the form the forward's GEMMs read. Every
 // query block of a (batch, kv head) reads the same KV tiles, so preparing them per work item
 // (as before) re-transposed and re-packed each tile Tq / qb times; this costs one pass over K
@@ -335,7 +180,7 @@ inline void panel_gemm(int64_t M, int64_t K, const T* A, int64_t lda, const T* p
 //    [Dp, kPanel] (Dp = D rounded up to even: VNNI pairs rows), so S = q k^T is one brgemm per
 //    panel; then V as panels of kPanel columns [round_up(nb, 2), kPanel], so O += P V is one
 //    brgemm per panel. The padding is zeros: padded columns of S are exact zeros (never read)
-//    and padded rows of V meet the zeros exp_row writes after each row's valid keys.
+//    and padded rows of V meet the zeros row_exp_sum writes after each row's valid keys.
 //  - otherwise: K^T [D, nb] (ld nb) for mm(); V is read in place.
 template <typename T>
 struct ForwardKV {
@@ -357,7 +202,7 @@ template <typename T>
 ForwardKV<T> prepare_forward_kv(const at::Tensor& k, const at::Tensor& v, const Dims& d,
                                 int64_t kb) {
   ForwardKV<T> p;
-  p.vnni = use_vnni<T>();
+  p.vnni = gemm::use_vnni<T>();
   p.kb = kb;
   p.nkb = (d.Tk + kb - 1) / kb;
   const int64_t D = d.D, BH = d.B * d.Hkv;
@@ -388,7 +233,7 @@ ForwardKV<T> prepare_forward_kv(const at::Tensor& k, const at::Tensor& v, const 
       for (int64_t c0 = 0; c0 < nb; c0 += kPanel) {
         std::fill(tmp.begin(), tmp.begin() + p.Dp * kPanel, T(0));
         transpose(std::min(kPanel, nb - c0), D, K.row(b, n0 + c0, hk), ldk, tmp.data(), kPanel);
-        vnni_pack(p.Dp, tmp.data(), dst + (c0 / kPanel) * p.Dp * kPanel);
+        gemm::pack_vnni(p.Dp, kPanel, tmp.data(), kPanel, dst + (c0 / kPanel) * p.Dp * kPanel, kPanel);
       }
       const int64_t nbe = round_up(nb, 2);
       T* vdst = dst + p.kpanels * p.Dp * kPanel;
@@ -397,7 +242,7 @@ ForwardKV<T> prepare_forward_kv(const at::Tensor& k, const at::Tensor& v, const 
         std::fill(tmp.begin(), tmp.begin() + nbe * kPanel, T(0));
         for (int64_t r = 0; r < nb; ++r)
           std::memcpy(tmp.data() + r * kPanel, Vv.row(b, n0 + r, hk) + c0, w * sizeof(T));
-        vnni_pack(nbe, tmp.data(), vdst + (c0 / kPanel) * p.kbe * kPanel);
+        gemm::pack_vnni(nbe, kPanel, tmp.data(), kPanel, vdst + (c0 / kPanel) * p.kbe * kPanel, kPanel);
       }
     }
   });
@@ -431,7 +276,7 @@ void forward_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
   struct Scratch {
     std::vector<T> qp, pr;
     std::vector<A> s, o, m, l;
-    GemmScratch<T> ws;
+    gemm::Scratch<T> ws;
   };
   auto make = [&] {
     Scratch s;
@@ -467,10 +312,10 @@ void forward_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
       const T* kblk = kv.k_block(bh, j);
       if (vnni) {
         for (int64_t c0 = 0; c0 < nb; c0 += kPanel)
-          panel_gemm<T>(rows, kv.Dp, qp, ldq, kblk + (c0 / kPanel) * kv.Dp * kPanel, false, S + c0, lds);
+          gemm::panel_mm<T>(rows, kv.Dp, qp, ldq, kblk + (c0 / kPanel) * kv.Dp * kPanel, false, S + c0, lds);
       } else {
         // K^T of a block has ld = the block's full length.
-        mm<T>(rows, nb, D, qp, ldq, kblk, std::min(kb, d.Tk - n0), false, S, lds, sc.ws);
+        gemm::tile_mm<T>(rows, nb, D, qp, ldq, kblk, std::min(kb, d.Tk - n0), false, S, lds, sc.ws);
       }
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t t = t0 + r / G;
@@ -481,10 +326,10 @@ void forward_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
           std::fill(pr, pr + np, T(0));
           continue;
         }
-        const A new_m = std::max(mx[r], vec_max_scaled(sr, valid, scale));
+        const A new_m = std::max(mx[r], row_max<A>(sr, valid, scale));
         // 0 for the first block of the row; 1 (no exp, no rescale) while the max holds.
         const A alpha = new_m == mx[r] ? A(1) : std::exp(mx[r] - new_m);
-        const A s_blk = exp_row<T>(sr, valid, np, scale, new_m, pr);
+        const A s_blk = row_exp_sum<T>(sr, valid, scale, new_m, pr, np);
         sum[r] = sum[r] * alpha + s_blk;
         mx[r] = new_m;
         if (alpha != A(1)) {
@@ -495,9 +340,9 @@ void forward_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
       if (vnni) {
         const T* vblk = kv.v_block(bh, j);
         for (int64_t c0 = 0; c0 < D; c0 += kPanel)
-          panel_gemm<T>(rows, np, P, lds, vblk + (c0 / kPanel) * kv.kbe * kPanel, true, O + c0, ldo);
+          gemm::panel_mm<T>(rows, np, P, lds, vblk + (c0 / kPanel) * kv.kbe * kPanel, true, O + c0, ldo);
       } else {
-        mm<T>(rows, D, nb, P, lds, Vv.row(b, n0, hk), ldv, true, O, ldo, sc.ws);
+        gemm::tile_mm<T>(rows, D, nb, P, lds, Vv.row(b, n0, hk), ldv, true, O, ldo, sc.ws);
       }
     }
     for (int64_t r = 0; r < rows; ++r) {
@@ -617,7 +462,7 @@ void backward_kernel(const at::Tensor& go, const at::Tensor& q, const at::Tensor
   struct Scratch {
     std::vector<T> qp, dop, qt, dot, kt, vt, pr, dsr;
     std::vector<A> s, dp, dk, dv;
-    GemmScratch<T> ws;
+    gemm::Scratch<T> ws;
   };
   auto make = [&] {
     Scratch s;
@@ -670,8 +515,8 @@ void backward_kernel(const at::Tensor& go, const at::Tensor& q, const at::Tensor
         pack_rows(GO, b, t0, nt, hk * G, G, D, dop);
         transpose(rows, D, qp, D, qt, rows);
         transpose(rows, D, dop, D, dot, rows);
-        mm<T>(rows, nb, D, qp, D, kt, nb, false, S, nb, sc.ws);
-        mm<T>(rows, nb, D, dop, D, vt, nb, false, dP, nb, sc.ws);
+        gemm::tile_mm<T>(rows, nb, D, qp, D, kt, nb, false, S, nb, sc.ws);
+        gemm::tile_mm<T>(rows, nb, D, dop, D, vt, nb, false, dP, nb, sc.ws);
         for (int64_t r = 0; r < rows; ++r) {
           const int64_t tl = r / G, g = r % G, t = t0 + tl;
           const int64_t valid = causal ? std::min(nb, std::max<int64_t>(t - n0 + 1, 0)) : nb;
@@ -679,7 +524,7 @@ void backward_kernel(const at::Tensor& go, const at::Tensor& q, const at::Tensor
           T* pr = P + r * nb;
           A* dpr = dP + r * nb;
           T* dsr = dS + r * nb;
-          exp_row<T>(sr, valid, nb, scale, lse_bh[g * d.Tq + t], pr);
+          row_exp_sum<T>(sr, valid, scale, lse_bh[g * d.Tq + t], pr, nb);
           // dS = P * (dP - Di); P is re-read from its stored (possibly rounded) values so
           // dV and dS see the same P.
           const V vdi(di_bh[t * G + g]);
@@ -692,9 +537,9 @@ void backward_kernel(const at::Tensor& go, const at::Tensor& q, const at::Tensor
           }
           for (i = valid; i < nb; ++i) dsr[i] = T(0);
         }
-        mm<T>(D, nb, rows, dot, rows, P, nb, true, dV, nb, sc.ws);
-        mm<T>(D, nb, rows, qt, rows, dS, nb, true, dK, nb, sc.ws);
-        mm<T>(rows, D, nb, dS, nb, kp, ldk, true, dq + t0 * G * D, D, sc.ws);
+        gemm::tile_mm<T>(D, nb, rows, dot, rows, P, nb, true, dV, nb, sc.ws);
+        gemm::tile_mm<T>(D, nb, rows, qt, rows, dS, nb, true, dK, nb, sc.ws);
+        gemm::tile_mm<T>(rows, D, nb, dS, nb, kp, ldk, true, dq + t0 * G * D, D, sc.ws);
       }
       for (int64_t r = 0; r < nb; ++r) {
         T* gkr = gkp + ((b * d.Tk + n0 + r) * d.Hkv + hk) * D;

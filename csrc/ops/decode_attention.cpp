@@ -14,6 +14,7 @@
 // and a second pass combines them in a fixed order, so 1 or N threads give the same bits.
 // Inside an item, KV rows go by sub-blocks of kKvBlock with an online softmax.
 #include "ops/common.h"
+#include "ops/softmax_rows.h"
 
 #include <cmath>
 #include <cstring>
@@ -111,42 +112,6 @@ inline void scale_inplace(A alpha, A* y, int64_t n) {
   int64_t i = 0;
   for (; i + K <= n; i += K) (va * V::loadu(y + i)).store(y + i);
   for (; i < n; ++i) y[i] *= alpha;
-}
-
-template <typename A>
-inline A max_of(const A* x, int64_t n) {
-  using V = Vectorized<A>;
-  constexpr int64_t K = V::size();
-  A m = -std::numeric_limits<A>::infinity();
-  int64_t i = 0;
-  if (n >= K) {
-    V vm = V::loadu(x);
-    for (i = K; i + K <= n; i += K) vm = at::vec::maximum(vm, V::loadu(x + i));
-    m = at::vec::vec_reduce_all<A>([](V& a, V& b) { return at::vec::maximum(a, b); }, vm);
-  }
-  for (; i < n; ++i) m = std::max(m, x[i]);
-  return m;
-}
-
-// x = exp(x - m) in place; returns the sum.
-template <typename A>
-inline A exp_sum(A* x, A m, int64_t n) {
-  using V = Vectorized<A>;
-  constexpr int64_t K = V::size();
-  const V vm(m);
-  V s(0);
-  int64_t i = 0;
-  for (; i + K <= n; i += K) {
-    V e = (V::loadu(x + i) - vm).exp_u20();
-    e.store(x + i);
-    s = s + e;
-  }
-  A sum = at::vec::vec_reduce_all<A>([](V& a, V& b) { return a + b; }, s);
-  for (; i < n; ++i) {
-    x[i] = std::exp(x[i] - m);
-    sum += x[i];
-  }
-  return sum;
 }
 
 // Converts one row of T into A (a no-op pointer pass-through when T == A).
@@ -292,14 +257,14 @@ void attend(const Problem<T>& P, const Item& it, int64_t L, Scratch<acc_t<T>>& w
       A* row = sc + rr * kKvBlock;
       std::fill(row + n, row + (u1 - u0), A(0));
       if (n == 0) continue;
-      const A m_new = std::max(m[rr], max_of<A>(row, n));
+      const A m_new = std::max(m[rr], row_max<A>(row, n));
       if (l[rr] > A(0) && m_new > m[rr]) {
         const A alpha = std::exp(m[rr] - m_new);
         scale_inplace<A>(alpha, acc + rr * D, D);
         l[rr] *= alpha;
       }
       m[rr] = m_new;
-      l[rr] += exp_sum<A>(row, m_new, n);
+      l[rr] += row_exp_sum<A>(row, n, A(1), m_new, row);
     }
     // acc += P V: each V row is loaded once per block of query rows.
     if constexpr (NV > 0) {

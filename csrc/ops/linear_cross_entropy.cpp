@@ -1,13 +1,13 @@
 // Linear + cross entropy (the LM head and its loss), fused and chunked over rows.
 //
 // For each chunk of `chunk_size` rows: logits[chunk, V] = hidden[chunk] @ weight^T by one
-// GEMM (fp32 out; see gemm_acc), then one vectorised pass per row (threaded over rows) for
+// GEMM (gemm::mm_acc, oneDNN: kept in fp32; for bf16/fp16 the product is rounded to the
+// dtype first, as F.linear's logits are), then one vectorised pass per row (threaded over rows) for
 // max, sum(exp) and, when gradients are wanted, G = scale * (softmax - onehot) written in
 // place over the logits; then grad_hidden[chunk] = G @ weight and grad_weight += G^T @
 // hidden[chunk] by two more GEMMs (threaded by the BLAS). Only [chunk, V] logits exist at a
 // time. Chunks run in order and grad_weight is accumulated in the accumulation dtype by
 // beta=1 GEMMs in that order, so losses and grad_weight do not depend on the thread count.
-// (cpublas::gemm, with its bf16->fp32 overload, is not exported by libtorch, hence gemm_acc.)
 //
 // Three entry points share one loop:
 //   linear_cross_entropy           -> per-row losses and lse (no gradients);
@@ -17,10 +17,10 @@
 //   linear_cross_entropy_and_grad  -> the mean/sum loss and its gradients in one pass, as
 //                                     Liger-Kernel does: 3 GEMMs in all, the autograd backward
 //                                     only scales them by the incoming scalar gradient.
-#include "ops/common.h"
+#include "ops/gemm.h"
+#include "ops/softmax_rows.h"
 
 #include <cmath>
-#include <cstdlib>
 #include <limits>
 
 namespace kr {
@@ -70,106 +70,6 @@ int64_t count_valid_targets(const at::Tensor& targets, int64_t V, int64_t ignore
   return valid;
 }
 
-// ---- GEMMs: c (acc dtype, [m, n] row-major) = or += op(a) @ op(b), a and b in T ----
-//
-// fp32/fp64: at::mm/at::addmm on views (the BLAS torch was built with). bf16/fp16: MKL's
-// bf16->fp32 / fp16->fp32 GEMM when the torch build carries MKL (x86 wheels do; the symbols
-// are looked up weakly, so other builds still link and load), which keeps the logits and the
-// grad_weight accumulation in fp32. Elsewhere (or with KR_MINI_LLM_LCE_NO_MKL=1, which the
-// tests use to cover this path) at::mm in T (fp32 accumulation inside the GEMM, result
-// rounded to T as F.linear does) followed by a copy/add into the fp32 buffer.
-#if defined(__linux__)
-extern "C" {
-void cblas_gemm_bf16bf16f32(int layout, int transa, int transb, int m, int n, int k, float alpha,
-                            const void* a, int lda, const void* b, int ldb, float beta, float* c,
-                            int ldc) __attribute__((weak));
-void cblas_gemm_f16f16f32(int layout, int transa, int transb, int m, int n, int k, float alpha,
-                          const void* a, int lda, const void* b, int ldb, float beta, float* c,
-                          int ldc) __attribute__((weak));
-}
-#endif
-
-using LowpGemm = void (*)(int, int, int, int, int, int, float, const void*, int, const void*, int, float,
-                          float*, int);
-
-LowpGemm lowp_gemm(at::ScalarType st) {
-  const char* off = std::getenv("KR_MINI_LLM_LCE_NO_MKL");
-  if (off != nullptr && off[0] == '1') return nullptr;
-#if defined(__linux__)
-  if (st == at::kBFloat16) return &cblas_gemm_bf16bf16f32 ? &cblas_gemm_bf16bf16f32 : nullptr;
-  if (st == at::kHalf) return &cblas_gemm_f16f16f32 ? &cblas_gemm_f16f16f32 : nullptr;
-#endif
-  return nullptr;
-}
-
-void gemm_acc(const at::Tensor& a, bool ta, const at::Tensor& b, bool tb, at::Tensor& c, bool accumulate,
-              LowpGemm lowp) {
-  const at::Tensor opa = ta ? a.t() : a;
-  const at::Tensor opb = tb ? b.t() : b;
-  if (a.scalar_type() == c.scalar_type()) {
-    if (accumulate) {
-      c.addmm_(opa, opb);
-    } else {
-      at::mm_out(c, opa, opb);
-    }
-    return;
-  }
-  const int64_t m = c.size(0), n = c.size(1), k = opa.size(1);
-  constexpr int64_t kMax = std::numeric_limits<int>::max();
-  // a, b: row-major with unit column stride and row stride lda/ldb (G's may exceed its width).
-  if (lowp != nullptr && m <= kMax && n <= kMax && k <= kMax && a.stride(0) <= kMax && b.stride(0) <= kMax &&
-      c.numel() <= kMax && a.stride(1) == 1 && b.stride(1) == 1 && c.is_contiguous()) {
-    constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;
-    lowp(kRowMajor, ta ? kTrans : kNoTrans, tb ? kTrans : kNoTrans, int(m), int(n), int(k), 1.0f,
-         a.const_data_ptr(), int(a.stride(0)), b.const_data_ptr(), int(b.stride(0)), accumulate ? 1.0f : 0.0f,
-         c.mutable_data_ptr<float>(), int(n));
-    return;
-  }
-  const at::Tensor prod = at::mm(opa, opb);
-  if (accumulate) {
-    c.add_(prod);
-  } else {
-    c.copy_(prod);
-  }
-}
-
-template <typename A>
-inline Vectorized<A> vexp(const Vectorized<A>& x) {
-  if constexpr (std::is_same_v<A, float>) {
-    return x.exp_u20();  // <= 20 ulp (~1e-6 relative) at a fraction of exp()'s cost
-  } else {
-    return x.exp();
-  }
-}
-
-// log(sum(exp(x))) of one row, max-shifted.
-template <typename A>
-A row_logsumexp(const A* x, int64_t V) {
-  using Vec = Vectorized<A>;
-  constexpr int64_t K = Vec::size();
-  int64_t j = 0;
-  A mx = -std::numeric_limits<A>::infinity();
-  if (V >= K) {
-    Vec vm = Vec::loadu(x);
-    for (j = K; j + K <= V; j += K) vm = at::vec::maximum(vm, Vec::loadu(x + j));
-    mx = at::vec::vec_reduce_all<A>([](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, vm);
-  }
-  for (; j < V; ++j) mx = std::max(mx, x[j]);
-  if (std::isinf(mx)) return mx;  // all -inf (or an inf logit): lse is that inf
-  const Vec vmx(mx);
-  Vec acc(0);
-  j = 0;
-  for (; j + K <= V; j += K) acc = acc + vexp<A>(Vec::loadu(x + j) - vmx);
-  A sum = at::vec::vec_reduce_all<A>([](Vec& a, Vec& b) { return a + b; }, acc);
-  if (j < V) {
-    Vec tail = vexp<A>(Vec::loadu(x + j, V - j) - vmx);
-    __at_align__ A buf[K];
-    tail.store(buf);
-    for (int64_t k = 0; k < V - j; ++k) sum += buf[k];
-  }
-  return mx + std::log(sum);
-}
-
 // g[j] = scale * (exp(x[j] - lse) - [j == target]) for one row, x in acc, g in T (may alias x).
 template <typename T>
 void row_grad(const acc_t<T>* x, T* g, int64_t V, acc_t<T> lse, acc_t<T> scale, int64_t target) {
@@ -205,7 +105,7 @@ void run_chunks(Mode mode, const at::Tensor& hidden, const at::Tensor& weight, c
                 int64_t ignore_index, int64_t chunk_size, Outputs& o) {
   using A = acc_t<T>;
   constexpr bool kSame = std::is_same_v<T, A>;
-  const int64_t N = d.N, C = d.C, V = d.V;
+  const int64_t N = d.N, V = d.V;
   const int64_t chunk = std::min(chunk_size, N);
   const bool want_grad = mode != Mode::kForward;
   const bool want_gh = want_grad && o.grad_hidden.defined();
@@ -213,7 +113,6 @@ void run_chunks(Mode mode, const at::Tensor& hidden, const at::Tensor& weight, c
   A* losses = static_cast<A*>(o.losses);
   A* lse = static_cast<A*>(o.lse);
   const A* gl = static_cast<const A*>(o.grad_losses);
-  const LowpGemm lowp = kSame ? nullptr : lowp_gemm(hidden.scalar_type());
   const auto acc_opts = hidden.options().dtype(c10::CppTypeToScalarType<A>::value);
 
   at::Tensor logits_buf = at::empty({chunk, V}, acc_opts);
@@ -223,9 +122,7 @@ void run_chunks(Mode mode, const at::Tensor& hidden, const at::Tensor& weight, c
   constexpr int64_t kRatio = int64_t(sizeof(A) / sizeof(T));
   const int64_t ldg = V * kRatio;
   at::Tensor g_buf;   // [chunk, V] view of T with row stride ldg
-  at::Tensor gh_buf;  // grad_hidden of a chunk in acc (bf16/fp16)
   if (want_grad) g_buf = kSame ? logits_buf : logits_buf.view(hidden.scalar_type()).narrow(1, 0, V);
-  if (want_gh && !kSame) gh_buf = at::empty({chunk, C}, acc_opts);
   A* logits = logits_buf.mutable_data_ptr<A>();
   T* g = want_grad ? g_buf.mutable_data_ptr<T>() : nullptr;
 
@@ -235,7 +132,7 @@ void run_chunks(Mode mode, const at::Tensor& hidden, const at::Tensor& weight, c
     const int64_t rows = std::min(chunk, N - r0);
     const at::Tensor hc = hidden.narrow(0, r0, rows);
     at::Tensor lc = logits_buf.narrow(0, 0, rows);
-    gemm_acc(hc, false, weight, true, lc, false, lowp);
+    gemm::mm_acc(hc, false, weight, true, lc, false);
     at::parallel_for(0, rows, grain, [&](int64_t b, int64_t e) {
       for (int64_t r = b; r < e; ++r) {
         const int64_t i = r0 + r;
@@ -263,17 +160,12 @@ void run_chunks(Mode mode, const at::Tensor& hidden, const at::Tensor& weight, c
     if (!want_grad) continue;
     const at::Tensor gc = g_buf.narrow(0, 0, rows);
     if (want_gh) {
+      // grad_hidden is in T: the GEMM writes it directly.
       at::Tensor ghc = o.grad_hidden.narrow(0, r0, rows);
-      if constexpr (kSame) {
-        gemm_acc(gc, false, weight, false, ghc, false, lowp);
-      } else {
-        at::Tensor tmp = gh_buf.narrow(0, 0, rows);
-        gemm_acc(gc, false, weight, false, tmp, false, lowp);
-        ghc.copy_(tmp);
-      }
+      gemm::mm_acc(gc, false, weight, false, ghc, false);
     }
     if (want_gw) {
-      gemm_acc(gc, true, hc, false, o.grad_weight, !first_gw, lowp);
+      gemm::mm_acc(gc, true, hc, false, o.grad_weight, !first_gw);
       first_gw = false;
     }
   }

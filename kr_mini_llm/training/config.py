@@ -34,7 +34,7 @@ class TrainSection:
     max_steps: int = 1000
     max_time_minutes: Optional[float] = None  # stop (and save) after this wall time
     mixed_precision: bool = False
-    precision: str = "auto"  # auto (bf16 on CPU/CUDA, fp16 on MPS) | bf16 | fp16
+    precision: str = "auto"  # auto (bf16 on CUDA and on CPUs with native bf16, else fp32; fp16 on MPS) | bf16 | fp16
     gradient_checkpointing: bool = False
     compile_model: bool = False
     ops: str = "fused"  # fused | reference

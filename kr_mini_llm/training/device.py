@@ -1,6 +1,8 @@
 """Device choice (cuda -> mps -> cpu) and the mixed-precision dtype that suits it."""
 from __future__ import annotations
 
+import functools
+
 import torch
 
 
@@ -21,17 +23,80 @@ def pick_device(requested: str = "auto") -> torch.device:
     return dev
 
 
-def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
-    """bf16 on CPU and CUDA (when supported), fp16 on MPS, unless asked otherwise."""
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp16":
-        return torch.float16
+# oneDNN's x86 ISA levels in order (ONEDNN_MAX_CPU_ISA caps the one it uses).
+ONEDNN_ISA_ORDER = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI",
+                    "AVX512_CORE_BF16", "AVX10_1_512", "AVX512_CORE_FP16", "AVX10_1_512_AMX", "AVX512_CORE_AMX",
+                    "AVX10_1_512_AMX_FP16", "AVX512_CORE_AMX_FP16")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """ISA feature names of this CPU, lower case (x86: avx512_bf16, amx_bf16, ...; Arm: bf16)."""
+    import platform
+    import subprocess
+
+    flags = set()
+    get_caps = getattr(torch.cpu, "get_capabilities", None)  # torch >= 2.8
+    if get_caps is not None:
+        flags |= {k for k, v in get_caps().items() if v is True}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    flags |= set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    if platform.system() == "Darwin" and platform.machine() == "arm64":
+        out = subprocess.run(["sysctl", "-n", "hw.optional.arm.FEAT_BF16"], capture_output=True, text=True)
+        if out.stdout.strip() == "1":
+            flags.add("bf16")
+    return frozenset(flags)
+
+
+def native_bf16_reason(flags: frozenset[str] | set[str], onednn_max_isa: str | None = None) -> tuple[bool, str]:
+    """(whether this CPU multiplies bf16 natively, why). Native: AMX or AVX512-BF16 dot products on
+    x86 (and oneDNN not capped below them by ONEDNN_MAX_CPU_ISA), the BF16 extension on Arm."""
+    x86 = {"amx_bf16", "avx512_bf16"} & set(flags)
+    if x86:
+        cap = (onednn_max_isa or "").upper()
+        if cap in ONEDNN_ISA_ORDER and ONEDNN_ISA_ORDER.index(cap) < ONEDNN_ISA_ORDER.index("AVX512_CORE_BF16"):
+            return False, f"the CPU has {'/'.join(sorted(x86))} but ONEDNN_MAX_CPU_ISA={onednn_max_isa} caps oneDNN below it"
+        return True, f"the CPU has native bf16 dot products ({'/'.join(sorted(x86))})"
+    if "bf16" in flags:
+        return True, "the CPU has native bf16 dot products (Arm BF16)"
+    return False, "the CPU has no native bf16 dot products (no avx512_bf16/amx_bf16 or Arm BF16)"
+
+
+def precision_choice(device: torch.device, mixed_precision: bool, precision: str = "auto",
+                     flags: frozenset[str] | set[str] | None = None,
+                     onednn_max_isa: str | None = None) -> tuple[torch.dtype | None, str]:
+    """(autocast dtype or None for fp32, the reason in one line). `precision` (train.precision)
+    forces bf16/fp16; "auto" takes bf16 on CUDA (fp16 where bf16 is unsupported), fp16 on MPS, and
+    on a CPU bf16 only where it multiplies bf16 natively: elsewhere bf16 is emulated, several times
+    slower than fp32. flags/onednn_max_isa default to this machine's (tests inject them)."""
+    import os
+
+    if not mixed_precision:
+        return None, "fp32 (mixed_precision is off)"
+    if precision in ("bf16", "fp16"):
+        return (torch.bfloat16 if precision == "bf16" else torch.float16), f"{precision} (train.precision: {precision})"
     if device.type == "mps":
-        return torch.float16
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        return torch.float16
-    return torch.bfloat16
+        return torch.float16, "fp16 (auto on MPS)"
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return torch.bfloat16, "bf16 (auto on CUDA)"
+        return torch.float16, "fp16 (auto: this GPU has no bf16)"
+    if device.type != "cpu":
+        return torch.bfloat16, f"bf16 (auto on {device.type})"
+    if flags is None:
+        flags = cpu_flags()
+    if onednn_max_isa is None:
+        onednn_max_isa = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+    native, why = native_bf16_reason(flags, onednn_max_isa)
+    if native:
+        return torch.bfloat16, f"bf16 (auto: {why})"
+    return None, f"fp32 (auto: {why}, where bf16 is emulated and slower than fp32; train.precision: bf16 forces it)"
 
 
 def apply_memory_limit(device: torch.device, fraction: float) -> None:

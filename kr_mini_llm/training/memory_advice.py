@@ -24,11 +24,10 @@ CPU_FRAMEWORK_RESERVE = 512 << 20  # Python, torch's libraries and thread pools 
 
 def training_precision(train, device: torch.device) -> str:
     """The estimator's precision name for a TrainSection on a device."""
-    if not train.mixed_precision:
-        return "fp32"
-    from .device import autocast_dtype
+    from .device import precision_choice
 
-    return {torch.bfloat16: "bf16", torch.float16: "fp16"}[autocast_dtype(device, train.precision)]
+    dtype, _ = precision_choice(device, train.mixed_precision, train.precision)  # the trainer's own choice
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
 def estimate_for_run(model_config, train, device: torch.device):

@@ -19,7 +19,7 @@ from ..model import Transformer, TransformerConfig
 from .checkpoint import (CheckpointError, list_checkpoints, load_checkpoint, nonfinite_parameters, remove_directory,
                          resolve_checkpoint)
 from .config import TrainingConfig
-from .device import apply_memory_limit, autocast_dtype, pick_device
+from .device import apply_memory_limit, pick_device, precision_choice
 from .distributed import DistributedContext, check_global_batch
 from .memory_advice import warn_if_short_of_memory
 from .metrics import MetricsLog, plot_loss_curve
@@ -87,7 +87,8 @@ class Trainer:
         if config.threads:
             torch.set_num_threads(config.threads)
         apply_memory_limit(self.device, config.mps_memory_fraction)
-        self.amp_dtype = autocast_dtype(self.device, t.precision) if t.mixed_precision else None
+        # bf16 on a CPU only where it is native; train.precision forces a dtype. LoRA runs this too.
+        self.amp_dtype, self.precision_reason = precision_choice(self.device, t.mixed_precision, t.precision)
         if self.check_memory:
             warn_if_short_of_memory(model_config, config, self.device, self.dist.is_main)
         self._build(resume_from)

@@ -1,0 +1,161 @@
+// The one GEMM layer of the CPU kernels. Everything goes through oneDNN by way of ATen, which
+// picks its code by the ISA the CPU reports (AMX, AVX-512 with or without BF16/FP16 dot
+// products, AVX2, NEON), never by vendor:
+//
+//  - tile GEMMs inside a kernel's work item (attention): gemm::tile_mm on raw row-major
+//    pointers, C in the accumulation type. fp32 runs on cpublas::brgemm; bf16/fp16 run on
+//    brgemm's VNNI ukernel (fp32 accumulation) wherever the CPU has native bf16/fp16 dot
+//    products (AMX, or AVX512-BF16 / AVX512-FP16 without AMX) and oneDNN's ISA limit allows
+//    them; elsewhere the operands are widened to fp32. Call tile_done<T>() when a worker ends.
+//  - whole-matrix GEMMs (linear_cross_entropy): gemm::mm_acc on tensors, threaded by oneDNN /
+//    the BLAS. bf16/fp16 use at::mm in that dtype (oneDNN's matmul: fp32 accumulation inside,
+//    the product rounded to the dtype as F.linear does) and accumulate in fp32 outside it;
+//    where bf16/fp16 dot products are not native, the operands are widened and multiplied in fp32.
+//    (MKL's cblas_gemm_bf16bf16f32 is fast only with AMX, a third of oneDNN's speed elsewhere;
+//    cpublas::gemm's bf16 -> fp32 overload is not exported by libtorch.)
+#pragma once
+
+#include "ops/common.h"
+
+#include <ATen/native/CPUBlas.h>
+
+#include <cstring>
+#include <vector>
+
+namespace kr::gemm {
+
+// Columns per VNNI panel of B: what one brgemm call reads.
+constexpr int64_t kPanel = 64;
+
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// Whether bf16 / fp16 tile GEMMs run on the VNNI brgemm ukernel on this machine, under the
+// oneDNN ISA limit of this process (ONEDNN_MAX_CPU_ISA). Decided once; see gemm.cpp.
+bool vnni_available(at::ScalarType dtype);
+
+template <typename T>
+inline bool use_vnni() {
+  if constexpr (std::is_same_v<T, at::BFloat16> || std::is_same_v<T, at::Half>) {
+    static const bool ok = vnni_available(c10::CppTypeToScalarType<T>::value);
+    return ok;
+  }
+  return false;
+}
+
+// Packs B[K, N] (row-major, ld ldb) into the VNNI layout brgemm reads for 16-bit types:
+// dst[(k / 2) * 2 * ldd + 2 * n + k % 2], ldd >= N columns; rows past K (up to the even
+// round_up(K, 2)) and columns [N, ldd) are zero.
+template <typename T>
+inline void pack_vnni(int64_t K, int64_t N, const T* B, int64_t ldb, T* dst, int64_t ldd) {
+  const int64_t Kp = round_up(K, 2);
+  for (int64_t k = 0; k < Kp; k += 2) {
+    T* d = dst + k * ldd;
+    const T* r0 = B + k * ldb;
+    const T* r1 = k + 1 < K ? r0 + ldb : nullptr;
+    for (int64_t n = 0; n < N; ++n) {
+      d[2 * n] = r0[n];
+      d[2 * n + 1] = r1 != nullptr ? r1[n] : T(0);
+    }
+    std::fill(d + 2 * N, d + 2 * ldd, T(0));
+  }
+}
+
+// C[M, kPanel] (ld ldc, fp32) (+)= A[M, K] (ld lda) @ one VNNI panel [K, kPanel] (K even).
+template <typename T>
+inline void panel_mm(int64_t M, int64_t K, const T* A, int64_t lda, const T* panel, bool accumulate,
+                     acc_t<T>* C, int64_t ldc) {
+  if constexpr (std::is_same_v<T, at::BFloat16> || std::is_same_v<T, at::Half>) {
+    at::native::cpublas::brgemm(M, kPanel, K, lda, kPanel, ldc, accumulate, A, panel, C, /*is_vnni=*/true);
+  } else {
+    TORCH_INTERNAL_ASSERT(false, "gemm::panel_mm: VNNI panels exist for 16-bit types only");
+  }
+}
+
+// Per-worker buffers of tile_mm.
+template <typename T>
+struct Scratch {
+  std::vector<T> a, bp;
+  std::vector<float> c, af, bf;
+};
+
+// C[M, N] (row-major, ldc, accumulation type) = A[M, K] @ B[K, N] (+ C if accumulate), A and B
+// row-major with leading dimensions lda, ldb. bf16/fp16 on the VNNI path: B is packed into
+// panels of kPanel columns (K padded to even, columns to a multiple of 16, as oneDNN needs);
+// an odd K adds a zero column to A. float64 (gradcheck) goes through at::mm.
+template <typename T>
+inline void tile_mm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb,
+                    bool accumulate, acc_t<T>* C, int64_t ldc, Scratch<T>& ws) {
+  if (M == 0 || N == 0) return;
+  if (K == 0) {
+    if (!accumulate)
+      for (int64_t i = 0; i < M; ++i) std::fill(C + i * ldc, C + i * ldc + N, acc_t<T>(0));
+    return;
+  }
+  if constexpr (std::is_same_v<T, double>) {
+    auto opt = at::TensorOptions().dtype(at::kDouble);
+    at::Tensor a = at::from_blob(const_cast<double*>(A), {M, K}, {lda, 1}, opt);
+    at::Tensor b = at::from_blob(const_cast<double*>(B), {K, N}, {ldb, 1}, opt);
+    at::Tensor c = at::from_blob(C, {M, N}, {ldc, 1}, opt);
+    if (accumulate) {
+      c.addmm_(a, b);
+    } else {
+      at::mm_out(c, a, b);
+    }
+  } else if constexpr (std::is_same_v<T, float>) {
+    at::native::cpublas::brgemm(M, N, K, lda, ldb, ldc, accumulate, A, B, C, /*is_vnni=*/false);
+  } else if (!use_vnni<T>()) {
+    ws.af.resize(M * K);
+    ws.bf.resize(K * N);
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t j = 0; j < K; ++j) ws.af[i * K + j] = float(A[i * lda + j]);
+    for (int64_t i = 0; i < K; ++i)
+      for (int64_t j = 0; j < N; ++j) ws.bf[i * N + j] = float(B[i * ldb + j]);
+    at::native::cpublas::brgemm(M, N, K, K, N, ldc, accumulate, ws.af.data(), ws.bf.data(), C, false);
+  } else {
+    const int64_t Kp = round_up(K, 2);
+    const T* a = A;
+    int64_t lda_ = lda;
+    if (Kp != K) {
+      ws.a.resize(M * Kp);
+      for (int64_t i = 0; i < M; ++i) {
+        std::memcpy(ws.a.data() + i * Kp, A + i * lda, K * sizeof(T));
+        ws.a[i * Kp + K] = T(0);
+      }
+      a = ws.a.data();
+      lda_ = Kp;
+    }
+    ws.bp.resize(Kp * kPanel);
+    for (int64_t n0 = 0; n0 < N; n0 += kPanel) {
+      const int64_t w = std::min(kPanel, N - n0), wp = round_up(w, 16);
+      pack_vnni(K, w, B + n0, ldb, ws.bp.data(), wp);
+      if (wp == w) {
+        at::native::cpublas::brgemm(M, wp, Kp, lda_, wp, ldc, accumulate, a, ws.bp.data(), C + n0, true);
+      } else {
+        ws.c.resize(M * wp);
+        float* cb = ws.c.data();
+        if (accumulate)
+          for (int64_t i = 0; i < M; ++i) std::memcpy(cb + i * wp, C + i * ldc + n0, w * sizeof(float));
+        at::native::cpublas::brgemm(M, wp, Kp, lda_, wp, wp, accumulate, a, ws.bp.data(), cb, true);
+        for (int64_t i = 0; i < M; ++i) std::memcpy(C + i * ldc + n0, cb + i * wp, w * sizeof(float));
+      }
+    }
+  }
+}
+
+// Releases the tile state (AMX) a worker's VNNI brgemm calls may have configured.
+template <typename T>
+inline void tile_done() {
+  if (use_vnni<T>()) at::native::cpublas::brgemm_release();
+}
+
+// The machine's peak in GFLOP/s on all threads, measured for `seconds` per thread: fp32, the
+// FMA peak at the kernels' build ISA (independent FMA chains); bf16, the VNNI brgemm ukernel
+// (AMX or AVX512-BF16 dot products) on cache-resident tiles, 0 where bf16 is not native. The
+// benchmarks report MFU against these.
+double peak_gflops(at::ScalarType dtype, double seconds);
+
+// c (+)= op(a) @ op(b), op = transpose when ta / tb; a, b 2-D of one dtype T, c a [m, n]
+// tensor in T's accumulation dtype (float32 for bf16/fp16), rows contiguous.
+void mm_acc(const at::Tensor& a, bool ta, const at::Tensor& b, bool tb, at::Tensor& c, bool accumulate);
+
+}  // namespace kr::gemm
