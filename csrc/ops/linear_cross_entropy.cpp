@@ -7,7 +7,8 @@
 // place over the logits; then grad_hidden[chunk] = G @ weight and grad_weight += G^T @
 // hidden[chunk] by two more GEMMs (threaded by the BLAS). Only [chunk, V] logits exist at a
 // time. Chunks run in order and grad_weight is accumulated in the accumulation dtype by
-// beta=1 GEMMs in that order, so losses and grad_weight do not depend on the thread count.
+// beta=1 GEMMs in that order, so losses and grad_weight depend on the thread count only
+// through the GEMM library (bitwise equal unless it splits a GEMM's inner dimension over threads).
 //
 // Three entry points share one loop:
 //   linear_cross_entropy           -> per-row losses and lse (no gradients);
