@@ -130,7 +130,10 @@ def run_llama_bench(llama: Path, gguf: Path, prompt_len: int, new_tokens: int, t
     import json
 
     cmd = [str(llama / "build" / "bin" / "llama-bench"), "-m", str(gguf), "-p", str(prompt_len), "-n", str(new_tokens),
-           "-d", f"0,{prompt_len}", "-t", str(threads), "-r", "1", "-o", "json"]
+           "-d", f"0,{prompt_len}", "-t", str(threads), "-r", "1", "-o", "json",
+           # No weight repacking: on AMX CPUs ggml's repacked q8_0 kernels crash (SIGSEGV/SIGILL) in
+           # the llama-cpp-python 0.3.36 sources, even on llama-quantize's own files; f32/bf16 are not repacked.
+           "--repack", "0"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
