@@ -31,12 +31,14 @@ def check_dtype(dtype: str) -> str:
 
 @functools.lru_cache(maxsize=None)
 def native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 in hardware (AMX or avx512_bf16); decided once, logged once."""
-    cpu = torch.cpu
-    native = bool(cpu._is_amx_tile_supported() or cpu._is_avx512_bf16_supported())
+    """Whether this CPU multiplies bf16 in hardware, by training's rule (AMX or avx512_bf16 on x86,
+    BF16 on Arm, oneDNN's ISA cap honoured); decided once, logged once."""
+    from ..training.device import native_bf16_here
+
+    native, why = native_bf16_here()
     if not native:
-        log.warning("this CPU has no native bf16 (no AMX, no avx512_bf16): bf16/int8 weights still work "
-                    "(decode widens them to fp32 in the kernels), but prefill GEMMs run in fp32")
+        log.warning(f"{why}: bf16/int8 weights still work (decode widens them to fp32 in the kernels), "
+                    "but prefill GEMMs run in fp32")
     return native
 
 

@@ -68,6 +68,19 @@ def native_bf16_reason(flags: frozenset[str] | set[str], onednn_max_isa: str | N
     return False, "the CPU has no native bf16 dot products (no avx512_bf16/amx_bf16 or Arm BF16)"
 
 
+def native_bf16_here(flags: frozenset[str] | set[str] | None = None,
+                     onednn_max_isa: str | None = None) -> tuple[bool, str]:
+    """native_bf16_reason for this machine: its CPU flags and oneDNN's ISA cap (ONEDNN_MAX_CPU_ISA),
+    unless given. The one rule for training's autocast and inference's bf16 prefill."""
+    import os
+
+    if flags is None:
+        flags = cpu_flags()
+    if onednn_max_isa is None:
+        onednn_max_isa = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+    return native_bf16_reason(flags, onednn_max_isa)
+
+
 def precision_choice(device: torch.device, mixed_precision: bool, precision: str = "auto",
                      flags: frozenset[str] | set[str] | None = None,
                      onednn_max_isa: str | None = None) -> tuple[torch.dtype | None, str]:
@@ -75,8 +88,6 @@ def precision_choice(device: torch.device, mixed_precision: bool, precision: str
     forces bf16/fp16; "auto" takes bf16 on CUDA (fp16 where bf16 is unsupported), fp16 on MPS, and
     on a CPU bf16 only where it multiplies bf16 natively: elsewhere bf16 is emulated, several times
     slower than fp32. flags/onednn_max_isa default to this machine's (tests inject them)."""
-    import os
-
     if not mixed_precision:
         return None, "fp32 (mixed_precision is off)"
     if precision in ("bf16", "fp16"):
@@ -89,11 +100,7 @@ def precision_choice(device: torch.device, mixed_precision: bool, precision: str
         return torch.float16, "fp16 (auto: this GPU has no bf16)"
     if device.type != "cpu":
         return torch.bfloat16, f"bf16 (auto on {device.type})"
-    if flags is None:
-        flags = cpu_flags()
-    if onednn_max_isa is None:
-        onednn_max_isa = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
-    native, why = native_bf16_reason(flags, onednn_max_isa)
+    native, why = native_bf16_here(flags, onednn_max_isa)
     if native:
         return torch.bfloat16, f"bf16 (auto: {why})"
     return None, f"fp32 (auto: {why}, where bf16 is emulated and slower than fp32; train.precision: bf16 forces it)"

@@ -125,8 +125,9 @@ def test_quantize_script(checkpoint, tmp_path):
 def test_cpu_without_native_bf16_logs_once_and_still_works(monkeypatch, caplog):
     from kr_mini_llm.inference import packed
 
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    from kr_mini_llm.training import device
+
+    monkeypatch.setattr(device, "cpu_flags", lambda: frozenset({"avx2", "fma"}))  # an AVX2-only CPU
     packed.native_bf16.cache_clear()
     try:
         torch.manual_seed(4)
