@@ -120,11 +120,15 @@ def test_kill_9_at_seeded_points_of_the_save_loop_keeps_the_last_checkpoint(setu
 
 def test_kill_9_at_a_random_moment(setup, tmp_path):
     run = copy_run(setup, tmp_path)
-    proc = run_worker(setup, run, "--set", "train.max_steps=400", "--set", "train.save_steps=1")
+    # Far more steps than can run before the kill, so the run is always alive when killed; its
+    # checkpoints rotate (keep 3), so "some checkpoint at step >= 6 exists" is what is waited for.
+    proc = run_worker(setup, run, "--set", "train.max_steps=1000000", "--set", "train.save_steps=1")
     deadline = time.time() + 60
-    while not (run / "checkpoint-6").exists() and time.time() < deadline:
+    while time.time() < deadline and proc.poll() is None and not any(
+            int(p.name.split("-")[1]) >= 6 for p in list_checkpoints(run)):
         time.sleep(0.05)
     time.sleep(random.Random(5).uniform(0.0, 0.3))
+    assert proc.poll() is None, proc.communicate()[1]  # still running: the kill lands mid-run
     proc.kill()
     proc.communicate()
     assert (run / ".lock").exists()  # left behind by the killed run: stale, taken over below
