@@ -2,7 +2,7 @@
 
 Install with `pip install --no-build-isolation -e .` so the build sees that torch.
 Environment: KR_MINI_LLM_NATIVE=0 builds portable code (no -march=native);
-KR_MINI_LLM_ISA=avx2|avx512 builds for that x86 level instead of the build machine's (with
+KR_MINI_LLM_ISA=avx2|avx512|avx512-bf16 builds for that x86 level instead of the build machine's (with
 `build_ext --build-lib DIR` it lands in DIR/kr_mini_llm; see scripts/bench_common.py);
 KR_MINI_LLM_BUILD_TYPE=Debug for a debug build; CMAKE_ARGS is passed through.
 """

@@ -10,7 +10,8 @@ if(DEFINED ENV{KR_MINI_LLM_NATIVE} AND "$ENV{KR_MINI_LLM_NATIVE}" STREQUAL "0")
   set(KR_NATIVE OFF)
 endif()
 
-# KR_ISA (env KR_MINI_LLM_ISA): native (default: what the build machine has), avx512 or avx2
+# KR_ISA (env KR_MINI_LLM_ISA): native (default: what the build machine has), avx512-bf16
+# (Zen 4 / Cooper Lake: AVX-512 with VNNI and BF16 dot products), avx512 (Skylake-X) or avx2
 # (x86: build for that level whatever the build machine has, so one machine can test the
 # kernels every level's users get; benchmarks build each level into its own directory).
 if(NOT DEFINED KR_ISA)
@@ -20,12 +21,16 @@ if(KR_ISA STREQUAL "avx2")
   set(KR_NATIVE OFF)
   set(KR_SIMD_FLAGS -mavx2 -mfma -mf16c -mbmi2)
   set(KR_CPU_CAPABILITY AVX2)
+elseif(KR_ISA STREQUAL "avx512-bf16")
+  set(KR_NATIVE OFF)
+  set(KR_SIMD_FLAGS -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mavx512bf16 -mavx2 -mfma -mf16c -mbmi2)
+  set(KR_CPU_CAPABILITY AVX512)
 elseif(KR_ISA STREQUAL "avx512")
   set(KR_NATIVE OFF)
   set(KR_SIMD_FLAGS -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx2 -mfma -mf16c -mbmi2)
   set(KR_CPU_CAPABILITY AVX512)
 elseif(NOT KR_ISA STREQUAL "" AND NOT KR_ISA STREQUAL "native")
-  message(FATAL_ERROR "KR_MINI_LLM_ISA=${KR_ISA}: expected native, avx512 or avx2")
+  message(FATAL_ERROR "KR_MINI_LLM_ISA=${KR_ISA}: expected native, avx512-bf16, avx512 or avx2")
 endif()
 
 if(KR_NATIVE)

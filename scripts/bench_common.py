@@ -89,7 +89,7 @@ ISA_LEVELS = {
     "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
              "ATEN_CPU_CAPABILITY": "avx2"},  # most laptops and desktops
 }
-_KERNEL_BUILD = {"native": None, "avx512": "avx512", "avx512-no-amx": "avx512", "avx2": "avx2"}
+_KERNEL_BUILD = {"native": None, "avx512": "avx512", "avx512-no-amx": "avx512-bf16", "avx2": "avx2"}
 ROOT = Path(__file__).resolve().parents[1]
 
 

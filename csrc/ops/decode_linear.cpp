@@ -1,142 +1,35 @@
 // Decode-time linears: y = x W^T for a few rows of x (batch x new tokens, about 1-16), where
 // reading W once is the whole cost. Weights are fp32, bf16, or int8 with symmetric fp32 scales
 // per group of G consecutive inputs (G = K is one scale per output channel); x is fp32 or bf16
-// and every product is accumulated in fp32.
+// and every sum is accumulated in fp32 (int8 blocks in int32 first).
 //
 // Layout of the work: output rows are split into blocks of JB rows, blocks are spread over the
 // threads (at::parallel_for), and each block streams its JB weight rows once while it keeps
-// JB x NR fp32 accumulators in registers for up to NR rows of x (more rows of x: the block is
-// re-run from L1 for the next NR rows). Int8 weights are widened to fp32 and scaled per group
-// before the FMA, so the group scale costs one multiply per weight vector whatever the row count.
+// JB x NR accumulators in registers for up to NR rows of x (more rows of x: the block is re-run
+// from L1 for the next NR rows). The dot products themselves are decode_dot.h's micro-kernels:
+// int8 weights meet x quantized to int8 where the CPU has int8 dot products (AVX512-VNNI, AVX2),
+// bf16 weights meet x rounded to bf16 where it has bf16 dot products (AVX512-BF16); elsewhere,
+// and for shapes those kernels do not tile, weights are widened to fp32.
 //
 // decode_linear_swiglu computes silu(x Wg^T) * (x Wu^T) for W = [Wg; Wu] stacked along the
 // outputs: each block reads matching gate and up rows, so the [N, 2I] projection never exists.
 // These are inference ops: they have no backward (the Python face says so when asked for one).
 #include "ops/common.h"
+#include "ops/decode_dot.h"
 
 #include <cmath>
-#include <type_traits>
-#include <utility>
+#include <numeric>
+#include <string>
+#include <vector>
 
 namespace kr {
 namespace {
 
-using VF = Vectorized<float>;
-constexpr int64_t kVL = VF::size();
-// Rows of x per pass: JB x NR accumulators must stay in registers (32 zmm; 16 ymm / NEON q).
-constexpr int kMaxRows = kVL >= 16 ? 8 : 4;
-// Software prefetch distance along each weight row (GCC/Clang builtin: x86 and Arm alike).
-constexpr int64_t kPrefetchBytes = 1024;
-
-// Weight lanes widened to fp32. The partial forms read only n < kVL elements (zeros after).
-template <typename W>
-struct WeightLoad;
-
-template <>
-struct WeightLoad<float> {
-  static inline VF load(const float* p) { return VF::loadu(p); }
-  static inline VF load(const float* p, int64_t n) { return VF::loadu(p, n); }
-};
-
-template <>
-struct WeightLoad<at::BFloat16> {
-  static inline VF load(const at::BFloat16* p) {
-    VF out;
-    at::vec::load_to_float(p, out);
-    return out;
-  }
-  static inline VF load(const at::BFloat16* p, int64_t n) {
-    __at_align__ at::BFloat16 buf[kVL] = {};
-    for (int64_t i = 0; i < n; ++i) buf[i] = p[i];
-    return load(buf);
-  }
-};
-
-template <>
-struct WeightLoad<int8_t> {
-  static inline VF load(const int8_t* p) {
-    return at::vec::convert<float>(Vectorized<int8_t>::loadu(p, kVL));
-  }
-  static inline VF load(const int8_t* p, int64_t n) {
-    __at_align__ int8_t buf[Vectorized<int8_t>::size()] = {};
-    for (int64_t i = 0; i < n; ++i) buf[i] = p[i];
-    return load(buf);
-  }
-};
-
-// The weights as the kernel sees them: M rows of K, and for int8 `groups` scales per row.
-template <typename W>
-struct Weights {
-  const W* data;
-  const float* scales;  // nullptr unless int8: [M, groups]
-  int64_t K, groups, group_size;
-};
-
-// acc[jb][n] = sum_k x[n][k] * w[rows[jb]][k] for NR rows of x (leading dim ldx) and JB weight rows.
-// The full-vector loop has no branches, so the accumulators live in registers; tails are separate.
-// Calls f(std::integral_constant<int, I>) for I = 0..N-1, unrolled at compile time: the
-// accumulator arrays below are then indexed by constants only and stay in registers.
-template <int N, typename F, int... I>
-inline void static_for_impl(F&& f, std::integer_sequence<int, I...>) {
-  (f(std::integral_constant<int, I>{}), ...);
-}
-template <int N, typename F>
-inline void static_for(F&& f) {
-  static_for_impl<N>(std::forward<F>(f), std::make_integer_sequence<int, N>{});
-}
-
-template <typename W, int NR, int JB>
-inline void dot_block(const float* x, int64_t ldx, const Weights<W>& w, const int64_t* rows,
-                      float (&out)[JB][NR]) {
-  constexpr bool kInt8 = std::is_same_v<W, int8_t>;
-  VF acc[JB][NR];
-  static_for<JB>([&](auto jb) { static_for<NR>([&](auto n) { acc[jb][n] = VF(0.f); }); });
-  const W* wr[JB];
-  for (int jb = 0; jb < JB; ++jb) wr[jb] = w.data + rows[jb] * w.K;
-  const int64_t G = w.group_size;
-  // One vector of every row: full (cnt = kVL, no masks) or the tail of a group.
-  auto step = [&](int64_t k, auto full, int64_t cnt, const VF* s) {
-    VF xv[NR];
-    static_for<NR>([&](auto n) {
-      if constexpr (decltype(full)::value) {
-        xv[n] = VF::loadu(x + n * ldx + k);
-      } else {
-        xv[n] = VF::loadu(x + n * ldx + k, cnt);
-      }
-    });
-    static_for<JB>([&](auto jb) {
-      VF wv;
-      if constexpr (decltype(full)::value) {
-        __builtin_prefetch(wr[jb] + k + kPrefetchBytes / sizeof(W));
-        wv = WeightLoad<W>::load(wr[jb] + k);
-      } else {
-        wv = WeightLoad<W>::load(wr[jb] + k, cnt);
-      }
-      if constexpr (kInt8) wv = wv * s[jb];
-      static_for<NR>([&](auto n) { acc[jb][n] = at::vec::fmadd(wv, xv[n], acc[jb][n]); });
-    });
-  };
-  for (int64_t g = 0; g < w.groups; ++g) {
-    const int64_t k0 = g * G, k1 = k0 + G;
-    VF s[JB];
-    if constexpr (kInt8) {
-      static_for<JB>([&](auto jb) { s[jb] = VF(w.scales[rows[jb] * w.groups + g]); });
-    }
-    int64_t k = k0;
-    for (; k + kVL <= k1; k += kVL) step(k, std::true_type{}, kVL, s);
-    if (k < k1) step(k, std::false_type{}, k1 - k, s);
-  }
-  static_for<JB>([&](auto jb) {
-    static_for<NR>([&](auto n) { out[jb][n] = at::vec::vec_reduce_all<float>(std::plus<VF>(), acc[jb][n]); });
-  });
-}
-
 // The output rows of one block of work, and where each of its JB dot products goes.
 enum class Epilogue { kPlain, kSwiGLU };
 
-template <typename W, typename T, int NR, int JB, Epilogue E>
-inline void run_block(const float* x, int64_t ldx, const Weights<W>& w, int64_t j0, int64_t half,
-                      T* y, int64_t ldy, const T* residual) {
+template <typename Dot, typename T, int NR, int JB, Epilogue E>
+inline void run_block(const Dot& dot, int64_t n0, int64_t j0, int64_t half, T* y, int64_t ldy, const T* residual) {
   // kPlain: JB consecutive rows j0..; kSwiGLU: JB/2 gate rows j0.. and the up rows half + j0..
   int64_t rows[JB];
   constexpr int kOut = E == Epilogue::kPlain ? JB : JB / 2;
@@ -145,7 +38,7 @@ inline void run_block(const float* x, int64_t ldx, const Weights<W>& w, int64_t 
     if constexpr (E == Epilogue::kSwiGLU) rows[kOut + i] = half + j0 + i;
   }
   float out[JB][NR];
-  dot_block<W, NR, JB>(x, ldx, w, rows, out);
+  dot.template operator()<NR, JB>(n0, rows, out);
   for (int n = 0; n < NR; ++n) {
     for (int i = 0; i < kOut; ++i) {
       float v;
@@ -162,19 +55,19 @@ inline void run_block(const float* x, int64_t ldx, const Weights<W>& w, int64_t 
 }
 
 // All N rows of x against output rows [j0, j0 + kOut * count): blocks of JB, rows in passes of NR.
-template <typename W, typename T, int JB, Epilogue E>
-void run_range(const float* x, int64_t N, int64_t K, const Weights<W>& w, int64_t j0, int64_t j1,
-               int64_t half, T* y, int64_t ldy, const T* residual) {
+template <typename Dot, typename T, int JB, Epilogue E>
+void run_range(const Dot& dot, int64_t N, int64_t j0, int64_t j1, int64_t half, T* y, int64_t ldy,
+               const T* residual) {
   constexpr int kOut = E == Epilogue::kPlain ? JB : JB / 2;
+  constexpr int kMaxRows = Dot::kMaxRows;
   for (int64_t j = j0; j < j1; j += kOut) {
     for (int64_t n0 = 0; n0 < N; n0 += kMaxRows) {
-      const float* xb = x + n0 * K;
       T* yb = y + n0 * ldy;
       const T* rb = residual ? residual + n0 * ldy : nullptr;
       switch (std::min<int64_t>(kMaxRows, N - n0)) {
-#define KR_ROWS_CASE(R)                                                         \
-  case R:                                                                       \
-    if constexpr (R <= kMaxRows) run_block<W, T, R, JB, E>(xb, K, w, j, half, yb, ldy, rb); \
+#define KR_ROWS_CASE(R)                                                              \
+  case R:                                                                            \
+    if constexpr (R <= kMaxRows) run_block<Dot, T, R, JB, E>(dot, n0, j, half, yb, ldy, rb); \
     break;
         KR_ROWS_CASE(1) KR_ROWS_CASE(2) KR_ROWS_CASE(3) KR_ROWS_CASE(4)
         KR_ROWS_CASE(5) KR_ROWS_CASE(6) KR_ROWS_CASE(7) KR_ROWS_CASE(8)
@@ -188,31 +81,84 @@ void run_range(const float* x, int64_t N, int64_t K, const Weights<W>& w, int64_
 
 // Output rows per block: 4 weight streams keep the loads busy; with many rows of x the JB x NR
 // accumulators would not fit in the registers, so JB = 2 there. SwiGLU blocks hold gate/up pairs.
-template <typename W, typename T, Epilogue E, int JB>
-void run_jb(const float* x, int64_t N, const Weights<W>& w, int64_t outputs, T* y, const T* residual) {
+template <typename Dot, typename T, Epilogue E, int JB>
+void run_jb(const Dot& dot, int64_t N, int64_t K, int64_t weight_bytes, int64_t outputs, T* y, const T* residual) {
   constexpr int kOut = E == Epilogue::kPlain ? JB : JB / 2;
-  const int64_t K = w.K, half = outputs;
+  const int64_t half = outputs;
   const int64_t full_blocks = outputs / kOut;
   // Enough weight bytes per task to pay for the fork, small enough that every thread streams.
-  const int64_t bytes_per_block = static_cast<int64_t>(sizeof(W)) * K * JB;
+  const int64_t bytes_per_block = weight_bytes * K * JB;
   const int64_t grain = std::max<int64_t>(1, (int64_t{16} << 10) / bytes_per_block);
   at::parallel_for(0, full_blocks, grain, [&](int64_t b0, int64_t b1) {
-    run_range<W, T, JB, E>(x, N, K, w, b0 * kOut, b1 * kOut, half, y, outputs, residual);
+    run_range<Dot, T, JB, E>(dot, N, b0 * kOut, b1 * kOut, half, y, outputs, residual);
   });
   // The last outputs % kOut rows, one (or one gate/up pair) at a time.
   constexpr int JB1 = E == Epilogue::kPlain ? 1 : 2;
-  run_range<W, T, JB1, E>(x, N, K, w, full_blocks * kOut, outputs, half, y, outputs, residual);
+  run_range<Dot, T, JB1, E>(dot, N, full_blocks * kOut, outputs, half, y, outputs, residual);
 }
 
-template <typename W, typename T, Epilogue E>
-void run(const float* x, int64_t N, const Weights<W>& w, int64_t outputs, T* y, const T* residual) {
-  constexpr int64_t kFewRows = kVL >= 16 ? 4 : 2;
-  if (N <= kFewRows) {
-    run_jb<W, T, E, 4>(x, N, w, outputs, y, residual);
+template <typename Dot, typename T, Epilogue E>
+void run(const Dot& dot, int64_t N, int64_t K, int64_t weight_bytes, int64_t outputs, T* y, const T* residual) {
+  if (N <= Dot::kFewRows) {
+    run_jb<Dot, T, E, 4>(dot, N, K, weight_bytes, outputs, y, residual);
   } else {
-    run_jb<W, T, E, 2>(x, N, w, outputs, y, residual);
+    run_jb<Dot, T, E, 2>(dot, N, K, weight_bytes, outputs, y, residual);
   }
 }
+
+// ---- x in the micro-kernels' formats -----------------------------------------------------------
+// Per-call scratch (x is a few rows): reused across calls so a decode step allocates nothing.
+template <typename E>
+E* scratch(std::vector<E>& buf, int64_t n) {
+  if (static_cast<int64_t>(buf.size()) < n) buf.resize(n);
+  return buf.data();
+}
+
+// The activation block of the int8 kernels: divides the weight group G (so each block has one
+// weight scale) and is at most 128 inputs (finer blocks keep x's rounding small; coarser ones
+// convert int32 sums less often). 0 where no such block is a whole number of kernel vectors.
+int64_t int8_block(int64_t G, int64_t vector_bytes) {
+  const int64_t B = std::gcd(G, int64_t{128});
+  return B % vector_bytes == 0 ? B : 0;
+}
+
+#if defined(KR_DECODE_INT8_VNNI)
+using Int8Dot = Int8DotVnni;
+#elif defined(KR_DECODE_INT8_AVX2)
+using Int8Dot = Int8DotAvx2;
+#endif
+
+#if defined(KR_DECODE_INT8_VNNI) || defined(KR_DECODE_INT8_AVX2)
+// q = round(x / s), s = max|x| / 127 per block of B (B a multiple of 32); `offset` 128 stores
+// q + 128 as unsigned bytes (for vpdpbusd).
+void quantize_x(const float* x, int64_t N, int64_t K, int64_t B, bool offset, int8_t* q, float* s) {
+  const int64_t blocks = K / B;
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t b = 0; b < blocks; ++b) {
+      const float* xb = x + n * K + b * B;
+      __m256 amax = _mm256_setzero_ps();
+      const __m256 sign = _mm256_set1_ps(-0.f);
+      for (int64_t k = 0; k < B; k += 8) amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, _mm256_loadu_ps(xb + k)));
+      __m128 m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+      m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+      m = _mm_max_ss(m, _mm_movehdup_ps(m));
+      const float a = _mm_cvtss_f32(m);
+      s[n * blocks + b] = a / 127.f;
+      const __m256 inv = _mm256_set1_ps(a > 0.f ? 127.f / a : 0.f);
+      const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+      const __m256i bias = _mm256_set1_epi8(offset ? static_cast<char>(0x80) : 0);
+      for (int64_t k = 0; k < B; k += 32) {
+        __m256i i[4];
+        for (int t = 0; t < 4; ++t) i[t] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xb + k + 8 * t), inv));
+        // packs work within 128-bit lanes: the permute puts the 4-byte runs back in order
+        const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
+        const __m256i v = _mm256_xor_si256(_mm256_permutevar8x32_epi32(p, perm), bias);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + n * K + b * B + k), v);
+      }
+    }
+  }
+}
+#endif
 
 void check_args(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& scales,
                 const char* op) {
@@ -269,31 +215,62 @@ at::Tensor linear_impl(const at::Tensor& x_, const at::Tensor& weight_, const st
   const at::Tensor weight = weight_.contiguous();
   const at::Tensor scales = scales_.has_value() ? scales_->contiguous() : at::Tensor();
   const float* xp = x.const_data_ptr<float>();
-  auto launch = [&](auto wtag, auto ttag) {
-    using W = decltype(wtag);
+  const int64_t groups = scales.defined() ? scales.size(1) : 1;
+  auto with_dot = [&](const auto& dot, auto ttag) {
+    using Dot = std::decay_t<decltype(dot)>;
     using T = decltype(ttag);
-    const int64_t groups = scales.defined() ? scales.size(1) : 1;
-    const Weights<W> w{weight.const_data_ptr<W>(), scales.defined() ? scales.const_data_ptr<float>() : nullptr,
-                       K, groups, K / groups};
+    const int64_t wbytes = static_cast<int64_t>(weight.element_size());
     T* yp = y.mutable_data_ptr<T>();
     const T* rp = residual.defined() ? residual.const_data_ptr<T>() : nullptr;
     if (swiglu) {
-      run<W, T, Epilogue::kSwiGLU>(xp, N, w, outputs, yp, nullptr);
+      run<Dot, T, Epilogue::kSwiGLU>(dot, N, K, wbytes, outputs, yp, nullptr);
     } else {
-      run<W, T, Epilogue::kPlain>(xp, N, w, outputs, yp, rp);
+      run<Dot, T, Epilogue::kPlain>(dot, N, K, wbytes, outputs, yp, rp);
     }
   };
-  auto with_out = [&](auto wtag) {
+  auto launch = [&](const auto& dot) {
     if (y.scalar_type() == at::kFloat) {
-      launch(wtag, float{});
+      with_dot(dot, float{});
     } else {
-      launch(wtag, at::BFloat16{});
+      with_dot(dot, at::BFloat16{});
     }
   };
+  thread_local std::vector<int8_t> xq_buf;
+  thread_local std::vector<float> xs_buf;
   switch (weight.scalar_type()) {
-    case at::kFloat: with_out(float{}); break;
-    case at::kBFloat16: with_out(at::BFloat16{}); break;
-    default: with_out(int8_t{}); break;
+    case at::kFloat:
+      launch(FloatDot<float>{xp, {weight.const_data_ptr<float>(), nullptr, K, 1, K}});
+      break;
+    case at::kBFloat16: {
+      const Weights<at::BFloat16> w{weight.const_data_ptr<at::BFloat16>(), nullptr, K, 1, K};
+#ifdef KR_DECODE_BF16_DP
+      thread_local std::vector<at::BFloat16> xb_buf;
+      at::BFloat16* xb = scratch(xb_buf, N * K);
+      int64_t i = 0;
+      for (; i + 16 <= N * K; i += 16) {  // round to nearest even, as at::BFloat16 does
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(xb + i), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(xp + i)));
+      }
+      for (; i < N * K; ++i) xb[i] = static_cast<at::BFloat16>(xp[i]);
+      launch(Bf16Dot{xb, w});
+#else
+      launch(FloatDot<at::BFloat16>{xp, w});
+#endif
+      break;
+    }
+    default: {
+      const Weights<int8_t> w{weight.const_data_ptr<int8_t>(), scales.const_data_ptr<float>(), K, groups, K / groups};
+#if defined(KR_DECODE_INT8_VNNI) || defined(KR_DECODE_INT8_AVX2)
+      if (const int64_t B = int8_block(K / groups, Int8Dot::kBytes); B > 0) {
+        int8_t* q = scratch(xq_buf, N * K);
+        float* s = scratch(xs_buf, N * (K / B));
+        quantize_x(xp, N, K, B, Int8Dot::kUnsignedX, q, s);
+        launch(Int8Dot{QuantizedX{q, s, K, B}, w});
+        break;
+      }
+#endif
+      launch(FloatDot<int8_t>{xp, w});
+      break;
+    }
   }
   return y;
 }
@@ -309,6 +286,47 @@ at::Tensor decode_linear_swiglu_cpu(const at::Tensor& x, const at::Tensor& weigh
 }
 
 }  // namespace
+
+// What x becomes for int8 weights with groups of G inputs: quantized per block of this many
+// inputs, or 0 where it stays fp32 (module.cpp exposes these to Python and the tests).
+int64_t decode_int8_x_block(int64_t G) {
+#if defined(KR_DECODE_INT8_VNNI) || defined(KR_DECODE_INT8_AVX2)
+  return int8_block(G, Int8Dot::kBytes);
+#else
+  return 0;
+#endif
+}
+
+// Whether x is rounded to bf16 to meet bf16 weights.
+bool decode_bf16_rounds_x() {
+#ifdef KR_DECODE_BF16_DP
+  return true;
+#else
+  return false;
+#endif
+}
+
+// How this build computes decode_linear for each weight dtype.
+std::string decode_linear_kernel(c10::ScalarType weight_dtype) {
+  switch (weight_dtype) {
+    case at::kBFloat16:
+#ifdef KR_DECODE_BF16_DP
+      return "avx512-bf16 dot products (x rounded to bf16)";
+#else
+      return "widened to fp32, fp32 FMA";
+#endif
+    case at::kChar:
+#if defined(KR_DECODE_INT8_VNNI)
+      return "avx512-vnni int8 dot products (x quantized to int8 per block of gcd(group, 128) inputs)";
+#elif defined(KR_DECODE_INT8_AVX2)
+      return "avx2 int8 dot products (x quantized to int8 per block of gcd(group, 128) inputs)";
+#else
+      return "widened to fp32, fp32 FMA";
+#endif
+    default:
+      return "fp32 FMA";
+  }
+}
 
 TORCH_LIBRARY_IMPL(kr_mini_llm, CPU, m) {
   m.impl("decode_linear", &decode_linear_cpu);

@@ -4,7 +4,8 @@ Per block: q/k/v are one stacked weight, gate/up one weight whose SwiGLU is the 
 and the residual adds are fused into the o/down projections, so a decode step costs 9-11 op calls
 per block (norm, qkv, rotary x2, cache append, attention, o, norm, gate/up, down). Weights are
 fp32, bf16, or int8 + scales (see packed.py); activations and the residual stream are fp32; the
-KV cache is fp32, or bf16 for bf16 weights. Called like Transformer(ids, kv_cache=..., last_logits_only=...).
+KV cache is fp32 for fp32 weights and bf16 for bf16 and int8 ones (a 16-bit cache, as llama.cpp's
+default f16 one: at batch 8 reading the cache costs as much as reading int8 weights). Called like Transformer(ids, kv_cache=..., last_logits_only=...).
 """
 from __future__ import annotations
 
@@ -79,7 +80,7 @@ class DecodeModel:
         self.embed = lin("embed_tokens", c.vocab_size, C)
         self.lm_head = self.embed if c.tie_word_embeddings else lin("lm_head", c.vocab_size, C)
         self.rope_cos, self.rope_sin = ops.rope_tables(D, c.max_seq_length, c.rope_theta, c.resolved_rope_scaling)
-        self.cache_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
+        self.cache_dtype = torch.float32 if dtype == "fp32" else torch.bfloat16
         self.device = torch.device("cpu")
 
     @classmethod
@@ -152,7 +153,7 @@ class DecodeModel:
         cos, sin = self.rope_cos[pos], self.rope_sin[pos]
         lens_after = kv_cache.lens + T
         H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
-        cd = self.cache_dtype
+        cd = kv_cache.k[0].dtype  # the cache's own (cache_dtype by default; an fp32 one works too)
         x = self.embed.rows(input_ids)
         for i, L in enumerate(self.layers):
             h = ops.rms_norm(x, L.norm1, self.eps)

@@ -8,6 +8,12 @@ symmetric float32 scales [M, G]: each row is split into G groups of K / G consec
 w ~= q * scale (G = 1: one scale per output channel). Accumulation is fp32; y has x's dtype.
 `quantize_int8` / `dequantize_int8` make and undo that format.
 
+To run on the CPU's own dot products, the kernel meets low-precision weights in their precision:
+with bf16 weights, x is rounded to bf16 (AVX512-BF16 CPUs); with int8 weights, x is quantized
+to symmetric int8 per block of gcd(G, 128) inputs (AVX512-VNNI and AVX2 CPUs, when that block is
+a whole number of vectors), as llama.cpp's q8_0 does. Elsewhere x stays fp32 and the weights are
+widened. `x_format(weight_dtype, group_size)` says which applies in this build.
+
 These ops are inference-only: they have no backward, and asking for a gradient through them
 raises an error. Training uses nn.Linear (ordinary GEMMs).
 """
@@ -38,6 +44,29 @@ def decode_linear_swiglu(x: torch.Tensor, weight: torch.Tensor, scales: torch.Te
     """silu(x Wg^T) * (x Wu^T) where weight = [Wg; Wu] stacks the gate rows over the up rows."""
     _no_grad_check("decode_linear_swiglu", x, weight, scales)
     return ops.decode_linear_swiglu(x, weight, scales)
+
+
+def x_format(weight_dtype: torch.dtype, group_size: int | None = None) -> tuple[str, int]:
+    """What x becomes in the CPU kernel for these weights: ("fp32", 0), ("bf16", 0), or
+    ("int8", B) with x quantized per block of B inputs (group_size: the int8 weights' group)."""
+    from .. import _C
+
+    if weight_dtype == torch.bfloat16 and _C.decode_bf16_rounds_x():
+        return "bf16", 0
+    if weight_dtype == torch.int8:
+        if group_size is None:
+            raise ValueError("x_format: int8 weights need their group_size (in_features for per-channel scales)")
+        block = _C.decode_int8_x_block(int(group_size))
+        if block:
+            return "int8", block
+    return "fp32", 0
+
+
+def kernel_description(weight_dtype: str) -> str:
+    """How this build computes decode_linear with 'fp32', 'bf16' or 'int8' weights (benchmarks print it)."""
+    from .. import _C
+
+    return _C.decode_linear_kernel(weight_dtype)
 
 
 # -- int8 format ---------------------------------------------------------------------------------
@@ -156,4 +185,4 @@ for _name in ("decode_linear", "decode_linear_swiglu"):
     torch.library.register_autograd(qualname(_name), _inference_only(_name), setup_context=lambda *a: None)
 
 __all__ = ["decode_linear", "decode_linear_swiglu", "decode_linear_reference", "decode_linear_swiglu_reference",
-           "quantize_int8", "dequantize_int8", "WEIGHT_DTYPES"]
+           "quantize_int8", "dequantize_int8", "x_format", "kernel_description", "WEIGHT_DTYPES"]

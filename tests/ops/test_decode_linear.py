@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from kr_mini_llm import ops
-from kr_mini_llm.ops.decode_linear import _decode_linear_fallback, _decode_linear_swiglu_fallback
+from kr_mini_llm.ops.decode_linear import _decode_linear_fallback, _decode_linear_swiglu_fallback, x_format
 
 from .utils import num_threads
 
@@ -19,10 +19,31 @@ def make_weight(M, K, wdtype, group_size=None, gen=None):
     return w.to(wdtype), None
 
 
+def quantize_x(x, block):
+    """x as the int8 kernels see it, in float64: per block, s = max|x| / 127 and q = round(x / s),
+    computed in float32 exactly as the kernel does (x * (127 / max|x|), rounded half to even)."""
+    xb = x.float().reshape(*x.shape[:-1], -1, block)
+    amax = xb.abs().amax(-1, keepdim=True)
+    inv = torch.where(amax > 0, torch.tensor(127.0) / amax, torch.zeros_like(amax))
+    q = torch.round(xb * inv)
+    return (q.double() * (amax / 127.0).double()).reshape(x.shape)
+
+
+def kernel_x(x, w, s):
+    """x in the precision the kernel meets the weights in (see ops.decode_linear.x_format)."""
+    fmt, block = x_format(w.dtype, w.shape[1] // s.shape[1] if s is not None else None)
+    if fmt == "bf16":
+        return x.float().bfloat16().double()
+    if fmt == "int8":
+        return quantize_x(x, block)
+    return x.double()
+
+
 def ref64(x, w, s, residual=None, swiglu=False):
-    """Float64 reference on the exact weights the kernel sees (int8 dequantised in float64)."""
+    """Float64 reference on the exact weights and x the kernel sees (int8 dequantised in float64;
+    x rounded or quantized where the kernel's dot products need it)."""
     w64 = ops.dequantize_int8(w, s, torch.float64) if w.dtype == torch.int8 else w.double()
-    y = x.double() @ w64.T
+    y = kernel_x(x, w, s) @ w64.T
     if swiglu:
         gate, up = y.chunk(2, dim=-1)
         return torch.nn.functional.silu(gate) * up
@@ -97,12 +118,40 @@ def test_same_result_on_one_and_two_threads():
 
 
 def test_fallback_matches_kernel():
+    """The fallback keeps x in fp32. On x that the kernel's formats represent exactly (bf16 values
+    for bf16 weights; for int8, per block a whole number of steps with one element at 127 steps),
+    both agree to fp32 accumulation."""
     gen = torch.Generator().manual_seed(6)
-    w, s = make_weight(2 * 30, 96, torch.int8, 32, gen)
-    x = torch.randn(5, 96, generator=gen)
-    torch.testing.assert_close(_decode_linear_fallback(x, w, s), ops.decode_linear(x, w, s), atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(_decode_linear_swiglu_fallback(x, w, s), ops.decode_linear_swiglu(x, w, s),
-                               atol=1e-4, rtol=1e-4)
+    w, s = make_weight(2 * 30, 128, torch.int8, 64, gen)
+    x = torch.randn(5, 128, generator=gen)
+    x_int8 = quantize_x(x, x_format(torch.int8, 64)[1] or 128).float()
+    for wq, sq, xq in ((w, s, x_int8), (ops.dequantize_int8(w, s).bfloat16(), None, x.bfloat16().float()),
+                       (ops.dequantize_int8(w, s), None, x)):
+        torch.testing.assert_close(_decode_linear_fallback(xq, wq, sq), ops.decode_linear(xq, wq, sq),
+                                   atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(_decode_linear_swiglu_fallback(xq, wq, sq), ops.decode_linear_swiglu(xq, wq, sq),
+                                   atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("group_size", [None, 64, 128, 256])
+def test_int8_activation_rounding_is_bounded(group_size):
+    """Against the unquantized x: each output is off by at most sum_k |w_k| * step_k / 2 (half of
+    x's quantization step in its block), plus fp32 accumulation."""
+    gen = torch.Generator().manual_seed(9)
+    M, K = 96, 512
+    w, s = make_weight(M, K, torch.int8, group_size, gen)
+    x = torch.randn(7, K, generator=gen) * torch.rand(7, 1, generator=gen) * 4
+    x[:, 5] = 40.0  # one outlier channel, as in real residual streams: coarser steps in its block
+    y = ops.decode_linear(x, w, s).double()
+    w64 = ops.dequantize_int8(w, s, torch.float64)
+    fmt, block = x_format(torch.int8, group_size or K)
+    step = torch.zeros_like(x, dtype=torch.float64)
+    if fmt == "int8":
+        step = (x.double().view(7, -1, block).abs().amax(-1, keepdim=True) / 127).expand(7, K // block, block)
+        step = step.reshape(7, K)
+    bound = (step / 2) @ w64.abs().T + 2e-5 * K**0.5 + 1e-4 * (x.double().abs() @ w64.abs().T)
+    err = (y - x.double() @ w64.T).abs()
+    assert (err <= bound).all(), (err - bound).max()
 
 
 def test_quantize_round_trip_error_bound():

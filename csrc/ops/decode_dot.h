@@ -1,0 +1,308 @@
+// Dot-product micro-kernels for decode_linear: JB weight rows x NR rows of x, each weight vector
+// loaded once and used for all NR rows, every product accumulated in registers. One struct per
+// way of computing, each with the same face:
+//
+//   static constexpr int kMaxRows, kFewRows;       rows of x per pass; JB = 4 up to kFewRows rows
+//   template <int NR, int JB> void operator()(n0, rows, out) const;
+//                                                  out[jb][n] = x[n0 + n] . W[rows[jb]]
+//
+//   FloatDot<W>   weights widened to fp32 lanes, fp32 FMAs (every ISA, every shape)
+//   Int8DotVnni   AVX512-VNNI: x quantized to int8 per block, vpdpbusd (u8 x s8 -> s32)
+//   Int8DotAvx2   AVX2: the same quantized x, vpmaddubsw + vpmaddwd (s16 pairs -> s32)
+//   Bf16Dot       AVX512-BF16: x rounded to bf16, vdpbf16ps (bf16 pairs -> fp32)
+//
+// The int8 kernels sum whole blocks of B inputs in int32 and convert once per block, where
+// both scales are known: y = sum_b sx[n, b] * sw[j, g(b)] * sum_{k in b} qx[n, k] * qw[j, k].
+// That is llama.cpp's q8_0 x q8_0 scheme with our group sizes; it moves the int8 weights 4-8x
+// fewer instructions per byte than widening them to fp32, which is what lets batch 8 stay
+// memory-bound. The price is x's own rounding (at most half a step of max|x|/127 per block),
+// bounded in the tests and measured as perplexity in benchmarks/quantization_quality.md.
+#pragma once
+
+#include "ops/common.h"
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#endif
+
+#include <type_traits>
+#include <utility>
+
+namespace kr {
+
+using VF = Vectorized<float>;
+constexpr int64_t kVL = VF::size();
+// Software prefetch distance along each weight row (GCC/Clang builtin: x86 and Arm alike).
+constexpr int64_t kPrefetchBytes = 1024;
+
+// Calls f(std::integral_constant<int, I>) for I = 0..N-1, unrolled at compile time: the
+// accumulator arrays are then indexed by constants only and stay in registers.
+template <int N, typename F, int... I>
+inline void static_for_impl(F&& f, std::integer_sequence<int, I...>) {
+  (f(std::integral_constant<int, I>{}), ...);
+}
+template <int N, typename F>
+inline void static_for(F&& f) {
+  static_for_impl<N>(std::forward<F>(f), std::make_integer_sequence<int, N>{});
+}
+
+// The weights as the kernels see them: M rows of K, and for int8 `groups` scales per row.
+template <typename W>
+struct Weights {
+  const W* data;
+  const float* scales;  // nullptr unless int8: [M, groups]
+  int64_t K, groups, group_size;
+};
+
+// ---- fp32 lanes: any weight type, any ISA ------------------------------------------------------
+template <typename W>
+struct WeightLoad;
+
+template <>
+struct WeightLoad<float> {
+  static inline VF load(const float* p) { return VF::loadu(p); }
+  static inline VF load(const float* p, int64_t n) { return VF::loadu(p, n); }
+};
+
+template <>
+struct WeightLoad<at::BFloat16> {
+  static inline VF load(const at::BFloat16* p) {
+    VF out;
+    at::vec::load_to_float(p, out);
+    return out;
+  }
+  static inline VF load(const at::BFloat16* p, int64_t n) {
+    __at_align__ at::BFloat16 buf[kVL] = {};
+    for (int64_t i = 0; i < n; ++i) buf[i] = p[i];
+    return load(buf);
+  }
+};
+
+template <>
+struct WeightLoad<int8_t> {
+  static inline VF load(const int8_t* p) { return at::vec::convert<float>(Vectorized<int8_t>::loadu(p, kVL)); }
+  static inline VF load(const int8_t* p, int64_t n) {
+    __at_align__ int8_t buf[Vectorized<int8_t>::size()] = {};
+    for (int64_t i = 0; i < n; ++i) buf[i] = p[i];
+    return load(buf);
+  }
+};
+
+// Int8 weights are widened to fp32 and scaled per group before the FMA, so the group scale costs
+// one multiply per weight vector whatever the row count.
+template <typename W>
+struct FloatDot {
+  // JB x NR accumulators must stay in registers (32 zmm; 16 ymm / NEON q).
+  static constexpr int kMaxRows = kVL >= 16 ? 8 : 4;
+  static constexpr int kFewRows = kVL >= 16 ? 4 : 2;
+  const float* x;  // [N, K] fp32
+  Weights<W> w;
+
+  template <int NR, int JB>
+  inline void operator()(int64_t n0, const int64_t* rows, float (&out)[JB][NR]) const {
+    constexpr bool kInt8 = std::is_same_v<W, int8_t>;
+    const int64_t K = w.K;
+    const float* xr = x + n0 * K;
+    VF acc[JB][NR];
+    static_for<JB>([&](auto jb) { static_for<NR>([&](auto n) { acc[jb][n] = VF(0.f); }); });
+    const W* wr[JB];
+    for (int jb = 0; jb < JB; ++jb) wr[jb] = w.data + rows[jb] * K;
+    // One vector of every row: full (cnt = kVL, no masks) or the tail of a group.
+    auto step = [&](int64_t k, auto full, int64_t cnt, const VF* s) {
+      VF xv[NR];
+      static_for<NR>([&](auto n) {
+        if constexpr (decltype(full)::value) {
+          xv[n] = VF::loadu(xr + n * K + k);
+        } else {
+          xv[n] = VF::loadu(xr + n * K + k, cnt);
+        }
+      });
+      static_for<JB>([&](auto jb) {
+        VF wv;
+        if constexpr (decltype(full)::value) {
+          __builtin_prefetch(wr[jb] + k + kPrefetchBytes / sizeof(W));
+          wv = WeightLoad<W>::load(wr[jb] + k);
+        } else {
+          wv = WeightLoad<W>::load(wr[jb] + k, cnt);
+        }
+        if constexpr (kInt8) wv = wv * s[jb];
+        static_for<NR>([&](auto n) { acc[jb][n] = at::vec::fmadd(wv, xv[n], acc[jb][n]); });
+      });
+    };
+    const int64_t G = w.group_size;
+    for (int64_t g = 0; g < w.groups; ++g) {
+      const int64_t k0 = g * G, k1 = k0 + G;
+      VF s[JB];
+      if constexpr (kInt8) {
+        static_for<JB>([&](auto jb) { s[jb] = VF(w.scales[rows[jb] * w.groups + g]); });
+      }
+      int64_t k = k0;
+      for (; k + kVL <= k1; k += kVL) step(k, std::true_type{}, kVL, s);
+      if (k < k1) step(k, std::false_type{}, k1 - k, s);
+    }
+    static_for<JB>([&](auto jb) {
+      static_for<NR>([&](auto n) { out[jb][n] = at::vec::vec_reduce_all<float>(std::plus<VF>(), acc[jb][n]); });
+    });
+  }
+};
+
+// ---- int8 x int8 -------------------------------------------------------------------------------
+// x quantized per block of B inputs (B divides the weight group and is a multiple of the kernel's
+// vector bytes): q = round(x / s), s = max|x| / 127, so |q| <= 127.
+struct QuantizedX {
+  const int8_t* q;  // [N, K]; Int8DotVnni stores q + 128 (as uint8), see there
+  const float* s;   // [N, K / B]
+  int64_t K, B;
+};
+
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#define KR_DECODE_INT8_VNNI 1
+// vpdpbusd multiplies unsigned by signed bytes, so x is stored as u = q + 128 and the
+// 128 * sum(w) this adds is taken off per block (the weight sums come from a second vpdpbusd
+// against ones, one per weight vector whatever the row count).
+struct Int8DotVnni {
+  static constexpr int64_t kBytes = 64;
+  static constexpr bool kUnsignedX = true;
+  static constexpr int kMaxRows = 8;
+  static constexpr int kFewRows = 4;
+  QuantizedX x;
+  Weights<int8_t> w;
+
+  template <int NR, int JB>
+  inline void operator()(int64_t n0, const int64_t* rows, float (&out)[JB][NR]) const {
+    const int64_t K = x.K, B = x.B, blocks = K / B;
+    const __m512i ones = _mm512_set1_epi8(1);
+    const int8_t* wr[JB];
+    for (int jb = 0; jb < JB; ++jb) wr[jb] = w.data + rows[jb] * K;
+    __m512 accf[JB][NR];
+    static_for<JB>([&](auto jb) { static_for<NR>([&](auto n) { accf[jb][n] = _mm512_setzero_ps(); }); });
+    for (int64_t b = 0; b < blocks; ++b) {
+      __m512i acc[JB][NR], wsum[JB];
+      static_for<JB>([&](auto jb) {
+        wsum[jb] = _mm512_setzero_si512();
+        static_for<NR>([&](auto n) { acc[jb][n] = _mm512_setzero_si512(); });
+      });
+      const int64_t k0 = b * B;
+      for (int64_t k = k0; k < k0 + B; k += kBytes) {
+        __m512i xv[NR];
+        static_for<NR>([&](auto n) { xv[n] = _mm512_loadu_si512(x.q + (n0 + n) * K + k); });
+        static_for<JB>([&](auto jb) {
+          __builtin_prefetch(wr[jb] + k + kPrefetchBytes);
+          const __m512i wv = _mm512_loadu_si512(wr[jb] + k);
+          wsum[jb] = _mm512_dpbusd_epi32(wsum[jb], ones, wv);
+          static_for<NR>([&](auto n) { acc[jb][n] = _mm512_dpbusd_epi32(acc[jb][n], xv[n], wv); });
+        });
+      }
+      const int64_t g = k0 / w.group_size;
+      static_for<JB>([&](auto jb) {
+        const __m512i bias = _mm512_slli_epi32(wsum[jb], 7);
+        const float sw = w.scales[rows[jb] * w.groups + g];
+        static_for<NR>([&](auto n) {
+          const __m512 s = _mm512_set1_ps(sw * x.s[(n0 + n) * blocks + b]);
+          const __m512 d = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[jb][n], bias));
+          accf[jb][n] = _mm512_fmadd_ps(d, s, accf[jb][n]);
+        });
+      });
+    }
+    static_for<JB>([&](auto jb) { static_for<NR>([&](auto n) { out[jb][n] = _mm512_reduce_add_ps(accf[jb][n]); }); });
+  }
+};
+#endif
+
+#if defined(__AVX2__)
+#define KR_DECODE_INT8_AVX2 1
+inline float hsum256(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// vpmaddubsw multiplies unsigned by signed bytes and adds pairs into saturating int16: |w| as the
+// unsigned side (|-128| = 128 reads right as u8) and x with w's sign as the signed side keep
+// every pair sum within 2 * 128 * 127 < 2^15, so nothing saturates.
+struct Int8DotAvx2 {
+  static constexpr int64_t kBytes = 32;
+  static constexpr bool kUnsignedX = false;
+  static constexpr int kMaxRows = 4;
+  static constexpr int kFewRows = 2;
+  QuantizedX x;
+  Weights<int8_t> w;
+
+  template <int NR, int JB>
+  inline void operator()(int64_t n0, const int64_t* rows, float (&out)[JB][NR]) const {
+    const int64_t K = x.K, B = x.B, blocks = K / B;
+    const __m256i ones16 = _mm256_set1_epi16(1);
+    const int8_t* wr[JB];
+    for (int jb = 0; jb < JB; ++jb) wr[jb] = w.data + rows[jb] * K;
+    __m256 accf[JB][NR];
+    static_for<JB>([&](auto jb) { static_for<NR>([&](auto n) { accf[jb][n] = _mm256_setzero_ps(); }); });
+    for (int64_t b = 0; b < blocks; ++b) {
+      __m256i acc[JB][NR];
+      static_for<JB>([&](auto jb) { static_for<NR>([&](auto n) { acc[jb][n] = _mm256_setzero_si256(); }); });
+      const int64_t k0 = b * B;
+      for (int64_t k = k0; k < k0 + B; k += kBytes) {
+        __m256i xv[NR];
+        static_for<NR>([&](auto n) {
+          xv[n] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q + (n0 + n) * K + k));
+        });
+        static_for<JB>([&](auto jb) {
+          __builtin_prefetch(wr[jb] + k + kPrefetchBytes);
+          const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr[jb] + k));
+          const __m256i wabs = _mm256_abs_epi8(wv);
+          static_for<NR>([&](auto n) {
+            const __m256i p16 = _mm256_maddubs_epi16(wabs, _mm256_sign_epi8(xv[n], wv));
+            acc[jb][n] = _mm256_add_epi32(acc[jb][n], _mm256_madd_epi16(p16, ones16));
+          });
+        });
+      }
+      const int64_t g = k0 / w.group_size;
+      static_for<JB>([&](auto jb) {
+        const float sw = w.scales[rows[jb] * w.groups + g];
+        static_for<NR>([&](auto n) {
+          const __m256 s = _mm256_set1_ps(sw * x.s[(n0 + n) * blocks + b]);
+          accf[jb][n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[jb][n]), s, accf[jb][n]);
+        });
+      });
+    }
+    static_for<JB>([&](auto jb) { static_for<NR>([&](auto n) { out[jb][n] = hsum256(accf[jb][n]); }); });
+  }
+};
+#endif
+
+// ---- bf16 x bf16 -------------------------------------------------------------------------------
+#if defined(__AVX512BF16__) && defined(__AVX512BW__)
+#define KR_DECODE_BF16_DP 1
+// x rounded to bf16 once per call; each vdpbf16ps multiplies 32 bf16 pairs exactly and adds
+// them into 16 fp32 lanes, one instruction where widening costs four.
+struct Bf16Dot {
+  static constexpr int kMaxRows = 8;
+  static constexpr int kFewRows = 4;
+  const at::BFloat16* x;  // [N, K] bf16
+  Weights<at::BFloat16> w;
+
+  template <int NR, int JB>
+  inline void operator()(int64_t n0, const int64_t* rows, float (&out)[JB][NR]) const {
+    const int64_t K = w.K;
+    const at::BFloat16* wr[JB];
+    for (int jb = 0; jb < JB; ++jb) wr[jb] = w.data + rows[jb] * K;
+    __m512 acc[JB][NR];
+    static_for<JB>([&](auto jb) { static_for<NR>([&](auto n) { acc[jb][n] = _mm512_setzero_ps(); }); });
+    auto step = [&](int64_t k, __mmask32 m) {
+      __m512bh xv[NR];
+      static_for<NR>([&](auto n) { xv[n] = (__m512bh)_mm512_maskz_loadu_epi16(m, x + (n0 + n) * K + k); });
+      static_for<JB>([&](auto jb) {
+        __builtin_prefetch(wr[jb] + k + kPrefetchBytes / 2);
+        const __m512bh wv = (__m512bh)_mm512_maskz_loadu_epi16(m, wr[jb] + k);
+        static_for<NR>([&](auto n) { acc[jb][n] = _mm512_dpbf16_ps(acc[jb][n], xv[n], wv); });
+      });
+    };
+    int64_t k = 0;
+    for (; k + 32 <= K; k += 32) step(k, ~__mmask32(0));
+    if (k < K) step(k, (__mmask32(1) << (K - k)) - 1);
+    static_for<JB>([&](auto jb) { static_for<NR>([&](auto n) { out[jb][n] = _mm512_reduce_add_ps(acc[jb][n]); }); });
+  }
+};
+#endif
+
+}  // namespace kr
