@@ -7,7 +7,8 @@
 //                                                  out[jb][n] = x[n0 + n] . W[rows[jb]]
 //
 //   FloatDot<W>   weights widened to fp32 lanes, fp32 FMAs (every ISA, every shape)
-//   Int8DotVnni   AVX512-VNNI: x quantized to int8 per block, vpdpbusd (u8 x s8 -> s32)
+//   Int8DotVnni   AVX512-VNNI: x quantized to int8 per block, vpdpbusd (u8 x s8 -> s32) on
+//                 zmm, or ymm for blocks of 32
 //   Int8DotAvx2   AVX2: the same quantized x, vpmaddubsw + vpmaddwd (s16 pairs -> s32)
 //   Bf16Dot       AVX512-BF16: x rounded to bf16, vdpbf16ps (bf16 pairs -> fp32)
 //
@@ -155,14 +156,47 @@ struct QuantizedX {
   int64_t K, B;
 };
 
-#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #define KR_DECODE_INT8_VNNI 1
+// The VNNI kernel's vector: 64 bytes (zmm), or 32 (ymm, AVX512-VL) for blocks of 32 inputs.
+struct Zmm {
+  using I = __m512i;
+  using F = __m512;
+  static constexpr int64_t kBytes = 64;
+  static I zero() { return _mm512_setzero_si512(); }
+  static I ones() { return _mm512_set1_epi8(1); }
+  static I load(const int8_t* p) { return _mm512_loadu_si512(p); }
+  static I dot(I acc, I u, I s) { return _mm512_dpbusd_epi32(acc, u, s); }
+  static I minus_128x(I acc, I sum) { return _mm512_sub_epi32(acc, _mm512_slli_epi32(sum, 7)); }
+  static F fzero() { return _mm512_setzero_ps(); }
+  static F scaled_add(I d, float s, F acc) { return _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_set1_ps(s), acc); }
+  static float sum(F v) { return _mm512_reduce_add_ps(v); }
+};
+
+struct Ymm {
+  using I = __m256i;
+  using F = __m256;
+  static constexpr int64_t kBytes = 32;
+  static I zero() { return _mm256_setzero_si256(); }
+  static I ones() { return _mm256_set1_epi8(1); }
+  static I load(const int8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+  static I dot(I acc, I u, I s) { return _mm256_dpbusd_epi32(acc, u, s); }
+  static I minus_128x(I acc, I sum) { return _mm256_sub_epi32(acc, _mm256_slli_epi32(sum, 7)); }
+  static F fzero() { return _mm256_setzero_ps(); }
+  static F scaled_add(I d, float s, F acc) { return _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_set1_ps(s), acc); }
+  static float sum(F v) {
+    __m128 t = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    t = _mm_add_ps(t, _mm_movehl_ps(t, t));
+    return _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)));
+  }
+};
+
 // vpdpbusd multiplies unsigned by signed bytes, so x is stored as u = q + 128 and the
 // 128 * sum(w) this adds is taken off per block (the weight sums come from a second vpdpbusd
 // against ones, one per weight vector whatever the row count).
+template <typename V>
 struct Int8DotVnni {
-  static constexpr int64_t kBytes = 64;
-  static constexpr bool kUnsignedX = true;
+  static constexpr int64_t kBytes = V::kBytes;
   static constexpr int kMaxRows = 8;
   static constexpr int kFewRows = 4;
   QuantizedX x;
@@ -170,41 +204,41 @@ struct Int8DotVnni {
 
   template <int NR, int JB>
   inline void operator()(int64_t n0, const int64_t* rows, float (&out)[JB][NR]) const {
+    using I = typename V::I;
+    using F = typename V::F;
     const int64_t K = x.K, B = x.B, blocks = K / B;
-    const __m512i ones = _mm512_set1_epi8(1);
+    const I ones = V::ones();
     const int8_t* wr[JB];
     for (int jb = 0; jb < JB; ++jb) wr[jb] = w.data + rows[jb] * K;
-    __m512 accf[JB][NR];
-    static_for<JB>([&](auto jb) { static_for<NR>([&](auto n) { accf[jb][n] = _mm512_setzero_ps(); }); });
+    F accf[JB][NR];
+    static_for<JB>([&](auto jb) { static_for<NR>([&](auto n) { accf[jb][n] = V::fzero(); }); });
     for (int64_t b = 0; b < blocks; ++b) {
-      __m512i acc[JB][NR], wsum[JB];
+      I acc[JB][NR], wsum[JB];
       static_for<JB>([&](auto jb) {
-        wsum[jb] = _mm512_setzero_si512();
-        static_for<NR>([&](auto n) { acc[jb][n] = _mm512_setzero_si512(); });
+        wsum[jb] = V::zero();
+        static_for<NR>([&](auto n) { acc[jb][n] = V::zero(); });
       });
       const int64_t k0 = b * B;
       for (int64_t k = k0; k < k0 + B; k += kBytes) {
-        __m512i xv[NR];
-        static_for<NR>([&](auto n) { xv[n] = _mm512_loadu_si512(x.q + (n0 + n) * K + k); });
+        I xv[NR];
+        static_for<NR>([&](auto n) { xv[n] = V::load(x.q + (n0 + n) * K + k); });
         static_for<JB>([&](auto jb) {
           __builtin_prefetch(wr[jb] + k + kPrefetchBytes);
-          const __m512i wv = _mm512_loadu_si512(wr[jb] + k);
-          wsum[jb] = _mm512_dpbusd_epi32(wsum[jb], ones, wv);
-          static_for<NR>([&](auto n) { acc[jb][n] = _mm512_dpbusd_epi32(acc[jb][n], xv[n], wv); });
+          const I wv = V::load(wr[jb] + k);
+          wsum[jb] = V::dot(wsum[jb], ones, wv);
+          static_for<NR>([&](auto n) { acc[jb][n] = V::dot(acc[jb][n], xv[n], wv); });
         });
       }
       const int64_t g = k0 / w.group_size;
       static_for<JB>([&](auto jb) {
-        const __m512i bias = _mm512_slli_epi32(wsum[jb], 7);
         const float sw = w.scales[rows[jb] * w.groups + g];
         static_for<NR>([&](auto n) {
-          const __m512 s = _mm512_set1_ps(sw * x.s[(n0 + n) * blocks + b]);
-          const __m512 d = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[jb][n], bias));
-          accf[jb][n] = _mm512_fmadd_ps(d, s, accf[jb][n]);
+          accf[jb][n] = V::scaled_add(V::minus_128x(acc[jb][n], wsum[jb]), sw * x.s[(n0 + n) * blocks + b],
+                                      accf[jb][n]);
         });
       });
     }
-    static_for<JB>([&](auto jb) { static_for<NR>([&](auto n) { out[jb][n] = _mm512_reduce_add_ps(accf[jb][n]); }); });
+    static_for<JB>([&](auto jb) { static_for<NR>([&](auto n) { out[jb][n] = V::sum(accf[jb][n]); }); });
   }
 };
 #endif
@@ -223,7 +257,6 @@ inline float hsum256(__m256 v) {
 // every pair sum within 2 * 128 * 127 < 2^15, so nothing saturates.
 struct Int8DotAvx2 {
   static constexpr int64_t kBytes = 32;
-  static constexpr bool kUnsignedX = false;
   static constexpr int kMaxRows = 4;
   static constexpr int kFewRows = 2;
   QuantizedX x;

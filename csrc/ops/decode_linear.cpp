@@ -122,12 +122,6 @@ int64_t int8_block(int64_t G, int64_t vector_bytes) {
   return B % vector_bytes == 0 ? B : 0;
 }
 
-#if defined(KR_DECODE_INT8_VNNI)
-using Int8Dot = Int8DotVnni;
-#elif defined(KR_DECODE_INT8_AVX2)
-using Int8Dot = Int8DotAvx2;
-#endif
-
 #if defined(KR_DECODE_INT8_VNNI) || defined(KR_DECODE_INT8_AVX2)
 // q = round(x / s), s = max|x| / 127 per block of B (B a multiple of 32); `offset` 128 stores
 // q + 128 as unsigned bytes (for vpdpbusd).
@@ -260,11 +254,21 @@ at::Tensor linear_impl(const at::Tensor& x_, const at::Tensor& weight_, const st
     default: {
       const Weights<int8_t> w{weight.const_data_ptr<int8_t>(), scales.const_data_ptr<float>(), K, groups, K / groups};
 #if defined(KR_DECODE_INT8_VNNI) || defined(KR_DECODE_INT8_AVX2)
-      if (const int64_t B = int8_block(K / groups, Int8Dot::kBytes); B > 0) {
+      if (const int64_t B = int8_block(K / groups, 32); B > 0) {
         int8_t* q = scratch(xq_buf, N * K);
         float* s = scratch(xs_buf, N * (K / B));
-        quantize_x(xp, N, K, B, Int8Dot::kUnsignedX, q, s);
-        launch(Int8Dot{QuantizedX{q, s, K, B}, w});
+        const QuantizedX qx{q, s, K, B};
+#if defined(KR_DECODE_INT8_VNNI)
+        quantize_x(xp, N, K, B, /*offset=*/true, q, s);
+        if (B % Zmm::kBytes == 0) {
+          launch(Int8DotVnni<Zmm>{qx, w});
+        } else {
+          launch(Int8DotVnni<Ymm>{qx, w});
+        }
+#else
+        quantize_x(xp, N, K, B, /*offset=*/false, q, s);
+        launch(Int8DotAvx2{qx, w});
+#endif
         break;
       }
 #endif
@@ -291,7 +295,7 @@ at::Tensor decode_linear_swiglu_cpu(const at::Tensor& x, const at::Tensor& weigh
 // inputs, or 0 where it stays fp32 (module.cpp exposes these to Python and the tests).
 int64_t decode_int8_x_block(int64_t G) {
 #if defined(KR_DECODE_INT8_VNNI) || defined(KR_DECODE_INT8_AVX2)
-  return int8_block(G, Int8Dot::kBytes);
+  return int8_block(G, 32);
 #else
   return 0;
 #endif
