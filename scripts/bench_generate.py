@@ -35,12 +35,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import environment, peak_memory, write_report  # noqa: E402
+from bench_common import add_isa_argument, enter_isa, environment, peak_memory, write_report  # noqa: E402
 from bench_model import hf_model  # noqa: E402
 
 from kr_mini_llm import Transformer, TransformerConfig  # noqa: E402
 from kr_mini_llm.inference import Generator  # noqa: E402
 from kr_mini_llm.inference.decode_model import DecodeModel  # noqa: E402
+from kr_mini_llm.ops.decode_linear import kernel_description  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OURS = ("fp32", "bf16", "int8")
@@ -101,6 +102,13 @@ def make_ggufs(model: Transformer, tokenizer: Path, llama: Path, work: Path) -> 
     return out
 
 
+# No weight repacking on AMX CPUs: ggml's repacked q8_0 kernels crash there (SIGSEGV/SIGILL) in the
+# llama-cpp-python 0.3.36 sources, even on llama-quantize's own files (f32/bf16 are not repacked).
+# Elsewhere (and in llama.cpp builds without AMX) repacking stays on: it is what users get.
+NO_REPACK = ["--no-repack"] if os.environ.get("KR_MINI_LLM_ISA_LEVEL", "native") == "native" and \
+    Path("/proc/cpuinfo").exists() and "amx_tile" in Path("/proc/cpuinfo").read_text(errors="ignore") else []
+
+
 def run_llama(llama: Path, gguf: Path, prompt_len: int, new_tokens: int, batches, threads: int) -> dict:
     """{batch: (prefill tok/s, decode tok/s, TTFT s, max RSS bytes)} from one llama-batched-bench run
     (or, in a build without it, llama-bench: batch 1 only, decode after a prompt_len context)."""
@@ -109,7 +117,8 @@ def run_llama(llama: Path, gguf: Path, prompt_len: int, new_tokens: int, batches
         return run_llama_bench(llama, gguf, prompt_len, new_tokens, threads)
     ctx = max(batches) * (prompt_len + new_tokens) + 16
     cmd = [str(exe), "-m", str(gguf), "-c", str(ctx), "-b", "2048", "-ub", "512", "-npp", str(prompt_len),
-           "-ntg", str(new_tokens), "-npl", ",".join(map(str, batches)), "-t", str(threads), "--no-warmup"]
+           "-ntg", str(new_tokens), "-npl", ",".join(map(str, batches)), "-t", str(threads), "--no-warmup",
+           *NO_REPACK]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
@@ -131,9 +140,7 @@ def run_llama_bench(llama: Path, gguf: Path, prompt_len: int, new_tokens: int, t
 
     cmd = [str(llama / "build" / "bin" / "llama-bench"), "-m", str(gguf), "-p", str(prompt_len), "-n", str(new_tokens),
            "-d", f"0,{prompt_len}", "-t", str(threads), "-r", "1", "-o", "json",
-           # No weight repacking: on AMX CPUs ggml's repacked q8_0 kernels crash (SIGSEGV/SIGILL) in
-           # the llama-cpp-python 0.3.36 sources, even on llama-quantize's own files; f32/bf16 are not repacked.
-           "--repack", "0"]
+           *(["--repack", "0"] if NO_REPACK else [])]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
@@ -162,7 +169,9 @@ def main():
     p.add_argument("--tokenizer", type=Path, help="SentencePiece model for the GGUFs (llama.cpp needs one)")
     p.add_argument("--no_memory", action="store_true", help="skip the peak-memory runs (profiler; slow)")
     p.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "generate_cpu.md")
+    add_isa_argument(p)
     args = p.parse_args()
+    enter_isa(args.isa)
     if args.llama_cpp and not args.tokenizer:
         p.error("--llama-cpp needs --tokenizer (a SentencePiece .model) to build the GGUFs")
     torch.set_num_threads(args.threads)
@@ -174,6 +183,7 @@ def main():
     lines = ["# Generation on the CPU", "", "Command: `python " + " ".join(["scripts/bench_generate.py", *sys.argv[1:]]) + "`",
              "", *environment(),
              f"- Threads: {args.threads}; prompt {args.prompt_len} random tokens; {args.new_tokens} new tokens, greedy",
+             *(f"- decode_linear with {dt} weights here: {kernel_description(dt)}" for dt in ("bf16", "int8")),
              f"- ISA env: ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', '-')}, "
              f"MKL_ENABLE_INSTRUCTIONS={os.environ.get('MKL_ENABLE_INSTRUCTIONS', '-')}",
              "", "Medians over repeats, contenders interleaved. 'vs' columns: decode tok/s of ours-DTYPE over the "

@@ -25,10 +25,11 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import environment, write_report  # noqa: E402
 
-from kr_mini_llm import Transformer, TransformerConfig  # noqa: E402
+from kr_mini_llm import KVCache, Transformer, TransformerConfig  # noqa: E402
 from kr_mini_llm.data.tokenizer import Tokenizer  # noqa: E402
 from kr_mini_llm.inference import Generator  # noqa: E402
 from kr_mini_llm.inference.decode_model import DecodeModel  # noqa: E402
+from kr_mini_llm.ops.decode_linear import kernel_description  # noqa: E402
 from kr_mini_llm.training.checkpoint import load_checkpoint, resolve_checkpoint  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,13 +48,21 @@ def schemes(config: TransformerConfig):
 
 
 @torch.inference_mode()
-def perplexity(model: DecodeModel, ids: torch.Tensor, window: int) -> float:
+def perplexity(model: DecodeModel, ids: torch.Tensor, window: int, step: int | None = None) -> float:
+    """exp(mean NLL) over windows of the model's context. step=None: each window in one call (the
+    prefill path: GEMMs); step=S: S tokens per call through a KV cache, as generation computes
+    (the decode kernels, in the precision they meet the weights in, and the cache's dtype)."""
     nll, count = 0.0, 0
     for s in range(0, ids.numel() - 1, window):
         chunk = ids[s:s + window + 1]
         if chunk.numel() < 2:
             break
-        logits = model(chunk[:-1].unsqueeze(0))[0]
+        inp = chunk[:-1].unsqueeze(0)
+        if step is None:
+            logits = model(inp)[0]
+        else:
+            cache = KVCache.for_model(model.config, 1, inp.shape[1], dtype=model.cache_dtype)
+            logits = torch.cat([model(inp[:, t:t + step], kv_cache=cache)[0] for t in range(0, inp.shape[1], step)])
         nll += F.cross_entropy(logits.float(), chunk[1:], reduction="sum").item()
         count += chunk.numel() - 1
     return math.exp(nll / count)
@@ -85,6 +94,8 @@ def main():
     p.add_argument("--max_tokens", type=int, default=8192)
     p.add_argument("--prompts", type=int, default=20)
     p.add_argument("--new_tokens", type=int, default=32)
+    p.add_argument("--decode_step", type=int, default=8,
+                   help="tokens per call for the decode-path perplexity (the decode kernels take up to 16 rows)")
     p.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "quantization_quality.md")
     args = p.parse_args()
     start = time.time()
@@ -109,20 +120,26 @@ def main():
            "Command: `python " + " ".join(["scripts/bench_quantization.py", *sys.argv[1:]]) + "`", "", *environment(),
            f"- Perplexity over the first {ids.numel():,} tokens of `{args.data}`; greedy agreement with fp32 "
            f"over {len(prompts)} prompts x {args.new_tokens} new tokens",
-           "", "| model | weights | MB | perplexity | vs fp32 | tokens equal to fp32 before the first difference "
-           "(mean of 32) | prompts identical for all 32 |", "|---|---|---|---|---|---|---|"]
+           f"- Prefill path: each window in one call (GEMMs on the dequantized weights). Decode path: "
+           f"{args.decode_step} tokens per call through the KV cache, as generation computes them "
+           f"(bf16 weights: {kernel_description('bf16')}; int8: {kernel_description('int8')})",
+           "", "| model | weights | MB | perplexity, prefill path | vs fp32 | perplexity, decode path | vs fp32 | "
+           f"tokens equal to fp32 before the first difference (mean of {args.new_tokens}) | prompts identical for all "
+           f"{args.new_tokens} |", "|---|---|---|---|---|---|---|---|---|"]
     for label, model in models:
         window = model.config.max_seq_length
-        ref_ppl = ref_seq = None
+        ref = None
         for name, dtype, group in schemes(model.config):
             packed = DecodeModel.from_transformer(model, dtype, group)
             ppl = perplexity(packed, ids, window)
+            ppl_decode = perplexity(packed, ids, window, args.decode_step)
             seqs = greedy(packed, prompts, args.new_tokens)
-            if ref_ppl is None:
-                ref_ppl, ref_seq = ppl, seqs
-            mean_prefix, identical = agreement(seqs, ref_seq)
-            row = (f"| {label} | {name} | {packed.nbytes() / 2**20:,.1f} | {ppl:,.3f} | {100 * (ppl / ref_ppl - 1):+.2f}% | "
-                   f"{mean_prefix:.1f} | {identical}/{len(prompts)} |")
+            if ref is None:
+                ref = ppl, ppl_decode, seqs
+            mean_prefix, identical = agreement(seqs, ref[2])
+            row = (f"| {label} | {name} | {packed.nbytes() / 2**20:,.1f} | {ppl:,.3f} | {100 * (ppl / ref[0] - 1):+.2f}% | "
+                   f"{ppl_decode:,.3f} | {100 * (ppl_decode / ref[1] - 1):+.2f}% | {mean_prefix:.1f} | "
+                   f"{identical}/{len(prompts)} |")
             out.append(row)
             print(row, flush=True)
     write_report(args.output, out, start)
