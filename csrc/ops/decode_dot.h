@@ -8,7 +8,7 @@
 //
 //   FloatDot<W>   weights widened to fp32 lanes, fp32 FMAs (every ISA, every shape)
 //   Int8DotVnni   AVX512-VNNI: x quantized to int8 per block, vpdpbusd (u8 x s8 -> s32) on
-//                 zmm, or ymm for blocks of 32
+//                 zmm, or ymm / xmm for blocks of 32 / 16
 //   Int8DotAvx2   AVX2: the same quantized x, vpmaddubsw + vpmaddwd (s16 pairs -> s32)
 //   Bf16Dot       AVX512-BF16: x rounded to bf16, vdpbf16ps (bf16 pairs -> fp32)
 //
@@ -149,7 +149,7 @@ struct FloatDot {
 
 // ---- int8 x int8 -------------------------------------------------------------------------------
 // x quantized per block of B inputs (B divides the weight group and is a multiple of the kernel's
-// vector bytes): q = round(x / s), s = max|x| / 127, so |q| <= 127.
+// vector bytes, and of 16): q = round(x / s), s = max|x| / 127, so |q| <= 127.
 struct QuantizedX {
   const int8_t* q;  // [N, K]; Int8DotVnni stores q + 128 (as uint8), see there
   const float* s;   // [N, K / B]
@@ -158,7 +158,8 @@ struct QuantizedX {
 
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #define KR_DECODE_INT8_VNNI 1
-// The VNNI kernel's vector: 64 bytes (zmm), or 32 (ymm, AVX512-VL) for blocks of 32 inputs.
+// The VNNI kernel's vector: 64 bytes (zmm), or 32 / 16 (ymm / xmm, AVX512-VL) for blocks of 32 / 16
+// inputs (model_tiny's 688-wide MLP admits only 16).
 struct Zmm {
   using I = __m512i;
   using F = __m512;
@@ -186,6 +187,23 @@ struct Ymm {
   static F scaled_add(I d, float s, F acc) { return _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_set1_ps(s), acc); }
   static float sum(F v) {
     __m128 t = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    t = _mm_add_ps(t, _mm_movehl_ps(t, t));
+    return _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)));
+  }
+};
+
+struct Xmm {
+  using I = __m128i;
+  using F = __m128;
+  static constexpr int64_t kBytes = 16;
+  static I zero() { return _mm_setzero_si128(); }
+  static I ones() { return _mm_set1_epi8(1); }
+  static I load(const int8_t* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); }
+  static I dot(I acc, I u, I s) { return _mm_dpbusd_epi32(acc, u, s); }
+  static I minus_128x(I acc, I sum) { return _mm_sub_epi32(acc, _mm_slli_epi32(sum, 7)); }
+  static F fzero() { return _mm_setzero_ps(); }
+  static F scaled_add(I d, float s, F acc) { return _mm_fmadd_ps(_mm_cvtepi32_ps(d), _mm_set1_ps(s), acc); }
+  static float sum(F t) {
     t = _mm_add_ps(t, _mm_movehl_ps(t, t));
     return _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)));
   }

@@ -123,31 +123,35 @@ int64_t int8_block(int64_t G, int64_t vector_bytes) {
 }
 
 #if defined(KR_DECODE_INT8_VNNI) || defined(KR_DECODE_INT8_AVX2)
-// q = round(x / s), s = max|x| / 127 per block of B (B a multiple of 32); `offset` 128 stores
-// q + 128 as unsigned bytes (for vpdpbusd).
+// The smallest block the int8 kernel of this build tiles: 16 bytes with VNNI (xmm), 32 with AVX2.
+#if defined(KR_DECODE_INT8_VNNI)
+constexpr int64_t kInt8MinBlock = 16;
+#else
+constexpr int64_t kInt8MinBlock = 32;
+#endif
+
+// q = round(x / s), s = max|x| / 127 per block of B (a multiple of 16); `offset` stores q + 128
+// as unsigned bytes (for vpdpbusd). 128-bit packs keep the bytes in order without lane fixes.
 void quantize_x(const float* x, int64_t N, int64_t K, int64_t B, bool offset, int8_t* q, float* s) {
   const int64_t blocks = K / B;
+  const __m128 sign = _mm_set1_ps(-0.f);
+  const __m128i bias = _mm_set1_epi8(offset ? static_cast<char>(0x80) : 0);
   for (int64_t n = 0; n < N; ++n) {
     for (int64_t b = 0; b < blocks; ++b) {
       const float* xb = x + n * K + b * B;
-      __m256 amax = _mm256_setzero_ps();
-      const __m256 sign = _mm256_set1_ps(-0.f);
-      for (int64_t k = 0; k < B; k += 8) amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, _mm256_loadu_ps(xb + k)));
-      __m128 m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+      int8_t* qb = q + n * K + b * B;
+      __m128 m = _mm_setzero_ps();
+      for (int64_t k = 0; k < B; k += 4) m = _mm_max_ps(m, _mm_andnot_ps(sign, _mm_loadu_ps(xb + k)));
       m = _mm_max_ps(m, _mm_movehl_ps(m, m));
       m = _mm_max_ss(m, _mm_movehdup_ps(m));
       const float a = _mm_cvtss_f32(m);
       s[n * blocks + b] = a / 127.f;
-      const __m256 inv = _mm256_set1_ps(a > 0.f ? 127.f / a : 0.f);
-      const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-      const __m256i bias = _mm256_set1_epi8(offset ? static_cast<char>(0x80) : 0);
-      for (int64_t k = 0; k < B; k += 32) {
-        __m256i i[4];
-        for (int t = 0; t < 4; ++t) i[t] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xb + k + 8 * t), inv));
-        // packs work within 128-bit lanes: the permute puts the 4-byte runs back in order
-        const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
-        const __m256i v = _mm256_xor_si256(_mm256_permutevar8x32_epi32(p, perm), bias);
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + n * K + b * B + k), v);
+      const __m128 inv = _mm_set1_ps(a > 0.f ? 127.f / a : 0.f);
+      for (int64_t k = 0; k < B; k += 16) {
+        __m128i i[4];
+        for (int t = 0; t < 4; ++t) i[t] = _mm_cvtps_epi32(_mm_mul_ps(_mm_loadu_ps(xb + k + 4 * t), inv));
+        const __m128i v = _mm_packs_epi16(_mm_packs_epi32(i[0], i[1]), _mm_packs_epi32(i[2], i[3]));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(qb + k), _mm_xor_si128(v, bias));
       }
     }
   }
@@ -254,7 +258,7 @@ at::Tensor linear_impl(const at::Tensor& x_, const at::Tensor& weight_, const st
     default: {
       const Weights<int8_t> w{weight.const_data_ptr<int8_t>(), scales.const_data_ptr<float>(), K, groups, K / groups};
 #if defined(KR_DECODE_INT8_VNNI) || defined(KR_DECODE_INT8_AVX2)
-      if (const int64_t B = int8_block(K / groups, 32); B > 0) {
+      if (const int64_t B = int8_block(K / groups, kInt8MinBlock); B > 0) {
         int8_t* q = scratch(xq_buf, N * K);
         float* s = scratch(xs_buf, N * (K / B));
         const QuantizedX qx{q, s, K, B};
@@ -262,8 +266,10 @@ at::Tensor linear_impl(const at::Tensor& x_, const at::Tensor& weight_, const st
         quantize_x(xp, N, K, B, /*offset=*/true, q, s);
         if (B % Zmm::kBytes == 0) {
           launch(Int8DotVnni<Zmm>{qx, w});
-        } else {
+        } else if (B % Ymm::kBytes == 0) {
           launch(Int8DotVnni<Ymm>{qx, w});
+        } else {
+          launch(Int8DotVnni<Xmm>{qx, w});
         }
 #else
         quantize_x(xp, N, K, B, /*offset=*/false, q, s);
@@ -295,7 +301,7 @@ at::Tensor decode_linear_swiglu_cpu(const at::Tensor& x, const at::Tensor& weigh
 // inputs, or 0 where it stays fp32 (module.cpp exposes these to Python and the tests).
 int64_t decode_int8_x_block(int64_t G) {
 #if defined(KR_DECODE_INT8_VNNI) || defined(KR_DECODE_INT8_AVX2)
-  return int8_block(G, 32);
+  return int8_block(G, kInt8MinBlock);
 #else
   return 0;
 #endif

@@ -70,7 +70,7 @@ def test_matches_float64_reference(wdtype, M, K):
 
 
 @pytest.mark.parametrize("wdtype", WEIGHT_DTYPES)
-@pytest.mark.parametrize("group_size", [32, 64, 128])
+@pytest.mark.parametrize("group_size", [16, 32, 64, 128])
 def test_int8_groups_and_residual(wdtype, group_size):
     gen = torch.Generator().manual_seed(group_size)
     M, K = 67, 384
@@ -133,7 +133,7 @@ def test_fallback_matches_kernel():
                                    atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("group_size", [None, 32, 64, 128, 256])
+@pytest.mark.parametrize("group_size", [None, 16, 32, 64, 128, 256])
 def test_int8_activation_rounding_is_bounded(group_size):
     """Against the unquantized x: each output is off by at most sum_k |w_k| * step_k / 2 (half of
     x's quantization step in its block), plus fp32 accumulation."""
