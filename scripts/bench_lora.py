@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import environment, peak_memory  # noqa: E402
+from bench_common import add_isa_argument, enter_isa, environment, peak_memory  # noqa: E402
 
 from kr_mini_llm import Transformer, TransformerConfig  # noqa: E402
 from kr_mini_llm.lora import LoRAParameters, apply_lora, trainable_parameters  # noqa: E402
@@ -81,7 +81,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--quick", action="store_true", help="model_tiny, seq 128, batch 2, 3 repeats: a smoke run")
     p.add_argument("--output", default="benchmarks/lora_cpu.md")
+    add_isa_argument(p)
     args = p.parse_args(argv)
+    enter_isa(args.isa)
     if args.quick:
         args.model_config, args.seq_len, args.batch_size, args.repeats = "configs/model_tiny.yaml", 128, 2, 3
         args.num_layers = min(args.num_layers, 4)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import environment, write_report  # noqa: E402
+from bench_common import add_isa_argument, enter_isa, environment, write_report  # noqa: E402
 
 from kr_mini_llm import KVCache, Transformer, TransformerConfig  # noqa: E402
 from kr_mini_llm.data.tokenizer import Tokenizer  # noqa: E402
@@ -97,7 +97,9 @@ def main():
     p.add_argument("--decode_step", type=int, default=8,
                    help="tokens per call for the decode-path perplexity (the decode kernels take up to 16 rows)")
     p.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "quantization_quality.md")
+    add_isa_argument(p)
     args = p.parse_args()
+    enter_isa(args.isa)
     start = time.time()
     ckpt = resolve_checkpoint(args.model)
     tok = Tokenizer(str(ckpt / "tokenizer.model"))

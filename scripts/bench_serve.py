@@ -34,7 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import environment, write_report  # noqa: E402
+from bench_common import add_isa_argument, enter_isa, environment, write_report  # noqa: E402
 
 
 def make_random_model(out: Path, config_name: str) -> Path:
@@ -178,7 +178,9 @@ def main():
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of the server (default: torch's)")
     p.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "serve_cpu.md")
+    add_isa_argument(p)
     args = p.parse_args()
+    enter_isa(args.isa)
     levels = [int(c) for c in args.concurrency.split(",")]
     start = time.time()
     load_before = os.getloadavg()[0]
