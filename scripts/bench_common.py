@@ -137,7 +137,7 @@ def isa_level() -> str:
 
 def bf16_native() -> tuple[bool, str]:
     """Whether bf16 is native here under this process's oneDNN cap (the training precision rule)."""
-    from kr_mini_llm.training.device import cpu_flags, native_bf16_reason
+    from kr_mini_llm.device import cpu_flags, native_bf16_reason
 
     return native_bf16_reason(cpu_flags(), os.environ.get("ONEDNN_MAX_CPU_ISA"))
 
@@ -169,7 +169,7 @@ _SHOWN_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf1
 
 def environment() -> list[str]:
     from kr_mini_llm import _C, ops
-    from kr_mini_llm.training.device import cpu_flags
+    from kr_mini_llm.device import cpu_flags
 
     level = isa_level()
     caps = ", ".join(f"{k}={v}" for k, v in ISA_LEVELS[level].items()) or "no limits"

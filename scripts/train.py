@@ -19,7 +19,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from kr_mini_llm import ConfigError, TransformerConfig
 from kr_mini_llm.inference import Generator
 from kr_mini_llm.training import CheckpointError, Trainer, TrainingConfig, TrainingStopped, resolve_checkpoint
-from kr_mini_llm.training.device import pick_device, precision_choice
+from kr_mini_llm.device import pick_device, precision_choice
 from kr_mini_llm.training.run_lock import RunLockedError
 from kr_mini_llm.training.memory_advice import available_memory_bytes, estimate_for_run, memory_advice
 from kr_mini_llm.training.overfit import OVERFIT_LOSS, OverfitTrainer, overfit_config

@@ -43,7 +43,7 @@ def _load(model_dir, device):
     # The Transformer itself (not the packed decode weights): the test loss needs its fused loss.
     from ..data.tokenizer import Tokenizer
     from ..training.checkpoint import load_model
-    from ..training.device import pick_device
+    from ..device import pick_device
 
     model, _ = load_model(ckpt)
     device = pick_device(device or "auto")

@@ -53,7 +53,7 @@ class Generator:
         if dtype is not None:
             check_dtype(dtype)
         if device is None:
-            from ..training.device import pick_device
+            from ..device import pick_device
 
             device = pick_device("auto")
         on_cpu = torch.device(device).type == "cpu"

@@ -154,7 +154,7 @@ def _train(cfg, base, train_set, valid_set, args):
 
 
 def _load_for_test(cfg, base):
-    from ..training.device import pick_device
+    from ..device import pick_device
     from .adapters import load_adapters
 
     device = pick_device(cfg.device)

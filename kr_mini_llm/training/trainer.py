@@ -19,7 +19,7 @@ from ..model import Transformer, TransformerConfig
 from .checkpoint import (CheckpointError, list_checkpoints, load_checkpoint, nonfinite_parameters, remove_directory,
                          resolve_checkpoint)
 from .config import TrainingConfig
-from .device import apply_memory_limit, pick_device, precision_choice
+from ..device import apply_memory_limit, pick_device, precision_choice
 from .distributed import DistributedContext, check_global_batch
 from .memory_advice import warn_if_short_of_memory
 from .metrics import MetricsLog, plot_loss_curve
