@@ -29,28 +29,25 @@ def main(argv=None) -> int:
     p.add_argument("--output", required=True, help="directory to write (replaced whole if it exists)")
     args = p.parse_args(argv)
 
-    from kr_mini_llm import Transformer, TransformerConfig
     from kr_mini_llm.inference.decode_model import DecodeModel
     from kr_mini_llm.inference.saved import save_inference_model
+    from kr_mini_llm.io import layout
     from kr_mini_llm.training import CheckpointError
-    from kr_mini_llm.training.checkpoint import load_checkpoint, resolve_checkpoint
+    from kr_mini_llm.training.checkpoint import load_model
 
     if args.group_size is not None and args.dtype != "int8":
         print("error: --group_size applies to --dtype int8 only", file=sys.stderr)
         return 2
     try:
-        ckpt = resolve_checkpoint(args.model)
-        config = TransformerConfig.from_yaml(ckpt / "model_config.yaml")
-        model = Transformer(config)
-        load_checkpoint(ckpt, model)
+        model, ckpt = load_model(args.model)
         packed = DecodeModel.from_transformer(model, args.dtype, args.group_size)
-        tok = ckpt / "tokenizer.model"
+        tok = ckpt / layout.TOKENIZER
         out = save_inference_model(packed, args.output, tok if tok.exists() else None, args.group_size, str(ckpt))
     except (CheckpointError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    src = (ckpt / "model.safetensors").stat().st_size
-    dst = (out / "model.safetensors").stat().st_size
+    src = (ckpt / layout.MODEL_WEIGHTS).stat().st_size
+    dst = (out / layout.MODEL_WEIGHTS).stat().st_size
     scheme = ("per output channel" if args.group_size is None else f"per group of {args.group_size} inputs") \
         if args.dtype == "int8" else ""
     print(f"{out}: {args.dtype} {scheme}".rstrip() + f"; model.safetensors {dst / 2**20:,.1f} MiB "

@@ -20,6 +20,7 @@ from kr_mini_llm import ConfigError, TransformerConfig
 from kr_mini_llm.inference import Generator
 from kr_mini_llm.training import CheckpointError, Trainer, TrainingConfig, TrainingStopped, resolve_checkpoint
 from kr_mini_llm.device import pick_device, precision_choice
+from kr_mini_llm.io import layout
 from kr_mini_llm.training.run_lock import RunLockedError
 from kr_mini_llm.training.memory_advice import available_memory_bytes, estimate_for_run, memory_advice
 from kr_mini_llm.training.overfit import OVERFIT_LOSS, OverfitTrainer, overfit_config
@@ -59,13 +60,13 @@ def load_configs(args):
     if args.config:
         config = TrainingConfig.from_yaml(args.config)
     elif ckpt is not None:
-        config = TrainingConfig.from_yaml(ckpt / "config.yaml")
+        config = TrainingConfig.from_yaml(ckpt / layout.TRAINING_CONFIG)
     else:
         raise ConfigError("--config is required (or --resume_from a checkpoint, whose config is used)")
     if args.model_config:
         model_config = TransformerConfig.from_yaml(args.model_config)
     elif ckpt is not None:
-        model_config = TransformerConfig.from_yaml(ckpt / "model_config.yaml")
+        model_config = TransformerConfig.from_yaml(ckpt / layout.MODEL_CONFIG)
     else:
         raise ConfigError("--model_config is required (or --resume_from a checkpoint, whose model config is used)")
     if args.overfit_batch:

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..io.layout import ADAPTER_WEIGHTS
 from .apply import LoRAError
 
 
@@ -148,7 +149,7 @@ def _train(cfg, base, train_set, valid_set, args):
         raise LoRAError(str(e).replace("train.learning_rate", "--learning-rate").replace("--resume_from",
                                                                                        "--resume-adapter-file"))
     out = Path(cfg.adapter_path)
-    print(f"Saved final adapter weights to {out / 'adapters.safetensors'}.")
+    print(f"Saved final adapter weights to {out / ADAPTER_WEIGHTS}.")
     print(f"  {time.time() - start:.1f}s; adapter_config.json and metrics.jsonl in {out}")
     return trainer
 
@@ -159,7 +160,7 @@ def _load_for_test(cfg, base):
 
     device = pick_device(cfg.device)
     path = Path(cfg.adapter_path)
-    if (path / "adapters.safetensors").is_file():
+    if (path / ADAPTER_WEIGHTS).is_file():
         load_adapters(base.model, path)
         print(f"  adapters: {path}")
     else:

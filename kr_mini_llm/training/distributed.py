@@ -233,7 +233,7 @@ class DistributedContext:
         checkpoint written by every rank (FSDP). Returns the path on rank 0, None elsewhere."""
         state = {**trainer_state, "world_size": self.world_size, "distributed": self.mode}
         if self.sharded:
-            from .sharded_checkpoint import save_sharded_checkpoint
+            from .checkpoint import save_sharded_checkpoint
 
             return save_sharded_checkpoint(self, output_dir, step, model, optimizer, state, train_config,
                                            model_config, tokenizer_path, keep)
