@@ -16,8 +16,8 @@ from ..io.layout import ADAPTER_WEIGHTS
 from .apply import LoRAError
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lora", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog or "lora", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 argument_default=None)
     a = p.add_argument
     a("-c", "--config", help="YAML file with any of these settings (underscored names: learning_rate)")
@@ -72,14 +72,14 @@ def load_config(args):
     return LoRAConfig.merged(file_values, cli, where=args.config or "command line")
 
 
-def main(argv=None) -> int:
+def main(argv=None, prog: str | None = None) -> int:
     from ..data.sft import SFTDataError, load_split
     from ..data.tokenizer import Tokenizer, TokenizerError
     from ..model.config import ConfigError
     from ..training.checkpoint import CheckpointError
     from ..training.run_lock import RunLockedError
 
-    parser = build_parser()
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     if args.lora_layers is not None:
         parser.error("--lora-layers is the old name: use --num-layers")
