@@ -8,7 +8,6 @@
     python scripts/train.py --config ... --model_config configs/model_tiny.yaml --overfit_batch   # sanity run
 """
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -23,10 +22,10 @@ from ..io import layout
 from ..training.run_lock import RunLockedError
 from ..training.memory_advice import available_memory_bytes, estimate_for_run, memory_advice
 from ..training.overfit import OVERFIT_LOSS, OverfitTrainer, overfit_config
-from ..training.distributed import (RankFailedError, close_distributed, env_world_size,
-                                              explain_collective_failure)
+from ..training.distributed import (RankFailedError, close_distributed, distributed_mode, env_rank, env_world_size,
+                                    explain_collective_failure)
 
-RANK = int(os.environ.get("RANK", 0))
+RANK = env_rank()
 # Under torchrun every rank prefixes its errors with its rank; only rank 0 prints the rest.
 TAG = f"[rank {RANK}/{env_world_size()}] " if env_world_size() > 1 else ""
 
@@ -54,20 +53,20 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
     return p
 
 
+def _config_file(given, ckpt, name: str, flag: str, what: str):
+    """The file a flag names, else the resumed checkpoint's copy."""
+    if given:
+        return given
+    if ckpt is not None:
+        return ckpt / name
+    raise ConfigError(f"{flag} is required (or --resume_from a checkpoint, whose {what} is used)")
+
+
 def load_configs(args):
     ckpt = resolve_checkpoint(args.resume_from) if args.resume_from else None
-    if args.config:
-        config = TrainingConfig.from_yaml(args.config)
-    elif ckpt is not None:
-        config = TrainingConfig.from_yaml(ckpt / layout.TRAINING_CONFIG)
-    else:
-        raise ConfigError("--config is required (or --resume_from a checkpoint, whose config is used)")
-    if args.model_config:
-        model_config = TransformerConfig.from_yaml(args.model_config)
-    elif ckpt is not None:
-        model_config = TransformerConfig.from_yaml(ckpt / layout.MODEL_CONFIG)
-    else:
-        raise ConfigError("--model_config is required (or --resume_from a checkpoint, whose model config is used)")
+    config = TrainingConfig.from_yaml(_config_file(args.config, ckpt, layout.TRAINING_CONFIG, "--config", "config"))
+    model_config = TransformerConfig.from_yaml(
+        _config_file(args.model_config, ckpt, layout.MODEL_CONFIG, "--model_config", "model config"))
     if args.overfit_batch:
         config = overfit_config(config, args.overfit_steps)
     if args.set:
@@ -125,8 +124,8 @@ def print_summary(args, config, model_config, device):
     print(f"   - Gradient accumulation: {t.gradient_accumulation_steps}")
     world = env_world_size()
     print(f"   - Effective batch size: {t.batch_size} x {t.gradient_accumulation_steps}" +
-          (f" x {world} processes" if world > 1 else "") + f" = {t.batch_size * t.gradient_accumulation_steps * world}")
-    mode = t.distributed if t.distributed != "auto" else ("ddp" if world > 1 else "none")
+          (f" x {world} processes" if world > 1 else "") + f" = {config.check_effective_batch(world)}")
+    mode = distributed_mode(t.distributed, world)
     if mode != "none":
         print(f"   - Distributed: {mode}, {world} process(es), each reading its own 1/{world} of every global batch")
     print(f"   - Sequence length: {t.max_seq_length}")
