@@ -3,14 +3,17 @@ from __future__ import annotations
 
 import gc
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# The machine's description is the package's (scripts/evaluate.py reports it too); the benchmarks import it from here.
+from kr_mini_llm.eval.machine import (ISA_LEVELS, bf16_native, cpu_name, environment,  # noqa: E402,F401
+                                     isa_level, measured_peaks)
 
 
 def median_time(fn, repeats: int = 7, warmup: int = 2, budget_s: float = 20.0) -> float:
@@ -67,28 +70,9 @@ def ratio(baseline, ours) -> str:
     return "–" if baseline is None else f"{baseline / ours:.2f}x"
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-# --isa LEVEL: the limits an older x86 CPU would impose, set for a child process before torch
-# loads (oneDNN, MKL and ATen read them once), and the build of our kernels for that level.
-ISA_LEVELS = {
-    "native": {},
-    "avx512": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE", "MKL_ENABLE_INSTRUCTIONS": "AVX512",
-               "ATEN_CPU_CAPABILITY": "avx512"},  # Skylake-X / Cascade Lake: no bf16 dot products
-    "avx512-no-amx": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16", "MKL_ENABLE_INSTRUCTIONS": "AVX512",
-                      "ATEN_CPU_CAPABILITY": "avx512"},  # Zen 4 / Cooper Lake: AVX512-BF16, no AMX
-    "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
-             "ATEN_CPU_CAPABILITY": "avx2"},  # most laptops and desktops
-}
+# --isa LEVEL: the limits an older x86 CPU would impose (ISA_LEVELS, kr_mini_llm/eval/machine.py),
+# set for a child process before torch loads (oneDNN, MKL and ATen read them once), and the build
+# of our kernels for that level.
 _KERNEL_BUILD = {"native": None, "avx512": "avx512", "avx512-no-amx": "avx512-bf16", "avx2": "avx2"}
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -131,62 +115,9 @@ def enter_isa(level: str) -> None:
     os.execve(sys.executable, [sys.executable, *sys.argv], env)
 
 
-def isa_level() -> str:
-    return os.environ.get("KR_MINI_LLM_ISA_LEVEL", "native")
-
-
-def bf16_native() -> tuple[bool, str]:
-    """Whether bf16 is native here under this process's oneDNN cap (the training precision rule)."""
-    from kr_mini_llm.training.device import cpu_flags, native_bf16_reason
-
-    return native_bf16_reason(cpu_flags(), os.environ.get("ONEDNN_MAX_CPU_ISA"))
-
-
-_PEAKS: dict = {}
-
-
-def measured_peaks(seconds: float = 1.0) -> dict:
-    """Peak GFLOP/s measured now on all threads: fp32 FMA peak at the kernels' ISA, bf16 dot-product
-    peak of oneDNN's brgemm (None where bf16 is not native). Cached per thread count."""
-    from kr_mini_llm import _C
-
-    key = torch.get_num_threads()
-    if key not in _PEAKS:
-        fp32 = _C.peak_gflops(False, seconds)
-        bf16 = _C.peak_gflops(True, seconds) if bf16_native()[0] else 0.0
-        _PEAKS[key] = {"float32": fp32, "bfloat16": bf16 or None}
-    return _PEAKS[key]
-
-
 def mfu(flops_per_s: float, dtype) -> str:
     peak = measured_peaks().get(str(dtype).removeprefix("torch."))
     return f"{100 * flops_per_s / (peak * 1e9):.0f}%" if peak else "–"
-
-
-_SHOWN_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile",
-                "amx_bf16", "amx_fp16", "asimd", "sve", "bf16")
-
-
-def environment() -> list[str]:
-    from kr_mini_llm import _C, ops
-    from kr_mini_llm.training.device import cpu_flags
-
-    level = isa_level()
-    caps = ", ".join(f"{k}={v}" for k, v in ISA_LEVELS[level].items()) or "no limits"
-    flags = " ".join(f for f in _SHOWN_FLAGS if f in cpu_flags())
-    peaks = measured_peaks()
-    bf16 = f"{peaks['bfloat16']:,.0f}" if peaks["bfloat16"] else f"not native ({bf16_native()[1]})"
-    return [
-        f"- Machine: {cpu_name()}, {os.cpu_count()} logical cores, {platform.system()} {platform.machine()}",
-        f"- CPU flags (of interest): {flags}",
-        f"- ISA level: **{level}** ({caps}); kr_mini_llm kernels built for {ops.simd_capability()}, "
-        f"bf16 tile GEMMs on {'native dot products' if _C.vnni_tile_gemm(False) else 'fp32 (widened)'}",
-        f"- Peak measured in this run on {torch.get_num_threads()} threads: fp32 FMA {peaks['float32']:,.0f} GFLOP/s "
-        f"({ops.simd_capability()} FMA chains), bf16 {bf16} GFLOP/s (oneDNN brgemm dot products, cache-resident "
-        f"tiles); MFU columns are against these",
-        f"- torch {torch.__version__}",
-        f"- Date: {time.strftime('%Y-%m-%d %H:%M %Z')}",
-    ]
 
 
 def write_report(path, lines: list[str], start: float) -> None:

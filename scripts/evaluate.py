@@ -1,64 +1,11 @@
 #!/usr/bin/env python3
-"""Evaluate one or more trained models: everything seed 001 (phases 5.3 and 6) measures.
-
-    python scripts/evaluate.py --model checkpoints/demo [more dirs ...] [--tokens data/tokens]
-        [--prompts prompts.txt] [--output report]
-
-Writes <output>.json and <output>.md (default report.json / report.md) with, per model:
-  - loss, perplexity and bits per UTF-8 byte on the whole test split, with the tokens and
-    bytes covered (a model whose tokenizer did not make the shards re-encodes the test text,
-    data/processed/test.txt beside data/tokens or --test_text, so any tokenizers compare);
-  - its tokenizer on the test text: chars and bytes per token, byte-fallback share, unknown pieces;
-  - generation at batch 1: time to first token for a 128-token prompt, decode tokens/s,
-    peak memory (a fresh process per model); parameter count; bytes on disk;
-  - seeded samples for each prompt (default: the project's Korean prompt set,
-    kr_mini_llm/eval/prompts.py; --prompts FILE: one UTF-8 prompt per line);
-and a comparison table of all models.
-"""
-import argparse
+"""Evaluate one or more trained models: the same code as `kr-mini-llm evaluate` (kr_mini_llm/cli/evaluate.py); see --help."""
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_common import environment  # noqa: E402  (the machine, torch and ISA lines of the benchmarks)
-
-from kr_mini_llm.eval import DEFAULT_PROMPTS, EvalError, PromptsError, read_prompts  # noqa: E402
-from kr_mini_llm.eval.report import evaluate_models, write_report  # noqa: E402
-
-
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", nargs="+", required=True, help="checkpoint or output directories")
-    p.add_argument("--tokens", default="data/tokens", help="token shards with a test split (prepare_data.py)")
-    p.add_argument("--test_text", default=None,
-                   help="the processed test text (default: processed/test.txt beside --tokens, when present)")
-    p.add_argument("--prompts", default=None, help="UTF-8 file, one prompt per line (default: the built-in set)")
-    p.add_argument("--output", default="report", help="writes OUTPUT.json and OUTPUT.md")
-    p.add_argument("--max_new_tokens", type=int, default=60, help="tokens per sample")
-    p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
-    p.add_argument("--batch_size", type=int, default=8, help="windows per forward in the test loss")
-    p.add_argument("--device", default=None, help="cpu | cuda | mps (default: auto)")
-    p.add_argument("--no_speed", action="store_true", help="skip the generation timing")
-    return p.parse_args(argv)
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        prompts = read_prompts(args.prompts) if args.prompts else list(DEFAULT_PROMPTS)
-        tokens = args.tokens if Path(args.tokens).exists() or args.test_text is None else None
-        report = evaluate_models(args.model, tokens=tokens, test_text=args.test_text, prompts=prompts,
-                                 max_new_tokens=args.max_new_tokens, seed=args.seed, device=args.device,
-                                 batch_size=args.batch_size, speed=not args.no_speed)
-    except (EvalError, PromptsError, FileNotFoundError) as e:
-        print(f"❌ {e}", file=sys.stderr)
-        return 2
-    js, md = write_report(report, args.output, machine=environment())
-    print(f"wrote {js} and {md}")
-    return 0
-
+from kr_mini_llm.cli.evaluate import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

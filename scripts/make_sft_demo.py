@@ -16,10 +16,11 @@ validation and test rows come from documents the base model never trained on.
 """
 import argparse
 import json
-import os
 import re
 import sys
 from pathlib import Path
+
+from kr_mini_llm.io.atomic import atomic_write_text
 
 INSTRUCTION = "다음 도움말 항목을 한 문단으로 설명하세요."
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -69,9 +70,7 @@ def main(argv=None) -> int:
             if row and row["input"] not in seen:  # one row per title
                 seen.add(row["input"])
                 rows.append(row)
-        tmp = out / f".{split}.jsonl.tmp"
-        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-        os.replace(tmp, out / f"{split}.jsonl")
+        atomic_write_text(out / f"{split}.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         print(f"{out / f'{split}.jsonl'}: {len(rows)} rows from {len(docs)} documents")
     return 0
 

@@ -1,90 +1,11 @@
 #!/usr/bin/env python3
-"""Prepare Korean training data.
-
-  python scripts/prepare_data.py                        # default corpus (Debian packages) -> data/processed/
-  python scripts/prepare_data.py --input my/*.txt wiki.xml.bz2 corpus.jsonl
-  python scripts/prepare_data.py --tokenizer models/tokenizer.model   # + token shards in data/tokens/
-
-Stage 1 (text): obtain/read -> strip markup -> NFC, whitespace -> line filters (length,
-Hangul ratio) -> minimum document length -> exact and near dedup -> split by document
-(98/1/1, by a hash of each document and the seed) -> data/processed/{train,valid,test}.txt.
-Stage 2 (--tokenizer): token shards + meta.json in data/tokens/. Both stream (memory does not
-grow with the corpus) and use every core (--num_proc); --engine dask runs the text stage's
-workers on a Dask cluster (docs/data.md). Reruns skip finished work (--force redoes it).
-"""
-import argparse
+"""Prepare Korean training data: the same code as `kr-mini-llm prepare` (kr_mini_llm/cli/prepare.py); see --help."""
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kr_mini_llm.data.cleaning import CleanConfig, EmptyCorpusError  # noqa: E402
-from kr_mini_llm.data.parallel import ENGINES  # noqa: E402
-from kr_mini_llm.data.pipeline import DEFAULT_MAX_MEMORY_MB  # noqa: E402
-from kr_mini_llm.data.readers import InputError  # noqa: E402
-from kr_mini_llm.data.shards import ShardError  # noqa: E402
-from kr_mini_llm.data.sources import DEFAULT_SOURCES, SOURCES, SourceUnavailable  # noqa: E402
-from kr_mini_llm.data.split import parse_ratios  # noqa: E402
-from kr_mini_llm.data.tokenizer import TokenizerError  # noqa: E402
-
-
-def main(argv=None):
-    d = CleanConfig()
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    src = ap.add_argument_group("corpus")
-    src.add_argument("--input", nargs="+", help="bring-your-own corpus: .txt files/dirs/globs, .jsonl, "
-                     "*.xml.bz2 Wikipedia dump, wikiextractor output, hf:NAME[:CONFIG][:SPLIT]")
-    src.add_argument("--source", default=",".join(DEFAULT_SOURCES),
-                     help=f"Debian packages for the default corpus, comma-separated (known: {', '.join(SOURCES)})")
-    src.add_argument("--text_field", default="text", help="JSONL / HF field holding the text")
-    src.add_argument("--raw_dir", default="data/raw", help="download cache and extracted text (+ licence files)")
-    cl = ap.add_argument_group("cleaning")
-    cl.add_argument("--min_line_chars", type=int, default=d.min_line_chars)
-    cl.add_argument("--min_hangul_ratio", type=float, default=d.min_hangul_ratio,
-                    help="drop lines whose letters are less Hangul than this (0 disables)")
-    cl.add_argument("--min_doc_chars", type=int, default=d.min_doc_chars)
-    cl.add_argument("--no_dedup", action="store_true", help="skip exact deduplication")
-    cl.add_argument("--no_near_dedup", action="store_true", help="skip MinHash near-duplicate removal")
-    cl.add_argument("--near_dup_threshold", type=float, default=d.near_dup_threshold)
-    sp = ap.add_argument_group("split and output")
-    sp.add_argument("--split", default="98/1/1", help="train/valid/test proportions")
-    sp.add_argument("--seed", type=int, default=1234, help="split seed")
-    sp.add_argument("--output_dir", default="data/processed")
-    tk = ap.add_argument_group("token shards")
-    tk.add_argument("--tokenizer", help="SentencePiece model (e.g. models/tokenizer.model): also write token shards")
-    tk.add_argument("--tokens_dir", default="data/tokens")
-    tk.add_argument("--num_proc", type=int, default=None,
-                    help="worker processes of both stages (default: all cores)")
-    tk.add_argument("--shard_size_mb", type=float, default=64.0, help="text per shard (MB)")
-    ex = ap.add_argument_group("execution (the output does not depend on these)")
-    ex.add_argument("--max_memory_mb", type=float, default=DEFAULT_MAX_MEMORY_MB,
-                    help="budget for the batches in flight in the text stage (dedup state comes on top: "
-                         "~136 bytes per kept document)")
-    ex.add_argument("--engine", choices=ENGINES, default="local",
-                    help="text-stage workers: local processes, or a Dask cluster")
-    ex.add_argument("--engine_address", help="Dask scheduler address (tcp://host:8786); default: a local cluster")
-    ap.add_argument("--force", action="store_true", help="redo work even when outputs are up to date")
-    ap.add_argument("--no_progress", action="store_true")
-    a = ap.parse_args(argv)
-
-    from kr_mini_llm.data.pipeline import prepare_text, tokenize_splits
-
-    cfg = CleanConfig(a.min_line_chars, a.min_hangul_ratio, a.min_doc_chars, not a.no_dedup,
-                      not a.no_near_dedup, a.near_dup_threshold)
-    try:
-        prepare_text(inputs=a.input, sources=[s for s in a.source.split(",") if s], raw_dir=a.raw_dir,
-                     out_dir=a.output_dir, clean=cfg, ratios=parse_ratios(a.split), seed=a.seed,
-                     text_field=a.text_field, force=a.force, num_proc=a.num_proc, max_memory_mb=a.max_memory_mb,
-                     engine=a.engine, engine_address=a.engine_address)
-        if a.tokenizer:
-            tokenize_splits(a.tokenizer, a.output_dir, a.tokens_dir, num_proc=a.num_proc,
-                            shard_size_mb=a.shard_size_mb, force=a.force, progress=not a.no_progress)
-    except (SourceUnavailable, InputError, EmptyCorpusError, TokenizerError, ShardError, FileNotFoundError, ValueError,
-            ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
+from kr_mini_llm.cli.prepare import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,62 +1,11 @@
 #!/usr/bin/env python3
-"""Save a model's weights packed for CPU inference (int8 or bf16); the Generator loads the result.
-
-    python scripts/quantize.py --model checkpoints/demo --dtype int8 --output models/demo-int8
-    python scripts/quantize.py --model checkpoints/demo --dtype int8 --group_size 128 --output models/demo-int8-g128
-    python scripts/generate.py --model models/demo-int8 --prompt "대한민국의 수도는"
-
-int8 is symmetric: q = round(w / scale) in [-127, 127] with one fp32 scale per output channel (the
-default) or per group of --group_size consecutive inputs (it must divide every layer's input size).
-The scheme is recorded in OUTPUT/inference.json; RMSNorm weights stay fp32.
-"""
-import argparse
+"""Save a model's weights packed for CPU inference (int8 or bf16): the same code as `kr-mini-llm quantize` (kr_mini_llm/cli/quantize.py); see --help."""
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-
-def dir_size(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.iterdir() if f.is_file())
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="checkpoint directory or training output directory")
-    p.add_argument("--dtype", required=True, choices=["int8", "bf16"])
-    p.add_argument("--group_size", type=int, default=None,
-                   help="int8: inputs per scale (e.g. 32, 64, 128); default: one scale per output channel")
-    p.add_argument("--output", required=True, help="directory to write (replaced whole if it exists)")
-    args = p.parse_args(argv)
-
-    from kr_mini_llm import Transformer, TransformerConfig
-    from kr_mini_llm.inference.decode_model import DecodeModel
-    from kr_mini_llm.inference.saved import save_inference_model
-    from kr_mini_llm.training import CheckpointError
-    from kr_mini_llm.training.checkpoint import load_checkpoint, resolve_checkpoint
-
-    if args.group_size is not None and args.dtype != "int8":
-        print("error: --group_size applies to --dtype int8 only", file=sys.stderr)
-        return 2
-    try:
-        ckpt = resolve_checkpoint(args.model)
-        config = TransformerConfig.from_yaml(ckpt / "model_config.yaml")
-        model = Transformer(config)
-        load_checkpoint(ckpt, model)
-        packed = DecodeModel.from_transformer(model, args.dtype, args.group_size)
-        tok = ckpt / "tokenizer.model"
-        out = save_inference_model(packed, args.output, tok if tok.exists() else None, args.group_size, str(ckpt))
-    except (CheckpointError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    src = (ckpt / "model.safetensors").stat().st_size
-    dst = (out / "model.safetensors").stat().st_size
-    scheme = ("per output channel" if args.group_size is None else f"per group of {args.group_size} inputs") \
-        if args.dtype == "int8" else ""
-    print(f"{out}: {args.dtype} {scheme}".rstrip() + f"; model.safetensors {dst / 2**20:,.1f} MiB "
-          f"(from {src / 2**20:,.1f} MiB, {dst / src:.2f}x); directory {dir_size(out) / 2**20:,.1f} MiB")
-    return 0
-
+from kr_mini_llm.cli.quantize import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

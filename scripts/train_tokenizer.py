@@ -1,79 +1,11 @@
 #!/usr/bin/env python3
-"""Train the SentencePiece tokenizer (BPE by default) with the project's special tokens.
-
-  python scripts/train_tokenizer.py --input data/processed/train.txt --vocab_size 32000 --output models/tokenizer
-
-Writes <output>.model and <output>.vocab (models/tokenizer.model). Fixed ids: <pad>=0 <unk>=1
-<s>=2 </s>=3 <|im_start|>=4 <|im_end|>=5; byte fallback; Korean character coverage 0.9995.
---input takes the same inputs as prepare_data.py (.txt, .jsonl, dumps): non-.txt inputs are
-read and normalised into a temporary text file first. When done, reports the tokenizer's
-figures (chars and bytes per token, byte-fallback share, unknown pieces: the same as
-scripts/evaluate.py's) on --valid (default: valid.txt beside the first --input, else
-data/processed/valid.txt, when it exists).
-"""
-import argparse
+"""Train the SentencePiece tokenizer: the same code as `kr-mini-llm tokenizer` (kr_mini_llm/cli/tokenizer.py); see --help."""
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kr_mini_llm.data.readers import InputError, expand_inputs, read_documents  # noqa: E402
-from kr_mini_llm.data.cleaning import normalize_text  # noqa: E402
-from kr_mini_llm.data.tokenizer import Tokenizer, train_tokenizer  # noqa: E402
-from kr_mini_llm.eval.tokenizer_stats import format_tokenizer_stats, tokenizer_stats  # noqa: E402
-
-
-def default_valid(inputs) -> Path:
-    beside = Path(inputs[0]).parent / "valid.txt"
-    return beside if beside.is_file() else Path("data/processed/valid.txt")
-
-
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--input", nargs="+", default=["data/processed/train.txt"])
-    ap.add_argument("--vocab_size", type=int, default=32000)
-    ap.add_argument("--output", default="models/tokenizer", help="output prefix: writes <output>.model/.vocab")
-    ap.add_argument("--model_type", choices=["bpe", "unigram"], default="bpe")
-    ap.add_argument("--character_coverage", type=float, default=0.9995)
-    ap.add_argument("--input_sentence_size", type=int, default=2_000_000, help="lines sampled for training")
-    ap.add_argument("--num_threads", type=int, default=None)
-    ap.add_argument("--valid", default=None, help="text file to report compression on")
-    ap.add_argument("--text_field", default="text")
-    a = ap.parse_args(argv)
-    try:
-        files = expand_inputs(a.input)
-        tmp = None
-        if not all(isinstance(f, Path) and f.name.endswith(".txt") for f in files):
-            tmp = tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False, encoding="utf-8")
-            for doc in read_documents(files, text_field=a.text_field):
-                t = normalize_text(doc.text)
-                if t:
-                    tmp.write(t + "\n")
-            tmp.close()
-            files = [Path(tmp.name)]
-        t0 = time.perf_counter()
-        model = train_tokenizer(files, a.vocab_size, a.output, model_type=a.model_type,
-                                character_coverage=a.character_coverage,
-                                input_sentence_size=a.input_sentence_size, num_threads=a.num_threads)
-        if tmp is not None:
-            Path(tmp.name).unlink()
-    except (InputError, ValueError, FileNotFoundError, RuntimeError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    tok = Tokenizer(model)
-    print(f"wrote {model} and {model.with_suffix('.vocab')}: {a.model_type}, vocab {tok.vocab_size}, "
-          f"fingerprint {tok.fingerprint}, {time.perf_counter() - t0:.1f} s")
-    valid = Path(a.valid) if a.valid else default_valid(a.input)
-    if valid.is_file():
-        lines = [ln for ln in valid.read_text(encoding="utf-8").split("\n") if ln]
-        print(f"{valid}: {format_tokenizer_stats(tokenizer_stats(tok, lines))}")
-    elif a.valid:
-        print(f"error: --valid {a.valid!r} not found", file=sys.stderr)
-        return 2
-    return 0
-
+from kr_mini_llm.cli.tokenizer import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

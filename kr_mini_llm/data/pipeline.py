@@ -22,6 +22,7 @@ from typing import Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
+from ..io.atomic import atomic_write_text
 from .cleaning import CleanConfig, CleanStats, clean_many, step_names
 from .dedup import ExactDupIndex, MinHasher, NearDupIndex, band_keys, doc_hash
 from .parallel import default_workers, ordered_map
@@ -228,9 +229,7 @@ def prepare_text(inputs: Optional[Sequence[str]] = None, sources: Optional[Seque
                                        "empty_files": rstats.empty_files, "invalid_utf8": rstats.invalid_utf8},
             "clean_steps": cstats.to_list(), "splits": writer.info, "split_seed": seed,
             "seconds": round(time.perf_counter() - t0, 2)}
-    tmp = meta_path.with_name(meta_path.name + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, meta_path)
+    atomic_write_text(meta_path, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
     log("[prepare] " + ", ".join(f"{s}: {v['documents']:,} docs {v['bytes'] / 1e6:.2f} MB" for s, v in writer.info.items())
         + f" -> {out_dir} ({num_proc} workers, {engine}; dedup state {dedup_mb:.1f} MB)")
     return meta

@@ -26,6 +26,8 @@ from typing import Dict, Optional, Union
 
 import numpy as np
 
+from ..io.atomic import atomic_write_text
+
 __all__ = ["MAGIC", "VERSION", "HEADER_SIZE", "ShardHeader", "ShardError", "dtype_for_vocab",
            "write_shard", "ShardWriter", "read_header", "open_shard", "read_meta", "write_meta", "META_NAME"]
 
@@ -171,8 +173,4 @@ def read_meta(directory: Union[str, os.PathLike]) -> Dict:
 
 
 def write_meta(directory: Union[str, os.PathLike], meta: Dict) -> Path:
-    p = Path(directory) / META_NAME
-    tmp = p.with_name(META_NAME + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, p)
-    return p
+    return atomic_write_text(Path(directory) / META_NAME, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")

@@ -25,6 +25,8 @@ import unicodedata
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
+from ..io import layout
+
 __all__ = ["Tokenizer", "TokenizerError", "train_tokenizer", "SPECIAL_TOKENS", "IM_START", "IM_END",
            "PAD_ID", "UNK_ID", "BOS_ID", "EOS_ID", "IM_START_ID", "IM_END_ID", "file_fingerprint"]
 
@@ -47,7 +49,7 @@ def file_fingerprint(path: Union[str, os.PathLike]) -> str:
 def _resolve_model_path(path: Union[str, os.PathLike]) -> Path:
     p = Path(path)
     if p.is_dir():
-        p = p / "tokenizer.model"
+        p = p / layout.TOKENIZER
     elif not p.exists() and p.suffix != ".model" and Path(str(p) + ".model").exists():
         p = Path(str(p) + ".model")     # the --output prefix of train_tokenizer.py
     if not p.is_file():

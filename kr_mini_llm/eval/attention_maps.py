@@ -15,6 +15,8 @@ from types import SimpleNamespace
 
 import torch
 
+from ..io.atomic import atomic_write
+
 __all__ = ["attention_weights", "find_korean_font", "plot_attention", "FontNotFoundError", "token_labels"]
 
 # Korean fonts, best first: Debian/Ubuntu fonts-nanum, Noto CJK, macOS and Windows system fonts.
@@ -150,9 +152,7 @@ def plot_attention(maps: list[torch.Tensor], labels: list[str], out_dir: str | o
             warnings.filterwarnings("ignore", message="Glyph .* missing from font")
             fig.tight_layout()
             path = out / (f"layer_{layer:02d}.png" if heads is None or len(hs) > 1 else f"layer_{layer:02d}_head_{hs[0]:02d}.png")
-            tmp = path.with_name(path.stem + ".tmp.png")
-            fig.savefig(tmp, dpi=110)
+            atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
         plt.close(fig)
-        os.replace(tmp, path)
         paths.append(path)
     return paths

@@ -8,13 +8,14 @@ training, for one model or several, written as report.json and report.md.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..io import layout
+from ..io.atomic import atomic_write_text
 from .prompts import DEFAULT_PROMPTS
 from .speed import PROMPT_TOKENS, generation_speed
 from .test_split import EvalError, TestSplit, test_loss
@@ -23,7 +24,7 @@ from .tokenizer_stats import tokenizer_stats
 __all__ = ["evaluate_model", "evaluate_models", "write_report", "render_markdown"]
 
 # Files a model needs at inference (what you would ship), as opposed to the whole checkpoint.
-MODEL_FILES = ("model.safetensors", "model_config.yaml", "tokenizer.model")
+MODEL_FILES = (layout.MODEL_WEIGHTS, layout.MODEL_CONFIG, layout.TOKENIZER)
 
 
 def _load(model_dir, device):
@@ -36,18 +37,18 @@ def _load(model_dir, device):
         raise EvalError(f"--model {str(model_dir)!r}: {e}") from None
     missing = [f for f in MODEL_FILES if not (ckpt / f).is_file()]
     if missing:
-        hint = "; copy the tokenizer.model it was trained with into it" if "tokenizer.model" in missing else ""
-        if "model.safetensors" in missing and (ckpt / "dcp").is_dir():
+        hint = f"; copy the {layout.TOKENIZER} it was trained with into it" if layout.TOKENIZER in missing else ""
+        if layout.MODEL_WEIGHTS in missing and (ckpt / layout.SHARDED_DIR).is_dir():
             hint += "; it is a sharded (FSDP) checkpoint: consolidate it first with scripts/consolidate.py"
         raise EvalError(f"--model {str(model_dir)!r}: checkpoint {str(ckpt)!r} lacks {', '.join(missing)}{hint}")
     # The Transformer itself (not the packed decode weights): the test loss needs its fused loss.
     from ..data.tokenizer import Tokenizer
     from ..training.checkpoint import load_model
-    from ..training.device import pick_device
+    from ..device import pick_device
 
     model, _ = load_model(ckpt)
     device = pick_device(device or "auto")
-    return ckpt, Generator(model.to(device).eval(), Tokenizer(str(ckpt / "tokenizer.model")), device)
+    return ckpt, Generator(model.to(device).eval(), Tokenizer(str(ckpt / layout.TOKENIZER)), device)
 
 
 def _disk(ckpt: Path) -> dict:
@@ -158,8 +159,5 @@ def write_report(report: dict, output, machine: list[str] = ()) -> tuple[Path, P
     for suffix, text in ((".json", json.dumps(report, indent=2, ensure_ascii=False) + "\n"),
                          (".md", render_markdown(report, machine))):
         path = base.with_name(base.name + suffix)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-        paths.append(path)
+        paths.append(atomic_write_text(path, text))
     return paths[0], paths[1]

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
 
 import torch
 
+from ..io import layout
+from ..io.atomic import atomic_write_text, staged_directory
 from .errors import ExportError
 from .tokenizer_meta import GENERATION_DEFAULTS, TokenizerMeta
 
@@ -96,28 +97,13 @@ def _export_gguf(model, meta, output: Path, outtype: str, name: str) -> ExportRe
 
     report = write_gguf(model, meta, output, outtype, name=name)
     mf = modelfile_path(output)
-    _write_text(mf, modelfile_text(output.name, meta, model.config.max_seq_length))
+    atomic_write_text(mf, modelfile_text(output.name, meta, model.config.max_seq_length))
     return ExportResult("gguf", outtype, output, [output, mf], report.arch, report.kept_unquantized)
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _export_hf(model, meta, sp_model: Path, output: Path, outtype: str) -> ExportResult:
-    tmp = output.with_name(f".{output.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with staged_directory(output) as tmp:  # _check_outputs made sure `output` does not exist yet
         write_hf_dir(model.to(HF_DTYPES[outtype]), meta, sp_model, tmp)
-        os.replace(tmp, output)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return ExportResult("hf", outtype, output, sorted(output.iterdir()))
 
 
@@ -128,14 +114,14 @@ def write_hf_dir(model, meta: TokenizerMeta, sp_model: Path, out: Path) -> None:
     from .hf_tokenizer import write_hf_tokenizer
 
     save_hf(model, out)
-    cfg_file = out / "config.json"
+    cfg_file = out / layout.HF_CONFIG
     cfg = json.loads(cfg_file.read_text())
     cfg["torch_dtype"] = cfg["dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
     cfg_file.write_text(json.dumps(cfg, indent=2) + "\n")
     write_hf_tokenizer(meta, sp_model, out, model.config.max_seq_length)
     generation = {"bos_token_id": meta.bos_id, "eos_token_id": meta.stop_ids, "pad_token_id": meta.pad_id,
                   "do_sample": True, **GENERATION_DEFAULTS}
-    (out / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+    (out / layout.HF_GENERATION_CONFIG).write_text(json.dumps(generation, indent=2) + "\n")
     _readable_by_all(out)
 
 

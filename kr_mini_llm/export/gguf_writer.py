@@ -19,6 +19,7 @@ from typing import Dict, List
 import numpy as np
 import torch
 
+from ..io.atomic import atomic_write
 from .errors import ExportError
 from .tokenizer_meta import TokenizerMeta
 
@@ -166,21 +167,19 @@ def write_gguf(model, meta: TokenizerMeta, path: str | os.PathLike, outtype: str
     check_gguf_config(config, meta, outtype)
     arch = arch_of(config)
     report = GGUFReport(arch, outtype)
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    w = gguf.GGUFWriter(str(tmp), arch)
-    try:
-        _add_metadata(w, config, meta, arch, name, outtype)
-        for tname, data in _tensors(model, arch):
-            array, qtype = _encode(tname, data, outtype, report)
-            w.add_tensor(tname, array, raw_dtype=qtype)
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_tensors_to_file()
-        w.close()
-        os.replace(tmp, path)
-    finally:
-        w.close()
-        if tmp.exists():
-            tmp.unlink()
+
+    def write(tmp: Path) -> None:
+        w = gguf.GGUFWriter(str(tmp), arch)
+        try:
+            _add_metadata(w, config, meta, arch, name, outtype)
+            for tname, data in _tensors(model, arch):
+                array, qtype = _encode(tname, data, outtype, report)
+                w.add_tensor(tname, array, raw_dtype=qtype)
+            w.write_header_to_file()
+            w.write_kv_data_to_file()
+            w.write_tensors_to_file()
+        finally:
+            w.close()
+
+    atomic_write(path, write)
     return report

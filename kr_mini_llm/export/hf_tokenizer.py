@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 from typing import List, Tuple
 
+from ..io import layout
 from .tokenizer_meta import TokenKind, TokenizerMeta
 
 SPACE = "\u2581"   # SentencePiece's "▁"
@@ -70,7 +71,7 @@ def tokenizer_config(meta: TokenizerMeta, max_length: int) -> dict:
 
 def write_hf_tokenizer(meta: TokenizerMeta, sp_model: Path, out: Path, max_length: int) -> None:
     """Writes the tokenizer files into the directory `out` (which the caller renames into place)."""
-    shutil.copyfile(sp_model, out / "tokenizer.model")
+    shutil.copyfile(sp_model, out / layout.TOKENIZER)
     build_hf_tokenizer(meta).save(str(out / "tokenizer.json"))
     config = tokenizer_config(meta, max_length)
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n",

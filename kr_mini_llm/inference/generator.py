@@ -15,6 +15,7 @@ from typing import Iterator
 
 import torch
 
+from ..io import layout
 from ..model import KVCache
 from .decode_model import DecodeModel
 from .packed import check_dtype
@@ -38,8 +39,9 @@ class Generator:
     def from_pretrained(cls, path: str | Path, device: str | None = None, tokenizer_path: str | None = None,
                         ops_impl: str = "fused", adapter_path: str | Path | None = None,
                         dtype: str | None = None, group_size: int | None = None) -> "Generator":
-        """A checkpoint directory, an output directory (its latest checkpoint), or an inference
-        directory of scripts/quantize.py.
+        """A checkpoint directory, an output directory (its latest checkpoint), a sharded (dcp/)
+        checkpoint, a HF Llama/Qwen3 directory (training.checkpoint.load_model reads all four), or an
+        inference directory of scripts/quantize.py.
 
         dtype: the weights to decode with, "fp32", "bf16" or "int8" (int8: symmetric, per group of
         `group_size` inputs, None = per output channel). On the CPU the default is "fp32" on the
@@ -53,7 +55,7 @@ class Generator:
         if dtype is not None:
             check_dtype(dtype)
         if device is None:
-            from ..training.device import pick_device
+            from ..device import pick_device
 
             device = pick_device("auto")
         on_cpu = torch.device(device).type == "cpu"
@@ -75,9 +77,9 @@ class Generator:
                                  f"device={device}, ops_impl={ops_impl}, adapters={adapter_path is not None}")
             if packed:
                 model = DecodeModel.from_transformer(model, dtype or "fp32", group_size)
-        tok_file = Path(tokenizer_path) if tokenizer_path else ckpt / "tokenizer.model"
+        tok_file = Path(tokenizer_path) if tokenizer_path else ckpt / layout.TOKENIZER
         if not tok_file.exists():
-            raise FileNotFoundError(f"{ckpt}: no tokenizer.model in the checkpoint; pass tokenizer_path=")
+            raise FileNotFoundError(f"{ckpt}: no {layout.TOKENIZER} in the checkpoint; pass tokenizer_path=")
         return cls(model, Tokenizer(str(tok_file)), device)
 
     # -- public API ------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ def check_dtype(dtype: str) -> str:
 def native_bf16() -> bool:
     """Whether this CPU multiplies bf16 in hardware, by training's rule (AMX or avx512_bf16 on x86,
     BF16 on Arm, oneDNN's ISA cap honoured); decided once, logged once."""
-    from ..training.device import native_bf16_here
+    from ..device import native_bf16_here
 
     native, why = native_bf16_here()
     if not native:

@@ -17,12 +17,14 @@ import os
 import shutil
 from pathlib import Path
 
+from ..io import layout
+from ..io.atomic import staged_directory
+from ..io.layout import INFERENCE_INFO as INFO_FILE
 from ..model import TransformerConfig
 from .decode_model import ConfigMismatchError, DecodeModel
 
 FORMAT = "kr-mini-llm-inference"
 VERSION = 1
-INFO_FILE = "inference.json"
 
 
 class InferenceDirError(ValueError):
@@ -37,8 +39,6 @@ def save_inference_model(model: DecodeModel, out: str | os.PathLike, tokenizer_p
                          group_size: int | None = None, source: str | None = None) -> Path:
     from safetensors.torch import save_file
 
-    from ..training.checkpoint import replace_directory
-
     out = Path(out)
     info = {"format": FORMAT, "version": VERSION, "dtype": model.dtype}
     if model.dtype == "int8":
@@ -46,18 +46,12 @@ def save_inference_model(model: DecodeModel, out: str | os.PathLike, tokenizer_p
                                 "group_size": group_size}
     if source:
         info["source"] = source
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        save_file(model.state_dict(), str(tmp / "model.safetensors"), metadata={"format": FORMAT})
-        model.config.save_yaml(tmp / "model_config.yaml")
+    with staged_directory(out) as tmp:
+        save_file(model.state_dict(), str(tmp / layout.MODEL_WEIGHTS), metadata={"format": FORMAT})
+        model.config.save_yaml(tmp / layout.MODEL_CONFIG)
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
         if tokenizer_path is not None:
-            shutil.copyfile(tokenizer_path, tmp / "tokenizer.model")
-        replace_directory(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copyfile(tokenizer_path, tmp / layout.TOKENIZER)
     return out
 
 
@@ -82,9 +76,9 @@ def load_inference_model(path: str | os.PathLike, dtype: str | None = None) -> D
     if dtype is not None and dtype != info["dtype"]:
         raise InferenceDirError(f"{path} holds {info['dtype']} weights, not {dtype}: load it with "
                                 f"dtype={info['dtype']!r}, or quantize the original checkpoint to {dtype}")
-    config = TransformerConfig.from_yaml(path / "model_config.yaml")
+    config = TransformerConfig.from_yaml(path / layout.MODEL_CONFIG)
     try:
-        tensors = load_file(str(path / "model.safetensors"))
+        tensors = load_file(str(path / layout.MODEL_WEIGHTS))
     except (OSError, SafetensorError) as e:
         raise InferenceDirError(f"{path}/model.safetensors cannot be read: {e}") from e
     try:

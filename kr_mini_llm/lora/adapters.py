@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
+from ..io.atomic import atomic_write
+from ..io.layout import ADAPTER_CONFIG as CONFIG_NAME
+from ..io.layout import ADAPTER_WEIGHTS as WEIGHTS_NAME
 from ..training import integrity
 from .apply import LoRAError, LoRAParameters, apply_lora, lora_modules, lora_state_dict
-
-CONFIG_NAME = "adapter_config.json"
-WEIGHTS_NAME = "adapters.safetensors"
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
@@ -50,21 +50,11 @@ def state_path(weights_file: str | os.PathLike) -> Path:
     return p.with_name(p.name.removesuffix(".safetensors") + ".state.pt")
 
 
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def write_adapter_config(adapter_path: str | os.PathLike, config: dict) -> Path:
     out = Path(adapter_path)
     out.mkdir(parents=True, exist_ok=True)
     path = out / CONFIG_NAME
-    _atomic(path, lambda tmp: tmp.write_text(json.dumps(config, indent=4, ensure_ascii=False) + "\n",
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(config, indent=4, ensure_ascii=False) + "\n",
                                              encoding="utf-8"))
     return path
 
@@ -112,9 +102,9 @@ def save_adapter_weights(path: str | os.PathLike, model: torch.nn.Module, base_f
     meta = {"format": "pt", "base_model_fingerprint": base_fingerprint, "step": str(step),
             "tensors_blake2b": integrity.tensors_digest(tensors)}
     if state is not None:
-        _atomic(state_path(path), lambda tmp: torch.save({**state, "step": step}, tmp))
+        atomic_write(state_path(path), lambda tmp: torch.save({**state, "step": step}, tmp))
         meta["state_blake2b"] = integrity.file_digest(state_path(path))
-    _atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
     return path
 
 

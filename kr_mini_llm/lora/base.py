@@ -5,6 +5,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..io import layout
 from .apply import LoRAError
 
 
@@ -18,26 +19,23 @@ class BaseModel:
 
 def load_base_model(path: str | os.PathLike, tokenizer: str | os.PathLike | None = None,
                     ops_impl: str = "fused") -> BaseModel:
-    from ..model import Transformer, TransformerConfig
-    from ..training.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
+    """training.checkpoint.load_model, with the errors a fine-tune's --model flag should give."""
+    from ..training.checkpoint import CheckpointError, load_model, resolve_checkpoint
 
     path = Path(path)
     if not path.exists():
         raise LoRAError(f"--model {path}: no such directory (give a checkpoint or output directory of "
                         "scripts/train.py, or a HF Llama/Qwen3 directory)")
-    if (path / "config.json").is_file():
-        model, source, kind = Transformer.from_hf(path, ops_impl=ops_impl), path, "hf"
-    else:
+    kind = "hf" if layout.is_hf_dir(path) else "checkpoint"
+    if kind == "checkpoint":
         try:
-            ckpt = resolve_checkpoint(path)
+            resolve_checkpoint(path)
         except CheckpointError as e:
             raise LoRAError(f"--model {path}: neither a kr-mini-llm checkpoint nor a HF model directory "
-                            f"(no config.json): {e}") from None
-        model = Transformer(TransformerConfig.from_yaml(ckpt / "model_config.yaml"), ops_impl=ops_impl)
-        load_checkpoint(ckpt, model)
-        source, kind = ckpt, "checkpoint"
-    tok = Path(tokenizer) if tokenizer else source / "tokenizer.model"
+                            f"(no {layout.HF_CONFIG}): {e}") from None
+    model, source = load_model(path, ops_impl)
+    tok = Path(tokenizer) if tokenizer else source / layout.TOKENIZER
     if not tok.is_file():
-        raise LoRAError(f"{source}: no tokenizer.model beside the weights; pass --tokenizer "
+        raise LoRAError(f"{source}: no {layout.TOKENIZER} beside the weights; pass --tokenizer "
                         "models/tokenizer.model (the SentencePiece model the base was trained with)")
     return BaseModel(model, tok, source, kind)

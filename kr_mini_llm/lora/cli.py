@@ -12,11 +12,12 @@ import sys
 import time
 from pathlib import Path
 
+from ..io.layout import ADAPTER_WEIGHTS
 from .apply import LoRAError
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lora", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog or "lora", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 argument_default=None)
     a = p.add_argument
     a("-c", "--config", help="YAML file with any of these settings (underscored names: learning_rate)")
@@ -71,14 +72,14 @@ def load_config(args):
     return LoRAConfig.merged(file_values, cli, where=args.config or "command line")
 
 
-def main(argv=None) -> int:
+def main(argv=None, prog: str | None = None) -> int:
     from ..data.sft import SFTDataError, load_split
     from ..data.tokenizer import Tokenizer, TokenizerError
     from ..model.config import ConfigError
     from ..training.checkpoint import CheckpointError
     from ..training.run_lock import RunLockedError
 
-    parser = build_parser()
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     if args.lora_layers is not None:
         parser.error("--lora-layers is the old name: use --num-layers")
@@ -148,18 +149,18 @@ def _train(cfg, base, train_set, valid_set, args):
         raise LoRAError(str(e).replace("train.learning_rate", "--learning-rate").replace("--resume_from",
                                                                                        "--resume-adapter-file"))
     out = Path(cfg.adapter_path)
-    print(f"Saved final adapter weights to {out / 'adapters.safetensors'}.")
+    print(f"Saved final adapter weights to {out / ADAPTER_WEIGHTS}.")
     print(f"  {time.time() - start:.1f}s; adapter_config.json and metrics.jsonl in {out}")
     return trainer
 
 
 def _load_for_test(cfg, base):
-    from ..training.device import pick_device
+    from ..device import pick_device
     from .adapters import load_adapters
 
     device = pick_device(cfg.device)
     path = Path(cfg.adapter_path)
-    if (path / "adapters.safetensors").is_file():
+    if (path / ADAPTER_WEIGHTS).is_file():
         load_adapters(base.model, path)
         print(f"  adapters: {path}")
     else:

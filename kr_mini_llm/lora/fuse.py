@@ -14,9 +14,10 @@ import os
 import shutil
 from pathlib import Path
 
-from .adapters import CONFIG_NAME, load_adapters
+from ..io import layout
+from ..io.atomic import staged_directory
 from ..training import integrity
-from ..training.checkpoint import replace_directory
+from .adapters import CONFIG_NAME, load_adapters
 from .apply import LoRAError, fuse_lora, lora_modules
 
 
@@ -29,14 +30,11 @@ def save_model_dir(model, out: str | os.PathLike, tokenizer_path: str | os.PathL
     if lora_modules(model):
         raise LoRAError("the model still carries LoRA adapters; fuse them first (fuse_lora)")
     out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        save_model(model, str(tmp / "model.safetensors"))
-        model.config.save_yaml(tmp / "model_config.yaml")
-        shutil.copyfile(tokenizer_path, tmp / "tokenizer.model")
-        (tmp / "trainer_state.json").write_text(json.dumps({"step": 0, **(state or {})}, indent=2) + "\n")
+    with staged_directory(out) as tmp:
+        save_model(model, str(tmp / layout.MODEL_WEIGHTS))
+        model.config.save_yaml(tmp / layout.MODEL_CONFIG)
+        shutil.copyfile(tokenizer_path, tmp / layout.TOKENIZER)
+        (tmp / layout.TRAINER_STATE).write_text(json.dumps({"step": 0, **(state or {})}, indent=2) + "\n")
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text, encoding="utf-8")
         if export_hf:   # the HF directory of scripts/export.py --format hf, tokenizer files included
@@ -46,9 +44,6 @@ def save_model_dir(model, out: str | os.PathLike, tokenizer_path: str | os.PathL
 
             write_hf_dir(model, TokenizerMeta.from_tokenizer(Tokenizer(tokenizer_path)), Path(tokenizer_path), tmp / "hf")
         integrity.write_manifest(tmp)
-        replace_directory(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

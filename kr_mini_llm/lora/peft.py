@@ -14,11 +14,11 @@ from pathlib import Path
 
 import torch
 
+from ..io.atomic import atomic_write, atomic_write_text
+from ..io.layout import ADAPTER_CONFIG as PEFT_CONFIG
+from ..io.layout import ADAPTER_WEIGHTS, PEFT_WEIGHTS
 from .adapters import copy_adapter_tensors, model_fingerprint, save_adapter_weights, write_adapter_config
 from .apply import ALL_KEYS, LoRAError, LoRAParameters, apply_lora, lora_modules
-
-PEFT_CONFIG = "adapter_config.json"
-PEFT_WEIGHTS = "adapter_model.safetensors"
 _PREFIX = "base_model.model.model."
 _SHORT_TO_KEY = {k.split(".")[1]: k for k in ALL_KEYS}
 
@@ -49,12 +49,8 @@ def export_peft(model, out_dir: str | os.PathLike, base_model_name_or_path: str 
     }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{PEFT_WEIGHTS}.tmp"
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, out / PEFT_WEIGHTS)
-    tmp = out / f".{PEFT_CONFIG}.tmp"
-    tmp.write_text(json.dumps(config, indent=2) + "\n")
-    os.replace(tmp, out / PEFT_CONFIG)
+    atomic_write(out / PEFT_WEIGHTS, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+    atomic_write_text(out / PEFT_CONFIG, json.dumps(config, indent=2) + "\n")
     return out
 
 
@@ -130,5 +126,5 @@ def peft_to_adapter_dir(base, peft_dir, adapter_path) -> Path:
     write_adapter_config(out, {"model": str(base.source), "base_model_fingerprint": fingerprint,
                                "fine_tune_type": "lora", "num_layers": num_layers,
                                "lora_parameters": params.to_dict(), "imported_from_peft": str(peft_dir)})
-    save_adapter_weights(out / "adapters.safetensors", base.model, fingerprint, step=0)
+    save_adapter_weights(out / ADAPTER_WEIGHTS, base.model, fingerprint, step=0)
     return out

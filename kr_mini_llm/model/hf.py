@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from ..io import layout
+from ..io.atomic import atomic_write, atomic_write_text
 from .config import ConfigError, TransformerConfig
 
 _SUPPORTED = ("llama", "qwen3")
@@ -33,7 +35,7 @@ def _rope_from_hf(cfg: dict):
     return theta, scaling
 
 
-def config_from_hf(cfg: dict, where: str = "config.json") -> TransformerConfig:
+def config_from_hf(cfg: dict, where: str = layout.HF_CONFIG) -> TransformerConfig:
     kind = cfg.get("model_type")
     if kind not in _SUPPORTED:
         raise ConfigError(f"{where}: model_type '{kind}' is not supported; kr-mini-llm loads {', '.join(_SUPPORTED)}")
@@ -97,11 +99,11 @@ def config_to_hf(config: TransformerConfig) -> dict:
 def _read_safetensors(path: Path) -> dict:
     from safetensors.torch import load_file
 
-    index = path / "model.safetensors.index.json"
+    index = path / layout.HF_WEIGHTS_INDEX
     if index.exists():
         files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    elif (path / "model.safetensors").exists():
-        files = ["model.safetensors"]
+    elif (path / layout.MODEL_WEIGHTS).exists():
+        files = [layout.MODEL_WEIGHTS]
     else:
         raise FileNotFoundError(f"{path}: no model.safetensors (or model.safetensors.index.json); "
                                 "save the HF model with safe_serialization=True")
@@ -114,7 +116,7 @@ def _read_safetensors(path: Path) -> dict:
 def load_hf(path: str | os.PathLike, model_cls, ops_impl: str = "fused"):
     """Builds `model_cls(config, ops_impl)` from a HF directory and loads its weights."""
     path = Path(path)
-    cfg_file = path / "config.json"
+    cfg_file = path / layout.HF_CONFIG
     if not cfg_file.exists():
         raise FileNotFoundError(f"{path}: not a HF model directory (no config.json)")
     config = config_from_hf(json.loads(cfg_file.read_text()), str(cfg_file))
@@ -153,9 +155,5 @@ def save_hf(model, path: str | os.PathLike) -> None:
             continue
         key = name if name.startswith("lm_head.") else "model." + name
         state[key] = tensor.detach().contiguous().cpu()
-    tmp = path / "model.safetensors.tmp"
-    save_file(state, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, path / "model.safetensors")
-    cfg_tmp = path / "config.json.tmp"
-    cfg_tmp.write_text(json.dumps(config_to_hf(model.config), indent=2) + "\n")
-    os.replace(cfg_tmp, path / "config.json")
+    atomic_write(path / layout.MODEL_WEIGHTS, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
+    atomic_write_text(path / layout.HF_CONFIG, json.dumps(config_to_hf(model.config), indent=2) + "\n")

@@ -18,8 +18,8 @@ from pathlib import Path
 log = logging.getLogger("kr_mini_llm.serve")
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="serve.py", description=__doc__,
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog or "serve.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="checkpoint directory or training output directory")
     p.add_argument("--adapter-path", "--adapter_path", dest="adapter_path",
@@ -39,6 +39,11 @@ def parse_args(argv=None):
     p.add_argument("--max-body-bytes", dest="max_body_bytes", type=int, default=1 << 20,
                    help="largest request body accepted (default 1 MiB)")
     p.add_argument("--log-level", dest="log_level", default="info", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def parse_args(argv=None, prog: str | None = None):
+    p = build_parser(prog)
     args = p.parse_args(argv)
     if args.max_batch < 1:
         p.error(f"--max-batch must be >= 1, got {args.max_batch}")
@@ -81,8 +86,8 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def main(argv=None, prog: str | None = None) -> int:
+    args = parse_args(argv, prog)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import uvicorn
 

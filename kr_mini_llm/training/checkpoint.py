@@ -12,6 +12,7 @@ checkpoint-STEP/
   checksums.json          size and blake2b digest of each file above, verified on load (integrity.py)
 
 FSDP runs write `dcp/` (sharded model + optimizer) instead of the first two; see sharded_checkpoint.py.
+The file names are io/layout.py's; which directory a path means is checkpoint_dirs.py's.
 
 Old checkpoints are removed by renaming them to a hidden `.checkpoint-STEP.deleting` first, so a
 crash mid-deletion never leaves a half-deleted directory that looks like a checkpoint; leftovers of
@@ -30,43 +31,15 @@ from pathlib import Path
 
 import torch
 
+from ..io import layout
+from ..io.atomic import DELETING_SUFFIX, OLD_SUFFIX, TMP_SUFFIX, fsync_dir, remove_directory, replace_directory
+from ..io.layout import staging_dir
 from . import integrity
+from .checkpoint_dirs import CheckpointError, is_complete, list_checkpoints, numbered_checkpoints, resolve_checkpoint
+from .sharded_checkpoint import distributed_loader, shard_writer
 
-_NAME = re.compile(r"^checkpoint-(\d+)$")
-
-
-class CheckpointError(RuntimeError):
-    pass
-
-
-def is_complete(ckpt: Path) -> bool:
-    """trainer_state.json, the weights (single file or DCP shards) and every file checksums.json lists."""
-    return ((ckpt / "trainer_state.json").is_file()
-            and ((ckpt / "model.safetensors").is_file() or (ckpt / "dcp" / ".metadata").is_file())
-            and integrity.listed_files_present(ckpt))
-
-
-def _numbered(output_dir: Path) -> list[tuple[int, Path]]:
-    if not output_dir.is_dir():
-        return []
-    return sorted((int(m.group(1)), p) for p in output_dir.iterdir() if (m := _NAME.match(p.name)) and p.is_dir())
-
-
-def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
-    """Complete checkpoints in output_dir, oldest first (a directory that lost files is not one)."""
-    return [p for _, p in _numbered(Path(output_dir)) if is_complete(p)]
-
-
-def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A checkpoint directory, or the latest checkpoint inside an output directory."""
-    p = Path(path)
-    if (p / "trainer_state.json").exists():
-        return p
-    found = list_checkpoints(p)
-    if not found:
-        raise CheckpointError(f"{p}: no checkpoint here (expected a checkpoint-STEP directory or an output "
-                              "directory that contains them)")
-    return found[-1]
+__all__ = ["CheckpointError", "clean_leftovers", "list_checkpoints", "load_checkpoint", "load_model",
+           "resolve_checkpoint", "save_checkpoint", "save_sharded_checkpoint"]
 
 
 def rng_state() -> dict:
@@ -83,11 +56,6 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def staging_dir(output_dir: str | os.PathLike, step: int) -> Path:
-    """Where checkpoint-STEP is written before the rename that publishes it."""
-    return Path(output_dir) / f".checkpoint-{step}.tmp"
-
-
 def save_checkpoint(output_dir: str | os.PathLike, step: int, model, optimizer, trainer_state: dict,
                     train_config, model_config, tokenizer_path: str | None = None,
                     keep: int | None = None, write_weights=None) -> Path:
@@ -99,32 +67,32 @@ def save_checkpoint(output_dir: str | os.PathLike, step: int, model, optimizer, 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     clean_leftovers(out)
-    final = out / f"checkpoint-{step}"
+    final = out / layout.checkpoint_name(step)
     tmp = staging_dir(out, step)
     try:
         tmp.mkdir()
         if write_weights is not None:
             write_weights(tmp)
         else:
-            save_model(model, str(tmp / "model.safetensors"))
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(rng_state(), tmp / "rng.pt")
-        (tmp / "trainer_state.json").write_text(json.dumps({**trainer_state, "step": step}, indent=2))
-        train_config.save_yaml(tmp / "config.yaml")
-        model_config.save_yaml(tmp / "model_config.yaml")
+            save_model(model, str(tmp / layout.MODEL_WEIGHTS))
+            torch.save(optimizer.state_dict(), tmp / layout.OPTIMIZER_STATE)
+        torch.save(rng_state(), tmp / layout.RNG_STATE)
+        (tmp / layout.TRAINER_STATE).write_text(json.dumps({**trainer_state, "step": step}, indent=2))
+        train_config.save_yaml(tmp / layout.TRAINING_CONFIG)
+        model_config.save_yaml(tmp / layout.MODEL_CONFIG)
         if tokenizer_path and Path(tokenizer_path).exists():
-            shutil.copyfile(tokenizer_path, tmp / "tokenizer.model")
+            shutil.copyfile(tokenizer_path, tmp / layout.TOKENIZER)
         integrity.write_manifest(tmp)
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
     except BaseException as e:
-        failure = _write_failure(e, tmp, f"checkpoint-{step}",
+        failure = _write_failure(e, tmp, layout.checkpoint_name(step),
                                  lambda: checkpoint_size(model, optimizer, tokenizer_path))
         shutil.rmtree(tmp, ignore_errors=True)
         if failure is not None:
             raise failure from e
         raise
     replace_directory(tmp, final)
-    _fsync_dir(out)
+    fsync_dir(out)
     if keep:
         for stale in list_checkpoints(out)[:-keep]:
             try:
@@ -132,6 +100,21 @@ def save_checkpoint(output_dir: str | os.PathLike, step: int, model, optimizer, 
             except OSError as e:  # the new checkpoint is saved; an old one that stays is no reason to stop
                 warnings.warn(f"could not remove the old checkpoint {stale}: {e}", stacklevel=2)
     return final
+
+
+def save_sharded_checkpoint(ctx, output_dir, step, model, optimizer, trainer_state, train_config, model_config,
+                            tokenizer_path=None, keep=None):
+    """FSDP's save: every rank writes its DCP shards into the staging directory that rank 0 makes;
+    rank 0 adds the small files and renames it into place (save_checkpoint). Path on rank 0, else None."""
+    write_shards = shard_writer(ctx, model, optimizer, staging_dir(output_dir, step))
+    if ctx.is_main:
+        path = save_checkpoint(output_dir, step, model, optimizer, trainer_state, train_config, model_config,
+                               tokenizer_path, keep=keep, write_weights=write_shards)
+    else:
+        write_shards()
+        path = None
+    ctx.barrier()  # nobody moves on (or saves again) before checkpoint-STEP exists
+    return path
 
 
 def checkpoint_size(model, optimizer=None, tokenizer_path: str | None = None) -> int:
@@ -202,30 +185,22 @@ def _file_size_limit() -> int | None:
     return None if soft == resource.RLIM_INFINITY else soft
 
 
-def remove_directory(path: Path) -> None:
-    """Renames `path` to a hidden `.NAME.deleting`, then deletes it: it stops being a checkpoint at once,
-    and a crash during the deletion leaves only a hidden leftover for clean_leftovers."""
-    doomed = path.with_name(f".{path.name}.deleting")
-    shutil.rmtree(doomed, ignore_errors=True)
-    os.replace(path, doomed)
-    shutil.rmtree(doomed, ignore_errors=True)
-
-
 def clean_leftovers(output_dir: Path) -> None:
     """Removes what crashed saves and deletions left in output_dir: staging directories, directories
     being deleted, and numbered directories that are incomplete and older than the latest complete
     checkpoint. A `.checkpoint-N.old` whose checkpoint-N is missing (a crash between the two renames
     of replace_directory) is put back."""
-    for p in output_dir.glob(".checkpoint-*"):
+    for p in output_dir.glob(f".{layout.CHECKPOINT_PREFIX}*"):
         name = p.name
-        if name.endswith(".old") and _NAME.match(name[1:-4]):
-            final = p.with_name(name[1:-4])
+        original = name[1:-len(OLD_SUFFIX)]
+        if name.endswith(OLD_SUFFIX) and layout.checkpoint_step(original) is not None:
+            final = p.with_name(original)
             if not final.exists():
                 os.replace(p, final)
                 continue
-        if name.endswith((".tmp", ".deleting", ".old")) and p.is_dir():
+        if name.endswith((TMP_SUFFIX, DELETING_SUFFIX, OLD_SUFFIX)) and p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
-    numbered = _numbered(output_dir)
+    numbered = numbered_checkpoints(output_dir)
     complete = [step for step, p in numbered if is_complete(p)]
     for step, p in numbered:
         if complete and step < complete[-1] and not is_complete(p):
@@ -241,23 +216,21 @@ def load_checkpoint(path: str | os.PathLike, model, optimizer=None) -> dict:
     ckpt = resolve_checkpoint(path)
     try:
         files = integrity.read_manifest(ckpt) or {}
-        integrity.verify(ckpt, [n for n in files if optimizer is not None or n != "optimizer.pt"])
+        integrity.verify(ckpt, [n for n in files if optimizer is not None or n != layout.OPTIMIZER_STATE])
     except integrity.IntegrityError as e:
         raise CheckpointError(str(e)) from None
     try:
-        state = json.loads((ckpt / "trainer_state.json").read_text())
+        state = json.loads((ckpt / layout.TRAINER_STATE).read_text())
         if not isinstance(state, dict):
             raise ValueError(f"a JSON {type(state).__name__}, not an object")
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{ckpt}: trainer_state.json is unreadable ({e}); the checkpoint is damaged") from e
-    from .sharded_checkpoint import distributed_loader
-
     special = distributed_loader(ckpt, model)  # DCP shards, or an FSDP-sharded model: see there
     if special is not None:
         special(ckpt, model, optimizer)
     else:
         try:
-            missing, unexpected = load_model(model, str(ckpt / "model.safetensors"), strict=False)
+            missing, unexpected = load_model(model, str(ckpt / layout.MODEL_WEIGHTS), strict=False)
         except (OSError, SafetensorError, RuntimeError) as e:
             raise CheckpointError(f"{ckpt}/model.safetensors cannot be loaded into this model: {e}") from e
         if missing or unexpected:
@@ -269,13 +242,13 @@ def load_checkpoint(path: str | os.PathLike, model, optimizer=None) -> dict:
                               "had diverged when it was saved. Use an earlier checkpoint")
     if optimizer is not None:
         if special is None:
-            saved = _load_pickled(ckpt / "optimizer.pt", "optimizer state")
+            saved = _load_pickled(ckpt / layout.OPTIMIZER_STATE, "optimizer state")
             try:
                 optimizer.load_state_dict(saved)
             except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
                 raise CheckpointError(f"{ckpt}/optimizer.pt does not match this model's optimizer "
                                       f"({type(e).__name__}: {e})") from None
-        rng = _load_pickled(ckpt / "rng.pt", "RNG state")
+        rng = _load_pickled(ckpt / layout.RNG_STATE, "RNG state")
         try:
             set_rng_state(rng)
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
@@ -286,12 +259,16 @@ def load_checkpoint(path: str | os.PathLike, model, optimizer=None) -> dict:
 
 
 def load_model(path: str | os.PathLike, ops_impl: str = "fused"):
-    """(Transformer with the checkpoint's weights, checkpoint directory) of a checkpoint, or of an
-    output directory's latest one: what inference, evaluation and fine-tuning start from."""
+    """(Transformer with the weights, the directory they came from): the one loader of a model that
+    inference, evaluation, fine-tuning, fuse and export start from. `path` is a checkpoint directory,
+    an output directory (its latest complete checkpoint), a sharded (dcp/) checkpoint, or a HF
+    Llama/Qwen3 directory (config.json + safetensors)."""
     from ..model import Transformer, TransformerConfig
 
+    if layout.is_hf_dir(path):
+        return Transformer.from_hf(path, ops_impl=ops_impl), Path(path)
     ckpt = resolve_checkpoint(path)
-    model = Transformer(TransformerConfig.from_yaml(ckpt / "model_config.yaml"), ops_impl=ops_impl)
+    model = Transformer(TransformerConfig.from_yaml(ckpt / layout.MODEL_CONFIG), ops_impl=ops_impl)
     load_checkpoint(ckpt, model)
     return model, ckpt
 
@@ -336,27 +313,3 @@ def nonfinite_parameters(model) -> list[str]:
     return bad
 
 
-def replace_directory(tmp: Path, final: Path) -> None:
-    """Puts the finished directory `tmp` at `final`; an existing `final` is moved aside first and
-    dropped only after the rename, so some complete copy exists at every moment."""
-    if final.exists():
-        old = final.with_name(f".{final.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from typing import Optional
 
 from .. import _C
+from ..io.atomic import atomic_write_text
 from ..model.config import ConfigError, check_config_file
 
 
@@ -166,10 +167,7 @@ class TrainingConfig:
         return dataclasses.asdict(self)
 
     def save_yaml(self, path: str | os.PathLike) -> None:
-        tmp = f"{os.fspath(path)}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(_to_yaml(self.to_dict()))
-        os.replace(tmp, path)
+        atomic_write_text(path, _to_yaml(self.to_dict()))
 
 
 # Flat keys of seed 001's configs/training.yaml, read as train.* (fp16 -> mixed_precision).

@@ -33,6 +33,15 @@ def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", 1))
 
 
+def env_rank() -> int:
+    return int(os.environ.get("RANK", 0))
+
+
+def distributed_mode(requested: str, world_size: int) -> str:
+    """train.distributed resolved for this launch: "auto" is DDP under torchrun, none in one process."""
+    return ("ddp" if world_size > 1 else "none") if requested == "auto" else requested
+
+
 class DistributedContext:
     """`DistributedContext(config, device)`: joins (or, for a one-process FSDP/DDP run, makes) the
     process group and says which device this rank trains on (`.device`)."""
@@ -40,7 +49,7 @@ class DistributedContext:
     def __init__(self, config=None, device: torch.device | None = None):
         import torch.distributed as dist
 
-        self.rank = int(os.environ.get("RANK", 0))
+        self.rank = env_rank()
         self.world_size = env_world_size()
         self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
         self.local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size))
@@ -50,7 +59,7 @@ class DistributedContext:
             raise ConfigError(f"train.distributed is 'none' but WORLD_SIZE={self.world_size} (torchrun started "
                               f"{self.world_size} processes): each would train its own copy on the same data. "
                               "Set train.distributed to ddp or fsdp, or run one process")
-        self.mode = ("ddp" if self.world_size > 1 else "none") if requested == "auto" else requested
+        self.mode = distributed_mode(requested, self.world_size)
         self.device = self._place(device if device is not None else torch.device("cpu"))
         self.enabled = self.mode != "none"
         self._created_group = False
@@ -233,7 +242,7 @@ class DistributedContext:
         checkpoint written by every rank (FSDP). Returns the path on rank 0, None elsewhere."""
         state = {**trainer_state, "world_size": self.world_size, "distributed": self.mode}
         if self.sharded:
-            from .sharded_checkpoint import save_sharded_checkpoint
+            from .checkpoint import save_sharded_checkpoint
 
             return save_sharded_checkpoint(self, output_dir, step, model, optimizer, state, train_config,
                                            model_config, tokenizer_path, keep)

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import torch
 
-MANIFEST = "checksums.json"
+from ..io.atomic import TMP_SUFFIX, atomic_write_text
+from ..io.layout import CHECKSUMS as MANIFEST
+
 ALGORITHM = "blake2b"
 
 
@@ -55,7 +57,7 @@ def _digests(paths: list[Path]) -> list[str]:
 
 def _files(directory: Path) -> list[str]:
     return sorted(str(p.relative_to(directory)) for p in directory.rglob("*")
-                  if p.is_file() and p.name != MANIFEST and not p.name.endswith(".tmp"))
+                  if p.is_file() and p.name != MANIFEST and not p.name.endswith(TMP_SUFFIX))
 
 
 def write_manifest(directory: str | os.PathLike) -> Path:
@@ -65,11 +67,7 @@ def write_manifest(directory: str | os.PathLike) -> Path:
     digests = _digests([directory / name for name in names])
     files = {name: {"size": (directory / name).stat().st_size, ALGORITHM: digest}
              for name, digest in zip(names, digests)}
-    path = directory / MANIFEST
-    tmp = directory / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps({"algorithm": ALGORITHM, "files": files}, indent=1) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(directory / MANIFEST, json.dumps({"algorithm": ALGORITHM, "files": files}, indent=1) + "\n")
 
 
 def read_manifest(directory: str | os.PathLike) -> dict | None:

@@ -24,7 +24,7 @@ CPU_FRAMEWORK_RESERVE = 512 << 20  # Python, torch's libraries and thread pools 
 
 def training_precision(train, device: torch.device) -> str:
     """The estimator's precision name for a TrainSection on a device."""
-    from .device import precision_choice
+    from ..device import precision_choice
 
     dtype, _ = precision_choice(device, train.mixed_precision, train.precision)  # the trainer's own choice
     return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
+
+from ..io import layout
+from ..io.atomic import atomic_write_text
 
 
 class MetricsLog:
@@ -12,7 +14,7 @@ class MetricsLog:
     interrupted run after its last checkpoint) and any torn last line are dropped. 0: a new log."""
 
     def __init__(self, output_dir: str | Path, tensorboard: bool = False, resume_step: int = 0):
-        self.path = Path(output_dir) / "metrics.jsonl"
+        self.path = Path(output_dir) / layout.METRICS
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step > 0:
             _truncate(self.path, resume_step)
@@ -51,9 +53,7 @@ def _truncate(path: Path, last_step: int) -> None:
             continue
         if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= last_step:
             kept.append(line + "\n")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(kept), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(kept))
 
 
 def read_metrics(path: str | Path) -> list[dict]:

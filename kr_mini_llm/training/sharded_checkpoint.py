@@ -9,7 +9,8 @@ checkpoint-STEP/
 DCP re-shards on load, so a checkpoint saved by N ranks resumes on M ranks, in one process (DCP
 then reads everything without a process group), or in Generator.from_pretrained; an ordinary
 checkpoint resumes under FSDP too (rank 0 reads it and broadcasts). The staging directory and
-the rename that publishes it are checkpoint.py's, so a crash mid-save keeps the previous one.
+the rename that publishes it are checkpoint.py's (save_sharded_checkpoint), so a crash mid-save
+keeps the previous one.
 With more than one machine, output_dir must be on a filesystem that every rank can write.
 """
 from __future__ import annotations
@@ -21,14 +22,11 @@ from pathlib import Path
 
 import torch
 
+from ..io import layout
+from ..io.atomic import atomic_write, staged_directory
+from ..io.layout import SHARDED_DIR, is_sharded_checkpoint
 from . import integrity, safe_dcp
-from .checkpoint import CheckpointError, _fsync_dir, resolve_checkpoint, save_checkpoint, staging_dir
-
-SHARDED_DIR = "dcp"
-
-
-def is_sharded_checkpoint(ckpt: str | os.PathLike) -> bool:
-    return (Path(ckpt) / SHARDED_DIR / ".metadata").is_file()
+from .checkpoint_dirs import CheckpointError, resolve_checkpoint
 
 
 def is_sharded_model(model: torch.nn.Module) -> bool:
@@ -49,34 +47,24 @@ def distributed_loader(ckpt: Path, model: torch.nn.Module):
     file through rank 0; a plain model reads DCP shards when there is no single file."""
     sharded_model = is_sharded_model(model)
     has_shards = is_sharded_checkpoint(ckpt)
-    if has_shards and (sharded_model or not (ckpt / "model.safetensors").exists()):
+    if has_shards and (sharded_model or not (ckpt / layout.MODEL_WEIGHTS).exists()):
         return load_sharded
     if sharded_model:
-        if not (ckpt / "model.safetensors").exists():
+        if not (ckpt / layout.MODEL_WEIGHTS).exists():
             raise CheckpointError(f"{ckpt}: neither dcp/ shards nor model.safetensors; the checkpoint is incomplete")
         return load_full_into_sharded
     return None
 
 
 # -- saving -------------------------------------------------------------------------------------
-def save_sharded_checkpoint(ctx, output_dir, step, model, optimizer, trainer_state, train_config, model_config,
-                            tokenizer_path=None, keep=None):
-    """Every rank writes its shards into the staging directory that rank 0 makes; rank 0 adds the
-    small files and renames it into place (checkpoint.save_checkpoint). Path on rank 0, else None."""
-    tmp = staging_dir(output_dir, step)
-
+def shard_writer(ctx, model, optimizer, staging: Path):
+    """checkpoint.save_checkpoint's `write_weights` for an FSDP run, called on every rank: waits
+    until rank 0 has made a fresh, empty staging directory, then writes this rank's DCP shards."""
     def write_shards(_staging=None):
-        ctx.barrier()  # rank 0 has made a fresh, empty staging directory
-        _dcp_save(model, optimizer, tmp / SHARDED_DIR)
+        ctx.barrier()
+        _dcp_save(model, optimizer, staging / SHARDED_DIR)
 
-    if ctx.is_main:
-        path = save_checkpoint(output_dir, step, model, optimizer, trainer_state, train_config, model_config,
-                               tokenizer_path, keep=keep, write_weights=write_shards)
-    else:
-        write_shards()
-        path = None
-    ctx.barrier()  # nobody moves on (or saves again) before checkpoint-STEP exists
-    return path
+    return write_shards
 
 
 def _dcp_save(model, optimizer, path: Path) -> None:
@@ -124,9 +112,9 @@ def load_full_into_sharded(ckpt: Path, model: torch.nn.Module, optimizer=None) -
     full, optim_full, error = {}, {}, [None]
     if dist.get_rank() == 0:
         try:
-            full = _with_tied_names(load_file(str(ckpt / "model.safetensors")), model)
+            full = _with_tied_names(load_file(str(ckpt / layout.MODEL_WEIGHTS)), model)
             if optimizer is not None:
-                optim_full = _optimizer_by_name(torch.load(ckpt / "optimizer.pt", weights_only=True), model, optimizer)
+                optim_full = _optimizer_by_name(torch.load(ckpt / layout.OPTIMIZER_STATE, weights_only=True), model, optimizer)
         except (OSError, RuntimeError, ValueError, KeyError) as e:
             error[0] = f"{ckpt}: cannot read the checkpoint on rank 0: {e}"
     dist.broadcast_object_list(error, src=0)  # every rank fails alike rather than waiting for a broadcast
@@ -181,29 +169,26 @@ def consolidate_checkpoint(path: str | os.PathLike, output: str | os.PathLike | 
         integrity.verify(ckpt)
     except integrity.IntegrityError as e:
         raise CheckpointError(str(e)) from None
-    model = Transformer(TransformerConfig.from_yaml(ckpt / "model_config.yaml"))
-    optimizer = build_optimizer(model, TrainingConfig.from_yaml(ckpt / "config.yaml").train, torch.device("cpu"))
+    model = Transformer(TransformerConfig.from_yaml(ckpt / layout.MODEL_CONFIG))
+    optimizer = build_optimizer(model, TrainingConfig.from_yaml(ckpt / layout.TRAINING_CONFIG).train,
+                                torch.device("cpu"))
     load_sharded(ckpt, model, optimizer)
+    writers = ((layout.OPTIMIZER_STATE, lambda p: torch.save(optimizer.state_dict(), p)),
+               (layout.MODEL_WEIGHTS, lambda p: save_model(model, str(p))))
 
     if output is None:
         # optimizer.pt first: model.safetensors is what marks a checkpoint as consolidated.
-        for name, write in (("optimizer.pt", lambda p: torch.save(optimizer.state_dict(), p)),
-                            ("model.safetensors", lambda p: save_model(model, str(p)))):
-            tmp = ckpt / f".{name}.tmp"
-            write(tmp)
-            os.replace(tmp, ckpt / name)
+        for name, write in writers:
+            atomic_write(ckpt / name, write)
         integrity.write_manifest(ckpt)
-        _fsync_dir(ckpt)
         return ckpt
     out = Path(output)
     if out.exists():
         raise CheckpointError(f"{out} already exists; choose a new directory for the consolidated checkpoint")
-    tmp = out.parent / f".{out.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(ckpt, tmp, ignore=shutil.ignore_patterns(SHARDED_DIR, "model.safetensors", "optimizer.pt"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    save_model(model, str(tmp / "model.safetensors"))
-    integrity.write_manifest(tmp)
-    _fsync_dir(tmp)
-    os.replace(tmp, out)
+    with staged_directory(out) as tmp:
+        shutil.copytree(ckpt, tmp, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns(SHARDED_DIR, layout.MODEL_WEIGHTS, layout.OPTIMIZER_STATE))
+        for name, write in writers:
+            write(tmp / name)
+        integrity.write_manifest(tmp)
     return out

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import torch
 
+from ..device import apply_memory_limit, pick_device, precision_choice
+from ..io import layout
+from ..io.atomic import remove_directory
 from ..model import Transformer, TransformerConfig
-from .checkpoint import (CheckpointError, list_checkpoints, load_checkpoint, nonfinite_parameters, remove_directory,
-                         resolve_checkpoint)
+from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint, nonfinite_parameters, resolve_checkpoint
 from .config import TrainingConfig
-from .device import apply_memory_limit, pick_device, precision_choice
 from .distributed import DistributedContext, check_global_batch
 from .memory_advice import warn_if_short_of_memory
 from .metrics import MetricsLog, plot_loss_curve
@@ -222,7 +223,7 @@ class Trainer:
                 log = None
             curve = None
             if self.dist.is_main:
-                curve = plot_loss_curve(self.output_dir / "metrics.jsonl", self.output_dir / "loss_curve.png")
+                curve = plot_loss_curve(self.output_dir / layout.METRICS, self.output_dir / layout.LOSS_CURVE)
         finally:
             for signum, handler in old_handlers.items():
                 signal.signal(signum, handler)
@@ -315,8 +316,8 @@ class Trainer:
 
     # -- hooks a fine-tuning task overrides ------------------------------------------------------
     def _save_run_configs(self) -> None:
-        self.config.save_yaml(self.output_dir / "config.yaml")
-        self.model_config.save_yaml(self.output_dir / "model_config.yaml")
+        self.config.save_yaml(self.output_dir / layout.TRAINING_CONFIG)
+        self.model_config.save_yaml(self.output_dir / layout.MODEL_CONFIG)
 
     def _step_tokens(self) -> int:
         """Tokens the last optimizer step trained on."""

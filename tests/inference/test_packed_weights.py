@@ -125,7 +125,7 @@ def test_quantize_script(checkpoint, tmp_path):
 def test_cpu_without_native_bf16_logs_once_and_still_works(monkeypatch, caplog):
     from kr_mini_llm.inference import packed
 
-    from kr_mini_llm.training import device
+    from kr_mini_llm import device
 
     monkeypatch.setattr(device, "cpu_flags", lambda: frozenset({"avx2", "fma"}))  # an AVX2-only CPU
     packed.native_bf16.cache_clear()

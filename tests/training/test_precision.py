@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from kr_mini_llm.training.device import cpu_flags, precision_choice
+from kr_mini_llm.device import cpu_flags, precision_choice
 
 CPU = torch.device("cpu")
 SAPPHIRE_RAPIDS = {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}

@@ -1,0 +1,35 @@
+"""Fuse LoRA adapters into their base model (mlx-lm's fuse): a full checkpoint the Generator,
+scripts/lora.py --model and, with --export-hf, HF transformers and llama.cpp's converter take.
+
+    python scripts/fuse.py --model checkpoints/demo --adapter-path adapters/demo --save-path models/demo-fused --export-hf
+"""
+import argparse
+import sys
+
+from ..lora import LoRAError
+from ..lora.base import load_base_model
+from ..lora.fuse import fuse_to_dir
+from ..training import CheckpointError
+
+
+def build_parser(prog=None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="the base model the adapters were trained on")
+    p.add_argument("--adapter-path", default="adapters", help="directory with adapters.safetensors + adapter_config.json")
+    p.add_argument("--save-path", default="fused_model", help="output directory (replaced atomically)")
+    p.add_argument("--export-hf", action="store_true", help="also write save-path/hf for transformers / llama.cpp")
+    p.add_argument("--tokenizer", help="tokenizer.model when --model holds none")
+    return p
+
+
+def main(argv=None, prog=None) -> int:
+    args = build_parser(prog).parse_args(argv)
+    try:
+        print(f"Loading pretrained model {args.model}")
+        base = load_base_model(args.model, args.tokenizer)
+        out = fuse_to_dir(base, args.adapter_path, args.save_path, export_hf=args.export_hf)
+    except (LoRAError, CheckpointError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"Fused {args.adapter_path} into {out}" + (f" (HF copy in {out / 'hf'})" if args.export_hf else ""))
+    return 0

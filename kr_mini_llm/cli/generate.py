@@ -1,0 +1,85 @@
+"""Generate Korean text with a trained kr-mini-llm model (KV cache, streaming).
+
+    python scripts/generate.py --model checkpoints/demo --prompt "오늘 날씨가"
+    python scripts/generate.py --model checkpoints/demo --interactive
+"""
+import argparse
+import sys
+
+from ..inference import Generator
+from ..inference.sampling import check_sampling
+from ..training import CheckpointError
+
+
+def build_parser(prog=None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True,
+                   help="checkpoint directory, training output directory, or a scripts/quantize.py directory")
+    p.add_argument("--prompt", action="append", help="prompt text (repeat for a batch)")
+    p.add_argument("--interactive", action="store_true", help="read prompts from the terminal")
+    p.add_argument("--max_new_tokens", type=int, default=100)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 for greedy")
+    p.add_argument("--top_k", type=int, default=50, help=">= 1; the vocabulary size or more keeps every token")
+    p.add_argument("--top_p", type=float, default=0.95)
+    p.add_argument("--repetition_penalty", type=float, default=1.1)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "int8"], default=None,
+                   help="CPU decode weights (default: fp32, or the dtype of a scripts/quantize.py directory)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer.model if the checkpoint has none")
+    p.add_argument("--no_stream", action="store_true", help="print each answer whole")
+    p.add_argument("--adapter-path", "--adapter_path", dest="adapter_path",
+                   help="LoRA adapters from scripts/lora.py to apply (unfused)")
+    p.add_argument("--chat", action="store_true",
+                   help="treat each prompt as a user message in the chat template; print the assistant's answer")
+    return p
+
+
+def run_one(gen, prompt, args):
+    kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+              top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed)
+    if args.chat:
+        print(f"> {prompt}\n{gen.chat(prompt, **kw)}")
+        return
+    if args.no_stream:
+        print(prompt + gen.generate(prompt, **kw))
+        return
+    print(prompt, end="", flush=True)
+    for piece in gen.generate(prompt, stream=True, **kw):
+        print(piece, end="", flush=True)
+    print()
+
+
+def main(argv=None, prog=None) -> int:
+    args = build_parser(prog).parse_args(argv)
+    if not args.prompt and not args.interactive:
+        print("error: give --prompt TEXT or --interactive", file=sys.stderr)
+        return 2
+    try:
+        check_sampling(args.temperature, args.top_k, args.top_p, args.repetition_penalty)  # before the model loads
+        gen = Generator.from_pretrained(args.model, device=args.device, tokenizer_path=args.tokenizer,
+                                        adapter_path=args.adapter_path, dtype=args.dtype)
+        if args.prompt and len(args.prompt) > 1 and args.no_stream and not args.chat:
+            for p, text in zip(args.prompt, gen.generate(args.prompt, max_new_tokens=args.max_new_tokens,
+                                                         temperature=args.temperature, top_k=args.top_k,
+                                                         top_p=args.top_p, seed=args.seed,
+                                                         repetition_penalty=args.repetition_penalty)):
+                print(p + text)
+        else:
+            for p in args.prompt or []:
+                run_one(gen, p, args)
+        if args.interactive:
+            print("프롬프트를 입력하세요 (빈 줄 또는 Ctrl-D로 종료).")
+            while True:
+                try:
+                    prompt = input("> ")
+                except (EOFError, KeyboardInterrupt):
+                    print()
+                    break
+                if not prompt.strip():
+                    break
+                run_one(gen, prompt, args)
+    except (CheckpointError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

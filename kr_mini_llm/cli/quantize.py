@@ -1,0 +1,57 @@
+"""Save a model's weights packed for CPU inference (int8 or bf16); the Generator loads the result.
+
+    python scripts/quantize.py --model checkpoints/demo --dtype int8 --output models/demo-int8
+    python scripts/quantize.py --model checkpoints/demo --dtype int8 --group_size 128 --output models/demo-int8-g128
+    python scripts/generate.py --model models/demo-int8 --prompt "대한민국의 수도는"
+
+int8 is symmetric: q = round(w / scale) in [-127, 127] with one fp32 scale per output channel (the
+default) or per group of --group_size consecutive inputs (it must divide every layer's input size).
+The scheme is recorded in OUTPUT/inference.json; RMSNorm weights stay fp32.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+
+
+def dir_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+
+
+def build_parser(prog=None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="checkpoint directory or training output directory")
+    p.add_argument("--dtype", required=True, choices=["int8", "bf16"])
+    p.add_argument("--group_size", type=int, default=None,
+                   help="int8: inputs per scale (e.g. 32, 64, 128); default: one scale per output channel")
+    p.add_argument("--output", required=True, help="directory to write (replaced whole if it exists)")
+    return p
+
+
+def main(argv=None, prog=None) -> int:
+    args = build_parser(prog).parse_args(argv)
+
+    from ..inference.decode_model import DecodeModel
+    from ..inference.saved import save_inference_model
+    from ..io import layout
+    from ..training import CheckpointError
+    from ..training.checkpoint import load_model
+
+    if args.group_size is not None and args.dtype != "int8":
+        print("error: --group_size applies to --dtype int8 only", file=sys.stderr)
+        return 2
+    try:
+        model, ckpt = load_model(args.model)
+        packed = DecodeModel.from_transformer(model, args.dtype, args.group_size)
+        tok = ckpt / layout.TOKENIZER
+        out = save_inference_model(packed, args.output, tok if tok.exists() else None, args.group_size, str(ckpt))
+    except (CheckpointError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    src = (ckpt / layout.MODEL_WEIGHTS).stat().st_size
+    dst = (out / layout.MODEL_WEIGHTS).stat().st_size
+    scheme = ("per output channel" if args.group_size is None else f"per group of {args.group_size} inputs") \
+        if args.dtype == "int8" else ""
+    print(f"{out}: {args.dtype} {scheme}".rstrip() + f"; model.safetensors {dst / 2**20:,.1f} MiB "
+          f"(from {src / 2**20:,.1f} MiB, {dst / src:.2f}x); directory {dir_size(out) / 2**20:,.1f} MiB")
+    return 0

@@ -1,0 +1,39 @@
+"""The import graph runs one way: csrc -> ops -> model -> training/inference/serving -> scripts.
+A module of ops/ or model/ that imports a higher layer would make the kernels depend on the trainer."""
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "kr_mini_llm"
+HIGHER = ("training", "inference", "serve", "lora", "export", "eval", "cli")
+
+
+def imported_packages(path: Path) -> set[str]:
+    """Top-level kr_mini_llm subpackages that a module of ops/ or model/ imports."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom):
+            if node.level >= 2:  # from ..training import x (relative to kr_mini_llm/<layer>/)
+                found.add((node.module or "").split(".")[0])
+            elif node.level == 0 and (node.module or "").startswith("kr_mini_llm."):
+                found.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("kr_mini_llm.")}
+    return found
+
+
+def test_ops_and_model_import_no_higher_layer():
+    offenders = {}
+    for layer in ("ops", "model"):
+        for path in (PACKAGE / layer).rglob("*.py"):
+            higher = imported_packages(path) & set(HIGHER)
+            if higher:
+                offenders[str(path.relative_to(PACKAGE))] = sorted(higher)
+    assert offenders == {}, f"ops/ and model/ must not import these layers: {offenders}"
+
+
+def test_device_module_lives_at_package_level():
+    # inference and training both choose a device; the module belongs to neither
+    import kr_mini_llm.device as device
+
+    assert device.pick_device("cpu").type == "cpu"
+    assert not (PACKAGE / "training" / "device.py").exists()
