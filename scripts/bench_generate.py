@@ -13,7 +13,8 @@ of new tokens after a prompt of --prompt_len random tokens (no early stop):
   llama.cpp f32/bf16/q8_0  llama-batched-bench (or, in a build without it, llama-bench: batch 1 only) on
                        GGUFs converted from the same weights (HF export + llama.cpp's
                        convert_hf_to_gguf.py; needs a SentencePiece --tokenizer)
-Ours and HF run in this process, interleaved over --repeats, medians reported. TTFT = prefill + first
+Ours and HF run in this process, llama.cpp in one process per run; all are interleaved over --repeats
+(llama.cpp between our runs, not in a block), medians reported. TTFT = prefill + first
 token; prefill tok/s = batch * prompt_len / TTFT; decode tok/s = (new_tokens - 1) * batch / (total - TTFT).
 "BW %" = bytes a decode step reads (all weights once, plus the KV cache at the mean context) x steps/s,
 over the triad bandwidth (a = b + 2c on 3 x 256 MiB, STREAM byte count) measured in the same run.
@@ -117,7 +118,7 @@ def run_llama(llama: Path, gguf: Path, prompt_len: int, new_tokens: int, batches
         return run_llama_bench(llama, gguf, prompt_len, new_tokens, threads)
     ctx = max(batches) * (prompt_len + new_tokens) + 16
     cmd = [str(exe), "-m", str(gguf), "-c", str(ctx), "-b", "2048", "-ub", "512", "-npp", str(prompt_len),
-           "-ntg", str(new_tokens), "-npl", ",".join(map(str, batches)), "-t", str(threads), "--no-warmup",
+           "-ntg", str(new_tokens), "-npl", ",".join(map(str, batches)), "-t", str(threads),
            *NO_REPACK]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     out = proc.stdout.read()
@@ -190,6 +191,8 @@ def main():
              "matching contender (llama.cpp at the same precision, else HF at the same dtype); > 1 means ours is faster.",
              "", "| model | batch | impl | weights MB | TTFT ms | prefill tok/s | decode tok/s | BW % | peak MB | ours vs |",
              "|---|---|---|---|---|---|---|---|---|---|"]
+    broken: set[str] = set()
+    gguf_dir = tempfile.TemporaryDirectory()  # removed when the run ends (or at exit)
     for name in args.models.split(","):
         config = getattr(TransformerConfig, name)().replace(dropout=0.0)
         config = config.replace(max_seq_length=max(config.max_seq_length, args.prompt_len + args.new_tokens))
@@ -212,26 +215,33 @@ def main():
                 hf = hf_model(config, base, "sdpa").eval().to(torch.float32 if dt == "fp32" else torch.bfloat16)
                 contenders[impl] = (lambda m=hf: (lambda pr: run_hf(m, pr, args.new_tokens)))()
                 weight_bytes[impl] = sum(p.nbytes for p in hf.parameters())
-        llama = {}
+        ggufs = {}
         if args.llama_cpp:
-            with tempfile.TemporaryDirectory() as work:
-                ggufs = make_ggufs(base, args.tokenizer, args.llama_cpp, Path(work))
-                for t, path in ggufs.items():
-                    weight_bytes[f"llama.cpp-{t}"] = path.stat().st_size
-                    try:
-                        llama[t] = [run_llama(args.llama_cpp, path, args.prompt_len, args.new_tokens, batches,
-                                              args.threads) for _ in range(args.repeats)]
-                    except RuntimeError as e:  # a build that cannot run this type here: say so, keep the rest
-                        failures.append(f"llama.cpp {t} ({name}): {e}")
-                        print(failures[-1], file=sys.stderr)
+            (Path(gguf_dir.name) / name).mkdir()
+            ggufs = make_ggufs(base, args.tokenizer, args.llama_cpp, Path(gguf_dir.name) / name)
+        for t, path in ggufs.items():
+            weight_bytes[f"llama.cpp-{t}"] = path.stat().st_size
         D, L, Hkv = config.resolved_head_dim, config.num_layers, config.num_kv_heads
         for batch in batches:
             g = torch.Generator().manual_seed(batch)
             prompts = torch.randint(4, config.vocab_size, (batch, args.prompt_len), generator=g).tolist()
             runs = {impl: [] for impl in contenders}
+            llama = {t: [] for t in ggufs}
             for fn in contenders.values():
                 fn(prompts)  # warm-up
-            for _ in range(args.repeats):  # interleaved
+            for _ in range(args.repeats):  # interleaved: llama.cpp's runs between ours, not in a block
+                for t, path in ggufs.items():
+                    if t in broken:
+                        continue
+                    try:
+                        row = run_llama(args.llama_cpp, path, args.prompt_len, args.new_tokens, [batch], args.threads)
+                    except RuntimeError as e:  # a build that cannot run this type here: say so, keep the rest
+                        broken.add(t)
+                        failures.append(f"llama.cpp {t} ({name}): {e}")
+                        print(failures[-1], file=sys.stderr)
+                        continue
+                    if batch in row:
+                        llama[t].append(row[batch])
                 for impl, fn in contenders.items():
                     runs[impl].append(fn(prompts))
                 triads.append(triad_gbs(args.threads))
@@ -242,8 +252,7 @@ def main():
                 decode = statistics.median((args.new_tokens - 1) * batch / max(r[1] - r[0], 1e-9) for r in rs)
                 mem = None if args.no_memory else weight_bytes[impl] + peak_memory(lambda: contenders[impl](prompts))
                 res[impl] = (ttft, batch * args.prompt_len / ttft, decode, mem)
-            for t, reps in llama.items():
-                rows = [r[batch] for r in reps if batch in r]
+            for t, rows in llama.items():
                 if rows:
                     pp = statistics.median(r[0] for r in rows)
                     res[f"llama.cpp-{t}"] = (statistics.median(r[2] for r in rows), pp,
@@ -251,7 +260,7 @@ def main():
             # KV bytes read per decode step at the mean context, in the cache dtype of each contender
             ctx = args.prompt_len + args.new_tokens / 2
             for impl, (ttft, pf, decode, mem) in res.items():
-                kv_elem = 2 if impl.endswith(("bf16",)) or impl.startswith("llama.cpp") else 4
+                kv_elem = 4 if impl in ("ours-fp32", "ours-nn", "hf-fp32") else 2  # ours-int8: bf16 cache
                 step_bytes = weight_bytes[impl] + 2 * L * Hkv * D * ctx * kv_elem * batch
                 pct = 100 * step_bytes * decode / batch / (bw * 1e9)
                 vs = "–"
@@ -270,6 +279,7 @@ def main():
     if not args.llama_cpp:
         lines.append("llama.cpp not measured in this run (pass --llama-cpp DIR --tokenizer FILE).")
     lines += [f"- not measured: {f}" for f in failures]
+    gguf_dir.cleanup()
     write_report(args.output, lines, start)
 
 

@@ -96,6 +96,7 @@ struct FloatDot {
   // JB x NR accumulators must stay in registers (32 zmm; 16 ymm / NEON q).
   static constexpr int kMaxRows = kVL >= 16 ? 8 : 4;
   static constexpr int kFewRows = kVL >= 16 ? 4 : 2;
+  static constexpr int kOneRowJB = 8;
   const float* x;  // [N, K] fp32
   Weights<W> w;
 
@@ -217,6 +218,7 @@ struct Int8DotVnni {
   static constexpr int64_t kBytes = V::kBytes;
   static constexpr int kMaxRows = 8;
   static constexpr int kFewRows = 4;
+  static constexpr int kOneRowJB = 4;
   QuantizedX x;
   Weights<int8_t> w;
 
@@ -277,6 +279,7 @@ struct Int8DotAvx2 {
   static constexpr int64_t kBytes = 32;
   static constexpr int kMaxRows = 4;
   static constexpr int kFewRows = 2;
+  static constexpr int kOneRowJB = 4;
   QuantizedX x;
   Weights<int8_t> w;
 
@@ -329,6 +332,7 @@ struct Int8DotAvx2 {
 struct Bf16Dot {
   static constexpr int kMaxRows = 8;
   static constexpr int kFewRows = 4;
+  static constexpr int kOneRowJB = 8;
   const at::BFloat16* x;  // [N, K] bf16
   Weights<at::BFloat16> w;
 
