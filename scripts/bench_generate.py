@@ -40,6 +40,7 @@ from bench_common import add_isa_argument, enter_isa, environment, peak_memory, 
 from bench_model import hf_model  # noqa: E402
 
 from kr_mini_llm import Transformer, TransformerConfig  # noqa: E402
+from kr_mini_llm.device import cpu_flags  # noqa: E402
 from kr_mini_llm.inference import Generator  # noqa: E402
 from kr_mini_llm.inference.decode_model import DecodeModel  # noqa: E402
 from kr_mini_llm.ops.decode_linear import kernel_description  # noqa: E402
@@ -107,7 +108,7 @@ def make_ggufs(model: Transformer, tokenizer: Path, llama: Path, work: Path) -> 
 # llama-cpp-python 0.3.36 sources, even on llama-quantize's own files (f32/bf16 are not repacked).
 # Elsewhere (and in llama.cpp builds without AMX) repacking stays on: it is what users get.
 NO_REPACK = ["--no-repack"] if os.environ.get("KR_MINI_LLM_ISA_LEVEL", "native") == "native" and \
-    Path("/proc/cpuinfo").exists() and "amx_tile" in Path("/proc/cpuinfo").read_text(errors="ignore") else []
+    "amx_tile" in cpu_flags() else []
 
 
 def run_llama(llama: Path, gguf: Path, prompt_len: int, new_tokens: int, batches, threads: int) -> dict:
