@@ -146,6 +146,7 @@ def print_summary(args, config, model_config, device):
 @record
 def main(argv=None, prog=None) -> int:
     args = build_parser(prog).parse_args(argv)
+    trainer = None
     try:
         config, model_config = load_configs(args)
         device = pick_device(config.device)
@@ -177,7 +178,9 @@ def main(argv=None, prog=None) -> int:
         print(f"\n{TAG}❌ {message}", file=sys.stderr)
         return 4
     finally:
-        close_distributed()
+        if trainer is not None:
+            trainer.close()
+        close_distributed()  # a group made before the trainer failed to build
     if RANK != 0:
         return 0
     if args.overfit_batch:

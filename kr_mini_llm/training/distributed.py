@@ -142,6 +142,10 @@ class DistributedContext:
         dist.all_reduce(t)
         return tuple(t.tolist())
 
+    def any(self, flag: bool) -> bool:
+        """Whether `flag` is true on any rank."""
+        return self.sum(float(flag))[0] > 0
+
     def barrier(self) -> None:
         if self.enabled:
             import torch.distributed as dist
@@ -256,7 +260,17 @@ class DistributedContext:
         return path
 
     def close(self) -> None:
-        """Leaves the process group this context made (torchrun's workers then exit cleanly)."""
+        """Leaves the process group this context made (torchrun's workers then exit cleanly).
+
+        The DDP wrapper goes first, while the group is still registered: its C++ reducer holds the
+        group, and if the reducer drops the last reference, gloo's destructor joins its worker
+        threads with the GIL held, which deadlocks when a worker is still finishing a timed-out
+        collective and needs the GIL (pytorch#56297). The caller drops its own references to the
+        wrapper before this (Trainer.close)."""
+        import gc
+
+        self._ddp = self._fsdp_root = None
+        gc.collect()  # a wrapper kept alive by a reference cycle dies now, not after the group
         if self._created_group:
             import torch.distributed as dist
 

@@ -13,9 +13,10 @@ import math
 
 import torch
 
+from .task import PretrainingTask
 from .trainer import Trainer
 
-__all__ = ["OverfitTrainer", "RepeatedBatch", "overfit_config", "OVERFIT_LOSS"]
+__all__ = ["OverfitTask", "OverfitTrainer", "RepeatedBatch", "overfit_config", "OVERFIT_LOSS"]
 
 OVERFIT_LOSS = 0.1  # "near zero": the model reproduces the batch (perplexity ~1.1)
 
@@ -51,29 +52,40 @@ class RepeatedBatch:
         self.inner.load_state_dict(state)
 
 
-class OverfitTrainer(Trainer):
-    """Trainer on one repeated batch; `evaluate` reports the loss on that batch."""
+class OverfitTask(PretrainingTask):
+    """Pretraining on one repeated batch; `evaluate` reports the loss on that batch."""
 
-    def _build(self, resume_from) -> None:
-        super()._build(resume_from)
-        self.batches = RepeatedBatch(self.batches)
+    def __init__(self):
         self.first_loss = None
 
+    def build(self, run) -> None:
+        super().build(run)
+        run.batches = RepeatedBatch(run.batches)
+
     @torch.no_grad()
-    def evaluate(self) -> dict:
-        self.model.eval()
-        x, y = (t.to(self.device) for t in self.batches.batch)
-        with self._autocast():
-            loss = float(self.model(x, y))
-        self.model.train()
-        return {"step": self.step, "val_loss": loss, "val_ppl": math.exp(min(loss, 50)),
+    def evaluate(self, run) -> dict:
+        run.model.eval()
+        x, y = (t.to(run.device) for t in run.batches.batch)
+        with run._autocast():
+            loss = float(run.model(x, y))
+        run.model.train()
+        return {"step": run.step, "val_loss": loss, "val_ppl": math.exp(min(loss, 50)),
                 "val_bpb": loss / (math.log(2) * self.train_shards.bytes_per_token)}
 
-    def _train_step(self) -> float:
-        loss = super()._train_step()
+    def after_step(self, run, loss: float) -> None:
         if self.first_loss is None:
             self.first_loss = loss
-        return loss
 
-    def _eval_line(self, result: dict) -> str:
+    def eval_line(self, result: dict) -> str:
         return f"step {result['step']}: loss on the batch {result['val_loss']:.4f}"
+
+
+class OverfitTrainer(Trainer):
+    """The Trainer with OverfitTask; `first_loss` is the loss of the first step of this run."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, task=OverfitTask(), **kwargs)
+
+    @property
+    def first_loss(self) -> float | None:
+        return self.task.first_loss

@@ -2,6 +2,9 @@
 
     trainer = Trainer(model_config, train_config, output_dir="checkpoints/tiny")
     trainer.train()               # or Trainer(..., resume_from="checkpoints/tiny")
+
+What is trained (data, model, optimizer groups, resume, evaluate, save) is the task's (task.py):
+pretraining by default; overfit.py and lora/trainer.py pass their own.
 """
 from __future__ import annotations
 
@@ -18,14 +21,15 @@ import torch
 from ..device import apply_memory_limit, pick_device, precision_choice
 from ..io import layout
 from ..io.atomic import remove_directory
-from ..model import Transformer, TransformerConfig
-from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint, nonfinite_parameters, resolve_checkpoint
+from ..model import TransformerConfig
+from .checkpoint import list_checkpoints, nonfinite_parameters
 from .config import TrainingConfig
-from .distributed import DistributedContext, check_global_batch
+from .distributed import DistributedContext
 from .memory_advice import warn_if_short_of_memory
 from .metrics import MetricsLog, plot_loss_curve
-from .optim import build_optimizer, learning_rate
+from .optim import learning_rate
 from .run_lock import RunLock
+from .task import PretrainingTask, TrainingTask
 
 
 class TrainingStopped(RuntimeError):
@@ -37,18 +41,16 @@ STOP_SIGNALS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}
 
 
 class Trainer:
-    # Warn before building when a full-training step will not fit (memory_advice.py); a task the
-    # full-training estimate does not describe (LoRA) turns it off.
-    check_memory = True
-
     def __init__(self, model_config: TransformerConfig, config: TrainingConfig, output_dir: str | Path | None = None,
                  resume_from: str | Path | None = None, show_progress: bool = True, overwrite: bool = False,
-                 sampler=None):
+                 sampler=None, task: TrainingTask | None = None):
+        self.task = task if task is not None else PretrainingTask()
         self.config = config
         self.model_config = model_config
         # sampler(model, tokenizer, prompt, max_new_tokens) -> text, for the samples at each eval
         # (scripts/train.py passes the Generator's; training does not depend on inference).
         self.sampler = sampler
+        self.progress = None  # the progress bar while train() runs (tasks write their lines above it)
         self.output_dir = Path(output_dir or config.output_dir)
         self.dist = DistributedContext(config, pick_device(config.device))
         self.device = self.dist.device  # cuda:LOCAL_RANK under torchrun
@@ -64,6 +66,12 @@ class Trainer:
         except BaseException:
             self.release_lock()
             raise
+
+    def close(self) -> None:
+        """Ends this process's part in a distributed run: the training wrapper is dropped, then the
+        process group this trainer made is left (DistributedContext.close says why in that order)."""
+        self.forward = getattr(self, "model", None)
+        self.dist.close()
 
     def release_lock(self) -> None:
         """Lets another run use the output directory (train() does this when it ends)."""
@@ -90,55 +98,15 @@ class Trainer:
         apply_memory_limit(self.device, config.mps_memory_fraction)
         # bf16 on a CPU only where it is native; train.precision forces a dtype. LoRA runs this too.
         self.amp_dtype, self.precision_reason = precision_choice(self.device, t.mixed_precision, t.precision)
-        if self.check_memory:
+        if self.task.check_memory:
             warn_if_short_of_memory(model_config, config, self.device, self.dist.is_main)
-        self._build(resume_from)
-        if t.compile_model:
-            self.forward = torch.compile(self.forward)
-
-    def _build(self, resume_from) -> None:
-        """The task's own part: data, model, optimizer, resumed state. A fine-tuning task (lora/)
-        overrides it, and evaluate/save and the hooks below, and runs this same loop."""
-        from ..data.datasets import EvalWindows, RandomWindows, TokenShards
-        from ..data.tokenizer import Tokenizer
-
-        config, model_config, t = self.config, self.model_config, self.config.train
-        # Data first: a missing or mismatched shard fails before any model is built (on every rank).
-        self.tokenizer_path = config.data.tokenizer
-        with self.dist.agree("reading the tokenizer and token shards"):
-            self.tokenizer = Tokenizer(self.tokenizer_path)
-            if self.tokenizer.vocab_size > model_config.vocab_size:
-                raise ValueError(f"the tokenizer has {self.tokenizer.vocab_size} tokens but the model's vocab_size "
-                                 f"is {model_config.vocab_size}; set vocab_size >= {self.tokenizer.vocab_size}")
-            fingerprint = self.tokenizer.fingerprint
-            self.train_shards = TokenShards(config.data.tokens, "train", expected_fingerprint=fingerprint)
-            self.valid_shards = TokenShards(config.data.tokens, "valid", expected_fingerprint=fingerprint)
-            self.batches = RandomWindows(self.train_shards, t.max_seq_length, t.batch_size, seed=config.seed,
-                                         rank=self.dist.rank, world_size=self.dist.world_size)
-        self.EvalWindows = EvalWindows
-
-        torch.manual_seed(config.seed)
-        self.model = Transformer(model_config, ops_impl=t.ops).to(self.device)
-        if t.gradient_checkpointing:
-            self.model.set_gradient_checkpointing(True)
-        # DDP: a wrapper for training steps (self.model stays the plain module); FSDP2: shards in place.
-        self.forward = self.dist.wrap_model(self.model, t, self.amp_dtype)
-        self.optimizer = build_optimizer(self.model, t, self.device)
-        self.state = {"tokens_seen": 0, "best_val_loss": None, "evals_without_improvement": 0,
-                      "elapsed_s": 0.0}
+        self.task.build(self)
+        self.state = {"tokens_seen": 0, "best_val_loss": None, "evals_without_improvement": 0, "elapsed_s": 0.0}
         self.step = 0
         if resume_from is not None:
-            with self.dist.agree(f"resuming from {resume_from}"):
-                saved = load_checkpoint(resolve_checkpoint(resume_from), self.model, self.optimizer)
-                check_resumable(saved)
-                check_global_batch(saved, self.effective_batch, self.dist.world_size)
-                self.step = saved["step"]
-                try:
-                    self.batches.load_state_dict(saved["data"])
-                except (KeyError, TypeError, ValueError) as e:
-                    raise CheckpointError(f"{saved['path']}/trainer_state.json: the data position cannot be "
-                                          f"restored ({type(e).__name__}: {e})") from None
-                self.state.update({k: saved[k] for k in self.state if k in saved})
+            self.task.resume(self, resume_from)
+        if t.compile_model:
+            self.forward = torch.compile(self.forward)
 
     # -- the loop --------------------------------------------------------------------------------
     def train(self, stop_after: int | None = None) -> dict:
@@ -151,10 +119,11 @@ class Trainer:
                 self._lock.acquire()  # again, for a second train() on this object
         if self.dist.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            self._save_run_configs()
+            self.task.save_run_configs(self)
         # Resumed: the log keeps the rows up to the resumed step (a crash may have logged beyond it).
         log = MetricsLog(self.output_dir, t.tensorboard, resume_step=self.step) if self.dist.is_main else None
-        progress = self._progress()
+        progress = self.progress = self._progress()
+        self.task.start(self)
         received = {"signal": None}
         old_handlers = self._catch_stop_signals(received, progress)
         start = time.time() - self.state["elapsed_s"]
@@ -167,13 +136,14 @@ class Trainer:
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 loss = self._train_step()
+                self.task.after_step(self, loss)
                 if not math.isfinite(loss):
                     raise TrainingStopped(
                         f"loss is {loss} at step {self.step + 1}: training stopped. The last good checkpoint is "
                         f"kept in {self.output_dir}; lower train.learning_rate or check the data, then "
                         "--resume_from it.")
                 self.step += 1
-                self.state["tokens_seen"] += self._step_tokens()
+                self.state["tokens_seen"] += self.task.step_tokens(self)
                 self.state["elapsed_s"] = time.time() - start
                 if progress is not None:
                     progress.update(1)
@@ -186,7 +156,7 @@ class Trainer:
                            "it_per_sec": (self.step - last_step) / seconds,
                            "tokens_seen": self.state["tokens_seen"], "elapsed_s": round(self.state["elapsed_s"], 2)}
                     last_log, last_step, last_tokens = now, self.step, self.state["tokens_seen"]
-                    self._report(row, progress)
+                    self.task.report(self, row, progress)
                     if log:
                         log.log(row)
                 stop = None
@@ -194,17 +164,15 @@ class Trainer:
                     result = self.evaluate()
                     if log:
                         log.log({"step": self.step, **result})
-                    self._say(progress, self._eval_line(result))
+                    self._say(progress, self.task.eval_line(result))
                     if result.get("sample"):
                         self._say(progress, f"  sample: {result['sample']!r}")
                     if self._early_stop(result["val_loss"]):
                         stop = "early_stopping"
                 if t.max_time_minutes is not None and self.state["elapsed_s"] >= 60 * t.max_time_minutes:
                     stop = "max_time"
-                signalled = received["signal"] is not None
-                if self.dist.enabled:  # every rank stops at the same step, whichever got the signal
-                    signalled = self.dist.sum(float(signalled))[0] > 0
-                if signalled:
+                # Every rank stops at the same step, whichever got the signal.
+                if self.dist.any(received["signal"] is not None):
                     stop = STOP_SIGNALS.get(received["signal"], "interrupted")
                 if stop_after is not None and self.step - first_step >= stop_after:
                     stop = "stop_after"
@@ -229,6 +197,7 @@ class Trainer:
                 signal.signal(signum, handler)
             if progress is not None:
                 progress.close()
+            self.progress = None
             if log:
                 log.close()
             self.release_lock()
@@ -252,8 +221,7 @@ class Trainer:
     def _check_weights_finite(self) -> None:
         """A save never keeps weights that the last optimizer step made NaN or inf."""
         bad = nonfinite_parameters(self.model)
-        count = int(self.dist.sum(float(len(bad)))[0]) if self.dist.enabled else len(bad)
-        if count:
+        if self.dist.any(bool(bad)):
             first = f" (first: {bad[0]})" if bad else ""
             raise TrainingStopped(
                 f"the weights hold NaN or inf after step {self.step}{first}: training stopped without saving them. "
@@ -278,59 +246,12 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return self.dist.mean(total)
 
-    @torch.no_grad()
     def evaluate(self) -> dict:
-        t = self.config.train
-        self.model.eval()
-        total_loss, total_tokens = 0.0, 0
-        # eval_batches per rank: the same windows as one process with batch_size x world_size.
-        windows = self.EvalWindows(self.valid_shards, t.max_seq_length, t.batch_size,
-                                   max_batches=t.eval_batches * self.dist.world_size)
-        for x, y, counted in self.dist.eval_share(windows):  # this rank's batches
-            x, y = x.to(self.device), y.to(self.device)
-            with self._autocast():
-                loss = self.model(x, y)
-            n = y.numel() if counted else 0
-            total_loss += loss.item() * n
-            total_tokens += n
-        total_loss, total_tokens = self.dist.sum(total_loss, total_tokens)
-        val_loss = total_loss / max(total_tokens, 1)
-        bytes_per_token = self.valid_shards.bytes_per_token
-        result = {"step": self.step, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50)),
-                  "val_bpb": val_loss / (math.log(2) * bytes_per_token)}
-        if self.dist.samples_here and t.sample_prompts and self.sampler is not None:
-            # Under FSDP every rank takes part in the sample's forwards; rank 0 keeps it.
-            prompt = t.sample_prompts[0]
-            sample = prompt + self.sampler(self.model, self.tokenizer, prompt, t.sample_max_new_tokens)
-            if self.dist.is_main:
-                result["sample"] = sample
-        self.model.train()
-        return result
+        return self.task.evaluate(self)
 
     def save(self) -> Path | None:
-        """Saves checkpoint-STEP (every rank calls this); returns its path on rank 0."""
-        state = {**self.state, "data": self.batches.state_dict(), "global_batch": self.effective_batch}
-        return self.dist.save_checkpoint(self.output_dir, self.step, self.model, self.optimizer, state, self.config,
-                                         self.model_config, self.tokenizer_path,
-                                         keep=self.config.train.keep_checkpoints)
-
-    # -- hooks a fine-tuning task overrides ------------------------------------------------------
-    def _save_run_configs(self) -> None:
-        self.config.save_yaml(self.output_dir / layout.TRAINING_CONFIG)
-        self.model_config.save_yaml(self.output_dir / layout.MODEL_CONFIG)
-
-    def _step_tokens(self) -> int:
-        """Tokens the last optimizer step trained on."""
-        return self.effective_batch * self.config.train.max_seq_length
-
-    def _report(self, row: dict, progress) -> None:
-        """Called every log_steps with the metrics row (before it is written to metrics.jsonl)."""
-        if progress is not None:
-            progress.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}", tok_s=f"{row['tokens_per_sec']:,.0f}")
-
-    def _eval_line(self, result: dict) -> str:
-        return (f"step {result['step']}: val_loss {result['val_loss']:.4f}, ppl {result['val_ppl']:.1f}, "
-                f"bpb {result['val_bpb']:.3f}")
+        """Saves the task's checkpoint at this step (every rank calls this); its path on rank 0."""
+        return self.task.save(self)
 
     # -- helpers -----------------------------------------------------------------------------------
     def _autocast(self):
@@ -364,13 +285,3 @@ class Trainer:
         return tqdm(total=self.config.train.max_steps, initial=self.step, desc="train", unit="step",
                     dynamic_ncols=True)
 
-
-def check_resumable(saved: dict) -> None:
-    """A checkpoint resumes only with the state the trainer saved: step and data position."""
-    where = f"{saved.get('path', 'the checkpoint')}/trainer_state.json"
-    if not isinstance(saved.get("step"), int) or saved["step"] < 0:
-        raise CheckpointError(f"{where}: 'step' is {saved.get('step')!r}, not a step number; the file is damaged")
-    if not isinstance(saved.get("data"), dict):
-        raise CheckpointError(f"{where} has no 'data' (the position in the token stream), so training cannot "
-                              "continue exactly where it stopped. A fused or converted model is not a training "
-                              "checkpoint: start a new run from it (--model_config and fresh training) instead")

@@ -200,3 +200,9 @@ def test_resume_needs_the_same_global_batch():
     check_global_batch({}, 4, 1)  # checkpoints from before the check
     with pytest.raises(ConfigError, match="global batch of 8 .* this run has 16 with 2 process.*= 4 for 2"):
         check_global_batch({"global_batch": 8}, 16, 2)
+
+
+def test_one_process_context_answers_for_itself():
+    ctx = DistributedContext()
+    assert not ctx.enabled and ctx.any(True) and not ctx.any(False)
+    assert ctx.sum(1.5, 2.0) == (1.5, 2.0) and ctx.mean(3.0) == 3.0

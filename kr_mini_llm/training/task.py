@@ -1,0 +1,159 @@
+"""What a run trains, as the loop in trainer.py sees it: a task object.
+
+The Trainer owns the loop (steps, schedule, logging, evaluation and checkpoint cadence, signals,
+ranks through DistributedContext); a task owns what differs between runs: the data, the model
+and its optimizer groups, how to resume, evaluate and save. Pretraining is PretrainingTask;
+`--overfit_batch` (overfit.py) and LoRA fine-tuning (lora/trainer.py) are tasks too.
+
+A task's methods take the run (the Trainer) for its device, autocast, distributed context and
+state; `build` sets the run's model, forward, optimizer, batches and tokenizer.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from ..io import layout
+from .checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
+from .distributed import check_global_batch
+from .optim import build_optimizer
+
+
+class TrainingTask:
+    # Warn before building when a full-training step will not fit (memory_advice.py); a task the
+    # full-training estimate does not describe (LoRA) turns it off.
+    check_memory = True
+
+    def build(self, run) -> None:
+        """Sets run.tokenizer, run.tokenizer_path, run.batches, run.model, run.forward (what a step
+        calls: the model, or its DDP/FSDP wrapper) and run.optimizer."""
+        raise NotImplementedError
+
+    def resume(self, run, path) -> None:
+        """Restores run.step, run.state, the optimizer and the data position from `path`."""
+        raise NotImplementedError
+
+    def evaluate(self, run) -> dict:
+        """{"step", "val_loss", ...} at run.step."""
+        raise NotImplementedError
+
+    def save(self, run) -> Path | None:
+        raise NotImplementedError
+
+    def save_run_configs(self, run) -> None:
+        """What the output directory records of the run, written once when training starts."""
+
+    def start(self, run) -> None:
+        """Called when train() starts, before the first step."""
+
+    def after_step(self, run, loss: float) -> None:
+        """Called after every optimizer step with its loss."""
+
+    def step_tokens(self, run) -> int:
+        """Tokens the last optimizer step trained on."""
+        return run.effective_batch * run.config.train.max_seq_length
+
+    def report(self, run, row: dict, progress) -> None:
+        """Called every log_steps with the metrics row (before it is written to metrics.jsonl)."""
+        if progress is not None:
+            progress.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}", tok_s=f"{row['tokens_per_sec']:,.0f}")
+
+    def eval_line(self, result: dict) -> str:
+        return (f"step {result['step']}: val_loss {result['val_loss']:.4f}, ppl {result['val_ppl']:.1f}, "
+                f"bpb {result['val_bpb']:.3f}")
+
+
+class PretrainingTask(TrainingTask):
+    """Next-token prediction on token shards (data/datasets.py), checkpoints of checkpoint.py."""
+
+    def build(self, run) -> None:
+        from ..data.datasets import EvalWindows, RandomWindows, TokenShards
+        from ..data.tokenizer import Tokenizer
+        from ..model import Transformer
+
+        config, model_config, t, dist = run.config, run.model_config, run.config.train, run.dist
+        # Data first: a missing or mismatched shard fails before any model is built (on every rank).
+        run.tokenizer_path = config.data.tokenizer
+        with dist.agree("reading the tokenizer and token shards"):
+            run.tokenizer = Tokenizer(run.tokenizer_path)
+            if run.tokenizer.vocab_size > model_config.vocab_size:
+                raise ValueError(f"the tokenizer has {run.tokenizer.vocab_size} tokens but the model's vocab_size "
+                                 f"is {model_config.vocab_size}; set vocab_size >= {run.tokenizer.vocab_size}")
+            fingerprint = run.tokenizer.fingerprint
+            self.train_shards = TokenShards(config.data.tokens, "train", expected_fingerprint=fingerprint)
+            self.valid_shards = TokenShards(config.data.tokens, "valid", expected_fingerprint=fingerprint)
+            run.batches = RandomWindows(self.train_shards, t.max_seq_length, t.batch_size, seed=config.seed,
+                                        rank=dist.rank, world_size=dist.world_size)
+        self.EvalWindows = EvalWindows
+
+        torch.manual_seed(config.seed)
+        run.model = Transformer(model_config, ops_impl=t.ops).to(run.device)
+        if t.gradient_checkpointing:
+            run.model.set_gradient_checkpointing(True)
+        # DDP: a wrapper for training steps (run.model stays the plain module); FSDP2: shards in place.
+        run.forward = dist.wrap_model(run.model, t, run.amp_dtype)
+        run.optimizer = build_optimizer(run.model, t, run.device)
+
+    def resume(self, run, path) -> None:
+        with run.dist.agree(f"resuming from {path}"):
+            saved = load_checkpoint(resolve_checkpoint(path), run.model, run.optimizer)
+            check_resumable(saved)
+            check_global_batch(saved, run.effective_batch, run.dist.world_size)
+            run.step = saved["step"]
+            try:
+                run.batches.load_state_dict(saved["data"])
+            except (KeyError, TypeError, ValueError) as e:
+                raise CheckpointError(f"{saved['path']}/{layout.TRAINER_STATE}: the data position cannot be "
+                                      f"restored ({type(e).__name__}: {e})") from None
+            run.state.update({k: saved[k] for k in run.state if k in saved})
+
+    @torch.no_grad()
+    def evaluate(self, run) -> dict:
+        t, dist = run.config.train, run.dist
+        run.model.eval()
+        total_loss, total_tokens = 0.0, 0
+        # eval_batches per rank: the same windows as one process with batch_size x world_size.
+        windows = self.EvalWindows(self.valid_shards, t.max_seq_length, t.batch_size,
+                                   max_batches=t.eval_batches * dist.world_size)
+        for x, y, counted in dist.eval_share(windows):  # this rank's batches
+            x, y = x.to(run.device), y.to(run.device)
+            with run._autocast():
+                loss = run.model(x, y)
+            n = y.numel() if counted else 0
+            total_loss += loss.item() * n
+            total_tokens += n
+        total_loss, total_tokens = dist.sum(total_loss, total_tokens)
+        val_loss = total_loss / max(total_tokens, 1)
+        result = {"step": run.step, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50)),
+                  "val_bpb": val_loss / (math.log(2) * self.valid_shards.bytes_per_token)}
+        if dist.samples_here and t.sample_prompts and run.sampler is not None:
+            # Under FSDP every rank takes part in the sample's forwards; rank 0 keeps it.
+            prompt = t.sample_prompts[0]
+            sample = prompt + run.sampler(run.model, run.tokenizer, prompt, t.sample_max_new_tokens)
+            if dist.is_main:
+                result["sample"] = sample
+        run.model.train()
+        return result
+
+    def save(self, run) -> Path | None:
+        """Saves checkpoint-STEP (every rank calls this); returns its path on rank 0."""
+        state = {**run.state, "data": run.batches.state_dict(), "global_batch": run.effective_batch}
+        return run.dist.save_checkpoint(run.output_dir, run.step, run.model, run.optimizer, state, run.config,
+                                        run.model_config, run.tokenizer_path, keep=run.config.train.keep_checkpoints)
+
+    def save_run_configs(self, run) -> None:
+        run.config.save_yaml(run.output_dir / layout.TRAINING_CONFIG)
+        run.model_config.save_yaml(run.output_dir / layout.MODEL_CONFIG)
+
+
+def check_resumable(saved: dict) -> None:
+    """A checkpoint resumes only with the state the trainer saved: step and data position."""
+    where = f"{saved.get('path', 'the checkpoint')}/{layout.TRAINER_STATE}"
+    if not isinstance(saved.get("step"), int) or saved["step"] < 0:
+        raise CheckpointError(f"{where}: 'step' is {saved.get('step')!r}, not a step number; the file is damaged")
+    if not isinstance(saved.get("data"), dict):
+        raise CheckpointError(f"{where} has no 'data' (the position in the token stream), so training cannot "
+                              "continue exactly where it stopped. A fused or converted model is not a training "
+                              "checkpoint: start a new run from it (--model_config and fresh training) instead")
