@@ -36,6 +36,7 @@ from ..io.atomic import DELETING_SUFFIX, OLD_SUFFIX, TMP_SUFFIX, fsync_dir, remo
 from ..io.layout import staging_dir
 from . import integrity
 from .checkpoint_dirs import CheckpointError, is_complete, list_checkpoints, numbered_checkpoints, resolve_checkpoint
+from .safe_dcp import refused_object
 from .sharded_checkpoint import distributed_loader, shard_writer
 
 __all__ = ["CheckpointError", "clean_leftovers", "list_checkpoints", "load_checkpoint", "load_model",
@@ -292,14 +293,6 @@ def _load_pickled(path: Path, what: str):
     except Exception as e:  # noqa: BLE001 -- torch raises EOFError, RuntimeError, ... for a damaged file
         raise CheckpointError(f"{path}: the {what} is unreadable ({type(e).__name__}: {e}); the checkpoint "
                               "is damaged (use an earlier one)") from None
-
-
-def refused_object(e: Exception) -> str:
-    """What torch.load(weights_only=True) refused, in a few words, from its long message."""
-    m = re.search(r"(?:unsupported GLOBAL|Unsupported global: GLOBAL) ([\w.]+)", str(e))
-    if m:
-        return f"it refers to {m.group(1)}"
-    return "torch.load(weights_only=True) refused it"
 
 
 def nonfinite_parameters(model) -> list[str]:

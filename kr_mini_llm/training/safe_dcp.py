@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -103,8 +104,6 @@ class SafeLoadPlanner(DefaultLoadPlanner):
         try:
             obj = torch.load(value, weights_only=True)
         except pickle.UnpicklingError as e:
-            from .checkpoint import refused_object
-
             raise UnsafeCheckpointError(f"the DCP entry {read_item.dest_index.fqn} holds objects other than "
                                         f"tensors and numbers ({refused_object(e)}); refusing to load it") from None
         if self.flatten_state_dict:
@@ -132,3 +131,11 @@ def load(state: dict, path: str | os.PathLike, no_dist: bool) -> None:
         if unsafe is not None:
             raise UnsafeCheckpointError(f"{path}: {unsafe}") from None
         raise RuntimeError("; ".join(f"rank {r}: {type(x).__name__}: {x}" for r, x in errors.items())) from None
+
+
+def refused_object(e: Exception) -> str:
+    """What torch.load(weights_only=True) refused, in a few words, from its long message."""
+    m = re.search(r"(?:unsupported GLOBAL|Unsupported global: GLOBAL) ([\w.]+)", str(e))
+    if m:
+        return f"it refers to {m.group(1)}"
+    return "torch.load(weights_only=True) refused it"
