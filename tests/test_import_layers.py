@@ -37,3 +37,26 @@ def test_device_module_lives_at_package_level():
 
     assert device.pick_device("cpu").type == "cpu"
     assert not (PACKAGE / "training" / "device.py").exists()
+
+
+def test_subpackages_import_each_other_one_way():
+    # e.g. export fuses adapters (imports lora), so lora's fuse takes export's HF writer as an argument
+    graph = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE).parts
+        if len(parts) > 1:
+            graph.setdefault(parts[0], set()).update(imported_packages(path) - {parts[0]})
+    done, active = set(), []
+
+    def visit(package):
+        assert package not in active, f"import circle: {' -> '.join(active[active.index(package):] + [package])}"
+        if package in done or package not in graph:
+            return
+        active.append(package)
+        for imported in sorted(graph[package]):
+            visit(imported)
+        active.pop()
+        done.add(package)
+
+    for package in sorted(graph):
+        visit(package)

@@ -6,6 +6,7 @@ scripts/lora.py --model and, with --export-hf, HF transformers and llama.cpp's c
 import argparse
 import sys
 
+from ..export.exporter import write_hf_copy
 from ..lora import LoRAError
 from ..lora.base import load_base_model
 from ..lora.fuse import fuse_to_dir
@@ -27,7 +28,8 @@ def main(argv=None, prog=None) -> int:
     try:
         print(f"Loading pretrained model {args.model}")
         base = load_base_model(args.model, args.tokenizer)
-        out = fuse_to_dir(base, args.adapter_path, args.save_path, export_hf=args.export_hf)
+        out = fuse_to_dir(base, args.adapter_path, args.save_path,
+                          write_hf=write_hf_copy if args.export_hf else None)
     except (LoRAError, CheckpointError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

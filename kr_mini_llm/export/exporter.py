@@ -107,6 +107,13 @@ def _export_hf(model, meta, sp_model: Path, output: Path, outtype: str) -> Expor
     return ExportResult("hf", outtype, output, sorted(output.iterdir()))
 
 
+def write_hf_copy(model, sp_model: Path, out: Path) -> None:
+    """write_hf_dir with the tokenizer's metadata read from `sp_model` (the fused model's HF copy)."""
+    from ..data.tokenizer import Tokenizer
+
+    write_hf_dir(model, TokenizerMeta.from_tokenizer(Tokenizer(sp_model)), sp_model, out)
+
+
 def write_hf_dir(model, meta: TokenizerMeta, sp_model: Path, out: Path) -> None:
     """save_hf's config.json + model.safetensors (in the model's dtype) and the tokenizer files,
     into the new directory `out` (the caller renames it into place)."""

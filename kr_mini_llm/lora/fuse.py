@@ -6,6 +6,9 @@ HF directory (save_hf) for transformers and llama.cpp's convert_hf_to_gguf.py.
       model.safetensors  model_config.yaml  tokenizer.model  trainer_state.json  checksums.json
       adapter_config.json          the adapters it was fused from (a record)
       hf/                          with --export-hf: what scripts/export.py --format hf writes
+
+The HF copy is written by the caller's `write_hf` (export.exporter.write_hf_copy): export sits
+above lora (it fuses adapters itself), so lora does not import it.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from .apply import LoRAError, fuse_lora, lora_modules
 
 
 def save_model_dir(model, out: str | os.PathLike, tokenizer_path: str | os.PathLike, state: dict | None = None,
-                   export_hf: bool = False, extra_files: dict | None = None) -> Path:
+                   write_hf=None, extra_files: dict | None = None) -> Path:
     """Writes a plain (adapter-free) model as a checkpoint directory, via a temporary directory
     renamed into place, so `out` is either complete or untouched."""
     from safetensors.torch import save_model
@@ -37,22 +40,19 @@ def save_model_dir(model, out: str | os.PathLike, tokenizer_path: str | os.PathL
         (tmp / layout.TRAINER_STATE).write_text(json.dumps({"step": 0, **(state or {})}, indent=2) + "\n")
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text, encoding="utf-8")
-        if export_hf:   # the HF directory of scripts/export.py --format hf, tokenizer files included
-            from ..data.tokenizer import Tokenizer
-            from ..export.exporter import write_hf_dir
-            from ..export.tokenizer_meta import TokenizerMeta
-
-            write_hf_dir(model, TokenizerMeta.from_tokenizer(Tokenizer(tokenizer_path)), Path(tokenizer_path), tmp / "hf")
+        if write_hf is not None:   # write_hf(model, tokenizer_path, directory)
+            write_hf(model, Path(tokenizer_path), tmp / "hf")
         integrity.write_manifest(tmp)
     return out
 
 
-def fuse_to_dir(base, adapter_path: str | os.PathLike, save_path: str | os.PathLike, export_hf: bool = False) -> Path:
-    """Loads the adapters onto `base` (a lora.base.BaseModel), fuses them, writes `save_path`."""
+def fuse_to_dir(base, adapter_path: str | os.PathLike, save_path: str | os.PathLike, write_hf=None) -> Path:
+    """Loads the adapters onto `base` (a lora.base.BaseModel), fuses them, writes `save_path`
+    (and save_path/hf through `write_hf`, see save_model_dir)."""
     config = load_adapters(base.model, adapter_path)
     fuse_lora(base.model)
     record = (Path(adapter_path) / CONFIG_NAME).read_text(encoding="utf-8")
     return save_model_dir(base.model, save_path, base.tokenizer_path,
                           {"fused_from": {"base": str(base.source), "adapters": str(adapter_path),
                                           "base_model_fingerprint": config.get("base_model_fingerprint")}},
-                          export_hf=export_hf, extra_files={CONFIG_NAME: record})
+                          write_hf=write_hf, extra_files={CONFIG_NAME: record})

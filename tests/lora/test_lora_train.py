@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from kr_mini_llm.inference import Generator
 from kr_mini_llm.lora import read_adapter_config
 from kr_mini_llm.lora.cli import main
+from kr_mini_llm.export.exporter import write_hf_copy
 from kr_mini_llm.lora.fuse import fuse_to_dir
 from kr_mini_llm.lora.base import load_base_model
 
@@ -107,7 +108,8 @@ def test_generator_with_adapters_and_fuse_agree(lora_args, base_dir, tmp_path, c
     ad = tmp_path / "adapters"
     plain = Generator.from_pretrained(base_dir, device="cpu")
     adapted = Generator.from_pretrained(base_dir, device="cpu", adapter_path=ad)
-    fuse_to_dir(load_base_model(base_dir), ad, tmp_path / "fused", export_hf=True)
+    fuse_to_dir(load_base_model(base_dir), ad, tmp_path / "fused", write_hf=write_hf_copy)
+    assert (tmp_path / "fused" / "hf" / "config.json").is_file()
     fused = Generator.from_pretrained(tmp_path / "fused", device="cpu")
     x = torch.randint(0, 512, (2, 30))
     with torch.no_grad():
