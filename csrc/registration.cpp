@@ -30,6 +30,13 @@ TORCH_LIBRARY(kr_mini_llm, m) {
   // Writes k_new/v_new [B, S, Hkv, D] into rows cache_lens[b] .. cache_lens[b]+S-1.
   m.def("kv_cache_append(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor k_new, Tensor v_new,"
         " Tensor cache_lens) -> ()");
+  // A block's attention in a decode step, from its fused projection qkv [B, S, (Hq + 2 Hkv) * D]:
+  // optional per-head RMSNorm of q and k (weights [D]), RoPE with cos/sin [B, S, D/2], k/v
+  // appended to the caches (in their dtype) at rows cache_lens[b].., attention over them.
+  // Returns [B, S, Hq * D] in qkv's dtype; cache_lens is not advanced.
+  m.def("decode_attention_step(Tensor qkv, Tensor? q_norm, Tensor? k_norm, float eps, Tensor cos,"
+        " Tensor sin, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor cache_lens, int num_heads)"
+        " -> Tensor");
 
   // Per-row cross entropy of hidden [N, C] @ weight[V, C]^T, chunked over N so the [N, V]
   // logits never exist at once. losses/lse are [N] in the accumulation dtype.

@@ -102,6 +102,24 @@ def decode_cases(quick):
                {"ours": ops.decode_attention, "reference": ops.decode_attention_reference, "sdpa": sdpa})
 
 
+def decode_step_cases(quick):
+    # A block of model_small (12 heads, 4 KV heads, qk-norm as Qwen3) at a 1,024-token cache.
+    shapes = [(1, 1024, 1, 12, 4, 64), (8, 1024, 1, 12, 4, 64)]
+    if quick:
+        shapes = [(2, 40, 1, 4, 2, 32)]
+    for b, L, s, hq, hkv, d in shapes:
+        def make(dtype, b=b, L=L, s=s, hq=hq, hkv=hkv, d=d):
+            cos, sin = ops.rope_tables(d, L + s, 10000.0, None)
+            pos = torch.full((b, s), L - s) + torch.arange(s)
+            return (torch.randn(b, s, (hq + 2 * hkv) * d, dtype=dtype), torch.ones(d, dtype=dtype),
+                    torch.ones(d, dtype=dtype), 1e-6, cos[pos].to(dtype), sin[pos].to(dtype),
+                    torch.randn(b, L, hkv, d, dtype=dtype), torch.randn(b, L, hkv, d, dtype=dtype),
+                    torch.full((b,), L - s, dtype=torch.int64), hq)
+
+        yield (f"qkv [{b}, {s}, {(hq + 2 * hkv) * d}], cache {L} x {hkv} heads, qk-norm", make,
+               {"ours": ops.decode_attention_step, "reference": ops.decode_attention_step_reference})
+
+
 def lce_cases(quick, tiny=False):
     shapes = [(8192, 768, 32000), (4096, 1024, 32000)] if not quick else [(64, 48, 301)]
     if tiny and not quick:  # model_tiny's LM head and loss on a 4,096-token step
@@ -144,9 +162,9 @@ def lce_flops(h, w, targets):
 FLOPS = {"attention": attention_flops, "linear_cross_entropy": lce_flops}
 
 OPS = {"rms_norm": rms_norm_cases, "rotary": rotary_cases, "swiglu": swiglu_cases,
-       "attention": attention_cases, "decode_attention": decode_cases,
+       "attention": attention_cases, "decode_attention": decode_cases, "decode_attention_step": decode_step_cases,
        "linear_cross_entropy": lce_cases, "decode_linear": decode_linear_cases}
-INFERENCE_ONLY = {"decode_attention", "decode_linear"}
+INFERENCE_ONLY = {"decode_attention", "decode_attention_step", "decode_linear"}
 
 
 def first(out):

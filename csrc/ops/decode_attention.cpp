@@ -13,7 +13,13 @@
 // only on the length, never on the thread count); each range leaves a partial (max, sum, acc)
 // and a second pass combines them in a fixed order, so 1 or N threads give the same bits.
 // Inside an item, KV rows go by sub-blocks of kKvBlock with an online softmax.
+//
+// decode_attention_step is a block's whole attention between its q/k/v and o projections in
+// one call: split qkv, per-head RMSNorm of q and k (qk_norm), RoPE, append k/v to the cache in
+// its dtype, attention. The same kernels as the separate ops, called as C++ functions: one
+// dispatch per block instead of about ten, which is most of a small model's decode step.
 #include "ops/common.h"
+#include "ops/cpu_kernels.h"
 #include "ops/softmax_rows.h"
 
 #include <cmath>
@@ -27,6 +33,7 @@ namespace {
 
 constexpr const char* kDec = "decode_attention";
 constexpr const char* kApp = "kv_cache_append";
+constexpr const char* kStep = "decode_attention_step";
 
 constexpr int64_t kRowBlock = 32;   // query rows (S * Hq/Hkv) processed against one K/V pass
 constexpr int64_t kKvBlock = 128;   // KV rows per softmax sub-block (the scores buffer)
@@ -476,11 +483,50 @@ void kv_cache_append_cpu(const at::Tensor& k_cache, const at::Tensor& v_cache,
   });
 }
 
+// ---------------------------------------------------------------------------------------------
+// decode_attention_step
+
+at::Tensor decode_attention_step_cpu(const at::Tensor& qkv, const std::optional<at::Tensor>& q_norm,
+                                     const std::optional<at::Tensor>& k_norm, double eps,
+                                     const at::Tensor& cos, const at::Tensor& sin,
+                                     const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                     const at::Tensor& cache_lens, int64_t num_heads) {
+  check_cpu(qkv, kStep, "qkv");
+  check_float(qkv, kStep, "qkv");
+  check_dim(qkv, 3, kStep, "qkv", "[B, S, (num_heads + 2 Hkv) * D]");
+  check_caches(k_cache, v_cache, kStep);
+  const int64_t B = qkv.size(0), S = qkv.size(1), Hkv = k_cache.size(2), D = k_cache.size(3);
+  const int64_t Hq = num_heads;
+  TORCH_CHECK_VALUE(Hq > 0 && Hq % Hkv == 0, kStep, ": num_heads = ", Hq,
+                    " must be a positive multiple of the KV heads Hkv = ", Hkv,
+                    " (k_cache.size(2))");
+  TORCH_CHECK_VALUE(qkv.size(2) == (Hq + 2 * Hkv) * D, kStep, ": qkv's last dim must be (num_heads + 2 Hkv) * D = (",
+                    Hq, " + 2 * ", Hkv, ") * ", D, " = ", (Hq + 2 * Hkv) * D,
+                    " (q, k, v side by side), got ", shape_str(qkv));
+  TORCH_CHECK_VALUE(k_cache.size(0) == B, kStep, ": k_cache batch size (", k_cache.size(0),
+                    ") must match qkv ", shape_str(qkv));
+  TORCH_CHECK_VALUE(q_norm.has_value() == k_norm.has_value(), kStep,
+                    ": q_norm and k_norm go together (qk_norm): pass both or neither");
+  const at::Tensor x = qkv.reshape({B, S, Hq + 2 * Hkv, D});
+  at::Tensor q = x.narrow(2, 0, Hq), k = x.narrow(2, Hq, Hkv), v = x.narrow(2, Hq + Hkv, Hkv);
+  if (q_norm.has_value()) {
+    q = std::get<0>(rms_norm_cpu(q, *q_norm, eps));
+    k = std::get<0>(rms_norm_cpu(k, *k_norm, eps));
+  }
+  q = rotary_cpu(q, cos, sin);
+  k = rotary_cpu(k, cos, sin);
+  const auto cd = k_cache.scalar_type();
+  kv_cache_append_cpu(k_cache, v_cache, k.to(cd), v.to(cd), cache_lens);
+  const at::Tensor out = decode_attention_cpu(q.to(cd), k_cache, v_cache, cache_lens + S, std::nullopt);
+  return out.view({B, S, Hq * D}).to(qkv.scalar_type());
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(kr_mini_llm, CPU, m) {
   m.impl("decode_attention", &decode_attention_cpu);
   m.impl("kv_cache_append", &kv_cache_append_cpu);
+  m.impl("decode_attention_step", &decode_attention_step_cpu);
 }
 
 }  // namespace kr

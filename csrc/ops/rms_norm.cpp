@@ -2,6 +2,7 @@
 // One pass per row for the forward; the backward fuses grad_x with the per-row
 // reduction it needs and accumulates grad_weight in fixed row blocks (deterministic).
 #include "ops/common.h"
+#include "ops/cpu_kernels.h"
 
 namespace kr {
 namespace {
@@ -91,6 +92,9 @@ void backward_rows(const T* gy, const T* x, const acc_t<T>* w, const acc_t<T>* r
   }
 }
 
+}  // namespace
+
+// Declared in ops/cpu_kernels.h: other ops call it without a dispatcher round trip.
 std::tuple<at::Tensor, at::Tensor> rms_norm_cpu(const at::Tensor& x_, const at::Tensor& weight,
                                                 double eps) {
   check_inputs(x_, weight);
@@ -118,6 +122,9 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_cpu(const at::Tensor& x_, const at::
   });
   return {y, rstd};
 }
+
+namespace {
+
 
 std::tuple<at::Tensor, at::Tensor> rms_norm_backward_cpu(const at::Tensor& grad_y_,
                                                          const at::Tensor& x_,

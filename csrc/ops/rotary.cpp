@@ -6,6 +6,7 @@
 // from a fused projection) as long as its last dim is contiguous; the output is contiguous.
 // The backward is the inverse rotation (the same kernel with -sin); the tables get no gradient.
 #include "ops/common.h"
+#include "ops/cpu_kernels.h"
 
 namespace kr {
 namespace {
@@ -98,10 +99,16 @@ at::Tensor rotate(const at::Tensor& x_, const at::Tensor& cos_, const at::Tensor
   return out;
 }
 
+}  // namespace
+
+// Declared in ops/cpu_kernels.h: other ops call it without a dispatcher round trip.
 at::Tensor rotary_cpu(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
   check_inputs(x, cos, sin, "rotary", "x");
   return rotate(x, cos, sin);
 }
+
+namespace {
+
 
 // The inverse rotation: grad_x1 = g1 * cos + g2 * sin, grad_x2 = g2 * cos - g1 * sin.
 at::Tensor rotary_backward_cpu(const at::Tensor& grad_out, const at::Tensor& cos,

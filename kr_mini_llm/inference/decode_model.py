@@ -1,8 +1,9 @@
 """The decoder for generation: the Transformer's math with its weights packed for decoding.
 
 Per block: q/k/v are one stacked weight, gate/up one weight whose SwiGLU is the kernel's epilogue,
-and the residual adds are fused into the o/down projections, so a decode step costs 9-11 op calls
-per block (norm, qkv, rotary x2, cache append, attention, o, norm, gate/up, down). Weights are
+the residual adds are fused into the o/down projections, and everything between the qkv and o
+projections is one op (decode_attention_step), so a decode step costs 7 op calls per block
+(norm, qkv, attention step, o, norm, gate/up, down). Weights are
 fp32, bf16, or int8 + scales (see packed.py); activations and the residual stream are fp32; the
 KV cache is fp32 for fp32 weights and bf16 for bf16 and int8 ones (a 16-bit cache, as llama.cpp's
 default f16 one: at batch 8 reading the cache costs as much as reading int8 weights). Called like Transformer(ids, kv_cache=..., last_logits_only=...).
@@ -151,25 +152,13 @@ class DecodeModel:
             raise ValueError(f"position {end} exceeds max_seq_length {self.rope_cos.shape[0]} of this model")
         pos = kv_cache.lens.unsqueeze(1) + torch.arange(T)
         cos, sin = self.rope_cos[pos], self.rope_sin[pos]
-        lens_after = kv_cache.lens + T
-        H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
-        cd = kv_cache.k[0].dtype  # the cache's own (cache_dtype by default; an fp32 one works too)
         x = self.embed.rows(input_ids)
         for i, L in enumerate(self.layers):
-            h = ops.rms_norm(x, L.norm1, self.eps)
-            qkv = L.qkv(h).view(B, T, H + 2 * Hkv, D)
-            q, k, v = qkv[:, :, :H], qkv[:, :, H:H + Hkv], qkv[:, :, H + Hkv:]
-            if L.q_norm is not None:
-                q, k = ops.rms_norm(q, L.q_norm, self.eps), ops.rms_norm(k, L.k_norm, self.eps)
-            q, k = ops.rotary(q, cos, sin), ops.rotary(k, cos, sin)
-            kc, vc = kv_cache.k[i], kv_cache.v[i]
-            if cd != torch.float32:
-                q, k, v = q.to(cd), k.to(cd), v.to(cd)
-            elif not v.is_contiguous():
-                v = v.contiguous()
-            ops.kv_cache_append(kc, vc, k, v, kv_cache.lens)
-            att = ops.decode_attention(q, kc, vc, lens_after).view(B, T, H * D)
-            x = L.o(att.float() if cd != torch.float32 else att, residual=x)
+            qkv = L.qkv(ops.rms_norm(x, L.norm1, self.eps))
+            # qk-norm, RoPE, cache append (in the cache's dtype) and attention: one call
+            att = ops.decode_attention_step(qkv, L.q_norm, L.k_norm, self.eps, cos, sin, kv_cache.k[i],
+                                            kv_cache.v[i], kv_cache.lens, self.num_heads)
+            x = L.o(att, residual=x)
             x = L.down(L.gate_up.swiglu(ops.rms_norm(x, L.norm2, self.eps)), residual=x)
         kv_cache.advance(T)
         if logits_at is not None:

@@ -7,6 +7,9 @@ int64, read on the CPU) counts the valid rows of each sequence. A generation ste
     cache_lens += S                                                 # the caller advances it
     out = decode_attention(q, k_cache, v_cache, cache_lens)        # q: the same S tokens
 
+`decode_attention_step` is that whole step for one block in a single call, from the block's
+fused q/k/v projection: qk-norm, RoPE, append, attention (what DecodeModel runs).
+
 `decode_attention` is inference-only (no backward); train with `kr_mini_llm.ops.attention`.
 """
 from typing import Optional
@@ -14,6 +17,8 @@ from typing import Optional
 import torch
 
 from ._library import acc_dtype, ops, qualname, register_fallback
+from .rms_norm import rms_norm_reference
+from .rotary import rotary_reference
 
 _INFERENCE_ONLY = (
     "kr_mini_llm.ops.decode_attention is inference-only and has no backward: train with "
@@ -37,6 +42,18 @@ def kv_cache_append(k_cache: torch.Tensor, v_cache: torch.Tensor, k_new: torch.T
     """Writes k_new/v_new [B, S, Hkv, D] into cache rows cache_lens[b] .. cache_lens[b]+S-1 in
     place. cache_lens is not changed: the caller advances it by S."""
     ops.kv_cache_append(k_cache, v_cache, k_new, v_new, cache_lens)
+
+
+def decode_attention_step(qkv: torch.Tensor, q_norm: Optional[torch.Tensor], k_norm: Optional[torch.Tensor],
+                          eps: float, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor,
+                          v_cache: torch.Tensor, cache_lens: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """A block's attention in a decode step, from its fused projection qkv [B, S, (Hq + 2 Hkv) * D]
+    (q, k, v side by side): q and k get per-head RMSNorm when q_norm/k_norm [D] are given (qk_norm)
+    and RoPE with cos/sin [B, S, D/2]; k and v are appended to the caches (cast to their dtype) at
+    rows cache_lens[b]..; then attention over the cache. Returns [B, S, Hq * D] in qkv's dtype.
+    cache_lens is not changed: the caller advances it by S after the last block. Inference-only:
+    it writes the caches in place, so it has no backward (as kv_cache_append)."""
+    return ops.decode_attention_step(qkv, q_norm, k_norm, eps, cos, sin, k_cache, v_cache, cache_lens, num_heads)
 
 
 # ------------------------------------------------------------------------------------------
@@ -71,6 +88,21 @@ def kv_cache_append_reference(k_cache, v_cache, k_new, v_new, cache_lens) -> Non
     for b, L in enumerate(cache_lens.tolist()):
         k_cache[b, L:L + S].copy_(k_new[b])
         v_cache[b, L:L + S].copy_(v_new[b])
+
+
+def decode_attention_step_reference(qkv, q_norm, k_norm, eps, cos, sin, k_cache, v_cache, cache_lens, num_heads):
+    """Pure-PyTorch decode_attention_step: the references of its parts, in its order."""
+    B, S, _ = qkv.shape
+    Hq, Hkv, D = num_heads, k_cache.shape[2], k_cache.shape[3]
+    x = qkv.reshape(B, S, Hq + 2 * Hkv, D)
+    q, k, v = x[:, :, :Hq], x[:, :, Hq:Hq + Hkv], x[:, :, Hq + Hkv:]
+    if q_norm is not None:
+        q, k = rms_norm_reference(q, q_norm, eps), rms_norm_reference(k, k_norm, eps)
+    q, k = rotary_reference(q, cos, sin), rotary_reference(k, cos, sin)
+    cd = k_cache.dtype
+    kv_cache_append_reference(k_cache, v_cache, k.to(cd), v.to(cd), cache_lens)
+    out = decode_attention_reference(q.to(cd), k_cache, v_cache, cache_lens + S)
+    return out.reshape(B, S, Hq * D).to(qkv.dtype)
 
 
 # ------------------------------------------------------------------------------------------
@@ -152,6 +184,27 @@ def _check_append(k_cache, v_cache, k_new, v_new, cache_lens):
                              f"0 <= cache_lens[{b}] and cache_lens[{b}] + S <= Tmax = {Tmax}")
 
 
+def _check_step(qkv, q_norm, k_norm, k_cache, v_cache, num_heads):
+    op = "decode_attention_step"
+    if qkv.dtype not in _FLOATS:
+        raise TypeError(f"{op}: qkv must be float32, bfloat16, float16 or float64, got {qkv.dtype}")
+    if qkv.dim() != 3:
+        raise ValueError(f"{op}: qkv must be 3-D [B, S, (num_heads + 2 Hkv) * D], got shape {list(qkv.shape)}")
+    _check_caches(op, k_cache, v_cache)
+    B, Hkv, D = k_cache.shape[0], k_cache.shape[2], k_cache.shape[3]
+    if num_heads <= 0 or num_heads % Hkv:
+        raise ValueError(f"{op}: num_heads = {num_heads} must be a positive multiple of the KV heads "
+                         f"Hkv = {Hkv} (k_cache.size(2))")
+    width = (num_heads + 2 * Hkv) * D
+    if qkv.shape[2] != width:
+        raise ValueError(f"{op}: qkv's last dim must be (num_heads + 2 Hkv) * D = ({num_heads} + 2 * {Hkv}) * "
+                         f"{D} = {width} (q, k, v side by side), got {list(qkv.shape)}")
+    if qkv.shape[0] != B:
+        raise ValueError(f"{op}: k_cache batch size ({B}) must match qkv {list(qkv.shape)}")
+    if (q_norm is None) != (k_norm is None):
+        raise ValueError(f"{op}: q_norm and k_norm go together (qk_norm): pass both or neither")
+
+
 # ------------------------------------------------------------------------------------------
 # Kernels for backends without a native one, fake kernels, autograd
 
@@ -165,6 +218,13 @@ def _decode_attention_fallback(q, k_cache, v_cache, cache_lens, scale):
 def _kv_cache_append_fallback(k_cache, v_cache, k_new, v_new, cache_lens):
     _check_append(k_cache, v_cache, k_new, v_new, cache_lens)
     kv_cache_append_reference(k_cache, v_cache, k_new, v_new, cache_lens)
+
+
+@register_fallback("decode_attention_step")
+def _decode_attention_step_fallback(qkv, q_norm, k_norm, eps, cos, sin, k_cache, v_cache, cache_lens, num_heads):
+    _check_step(qkv, q_norm, k_norm, k_cache, v_cache, num_heads)
+    return decode_attention_step_reference(qkv, q_norm, k_norm, eps, cos, sin, k_cache, v_cache, cache_lens,
+                                           num_heads).contiguous()
 
 
 @torch.library.register_fake(qualname("decode_attention"))
@@ -192,6 +252,16 @@ def _kv_cache_append_fake(k_cache, v_cache, k_new, v_new, cache_lens):
                  and k_new.shape[3] == k_cache.shape[3],
                  lambda: "kv_cache_append: k_new must be [B, S, Hkv, D] as in k_cache")
     return None
+
+
+@torch.library.register_fake(qualname("decode_attention_step"))
+def _decode_attention_step_fake(qkv, q_norm, k_norm, eps, cos, sin, k_cache, v_cache, cache_lens, num_heads):
+    torch._check(qkv.dim() == 3 and k_cache.dim() == 4 and k_cache.shape == v_cache.shape,
+                 lambda: "decode_attention_step: qkv must be [B, S, (Hq + 2 Hkv) * D], the caches [B, Tmax, Hkv, D]")
+    Hkv, D = k_cache.shape[2], k_cache.shape[3]
+    torch._check(qkv.shape[2] == (num_heads + 2 * Hkv) * D,
+                 lambda: "decode_attention_step: qkv's last dim must be (num_heads + 2 Hkv) * D")
+    return qkv.new_empty(qkv.shape[0], qkv.shape[1], num_heads * D)
 
 
 def _decode_setup_context(ctx, inputs, output):

@@ -288,3 +288,116 @@ def test_append_bad_input_is_a_clear_error(path, kw, exc, match):
     with pytest.raises(exc, match=match):
         fn(a["k_cache"], a["v_cache"], a["k_new"], a["v_new"], a["cache_lens"])
     assert torch.equal(a["k_cache"], kc) and torch.equal(a["v_cache"], vc), "nothing written on error"
+
+
+# -- decode_attention_step: a block's qk-norm + RoPE + append + attention in one call ------------
+step = torch.ops.kr_mini_llm.decode_attention_step
+
+# (B, S, Hq, Hkv, D, Tmax, lens before the step, qk_norm): MHA, GQA, MQA, odd head counts,
+# one row and several, a long cache past the split length.
+STEP_CASES = [
+    (1, 1, 1, 1, 8, 4, [0], False),
+    (2, 1, 12, 4, 64, 600, [543, 0], False),
+    (3, 2, 6, 2, 16, 30, [0, 28, 9], True),
+    (2, 5, 7, 1, 32, 40, [35, 3], True),
+    (1, 3, 4, 4, 6, 9, [6], False),
+    (2, 1, 9, 3, 128, 1100, [1099, 517], True),
+]
+
+
+def make_step(case, dtype, cache_dtype, seed=0):
+    B, S, Hq, Hkv, D, Tmax, lens, qk_norm = case
+    g = torch.Generator().manual_seed(seed)
+    qkv = randn(B, S, (Hq + 2 * Hkv) * D, dtype=dtype, generator=g)
+    norms = (torch.rand(D, generator=g, dtype=torch.float64).to(dtype) + 0.5,
+             torch.rand(D, generator=g, dtype=torch.float64).to(dtype) + 0.5) if qk_norm else (None, None)
+    cos, sin = ops.rope_tables(D, Tmax + 1, 10000.0, None)
+    lens = torch.tensor(lens)
+    pos = (lens.unsqueeze(1) + torch.arange(S)).clamp(max=Tmax)
+    kc = randn(B, Tmax, Hkv, D, dtype=cache_dtype, generator=g)
+    vc = randn(B, Tmax, Hkv, D, dtype=cache_dtype, generator=g)
+    return [qkv, *norms, 1e-6, cos[pos].to(dtype), sin[pos].to(dtype), kc, vc, lens, Hq]
+
+
+def _as64(args):
+    return [a.double() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
+
+
+@pytest.mark.parametrize("case", STEP_CASES, ids=[str(c[:5]) for c in STEP_CASES])
+@pytest.mark.parametrize("dtype, cache_dtype", [(torch.float64, torch.float64), (torch.float32, torch.float32),
+                                                (torch.float32, torch.bfloat16), (torch.bfloat16, torch.bfloat16)])
+def test_step_matches_float64_reference(case, dtype, cache_dtype):
+    args = make_step(case, dtype, cache_dtype)
+    ref_args = _as64(args)
+    out = ops.decode_attention_step(*args)
+    ref = ops.decode_attention_step_reference(*ref_args)
+    B, S, Hq, _, D = case[:5]
+    assert out.dtype == dtype and out.shape == (B, S, Hq * D)
+    # bf16 caches/activations: the reference keeps them in float64, the kernel rounds them once more
+    low = torch.bfloat16 if torch.bfloat16 in (dtype, cache_dtype) else dtype
+    assert_close(out, ref, low, msg=str(case))
+    lens = args[-2]
+    for b, L in enumerate(lens.tolist()):  # the new rows were written, in the cache's dtype
+        assert_close(args[6][b, L:L + S], ref_args[6][b, L:L + S], low)
+        assert_close(args[7][b, L:L + S], ref_args[7][b, L:L + S], low)
+    assert torch.equal(lens, torch.tensor(case[6])), "cache_lens is the caller's to advance"
+
+
+@pytest.mark.parametrize("cache_dtype", [torch.float32, torch.bfloat16])
+def test_step_is_the_separate_ops_bit_for_bit(cache_dtype):
+    """What DecodeModel ran before, op by op: the fused call uses the same kernels."""
+    qkv, qn, kn, eps, cos, sin, kc, vc, lens, Hq = make_step(STEP_CASES[3], torch.float32, cache_dtype)
+    k2, v2 = kc.clone(), vc.clone()
+    out = ops.decode_attention_step(qkv, qn, kn, eps, cos, sin, kc, vc, lens, Hq)
+    B, S, _ = qkv.shape
+    Hkv, D = kc.shape[2], kc.shape[3]
+    x = qkv.view(B, S, Hq + 2 * Hkv, D)
+    q, k, v = x[:, :, :Hq], x[:, :, Hq:Hq + Hkv], x[:, :, Hq + Hkv:]
+    q, k = ops.rms_norm(q, qn, eps), ops.rms_norm(k, kn, eps)
+    q, k = ops.rotary(q, cos, sin), ops.rotary(k, cos, sin)
+    ops.kv_cache_append(k2, v2, k.to(cache_dtype), v.to(cache_dtype).contiguous(), lens)
+    sep = ops.decode_attention(q.to(cache_dtype), k2, v2, lens + S).reshape(B, S, Hq * D).float()
+    assert torch.equal(out, sep) and torch.equal(kc, k2) and torch.equal(vc, v2)
+
+
+def test_step_opcheck_and_fallback():
+    from kr_mini_llm.ops.decode_attention import _decode_attention_step_fallback
+
+    for case in STEP_CASES[2:4]:
+        args = make_step(case, torch.float32, torch.bfloat16)
+        torch.library.opcheck(step.default, tuple(args))
+        a64 = _as64(args)
+        b64 = [x.clone() if isinstance(x, torch.Tensor) else x for x in a64]
+        assert_close(_decode_attention_step_fallback(*a64), ops.decode_attention_step(*b64), torch.float64)
+        assert_close(a64[6], b64[6], torch.float64)
+        assert_close(a64[7], b64[7], torch.float64)
+
+
+STEP_ERRORS = [
+    (dict(qkv=randn(2, 3, 100)), ValueError, r"qkv's last dim must be \(num_heads \+ 2 Hkv\) \* D = \(8 \+ 2 \* 2\) \* 32 = 384"),
+    (dict(qkv=randn(2, 384)), ValueError, r"qkv must be 3-D"),
+    (dict(num_heads=6), ValueError, r"num_heads = 6 must be a positive multiple of the KV heads Hkv = 4"),
+    (dict(qkv=randn(1, 3, 384)), ValueError, r"k_cache batch size \(2\) must match qkv"),
+    (dict(k_norm=None), ValueError, r"q_norm and k_norm go together"),
+    (dict(qkv=torch.ones(2, 3, 384, dtype=torch.int32)), TypeError, "qkv must be float32, bfloat16"),
+    (dict(v_cache=randn(2, 16, 2, 32, dtype=torch.float64)), TypeError, r"v_cache .* and k_cache .* same dtype"),
+]
+
+
+@pytest.mark.parametrize("path", ["native", "fallback"])
+@pytest.mark.parametrize("kw, exc, match", STEP_ERRORS, ids=[e[2][:40] for e in STEP_ERRORS])
+def test_step_bad_input_is_a_clear_error(path, kw, exc, match):
+    from kr_mini_llm.ops.decode_attention import _decode_attention_step_fallback
+
+    a = dict(qkv=randn(2, 3, 384), q_norm=torch.ones(32), k_norm=torch.ones(32), cos=torch.ones(2, 3, 16),
+             sin=torch.zeros(2, 3, 16), k_cache=randn(2, 16, 2, 32), v_cache=randn(2, 16, 2, 32),
+             cache_lens=torch.tensor([3, 4]), num_heads=8)
+    if "num_heads" in kw and kw["num_heads"] == 6:
+        a["k_cache"], a["v_cache"] = randn(2, 16, 4, 32), randn(2, 16, 4, 32)
+    a.update(kw)
+    kc, vc = a["k_cache"].clone(), a["v_cache"].clone()
+    fn = step if path == "native" else _decode_attention_step_fallback
+    with pytest.raises(exc, match=match):
+        fn(a["qkv"], a["q_norm"], a["k_norm"], 1e-6, a["cos"], a["sin"], a["k_cache"], a["v_cache"],
+           a["cache_lens"], a["num_heads"])
+    assert torch.equal(a["k_cache"], kc) and torch.equal(a["v_cache"], vc), "nothing written on error"
