@@ -23,6 +23,9 @@
 #include "ops/softmax_rows.h"
 
 #include <cmath>
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#endif
 #include <cstring>
 #include <limits>
 #include <type_traits>
@@ -38,6 +41,7 @@ constexpr const char* kStep = "decode_attention_step";
 constexpr int64_t kRowBlock = 32;   // query rows (S * Hq/Hkv) processed against one K/V pass
 constexpr int64_t kKvBlock = 128;   // KV rows per softmax sub-block (the scores buffer)
 constexpr int64_t kSplitLen = 512;  // KV rows per split range when the query rows fit one block
+constexpr int64_t kPrefetchAhead = 16;  // K rows the scores loop asks for ahead of use
 
 // ---------------------------------------------------------------------------------------------
 // Argument checks
@@ -159,9 +163,88 @@ template <typename A>
 struct Scratch {
   std::vector<A> q, sc, kv, acc, m, l;
   explicit Scratch(int64_t D)
-      : q(kRowBlock * D), sc(kRowBlock * kKvBlock), kv(D), acc(kRowBlock * D), m(kRowBlock),
+      : q(kRowBlock * D), sc(kRowBlock * kKvBlock), kv(4 * D), acc(kRowBlock * D), m(kRowBlock),
         l(kRowBlock) {}
 };
+
+// Asks for rows t .. t+3 of one head (D values each, `stride` apart) ahead of use. At decode the
+// cache comes from DRAM (streaming the weights evicted it), and a head's rows are 1/Hkv of the
+// memory a pass covers: a strided stream the hardware prefetchers pick up late.
+template <typename T>
+inline void prefetch_rows(const T* base, int64_t stride, int64_t t, int64_t D) {
+  for (int j = 0; j < 4; ++j) {
+    const char* row = reinterpret_cast<const char*>(base + (t + j) * stride);
+    for (int64_t o = 0; o < D * static_cast<int64_t>(sizeof(T)); o += 64) __builtin_prefetch(row + o);
+  }
+}
+
+// [sum(a), sum(b), sum(c), sum(d)] of four float vectors in one transposing reduction: about a
+// quarter of the shuffles of four horizontal sums, which dominated the scores of a few query rows.
+#if defined(__AVX2__)
+inline __m128 hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
+  const __m256 abcd = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+  return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
+}
+#endif
+#if defined(__AVX512F__)
+inline __m256 halves_sum(__m512 x) {
+  return _mm256_add_ps(_mm512_castps512_ps256(x),
+                       _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1)));
+}
+inline __m128 hsum4(__m512 a, __m512 b, __m512 c, __m512 d) {
+  return hsum4(halves_sum(a), halves_sum(b), halves_sum(c), halves_sum(d));
+}
+#endif
+
+// Whether Vectorized<A> of this build has a hsum4 above.
+template <typename A>
+constexpr bool kHasHsum4 =
+#if defined(__AVX512F__)
+    std::is_same_v<A, float> && Vectorized<A>::size() == 16;
+#elif defined(__AVX2__)
+    std::is_same_v<A, float> && Vectorized<A>::size() == 8;
+#else
+    false;
+#endif
+
+// sc[(r - r0) * ldsc + j] = q_r . k_j for the four K rows k_j = k0 + j * kstride and query rows
+// [r_first, r_end), D = NV vectors. The K rows are converted once: into registers when they fit
+// (AVX-512 up to D = 64), else into kbuf [4][D].
+template <typename T, int NV>
+inline void scores4(const T* k0, int64_t kstride, const float* q, int64_t r_first, int64_t r_end,
+                    int64_t r0, float* sc, int64_t ldsc, float* kbuf) {
+  if constexpr (kHasHsum4<acc_t<T>>) {
+    using IO = VecIO<T>;
+    using V = Vectorized<float>;
+    constexpr int64_t K = V::size(), D = NV * K;
+    if constexpr (4 * NV <= 16) {
+      V k[4][NV];
+      for (int j = 0; j < 4; ++j)
+        for (int i = 0; i < NV; ++i) k[j][i] = IO::load(k0 + j * kstride + i * K);
+      for (int64_t r = r_first; r < r_end; ++r) {
+        const float* qr = q + (r - r0) * D;
+        V s[4] = {V(0), V(0), V(0), V(0)};
+        for (int i = 0; i < NV; ++i) {
+          const V qv = V::loadu(qr + i * K);
+          for (int j = 0; j < 4; ++j) s[j] = at::vec::fmadd(qv, k[j][i], s[j]);
+        }
+        _mm_storeu_ps(sc + (r - r0) * ldsc, hsum4(s[0], s[1], s[2], s[3]));
+      }
+    } else {
+      const float* k[4];
+      for (int j = 0; j < 4; ++j) k[j] = as_acc<T>(k0 + j * kstride, kbuf + j * D, D);
+      for (int64_t r = r_first; r < r_end; ++r) {
+        const float* qr = q + (r - r0) * D;
+        V s[4] = {V(0), V(0), V(0), V(0)};
+        for (int64_t i = 0; i < D; i += K) {
+          const V qv = V::loadu(qr + i);
+          for (int j = 0; j < 4; ++j) s[j] = at::vec::fmadd(qv, V::loadu(k[j] + i), s[j]);
+        }
+        _mm_storeu_ps(sc + (r - r0) * ldsc, hsum4(s[0], s[1], s[2], s[3]));
+      }
+    }
+  }
+}
 
 // Fixed-width micro-kernels (NV = D / vector width, a compile-time constant) that keep a K row
 // or a block of accumulators in registers and convert bf16/fp16 on the load.
@@ -247,7 +330,18 @@ void attend(const Problem<T>& P, const Item& it, int64_t L, Scratch<acc_t<T>>& w
   for (int64_t u0 = it.t0; u0 < t_end; u0 += kKvBlock) {
     const int64_t u1 = std::min(u0 + kKvBlock, t_end);
     // Scores: each K row is loaded once for all query rows of the group.
-    for (int64_t t = u0; t < u1; ++t) {
+    int64_t t = u0;
+    if constexpr (NV > 0 && kHasHsum4<A>) {
+      // Rows that cannot see all four K rows get scores for the ones past their position too;
+      // the softmax below uses only each row's visible prefix.
+      for (; t + 4 <= u1; t += 4) {
+        prefetch_rows(kbase, row_stride, std::min(t + kPrefetchAhead, t_end - 4), D);
+        prefetch_rows(vbase, row_stride, t, D);  // read by the P V pass after this block's softmax
+        scores4<T, NV>(kbase + t * row_stride, row_stride, w.q.data(), first_row(t), it.r1, it.r0,
+                       sc + (t - u0), kKvBlock, w.kv.data());
+      }
+    }
+    for (; t < u1; ++t) {
       if constexpr (NV > 0) {
         scores_fixed<T, NV>(kbase + t * row_stride, w.q.data(), first_row(t), it.r1, it.r0,
                             sc + (t - u0), kKvBlock);
@@ -283,9 +377,18 @@ void attend(const Problem<T>& P, const Item& it, int64_t L, Scratch<acc_t<T>>& w
         pv_fixed<T, NV, R>(v0, row_stride, n, sc + (r - it.r0) * kKvBlock, kKvBlock,
                            acc + (r - it.r0) * D);
       }
-      for (; r < it.r1; ++r)
-        pv_fixed<T, NV, 1>(v0, row_stride, visible(r, u0, u1), sc + (r - it.r0) * kKvBlock,
-                           kKvBlock, acc + (r - it.r0) * D);
+      // The rest (fewer than R rows, e.g. the 3 query heads of a KV head) in one pass over V.
+      const int64_t left = it.r1 - r;
+      const int64_t n_left = left > 0 ? visible(it.r1 - 1, u0, u1) : 0;
+      A* acc_left = acc + (r - it.r0) * D;
+      const A* p_left = sc + (r - it.r0) * kKvBlock;
+      if constexpr (R > 3) {
+        if (left == 3) pv_fixed<T, NV, 3>(v0, row_stride, n_left, p_left, kKvBlock, acc_left);
+      }
+      if constexpr (R > 2) {
+        if (left == 2) pv_fixed<T, NV, 2>(v0, row_stride, n_left, p_left, kKvBlock, acc_left);
+      }
+      if (left == 1) pv_fixed<T, NV, 1>(v0, row_stride, n_left, p_left, kKvBlock, acc_left);
     } else {
       for (int64_t t = u0; t < u1; ++t) {
         const A* vr = as_acc<T>(vbase + t * row_stride, w.kv.data(), D);
