@@ -33,8 +33,10 @@ namespace kr {
 
 using VF = Vectorized<float>;
 constexpr int64_t kVL = VF::size();
-// Software prefetch distance along each weight row (GCC/Clang builtin: x86 and Arm alike).
-constexpr int64_t kPrefetchBytes = 1024;
+// Software prefetch (GCC/Clang builtin: x86 and Arm alike): each micro-kernel call gets `ahead`,
+// the distance in weight elements from a row to its successor in the next block of rows, and
+// prefetches there as it reads. One block ahead whatever the row length: a fixed distance along
+// the row fell short for int8's 768-byte rows (the next block was fetched only when reached).
 
 // Calls f(std::integral_constant<int, I>) for I = 0..N-1, unrolled at compile time: the
 // accumulator arrays are then indexed by constants only and stay in registers.
@@ -101,7 +103,7 @@ struct FloatDot {
   Weights<W> w;
 
   template <int NR, int JB>
-  inline void operator()(int64_t n0, const int64_t* rows, float (&out)[JB][NR]) const {
+  inline void operator()(int64_t n0, const int64_t* rows, int64_t ahead, float (&out)[JB][NR]) const {
     constexpr bool kInt8 = std::is_same_v<W, int8_t>;
     const int64_t K = w.K;
     const float* xr = x + n0 * K;
@@ -122,7 +124,7 @@ struct FloatDot {
       static_for<JB>([&](auto jb) {
         VF wv;
         if constexpr (decltype(full)::value) {
-          __builtin_prefetch(wr[jb] + k + kPrefetchBytes / sizeof(W));
+          __builtin_prefetch(wr[jb] + k + ahead);
           wv = WeightLoad<W>::load(wr[jb] + k);
         } else {
           wv = WeightLoad<W>::load(wr[jb] + k, cnt);
@@ -223,7 +225,7 @@ struct Int8DotVnni {
   Weights<int8_t> w;
 
   template <int NR, int JB>
-  inline void operator()(int64_t n0, const int64_t* rows, float (&out)[JB][NR]) const {
+  inline void operator()(int64_t n0, const int64_t* rows, int64_t ahead, float (&out)[JB][NR]) const {
     using I = typename V::I;
     using F = typename V::F;
     const int64_t K = x.K, B = x.B, blocks = K / B;
@@ -243,7 +245,7 @@ struct Int8DotVnni {
         I xv[NR];
         static_for<NR>([&](auto n) { xv[n] = V::load(x.q + (n0 + n) * K + k); });
         static_for<JB>([&](auto jb) {
-          __builtin_prefetch(wr[jb] + k + kPrefetchBytes);
+          __builtin_prefetch(wr[jb] + k + ahead);
           const I wv = V::load(wr[jb] + k);
           wsum[jb] = V::dot(wsum[jb], ones, wv);
           static_for<NR>([&](auto n) { acc[jb][n] = V::dot(acc[jb][n], xv[n], wv); });
@@ -284,7 +286,7 @@ struct Int8DotAvx2 {
   Weights<int8_t> w;
 
   template <int NR, int JB>
-  inline void operator()(int64_t n0, const int64_t* rows, float (&out)[JB][NR]) const {
+  inline void operator()(int64_t n0, const int64_t* rows, int64_t ahead, float (&out)[JB][NR]) const {
     const int64_t K = x.K, B = x.B, blocks = K / B;
     const __m256i ones16 = _mm256_set1_epi16(1);
     const int8_t* wr[JB];
@@ -301,7 +303,7 @@ struct Int8DotAvx2 {
           xv[n] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q + (n0 + n) * K + k));
         });
         static_for<JB>([&](auto jb) {
-          __builtin_prefetch(wr[jb] + k + kPrefetchBytes);
+          __builtin_prefetch(wr[jb] + k + ahead);
           const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr[jb] + k));
           const __m256i wabs = _mm256_abs_epi8(wv);
           static_for<NR>([&](auto n) {
@@ -337,7 +339,7 @@ struct Bf16Dot {
   Weights<at::BFloat16> w;
 
   template <int NR, int JB>
-  inline void operator()(int64_t n0, const int64_t* rows, float (&out)[JB][NR]) const {
+  inline void operator()(int64_t n0, const int64_t* rows, int64_t ahead, float (&out)[JB][NR]) const {
     const int64_t K = w.K;
     const at::BFloat16* wr[JB];
     for (int jb = 0; jb < JB; ++jb) wr[jb] = w.data + rows[jb] * K;
@@ -347,7 +349,7 @@ struct Bf16Dot {
       __m512bh xv[NR];
       static_for<NR>([&](auto n) { xv[n] = (__m512bh)_mm512_maskz_loadu_epi16(m, x + (n0 + n) * K + k); });
       static_for<JB>([&](auto jb) {
-        __builtin_prefetch(wr[jb] + k + kPrefetchBytes / 2);
+        __builtin_prefetch(wr[jb] + k + ahead);
         const __m512bh wv = (__m512bh)_mm512_maskz_loadu_epi16(m, wr[jb] + k);
         static_for<NR>([&](auto n) { acc[jb][n] = _mm512_dpbf16_ps(acc[jb][n], xv[n], wv); });
       });

@@ -38,7 +38,9 @@ inline void run_block(const Dot& dot, int64_t n0, int64_t j0, int64_t half, T* y
     if constexpr (E == Epilogue::kSwiGLU) rows[kOut + i] = half + j0 + i;
   }
   float out[JB][NR];
-  dot.template operator()<NR, JB>(n0, rows, out);
+  // Each weight row prefetches its successor in the next block (kOut rows on) at the same column:
+  // one block ahead, whatever the row length.
+  dot.template operator()<NR, JB>(n0, rows, kOut * dot.w.K, out);
   for (int n = 0; n < NR; ++n) {
     for (int i = 0; i < kOut; ++i) {
       float v;
