@@ -38,9 +38,12 @@ inline void run_block(const Dot& dot, int64_t n0, int64_t j0, int64_t half, T* y
     if constexpr (E == Epilogue::kSwiGLU) rows[kOut + i] = half + j0 + i;
   }
   float out[JB][NR];
-  // Each weight row prefetches its successor in the next block (kOut rows on) at the same column:
-  // one block ahead, whatever the row length.
-  dot.template operator()<NR, JB>(n0, rows, kOut * dot.w.K, out);
+  // Each weight row prefetches its successor a few blocks on (kOut rows per block) at the same
+  // column: about kPrefetchAheadBytes ahead in every stream, at least two blocks.
+  const int64_t block_elems = kOut * dot.w.K;
+  const int64_t blocks_ahead =
+      std::max<int64_t>(2, kPrefetchAheadBytes / (block_elems * int64_t{sizeof(*dot.w.data)}));
+  dot.template operator()<NR, JB>(n0, rows, blocks_ahead * block_elems, out);
   for (int n = 0; n < NR; ++n) {
     for (int i = 0; i < kOut; ++i) {
       float v;
