@@ -13,6 +13,8 @@ from kr_mini_llm.training import TrainingConfig
 from kr_mini_llm.training.checkpoint import CheckpointError, load_model, save_checkpoint
 from kr_mini_llm.training.optim import build_optimizer
 
+from .test_import_layers import assert_no_circle
+
 PACKAGE = Path(__file__).resolve().parents[1] / "kr_mini_llm"
 
 
@@ -119,20 +121,7 @@ def test_checkpoint_modules_import_one_way():
     assert "sharded_checkpoint" in _imports(training / "checkpoint.py")
     # No circle among training/'s modules, lazy imports inside functions included.
     graph = {f.stem: _imports(f) for f in training.glob("*.py")}
-    done, active = set(), []
-
-    def visit(module):
-        assert module not in active, f"import circle: {' -> '.join(active[active.index(module):] + [module])}"
-        if module in done or module not in graph:
-            return
-        active.append(module)
-        for imported in graph[module]:
-            visit(imported)
-        active.pop()
-        done.add(module)
-
-    for module in graph:
-        visit(module)
+    assert_no_circle(graph)
     for module in ("atomic.py", "layout.py"):  # io/ sits below every other subpackage
         assert not any(n.level >= 2 for n in ast.walk(ast.parse((PACKAGE / "io" / module).read_text()))
                        if isinstance(n, ast.ImportFrom))
