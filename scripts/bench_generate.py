@@ -157,6 +157,33 @@ def run_llama_bench(llama: Path, gguf: Path, prompt_len: int, new_tokens: int, t
     return {1: (pp, tg, prompt_len / pp, usage.ru_maxrss * 1024)}
 
 
+def floor_lines(results: dict, shares: dict, batches: list[int]) -> list[str]:
+    """Issue 12's floors, each with its measured value: batch-1 decode at least 1.0x llama.cpp at the
+    same precision and 70% of the triad bandwidth, batch 8 at least 3x batch 1 in total tok/s,
+    prefill ahead of llama.cpp."""
+    out = ["", "Floors (issue 12 sets them for model_small; listed for every model measured), met or MISSED:"]
+
+    def say(ok: bool, text: str) -> None:
+        out.append(f"- {'met' if ok else 'MISSED'}: {text}")
+
+    for (name, batch), res in results.items():
+        for dt in OURS:
+            ours, theirs = res.get(f"ours-{dt}"), res.get(f"llama.cpp-{MATCH[dt]}")
+            if ours is None:
+                continue
+            if batch == 1:
+                if theirs is not None:
+                    say(ours[2] >= theirs[2], f"{name} {dt} batch 1 decode {ours[2] / theirs[2]:.2f}x llama.cpp (>= 1.0x)")
+                share = shares[name, batch, f"ours-{dt}"]
+                say(share >= 70, f"{name} {dt} batch 1 decode at {share:.0f}% of the triad bandwidth (>= 70%)")
+            elif batch == 8 and (name, 1) in results and f"ours-{dt}" in results[name, 1]:
+                ratio = ours[2] / results[name, 1][f"ours-{dt}"][2]
+                say(ratio >= 3, f"{name} {dt} batch {batch} decode {ratio:.2f}x batch 1 in total tok/s (>= 3x)")
+            if theirs is not None:
+                say(ours[1] >= theirs[1], f"{name} {dt} batch {batch} prefill {ours[1] / theirs[1]:.2f}x llama.cpp (ahead)")
+    return out
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="tiny,small")
@@ -193,6 +220,7 @@ def main():
              "", "| model | batch | impl | weights MB | TTFT ms | prefill tok/s | decode tok/s | BW % | peak MB | ours vs |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     broken: set[str] = set()
+    results, shares = {}, {}  # (model, batch) -> {impl: (ttft, prefill tok/s, decode tok/s, mem)}; BW %
     gguf_dir = tempfile.TemporaryDirectory()  # removed when the run ends (or at exit)
     for name in args.models.split(","):
         config = getattr(TransformerConfig, name)().replace(dropout=0.0)
@@ -260,10 +288,12 @@ def main():
                                              statistics.median(r[1] for r in rows), max(r[3] for r in rows))
             # KV bytes read per decode step at the mean context, in the cache dtype of each contender
             ctx = args.prompt_len + args.new_tokens / 2
+            results[name, batch] = res
             for impl, (ttft, pf, decode, mem) in res.items():
                 kv_elem = 4 if impl in ("ours-fp32", "ours-nn", "hf-fp32") else 2  # ours-int8: bf16 cache
                 step_bytes = weight_bytes[impl] + 2 * L * Hkv * D * ctx * kv_elem * batch
                 pct = 100 * step_bytes * decode / batch / (bw * 1e9)
+                shares[name, batch, impl] = pct
                 vs = "–"
                 if impl.startswith("ours-") and impl != "ours-nn":
                     dt = impl.split("-")[1]
@@ -280,6 +310,7 @@ def main():
     if not args.llama_cpp:
         lines.append("llama.cpp not measured in this run (pass --llama-cpp DIR --tokenizer FILE).")
     lines += [f"- not measured: {f}" for f in failures]
+    lines += floor_lines(results, shares, batches)
     gguf_dir.cleanup()
     write_report(args.output, lines, start)
 
