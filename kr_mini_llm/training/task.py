@@ -11,6 +11,7 @@ state; `build` sets the run's model, forward, optimizer, batches and tokenizer.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 import torch
@@ -21,26 +22,28 @@ from .distributed import check_global_batch
 from .optim import build_optimizer
 
 
-class TrainingTask:
+class TrainingTask(ABC):
     # Warn before building when a full-training step will not fit (memory_advice.py); a task the
     # full-training estimate does not describe (LoRA) turns it off.
     check_memory = True
 
+    @abstractmethod
     def build(self, run) -> None:
         """Sets run.tokenizer, run.tokenizer_path, run.batches, run.model, run.forward (what a step
         calls: the model, or its DDP/FSDP wrapper) and run.optimizer."""
-        raise NotImplementedError
 
-    def resume(self, run, path) -> None:
-        """Restores run.step, run.state, the optimizer and the data position from `path`."""
-        raise NotImplementedError
-
+    @abstractmethod
     def evaluate(self, run) -> dict:
         """{"step", "val_loss", ...} at run.step."""
-        raise NotImplementedError
 
+    @abstractmethod
     def save(self, run) -> Path | None:
-        raise NotImplementedError
+        """Writes what a later run resumes from (every rank calls this); its path, or None."""
+
+    def resume(self, run, path) -> None:
+        """Restores run.step, run.state, the optimizer and the data position from `path`. A task
+        that saves nothing to resume from keeps this refusal."""
+        raise ValueError(f"{type(self).__name__} cannot resume a run (resume_from={path}); start without it")
 
     def save_run_configs(self, run) -> None:
         """What the output directory records of the run, written once when training starts."""

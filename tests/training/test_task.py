@@ -2,6 +2,7 @@
 model, data, optimizer, evaluation and saving, and nothing else of pretraining."""
 import itertools
 
+import pytest
 import torch
 
 from kr_mini_llm import Transformer, TransformerConfig
@@ -65,3 +66,14 @@ def test_pretraining_is_the_default_task(token_data, tmp_path):
     assert type(trainer.task) is PretrainingTask
     assert trainer.batches is not None and trainer.optimizer is not None
     trainer.release_lock()
+
+
+def test_a_task_without_resume_refuses_it_clearly(tmp_path):
+    model_config = TransformerConfig(vocab_size=64, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
+                                     intermediate_size=64, max_seq_length=16)
+    config = TrainingConfig.from_dict({"device": "cpu", "output_dir": str(tmp_path), "train": {
+        "batch_size": 2, "max_seq_length": 8, "max_steps": 2, "sample_prompts": []}})
+    with pytest.raises(ValueError, match="OneBatchTask cannot resume a run"):
+        Trainer(model_config, config, task=OneBatchTask(model_config), resume_from=tmp_path, show_progress=False)
+    with pytest.raises(TypeError, match="abstract"):
+        TrainingTask()
