@@ -9,8 +9,10 @@
 //    them; elsewhere the operands are widened to fp32. Call tile_done<T>() when a worker ends.
 //  - whole-matrix GEMMs (linear_cross_entropy): gemm::mm_acc on tensors, threaded by oneDNN /
 //    the BLAS. bf16/fp16 use at::mm in that dtype (oneDNN's matmul: fp32 accumulation inside,
-//    the product rounded to the dtype as F.linear does) and accumulate in fp32 outside it;
-//    where bf16/fp16 dot products are not native, the operands are widened and multiplied in fp32.
+//    the product rounded to the dtype as F.linear does) and accumulate in fp32 outside it,
+//    except a^T @ b into fp32 (a weight gradient), which runs on the VNNI brgemm straight into
+//    c, threaded over rows of c (no 16-bit product, no temporary); where bf16/fp16 dot
+//    products are not native, the operands are widened and multiplied in fp32.
 //    (MKL's cblas_gemm_bf16bf16f32 is fast only with AMX, a third of oneDNN's speed elsewhere;
 //    cpublas::gemm's bf16 -> fp32 overload is not exported by libtorch.)
 #pragma once

@@ -40,7 +40,13 @@ Dims check_inputs(const at::Tensor& hidden, const at::Tensor& weight, const at::
   check_cpu(targets, op, "targets");
   check_float(hidden, op, "hidden");
   check_float(weight, op, "weight");
-  check_same_dtype(hidden, "hidden", weight, "weight", op);
+  // weight may also be in hidden's accumulation dtype (fp32 master weights with bf16/fp16 hidden
+  // under autocast): cast once inside, and grad_weight comes back in fp32 without a round trip.
+  const auto acc = at::toOpMathType(hidden.scalar_type());
+  TORCH_CHECK_TYPE(weight.scalar_type() == hidden.scalar_type() || weight.scalar_type() == acc, op, ": hidden (",
+                   hidden.scalar_type(), ") and weight (", weight.scalar_type(), ") must have the same dtype",
+                   acc != hidden.scalar_type() ? ", or weight the accumulation dtype " : "",
+                   acc != hidden.scalar_type() ? c10::toString(acc) : "");
   check_dim(hidden, 2, op, "hidden", "[N, C]");
   TORCH_CHECK_VALUE(weight.dim() == 2 && weight.size(1) == hidden.size(1), op,
                     ": weight must be [V, C] with C = ", hidden.size(1), " to match hidden ",
@@ -69,6 +75,11 @@ int64_t count_valid_targets(const at::Tensor& targets, int64_t V, int64_t ignore
     ++valid;
   }
   return valid;
+}
+
+// The weight the GEMMs read: contiguous, in hidden's dtype.
+at::Tensor gemm_weight(const at::Tensor& hidden, const at::Tensor& weight) {
+  return weight.to(hidden.scalar_type()).contiguous();
 }
 
 // g[j] = scale * (exp(x[j] - lse) - [j == target]) for one row, x in acc, g in T (may alias x).
@@ -181,7 +192,7 @@ std::tuple<at::Tensor, at::Tensor> lce_forward_cpu(const at::Tensor& hidden_, co
   const at::Tensor targets = targets_.contiguous();
   count_valid_targets(targets, d.V, ignore_index, kOp);
   const at::Tensor hidden = hidden_.contiguous();
-  const at::Tensor weight = weight_.contiguous();
+  const at::Tensor weight = gemm_weight(hidden, weight_);
   const auto acc = at::toOpMathType(hidden.scalar_type());
   at::Tensor losses = at::empty({d.N}, hidden.options().dtype(acc));
   at::Tensor lse = at::empty({d.N}, hidden.options().dtype(acc));
@@ -213,14 +224,14 @@ std::tuple<at::Tensor, at::Tensor> lce_backward_cpu(const at::Tensor& grad_losse
   const at::Tensor targets = targets_.contiguous();
   count_valid_targets(targets, d.V, ignore_index, op);
   const at::Tensor hidden = hidden_.contiguous();
-  const at::Tensor weight = weight_.contiguous();
+  const at::Tensor weight = gemm_weight(hidden, weight_);
   const at::Tensor gl = grad_losses_.to(acc).contiguous();
   const at::Tensor lse = lse_.contiguous();
   at::Tensor grad_hidden = at::empty_like(hidden);
   // The first chunk's GEMM overwrites gw (beta = 0); it stays 0 only when there is no row.
   at::Tensor gw = d.N == 0 ? at::zeros({d.V, d.C}, hidden.options().dtype(acc))
                            : at::empty({d.V, d.C}, hidden.options().dtype(acc));
-  if (d.N == 0) return {grad_hidden, gw.to(weight.scalar_type())};
+  if (d.N == 0) return {grad_hidden, gw.to(weight_.scalar_type())};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, hidden.scalar_type(), "linear_cross_entropy_backward_cpu", [&] {
     Outputs o;
     o.lse = const_cast<void*>(lse.const_data_ptr());
@@ -230,7 +241,7 @@ std::tuple<at::Tensor, at::Tensor> lce_backward_cpu(const at::Tensor& grad_losse
     run_chunks<scalar_t>(Mode::kBackward, hidden, weight, targets.const_data_ptr<int64_t>(), d, ignore_index,
                          chunk_size, o);
   });
-  return {grad_hidden, gw.to(weight.scalar_type())};
+  return {grad_hidden, gw.to(weight_.scalar_type())};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lce_and_grad_cpu(
@@ -242,7 +253,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lce_and_grad_cpu(
   const at::Tensor targets = targets_.contiguous();
   const int64_t valid = count_valid_targets(targets, d.V, ignore_index, op);
   const at::Tensor hidden = hidden_.contiguous();
-  const at::Tensor weight = weight_.contiguous();
+  const at::Tensor weight = gemm_weight(hidden, weight_);
   // mean over the non-ignored rows; with none of them the loss is 0 and so are its gradients.
   const double scale = mean ? 1.0 / double(std::max<int64_t>(valid, 1)) : 1.0;
   at::Tensor losses = at::empty({d.N}, hidden.options().dtype(acc));
@@ -271,7 +282,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lce_and_grad_cpu(
       loss.fill_(total * scale);
     });
   }
-  at::Tensor grad_weight = need_grad_weight ? gw.to(weight.scalar_type()) : at::empty({0}, weight.options());
+  at::Tensor grad_weight = need_grad_weight ? gw.to(weight_.scalar_type()) : at::empty({0}, weight_.options());
   return {loss, grad_hidden, grad_weight};
 }
 

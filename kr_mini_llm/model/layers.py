@@ -8,6 +8,14 @@ import torch.nn.functional as F
 from .config import TransformerConfig
 
 
+def autocast_input(x: torch.Tensor) -> torch.Tensor:
+    """x in the autocast dtype when autocast is on: the one cast copy that every projection of x
+    shares (autocast would cast x again for each linear layer, forward and backward)."""
+    if torch.is_autocast_enabled(x.device.type):
+        return x.to(torch.get_autocast_dtype(x.device.type))
+    return x
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float, ops):
         super().__init__()
@@ -31,6 +39,7 @@ class MLP(nn.Module):
         self.ops = ops
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = autocast_input(x)
         return self.down_proj(self.ops.swiglu(self.gate_proj(x), self.up_proj(x)))
 
 
@@ -55,7 +64,9 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, kv_cache=None):
         B, T, _ = x.shape
+        x = autocast_input(x)
         q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim)
+        out_dtype = q.dtype  # what o_proj takes without a cast (the autocast dtype under autocast)
         k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:
@@ -68,7 +79,7 @@ class Attention(nn.Module):
             kc, vc = kv_cache.k[self.layer_idx], kv_cache.v[self.layer_idx]
             self.ops.kv_cache_append(kc, vc, k.to(kc.dtype), v.to(vc.dtype), kv_cache.lens)
             out = self.ops.decode_attention(q.to(kc.dtype), kc, vc, kv_cache.lens + T)
-        return self.o_proj(out.reshape(B, T, self.num_heads * self.head_dim).to(x.dtype))
+        return self.o_proj(out.reshape(B, T, self.num_heads * self.head_dim).to(out_dtype))
 
 
 class Block(nn.Module):

@@ -13,8 +13,8 @@ tensors autograd saves on the fused path (csrc/ops, ops/*.py `save_for_backward`
   - optimizer state: AdamW keeps two fp32 moments per parameter, SGD with momentum one;
   - activations, per layer and token: the residual stream saved by both RMSNorms, the normed
     inputs the projections save, rotated q/k, v, the attention output and its logsumexp, the
-    SwiGLU gate/up and its output; under autocast every projection saves its own cast copy of
-    its input; with gradient checkpointing only each block's input, plus one block recomputed
+    SwiGLU gate/up and its output; under autocast the projections of one input share one cast
+    copy of it (model/layers.py `autocast_input`); with gradient checkpointing only each block's input, plus one block recomputed
     during backward;
   - the LM-head loss, fused and chunked: its forward already computes grad_hidden [N, C] and
     grad_weight [V, C], which backward scales into new tensors, and a [chunk, V] logits buffer.
@@ -97,10 +97,9 @@ def estimate_memory(config, batch_size: int, seq_len: int, precision: str = "fp3
     # Saved per token by one block (bytes).
     q, kv = H * D, Hkv * D
     block = 4 * C + 4 * C                      # residual saved by input and post-attention norms (fp32)
-    block += (3 if amp else 1) * a * C         # normed input of q/k/v (autocast: one cast copy each)
-    block += (2 if amp else 1) * a * C         # normed input of gate/up
-    block += a * (q + 2 * kv) + a * q + 4 * H  # rotated q, k, v; attention output, logsumexp
-    block += a * q if amp else 0               # o_proj's cast copy of the attention output
+    block += a * C                             # normed input of q/k/v (autocast: one cast copy, shared)
+    block += a * C                             # normed input of gate/up (likewise)
+    block += a * (q + 2 * kv) + a * q + 4 * H  # rotated q, k, v; attention output (o_proj's input), logsumexp
     block += a * (q + kv) if config.qk_norm else 0
     block += 3 * a * I                         # gate, up, swiglu output
     block += 2 * C if config.dropout > 0 else 0  # dropout masks

@@ -16,7 +16,7 @@ from .. import ops as _ops
 from .config import TransformerConfig
 from .hf import load_hf, save_hf
 from .kv_cache import KVCache
-from .layers import Block, RMSNorm
+from .layers import Block, RMSNorm, autocast_input
 from .op_set import op_set
 
 
@@ -123,12 +123,10 @@ class Transformer(nn.Module):
             if labels.shape != input_ids.shape:
                 raise ValueError(f"labels must have the shape of input_ids {tuple(input_ids.shape)}, "
                                  f"got {tuple(labels.shape)}")
-            w = self.lm_head.weight
-            if torch.is_autocast_enabled(h.device.type):
-                dt = torch.get_autocast_dtype(h.device.type)
-                h, w = h.to(dt), w.to(dt)
-            return self.ops.linear_cross_entropy(h.reshape(B * T, -1), w, labels.reshape(-1),
-                                                 ignore_index=ignore_index)
+            # Under autocast only h is cast: the op takes the fp32 weight, casts it once inside and
+            # returns its gradient in fp32 (no bf16 round trip of a [V, C] gradient).
+            return self.ops.linear_cross_entropy(autocast_input(h).reshape(B * T, -1), self.lm_head.weight,
+                                                 labels.reshape(-1), ignore_index=ignore_index)
         if logits_at is not None:  # [B] one position per row (right-padded batches): logits [B, 1, V]
             h = h[torch.arange(B, device=h.device), logits_at.to(h.device)].unsqueeze(1)
         elif last_logits_only:

@@ -252,9 +252,17 @@ def _and_grad_backward(ctx, grad_loss, _ggh, _ggw):
         if ctx.needs_input_grad[i] and not need:
             raise RuntimeError(f"linear_cross_entropy_and_grad: a gradient for {name} was asked for but "
                                f"the op was called with need_grad_{name}=False")
-    gh = (grad_hidden * grad_loss).to(grad_hidden.dtype) if need_gh and ctx.needs_input_grad[0] else None
-    gw = (grad_weight * grad_loss).to(grad_weight.dtype) if need_gw and ctx.needs_input_grad[1] else None
-    return gh, gw, None, None, None, None, None, None
+    # Always new tensors: autograd may adopt a returned gradient as .grad and accumulate into it
+    # in place, which would change the saved ones under a retained graph.
+    # loss.backward() on the CPU: the forward's gradients as they are, with no [V, C] multiply
+    # and allocation (autograd copies a gradient it must keep, so a retained graph stays exact).
+    # Traced tensors (fake, functional) are never read and take the general path.
+    if type(grad_loss) is torch.Tensor and grad_loss.device.type == "cpu" and grad_loss.item() == 1.0:
+        gh, gw = grad_hidden, grad_weight
+    else:
+        gh, gw = (grad_hidden * grad_loss).to(grad_hidden.dtype), (grad_weight * grad_loss).to(grad_weight.dtype)
+    return (gh if need_gh and ctx.needs_input_grad[0] else None,
+            gw if need_gw and ctx.needs_input_grad[1] else None, None, None, None, None, None, None)
 
 
 torch.library.register_autograd(qualname("linear_cross_entropy_and_grad"), _and_grad_backward,

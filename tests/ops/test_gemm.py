@@ -49,6 +49,21 @@ def test_matrix_gemm_matches_float64(dtype, ta, tb):
                 check(c, a, b, c0, ta, tb, accumulate, dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_weight_gradient_gemm_accumulates_in_fp32(dtype):
+    """a^T @ b of 16-bit operands into fp32 c (the LM head's weight gradient): fp32-exact products
+    summed in fp32, with no rounding to the dtype, on every path (the VNNI brgemm's K padding to
+    32 and its blocks of 256, ragged panels of c, a's rows strided as the loss's buffer is)."""
+    g = torch.Generator().manual_seed(3)
+    for M, K, N in [(1, 1, 1), (33, 31, 17), (31, 33, 65), (100, 257, 64), (70, 600, 130), (5, 1, 200)]:
+        a = torch.randn(K, 2 * M + 3, generator=g, dtype=torch.float64).to(dtype)[:, :M]
+        b = torch.randn(K, N, generator=g, dtype=torch.float64).to(dtype)
+        c0 = torch.randn(M, N, generator=g)
+        for accumulate in (False, True):
+            c = gemm(a, b, c0, True, False, accumulate, False)
+            check(c, a, b, c0, True, False, accumulate, torch.float32)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_tile_gemm_matches_float64(dtype):
     """Odd K (a zero VNNI row), N across panel edges (16, 64) and row strides wider than K, N."""

@@ -349,3 +349,58 @@ def test_public_function_errors():
         ops.linear_cross_entropy(H.reshape(2, 2, 8), W, T)
     with pytest.raises(ValueError, match=r"targets\[1\] = 10"):
         ops.linear_cross_entropy(H, W, torch.tensor([0, 10, 1, 2]))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_fp32_weight_with_low_precision_hidden(dtype, reduction):
+    """Autocast's form: bf16/fp16 hidden, the fp32 master weight. The weight is cast once inside,
+    and its gradient comes back in fp32 (more exact than a bf16 gradient cast up)."""
+    N, C, V = 45, 72, 1001
+    h, w, t = make(N, C, V, dtype, ignore_every=4, seed=11)
+    w32 = w.float()
+    grad_out = torch.randn(N) if reduction == "none" else torch.tensor(1.0)
+    ref, gh64, gw64 = reference_grads(h, w32.to(dtype), t, reduction, grad_out)
+    hl, wl = h.clone().requires_grad_(True), w32.clone().requires_grad_(True)
+    out = ops.linear_cross_entropy(hl, wl, t, reduction=reduction, chunk_size=16)
+    out.backward(grad_out)
+    assert hl.grad.dtype == dtype and wl.grad.dtype == torch.float32
+    check(hl.grad, gh64, dtype, "grad_hidden")
+    check(wl.grad, gw64, dtype, "grad_weight")  # bounded by softmax - onehot, which is in the dtype
+    # The same numbers as the weight given in the dtype, up to that dtype's rounding of the gradient.
+    hl2, wl2 = h.clone().requires_grad_(True), w32.to(dtype).requires_grad_(True)
+    ops.linear_cross_entropy(hl2, wl2, t, reduction=reduction, chunk_size=16).backward(grad_out)
+    torch.testing.assert_close(hl.grad, hl2.grad, rtol=0, atol=0)
+    torch.testing.assert_close(wl.grad.to(dtype), wl2.grad, rtol=0, atol=0)
+
+
+def test_mixed_dtypes_other_than_accumulation_are_refused():
+    h, w, t = make(4, 8, 11, torch.bfloat16)
+    with pytest.raises(TypeError, match=r"hidden \(BFloat16\) and weight \(Half\) must have the same dtype, "
+                                        r"or weight the accumulation dtype Float"):
+        ops.linear_cross_entropy(h, w.half(), t)
+    with pytest.raises(TypeError, match=r"hidden \(Float\) and weight \(BFloat16\) must have the same dtype"):
+        ops.linear_cross_entropy(h.float(), w, t)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_unit_and_scaled_loss_gradients_agree(dtype):
+    """loss.backward() hands the forward's gradients on as they are, another incoming gradient scales
+    them; a retained graph run twice gives twice the gradients (accumulating .grad in place does
+    not change what the op saved)."""
+    h, w, t = make(37, 40, 301, dtype, ignore_every=6, seed=5)
+
+    def grads(scale, runs=1):
+        hl, wl = h.clone().requires_grad_(True), w.float().clone().requires_grad_(True)
+        loss = ops.linear_cross_entropy(hl, wl, t)
+        for _ in range(runs):
+            (loss if scale is None else loss * scale).backward(retain_graph=runs > 1)
+        return hl.grad, wl.grad
+
+    gh1, gw1 = grads(None)
+    gh2, gw2 = grads(2.0)
+    torch.testing.assert_close(gh2, (gh1.float() * 2).to(gh1.dtype), rtol=0, atol=0)
+    torch.testing.assert_close(gw2, gw1 * 2, rtol=0, atol=0)
+    gh3, gw3 = grads(None, runs=2)
+    torch.testing.assert_close(gw3, gw1 * 2, rtol=0, atol=0)
+    torch.testing.assert_close(gh3, (gh1.float() * 2).to(gh1.dtype), rtol=0, atol=0)
