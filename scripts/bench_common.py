@@ -31,9 +31,13 @@ def median_time(fn, repeats: int = 7, warmup: int = 2, budget_s: float = 20.0) -
     return statistics.median(times)
 
 
-def interleaved_medians(fns: dict, repeats: int, warmup: int = 1, budget_s: float = 60.0) -> dict:
+def interleaved_medians(fns: dict, repeats: int, warmup: int = 1, budget_s: float = 60.0,
+                        settle: int = 0) -> dict:
     """Median wall time (s) of each fn, the contenders taking turns call by call, so a noisy
-    neighbour on a shared machine slows them alike; fewer repeats (at least 3) when slow."""
+    neighbour on a shared machine slows them alike; fewer repeats (at least 3) when slow.
+    settle: untimed calls of the same fn before each timed one, so a timed call finds the
+    process's memory as its own previous call left it, not as another contender's did (a
+    training step after another model's step pays for page faults no training run sees)."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -41,6 +45,8 @@ def interleaved_medians(fns: dict, repeats: int, warmup: int = 1, budget_s: floa
     t_start = time.perf_counter()
     for i in range(repeats):
         for k, fn in fns.items():
+            for _ in range(settle):
+                fn()
             gc.collect()
             t0 = time.perf_counter()
             fn()

@@ -108,8 +108,8 @@ def main():
     lines = ["# One training step on the CPU", "", "Command: `python " + " ".join(["scripts/bench_model.py", *sys.argv[1:]]) + "`",
              "", *environment(), f"- Threads: {args.threads}, {args.tokens} tokens per step, AdamW (fused), dropout 0",
              f"- bf16: {bf16_native()[1]}", "",
-             "Tokens/s are medians over repeated steps after a warm-up step, the variants taking turns step by "
-             "step; peak MB is the largest amount of memory torch had allocated during one step beyond what was "
+             "Tokens/s are medians over repeated steps after a warm-up step, the variants taking turns (an "
+             "untimed step of a variant before each timed one, so its memory is as its own last step left it); peak MB is the largest amount of memory torch had allocated during one step beyond what was "
              "allocated before it (activations, gradients, temporaries). Ratios: ours / baseline tokens/s, "
              "ours / baseline peak memory. MFU: training FLOPs (6 per matmul weight per token, LM head included, "
              "plus causal attention) per second over the measured GEMM peak of the dtype.", "",
@@ -136,7 +136,7 @@ def main():
                     steps[variant] = make_step(variant, model, dtype, x, y)
                     steps[variant]()  # warm-up (and compile)
                     models.append(model)
-                times = interleaved_medians(steps, args.repeats, warmup=0, budget_s=600)
+                times = interleaved_medians(steps, args.repeats, warmup=0, budget_s=600, settle=1)
                 results = {v: (batch * seq / t, peak_memory(steps[v])) for v, t in times.items()}
                 del steps, models
                 ours_tps, ours_mem = results.get("ours", (None, None))
