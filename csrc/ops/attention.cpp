@@ -462,6 +462,7 @@ void backward_kernel(const at::Tensor& go, const at::Tensor& q, const at::Tensor
   struct Scratch {
     std::vector<T> qp, dop, qt, dot, kt, vt, pr, dsr;
     std::vector<A> s, dp, dk, dv;
+    gemm::PackedB<T> ktp, vtp, kpp;  // K^T, V^T and K of the KV block, packed once for its query blocks
     gemm::Scratch<T> ws;
   };
   auto make = [&] {
@@ -508,6 +509,9 @@ void backward_kernel(const at::Tensor& go, const at::Tensor& q, const at::Tensor
       T* dot = sc.dot.data();
       transpose(nb, D, kp, ldk, kt, nb);
       transpose(nb, D, vp, ldv, vt, nb);
+      sc.ktp.pack(D, nb, kt, nb);
+      sc.vtp.pack(D, nb, vt, nb);
+      sc.kpp.pack(nb, D, kp, ldk);
       const int64_t qstart = causal ? n0 / qb : 0;
       for (int64_t qi = qstart; qi * qb < d.Tq; ++qi) {
         const int64_t t0 = qi * qb, nt = std::min(qb, d.Tq - t0), rows = nt * G;
@@ -515,8 +519,8 @@ void backward_kernel(const at::Tensor& go, const at::Tensor& q, const at::Tensor
         pack_rows(GO, b, t0, nt, hk * G, G, D, dop);
         transpose(rows, D, qp, D, qt, rows);
         transpose(rows, D, dop, D, dot, rows);
-        gemm::tile_mm<T>(rows, nb, D, qp, D, kt, nb, false, S, nb, sc.ws);
-        gemm::tile_mm<T>(rows, nb, D, dop, D, vt, nb, false, dP, nb, sc.ws);
+        gemm::tile_mm<T>(rows, qp, D, sc.ktp, false, S, nb, sc.ws);
+        gemm::tile_mm<T>(rows, dop, D, sc.vtp, false, dP, nb, sc.ws);
         for (int64_t r = 0; r < rows; ++r) {
           const int64_t tl = r / G, g = r % G, t = t0 + tl;
           const int64_t valid = causal ? std::min(nb, std::max<int64_t>(t - n0 + 1, 0)) : nb;
@@ -539,7 +543,7 @@ void backward_kernel(const at::Tensor& go, const at::Tensor& q, const at::Tensor
         }
         gemm::tile_mm<T>(D, nb, rows, dot, rows, P, nb, true, dV, nb, sc.ws);
         gemm::tile_mm<T>(D, nb, rows, qt, rows, dS, nb, true, dK, nb, sc.ws);
-        gemm::tile_mm<T>(rows, D, nb, dS, nb, kp, ldk, true, dq + t0 * G * D, D, sc.ws);
+        gemm::tile_mm<T>(rows, dS, nb, sc.kpp, true, dq + t0 * G * D, D, sc.ws);
       }
       for (int64_t r = 0; r < nb; ++r) {
         T* gkr = gkp + ((b * d.Tk + n0 + r) * d.Hkv + hk) * D;

@@ -24,6 +24,10 @@
 #include <cstring>
 #include <vector>
 
+#if defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 namespace kr::gemm {
 
 // Columns per VNNI panel of B: what one brgemm call reads.
@@ -44,20 +48,56 @@ inline bool use_vnni() {
   return false;
 }
 
+// Interleaves n values of rows r0 and r1 into d (d[2i] = r0[i], d[2i + 1] = r1[i]): one pair
+// of rows of a VNNI panel. Vectorised: packing, not the dot products, bounded the bf16 tile
+// GEMMs on AMX (attention's backward packs B operands of ~10K values per 1M-MAC GEMM).
+template <typename T>
+inline void interleave_rows(int64_t n, const T* r0, const T* r1, T* d) {
+  int64_t i = 0;
+#if defined(__AVX512BW__)
+  if constexpr (sizeof(T) == 2) {
+    const __m512i lo_idx = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11);
+    const __m512i hi_idx = _mm512_setr_epi64(4, 5, 12, 13, 6, 7, 14, 15);
+    for (; i + 32 <= n; i += 32) {
+      const __m512i a = _mm512_loadu_si512(r0 + i), b = _mm512_loadu_si512(r1 + i);
+      const __m512i lo = _mm512_unpacklo_epi16(a, b), hi = _mm512_unpackhi_epi16(a, b);
+      _mm512_storeu_si512(d + 2 * i, _mm512_permutex2var_epi64(lo, lo_idx, hi));
+      _mm512_storeu_si512(d + 2 * i + 32, _mm512_permutex2var_epi64(lo, hi_idx, hi));
+    }
+  }
+#elif defined(__AVX2__)
+  if constexpr (sizeof(T) == 2) {
+    for (; i + 16 <= n; i += 16) {
+      const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r0 + i));
+      const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r1 + i));
+      const __m256i lo = _mm256_unpacklo_epi16(a, b), hi = _mm256_unpackhi_epi16(a, b);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + 2 * i), _mm256_permute2x128_si256(lo, hi, 0x20));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + 2 * i + 16), _mm256_permute2x128_si256(lo, hi, 0x31));
+    }
+  }
+#endif
+  for (; i < n; ++i) {
+    d[2 * i] = r0[i];
+    d[2 * i + 1] = r1[i];
+  }
+}
+
 // Packs B[K, N] (row-major, ld ldb) into the VNNI layout brgemm reads for 16-bit types:
 // dst[(k / 2) * 2 * ldd + 2 * n + k % 2], ldd >= N columns; rows past K (up to the even
 // round_up(K, 2)) and columns [N, ldd) are zero.
 template <typename T>
 inline void pack_vnni(int64_t K, int64_t N, const T* B, int64_t ldb, T* dst, int64_t ldd) {
   const int64_t Kp = round_up(K, 2);
+  std::vector<T> zeros;
   for (int64_t k = 0; k < Kp; k += 2) {
     T* d = dst + k * ldd;
     const T* r0 = B + k * ldb;
-    const T* r1 = k + 1 < K ? r0 + ldb : nullptr;
-    for (int64_t n = 0; n < N; ++n) {
-      d[2 * n] = r0[n];
-      d[2 * n + 1] = r1 != nullptr ? r1[n] : T(0);
+    const T* r1 = r0 + ldb;
+    if (k + 1 >= K) {
+      zeros.assign(N, T(0));
+      r1 = zeros.data();
     }
+    interleave_rows(N, r0, r1, d);
     std::fill(d + 2 * N, d + 2 * ldd, T(0));
   }
 }
@@ -73,17 +113,45 @@ inline void panel_mm(int64_t M, int64_t K, const T* A, int64_t lda, const T* pan
   }
 }
 
+// B [K, N] made ready once for several tile GEMMs (attention's backward multiplies each K/V
+// tile by every query block): on the VNNI path its panels of kPanel columns, packed
+// ([Kp / 2][wp][2], K padded to even, columns to a multiple of 16, as oneDNN needs), panel p at
+// p * Kp * kPanel; otherwise B is read where it is.
+template <typename T>
+struct PackedB {
+  const T* b = nullptr;
+  int64_t ldb = 0, K = 0, N = 0;
+  bool vnni = false;
+  std::vector<T> panels;
+
+  void pack(int64_t K_, int64_t N_, const T* b_, int64_t ldb_) {
+    b = b_, ldb = ldb_, K = K_, N = N_;
+    vnni = use_vnni<T>() && K > 0;
+    if (!vnni) return;
+    const int64_t Kp = round_up(K, 2), np = (N + kPanel - 1) / kPanel;
+    panels.resize(np * Kp * kPanel);
+    for (int64_t p = 0; p < np; ++p) {
+      const int64_t n0 = p * kPanel, w = std::min(kPanel, N - n0);
+      pack_vnni(K, w, b + n0, ldb, panels.data() + p * Kp * kPanel, round_up(w, 16));
+    }
+  }
+};
+
 // Per-worker buffers of tile_mm.
 template <typename T>
 struct Scratch {
-  std::vector<T> a, bp;
+  std::vector<T> a;
   std::vector<float> c, af, bf;
+  PackedB<T> pb;
 };
 
+template <typename T>
+inline void tile_mm(int64_t M, const T* A, int64_t lda, const PackedB<T>& B, bool accumulate, acc_t<T>* C,
+                    int64_t ldc, Scratch<T>& ws);
+
 // C[M, N] (row-major, ldc, accumulation type) = A[M, K] @ B[K, N] (+ C if accumulate), A and B
-// row-major with leading dimensions lda, ldb. bf16/fp16 on the VNNI path: B is packed into
-// panels of kPanel columns (K padded to even, columns to a multiple of 16, as oneDNN needs);
-// an odd K adds a zero column to A. float64 (gradcheck) goes through at::mm.
+// row-major with leading dimensions lda, ldb. bf16/fp16 on the VNNI path: B is packed (see
+// PackedB); an odd K adds a zero column to A. float64 (gradcheck) goes through at::mm.
 template <typename T>
 inline void tile_mm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb,
                     bool accumulate, acc_t<T>* C, int64_t ldc, Scratch<T>& ws) {
@@ -114,6 +182,22 @@ inline void tile_mm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, co
       for (int64_t j = 0; j < N; ++j) ws.bf[i * N + j] = float(B[i * ldb + j]);
     at::native::cpublas::brgemm(M, N, K, K, N, ldc, accumulate, ws.af.data(), ws.bf.data(), C, false);
   } else {
+    ws.pb.pack(K, N, B, ldb);
+    tile_mm(M, A, lda, ws.pb, accumulate, C, ldc, ws);
+  }
+}
+
+// The same with B packed beforehand.
+template <typename T>
+inline void tile_mm(int64_t M, const T* A, int64_t lda, const PackedB<T>& B, bool accumulate, acc_t<T>* C,
+                    int64_t ldc, Scratch<T>& ws) {
+  const int64_t N = B.N, K = B.K;
+  if (!B.vnni) {
+    tile_mm(M, N, K, A, lda, B.b, B.ldb, accumulate, C, ldc, ws);
+    return;
+  }
+  if (M == 0 || N == 0) return;
+  if constexpr (std::is_same_v<T, at::BFloat16> || std::is_same_v<T, at::Half>) {
     const int64_t Kp = round_up(K, 2);
     const T* a = A;
     int64_t lda_ = lda;
@@ -126,18 +210,17 @@ inline void tile_mm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, co
       a = ws.a.data();
       lda_ = Kp;
     }
-    ws.bp.resize(Kp * kPanel);
-    for (int64_t n0 = 0; n0 < N; n0 += kPanel) {
+    for (int64_t n0 = 0, p = 0; n0 < N; n0 += kPanel, ++p) {
       const int64_t w = std::min(kPanel, N - n0), wp = round_up(w, 16);
-      pack_vnni(K, w, B + n0, ldb, ws.bp.data(), wp);
+      const T* panel = B.panels.data() + p * Kp * kPanel;
       if (wp == w) {
-        at::native::cpublas::brgemm(M, wp, Kp, lda_, wp, ldc, accumulate, a, ws.bp.data(), C + n0, true);
+        at::native::cpublas::brgemm(M, wp, Kp, lda_, wp, ldc, accumulate, a, panel, C + n0, true);
       } else {
         ws.c.resize(M * wp);
         float* cb = ws.c.data();
         if (accumulate)
           for (int64_t i = 0; i < M; ++i) std::memcpy(cb + i * wp, C + i * ldc + n0, w * sizeof(float));
-        at::native::cpublas::brgemm(M, wp, Kp, lda_, wp, wp, accumulate, a, ws.bp.data(), cb, true);
+        at::native::cpublas::brgemm(M, wp, Kp, lda_, wp, wp, accumulate, a, panel, cb, true);
         for (int64_t i = 0; i < M; ++i) std::memcpy(C + i * ldc + n0, cb + i * wp, w * sizeof(float));
       }
     }

@@ -241,11 +241,15 @@ def _and_grad_setup_context(ctx, inputs, output):
     _, grad_hidden, grad_weight = output
     ctx.save_for_backward(grad_hidden, grad_weight)
     ctx.mark_non_differentiable(grad_hidden, grad_weight)
+    # No zero gradients made up for the two gradient outputs (a [V, C] fill per step otherwise).
+    ctx.set_materialize_grads(False)
     _, _, _, _, _, _, need_gh, need_gw = inputs
     ctx.need = (need_gh, need_gw)
 
 
 def _and_grad_backward(ctx, grad_loss, _ggh, _ggw):
+    if grad_loss is None:
+        return None, None, None, None, None, None, None, None
     grad_hidden, grad_weight = ctx.saved_tensors
     need_gh, need_gw = ctx.need
     for i, (name, need) in enumerate((("hidden", need_gh), ("weight", need_gw))):
