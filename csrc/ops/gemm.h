@@ -10,8 +10,9 @@
 //  - whole-matrix GEMMs (linear_cross_entropy): gemm::mm_acc on tensors, threaded by oneDNN /
 //    the BLAS. bf16/fp16 use at::mm in that dtype (oneDNN's matmul: fp32 accumulation inside,
 //    the product rounded to the dtype as F.linear does) and accumulate in fp32 outside it,
-//    except a^T @ b into fp32 (a weight gradient), which runs on the VNNI brgemm straight into
-//    c, threaded over rows of c (no 16-bit product, no temporary); where bf16/fp16 dot
+//    except a large a^T @ b into fp32 (the LM head's weight gradient), which runs on the VNNI
+//    brgemm straight into c, threaded over rows of c (no 16-bit product to round, allocate and
+//    add; see mm_acc for the size rule); where bf16/fp16 dot
 //    products are not native, the operands are widened and multiplied in fp32.
 //    (MKL's cblas_gemm_bf16bf16f32 is fast only with AMX, a third of oneDNN's speed elsewhere;
 //    cpublas::gemm's bf16 -> fp32 overload is not exported by libtorch.)

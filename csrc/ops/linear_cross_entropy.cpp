@@ -82,19 +82,21 @@ at::Tensor gemm_weight(const at::Tensor& hidden, const at::Tensor& weight) {
   return weight.to(hidden.scalar_type()).contiguous();
 }
 
-// g[j] = scale * (exp(x[j] - lse) - [j == target]) for one row, x in acc, g in T (may alias x).
-template <typename T>
-void row_grad(const acc_t<T>* x, T* g, int64_t V, acc_t<T> lse, acc_t<T> scale, int64_t target) {
+// g[j] = scale * (exp(x[j] - lse) - [j == target]) for one row, x in acc or in T, g in T (may
+// alias x).
+template <typename T, typename X>
+void row_grad(const X* x, T* g, int64_t V, acc_t<T> lse, acc_t<T> scale, int64_t target) {
   using A = acc_t<T>;
   using IO = VecIO<T>;
+  using XIO = VecIO<X>;
   using Vec = Vectorized<A>;
   constexpr int64_t K = Vec::size();
   const Vec vl(lse), vs(scale);
   // Read before the loop: g may alias x. Recomputed in acc so the -1 keeps its bits in T.
-  const A gt = scale * (std::exp(x[target] - lse) - A(1));
+  const A gt = scale * (std::exp(A(x[target]) - lse) - A(1));
   int64_t j = 0;
-  for (; j + K <= V; j += K) IO::store(g + j, vexp<A>(Vec::loadu(x + j) - vl) * vs);
-  if (j < V) IO::store(g + j, vexp<A>(Vec::loadu(x + j, V - j) - vl) * vs, V - j);
+  for (; j + K <= V; j += K) IO::store(g + j, vexp<A>(XIO::load(x + j) - vl) * vs);
+  if (j < V) IO::store(g + j, vexp<A>(XIO::load(x + j, V - j) - vl) * vs, V - j);
   g[target] = T(gt);
 }
 
@@ -127,37 +129,37 @@ void run_chunks(Mode mode, const at::Tensor& hidden, const at::Tensor& weight, c
   const A* gl = static_cast<const A*>(o.grad_losses);
   const auto acc_opts = hidden.options().dtype(c10::CppTypeToScalarType<A>::value);
 
-  at::Tensor logits_buf = at::empty({chunk, V}, acc_opts);
-  // softmax - onehot overwrites the logits in place. For bf16/fp16 row r of G (in T) sits at
-  // the start of logits row r's bytes (row stride V * sizeof(A) / sizeof(T) elements of T):
-  // each row is converted front to back by one thread, writing only bytes it has already read.
+  // Where bf16/fp16 dot products are native the GEMM's logits are in T (rounded, as F.linear's
+  // are), and the row pass reads them as they are: no fp32 copy, half the buffer, and G is
+  // written over them in place. Elsewhere (widened to fp32, or T = A) the logits are in A.
+  const bool logits_in_t = !kSame && gemm::use_vnni<T>();
+  at::Tensor logits_buf = at::empty({chunk, V}, logits_in_t ? hidden.options() : acc_opts);
+  // softmax - onehot overwrites the logits in place. For bf16/fp16 logits in A, row r of G (in
+  // T) sits at the start of logits row r's bytes (row stride V * sizeof(A) / sizeof(T) elements
+  // of T): each row is converted front to back by one thread, writing only bytes it has read.
   constexpr int64_t kRatio = int64_t(sizeof(A) / sizeof(T));
-  const int64_t ldg = V * kRatio;
+  const int64_t ldg = logits_in_t ? V : V * kRatio;
   at::Tensor g_buf;   // [chunk, V] view of T with row stride ldg
-  if (want_grad) g_buf = kSame ? logits_buf : logits_buf.view(hidden.scalar_type()).narrow(1, 0, V);
-  A* logits = logits_buf.mutable_data_ptr<A>();
+  if (want_grad)
+    g_buf = kSame || logits_in_t ? logits_buf : logits_buf.view(hidden.scalar_type()).narrow(1, 0, V);
   T* g = want_grad ? g_buf.mutable_data_ptr<T>() : nullptr;
 
-  const int64_t grain = std::max<int64_t>(1, 16384 / V);
-  bool first_gw = true;
-  for (int64_t r0 = 0; r0 < N; r0 += chunk) {
-    const int64_t rows = std::min(chunk, N - r0);
-    const at::Tensor hc = hidden.narrow(0, r0, rows);
-    at::Tensor lc = logits_buf.narrow(0, 0, rows);
-    gemm::mm_acc(hc, false, weight, true, lc, false);
+  // The row pass over one chunk: lse and losses, then G; x points at the logits (A or T).
+  auto row_pass = [&](const auto* logits, int64_t r0, int64_t rows) {
+    const int64_t grain = std::max<int64_t>(1, 16384 / V);
     at::parallel_for(0, rows, grain, [&](int64_t b, int64_t e) {
       for (int64_t r = b; r < e; ++r) {
         const int64_t i = r0 + r;
-        const A* x = logits + r * V;
+        const auto* x = logits + r * V;
         const int64_t t = tgt[i];
         const bool ignored = t == ignore_index;
         A l;
         if (mode == Mode::kBackward) {
           l = lse[i];
         } else {
-          l = row_logsumexp<A>(x, V);
+          l = row_logsumexp(x, V);
           lse[i] = l;
-          losses[i] = ignored ? A(0) : l - x[t];
+          losses[i] = ignored ? A(0) : l - A(x[t]);
         }
         if (!want_grad) continue;
         T* gr = g + r * ldg;
@@ -169,6 +171,20 @@ void run_chunks(Mode mode, const at::Tensor& hidden, const at::Tensor& weight, c
         }
       }
     });
+  };
+
+  bool first_gw = true;
+  for (int64_t r0 = 0; r0 < N; r0 += chunk) {
+    const int64_t rows = std::min(chunk, N - r0);
+    const at::Tensor hc = hidden.narrow(0, r0, rows);
+    at::Tensor lc = logits_buf.narrow(0, 0, rows);
+    if (logits_in_t) {
+      at::mm_out(lc, hc, weight.t());
+      row_pass(lc.const_data_ptr<T>(), r0, rows);
+    } else {
+      gemm::mm_acc(hc, false, weight, true, lc, false);
+      row_pass(lc.const_data_ptr<A>(), r0, rows);
+    }
     if (!want_grad) continue;
     const at::Tensor gc = g_buf.narrow(0, 0, rows);
     if (want_gh) {

@@ -25,36 +25,41 @@ inline Vectorized<A> vexp(const Vectorized<A>& x) {
 // max(x[i] * scale) for i < n (n >= 1). clamp_min is a bare SIMD max: at::vec::maximum's NaN
 // propagation costs three more instructions per vector in the hottest loop of attention, and
 // a NaN still reaches the result through row_exp_sum.
-template <typename A>
-inline A row_max(const A* x, int64_t n, A scale = A(1)) {
+// x may also be in a 16-bit type X (read as A): the bf16 logits of a bf16 GEMM.
+template <typename X, typename A = acc_t<X>>
+inline A row_max(const X* x, int64_t n, A scale = A(1)) {
   using V = Vectorized<A>;
+  using IO = VecIO<X>;
   constexpr int64_t K = V::size();
   const V vs(scale);
   V m(-std::numeric_limits<A>::infinity());
   int64_t i = 0;
-  for (; i + K <= n; i += K) m = at::vec::clamp_min(V::loadu(x + i) * vs, m);
-  if (i < n) m = at::vec::clamp_min(V::set(m, V::loadu(x + i, n - i) * vs, n - i), m);
+  for (; i + K <= n; i += K) m = at::vec::clamp_min(IO::load(x + i) * vs, m);
+  if (i < n) m = at::vec::clamp_min(V::set(m, IO::load(x + i, n - i) * vs, n - i), m);
   return at::vec::vec_reduce_all<A>([](V& a, V& b) { return at::vec::maximum(a, b); }, m);
 }
 
 // e[i] = exp(x[i] * scale - sub) for i < n; returns sum(e) in A. With out != nullptr the
 // values are also stored there as T (out may alias x when T == A) and out[n .. n_pad) is
 // zeroed. The tail is vectorised too, with the unused lanes masked out of the sum.
-template <typename T, typename A = acc_t<T>>
-inline A row_exp_sum(const A* x, int64_t n, A scale, A sub, T* out = nullptr, int64_t n_pad = 0) {
+// x is in A, or in T itself (out may then alias it).
+template <typename T, typename A = acc_t<T>, typename X>
+inline A row_exp_sum(const X* x, int64_t n, A scale, A sub, T* out = nullptr, int64_t n_pad = 0) {
+  static_assert(std::is_same_v<X, A> || std::is_same_v<X, T>, "row_exp_sum reads A or T");
   using IO = VecIO<T>;
+  using XIO = VecIO<X>;
   using V = Vectorized<A>;
   constexpr int64_t K = V::size();
   const V vs(scale), vsub(sub);
   V acc(0);
   int64_t i = 0;
   for (; i + K <= n; i += K) {
-    const V e = vexp<A>(at::vec::fmsub(V::loadu(x + i), vs, vsub));
+    const V e = vexp<A>(at::vec::fmsub(XIO::load(x + i), vs, vsub));
     acc = acc + e;
     if (out != nullptr) IO::store(out + i, e);
   }
   if (i < n) {
-    const V e = V::set(V(0), vexp<A>(at::vec::fmsub(V::loadu(x + i, n - i), vs, vsub)), n - i);
+    const V e = V::set(V(0), vexp<A>(at::vec::fmsub(XIO::load(x + i, n - i), vs, vsub)), n - i);
     acc = acc + e;
     if (out != nullptr) IO::store(out + i, e, n - i);
     i = n;
@@ -65,11 +70,11 @@ inline A row_exp_sum(const A* x, int64_t n, A scale, A sub, T* out = nullptr, in
 
 // log(sum(exp(x[i]))) for i < n (n >= 1), max-shifted. A row whose max is infinite (all -inf,
 // or an inf entry) gives that infinity.
-template <typename A>
-inline A row_logsumexp(const A* x, int64_t n) {
-  const A mx = row_max<A>(x, n);
+template <typename X, typename A = acc_t<X>>
+inline A row_logsumexp(const X* x, int64_t n) {
+  const A mx = row_max<X>(x, n);
   if (std::isinf(mx)) return mx;
-  return mx + std::log(row_exp_sum<A>(x, n, A(1), mx));
+  return mx + std::log(row_exp_sum<X, A>(x, n, A(1), mx));
 }
 
 }  // namespace kr

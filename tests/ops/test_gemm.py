@@ -51,17 +51,21 @@ def test_matrix_gemm_matches_float64(dtype, ta, tb):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_weight_gradient_gemm_accumulates_in_fp32(dtype):
-    """a^T @ b of 16-bit operands into fp32 c (the LM head's weight gradient): fp32-exact products
-    summed in fp32, with no rounding to the dtype, on every path (the VNNI brgemm's K padding to
-    32 and its blocks of 256, ragged panels of c, a's rows strided as the loss's buffer is)."""
+    """a^T @ b of 16-bit operands into fp32 c (the LM head's weight gradient), a's rows strided as
+    the loss's buffer is. Once the product is over 8 MB it is summed in fp32 with no rounding to
+    the dtype (the VNNI brgemm where bf16/fp16 are native, fp32 where widened); below, oneDNN's
+    product may be rounded to the dtype once, as the whole-matrix GEMM's is."""
     g = torch.Generator().manual_seed(3)
-    for M, K, N in [(1, 1, 1), (33, 31, 17), (31, 33, 65), (100, 257, 64), (70, 600, 130), (5, 1, 200)]:
+    # The last shape's 16-bit product is over 8 MB, which is where the VNNI brgemm takes over
+    # (K padded to 32 and in two blocks, a ragged last panel of 6 columns, a ragged row block).
+    for M, K, N in [(1, 1, 1), (33, 31, 17), (31, 33, 65), (100, 257, 64), (70, 600, 130), (5, 1, 200),
+                    (4099, 300, 1030)]:
         a = torch.randn(K, 2 * M + 3, generator=g, dtype=torch.float64).to(dtype)[:, :M]
         b = torch.randn(K, N, generator=g, dtype=torch.float64).to(dtype)
         c0 = torch.randn(M, N, generator=g)
         for accumulate in (False, True):
             c = gemm(a, b, c0, True, False, accumulate, False)
-            check(c, a, b, c0, True, False, accumulate, torch.float32)
+            check(c, a, b, c0, True, False, accumulate, torch.float32 if M * N * 2 > 8 << 20 else dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
