@@ -68,15 +68,15 @@ def environment() -> list[str]:
     caps = ", ".join(f"{k}={v}" for k, v in ISA_LEVELS[level].items()) or "no limits"
     flags = " ".join(f for f in _SHOWN_FLAGS if f in cpu_flags())
     peaks = measured_peaks()
-    bf16 = f"{peaks['bfloat16']:,.0f}" if peaks["bfloat16"] else f"not native ({bf16_native()[1]})"
+    bf16 = (f"{peaks['bfloat16']:,.0f} GFLOP/s (oneDNN brgemm dot products, cache-resident tiles)"
+            if peaks["bfloat16"] else f"not native ({bf16_native()[1]})")
     return [
         f"- Machine: {cpu_name()}, {os.cpu_count()} logical cores, {platform.system()} {platform.machine()}",
         f"- CPU flags (of interest): {flags}",
         f"- ISA level: **{level}** ({caps}); kr_mini_llm kernels built for {ops.simd_capability()}, "
         f"bf16 tile GEMMs on {'native dot products' if _C.vnni_tile_gemm(False) else 'fp32 (widened)'}",
         f"- Peak measured in this run on {torch.get_num_threads()} threads: fp32 FMA {peaks['float32']:,.0f} GFLOP/s "
-        f"({ops.simd_capability()} FMA chains), bf16 {bf16} GFLOP/s (oneDNN brgemm dot products, cache-resident "
-        f"tiles); MFU columns are against these",
+        f"({ops.simd_capability()} FMA chains), bf16 {bf16}; MFU columns are against these",
         f"- torch {torch.__version__}",
         f"- Date: {time.strftime('%Y-%m-%d %H:%M %Z')}",
     ]
