@@ -100,6 +100,22 @@ void row_grad(const X* x, T* g, int64_t V, acc_t<T> lse, acc_t<T> scale, int64_t
   g[target] = T(gt);
 }
 
+// The same from e[j] = exp(x[j] - max) and sum(e), kept from the log-sum-exp pass: one exp per
+// logit instead of two. g[j] = scale * (e[j] / sum - [j == target]).
+template <typename T>
+void row_grad_from_exp(const acc_t<T>* e, T* g, int64_t V, acc_t<T> sum, acc_t<T> scale, int64_t target) {
+  using A = acc_t<T>;
+  using IO = VecIO<T>;
+  using Vec = Vectorized<A>;
+  constexpr int64_t K = Vec::size();
+  const A c = scale / sum;
+  const Vec vc(c);
+  int64_t j = 0;
+  for (; j + K <= V; j += K) IO::store(g + j, Vec::loadu(e + j) * vc);
+  if (j < V) IO::store(g + j, Vec::loadu(e + j, V - j) * vc, V - j);
+  g[target] = T(scale * (e[target] / sum - A(1)));
+}
+
 enum class Mode { kForward, kBackward, kFused };
 
 struct Outputs {
@@ -148,11 +164,23 @@ void run_chunks(Mode mode, const at::Tensor& hidden, const at::Tensor& weight, c
   auto row_pass = [&](const auto* logits, int64_t r0, int64_t rows) {
     const int64_t grain = std::max<int64_t>(1, 16384 / V);
     at::parallel_for(0, rows, grain, [&](int64_t b, int64_t e) {
+      std::vector<A> ex(mode == Mode::kFused ? V : 0);  // exp(x - max) of the current row
       for (int64_t r = b; r < e; ++r) {
         const int64_t i = r0 + r;
         const auto* x = logits + r * V;
         const int64_t t = tgt[i];
         const bool ignored = t == ignore_index;
+        if (mode == Mode::kFused && !ignored) {
+          const A mx = row_max(x, V);
+          if (!std::isinf(mx)) {
+            const A sum = row_exp_sum<A>(x, V, A(1), mx, ex.data());
+            const A l = mx + std::log(sum);
+            lse[i] = l;
+            losses[i] = l - A(x[t]);
+            row_grad_from_exp<T>(ex.data(), g + r * ldg, V, sum, A(o.scale), t);
+            continue;
+          }
+        }
         A l;
         if (mode == Mode::kBackward) {
           l = lse[i];

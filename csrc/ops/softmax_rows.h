@@ -42,10 +42,10 @@ inline A row_max(const X* x, int64_t n, A scale = A(1)) {
 // e[i] = exp(x[i] * scale - sub) for i < n; returns sum(e) in A. With out != nullptr the
 // values are also stored there as T (out may alias x when T == A) and out[n .. n_pad) is
 // zeroed. The tail is vectorised too, with the unused lanes masked out of the sum.
-// x is in A, or in T itself (out may then alias it).
+// x is in A or in a 16-bit type accumulating in A (out may alias x when they are the same type).
 template <typename T, typename A = acc_t<T>, typename X>
 inline A row_exp_sum(const X* x, int64_t n, A scale, A sub, T* out = nullptr, int64_t n_pad = 0) {
-  static_assert(std::is_same_v<X, A> || std::is_same_v<X, T>, "row_exp_sum reads A or T");
+  static_assert(std::is_same_v<acc_t<X>, A>, "row_exp_sum reads A or a type that accumulates in A");
   using IO = VecIO<T>;
   using XIO = VecIO<X>;
   using V = Vectorized<A>;
