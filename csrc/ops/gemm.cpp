@@ -118,19 +118,9 @@ void tn_vnni(int64_t M, int64_t N, int64_t K, const T* a, int64_t lda, const T* 
         }
         for (int64_t i = 0; i < mb; ++i) std::fill(slab.data() + i * kb + kreal, slab.data() + (i + 1) * kb, T(0));
         for (int64_t p = 0; p < panels; ++p) {
-          const int64_t n0 = p * kPanel, w = std::min(kPanel, N - n0), wp = round_up(w, 16);
-          const T* panel = bp.data() + p * Kp * kPanel + k0 * wp;
-          float* cb = c + m0 * ldc + n0;
-          if (wp == w) {
-            at::native::cpublas::brgemm(mb, wp, kb, kb, wp, ldc, acc, slab.data(), panel, cb, true);
-            continue;
-          }
-          // A ragged last panel: brgemm writes wp columns, so it goes through a [mb, wp] buffer.
-          cw.assign(mb * wp, 0.0f);
-          if (acc)
-            for (int64_t i = 0; i < mb; ++i) std::memcpy(cw.data() + i * wp, cb + i * ldc, w * sizeof(float));
-          at::native::cpublas::brgemm(mb, wp, kb, kb, wp, wp, acc, slab.data(), panel, cw.data(), true);
-          for (int64_t i = 0; i < mb; ++i) std::memcpy(cb + i * ldc, cw.data() + i * wp, w * sizeof(float));
+          const int64_t n0 = p * kPanel, w = std::min(kPanel, N - n0);
+          vnni_panel_mm(mb, w, kb, slab.data(), kb, bp.data() + p * Kp * kPanel + k0 * round_up(w, 16), acc,
+                        c + m0 * ldc + n0, ldc, cw);
         }
       }
     }

@@ -114,6 +114,23 @@ inline void panel_mm(int64_t M, int64_t K, const T* A, int64_t lda, const T* pan
   }
 }
 
+// C[M, w] (fp32, ld ldc) (+)= A[M, K] (ld lda) @ one VNNI panel [K, wp] (wp = round_up(w, 16),
+// K even). brgemm writes wp columns, so a ragged panel (wp > w) goes through buf [M, wp].
+template <typename T>
+inline void vnni_panel_mm(int64_t M, int64_t w, int64_t K, const T* A, int64_t lda, const T* panel,
+                          bool accumulate, float* C, int64_t ldc, std::vector<float>& buf) {
+  const int64_t wp = round_up(w, 16);
+  if (wp == w) {
+    at::native::cpublas::brgemm(M, wp, K, lda, wp, ldc, accumulate, A, panel, C, true);
+    return;
+  }
+  buf.resize(M * wp);
+  if (accumulate)
+    for (int64_t i = 0; i < M; ++i) std::memcpy(buf.data() + i * wp, C + i * ldc, w * sizeof(float));
+  at::native::cpublas::brgemm(M, wp, K, lda, wp, wp, accumulate, A, panel, buf.data(), true);
+  for (int64_t i = 0; i < M; ++i) std::memcpy(C + i * ldc, buf.data() + i * wp, w * sizeof(float));
+}
+
 // B [K, N] made ready once for several tile GEMMs (attention's backward multiplies each K/V
 // tile by every query block): on the VNNI path its panels of kPanel columns, packed
 // ([Kp / 2][wp][2], K padded to even, columns to a multiple of 16, as oneDNN needs), panel p at
@@ -211,20 +228,9 @@ inline void tile_mm(int64_t M, const T* A, int64_t lda, const PackedB<T>& B, boo
       a = ws.a.data();
       lda_ = Kp;
     }
-    for (int64_t n0 = 0, p = 0; n0 < N; n0 += kPanel, ++p) {
-      const int64_t w = std::min(kPanel, N - n0), wp = round_up(w, 16);
-      const T* panel = B.panels.data() + p * Kp * kPanel;
-      if (wp == w) {
-        at::native::cpublas::brgemm(M, wp, Kp, lda_, wp, ldc, accumulate, a, panel, C + n0, true);
-      } else {
-        ws.c.resize(M * wp);
-        float* cb = ws.c.data();
-        if (accumulate)
-          for (int64_t i = 0; i < M; ++i) std::memcpy(cb + i * wp, C + i * ldc + n0, w * sizeof(float));
-        at::native::cpublas::brgemm(M, wp, Kp, lda_, wp, wp, accumulate, a, panel, cb, true);
-        for (int64_t i = 0; i < M; ++i) std::memcpy(C + i * ldc + n0, cb + i * wp, w * sizeof(float));
-      }
-    }
+    for (int64_t n0 = 0, p = 0; n0 < N; n0 += kPanel, ++p)
+      vnni_panel_mm(M, std::min(kPanel, N - n0), Kp, a, lda_, B.panels.data() + p * Kp * kPanel, accumulate,
+                    C + n0, ldc, ws.c);
   }
 }
 
