@@ -1,10 +1,11 @@
 // Linear + cross entropy (the LM head and its loss), fused and chunked over rows.
 //
 // For each chunk of `chunk_size` rows: logits[chunk, V] = hidden[chunk] @ weight^T by one
-// GEMM (gemm::mm_acc, oneDNN: kept in fp32; for bf16/fp16 the product is rounded to the
-// dtype first, as F.linear's logits are), then one vectorised pass per row (threaded over rows) for
-// max, sum(exp) and, when gradients are wanted, G = scale * (softmax - onehot) written in
-// place over the logits; then grad_hidden[chunk] = G @ weight and grad_weight += G^T @
+// GEMM (oneDNN; for bf16/fp16 with native dot products the logits stay in that dtype, rounded
+// as F.linear's are, and are read as they are; otherwise in fp32), then one vectorised pass per
+// row (threaded over rows) for max, sum(exp) and, when gradients are wanted, G = scale *
+// (softmax - onehot) from the same exps, written in place over the logits; then
+// grad_hidden[chunk] = G @ weight and grad_weight += G^T @
 // hidden[chunk] by two more GEMMs (threaded by the BLAS). Only [chunk, V] logits exist at a
 // time. Chunks run in order and grad_weight is accumulated in the accumulation dtype by
 // beta=1 GEMMs in that order, so losses and grad_weight depend on the thread count only
