@@ -62,7 +62,11 @@ def native_bf16_reason(flags: frozenset[str] | set[str], onednn_max_isa: str | N
         cap = (onednn_max_isa or "").upper()
         if cap in ONEDNN_ISA_ORDER and ONEDNN_ISA_ORDER.index(cap) < ONEDNN_ISA_ORDER.index("AVX512_CORE_BF16"):
             return False, f"the CPU has {'/'.join(sorted(x86))} but ONEDNN_MAX_CPU_ISA={onednn_max_isa} caps oneDNN below it"
-        return True, f"the CPU has native bf16 dot products ({'/'.join(sorted(x86))})"
+        if cap in ONEDNN_ISA_ORDER and ONEDNN_ISA_ORDER.index(cap) < ONEDNN_ISA_ORDER.index("AVX10_1_512_AMX"):
+            x86 -= {"amx_bf16"}  # capped below AMX: oneDNN uses the AVX512-BF16 dot products only
+        if x86:
+            return True, f"the CPU has native bf16 dot products ({'/'.join(sorted(x86))})"
+        return False, f"the CPU has amx_bf16 but ONEDNN_MAX_CPU_ISA={onednn_max_isa} caps oneDNN below it"
     if "bf16" in flags:
         return True, "the CPU has native bf16 dot products (Arm BF16)"
     return False, "the CPU has no native bf16 dot products (no avx512_bf16/amx_bf16 or Arm BF16)"
@@ -81,13 +85,59 @@ def native_bf16_here(flags: frozenset[str] | set[str] | None = None,
     return native_bf16_reason(flags, onednn_max_isa)
 
 
+# bf16 autocast also pays a cast of every weight and of its gradient (about 7% of a bf16 step on a
+# CPU with AMX), so it is taken only where bf16 matmuls beat fp32 ones by more than that.
+BF16_MIN_SPEEDUP = 1.15
+# The GEMM timed for the choice: tokens x inputs -> outputs, one linear layer at a few hundred tokens.
+_RATE_SHAPE = (512, 1024, 1024)
+
+
+@functools.lru_cache(maxsize=1)
+def matmul_gflops() -> tuple[float, float]:
+    """(bf16, fp32) GFLOP/s of F.linear at _RATE_SHAPE on this machine and its current threads, best
+    of 5 after a warm-up: the GEMMs autocast's linear layers run. Measured once per process (~0.1 s);
+    a private generator leaves the caller's random stream alone."""
+    import time
+
+    m, k, n = _RATE_SHAPE
+    g = torch.Generator().manual_seed(0)
+    rates = []
+    for dtype in (torch.bfloat16, torch.float32):
+        x, w = torch.randn(m, k, generator=g).to(dtype), torch.randn(n, k, generator=g).to(dtype)
+        torch.nn.functional.linear(x, w)
+        best = float("inf")
+        for _ in range(5):
+            t0 = time.perf_counter()
+            torch.nn.functional.linear(x, w)
+            best = min(best, time.perf_counter() - t0)
+        rates.append(2 * m * k * n / best / 1e9)
+    return rates[0], rates[1]
+
+
+def bf16_matmuls_pay(flags: frozenset[str] | set[str] | None = None, onednn_max_isa: str | None = None,
+                     rates: tuple[float, float] | None = None) -> tuple[bool, str]:
+    """(whether bf16 matmuls are worth taking over fp32 ones on this CPU, why). Only where bf16 is
+    native (native_bf16_here), and there only where it measures at least BF16_MIN_SPEEDUP x fp32:
+    AVX512-BF16 without AMX can be slower than fp32 (a Xeon capped below AMX: 240 against 470
+    GFLOP/s) or twice as fast (AMD Zen 4). flags, onednn_max_isa and rates (bf16, fp32 GFLOP/s)
+    default to this machine's; tests inject them."""
+    native, why = native_bf16_here(flags, onednn_max_isa)
+    if not native:
+        return False, f"{why}, where bf16 is emulated and slower than fp32"
+    bf16, fp32 = rates if rates is not None else matmul_gflops()
+    speed = f"bf16 matmuls measured at {bf16:,.0f} GFLOP/s here against fp32's {fp32:,.0f}"
+    if bf16 >= BF16_MIN_SPEEDUP * fp32:
+        return True, f"{why}; {speed}"
+    return False, f"{why}, but {speed} (bf16 needs {BF16_MIN_SPEEDUP}x to pay for its casts)"
+
+
 def precision_choice(device: torch.device, mixed_precision: bool, precision: str = "auto",
-                     flags: frozenset[str] | set[str] | None = None,
-                     onednn_max_isa: str | None = None) -> tuple[torch.dtype | None, str]:
+                     flags: frozenset[str] | set[str] | None = None, onednn_max_isa: str | None = None,
+                     rates: tuple[float, float] | None = None) -> tuple[torch.dtype | None, str]:
     """(autocast dtype or None for fp32, the reason in one line). `precision` (train.precision)
     forces bf16/fp16; "auto" takes bf16 on CUDA (fp16 where bf16 is unsupported), fp16 on MPS, and
-    on a CPU bf16 only where it multiplies bf16 natively: elsewhere bf16 is emulated, several times
-    slower than fp32. flags/onednn_max_isa default to this machine's (tests inject them)."""
+    on a CPU bf16 only where bf16_matmuls_pay: elsewhere bf16 is emulated, or native but no faster
+    than fp32. flags/onednn_max_isa/rates default to this machine's (tests inject them)."""
     if not mixed_precision:
         return None, "fp32 (mixed_precision is off)"
     if precision in ("bf16", "fp16"):
@@ -100,10 +150,10 @@ def precision_choice(device: torch.device, mixed_precision: bool, precision: str
         return torch.float16, "fp16 (auto: this GPU has no bf16)"
     if device.type != "cpu":
         return torch.bfloat16, f"bf16 (auto on {device.type})"
-    native, why = native_bf16_here(flags, onednn_max_isa)
-    if native:
+    pays, why = bf16_matmuls_pay(flags, onednn_max_isa, rates)
+    if pays:
         return torch.bfloat16, f"bf16 (auto: {why})"
-    return None, f"fp32 (auto: {why}, where bf16 is emulated and slower than fp32; train.precision: bf16 forces it)"
+    return None, f"fp32 (auto: {why}; train.precision: bf16 forces it)"
 
 
 def apply_memory_limit(device: torch.device, fraction: float) -> None:

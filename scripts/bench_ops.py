@@ -14,6 +14,7 @@ Peak memory is measured with the profiler's allocation events (all CPU allocatio
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import time
 from pathlib import Path
@@ -158,6 +159,14 @@ def lce_flops(h, w, targets):
     return 2 * h.shape[0] * h.shape[1] * w.shape[0]
 
 
+def gemm_dtype(name, inputs):
+    """The dtype an op's GEMMs run in: linear_cross_entropy multiplies bf16 in fp32 on a CPU whose
+    bf16 GEMMs do not pay (ops.linear_cross_entropy.gemm_dtype); the others in their inputs' dtype."""
+    if name == "linear_cross_entropy":
+        return importlib.import_module("kr_mini_llm.ops.linear_cross_entropy").gemm_dtype(inputs[0])
+    return inputs[0].dtype
+
+
 # Model FLOPs of a forward (fwd+bwd: 3x) for the GEMM-bound ops; their rows report MFU.
 FLOPS = {"attention": attention_flops, "linear_cross_entropy": lce_flops}
 
@@ -211,7 +220,7 @@ def run_op(name, args, lines):
                     cells = [f"{times[k] * 1e3:.2f}" if k in times else "–" for k in ("ours", "eager", "compile", "sdpa")]
                     rs = [ratio(times.get(k), times["ours"]) for k in ("eager", "compile", "sdpa")]
                     flops = FLOPS[name](*base) * (1 if p == "fwd" else 3) if name in FLOPS else None
-                    util = mfu(flops / times["ours"], dtype) if flops else "–"
+                    util = mfu(flops / times["ours"], gemm_dtype(name, base)) if flops else "–"
                     row = (f"| {shape} | {str(dtype).removeprefix('torch.')} | {threads} | {p} | " + " | ".join(cells)
                            + " | " + " | ".join(rs) + f" | {util} |")
                     lines.append(row)
@@ -284,7 +293,8 @@ def main():
              "`eager` is the op's pure-PyTorch reference, `compile` is `torch.compile` of it, `sdpa` is "
              "`F.scaled_dot_product_attention(..., enable_gqa=True)` on transposed views. MFU (attention, "
              "linear_cross_entropy): model FLOPs (fwd+bwd = 3x fwd; causal attention counts seq / 2 keys) "
-             "per second over the measured GEMM peak of the dtype."]
+             "per second over the measured GEMM peak of the dtype the op multiplies in (linear_cross_entropy: "
+             "fp32 for bf16 inputs on a CPU whose bf16 GEMMs measure no faster than fp32 ones)."]
     for name in names:
         run_op(name, args, lines)
     if not args.no_memory:

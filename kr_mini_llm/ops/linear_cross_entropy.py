@@ -43,6 +43,22 @@ def default_chunk_size(n: int, vocab: int) -> int:
     return max(1, min(rows, n))
 
 
+@torch.compiler.assume_constant_result  # a fact of the machine, decided (and timed) once, outside any graph
+def _bf16_gemms_pay() -> bool:
+    from ..device import bf16_matmuls_pay
+
+    return bf16_matmuls_pay()[0]
+
+
+def gemm_dtype(hidden: torch.Tensor) -> torch.dtype:
+    """The dtype the op multiplies in: the input's, except bf16 on a CPU whose bf16 GEMMs are no
+    faster than fp32 ones (emulated bf16, or AVX512-BF16 without AMX on some CPUs; the measured
+    rule of device.bf16_matmuls_pay), where fp32 is both faster and more precise."""
+    if hidden.dtype == torch.bfloat16 and hidden.device.type == "cpu" and not _bf16_gemms_pay():
+        return torch.float32
+    return hidden.dtype
+
+
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                          ignore_index: int = -100, reduction: str = "mean",
                          chunk_size: Optional[int] = None) -> torch.Tensor:
@@ -64,6 +80,9 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     C = hidden.shape[-1]
     h2 = hidden.reshape(-1, C)
     t1 = targets.reshape(-1)
+    dtype = gemm_dtype(hidden)
+    if dtype != hidden.dtype and weight.dtype in (hidden.dtype, dtype):  # autograd casts the gradients back
+        h2, weight = h2.to(dtype), (weight if weight.dtype == dtype else weight.to(dtype))
     vocab = weight.shape[0] if weight.dim() == 2 else 1
     if chunk_size is None:
         chunk_size = default_chunk_size(h2.shape[0], vocab)

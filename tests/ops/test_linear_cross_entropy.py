@@ -1,3 +1,5 @@
+import importlib
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -13,6 +15,7 @@ from kr_mini_llm.ops.linear_cross_entropy import (
 from .utils import num_threads, randn
 
 lib = torch.ops.kr_mini_llm
+lce_module = importlib.import_module("kr_mini_llm.ops.linear_cross_entropy")  # ops re-exports the function under its name
 IGNORE = -100
 
 # Max-norm relative tolerance of a result in `dtype` against the float64 reference on the same
@@ -94,7 +97,8 @@ def test_forward_backward_match_float64_reference(N, C, V, chunk, dtype, reducti
     assert rec.names == expect
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     assert out.dtype == acc and hl.grad.dtype == dtype and wl.grad.dtype == dtype
-    rounded = dtype in (torch.bfloat16, torch.float16) and _C.vnni_tile_gemm(dtype == torch.float16)
+    rounded = (dtype in (torch.bfloat16, torch.float16) and _C.vnni_tile_gemm(dtype == torch.float16)
+               and lce_module.gemm_dtype(h) == dtype)  # logits kept in the dtype, unless it multiplies in fp32
     ref_loss = rounded_logits_loss(h, w, t, reduction, dtype) if rounded else ref
     check(out, ref_loss, dtype if dtype != torch.bfloat16 else torch.float16, "loss")
     check(hl.grad, gh64, dtype, "grad_hidden")
@@ -266,9 +270,10 @@ def test_reference_fallback_kernels_match_autograd():
         _linear_cross_entropy_fallback(h, w, torch.full_like(t, 61), IGNORE, 5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("reduction", ["mean", "none"])
-def test_torch_compile_fullgraph(reduction):
-    h, w, t = make(2 * 9, 32, 70, torch.float32, ignore_every=5)
+def test_torch_compile_fullgraph(reduction, dtype):
+    h, w, t = make(2 * 9, 32, 70, dtype, ignore_every=5)
     h, t = h.reshape(2, 9, 32), t.reshape(2, 9)
     scale = torch.linspace(0.5, 2, 18).reshape(2, 9)
 
@@ -404,3 +409,39 @@ def test_unit_and_scaled_loss_gradients_agree(dtype):
     gh3, gw3 = grads(None, runs=2)
     torch.testing.assert_close(gw3, gw1 * 2, rtol=0, atol=0)
     torch.testing.assert_close(gh3, (gh1.float() * 2).to(gh1.dtype), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("pays", [True, False])
+@pytest.mark.parametrize("weight_dtype", [torch.bfloat16, torch.float32])
+def test_bf16_multiplies_in_fp32_where_bf16_gemms_do_not_pay(monkeypatch, pays, weight_dtype):
+    """bf16 hidden on a CPU whose bf16 GEMMs are no faster than fp32 ones (device.bf16_matmuls_pay,
+    injected here) runs the kernels in fp32 on the widened inputs; elsewhere in bf16. Either way the
+    gradients come back in the inputs' dtypes."""
+    monkeypatch.setattr(lce_module, "_bf16_gemms_pay", lambda: pays)
+    N, C, V = 37, 40, 301
+    h, w, t = make(N, C, V, torch.bfloat16, ignore_every=6, seed=3)
+    w = w.to(weight_dtype)
+    hl, wl = h.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    loss = ops.linear_cross_entropy(hl, wl, t, chunk_size=16)
+    loss.backward()
+    assert hl.grad.dtype == torch.bfloat16 and wl.grad.dtype == weight_dtype
+    gemm = torch.bfloat16 if pays else torch.float32
+    assert lce_module.gemm_dtype(h) == gemm
+    want_loss, want_gh, want_gw = lib.linear_cross_entropy_and_grad(
+        h.to(gemm), w if pays else w.float(), t, IGNORE, 16, True, True, True)
+    torch.testing.assert_close(loss, want_loss, rtol=0, atol=0)
+    torch.testing.assert_close(hl.grad, want_gh.to(torch.bfloat16), rtol=0, atol=0)
+    torch.testing.assert_close(wl.grad, want_gw.to(weight_dtype), rtol=0, atol=0)
+    _, gh64, gw64 = reference_grads(h, w, t, "mean", torch.tensor(1.0))
+    check(hl.grad, gh64, torch.bfloat16, "grad_hidden")
+    check(wl.grad, gw64, torch.bfloat16, "grad_weight")
+
+
+def test_gemm_dtype_changes_only_bf16_on_the_cpu(monkeypatch):
+    monkeypatch.setattr(lce_module, "_bf16_gemms_pay", lambda: False)
+    for dtype in (torch.float64, torch.float32, torch.float16):
+        assert lce_module.gemm_dtype(torch.zeros(2, 3, dtype=dtype)) == dtype
+    assert lce_module.gemm_dtype(torch.zeros(2, 3, dtype=torch.bfloat16)) == torch.float32
+    with pytest.raises(TypeError, match=r"hidden \(BFloat16\) and weight \(Half\) must have the same dtype"):
+        h, w, t = make(4, 8, 11, torch.bfloat16)
+        ops.linear_cross_entropy(h, w.half(), t)  # still refused on the fp32 route

@@ -1,8 +1,9 @@
-"""The mixed-precision choice: bf16 on a CPU only where it multiplies bf16 natively (flags injected)."""
+"""The mixed-precision choice: bf16 on a CPU only where it multiplies bf16 natively and measures
+faster than fp32 (flags and GEMM rates injected)."""
 import pytest
 import torch
 
-from kr_mini_llm.device import cpu_flags, precision_choice
+from kr_mini_llm.device import BF16_MIN_SPEEDUP, bf16_matmuls_pay, cpu_flags, matmul_gflops, precision_choice
 
 CPU = torch.device("cpu")
 SAPPHIRE_RAPIDS = {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}
@@ -10,12 +11,13 @@ ZEN4 = {"avx2", "avx512f", "avx512_bf16"}
 SKYLAKE_X = {"avx2", "avx512f", "avx512bw"}
 LAPTOP_AVX2 = {"avx2", "fma"}
 GRAVITON3 = {"asimd", "sve", "bf16"}
+FAST_BF16 = (1500.0, 450.0)  # (bf16, fp32) GFLOP/s: AMX, or Zen 4's AVX512-BF16
 
 
 @pytest.mark.parametrize("flags, expect", [(SAPPHIRE_RAPIDS, torch.bfloat16), (ZEN4, torch.bfloat16),
                                            (GRAVITON3, torch.bfloat16), (SKYLAKE_X, None), (LAPTOP_AVX2, None)])
 def test_auto_takes_bf16_only_with_native_dot_products(flags, expect):
-    dtype, why = precision_choice(CPU, True, "auto", flags=flags, onednn_max_isa="")
+    dtype, why = precision_choice(CPU, True, "auto", flags=flags, onednn_max_isa="", rates=FAST_BF16)
     assert dtype == expect, why
     assert why.startswith("bf16" if expect else "fp32")
     if expect is None:
@@ -25,7 +27,7 @@ def test_auto_takes_bf16_only_with_native_dot_products(flags, expect):
 @pytest.mark.parametrize("cap, expect", [("AVX2", None), ("avx512_core", None), ("AVX512_CORE_BF16", torch.bfloat16),
                                          ("AVX512_CORE_AMX", torch.bfloat16), ("ALL", torch.bfloat16)])
 def test_onednn_isa_cap_counts(cap, expect):
-    dtype, why = precision_choice(CPU, True, "auto", flags=SAPPHIRE_RAPIDS, onednn_max_isa=cap)
+    dtype, why = precision_choice(CPU, True, "auto", flags=SAPPHIRE_RAPIDS, onednn_max_isa=cap, rates=FAST_BF16)
     assert dtype == expect, why
     if expect is None:
         assert cap in why
@@ -46,3 +48,39 @@ def test_other_devices_unchanged():
 def test_this_machine_flags_are_read():
     flags = cpu_flags()
     assert isinstance(flags, frozenset) and flags  # every CPU reports some ISA feature
+
+
+@pytest.mark.parametrize("rates, expect", [((240.0, 470.0), None), ((470.0, 470.0), None),
+                                           ((BF16_MIN_SPEEDUP * 400.0, 400.0), torch.bfloat16),
+                                           ((900.0, 450.0), torch.bfloat16)])
+def test_native_bf16_is_taken_only_where_it_measures_faster(rates, expect):
+    """AVX512-BF16 without AMX: a Xeon capped below AMX multiplies bf16 at half its fp32 rate, a Zen 4
+    at twice it. The choice follows the measured rates and says them."""
+    dtype, why = precision_choice(CPU, True, "auto", flags=ZEN4, onednn_max_isa="", rates=rates)
+    assert dtype == expect, why
+    assert f"{rates[0]:,.0f} GFLOP/s" in why and f"{rates[1]:,.0f}" in why
+    if expect is None:
+        assert why.startswith("fp32") and "train.precision: bf16" in why
+    assert precision_choice(CPU, True, "bf16", flags=ZEN4, rates=rates)[0] == torch.bfloat16  # forcing still works
+
+
+def test_emulated_bf16_is_never_timed():
+    pays, why = bf16_matmuls_pay(LAPTOP_AVX2, "", rates=None)  # would measure if it got past the flags
+    assert not pays and "emulated" in why and "GFLOP/s" not in why
+
+
+def test_capped_below_amx_names_only_the_dot_products_left():
+    pays, why = bf16_matmuls_pay(SAPPHIRE_RAPIDS, "AVX512_CORE_BF16", rates=FAST_BF16)
+    assert pays and "avx512_bf16" in why and "amx" not in why
+
+
+def test_this_machine_rates_are_measured_and_decide():
+    bf16, fp32 = matmul_gflops()
+    assert bf16 > 0 and fp32 > 0
+    dtype, why = precision_choice(CPU, True, "auto")
+    pays, _ = bf16_matmuls_pay()
+    assert (dtype == torch.bfloat16) == pays
+    state = torch.random.get_rng_state()
+    matmul_gflops.cache_clear()
+    matmul_gflops()
+    assert torch.equal(state, torch.random.get_rng_state())  # the timing leaves the caller's random stream alone
