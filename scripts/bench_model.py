@@ -29,6 +29,7 @@ from bench_common import (add_isa_argument, bf16_native, enter_isa, environment,
                           mfu, peak_memory, write_report)
 
 from kr_mini_llm import Transformer, TransformerConfig  # noqa: E402
+from kr_mini_llm.device import precision_choice  # noqa: E402
 from kr_mini_llm.model.hf import config_to_hf  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,7 +108,7 @@ def main():
     start = time.time()
     lines = ["# One training step on the CPU", "", "Command: `python " + " ".join(["scripts/bench_model.py", *sys.argv[1:]]) + "`",
              "", *environment(), f"- Threads: {args.threads}, {args.tokens} tokens per step, AdamW (fused), dropout 0",
-             f"- bf16: {bf16_native()[1]}", "",
+             f"- bf16: {bf16_native()[1]}", f"- Training precision here: {precision_choice(torch.device('cpu'), True)[1]}", "",
              "Tokens/s are medians over repeated steps after a warm-up step, the variants taking turns (an "
              "untimed step of a variant before each timed one, so its memory is as its own last step left it); peak MB is the largest amount of memory torch had allocated during one step beyond what was "
              "allocated before it (activations, gradients, temporaries). Ratios: ours / baseline tokens/s, "
