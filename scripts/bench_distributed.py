@@ -13,7 +13,6 @@ and one process per GPU, or a one-process FSDP2 run when only one GPU is present
 import argparse
 import json
 import os
-import platform
 import resource
 import socket
 import subprocess
@@ -23,6 +22,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
 
 
 def worker(args) -> None:
@@ -106,19 +106,9 @@ def run(model, mode, procs, threads, args, tmp) -> list:
     return [json.loads(result.with_suffix(f".{r}.json").read_text()) for r in range(procs)]
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()}"
-
-
 def main(argv=None) -> int:
+    from bench_common import add_isa_argument, enter_isa, environment
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="tiny,small", help="configs/model_NAME.yaml, comma-separated")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -127,6 +117,7 @@ def main(argv=None) -> int:
     p.add_argument("--seq_len", type=int, default=256)
     p.add_argument("--batch", type=int, default=8, help="global batch (sequences per step), split over the ranks")
     p.add_argument("--output", default=str(ROOT / "benchmarks" / "distributed_cpu.md"))
+    add_isa_argument(p)
     # worker side (started by this script)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
@@ -137,6 +128,7 @@ def main(argv=None) -> int:
     if args.worker:
         worker(args)
         return 0
+    enter_isa(args.isa)  # the workers inherit its limits and kernel build
     import torch
 
     if args.batch % 2:
@@ -150,7 +142,7 @@ def main(argv=None) -> int:
     command = "python scripts/bench_distributed.py " + " ".join(argv if argv is not None else sys.argv[1:])
     lines = [f"# Distributed training throughput ({args.device})", "",
              f"Command: `{command.strip()}`", "",
-             f"Machine: {machine()}; torch {torch.__version__}; {args.device}"
+             *environment(), f"- Device: {args.device}"
              + (f" ({torch.cuda.get_device_name()})" if args.device == "cuda" else ""), "",
              f"Global batch {args.batch} x {args.seq_len} tokens per step, float32, fused ops, AdamW, clipping; "
              f"{args.warmup} warm-up + {args.steps} timed steps on random tokens. Model state = parameters + "
