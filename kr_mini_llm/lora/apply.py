@@ -119,7 +119,7 @@ def describe_trainable(model: nn.Module) -> str:
 
 
 def fuse_lora(model: nn.Module) -> nn.Module:
-    """Replaces every LoRALinear by a plain nn.Linear holding W + scale * B A (in place)."""
+    """Replaces every LoRALinear by the layer it wrapped, holding W + scale * B A (in place)."""
     for name, m in lora_modules(model).items():
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, m.merged())

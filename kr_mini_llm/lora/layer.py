@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..model.layers import Linear
+
 
 class LoRALinear(nn.Module):
     def __init__(self, base: nn.Linear, rank: int, scale: float, dropout: float = 0.0):
@@ -33,13 +35,16 @@ class LoRALinear(nn.Module):
         self.rank, self.scale, self.dropout = rank, float(scale), float(dropout)
         self.weight = base.weight
         self.weight.requires_grad_(False)
+        # The model's op set, when the base is the model's Linear: its product for the frozen base
+        # (the faster GEMM library per shape) and the class a merged layer gets back.
+        self.base_ops = base.ops if isinstance(base, Linear) else None
         w = base.weight
         self.lora_A = nn.Parameter(torch.empty(rank, self.in_features, dtype=w.dtype, device=w.device))
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, dtype=w.dtype, device=w.device))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight)
+        y = self.base_ops.linear(x, self.weight) if self.base_ops is not None else F.linear(x, self.weight)
         a_in = F.dropout(x, self.dropout, self.training) if self.dropout > 0 else x
         # [.., in] -> [.., rank] -> [.., out]: two thin GEMMs, the [out, in] product never formed.
         update = F.linear(F.linear(a_in, self.lora_A), self.lora_B)
@@ -51,9 +56,11 @@ class LoRALinear(nn.Module):
         return self.scale * (self.lora_B.to(acc) @ self.lora_A.to(acc))
 
     def merged(self) -> nn.Linear:
-        """A plain nn.Linear holding W + scale * B A (the base weight is not modified)."""
-        out = nn.Linear(self.in_features, self.out_features, bias=False, device=self.weight.device,
-                        dtype=self.weight.dtype)
+        """The layer it wrapped (the model's Linear, or a plain nn.Linear) holding W + scale * B A
+        (the base weight is not modified)."""
+        out = (Linear(self.in_features, self.out_features, self.base_ops) if self.base_ops is not None
+               else nn.Linear(self.in_features, self.out_features, bias=False))
+        out.to(device=self.weight.device, dtype=self.weight.dtype)
         with torch.no_grad():
             out.weight.copy_((self.weight.to(self.delta_weight().dtype) + self.delta_weight()).to(self.weight.dtype))
         return out

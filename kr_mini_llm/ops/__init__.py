@@ -12,6 +12,7 @@ from .decode_linear import (decode_linear, decode_linear_reference, decode_linea
                             decode_linear_swiglu_reference, dequantize_int8, quantize_int8)
 from .decode_attention import (decode_attention, decode_attention_reference, decode_attention_step,
                                decode_attention_step_reference, kv_cache_append, kv_cache_append_reference)
+from .linear import linear, linear_reference
 from .linear_cross_entropy import linear_cross_entropy, linear_cross_entropy_reference
 from .rms_norm import rms_norm, rms_norm_reference
 from .rope import rope_inv_freq, rope_tables
@@ -49,6 +50,6 @@ def simd_capability() -> str:
 __all__ = ["rms_norm", "rms_norm_reference", "rotary", "rotary_reference", "rope_tables",
            "rope_inv_freq", "swiglu", "swiglu_reference", "attention", "attention_reference", "decode_attention",
            "decode_attention_reference", "decode_attention_step", "decode_attention_step_reference", "kv_cache_append", "kv_cache_append_reference", "linear_cross_entropy",
-           "linear_cross_entropy_reference", "decode_linear", "decode_linear_reference", "decode_linear_swiglu",
+           "linear_cross_entropy_reference", "linear", "linear_reference", "decode_linear", "decode_linear_reference", "decode_linear_swiglu",
            "decode_linear_swiglu_reference", "quantize_int8", "dequantize_int8",
            "backend_report", "simd_capability", "OPS"]

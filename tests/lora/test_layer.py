@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from kr_mini_llm import Transformer
+from kr_mini_llm.model.layers import Linear
 from kr_mini_llm.lora import LoRALinear, LoRAParameters, apply_lora, fuse_lora, lora_modules, parameter_counts
 from kr_mini_llm.lora.apply import LoRAError, adapted_layers, normalize_keys
 
@@ -29,9 +30,9 @@ def test_zero_B_gives_the_base_logits_exactly(keys):
 def test_untouched_layers_and_names_are_unchanged():
     base, adapted = model_pair()
     apply_lora(adapted, 1, LoRAParameters(rank=2))
-    assert type(adapted.layers[0].self_attn.q_proj) is torch.nn.Linear
+    assert type(adapted.layers[0].self_attn.q_proj) is Linear  # the model's own layer, untouched
     assert isinstance(adapted.layers[2].self_attn.q_proj, LoRALinear)
-    assert type(adapted.layers[2].mlp.up_proj) is torch.nn.Linear
+    assert type(adapted.layers[2].mlp.up_proj) is Linear
     names = set(adapted.state_dict())
     assert set(base.state_dict()) <= names
     assert names - set(base.state_dict()) == {f"layers.2.self_attn.{p}.lora_{ab}" for p in "qkvo" for p in
@@ -65,6 +66,8 @@ def test_fuse_matches_the_unfused_adapters_and_scale():
     torch.testing.assert_close(q(h), expected, rtol=1e-5, atol=1e-6)
     fuse_lora(adapted)
     assert not lora_modules(adapted)
+    fused = adapted.layers[1].self_attn.q_proj
+    assert type(fused) is Linear and fused.ops is adapted.layers[0].self_attn.q_proj.ops  # the model's layer back
     torch.testing.assert_close(adapted(x), unfused, rtol=1e-4, atol=1e-4)
 
 

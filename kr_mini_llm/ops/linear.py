@@ -1,0 +1,122 @@
+"""fp32 linear layers on the CPU through whichever GEMM library is faster here, shape by shape.
+
+torch's F.linear runs fp32 on MKL's sgemm in the x86 wheels, and MKL picks its code by CPU vendor:
+on an AMD EPYC (Zen 4) the issue that asked for this measured MKL's sgemm at about half the FMA
+peak, where oneDNN's fp32 matmul reached 70-88% on the same shapes. `linear(x, weight)` times both
+libraries once per shape for each of a training step's three GEMMs (y = x W^T, dx = dy W,
+dW = dy^T x) and takes oneDNN for a GEMM only where it is at least ONEDNN_MIN_SPEEDUP x as fast:
+a narrow edge is noise, and a choice that flipped between runs would change their rounding.
+Where MKL keeps all three (this repository's Xeon at every ISA level, benchmarks/linear_cpu_*.md),
+the call is F.linear itself. Other dtypes, autocast, other devices, tensor subclasses and
+torch.compile (Inductor picks its own GEMMs) get F.linear as well.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+__all__ = ["linear", "linear_reference", "linear_route", "ONEDNN_MIN_SPEEDUP"]
+
+ONEDNN_MIN_SPEEDUP = 1.15
+KINDS = ("fwd", "dx", "dw")
+# Rows timed: GEMM efficiency settles by a few thousand rows; fewer rows are timed as they come,
+# rounded up to a power of two so a ragged last batch does not time again.
+_MAX_TIMED_ROWS = 2048
+_routes: dict[tuple[int, int, int], tuple[bool, bool, bool]] = {}
+
+
+def _onednn(a: torch.Tensor, b_t: torch.Tensor) -> torch.Tensor:
+    """a @ b_t^T on oneDNN's fp32 matmul."""
+    return torch.ops.mkldnn._linear_pointwise(a, b_t, None, "none", [], "")
+
+
+# kind -> (MKL through aten, oneDNN): y = x W^T from (x, W); dx = dy W from (dy, W); dW = dy^T x from (dy, x).
+PRODUCTS = {
+    "fwd": (lambda x, w: x @ w.t(), lambda x, w: _onednn(x, w)),
+    "dx": (lambda dy, w: dy @ w, lambda dy, w: _onednn(dy, w.t())),
+    "dw": (lambda dy, x: dy.t() @ x, lambda dy, x: _onednn(dy.t(), x.t())),
+}
+
+
+def _onednn_available() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def _bucket(rows: int) -> int:
+    return _MAX_TIMED_ROWS if rows >= _MAX_TIMED_ROWS else 1 << max(0, rows - 1).bit_length()
+
+
+def measure(kind: str, rows: int, cin: int, cout: int) -> tuple[float, float]:
+    """Seconds of one `kind` GEMM at [rows, cin] -> [rows, cout] through (MKL, oneDNN): best of 3
+    after a warm-up, the two taking turns. A private generator leaves the caller's random stream alone."""
+    g = torch.Generator().manual_seed(0)
+    x, w, dy = (torch.randn(rows, cin, generator=g), torch.randn(cout, cin, generator=g),
+                torch.randn(rows, cout, generator=g))
+    args = {"fwd": (x, w), "dx": (dy, w), "dw": (dy, x)}[kind]
+    best = [float("inf"), float("inf")]
+    with torch.no_grad():
+        for fn in PRODUCTS[kind]:
+            fn(*args)
+        for _ in range(3):
+            for i, fn in enumerate(PRODUCTS[kind]):
+                t0 = time.perf_counter()
+                fn(*args)
+                best[i] = min(best[i], time.perf_counter() - t0)
+    return best[0], best[1]
+
+
+def linear_route(rows: int, cin: int, cout: int) -> tuple[bool, bool, bool]:
+    """(fwd, dx, dw): whether each GEMM of a [rows, cin] -> [rows, cout] layer runs on oneDNN here.
+    Timed once per (row bucket, cin, cout) in a process."""
+    key = (_bucket(rows), cin, cout)
+    route = _routes.get(key)
+    if route is None:
+        route = tuple(bool(mkl >= ONEDNN_MIN_SPEEDUP * dnn) for mkl, dnn in (measure(k, *key) for k in KINDS))
+        _routes[key] = route
+    return route
+
+
+class _RoutedLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x2, weight, route):
+        ctx.save_for_backward(x2, weight)
+        ctx.route = route
+        return PRODUCTS["fwd"][route[0]](x2, weight)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        x2, weight = ctx.saved_tensors
+        dy = dy.contiguous()
+        dx = PRODUCTS["dx"][ctx.route[1]](dy, weight) if ctx.needs_input_grad[0] else None
+        dw = PRODUCTS["dw"][ctx.route[2]](dy, x2) if ctx.needs_input_grad[1] else None
+        return dx, dw, None
+
+
+def _routable(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return (type(x) in (torch.Tensor, torch.nn.Parameter) and type(weight) in (torch.Tensor, torch.nn.Parameter)
+            and x.device.type == "cpu" and weight.device.type == "cpu"
+            and x.dtype == torch.float32 and weight.dtype == torch.float32
+            and weight.dim() == 2 and weight.is_contiguous() and x.dim() >= 1 and x.shape[-1] == weight.shape[1] and x.numel() > 0
+            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()
+            and _onednn_available())
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x @ weight^T (no bias), as F.linear, with each fp32 CPU GEMM on the library that is faster
+    for this shape on this machine (`linear_route`)."""
+    if not _routable(x, weight):
+        return F.linear(x, weight)
+    x2 = x.reshape(-1, x.shape[-1])
+    route = linear_route(x2.shape[0], weight.shape[1], weight.shape[0])
+    if not any(route):
+        return F.linear(x, weight)
+    return _RoutedLinear.apply(x2.contiguous(), weight, route).reshape(*x.shape[:-1], weight.shape[0])
+
+
+def linear_reference(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """F.linear without bias: the test oracle and the reference op set's linear layer."""
+    return F.linear(x, weight)
