@@ -12,6 +12,7 @@ torch.compile (Inductor picks its own GEMMs) get F.linear as well.
 """
 from __future__ import annotations
 
+import functools
 import time
 
 import torch
@@ -41,6 +42,7 @@ PRODUCTS = {
 }
 
 
+@functools.lru_cache(maxsize=1)
 def _onednn_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
