@@ -126,3 +126,45 @@ def test_this_machine_is_timed():
     route = linear_module.linear_route(64, 48, 32)
     assert len(route) == 3 and all(isinstance(r, bool) for r in route)
     assert torch.equal(state, torch.random.get_rng_state())
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_a_model_step_on_onednn_matches_f_linear(routes, monkeypatch, checkpointing):
+    """Every projection of a Transformer on oneDNN (forced) gives the loss and gradients of the
+    plain F.linear model, with and without gradient checkpointing; LoRA's frozen base as well."""
+    from kr_mini_llm import Transformer, TransformerConfig
+    from kr_mini_llm.lora import LoRAParameters, apply_lora
+
+    cfg = TransformerConfig(vocab_size=300, hidden_size=48, num_layers=2, num_heads=4, num_kv_heads=2,
+                            intermediate_size=80, max_seq_length=32)
+    torch.manual_seed(0)
+    ids = torch.randint(0, cfg.vocab_size, (2, 17))
+    onednn_calls = []
+    real_onednn = linear_module._onednn
+    monkeypatch.setattr(linear_module, "_onednn", lambda a, b: onednn_calls.append(a.shape) or real_onednn(a, b))
+
+    def step(onednn, lora):
+        torch.manual_seed(1)
+        model = Transformer(cfg).set_gradient_checkpointing(checkpointing)
+        if lora:
+            apply_lora(model, cfg.num_layers, LoRAParameters(rank=2))
+        routes.update({k: (2.0 if onednn else 1.0) for k in linear_module.KINDS})
+        linear_module._routes.clear()
+        onednn_calls.clear()
+        loss = model(ids[:, :-1], ids[:, 1:])
+        loss.backward()
+        assert set(linear_module._routes.values()) == {(onednn,) * 3}
+        if not onednn:
+            assert not onednn_calls
+        elif not lora:  # 7 projections a layer: forward (twice with checkpointing), dx and dW
+            assert len(onednn_calls) == cfg.num_layers * 7 * ((2 if checkpointing else 1) + 2)
+        else:  # the frozen base: no dW, and no dx where its input needs none
+            assert onednn_calls
+        return loss, {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+    for lora in (False, True):
+        (loss_d, grads_d), (loss_m, grads_m) = step(True, lora), step(False, lora)
+        torch.testing.assert_close(loss_d, loss_m, rtol=1e-5, atol=1e-6)
+        assert grads_d.keys() == grads_m.keys() and grads_d
+        for name in grads_d:
+            torch.testing.assert_close(grads_d[name], grads_m[name], rtol=1e-4, atol=1e-6, msg=name)
