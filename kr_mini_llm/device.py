@@ -75,7 +75,7 @@ def native_bf16_reason(flags: frozenset[str] | set[str], onednn_max_isa: str | N
 def native_bf16_here(flags: frozenset[str] | set[str] | None = None,
                      onednn_max_isa: str | None = None) -> tuple[bool, str]:
     """native_bf16_reason for this machine: its CPU flags and oneDNN's ISA cap (ONEDNN_MAX_CPU_ISA),
-    unless given. The one rule for training's autocast and inference's bf16 prefill."""
+    unless given. The first half of bf16_matmuls_pay."""
     import os
 
     if flags is None:

@@ -14,7 +14,7 @@ import torch
 
 from .. import ops
 from ..model import KVCache, TransformerConfig
-from .packed import PackedLinear, check_dtype, native_bf16
+from .packed import PackedLinear, bf16_prefill, check_dtype
 
 SCALES_SUFFIX = ".scales"
 
@@ -36,7 +36,7 @@ class DecodeModel:
         self.config = config
         self.dtype = check_dtype(dtype)
         if dtype != "fp32":
-            native_bf16()  # decided (and, on a CPU without bf16 hardware, logged) once, at load
+            bf16_prefill()  # decided (and, where bf16 does not pay, logged) once, at load
         c = config
         D = c.resolved_head_dim
         self.num_heads, self.num_kv_heads, self.head_dim = c.num_heads, c.num_kv_heads, D

@@ -2,8 +2,8 @@
 
 A few rows (a decode step: batch x new tokens up to DECODE_MAX_ROWS) go through the decode_linear
 kernels, which stream the weight once in its storage dtype. More rows (a prefill) go through an
-ordinary GEMM: fp32 weights in fp32; bf16 and int8 weights in bf16 where the CPU multiplies bf16
-natively (AMX / avx512_bf16), else in fp32.
+ordinary GEMM: fp32 weights in fp32; bf16 and int8 weights in bf16 where bf16 GEMMs pay on this
+CPU (native and measured faster than fp32: `bf16_prefill`), else in fp32.
 """
 from __future__ import annotations
 
@@ -30,16 +30,17 @@ def check_dtype(dtype: str) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 in hardware, by training's rule (AMX or avx512_bf16 on x86,
-    BF16 on Arm, oneDNN's ISA cap honoured); decided once, logged once."""
-    from ..device import native_bf16_here
+def bf16_prefill() -> bool:
+    """Whether prefill GEMMs of bf16/int8 weights run in bf16 here: training's rule
+    (device.bf16_matmuls_pay: bf16 native and measured at least 1.15x fp32's GEMM rate); decided
+    once, logged once where not. Elsewhere the weights are widened to fp32 for the GEMM."""
+    from ..device import bf16_matmuls_pay
 
-    native, why = native_bf16_here()
-    if not native:
+    pays, why = bf16_matmuls_pay()
+    if not pays:
         log.warning(f"{why}: bf16/int8 weights still work (decode widens them to fp32 in the kernels), "
                     "but prefill GEMMs run in fp32")
-    return native
+    return pays
 
 
 class PackedLinear:
@@ -80,7 +81,7 @@ class PackedLinear:
         return self.weight if self.weight.dtype == dtype else self.weight.to(dtype)
 
     def _gemm(self, x: torch.Tensor) -> torch.Tensor:
-        if self.weight.dtype == torch.float32 or not native_bf16():
+        if self.weight.dtype == torch.float32 or not bf16_prefill():
             return F.linear(x, self.dense(torch.float32))
         return F.linear(x.to(torch.bfloat16), self.dense(torch.bfloat16)).to(x.dtype)
 

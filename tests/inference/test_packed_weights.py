@@ -122,13 +122,20 @@ def test_quantize_script(checkpoint, tmp_path):
     assert gen.model.dtype == "bf16" and gen.model.cache_dtype == torch.bfloat16
 
 
-def test_cpu_without_native_bf16_logs_once_and_still_works(monkeypatch, caplog):
+@pytest.mark.parametrize("cpu, says", [({"avx2", "fma"}, "no native bf16"),  # an AVX2-only CPU
+                                       ({"avx2", "avx512f", "avx512_bf16"}, "bf16 matmuls measured at 200")])
+def test_cpu_where_bf16_does_not_pay_logs_once_and_still_works(monkeypatch, caplog, cpu, says):
+    """No bf16 hardware, or AVX512-BF16 measured slower than fp32 (as on a Xeon capped below AMX):
+    prefill widens bf16/int8 weights to fp32, says so once, and gives the same numbers."""
     from kr_mini_llm.inference import packed
 
     from kr_mini_llm import device
 
-    monkeypatch.setattr(device, "cpu_flags", lambda: frozenset({"avx2", "fma"}))  # an AVX2-only CPU
-    packed.native_bf16.cache_clear()
+    monkeypatch.setattr(device, "cpu_flags", lambda: frozenset(cpu))
+    monkeypatch.setattr(device, "matmul_gflops", lambda: (200.0, 400.0))
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    packed.bf16_prefill.cache_clear()
     try:
         torch.manual_seed(4)
         model = Transformer(config()).eval()
@@ -136,9 +143,10 @@ def test_cpu_without_native_bf16_logs_once_and_still_works(monkeypatch, caplog):
         with caplog.at_level("WARNING"):
             bf16 = DecodeModel.from_transformer(model, "bf16")
             DecodeModel.from_transformer(model, "int8")
-        assert sum("no native bf16" in r.message for r in caplog.records) == 1
+        assert sum(says in r.message for r in caplog.records) == 1
+        assert not packed.bf16_prefill()
         ref = logits_with_cache(model, ids, steps=2)
         got = logits_with_cache(bf16, ids, steps=2, cache_dtype=bf16.cache_dtype)
         assert ((got - ref).norm() / ref.norm()).item() < REL_TOL["bf16"]
     finally:
-        packed.native_bf16.cache_clear()
+        packed.bf16_prefill.cache_clear()
