@@ -92,34 +92,44 @@ BF16_MIN_SPEEDUP = 1.15
 _RATE_SHAPE = (512, 1024, 1024)
 
 
+def best_seconds(fns, repeats: int) -> list[float]:
+    """The best wall time of each no-argument function over `repeats` rounds, after a warm-up call
+    of each, the functions taking turns. Autocast is off and autograd too, whatever the caller has
+    on: what is timed is each function's own GEMM, in its own dtype."""
+    import time
+
+    best = [float("inf")] * len(fns)
+    with torch.autocast("cpu", enabled=False), torch.no_grad():
+        for fn in fns:
+            fn()
+        for _ in range(repeats):
+            for i, fn in enumerate(fns):
+                t0 = time.perf_counter()
+                fn()
+                best[i] = min(best[i], time.perf_counter() - t0)
+    return best
+
+
 @functools.lru_cache(maxsize=1)
 def matmul_gflops() -> tuple[float, float]:
     """(bf16, fp32) GFLOP/s of F.linear at _RATE_SHAPE on this machine and its current threads, best
-    of 5 after a warm-up: the GEMMs autocast's linear layers run. Measured once per process (~0.1 s);
-    a private generator leaves the caller's random stream alone."""
-    import time
-
+    of 5: the GEMMs autocast's linear layers run. Measured once per process (~0.1 s); a private
+    generator leaves the caller's random stream alone."""
     m, k, n = _RATE_SHAPE
     g = torch.Generator().manual_seed(0)
-    rates = []
-    for dtype in (torch.bfloat16, torch.float32):
-        x, w = torch.randn(m, k, generator=g).to(dtype), torch.randn(n, k, generator=g).to(dtype)
-        torch.nn.functional.linear(x, w)
-        best = float("inf")
-        for _ in range(5):
-            t0 = time.perf_counter()
-            torch.nn.functional.linear(x, w)
-            best = min(best, time.perf_counter() - t0)
-        rates.append(2 * m * k * n / best / 1e9)
-    return rates[0], rates[1]
+    x, w = torch.randn(m, k, generator=g), torch.randn(n, k, generator=g)
+    xb, wb = x.bfloat16(), w.bfloat16()
+    seconds = best_seconds([lambda: torch.nn.functional.linear(xb, wb), lambda: torch.nn.functional.linear(x, w)], 5)
+    bf16, fp32 = (2 * m * k * n / t / 1e9 for t in seconds)
+    return bf16, fp32
 
 
 def bf16_matmuls_pay(flags: frozenset[str] | set[str] | None = None, onednn_max_isa: str | None = None,
                      rates: tuple[float, float] | None = None) -> tuple[bool, str]:
     """(whether bf16 matmuls are worth taking over fp32 ones on this CPU, why). Only where bf16 is
     native (native_bf16_here), and there only where it measures at least BF16_MIN_SPEEDUP x fp32:
-    AVX512-BF16 without AMX can be slower than fp32 (a Xeon capped below AMX: 240 against 470
-    GFLOP/s) or twice as fast (AMD Zen 4). flags, onednn_max_isa and rates (bf16, fp32 GFLOP/s)
+    AVX512-BF16 without AMX can be slower than fp32 (a Xeon capped below AMX: about 220-230 against
+    350-360 GFLOP/s) or twice as fast (AMD Zen 4). flags, onednn_max_isa and rates (bf16, fp32 GFLOP/s)
     default to this machine's; tests inject them."""
     native, why = native_bf16_here(flags, onednn_max_isa)
     if not native:
@@ -129,6 +139,13 @@ def bf16_matmuls_pay(flags: frozenset[str] | set[str] | None = None, onednn_max_
     if bf16 >= BF16_MIN_SPEEDUP * fp32:
         return True, f"{why}; {speed}"
     return False, f"{why}, but {speed} (bf16 needs {BF16_MIN_SPEEDUP}x to pay for its casts)"
+
+
+@functools.lru_cache(maxsize=1)
+def bf16_pays_here() -> tuple[bool, str]:
+    """bf16_matmuls_pay for this machine, decided once per process: the one answer that autocast's
+    choice, linear_cross_entropy and inference prefill all read."""
+    return bf16_matmuls_pay()
 
 
 def precision_choice(device: torch.device, mixed_precision: bool, precision: str = "auto",
@@ -150,7 +167,8 @@ def precision_choice(device: torch.device, mixed_precision: bool, precision: str
         return torch.float16, "fp16 (auto: this GPU has no bf16)"
     if device.type != "cpu":
         return torch.bfloat16, f"bf16 (auto on {device.type})"
-    pays, why = bf16_matmuls_pay(flags, onednn_max_isa, rates)
+    injected = flags is not None or onednn_max_isa is not None or rates is not None
+    pays, why = bf16_matmuls_pay(flags, onednn_max_isa, rates) if injected else bf16_pays_here()
     if pays:
         return torch.bfloat16, f"bf16 (auto: {why})"
     return None, f"fp32 (auto: {why}; train.precision: bf16 forces it)"

@@ -22,6 +22,8 @@
 #include "ops/gemm.h"
 #include "ops/softmax_rows.h"
 
+#include <torch/version.h>
+
 #include <atomic>
 #include <cstring>
 #include <cmath>
@@ -40,16 +42,23 @@ using gemm::round_up;
 // dst[c * ld_dst + r] = src[r * ld_src + c] for r < rows, c < cols, in blocks that ATen's vec
 // layer transposes in registers on AVX-512 (32x32 of 16-bit values, 16x16 of fp32; ragged edges
 // masked) and element by element elsewhere. The scalar loop was about 40% of our own time in the
-// bf16 backward.
+// bf16 backward. transpose_mxn's runtime-size form is used as checked against torch 2.13; older
+// torches (pyproject allows 2.4) keep the plain blocked loop.
 template <typename T>
 inline void transpose(int64_t rows, int64_t cols, const T* src, int64_t ld_src, T* dst,
                       int64_t ld_dst) {
   constexpr int64_t kB = sizeof(T) == 2 ? 32 : 16;
   for (int64_t r0 = 0; r0 < rows; r0 += kB)
-    for (int64_t c0 = 0; c0 < cols; c0 += kB)
+    for (int64_t c0 = 0; c0 < cols; c0 += kB) {
+      const int64_t r1 = std::min(rows, r0 + kB), c1 = std::min(cols, c0 + kB);
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 13)
       at::vec::transpose_mxn<T>(src + r0 * ld_src + c0, ld_src, dst + c0 * ld_dst + r0, ld_dst,
-                                static_cast<int>(std::min(kB, rows - r0)),
-                                static_cast<int>(std::min(kB, cols - c0)));
+                                static_cast<int>(r1 - r0), static_cast<int>(c1 - c0));
+#else
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t c = c0; c < c1; ++c) dst[c * ld_dst + r] = src[r * ld_src + c];
+#endif
+    }
 }
 
 // Runs fn(item, scratch) for item in [0, n), handing items out in order from a shared counter.

@@ -17,7 +17,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from .. import ConfigError, TransformerConfig
 from ..inference import Generator
 from ..training import CheckpointError, Trainer, TrainingConfig, TrainingStopped, resolve_checkpoint
-from ..device import pick_device, precision_choice
+from ..device import pick_device
 from ..io import layout
 from ..training.run_lock import RunLockedError
 from ..training.memory_advice import available_memory_bytes, estimate_for_run, memory_advice
@@ -131,7 +131,6 @@ def print_summary(args, config, model_config, device):
     print(f"   - Sequence length: {t.max_seq_length}")
     print(f"   - Learning rate: {t.learning_rate} (warmup {t.warmup_steps}, {t.lr_schedule} to {t.min_learning_rate})")
     print(f"   - Max steps: {t.max_steps:,}" + (f" (or {t.max_time_minutes} min)" if t.max_time_minutes else ""))
-    print(f"   - Mixed precision: {t.mixed_precision} -> {precision_choice(device, t.mixed_precision, t.precision)[1]}")
     print(f"   - Gradient checkpointing: {t.gradient_checkpointing}")
     print(f"   - Compile model: {t.compile_model}")
     print(f"   - Ops: {t.ops}")
@@ -159,6 +158,7 @@ def main(argv=None, prog=None) -> int:
         trainer = trainer_class(model_config, config, resume_from=args.resume_from, show_progress=not args.no_progress,
                                 overwrite=args.overwrite_output_dir, sampler=Generator.sample_during_training)
         if RANK == 0:
+            print(f"⚙️  Mixed precision: {config.train.mixed_precision} -> {trainer.precision_reason}")
             if args.resume_from:
                 print(f"▶️  {args.resume_from} 에서 이어서 학습: step {trainer.step}")
             print(f"💾 설정 저장: {Path(config.output_dir) / 'config.yaml'}")

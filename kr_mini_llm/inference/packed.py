@@ -34,12 +34,11 @@ def bf16_prefill() -> bool:
     """Whether prefill GEMMs of bf16/int8 weights run in bf16 here: training's rule
     (device.bf16_matmuls_pay: bf16 native and measured at least 1.15x fp32's GEMM rate); decided
     once, logged once where not. Elsewhere the weights are widened to fp32 for the GEMM."""
-    from ..device import bf16_matmuls_pay
+    from ..device import bf16_pays_here
 
-    pays, why = bf16_matmuls_pay()
+    pays, why = bf16_pays_here()
     if not pays:
-        log.warning(f"{why}: bf16/int8 weights still work (decode widens them to fp32 in the kernels), "
-                    "but prefill GEMMs run in fp32")
+        log.warning(f"{why}: bf16/int8 weights still work, but prefill GEMMs widen them to fp32")
     return pays
 
 

@@ -8,12 +8,14 @@ dW = dy^T x) and takes oneDNN for a GEMM only where it is at least ONEDNN_MIN_SP
 a narrow edge is noise, and a choice that flipped between runs would change their rounding.
 Where MKL keeps all three (this repository's Xeon at every ISA level, benchmarks/linear_cpu_*.md),
 the call is F.linear itself. Other dtypes, autocast, other devices, tensor subclasses and
-torch.compile (Inductor picks its own GEMMs) get F.linear as well.
+torch.compile (Inductor picks its own GEMMs) get F.linear as well. A routed layer has a first
+derivative only (no create_graph double backward, which nothing here uses). The timing is per
+process, so two runs, or two ranks, on a machine where the two libraries are within noise of
+1.15x could route a GEMM differently and round it differently.
 """
 from __future__ import annotations
 
 import functools
-import time
 
 import torch
 import torch.nn.functional as F
@@ -54,20 +56,14 @@ def _bucket(rows: int) -> int:
 def measure(kind: str, rows: int, cin: int, cout: int) -> tuple[float, float]:
     """Seconds of one `kind` GEMM at [rows, cin] -> [rows, cout] through (MKL, oneDNN): best of 3
     after a warm-up, the two taking turns. A private generator leaves the caller's random stream alone."""
+    from ..device import best_seconds
+
     g = torch.Generator().manual_seed(0)
     x, w, dy = (torch.randn(rows, cin, generator=g), torch.randn(cout, cin, generator=g),
                 torch.randn(rows, cout, generator=g))
     args = {"fwd": (x, w), "dx": (dy, w), "dw": (dy, x)}[kind]
-    best = [float("inf"), float("inf")]
-    with torch.no_grad():
-        for fn in PRODUCTS[kind]:
-            fn(*args)
-        for _ in range(3):
-            for i, fn in enumerate(PRODUCTS[kind]):
-                t0 = time.perf_counter()
-                fn(*args)
-                best[i] = min(best[i], time.perf_counter() - t0)
-    return best[0], best[1]
+    mkl, onednn = best_seconds([lambda fn=fn: fn(*args) for fn in PRODUCTS[kind]], 3)
+    return mkl, onednn
 
 
 def linear_route(rows: int, cin: int, cout: int) -> tuple[bool, bool, bool]:
@@ -84,7 +80,8 @@ def linear_route(rows: int, cin: int, cout: int) -> tuple[bool, bool, bool]:
 class _RoutedLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x2, weight, route):
-        ctx.save_for_backward(x2, weight)
+        # dx needs W, dW needs x: a frozen weight (LoRA's base) keeps no copy of x alive.
+        ctx.save_for_backward(x2 if ctx.needs_input_grad[1] else None, weight if ctx.needs_input_grad[0] else None)
         ctx.route = route
         return PRODUCTS["fwd"][route[0]](x2, weight)
 

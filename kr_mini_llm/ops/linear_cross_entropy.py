@@ -45,9 +45,9 @@ def default_chunk_size(n: int, vocab: int) -> int:
 
 @torch.compiler.assume_constant_result  # a fact of the machine, decided (and timed) once, outside any graph
 def _bf16_gemms_pay() -> bool:
-    from ..device import bf16_matmuls_pay
+    from ..device import bf16_pays_here
 
-    return bf16_matmuls_pay()[0]
+    return bf16_pays_here()[0]
 
 
 def gemm_dtype(hidden: torch.Tensor) -> torch.dtype:

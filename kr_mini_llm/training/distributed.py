@@ -142,6 +142,17 @@ class DistributedContext:
         dist.all_reduce(t)
         return tuple(t.tolist())
 
+    def from_main(self, value):
+        """Rank 0's `value` (any picklable object) on every rank: for a decision that must be the
+        same everywhere but rests on a measurement each rank would take differently."""
+        if not self.enabled or self.world_size == 1:
+            return value
+        import torch.distributed as dist
+
+        box = [value if self.is_main else None]
+        dist.broadcast_object_list(box, src=0, device=self._collective_device())
+        return box[0]
+
     def any(self, flag: bool) -> bool:
         """Whether `flag` is true on any rank."""
         return self.sum(float(flag))[0] > 0

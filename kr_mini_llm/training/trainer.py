@@ -96,8 +96,11 @@ class Trainer:
         if config.threads:
             torch.set_num_threads(config.threads)
         apply_memory_limit(self.device, config.mps_memory_fraction)
-        # bf16 on a CPU only where it is native; train.precision forces a dtype. LoRA runs this too.
-        self.amp_dtype, self.precision_reason = precision_choice(self.device, t.mixed_precision, t.precision)
+        # bf16 on a CPU only where it is native and measures faster; train.precision forces a dtype.
+        # Timed on rank 0 (after the thread count is set) and handed to every rank: ranks that timed
+        # for themselves could disagree, and FSDP2 cannot gather parameters of two dtypes. LoRA runs this too.
+        self.amp_dtype, self.precision_reason = self.dist.from_main(
+            precision_choice(self.device, t.mixed_precision, t.precision) if self.dist.is_main else None)
         if self.task.check_memory:
             warn_if_short_of_memory(model_config, config, self.device, self.dist.is_main)
         self.task.build(self)

@@ -133,6 +133,7 @@ def test_cpu_where_bf16_does_not_pay_logs_once_and_still_works(monkeypatch, capl
 
     monkeypatch.setattr(device, "cpu_flags", lambda: frozenset(cpu))
     monkeypatch.setattr(device, "matmul_gflops", lambda: (200.0, 400.0))
+    monkeypatch.setattr(device, "bf16_pays_here", lambda: device.bf16_matmuls_pay())  # not this machine's cached answer
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
     packed.bf16_prefill.cache_clear()

@@ -109,8 +109,14 @@ def test_wrong_shapes_get_f_linear_s_error():
         ops.linear(torch.randn(4, 7), torch.randn(3, 8))
 
 
-def test_torch_compile_takes_f_linear(routes):
-    routes.update(fwd=2.0, dx=2.0, dw=2.0)
+def test_torch_compile_takes_f_linear(routes, monkeypatch):
+    routes.update(fwd=2.0, dx=2.0, dw=2.0)  # oneDNN would win every GEMM, were it routed
+
+    def not_here(*_):
+        raise AssertionError("a compiled graph timed or ran a routed GEMM")
+
+    monkeypatch.setattr(linear_module, "measure", not_here)
+    monkeypatch.setattr(linear_module, "_onednn", not_here)
     x, w = torch.randn(2, 5, 12), torch.randn(7, 12)
     xc, wc = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
     torch.compile(ops.linear, fullgraph=True, backend="aot_eager")(xc, wc).sum().backward()
@@ -119,7 +125,8 @@ def test_torch_compile_takes_f_linear(routes):
     close(wc.grad, ref_gw, "grad weight")
 
 
-def test_this_machine_is_timed():
+def test_this_machine_is_timed(monkeypatch):
+    monkeypatch.setattr(linear_module, "_routes", {})  # this test's own routes, not the process's
     mkl, onednn = linear_module.measure("dw", 64, 48, 32)
     assert mkl > 0 and onednn > 0
     state = torch.random.get_rng_state()

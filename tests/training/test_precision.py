@@ -3,7 +3,8 @@ faster than fp32 (flags and GEMM rates injected)."""
 import pytest
 import torch
 
-from kr_mini_llm.device import BF16_MIN_SPEEDUP, bf16_matmuls_pay, cpu_flags, matmul_gflops, precision_choice
+from kr_mini_llm.device import (BF16_MIN_SPEEDUP, bf16_matmuls_pay, cpu_flags, matmul_gflops, native_bf16_here,
+                                precision_choice)
 
 CPU = torch.device("cpu")
 SAPPHIRE_RAPIDS = {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}
@@ -78,9 +79,26 @@ def test_this_machine_rates_are_measured_and_decide():
     bf16, fp32 = matmul_gflops()
     assert bf16 > 0 and fp32 > 0
     dtype, why = precision_choice(CPU, True, "auto")
-    pays, _ = bf16_matmuls_pay()
-    assert (dtype == torch.bfloat16) == pays
+    native, _ = native_bf16_here()
+    assert (dtype == torch.bfloat16) == (native and bf16 >= BF16_MIN_SPEEDUP * fp32), why
     state = torch.random.get_rng_state()
-    matmul_gflops.cache_clear()
-    matmul_gflops()
+    matmul_gflops.__wrapped__()  # a fresh timing, the process's cached one left as it is
     assert torch.equal(state, torch.random.get_rng_state())  # the timing leaves the caller's random stream alone
+
+
+def test_rates_are_timed_without_the_callers_autocast(monkeypatch):
+    """The first timing can happen inside a training step (linear_cross_entropy asks lazily): under
+    autocast the fp32 GEMM would silently run in bf16 and the rates would be wrong for the process."""
+    seen = []
+    real = torch.nn.functional.linear
+
+    def spy(x, w, *rest):
+        out = real(x, w, *rest)
+        seen.append((x.dtype, out.dtype))
+        return out
+
+    monkeypatch.setattr(torch.nn.functional, "linear", spy)
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.enable_grad():
+        matmul_gflops.__wrapped__()
+    assert (torch.float32, torch.float32) in seen and (torch.bfloat16, torch.bfloat16) in seen
+    assert all(x == out for x, out in seen)
