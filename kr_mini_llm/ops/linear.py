@@ -96,10 +96,12 @@ class _RoutedLinear(torch.autograd.Function):
 
 
 def _routable(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return (type(x) in (torch.Tensor, torch.nn.Parameter) and type(weight) in (torch.Tensor, torch.nn.Parameter)
+    plain = (torch.Tensor, torch.nn.Parameter)  # not DTensor or another subclass
+    return (type(x) in plain and type(weight) in plain
             and x.device.type == "cpu" and weight.device.type == "cpu"
             and x.dtype == torch.float32 and weight.dtype == torch.float32
-            and weight.dim() == 2 and weight.is_contiguous() and x.dim() >= 1 and x.shape[-1] == weight.shape[1] and x.numel() > 0
+            and weight.dim() == 2 and weight.is_contiguous()
+            and x.dim() >= 1 and x.shape[-1] == weight.shape[1] and x.numel() > 0
             and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()
             and _onednn_available())
 

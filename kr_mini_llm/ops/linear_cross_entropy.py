@@ -275,8 +275,6 @@ def _and_grad_backward(ctx, grad_loss, _ggh, _ggw):
         if ctx.needs_input_grad[i] and not need:
             raise RuntimeError(f"linear_cross_entropy_and_grad: a gradient for {name} was asked for but "
                                f"the op was called with need_grad_{name}=False")
-    # Always new tensors: autograd may adopt a returned gradient as .grad and accumulate into it
-    # in place, which would change the saved ones under a retained graph.
     # loss.backward() on the CPU: the forward's gradients as they are, with no [V, C] multiply
     # and allocation (autograd copies a gradient it must keep, so a retained graph stays exact).
     # Traced tensors (fake, functional) are never read and take the general path.
