@@ -1,9 +1,21 @@
-"""Next-token choice from logits: repetition / frequency / presence penalties, temperature, top-k, top-p."""
+"""Next-token choice from logits: repetition / frequency / presence penalties, temperature, top-k, top-p.
+
+Every setting check_sampling accepts gives a usable distribution, however extreme: a temperature
+below GREEDY_BELOW is greedy (dividing by it would overflow float32), logits are scaled after
+their maximum is subtracted (so the top token stays at 0, never inf - inf), top-p always keeps
+the most likely token, and the repetition penalty is clamped to PENALTY_RANGE.
+"""
 from __future__ import annotations
 
 import math
 
 import torch
+
+# A temperature this small already puts all the mass on the top token (a logit gap of 1e-3
+# becomes 100 nats); below it, logits / temperature can overflow float32.
+GREEDY_BELOW = 1e-5
+# A repetition penalty outside this range could push a logit past float32's range.
+PENALTY_RANGE = (1e-6, 1e6)
 
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None, repetition_penalty: float) -> None:
@@ -19,13 +31,19 @@ def check_sampling(temperature: float, top_k: int | None, top_p: float | None, r
         raise ValueError(f"repetition_penalty must be a finite number > 0, got {repetition_penalty}")
 
 
+def is_greedy(temperature: float) -> bool:
+    """Whether sample_next picks the top token for this temperature."""
+    return temperature < GREEDY_BELOW
+
+
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
     """CTRL-style: divide positive logits of already-seen tokens by `penalty`, multiply negative ones.
 
-    logits [B, V]; seen [B, V] bool.
+    logits [B, V]; seen [B, V] bool. The penalty is clamped to PENALTY_RANGE.
     """
     if penalty == 1.0:
         return logits
+    penalty = min(max(penalty, PENALTY_RANGE[0]), PENALTY_RANGE[1])
     penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
     return torch.where(seen, penalised, logits)
 
@@ -51,6 +69,7 @@ def filter_top_k_top_p(logits: torch.Tensor, top_k: int | None, top_p: float | N
         probs = torch.softmax(sorted_logits, dim=-1)
         # Drop a token when the mass before it already reaches top_p (the first token always stays).
         drop_sorted = (probs.cumsum(-1) - probs) >= top_p
+        drop_sorted[..., 0] = False  # a top_p below float32's smallest value would drop it too
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits
@@ -58,9 +77,16 @@ def filter_top_k_top_p(logits: torch.Tensor, top_k: int | None, top_p: float | N
 
 def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
                 generator: torch.Generator | None) -> torch.Tensor:
-    """logits [B, V] -> token ids [B]. temperature 0 is greedy."""
-    if temperature <= 0:
+    """logits [B, V] -> token ids [B]. A temperature below GREEDY_BELOW (0 included) is greedy.
+
+    ValueError when a row's logits are NaN or infinite at the top (the model, not the settings, failed).
+    """
+    if is_greedy(temperature):
         return logits.argmax(-1)
-    logits = filter_top_k_top_p(logits.float() / temperature, top_k, top_p)
+    logits = logits.float()
+    top = logits.amax(-1, keepdim=True)
+    if not torch.isfinite(top).all():
+        raise ValueError("the model's logits are NaN or infinite; no token can be sampled from them")
+    logits = filter_top_k_top_p((logits - top) / temperature, top_k, top_p)
     probs = torch.softmax(logits, dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

@@ -26,7 +26,8 @@ from typing import Sequence
 
 import torch
 
-from ..inference.sampling import apply_frequency_presence_penalty, apply_repetition_penalty, sample_next
+from ..inference.sampling import (apply_frequency_presence_penalty, apply_repetition_penalty, is_greedy,
+                                  sample_next)
 from ..model import KVCache
 from .text_stream import TextStream
 
@@ -52,7 +53,7 @@ class SamplingParams:
 
     @property
     def plain_greedy(self) -> bool:
-        return (self.temperature <= 0 and self.repetition_penalty == 1.0 and self.frequency_penalty == 0.0
+        return (is_greedy(self.temperature) and self.repetition_penalty == 1.0 and self.frequency_penalty == 0.0
                 and self.presence_penalty == 0.0)
 
 
@@ -214,7 +215,9 @@ class Engine:
 
     @property
     def queued(self) -> int:
-        return len(self._queue)
+        """Requests waiting for a row whose client is still there."""
+        with self._wake:
+            return sum(not seq.stream.cancelled for seq in self._queue)
 
     # -- the event loop's side ---------------------------------------------------------------
     def check_fits(self, prompt_tokens: int, max_tokens: int) -> None:
@@ -287,8 +290,13 @@ class Engine:
         for i, seq in enumerate(self._rows):
             if seq.stream.cancelled:
                 continue
-            token = greedy[i] if seq.params.plain_greedy else seq.sample(logits[i:i + 1])
-            event = seq.accept(token)
+            try:
+                token = greedy[i] if seq.params.plain_greedy else seq.sample(logits[i:i + 1])
+                event = seq.accept(token)
+            except Exception as e:  # this request's sampling or decoding failed: end it alone
+                log.exception("sampling failed; ending that request only")
+                self._fail([seq], f"generation failed for this request: {type(e).__name__}: {e}")
+                continue
             if event is not None:
                 self._outbox.add(seq.stream, event)
             if event is None or event.finish_reason is None:
