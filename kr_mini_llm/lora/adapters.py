@@ -3,7 +3,8 @@
 adapter-path/
   adapter_config.json             base model path and fingerprint, lora_parameters, num_layers,
                                   the training arguments
-  adapters.safetensors            the latest adapter weights (lora_A [rank, in], lora_B [out, rank])
+  adapters.safetensors            the latest adapter weights (lora_A [rank, in], lora_B [out, rank];
+                                  DoRA adds lora_magnitude [out])
   0000100_adapters.safetensors    every --save-every iterations
   *.state.pt                      beside each weights file: optimizer, RNG, data position, step,
                                   so --resume-adapter-file continues exactly
@@ -26,7 +27,7 @@ from ..io.atomic import atomic_write
 from ..io.layout import ADAPTER_CONFIG as CONFIG_NAME
 from ..io.layout import ADAPTER_WEIGHTS as WEIGHTS_NAME
 from ..training import integrity
-from .apply import LoRAError, LoRAParameters, apply_lora, lora_modules, lora_state_dict
+from .apply import ADAPTER_TYPES, LoRAError, LoRAParameters, apply_lora, lora_modules, lora_state_dict
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
@@ -71,11 +72,15 @@ def read_adapter_config(adapter_path: str | os.PathLike) -> dict:
         config = json.loads(cfg_file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise LoRAError(f"{cfg_file}:{e.lineno}: not valid JSON ({e.msg})") from None
+    kind = config.get("fine_tune_type", "lora")
+    if kind == "full":
+        raise LoRAError(f"{path} holds a full fine-tune, not adapters: it is a model of its own; pass it as "
+                        f"--model {path} (it has nothing to fuse)")
+    if kind not in ADAPTER_TYPES:
+        raise LoRAError(f"{cfg_file}: fine_tune_type '{kind}' is not supported (adapters: {', '.join(ADAPTER_TYPES)})")
     for key in ("num_layers", "lora_parameters"):
         if key not in config:
             raise LoRAError(f"{cfg_file}: missing '{key}'; this is not a kr-mini-llm/mlx-lm adapter config")
-    if config.get("fine_tune_type", "lora") != "lora":
-        raise LoRAError(f"{cfg_file}: fine_tune_type '{config['fine_tune_type']}' is not supported (only lora)")
     return config
 
 
@@ -192,6 +197,6 @@ def load_adapters(model: torch.nn.Module, adapter_path: str | os.PathLike, check
     file = Path(weights) if weights else (adapter_path if adapter_path.is_file() else adapter_path / WEIGHTS_NAME)
     if not file.is_file():
         raise LoRAError(f"{file}: adapter weights not found (train with scripts/lora.py --train first)")
-    apply_lora(model, int(config["num_layers"]), params)
+    apply_lora(model, int(config["num_layers"]), params, dora=config.get("fine_tune_type") == "dora")
     load_adapter_weights(model, file, expected)
     return config

@@ -5,17 +5,20 @@ Keys name a projection inside a block as mlx-lm's `lora_parameters.keys` do
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn as nn
 
+from .dora import DoRALinear
 from .layer import LoRALinear
 
 ATTENTION_KEYS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
 MLP_KEYS = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 ALL_KEYS = ATTENTION_KEYS + MLP_KEYS
 DEFAULT_KEYS = ATTENTION_KEYS
+ADAPTER_TYPES = ("lora", "dora")  # fine_tune_types that train adapters ("full" trains every weight)
 _ALIASES = {**{k.split(".")[1]: k for k in ALL_KEYS}, **{k.split(".")[1].removesuffix("_proj"): k for k in ALL_KEYS},
             **{k: k for k in ALL_KEYS}, "attn": ATTENTION_KEYS, "mlp": MLP_KEYS, "all": ALL_KEYS}
 
@@ -75,9 +78,10 @@ def adapted_layers(num_layers: int, depth: int) -> list:
     return list(range(depth - num_layers, depth))
 
 
-def apply_lora(model: nn.Module, num_layers: int, params: LoRAParameters) -> nn.Module:
+def apply_lora(model: nn.Module, num_layers: int, params: LoRAParameters, dora: bool = False) -> nn.Module:
     """Freezes every parameter of `model` and wraps the `params.keys` projections of its last
-    `num_layers` blocks in LoRALinear (in place; returns the model)."""
+    `num_layers` blocks in LoRALinear (DoRALinear with `dora`) (in place; returns the model)."""
+    layer = DoRALinear if dora else LoRALinear
     if lora_modules(model):
         raise LoRAError("this model already carries LoRA adapters; fuse them first or load a fresh base")
     for p in model.parameters():
@@ -87,8 +91,26 @@ def apply_lora(model: nn.Module, num_layers: int, params: LoRAParameters) -> nn.
         for key in params.keys:
             parent_name, child = key.split(".")
             parent = getattr(block, parent_name)
-            setattr(parent, child, LoRALinear(getattr(parent, child), params.rank, params.scale, params.dropout))
+            setattr(parent, child, layer(getattr(parent, child), params.rank, params.scale, params.dropout))
     return model
+
+
+def uses_dora(model: nn.Module) -> bool:
+    return any(isinstance(m, DoRALinear) for m in lora_modules(model).values())
+
+
+@contextlib.contextmanager
+def adapters_disabled(model: nn.Module):
+    """The base model's outputs while inside: every adapted layer computes x W^T alone (DPO's
+    reference model when only adapters train, without a second copy of the base)."""
+    mods = lora_modules(model)
+    for m in mods.values():
+        m.disabled = True
+    try:
+        yield model
+    finally:
+        for m in mods.values():
+            m.disabled = False
 
 
 def lora_modules(model: nn.Module) -> dict:
@@ -97,9 +119,9 @@ def lora_modules(model: nn.Module) -> dict:
 
 
 def lora_state_dict(model: nn.Module) -> dict:
-    """The adapter tensors only: {'layers.3.self_attn.q_proj.lora_A': ..., ...}."""
+    """The adapter tensors only: {'layers.3.self_attn.q_proj.lora_A': ..., ...} (and lora_magnitude for DoRA)."""
     return {f"{name}.{p}": getattr(m, p).detach() for name, m in lora_modules(model).items()
-            for p in ("lora_A", "lora_B")}
+            for p in m.adapter_names}
 
 
 def trainable_parameters(model: nn.Module) -> list:

@@ -1,8 +1,10 @@
-"""`python -m kr_mini_llm.lora` / `scripts/lora.py`: LoRA fine-tuning with mlx-lm's flags.
+"""`python -m kr_mini_llm.lora` / `scripts/lora.py`: fine-tuning (LoRA, DoRA or full) with mlx-lm's flags.
 
     python scripts/lora.py --model checkpoints/demo --train --data data/sft --iters 200 \\
         --batch-size 4 --num-layers 4 --learning-rate 1e-4 --mask-prompt --adapter-path adapters/demo
     python scripts/lora.py --model checkpoints/demo --test --data data/sft --adapter-path adapters/demo
+    python scripts/lora.py --model checkpoints/demo --train --data data/sft --fine-tune-type full \\
+        --optimizer adamw --adapter-path checkpoints/demo-sft   # every weight: checkpoint-N directories
     python scripts/lora.py -c lora.yaml            # the same keys in YAML (flags given here win)
 """
 from __future__ import annotations
@@ -25,8 +27,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     a("--train", action="store_true", default=None, help="fine-tune")
     a("--test", action="store_true", default=None, help="evaluate the adapters on test.jsonl")
     a("--data", help="directory with train.jsonl and valid.jsonl (and test.jsonl) (default: data)")
-    a("--fine-tune-type", choices=["lora"], help="only lora (full fine-tuning is scripts/train.py)")
-    a("--optimizer", choices=["adam", "adamw", "sgd"], help="default: adam")
+    a("--fine-tune-type", choices=["lora", "dora", "full"],
+      help="lora (default) or dora (weight-decomposed LoRA): adapters; full: every weight, saved as "
+           "checkpoint-N directories in --adapter-path that every loader takes")
+    a("--optimizer", choices=["adam", "adamw", "sgd"],
+      help="default: adam (adamw with --fine-tune-type full: the pretraining optimizer, no decay on norms)")
     a("--mask-prompt", action="store_true", default=None, help="train on the answer tokens only")
     a("--num-layers", type=int, help="adapters on the last N blocks, -1 for all (default: 16, or all when fewer)")
     a("--batch-size", type=int, help="default: 4")
@@ -35,8 +40,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     a("--learning-rate", type=float, help="default: 1e-5")
     a("--steps-per-report", type=int, help="iterations between loss reports (default: 10)")
     a("--steps-per-eval", type=int, help="iterations between validations (default: 200)")
-    a("--resume-adapter-file", help="adapters.safetensors (or NNNNNNN_adapters.safetensors) to continue from")
-    a("--adapter-path", help="where adapters and adapter_config.json go (default: adapters)")
+    a("--resume-adapter-file", help="adapters.safetensors (or NNNNNNN_adapters.safetensors) to continue from; "
+                                    "full: a checkpoint-N directory (or --adapter-path, for its latest)")
+    a("--adapter-path", help="where adapters and adapter_config.json go; full: the checkpoint directories "
+                             "(default: adapters)")
     a("--save-every", type=int, help="iterations between numbered adapter files (default: 100)")
     a("--test-batches", type=int, help="test batches, -1 for all (default: 500)")
     a("--max-seq-length", type=int, help="longer rows are truncated (default: the model's context length)")
@@ -53,7 +60,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     a("--device", help="auto (default), cpu, cuda, cuda:N, mps")
     a("--tokenizer", help="tokenizer.model, when --model holds none")
     a("--threads", type=int, help="CPU threads (default: torch's)")
-    a("--overwrite-adapters", action="store_true", help="replace adapters already in --adapter-path")
+    a("--overwrite-adapters", action="store_true", help="replace adapters (or checkpoints) already in --adapter-path")
     a("--no-progress", action="store_true", help="no progress bar")
     a("--lora-layers", type=int, help=argparse.SUPPRESS)  # the old mlx-lm name: answered with a hint
     return p
@@ -132,15 +139,13 @@ def main(argv=None, prog: str | None = None) -> int:
 
 
 def _train(cfg, base, train_set, valid_set, args):
+    from ..training.checkpoint import resolve_checkpoint
     from ..training.trainer import TrainingStopped
     from .trainer import LoRATrainer
 
     trainer = LoRATrainer(cfg, base, train_set, valid_set, show_progress=not args.no_progress,
                           overwrite=args.overwrite_adapters)
-    lp = cfg.lora_parameters
-    print(f"  LoRA: rank {lp.rank}, scale {lp.scale}, dropout {lp.dropout}, keys {', '.join(lp.keys)}, "
-          f"last {trainer.num_layers if trainer.num_layers != -1 else base.model.config.num_layers} blocks")
-    print(trainer.describe())
+    describe_run(cfg, trainer, base)
     print(f"Starting training..., iters: {cfg.iters}")
     start = time.time()
     try:
@@ -149,18 +154,39 @@ def _train(cfg, base, train_set, valid_set, args):
         raise LoRAError(str(e).replace("train.learning_rate", "--learning-rate").replace("--resume_from",
                                                                                        "--resume-adapter-file"))
     out = Path(cfg.adapter_path)
-    print(f"Saved final adapter weights to {out / ADAPTER_WEIGHTS}.")
+    if cfg.fine_tune_type == "full":
+        print(f"Saved the fine-tuned model to {resolve_checkpoint(out)} (give --model {out} to any command).")
+    else:
+        print(f"Saved final adapter weights to {out / ADAPTER_WEIGHTS}.")
     print(f"  {time.time() - start:.1f}s; adapter_config.json and metrics.jsonl in {out}")
     return trainer
 
 
+def describe_run(cfg, trainer, base) -> None:
+    lp = cfg.lora_parameters
+    if cfg.fine_tune_type != "full":
+        print(f"  {cfg.fine_tune_type.replace('lora', 'LoRA').replace('dora', 'DoRA')}: rank {lp.rank}, scale "
+              f"{lp.scale}, dropout {lp.dropout}, keys {', '.join(lp.keys)}, "
+              f"last {trainer.num_layers if trainer.num_layers != -1 else base.model.config.num_layers} blocks")
+    else:
+        print(f"  full fine-tuning: every weight, optimizer {cfg.optimizer}")
+    print(trainer.describe())
+
+
 def _load_for_test(cfg, base):
     from ..device import pick_device
+    from ..training.checkpoint import list_checkpoints, load_model
     from .adapters import load_adapters
 
     device = pick_device(cfg.device)
     path = Path(cfg.adapter_path)
-    if (path / ADAPTER_WEIGHTS).is_file():
+    if cfg.fine_tune_type == "full":
+        if list_checkpoints(path):
+            model, source = load_model(path)
+            print(f"  fine-tuned model: {source}")
+            return model.to(device), device
+        print(f"  no checkpoints in {path}: testing the base model")
+    elif (path / ADAPTER_WEIGHTS).is_file():
         load_adapters(base.model, path)
         print(f"  adapters: {path}")
     else:

@@ -20,6 +20,7 @@ from .apply import DEFAULT_KEYS, LoRAError, LoRAParameters
 
 DEFAULT_NUM_LAYERS = 16
 OPTIMIZERS = ("adam", "adamw", "sgd")
+FINE_TUNE_TYPES = ("lora", "dora", "full")
 SCHEDULES = ("constant", "cosine", "linear")
 
 
@@ -29,7 +30,7 @@ class LoRAConfig:
     train: bool = False
     test: bool = False
     data: str = "data"                        # train.jsonl, valid.jsonl (test.jsonl for --test)
-    fine_tune_type: str = "lora"
+    fine_tune_type: str = "lora"              # lora | dora (adapters) | full (every weight)
     optimizer: str = "adam"                   # adam | adamw | sgd
     mask_prompt: bool = False
     num_layers: Optional[int] = None          # adapters on the last N blocks; -1 for all; None: 16 (all when fewer)
@@ -114,9 +115,8 @@ class LoRAConfig:
             fail(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got '{self.optimizer}'")
         if self.lr_schedule not in SCHEDULES:
             fail(f"lr_schedule must be one of {', '.join(SCHEDULES)}, got '{self.lr_schedule}'")
-        if self.fine_tune_type != "lora":
-            fail(f"fine_tune_type '{self.fine_tune_type}' is not supported; kr-mini-llm fine-tunes with lora "
-                 "(full fine-tuning is scripts/train.py)")
+        if self.fine_tune_type not in FINE_TUNE_TYPES:
+            fail(f"fine_tune_type must be one of {', '.join(FINE_TUNE_TYPES)}, got '{self.fine_tune_type}'")
         if self.threads is not None and self.threads <= 0:
             fail(f"threads must be > 0, got {self.threads}")
         if not self.model:

@@ -21,6 +21,9 @@ from ..model.layers import Linear
 
 
 class LoRALinear(nn.Module):
+    adapter_names = ("lora_A", "lora_B")  # the trainable tensors an adapter file holds
+    disabled = False  # set by apply.adapters_disabled: the base layer's output alone
+
     def __init__(self, base: nn.Linear, rank: int, scale: float, dropout: float = 0.0):
         super().__init__()
         if not isinstance(base, nn.Linear):
@@ -45,6 +48,8 @@ class LoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base_ops.linear(x, self.weight) if self.base_ops is not None else F.linear(x, self.weight)
+        if self.disabled:
+            return y
         a_in = F.dropout(x, self.dropout, self.training) if self.dropout > 0 else x
         # [.., in] -> [.., rank] -> [.., out]: two thin GEMMs, the [out, in] product never formed.
         update = F.linear(F.linear(a_in, self.lora_A), self.lora_B)

@@ -1,8 +1,11 @@
-"""LoRA fine-tuning on the shared trainer loop (training/trainer.py), not a copy of it.
+"""Fine-tuning (LoRA, DoRA or full) on the shared trainer loop (training/trainer.py), not a copy of it.
 
 LoRATask is the task the loop runs (training/task.py): the model (the base with adapters, only
-A and B trainable), the SFT batches, the optimizer (adam/adamw/sgd), evaluation on valid.jsonl,
-adapter files instead of checkpoints, and mlx-lm's log lines:
+the adapters trainable; or, with fine_tune_type full, every weight), the SFT batches, the
+optimizer (adam/adamw/sgd), evaluation on valid.jsonl, and mlx-lm's log lines. Adapters are
+saved as adapter files (adapters.py); a full fine-tune as the ordinary checkpoint-N directories
+of training/checkpoint.py, which every loader takes and which resume like pretraining's.
+dpo/trainer.py runs preference tuning on this same task, with its own batches, loss and metrics.
 
     Iter 10: Train loss 2.345, Learning Rate 1.000e-05, It/sec 4.500, Tokens/sec 1000.000, Trained Tokens 2304, Peak mem 1.234 GB
     Iter 200: Val loss 1.234, Val took 3.210s
@@ -17,9 +20,10 @@ from pathlib import Path
 import torch
 
 from ..data.sft import SFTBatches, SFTDataset, eval_batches
-from ..training.checkpoint import rng_state, set_rng_state
+from ..training.checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoint, rng_state, set_rng_state
+from ..training import optim
 from ..training.memory import peak_memory_gb
-from ..training.task import TrainingTask
+from ..training.task import TrainingTask, check_resumable
 from ..training.trainer import Trainer
 from .adapters import (WEIGHTS_NAME, load_adapter_weights, load_training_state, model_fingerprint, numbered_name,
                        save_adapter_weights, state_path, write_adapter_config)
@@ -28,7 +32,14 @@ from .base import BaseModel
 from .config import LoRAConfig
 
 
-def build_optimizer(params, cfg: LoRAConfig) -> torch.optim.Optimizer:
+# A full fine-tune keeps this many checkpoint-N directories (each holds the weights and optimizer state).
+KEEP_FULL_CHECKPOINTS = 2
+
+
+def build_optimizer(model, cfg: LoRAConfig, run) -> torch.optim.Optimizer:
+    if cfg.fine_tune_type == "full" and cfg.optimizer == "adamw":
+        return optim.build_optimizer(model, run.config.train, run.device)  # pretraining's: no decay on norms
+    params = trainable_parameters(model)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adam":
@@ -64,10 +75,11 @@ def check_one_process() -> None:
 
 
 class LoRATask(TrainingTask):
-    check_memory = False  # frozen base: no gradients or optimizer state for most weights
-
-    def __init__(self, cfg: LoRAConfig, base: BaseModel, train_set: SFTDataset, valid_set: SFTDataset, log=print):
+    def __init__(self, cfg: LoRAConfig, base: BaseModel, train_set, valid_set, log=print):
         self.lora, self.base, self.train_set, self.valid_set, self.log = cfg, base, train_set, valid_set, log
+        self.full = cfg.fine_tune_type == "full"
+        # The full-training memory estimate describes a full fine-tune, not a frozen base with adapters.
+        self.check_memory = self.full
         self._losses = []
 
     def build(self, run) -> None:
@@ -81,15 +93,29 @@ class LoRATask(TrainingTask):
                             f"{model.config.vocab_size}; pass the tokenizer the base model was trained with")
         self.base_fingerprint = model_fingerprint(model)
         torch.manual_seed(cfg.seed)
-        self.num_layers = cfg.layers_for(len(model.layers))
-        apply_lora(model, self.num_layers, cfg.lora_parameters)
+        if self.full:
+            self.num_layers = None
+            model.requires_grad_(True)
+        else:
+            self.num_layers = cfg.layers_for(len(model.layers))
+            apply_lora(model, self.num_layers, cfg.lora_parameters, dora=cfg.fine_tune_type == "dora")
         run.model = model.to(run.device).train()
         run.forward = run.model  # fine-tuning runs in one process (no DDP/FSDP wrapper)
         run.model.set_gradient_checkpointing(cfg.grad_checkpoint)
-        run.batches = SFTBatches(self.train_set, cfg.batch_size, seed=cfg.seed, pad_id=run.tokenizer.pad_id)
-        run.optimizer = build_optimizer(trainable_parameters(run.model), cfg)
+        run.batches = self.make_batches(run)
+        run.optimizer = build_optimizer(run.model, cfg, run)
+
+    def make_batches(self, run):
+        return SFTBatches(self.train_set, self.lora.batch_size, seed=self.lora.seed, pad_id=run.tokenizer.pad_id)
+
+    def check_steps_left(self, where, step: int) -> None:
+        if step >= self.lora.iters:
+            raise LoRAError(f"{where} was saved at iteration {step}, and --iters is {self.lora.iters}: nothing left "
+                            f"to train; --iters counts from the start, so raise it above {step}")
 
     def resume(self, run, path) -> None:
+        if self.full:
+            return self.resume_checkpoint(run, path)
         file = Path(path)
         meta = load_adapter_weights(run.model, file, self.base_fingerprint)
         step = int(meta.get("step", 0))
@@ -98,15 +124,24 @@ class LoRATask(TrainingTask):
             self.log(f"Resuming from the weights of {file} (no {state_path(file).name} beside it: optimizer and "
                      "data order start afresh, iterations count from 0)")
             return
-        if step >= self.lora.iters:
-            raise LoRAError(f"{file} was saved at iteration {step}, and --iters is {self.lora.iters}: nothing left "
-                            f"to train; --iters counts from the start, so raise it above {step}")
+        self.check_steps_left(file, step)
         run.optimizer.load_state_dict(saved["optimizer"])
         set_rng_state(saved["rng"])
         run.batches.load_state_dict(saved["data"])
         run.state.update(saved["trainer"])
         run.step = step
         self.log(f"Resuming from {file} at iteration {step}")
+
+    def resume_checkpoint(self, run, path) -> None:
+        """A full fine-tune continues from a checkpoint-N directory (or the latest in an output directory)."""
+        ckpt = resolve_checkpoint(path)
+        saved = load_checkpoint(ckpt, run.model, run.optimizer)  # weights, optimizer and RNG
+        check_resumable(saved)
+        self.check_steps_left(ckpt, saved["step"])
+        run.batches.load_state_dict(saved["data"])
+        run.state.update({k: saved[k] for k in run.state if k in saved})
+        run.step = saved["step"]
+        self.log(f"Resuming from {ckpt} at iteration {run.step}")
 
     def start(self, run) -> None:
         if run.step == 0:  # as mlx-lm: the validation loss before the first update
@@ -128,6 +163,13 @@ class LoRATask(TrainingTask):
 
     def save(self, run) -> Path:
         out = Path(self.lora.adapter_path)
+        if self.full:
+            state = {**run.state, "data": run.batches.state_dict()}
+            path = run.dist.save_checkpoint(out, run.step, run.model, run.optimizer, state, run.config,
+                                            run.model_config, run.tokenizer_path, keep=KEEP_FULL_CHECKPOINTS)
+            if run.step % self.lora.save_every == 0:
+                run._say(run.progress, f"Iter {run.step}: Saved the model to {path}.")
+            return path
         state = {"optimizer": run.optimizer.state_dict(), "rng": rng_state(), "data": run.batches.state_dict(),
                  "trainer": dict(run.state)}
         latest = save_adapter_weights(out / WEIGHTS_NAME, run.model, self.base_fingerprint, run.step, state)
@@ -145,7 +187,8 @@ class LoRATask(TrainingTask):
         lp = cfg.pop("lora_parameters")
         return {"model": str(self.lora.model), "base_model_fingerprint": self.base_fingerprint,
                 "base_model_config": run.model_config.to_dict(), "tokenizer_fingerprint": run.tokenizer.fingerprint,
-                "fine_tune_type": "lora", "num_layers": self.num_layers, "lora_parameters": lp,
+                "fine_tune_type": self.lora.fine_tune_type, "num_layers": self.num_layers,
+                **({} if self.full else {"lora_parameters": lp}),
                 **{k: v for k, v in cfg.items() if k not in ("model", "num_layers", "fine_tune_type")},
                 "max_seq_length": run.config.train.max_seq_length}
 
@@ -162,20 +205,40 @@ class LoRATask(TrainingTask):
         return f"Iter {result['step']}: Val loss {result['val_loss']:.3f}, Val took {result['val_time_s']:.3f}s"
 
 
+def check_output_is_not_input(output, *inputs) -> None:
+    """A run never writes where its base model lives: --overwrite-adapters would delete it."""
+    out = Path(output).resolve()
+    for given in inputs:
+        if given is None:
+            continue
+        src = Path(given).resolve()
+        if src == out or out in src.parents:
+            raise LoRAError(f"--adapter-path {output} is where the base model {given} is read from; writing there "
+                            "would replace it. Choose another --adapter-path")
+
+
 class LoRATrainer(Trainer):
     """The Trainer with LoRATask, after the checks a fine-tune needs before anything is built."""
 
-    def __init__(self, cfg: LoRAConfig, base: BaseModel, train_set: SFTDataset, valid_set: SFTDataset,
-                 show_progress: bool = True, overwrite: bool = False, log=print):
+    def __init__(self, cfg: LoRAConfig, base: BaseModel, train_set, valid_set,
+                 show_progress: bool = True, overwrite: bool = False, log=print, task=None):
         check_one_process()
-        weights = Path(cfg.adapter_path) / WEIGHTS_NAME
-        resuming_here = cfg.resume_adapter_file and Path(cfg.resume_adapter_file).parent.resolve() == weights.parent.resolve()
-        if weights.exists() and not (overwrite or resuming_here):
-            raise LoRAError(f"--adapter-path {cfg.adapter_path} already holds {WEIGHTS_NAME}; continue it with "
-                            f"--resume-adapter-file {weights}, choose another --adapter-path, or delete it")
+        check_output_is_not_input(cfg.adapter_path, base.source, cfg.model)
+        resuming_here = cfg.resume_adapter_file and Path(cfg.adapter_path).resolve() in (
+            Path(cfg.resume_adapter_file).resolve(), Path(cfg.resume_adapter_file).resolve().parent)
+        if cfg.fine_tune_type == "full":
+            found = list_checkpoints(cfg.adapter_path)
+            held, resume_hint = (found[-1].name, found[-1]) if found else (None, None)
+        else:
+            weights = Path(cfg.adapter_path) / WEIGHTS_NAME
+            held, resume_hint = (WEIGHTS_NAME, weights) if weights.exists() else (None, None)
+        if held and not (overwrite or resuming_here):
+            raise LoRAError(f"--adapter-path {cfg.adapter_path} already holds {held}; continue it with "
+                            f"--resume-adapter-file {resume_hint}, choose another --adapter-path, or pass "
+                            "--overwrite-adapters")
         super().__init__(base.model.config, cfg.training_config(train_set.max_seq_length), output_dir=cfg.adapter_path,
-                         resume_from=cfg.resume_adapter_file, show_progress=show_progress,
-                         task=LoRATask(cfg, base, train_set, valid_set, log))
+                         resume_from=cfg.resume_adapter_file, show_progress=show_progress, overwrite=overwrite,
+                         task=task or LoRATask(cfg, base, train_set, valid_set, log))
 
     @property
     def num_layers(self) -> int:

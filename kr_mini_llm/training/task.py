@@ -54,6 +54,12 @@ class TrainingTask(ABC):
     def after_step(self, run, loss: float) -> None:
         """Called after every optimizer step with its loss."""
 
+    def loss(self, run, batch) -> torch.Tensor:
+        """The training loss of one micro-batch from run.batches (called under autocast; the loop
+        scales and backpropagates it). Next-token loss of (inputs, targets) by default."""
+        x, y = batch
+        return run.forward(x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True))
+
     def step_tokens(self, run) -> int:
         """Tokens the last optimizer step trained on."""
         return run.effective_batch * run.config.train.max_seq_length

@@ -104,6 +104,7 @@ class Trainer:
         if self.task.check_memory:
             warn_if_short_of_memory(model_config, config, self.device, self.dist.is_main)
         self.task.build(self)
+        self._last_batch = None  # the last micro-batch trained on (_probe_loss)
         self.state = {"tokens_seen": 0, "best_val_loss": None, "evals_without_improvement": 0, "elapsed_s": 0.0}
         self.step = 0
         if resume_from is not None:
@@ -222,25 +223,44 @@ class Trainer:
         return {signum: signal.signal(signum, on_signal) for signum in STOP_SIGNALS}
 
     def _check_weights_finite(self) -> None:
-        """A save never keeps weights that the last optimizer step made NaN or inf."""
+        """A save never keeps weights that the last optimizer step made NaN or inf, nor finite weights
+        so large that they already give a non-finite loss (a diverged step, e.g. learning_rate 1000):
+        resuming from such a checkpoint would fail at once."""
         bad = nonfinite_parameters(self.model)
         if self.dist.any(bool(bad)):
             first = f" (first: {bad[0]})" if bad else ""
-            raise TrainingStopped(
-                f"the weights hold NaN or inf after step {self.step}{first}: training stopped without saving them. "
-                f"The last good checkpoint is kept in {self.output_dir}; lower train.learning_rate or check the "
-                "data, then --resume_from it.")
+            self._stop_without_saving(f"the weights hold NaN or inf after step {self.step}{first}")
+        probe = self._probe_loss()
+        if self.dist.any(not math.isfinite(probe)):
+            self._stop_without_saving(f"the weights after step {self.step} give a loss of {probe} on the step's "
+                                      "last batch")
+
+    def _probe_loss(self) -> float:
+        """The loss of the updated weights on the last micro-batch trained on: one forward, no
+        gradients, eval mode (no dropout, so the RNG stream, and with it a resumed run, is unchanged)."""
+        if self._last_batch is None:
+            return 0.0
+        self.model.eval()
+        try:
+            with torch.no_grad(), self._autocast():
+                return float(self.task.loss(self, self._last_batch))
+        finally:
+            self.model.train()
+
+    def _stop_without_saving(self, what: str) -> None:
+        raise TrainingStopped(
+            f"{what}: training stopped without saving them. The last good checkpoint is kept in "
+            f"{self.output_dir}; lower train.learning_rate or check the data, then --resume_from it.")
 
     def _train_step(self) -> float:
         t = self.config.train
         self.model.train()
         total = 0.0
         for micro in range(t.gradient_accumulation_steps):
-            x, y = next(self.batches)
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            batch = self._last_batch = next(self.batches)
             with self.dist.grad_sync(micro == t.gradient_accumulation_steps - 1):
                 with self._autocast():
-                    loss = self.forward(x, y) / t.gradient_accumulation_steps
+                    loss = self.task.loss(self, batch) / t.gradient_accumulation_steps
                 loss.backward()
             total += loss.item()
         if t.max_grad_norm > 0:

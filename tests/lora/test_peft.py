@@ -51,8 +51,8 @@ def test_peft_adapters_imported_give_peft_logits(tmp_path, qk_norm, rslora):
             if "lora_B" in n:
                 p.normal_(0, 0.05)
     model.save_pretrained(tmp_path / "peft")
-    num_layers, params = import_peft(ours, tmp_path / "peft")
-    assert num_layers == 2 and params.rank == 4
+    num_layers, params, dora = import_peft(ours, tmp_path / "peft")
+    assert num_layers == 2 and params.rank == 4 and not dora
     assert params.scale == pytest.approx(12 / 2 if rslora else 12 / 4)
     x = torch.randint(0, 512, (2, 15))
     model.eval()
