@@ -76,7 +76,7 @@ async def stream_request(host: str, port: int, body: dict) -> dict:
     t0 = time.perf_counter()
     reader, writer = await asyncio.open_connection(host, port)
     payload = json.dumps(body).encode()
-    writer.write(b"POST /v1/completions HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+    writer.write(b"POST /v1/completions HTTP/1.1\r\nHost: " + host.encode() + b"\r\nContent-Type: application/json\r\n"
                  b"Connection: close\r\nContent-Length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload)
     await writer.drain()
     status = int((await reader.readline()).split()[1])

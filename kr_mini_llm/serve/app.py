@@ -10,29 +10,34 @@ Both completion routes stream as server-sent events in OpenAI's chunk format (en
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 import uuid
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+import anyio
+from fastapi import FastAPI, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
-from ..data.chat import encode_chat
 from . import schemas as S
 from .engine import ContextLengthError, Engine, Event, SamplingParams, Stream
-from .errors import ApiKeyAuth, APIError, BodySizeLimit, error_body, install_error_handlers
+from .errors import (LOOPBACK_HOSTS, ApiKeyAuth, APIError, BodySizeLimit, HostCheck, error_body,
+                     install_error_handlers)
+from .prompts import InvalidPrompt, Prompt, Prompts
 
 STATIC = Path(__file__).parent / "static"
 
 
-def create_app(engine: Engine, model_name: str, api_key: str | None = None,
-               max_body_bytes: int = 1 << 20) -> FastAPI:
-    """The app; its lifespan starts and stops the engine's model thread."""
+def create_app(engine: Engine, model_name: str, api_key: str | None = None, max_body_bytes: int = 1 << 20,
+               allowed_hosts=LOOPBACK_HOSTS) -> FastAPI:
+    """The app; its lifespan starts and stops the engine's model thread. It answers only requests
+    whose Host header is one of `allowed_hosts` ('*' for any)."""
     created = int(time.time())
     tok = engine.tokenizer
+    prompts = Prompts(engine)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -47,6 +52,7 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None,
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
     if api_key:
         app.add_middleware(ApiKeyAuth, api_key=api_key)
+    app.add_middleware(HostCheck, allowed=allowed_hosts)  # the last added runs first
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     def check_model(name: str) -> None:
@@ -54,16 +60,22 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None,
             raise APIError(404, f"The model '{name}' does not exist. This server serves '{model_name}'.",
                            "model", "model_not_found")
 
-    def submit(prompt: list[int], req: S.GenerationRequest, stop_ids: tuple[int, ...],
-               param: str) -> tuple[Stream, int]:
-        room = engine.context_length - len(prompt)
-        max_tokens = req.max_tokens if req.max_tokens is not None else max(room, 1)
+    async def build(make, *args, param: str) -> Prompt:
+        """prompts.<make>(*args) in a worker thread: a large request's tokenizing never stalls the event loop."""
+        try:
+            return await anyio.to_thread.run_sync(functools.partial(make, *args))
+        except ContextLengthError as e:
+            raise APIError(400, str(e), param, "context_length_exceeded") from None
+        except InvalidPrompt as e:
+            raise APIError(400, f"Invalid value for '{param}': {e}.", param, "invalid_value") from None
+
+    def submit(prompt: Prompt, req: S.GenerationRequest, stop_ids: tuple[int, ...], param: str) -> Stream:
         params = SamplingParams(
-            max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k or None,
+            max_tokens=prompt.max_tokens, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k or None,
             repetition_penalty=req.repetition_penalty, frequency_penalty=req.frequency_penalty,
             presence_penalty=req.presence_penalty, seed=req.seed, stop=tuple(req.stop or ()), stop_token_ids=stop_ids)
         try:
-            return engine.submit(prompt, params), len(prompt)
+            return engine.submit(prompt.ids, params)
         except ContextLengthError as e:
             raise APIError(400, str(e), param, "context_length_exceeded") from None
         except RuntimeError as e:
@@ -82,36 +94,40 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None,
     async def models():
         return S.ModelList(data=[S.ModelCard(id=model_name, created=created)])
 
-    @app.get("/v1/models/{name}", response_model=S.ModelCard)
+    @app.get("/v1/models/{name:path}", response_model=S.ModelCard)
     async def model(name: str):
         check_model(name)
         return S.ModelCard(id=model_name, created=created)
 
     @app.post("/v1/chat/completions", response_model=S.ChatCompletion)
-    async def chat_completions(req: S.ChatCompletionRequest, request: Request):
+    async def chat_completions(req: S.ChatCompletionRequest, request: Request, response: Response):
         check_model(req.model)
         messages = [{"role": m.role, "content": m.text} for m in req.messages]
-        prompt, _ = encode_chat(messages, tok, add_generation_prompt=True)  # role markers in text stay text
-        stream, n_prompt = submit(prompt, req, (tok.eos_id, tok.im_end_id), "messages")
+        auto = req.truncation == "auto"
+        prompt = await build(prompts.chat, messages, req.max_tokens, auto, param="messages")
+        stream = submit(prompt, req, (tok.eos_id, tok.im_end_id), "messages")
+        # What truncation did, for the client to show (and to drop from its own history).
+        headers = {"X-Dropped-Messages": str(prompt.dropped), "X-Max-Tokens": str(prompt.max_tokens)} if auto else {}
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return _sse(_chat_chunks(stream, rid, model_name, include_usage))
+            return _sse(_chat_chunks(stream, rid, model_name, include_usage), headers)
         text, finish, done = await _collect(stream, request)
-        return S.ChatCompletion(id=rid, model=model_name, usage=S.usage(n_prompt, done),
+        response.headers.update(headers)
+        return S.ChatCompletion(id=rid, model=model_name, usage=S.usage(len(prompt.ids), done),
                                 choices=[S.ChatChoice(message=S.AssistantMessage(content=text), finish_reason=finish)])
 
     @app.post("/v1/completions", response_model=S.Completion)
     async def completions(req: S.CompletionRequest, request: Request):
         check_model(req.model)
-        prompt = [tok.bos_id] + tok.encode(req.prompt)  # as Generator.generate encodes a prompt
-        stream, n_prompt = submit(prompt, req, (tok.eos_id,), "prompt")
+        prompt = await build(prompts.completion, req.prompt, req.max_tokens, param="prompt")
+        stream = submit(prompt, req, (tok.eos_id,), "prompt")
         rid = f"cmpl-{uuid.uuid4().hex}"
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return _sse(_completion_chunks(stream, rid, model_name, include_usage))
         text, finish, done = await _collect(stream, request)
-        return S.Completion(id=rid, model=model_name, usage=S.usage(n_prompt, done),
+        return S.Completion(id=rid, model=model_name, usage=S.usage(len(prompt.ids), done),
                             choices=[S.CompletionChoice(text=text, finish_reason=finish)])
 
     return app
@@ -141,9 +157,9 @@ async def _collect(stream: Stream, request: Request) -> tuple[str, str, int]:
         stream.cancel()
 
 
-def _sse(chunks) -> StreamingResponse:
+def _sse(chunks, headers: dict | None = None) -> StreamingResponse:
     return StreamingResponse(chunks, media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})})
 
 
 def _data(obj) -> str:

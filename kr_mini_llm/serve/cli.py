@@ -3,6 +3,7 @@
     python scripts/serve.py --model checkpoints/demo                  # http://127.0.0.1:8000
     python scripts/serve.py --model checkpoints/demo --adapter-path adapters/demo --max-batch 16
     KR_MINI_LLM_API_KEY=secret python scripts/serve.py --model checkpoints/demo --host 0.0.0.0
+    python scripts/serve.py --model checkpoints/demo --allowed-hosts llm.example.com   # behind that name
 """
 from __future__ import annotations
 
@@ -38,6 +39,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                    help="the model id clients send (default: the model directory's name)")
     p.add_argument("--max-body-bytes", dest="max_body_bytes", type=int, default=1 << 20,
                    help="largest request body accepted (default 1 MiB)")
+    p.add_argument("--allowed-hosts", "--allowed_hosts", dest="allowed_hosts", action="append", default=[],
+                   metavar="HOSTS", help="host names clients may use besides localhost, 127.0.0.1, [::1] and --host "
+                   "(comma-separated or repeated; '*' allows any, '*.example.com' its subdomains). Other Host "
+                   "headers are refused, so a web page cannot reach the server through DNS rebinding")
     p.add_argument("--log-level", dest="log_level", default="info", choices=["debug", "info", "warning", "error"])
     return p
 
@@ -79,6 +84,23 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def allowed_hosts(bind_host: str, extra: list[str]) -> list[str]:
+    """The Host names the server answers to: loopback names, the bind address (for a wildcard bind,
+    this machine's name and addresses), and `extra` (items may be comma-separated)."""
+    from .errors import LOOPBACK_HOSTS
+
+    hosts = [*LOOPBACK_HOSTS, bind_host]
+    if bind_host in ("0.0.0.0", "::", ""):
+        name = socket.gethostname()
+        hosts.append(name)
+        try:
+            hosts += [info[4][0] for info in socket.getaddrinfo(name, None)]
+        except OSError:  # no resolver for our own name: the user names the hosts with --allowed-hosts
+            pass
+    hosts += [h.strip() for item in extra for h in item.split(",") if h.strip()]
+    return list(dict.fromkeys(h.lower() for h in hosts))
+
+
 def _is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -104,7 +126,8 @@ def main(argv=None, prog: str | None = None) -> int:
         return 2
     name = args.served_model_name or Path(args.model).resolve().name
     engine = Engine(generator, max_batch=args.max_batch)
-    app = create_app(engine, name, api_key=args.api_key, max_body_bytes=args.max_body_bytes)
+    app = create_app(engine, name, api_key=args.api_key, max_body_bytes=args.max_body_bytes,
+                     allowed_hosts=allowed_hosts(args.host, args.allowed_hosts))
     if not _is_loopback(args.host) and not args.api_key:
         log.warning("listening on %s without --api-key: anyone who can reach this address can use the model",
                     args.host)

@@ -3,23 +3,53 @@
 Requests validate their ranges here, so a bad value is a 400 that names the field. Fields a
 client may send but this server cannot honour (n > 1, logprobs, echo, suffix, best_of > 1) are
 rejected rather than silently ignored; other unknown fields are ignored, as OpenAI's own
-clients send extras.
+clients send extras. As in OpenAI's API, `null` for an optional field means its default, and
+text must be valid Unicode (a lone UTF-16 surrogate is a 400, not a codec error later).
 """
 from __future__ import annotations
 
 import time
-from typing import List, Literal, Optional, Union
+from typing import Annotated, List, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StrictInt, ValidationInfo, field_validator,
+                      model_validator)
 
 from ..data.chat import ROLES
 
+MAX_MESSAGES = 2048  # OpenAI's own limit; it also bounds the work before the context check
+ROLE_ALIASES = {"developer": "system"}  # OpenAI's newer name for system instructions
 
-class GenerationRequest(BaseModel):
-    """What both completion routes share: the model, the answer's length and the sampling settings."""
+
+def _valid_unicode(v: str) -> str:
+    if not v.isascii():
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"the text holds a lone UTF-16 surrogate ({v[e.start]!a} at character {e.start}); "
+                             "send valid Unicode") from None
+    return v
+
+
+Text = Annotated[str, AfterValidator(_valid_unicode)]
+
+
+class _Body(BaseModel):
+    """A request object: unknown fields are ignored, `null` for a field with a default means that default."""
     model_config = ConfigDict(extra="ignore")
 
-    model: str
+    @field_validator("*", mode="before")
+    @classmethod
+    def _null_is_default(cls, v, info: ValidationInfo):
+        if v is None:
+            field = cls.model_fields[info.field_name]
+            if not field.is_required():
+                return field.get_default(call_default_factory=True)
+        return v
+
+
+class GenerationRequest(_Body):
+    """What both completion routes share: the model, the answer's length and the sampling settings."""
+    model: Text
     max_tokens: Optional[int] = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
@@ -28,12 +58,12 @@ class GenerationRequest(BaseModel):
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     seed: Optional[int] = Field(None, ge=-(2**63), le=2**64 - 1)
-    stop: Optional[Union[str, List[str]]] = None
+    stop: Optional[Union[Text, List[Text]]] = None
     stream: bool = False
     stream_options: Optional["StreamOptions"] = None
     n: int = 1
     logprobs: Optional[Union[bool, int]] = None
-    user: Optional[str] = None
+    user: Optional[Text] = None
 
     @field_validator("stop")
     @classmethod
@@ -60,26 +90,34 @@ class GenerationRequest(BaseModel):
         return v
 
 
-class StreamOptions(BaseModel):
+class StreamOptions(_Body):
     include_usage: bool = False
 
 
-class TextPart(BaseModel):
+class TextPart(_Body):
     type: Literal["text"]
-    text: str
+    text: Text
 
 
-class ChatMessage(BaseModel):
+class ChatMessage(_Body):
     role: str
-    content: Union[str, List[TextPart]]
-    name: Optional[str] = None
+    content: Optional[Union[Text, List[TextPart]]] = None  # null: only an assistant's (e.g. beside tool_calls)
+    name: Optional[Text] = None
 
     @field_validator("role")
     @classmethod
     def _role(cls, v):
-        if v not in ROLES:
-            raise ValueError(f"role must be one of {', '.join(ROLES)}; got {v!r}")
-        return v
+        if v not in ROLES and v not in ROLE_ALIASES:
+            raise ValueError(f"role must be one of {', '.join((*ROLES, *ROLE_ALIASES))}; got {v!r}")
+        return ROLE_ALIASES.get(v, v)
+
+    @model_validator(mode="after")
+    def _content(self):
+        if self.content is None:
+            if self.role != "assistant":
+                raise ValueError(f"a {self.role} message needs a 'content' (only an assistant's may be null)")
+            self.content = ""
+        return self
 
     @property
     def text(self) -> str:
@@ -87,8 +125,12 @@ class ChatMessage(BaseModel):
 
 
 class ChatCompletionRequest(GenerationRequest):
-    messages: List[ChatMessage] = Field(min_length=1)
+    messages: List[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_completion_tokens: Optional[int] = Field(None, ge=1)
+    truncation: Literal["auto", "disabled"] = Field(
+        "disabled", description="extension, as OpenAI's Responses API: 'auto' drops the oldest turns (after the "
+        "system messages) and caps max_tokens so the conversation fits the context; the response headers "
+        "X-Dropped-Messages and X-Max-Tokens say what was done")
 
     @model_validator(mode="after")
     def _max(self):
@@ -98,19 +140,25 @@ class ChatCompletionRequest(GenerationRequest):
 
 
 class CompletionRequest(GenerationRequest):
-    prompt: Union[str, List[str]]
+    prompt: Union[Text, List[Text], List[StrictInt], List[List[StrictInt]]] = Field(
+        description="text, or token ids (used as they are: no bos is added); one prompt per request")
     max_tokens: Optional[int] = Field(16, ge=1)  # OpenAI's default for completions
     echo: bool = False
-    suffix: Optional[str] = None
+    suffix: Optional[Text] = None
     best_of: Optional[int] = None
 
     @field_validator("prompt")
     @classmethod
     def _prompt(cls, v):
         if isinstance(v, list):
-            if len(v) != 1:
-                raise ValueError(f"one prompt per request is supported, got a list of {len(v)}")
-            v = v[0]
+            if len(v) == 0:
+                raise ValueError("the prompt is an empty list; send a string or a list of token ids")
+            if not isinstance(v[0], int):  # a batch of prompts (strings or token-id lists)
+                if len(v) != 1:
+                    raise ValueError(f"one prompt per request is supported, got a list of {len(v)}")
+                v = v[0]
+            if isinstance(v, list) and not v:
+                raise ValueError("the prompt's token-id list is empty")
         return v
 
     @model_validator(mode="after")

@@ -55,7 +55,7 @@ def generator(model_dir):
     return Generator.from_pretrained(model_dir, device="cpu")
 
 
-def serve(generator, max_batch=8, step_delay=0.0, **app_kwargs):
+def serve(generator, max_batch=8, step_delay=0.0, model_name=MODEL, **app_kwargs):
     """A LiveServer for `generator`; with step_delay, every model call sleeps first (a slow model)."""
     engine = Engine(generator, max_batch=max_batch)
     if step_delay:
@@ -65,7 +65,7 @@ def serve(generator, max_batch=8, step_delay=0.0, **app_kwargs):
             time.sleep(step_delay)
             return model(*args, **kwargs)
         engine.model = slow
-    return LiveServer(create_app(engine, MODEL, **app_kwargs))
+    return LiveServer(create_app(engine, model_name, **app_kwargs))
 
 
 @pytest.fixture(scope="session")

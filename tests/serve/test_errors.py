@@ -49,6 +49,31 @@ def still_answers(url):
     ("/v1/chat/completions", {**CHAT, "messages": [{"role": "user", "content": 5}]}, 400, "invalid_value",
      "'messages.0.content"),
     ("/v1/nothing", {}, 404, None, "Unknown path /v1/nothing"),
+    # an empty body, and all of the missing parameters named
+    ("/v1/chat/completions", b"", 400, "invalid_json", "request body is empty; send a JSON object"),
+    ("/v1/chat/completions", {}, 400, "missing_required_parameter", "parameters: 'model', 'messages'"),
+    ("/v1/chat/completions", {**CHAT, "messages": ["hi"]}, 400, "invalid_value", "'messages.0'"),
+    # text with a lone UTF-16 surrogate (valid JSON) is a 400 naming the field, not a codec error
+    ("/v1/chat/completions", {**CHAT, "messages": [{"role": "user", "content": "a\ud800b"}]}, 400, "invalid_value",
+     "'messages.0.content': the text holds a lone UTF-16 surrogate"),
+    ("/v1/chat/completions", {**CHAT, "messages": [{"role": "user", "content": [{"type": "text", "text": "\udfff"}]}]},
+     400, "invalid_value", "'messages.0.content.0.text': the text holds a lone UTF-16 surrogate"),
+    ("/v1/completions", {**COMP, "prompt": "a\ud800b"}, 400, "invalid_value", "'prompt': the text holds a lone"),
+    ("/v1/completions", {**COMP, "prompt": ["a\ud800b"]}, 400, "invalid_value", "'prompt.0': the text holds a lone"),
+    ("/v1/completions", {**COMP, "model": "a\ud800b"}, 400, "invalid_value", "'model': the text holds a lone"),
+    ("/v1/completions", {**COMP, "stop": ["\ud800"]}, 400, "invalid_value", "'stop.0': the text holds a lone"),
+    # token-id prompts the model cannot read
+    ("/v1/completions", {**COMP, "prompt": [1, 512]}, 400, "invalid_value", "token id 512 is outside"),
+    ("/v1/completions", {**COMP, "prompt": [[-1]]}, 400, "invalid_value", "token id -1 is outside"),
+    ("/v1/completions", {**COMP, "prompt": []}, 400, "invalid_value", "the prompt is an empty list"),
+    ("/v1/chat/completions", {**CHAT, "messages": [{"role": "user", "content": None}]}, 400, "invalid_value",
+     "a user message needs a 'content'"),
+    # bounded before tokenizing: too many messages, too many characters
+    ("/v1/chat/completions", {**CHAT, "messages": [{"role": "user", "content": "a"}] * 2049}, 400, "invalid_value",
+     "at most 2048 items"),
+    ("/v1/chat/completions", {**CHAT, "messages": [{"role": "user", "content": "a"}] * 60}, 400,
+     "context_length_exceeded", "60 messages take at least"),
+    ("/v1/completions", {**COMP, "prompt": "가" * 100_000}, 400, "context_length_exceeded", "100000 characters"),
 ])
 def test_bad_request(server, path, body, status, code, words):
     got, reply = http(server.url + path, body)
