@@ -7,6 +7,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
+#include <c10/util/safe_numerics.h>
 #include <torch/library.h>
 
 #include <sstream>
@@ -89,6 +90,23 @@ inline void check_dim(const at::Tensor& t, int64_t dim, const char* op, const ch
                       const char* expected) {
   TORCH_CHECK_VALUE(t.dim() == dim, op, ": ", name, " must be ", dim, "-D ", expected, ", got shape ",
                     shape_str(t));
+}
+
+// Bound checks on values that come from users (cache lengths, indexes, int arguments) are
+// written so that they cannot overflow: `start + count <= cap` wraps for a start near INT64_MAX
+// and lets the write through, so these compare against `cap - count` instead.
+
+// Whether rows [start, start + count) lie inside [0, cap), for sizes count, cap >= 0.
+inline bool rows_fit(int64_t start, int64_t count, int64_t cap) {
+  return count <= cap && start >= 0 && start <= cap - count;
+}
+
+// a * b + c for sizes and user ints; false (out untouched) where it would not fit in int64.
+inline bool mul_add_fits(int64_t a, int64_t b, int64_t c, int64_t* out) {
+  int64_t ab = 0, r = 0;
+  if (c10::mul_overflows(a, b, &ab) || c10::add_overflows(ab, c, &r)) return false;
+  *out = r;
+  return true;
 }
 
 // Splits [0, n) into at most max_blocks blocks of whole rows. The split depends only on

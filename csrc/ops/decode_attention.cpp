@@ -505,16 +505,26 @@ void decode_kernel(const at::Tensor& q, const at::Tensor& k_cache, const at::Ten
   });
 }
 
-at::Tensor decode_attention_cpu(const at::Tensor& q_, const at::Tensor& k_cache,
-                                const at::Tensor& v_cache, const at::Tensor& cache_lens,
-                                std::optional<double> scale) {
+// Checks q and the caches against each other and the lengths lens (cache_lens, read as int64).
+void check_decode(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                  const std::vector<int64_t>& lens) {
+  const int64_t B = q.size(0), S = q.size(1), Tmax = k_cache.size(1);
+  for (int64_t b = 0; b < B; ++b) {
+    TORCH_CHECK_VALUE(lens[b] >= S && lens[b] <= Tmax, kDec, ": cache_lens[", b, "] = ", lens[b],
+                      " must be in [S, Tmax] = [", S, ", ", Tmax,
+                      "] (it counts the valid cache rows, the S new tokens included: append "
+                      "them first)");
+  }
+}
+
+void check_decode_shapes(const at::Tensor& q_, const at::Tensor& k_cache, const at::Tensor& v_cache) {
   check_cpu(q_, kDec, "q");
   check_float(q_, kDec, "q");
   check_dim(q_, 4, kDec, "q", "[B, S, Hq, D]");
   check_caches(k_cache, v_cache, kDec);
   check_same_dtype(q_, "q", k_cache, "k_cache", kDec);
-  const int64_t B = q_.size(0), S = q_.size(1), Hq = q_.size(2), D = q_.size(3);
-  const int64_t Tmax = k_cache.size(1), Hkv = k_cache.size(2);
+  const int64_t B = q_.size(0), Hq = q_.size(2), D = q_.size(3);
+  const int64_t Hkv = k_cache.size(2);
   TORCH_CHECK_VALUE(k_cache.size(0) == B, kDec, ": k_cache batch size (", k_cache.size(0),
                     ") must match q [B, S, Hq, D] = ", shape_str(q_), ", got k_cache ",
                     shape_str(k_cache));
@@ -524,13 +534,12 @@ at::Tensor decode_attention_cpu(const at::Tensor& q_, const at::Tensor& k_cache,
   TORCH_CHECK_VALUE(Hq % Hkv == 0, kDec, ": the query heads Hq = ", Hq,
                     " (q.size(2)) must be a multiple of the KV heads Hkv = ", Hkv,
                     " (k_cache.size(2))");
-  const auto lens = read_lens(cache_lens, kDec, B);
-  for (int64_t b = 0; b < B; ++b) {
-    TORCH_CHECK_VALUE(lens[b] >= S && lens[b] <= Tmax, kDec, ": cache_lens[", b, "] = ", lens[b],
-                      " must be in [S, Tmax] = [", S, ", ", Tmax,
-                      "] (it counts the valid cache rows, the S new tokens included: append "
-                      "them first)");
-  }
+}
+
+// decode_attention on checked arguments.
+at::Tensor decode_rows(const at::Tensor& q_, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                       const std::vector<int64_t>& lens, std::optional<double> scale) {
+  const int64_t D = q_.size(3);
   const double sc = scale.has_value() ? *scale : 1.0 / std::sqrt(static_cast<double>(D));
   const at::Tensor q = q_.contiguous();
   at::Tensor out = at::empty_like(q);
@@ -540,37 +549,57 @@ at::Tensor decode_attention_cpu(const at::Tensor& q_, const at::Tensor& k_cache,
   return out;
 }
 
+at::Tensor decode_attention_cpu(const at::Tensor& q, const at::Tensor& k_cache,
+                                const at::Tensor& v_cache, const at::Tensor& cache_lens,
+                                std::optional<double> scale) {
+  check_decode_shapes(q, k_cache, v_cache);
+  const auto lens = read_lens(cache_lens, kDec, q.size(0));
+  check_decode(q, k_cache, v_cache, lens);
+  return decode_rows(q, k_cache, v_cache, lens, scale);
+}
+
 // ---------------------------------------------------------------------------------------------
 // kv_cache_append
 
-void kv_cache_append_cpu(const at::Tensor& k_cache, const at::Tensor& v_cache,
-                         const at::Tensor& k_new_, const at::Tensor& v_new_,
-                         const at::Tensor& cache_lens) {
+// kv_cache_append's checks, every one before any row is written; returns cache_lens as int64.
+std::vector<int64_t> check_append(const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                  const at::Tensor& k_new, const at::Tensor& v_new,
+                                  const at::Tensor& cache_lens) {
   check_caches(k_cache, v_cache, kApp);
-  check_cpu(k_new_, kApp, "k_new");
-  check_cpu(v_new_, kApp, "v_new");
-  check_dim(k_new_, 4, kApp, "k_new", "[B, S, Hkv, D]");
-  check_dim(v_new_, 4, kApp, "v_new", "[B, S, Hkv, D]");
-  check_same_dtype(k_new_, "k_new", k_cache, "k_cache", kApp);
-  check_same_dtype(v_new_, "v_new", v_cache, "v_cache", kApp);
+  check_cpu(k_new, kApp, "k_new");
+  check_cpu(v_new, kApp, "v_new");
+  check_dim(k_new, 4, kApp, "k_new", "[B, S, Hkv, D]");
+  check_dim(v_new, 4, kApp, "v_new", "[B, S, Hkv, D]");
+  check_same_dtype(k_new, "k_new", k_cache, "k_cache", kApp);
+  check_same_dtype(v_new, "v_new", v_cache, "v_cache", kApp);
   const int64_t B = k_cache.size(0), Tmax = k_cache.size(1), Hkv = k_cache.size(2),
                 D = k_cache.size(3);
-  const int64_t S = k_new_.size(1);
-  TORCH_CHECK_VALUE(k_new_.size(0) == B && k_new_.size(2) == Hkv && k_new_.size(3) == D, kApp,
+  const int64_t S = k_new.size(1);
+  TORCH_CHECK_VALUE(k_new.size(0) == B && k_new.size(2) == Hkv && k_new.size(3) == D, kApp,
                     ": k_new must be [B, S, Hkv, D] with B = ", B, ", Hkv = ", Hkv, ", D = ", D,
-                    " as in k_cache ", shape_str(k_cache), ", got ", shape_str(k_new_));
-  TORCH_CHECK_VALUE(v_new_.sizes() == k_new_.sizes(), kApp,
-                    ": v_new must have the shape of k_new [B, S, Hkv, D] = ", shape_str(k_new_),
-                    ", got ", shape_str(v_new_));
-  const auto lens = read_lens(cache_lens, kApp, B);
+                    " as in k_cache ", shape_str(k_cache), ", got ", shape_str(k_new));
+  TORCH_CHECK_VALUE(v_new.sizes() == k_new.sizes(), kApp,
+                    ": v_new must have the shape of k_new [B, S, Hkv, D] = ", shape_str(k_new),
+                    ", got ", shape_str(v_new));
+  TORCH_CHECK_VALUE(S <= Tmax, kApp, ": S = ", S, " new rows (k_new.size(1)) do not fit a cache of Tmax = ",
+                    Tmax, " rows (k_cache.size(1))");
+  auto lens = read_lens(cache_lens, kApp, B);
   for (int64_t b = 0; b < B; ++b) {
-    TORCH_CHECK_VALUE(lens[b] >= 0 && lens[b] + S <= Tmax, kApp, ": cache_lens[", b, "] = ",
-                      lens[b], " leaves no room for S = ", S, " new rows: need 0 <= cache_lens[",
-                      b, "] and cache_lens[", b, "] + S <= Tmax = ", Tmax);
+    TORCH_CHECK_VALUE(rows_fit(lens[b], S, Tmax), kApp, ": cache_lens[", b, "] = ", lens[b],
+                      " leaves no room for S = ", S, " new rows: need 0 <= cache_lens[", b,
+                      "] and cache_lens[", b, "] + S <= Tmax = ", Tmax);
   }
-  const int64_t row = S * Hkv * D;  // the S new rows of one sequence, contiguous in both
+  return lens;
+}
+
+// Writes k_new/v_new at rows lens[b].. of checked arguments.
+void append_rows(const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& k_new,
+                 const at::Tensor& v_new, const std::vector<int64_t>& lens) {
+  const int64_t B = k_cache.size(0), Tmax = k_cache.size(1), Hkv = k_cache.size(2),
+                D = k_cache.size(3);
+  const int64_t row = k_new.size(1) * Hkv * D;  // the S new rows of one sequence, contiguous in both
   if (row == 0 || B == 0) return;
-  const at::Tensor kn = k_new_.contiguous(), vn = v_new_.contiguous();
+  const at::Tensor kn = k_new.contiguous(), vn = v_new.contiguous();
   const int64_t esize = k_cache.element_size();
   const char* ks = static_cast<const char*>(kn.const_data_ptr());
   const char* vs = static_cast<const char*>(vn.const_data_ptr());
@@ -584,6 +613,13 @@ void kv_cache_append_cpu(const at::Tensor& k_cache, const at::Tensor& v_cache,
       std::memmove(vd + dst, vs + b * row * esize, row * esize);
     }
   });
+}
+
+void kv_cache_append_cpu(const at::Tensor& k_cache, const at::Tensor& v_cache,
+                         const at::Tensor& k_new, const at::Tensor& v_new,
+                         const at::Tensor& cache_lens) {
+  const auto lens = check_append(k_cache, v_cache, k_new, v_new, cache_lens);
+  append_rows(k_cache, v_cache, k_new, v_new, lens);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -603,14 +639,19 @@ at::Tensor decode_attention_step_cpu(const at::Tensor& qkv, const std::optional<
   TORCH_CHECK_VALUE(Hq > 0 && Hq % Hkv == 0, kStep, ": num_heads = ", Hq,
                     " must be a positive multiple of the KV heads Hkv = ", Hkv,
                     " (k_cache.size(2))");
-  TORCH_CHECK_VALUE(qkv.size(2) == (Hq + 2 * Hkv) * D, kStep, ": qkv's last dim must be (num_heads + 2 Hkv) * D = (",
-                    Hq, " + 2 * ", Hkv, ") * ", D, " = ", (Hq + 2 * Hkv) * D,
+  // num_heads is a user int: the width is formed only where it fits in int64.
+  int64_t heads = 0, width = 0;
+  const bool fits = mul_add_fits(Hkv, 2, Hq, &heads) && mul_add_fits(heads, D, 0, &width);
+  TORCH_CHECK_VALUE(fits, kStep, ": num_heads = ", Hq, " is too large: (num_heads + 2 Hkv) * D with Hkv = ",
+                    Hkv, ", D = ", D, " does not fit in int64");
+  TORCH_CHECK_VALUE(qkv.size(2) == width, kStep, ": qkv's last dim must be (num_heads + 2 Hkv) * D = (",
+                    Hq, " + 2 * ", Hkv, ") * ", D, " = ", width,
                     " (q, k, v side by side), got ", shape_str(qkv));
   TORCH_CHECK_VALUE(k_cache.size(0) == B, kStep, ": k_cache batch size (", k_cache.size(0),
                     ") must match qkv ", shape_str(qkv));
   TORCH_CHECK_VALUE(q_norm.has_value() == k_norm.has_value(), kStep,
                     ": q_norm and k_norm go together (qk_norm): pass both or neither");
-  const at::Tensor x = qkv.reshape({B, S, Hq + 2 * Hkv, D});
+  const at::Tensor x = qkv.reshape({B, S, heads, D});
   at::Tensor q = x.narrow(2, 0, Hq), k = x.narrow(2, Hq, Hkv), v = x.narrow(2, Hq + Hkv, Hkv);
   if (q_norm.has_value()) {
     q = std::get<0>(rms_norm_cpu(q, *q_norm, eps));
@@ -619,8 +660,15 @@ at::Tensor decode_attention_step_cpu(const at::Tensor& qkv, const std::optional<
   q = rotary_cpu(q, cos, sin);
   k = rotary_cpu(k, cos, sin);
   const auto cd = k_cache.scalar_type();
-  kv_cache_append_cpu(k_cache, v_cache, k.to(cd), v.to(cd), cache_lens);
-  const at::Tensor out = decode_attention_cpu(q.to(cd), k_cache, v_cache, cache_lens + S, std::nullopt);
+  const at::Tensor kc = k.to(cd), vc = v.to(cd), qc = q.to(cd);
+  // Every check, the attention's included, before the caches are written.
+  const auto lens = check_append(k_cache, v_cache, kc, vc, cache_lens);
+  std::vector<int64_t> lens_after(lens);
+  for (auto& L : lens_after) L += S;  // cannot overflow: L <= Tmax - S
+  check_decode_shapes(qc, k_cache, v_cache);
+  check_decode(qc, k_cache, v_cache, lens_after);
+  append_rows(k_cache, v_cache, kc, vc, lens);
+  const at::Tensor out = decode_rows(qc, k_cache, v_cache, lens_after, std::nullopt);
   return out.view({B, S, Hq * D}).to(qkv.scalar_type());
 }
 

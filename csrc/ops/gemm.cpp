@@ -270,6 +270,11 @@ at::Tensor gemm_for_tests_cpu(const at::Tensor& a, const at::Tensor& b, const at
   }
   TORCH_CHECK_VALUE(!ta && !tb, op, ": the tile GEMM takes row-major operands (no transposes)");
   TORCH_CHECK_VALUE(a.stride(1) == 1 && b.stride(1) == 1, op, ": tile operands need unit column stride");
+  // The tile GEMM reads row i at i * ld: rows closer than a row's width (expanded or overlapping
+  // views) would be read past the tensor's last element.
+  TORCH_CHECK_VALUE((M <= 1 || a.stride(0) >= K) && (K <= 1 || b.stride(0) >= N), op,
+                    ": tile operands need rows at least a row apart, got a strides ", a.strides(),
+                    ", b strides ", b.strides(), " (pass .contiguous())");
   TORCH_CHECK_TYPE(c.scalar_type() == at::toOpMathType(a.scalar_type()), op,
                    ": the tile GEMM writes c in the accumulation dtype");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.scalar_type(), op, [&] {
