@@ -194,9 +194,14 @@ class SFTBatches:
             self._order = self._epoch_order(self.epoch)
         idx = self.batches[self._order[self.position]]
         self.position += 1
-        x, y, tokens = collate([self.dataset.examples[i] for i in idx], self.pad_id)
+        batch, tokens = self.collate_batch([self.dataset.examples[i] for i in idx])
         self.tokens += tokens
-        return x, y
+        return batch
+
+    def collate_batch(self, examples: list) -> tuple:
+        """(the batch a training step takes, its input tokens); preference data collates its own."""
+        x, y, tokens = collate(examples, self.pad_id)
+        return (x, y), tokens
 
     def pop_tokens(self) -> int:
         """Input tokens (padding excluded) of the batches taken since the last call."""

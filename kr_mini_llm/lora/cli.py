@@ -70,13 +70,14 @@ _FLAT_LORA = {"lora_rank": "rank", "lora_scale": "scale", "lora_dropout": "dropo
 _CLI_ONLY = ("config", "overwrite_adapters", "no_progress", "lora_layers")
 
 
-def load_config(args):
+def load_config(args, config_class=None):
     from .config import LoRAConfig
 
-    file_values = LoRAConfig.from_yaml(args.config) if args.config else {}
+    config_class = config_class or LoRAConfig
+    file_values = config_class.from_yaml(args.config) if args.config else {}
     cli = {k: v for k, v in vars(args).items() if k not in _CLI_ONLY and k not in _FLAT_LORA}
     cli["lora_parameters"] = {v: getattr(args, k) for k, v in _FLAT_LORA.items()}
-    return LoRAConfig.merged(file_values, cli, where=args.config or "command line")
+    return config_class.merged(file_values, cli, where=args.config or "command line")
 
 
 def main(argv=None, prog: str | None = None) -> int:
@@ -138,13 +139,13 @@ def main(argv=None, prog: str | None = None) -> int:
     return 0
 
 
-def _train(cfg, base, train_set, valid_set, args):
+def _train(cfg, base, train_set, valid_set, args, trainer_class=None):
     from ..training.checkpoint import resolve_checkpoint
     from ..training.trainer import TrainingStopped
     from .trainer import LoRATrainer
 
-    trainer = LoRATrainer(cfg, base, train_set, valid_set, show_progress=not args.no_progress,
-                          overwrite=args.overwrite_adapters)
+    trainer = (trainer_class or LoRATrainer)(cfg, base, train_set, valid_set, show_progress=not args.no_progress,
+                                             overwrite=args.overwrite_adapters)
     describe_run(cfg, trainer, base)
     print(f"Starting training..., iters: {cfg.iters}")
     start = time.time()

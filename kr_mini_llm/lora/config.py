@@ -62,7 +62,7 @@ class LoRAConfig:
         """The file's keys as a dict (checked against the schema; flat lora_* keys folded into
         lora_parameters). Merge it with `merged`."""
         path = check_config_file(path, "LoRA config")
-        raw = _C.check_yaml(path, _schema())
+        raw = _C.check_yaml(path, _schema(cls))
         lp = dict(raw.pop("lora_parameters", None) or {})
         for flat in ("rank", "scale", "dropout", "keys"):
             if f"lora_{flat}" in raw:
@@ -155,9 +155,9 @@ class LoRAConfig:
 _TYPES = {int: "int", float: "float", bool: "bool", str: "str"}
 
 
-def _schema() -> dict:
+def _schema(cls=LoRAConfig) -> dict:
     schema = {}
-    for f in fields(LoRAConfig):
+    for f in fields(cls):
         if f.name == "lora_parameters":
             continue
         t = eval(f.type, globals()) if isinstance(f.type, str) else f.type  # noqa: S307 (our annotations)
