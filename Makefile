@@ -22,13 +22,13 @@ demo: install
 
 # LoRA on the main job's model (run `make demo` first): help-page titles -> their first paragraph.
 lora-demo:
-	$(PYTHON) scripts/make_sft_demo.py --input data/processed --output data/sft
+	$(PYTHON) scripts/make_sft_demo.py --input data/processed --output data/sft --overwrite
 	$(PYTHON) scripts/generate.py --model checkpoints/demo --chat --prompt "$$(printf '$(LORA_DEMO_PROMPT)')" --temperature 0 --max_new_tokens 60
 	$(PYTHON) scripts/lora.py --model checkpoints/demo --train --test --data data/sft --iters 300 --batch-size 8 \
 		--num-layers -1 --lora-rank 8 --learning-rate 2e-4 --mask-prompt --steps-per-eval 100 --val-batches -1 \
 		--test-batches -1 --adapter-path adapters/demo --overwrite-adapters --device cpu
 	$(PYTHON) scripts/generate.py --model checkpoints/demo --adapter-path adapters/demo --chat --prompt "$$(printf '$(LORA_DEMO_PROMPT)')" --temperature 0 --max_new_tokens 60
-	$(PYTHON) scripts/fuse.py --model checkpoints/demo --adapter-path adapters/demo --save-path models/demo-fused --export-hf
+	$(PYTHON) scripts/fuse.py --model checkpoints/demo --adapter-path adapters/demo --save-path models/demo-fused --export-hf --overwrite
 LORA_DEMO_PROMPT ?= 다음 도움말 항목을 한 문단으로 설명하세요.\n\n치수 단위 변환
 
 test: install

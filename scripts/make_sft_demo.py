@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from kr_mini_llm.io.atomic import atomic_write_text
+from kr_mini_llm.io.outputs import OutputError, add_overwrite_flag, check_not_input, claim_output
 
 INSTRUCTION = "다음 도움말 항목을 한 문단으로 설명하세요."
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -55,14 +56,23 @@ def main(argv=None) -> int:
     p.add_argument("--max-title-chars", type=int, default=40)
     p.add_argument("--min-answer-chars", type=int, default=20)
     p.add_argument("--max-answer-chars", type=int, default=200)
+    add_overwrite_flag(p)
     args = p.parse_args(argv)
     src, out = Path(args.input), Path(args.output)
+    splits = ("train", "valid", "test")
+    try:
+        for split in splits:
+            if not (src / f"{split}.txt").is_file():
+                raise FileNotFoundError(f"{src / f'{split}.txt'} not found; run python scripts/prepare_data.py first")
+        check_not_input(out, [src])
+        for split in splits:
+            claim_output(out / f"{split}.jsonl", is_dir=False, overwrite=args.overwrite, inputs=[src])
+    except (FileNotFoundError, OutputError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     out.mkdir(parents=True, exist_ok=True)
-    for split in ("train", "valid", "test"):
+    for split in splits:
         f = src / f"{split}.txt"
-        if not f.is_file():
-            print(f"error: {f} not found; run python scripts/prepare_data.py first", file=sys.stderr)
-            return 2
         docs = f.read_text(encoding="utf-8").split("\n\n")
         rows, seen = [], set()
         for doc in docs:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from kr_mini_llm.io.outputs import add_overwrite_flag, claim_output  # noqa: E402
 from kr_mini_llm.eval.attention_maps import (FontNotFoundError, attention_weights, find_korean_font,  # noqa: E402
                                              plot_attention, token_labels)
 
@@ -31,12 +32,14 @@ def parse_args(argv=None):
     p.add_argument("--output", default="attention", help="directory for the PNG files")
     p.add_argument("--font", default=None, help="a .ttf/.otf/.ttc font file with Hangul (default: found)")
     p.add_argument("--no_bos", action="store_true", help="do not put <s> in front of the prompt")
+    add_overwrite_flag(p)
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
+        claim_output(args.output, overwrite=args.overwrite, inputs=[args.model])
         font = args.font or find_korean_font()
         if args.font and not Path(args.font).is_file():
             raise FileNotFoundError(f"--font {args.font!r} not found")
@@ -66,7 +69,7 @@ def main(argv=None) -> int:
                                layers=None if args.layer is None else [args.layer],
                                heads=None if args.head is None else [args.head], font=font,
                                title=f"{args.prompt}  ({len(ids)} tokens)")
-    except (FontNotFoundError, FileNotFoundError, ValueError) as e:
+    except (FontNotFoundError, FileNotFoundError, ValueError) as e:  # OutputError is a ValueError
         print(f"❌ {e}", file=sys.stderr)
         return 2
     for p in paths:

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from ..eval import DEFAULT_PROMPTS, EvalError, PromptsError, read_prompts
 from ..eval.machine import environment
-from ..eval.report import evaluate_models, write_report
+from ..eval.report import evaluate_models, report_paths, write_report
+from ..io.outputs import OutputError, add_overwrite_flag, claim_output
 
 
 def build_parser(prog=None) -> argparse.ArgumentParser:
@@ -36,18 +37,22 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=8, help="windows per forward in the test loss")
     p.add_argument("--device", default=None, help="cpu | cuda | mps (default: auto)")
     p.add_argument("--no_speed", action="store_true", help="skip the generation timing")
+    add_overwrite_flag(p)
     return p
 
 
 def main(argv=None, prog=None) -> int:
     args = build_parser(prog).parse_args(argv)
     try:
+        js, md = report_paths(args.output)
+        claim_output(js, also=[md], is_dir=False, overwrite=args.overwrite,
+                     inputs=[*args.model, args.tokens, args.test_text, args.prompts])
         prompts = read_prompts(args.prompts) if args.prompts else list(DEFAULT_PROMPTS)
         tokens = args.tokens if Path(args.tokens).exists() or args.test_text is None else None
         report = evaluate_models(args.model, tokens=tokens, test_text=args.test_text, prompts=prompts,
                                  max_new_tokens=args.max_new_tokens, seed=args.seed, device=args.device,
                                  batch_size=args.batch_size, speed=not args.no_speed)
-    except (EvalError, PromptsError, FileNotFoundError) as e:
+    except (EvalError, PromptsError, OutputError, FileNotFoundError) as e:
         print(f"❌ {e}", file=sys.stderr)
         return 2
     js, md = write_report(report, args.output, machine=environment())

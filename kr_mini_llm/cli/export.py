@@ -5,12 +5,14 @@
 
 --model is a checkpoint or output directory of scripts/train.py (or a HF Llama/Qwen3 directory);
 with --adapter-path, the LoRA adapters of scripts/lora.py are fused in first. The output must not
-exist yet; nothing is written when the input is wrong.
+exist yet (--overwrite replaces it) and may not be or hold the input; nothing is written when the
+input is wrong.
 """
 import argparse
 import sys
 
 from ..export import FORMATS, ExportError, export_model
+from ..io.outputs import add_overwrite_flag
 
 
 def build_parser(prog=None) -> argparse.ArgumentParser:
@@ -23,6 +25,7 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="the .gguf file, or the HF directory, to create")
     p.add_argument("--tokenizer", help="tokenizer.model when --model holds none")
     p.add_argument("--name", help="model name stored in the GGUF (default: the model directory's name)")
+    add_overwrite_flag(p)
     return p
 
 
@@ -31,7 +34,7 @@ def main(argv=None, prog=None) -> int:
     try:
         print(f"Loading {args.model}" + (f" + adapters {args.adapter_path} (fused)" if args.adapter_path else ""))
         r = export_model(args.model, args.output, args.format, args.outtype, args.adapter_path, args.tokenizer,
-                         args.name)
+                         args.name, overwrite=args.overwrite)
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

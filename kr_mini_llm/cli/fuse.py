@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from ..export.exporter import write_hf_copy
+from ..io.outputs import OutputError, add_overwrite_flag, claim_output
 from ..lora import LoRAError
 from ..lora.base import load_base_model
 from ..lora.fuse import fuse_to_dir
@@ -17,20 +18,24 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="the base model the adapters were trained on")
     p.add_argument("--adapter-path", default="adapters", help="directory with adapters.safetensors + adapter_config.json")
-    p.add_argument("--save-path", default="fused_model", help="output directory (replaced atomically)")
+    p.add_argument("--save-path", default="fused_model",
+                   help="output directory to create (an existing one only with --overwrite)")
     p.add_argument("--export-hf", action="store_true", help="also write save-path/hf for transformers / llama.cpp")
     p.add_argument("--tokenizer", help="tokenizer.model when --model holds none")
+    add_overwrite_flag(p)
     return p
 
 
 def main(argv=None, prog=None) -> int:
     args = build_parser(prog).parse_args(argv)
     try:
+        claim_output(args.save_path, overwrite=args.overwrite, flag="--save-path",
+                     inputs=[args.model, args.adapter_path, args.tokenizer])
         print(f"Loading pretrained model {args.model}")
         base = load_base_model(args.model, args.tokenizer)
         out = fuse_to_dir(base, args.adapter_path, args.save_path,
                           write_hf=write_hf_copy if args.export_hf else None)
-    except (LoRAError, CheckpointError, FileNotFoundError, ValueError) as e:
+    except (LoRAError, CheckpointError, OutputError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"Fused {args.adapter_path} into {out}" + (f" (HF copy in {out / 'hf'})" if args.export_hf else ""))

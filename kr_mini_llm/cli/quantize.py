@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..io.outputs import OutputError, add_overwrite_flag, claim_output
 
 
 def dir_size(path: Path) -> int:
@@ -24,7 +25,8 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
     p.add_argument("--dtype", required=True, choices=["int8", "bf16"])
     p.add_argument("--group_size", type=int, default=None,
                    help="int8: inputs per scale (e.g. 32, 64, 128); default: one scale per output channel")
-    p.add_argument("--output", required=True, help="directory to write (replaced whole if it exists)")
+    p.add_argument("--output", required=True, help="directory to create (an existing one only with --overwrite)")
+    add_overwrite_flag(p)
     return p
 
 
@@ -41,11 +43,12 @@ def main(argv=None, prog=None) -> int:
         print("error: --group_size applies to --dtype int8 only", file=sys.stderr)
         return 2
     try:
+        claim_output(args.output, overwrite=args.overwrite, inputs=[args.model])
         model, ckpt = load_model(args.model)
         packed = DecodeModel.from_transformer(model, args.dtype, args.group_size)
         tok = ckpt / layout.TOKENIZER
         out = save_inference_model(packed, args.output, tok if tok.exists() else None, args.group_size, str(ckpt))
-    except (CheckpointError, FileNotFoundError, ValueError) as e:
+    except (CheckpointError, OutputError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     src = (ckpt / layout.MODEL_WEIGHTS).stat().st_size

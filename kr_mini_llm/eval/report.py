@@ -42,13 +42,16 @@ def _load(model_dir, device):
             hint += "; it is a sharded (FSDP) checkpoint: consolidate it first with scripts/consolidate.py"
         raise EvalError(f"--model {str(model_dir)!r}: checkpoint {str(ckpt)!r} lacks {', '.join(missing)}{hint}")
     # The Transformer itself (not the packed decode weights): the test loss needs its fused loss.
-    from ..data.tokenizer import Tokenizer
-    from ..training.checkpoint import load_model
+    from ..training.checkpoint import load_model, model_tokenizer
     from ..device import pick_device
 
     model, _ = load_model(ckpt)
+    try:
+        tok = model_tokenizer(ckpt, model.config.vocab_size)
+    except CheckpointError as e:
+        raise EvalError(f"--model {str(model_dir)!r}: {e}") from None
     device = pick_device(device or "auto")
-    return ckpt, Generator(model.to(device).eval(), Tokenizer(str(ckpt / layout.TOKENIZER)), device)
+    return ckpt, Generator(model.to(device).eval(), tok, device)
 
 
 def _disk(ckpt: Path) -> dict:
@@ -149,15 +152,18 @@ def render_markdown(report: dict, machine: list[str] = ()) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_report(report: dict, output, machine: list[str] = ()) -> tuple[Path, Path]:
-    """Writes <output>.json and <output>.md (each to a temporary name, then renamed)."""
+def report_paths(output) -> tuple[Path, Path]:
+    """<output>.json and <output>.md (an --output that already ends in .json or .md names both)."""
     base = Path(output)
     if base.suffix in (".json", ".md"):
         base = base.with_suffix("")
-    base.parent.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for suffix, text in ((".json", json.dumps(report, indent=2, ensure_ascii=False) + "\n"),
-                         (".md", render_markdown(report, machine))):
-        path = base.with_name(base.name + suffix)
-        paths.append(atomic_write_text(path, text))
-    return paths[0], paths[1]
+    return base.with_name(base.name + ".json"), base.with_name(base.name + ".md")
+
+
+def write_report(report: dict, output, machine: list[str] = ()) -> tuple[Path, Path]:
+    """Writes <output>.json and <output>.md (each to a temporary name, then renamed)."""
+    js, md = report_paths(output)
+    js.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(js, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(md, render_markdown(report, machine))
+    return js, md

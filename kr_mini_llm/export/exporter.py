@@ -15,6 +15,7 @@ import torch
 
 from ..io import layout
 from ..io.atomic import atomic_write_text, staged_directory
+from ..io.outputs import OutputError, claim_output
 from .errors import ExportError
 from .tokenizer_meta import GENERATION_DEFAULTS, TokenizerMeta
 
@@ -34,12 +35,6 @@ class ExportResult:
 
 def modelfile_path(gguf_path: Path) -> Path:
     return gguf_path.with_suffix(".Modelfile")
-
-
-def _check_outputs(paths) -> None:
-    for p in paths:
-        if p.exists() or p.is_symlink():
-            raise ExportError(f"{p} already exists; choose another --output or remove it first")
 
 
 def load_for_export(model_dir, adapter_path=None, tokenizer=None):
@@ -65,7 +60,7 @@ def load_for_export(model_dir, adapter_path=None, tokenizer=None):
 
 
 def export_model(model_dir, output, format: str = "gguf", outtype: str = "f32", adapter_path=None,
-                 tokenizer=None, name: Optional[str] = None) -> ExportResult:
+                 tokenizer=None, name: Optional[str] = None, overwrite: bool = False) -> ExportResult:
     from .gguf_writer import OUTTYPES, check_gguf_config
 
     if format not in FORMATS:
@@ -74,7 +69,11 @@ def export_model(model_dir, output, format: str = "gguf", outtype: str = "f32", 
     if outtype not in allowed:
         raise ExportError(f"--outtype {outtype!r} is not available for {format} (choose {', '.join(allowed)})")
     output = Path(output)
-    _check_outputs([output, modelfile_path(output)] if format == "gguf" else [output])
+    try:
+        claim_output(output, overwrite=overwrite, inputs=(model_dir, adapter_path, tokenizer),
+                     also=[modelfile_path(output)] if format == "gguf" else [], is_dir=format == "hf")
+    except OutputError as e:
+        raise ExportError(str(e)) from None
     if not output.parent.is_dir():
         raise ExportError(f"{output.parent} does not exist; create it first")
     model, tok = load_for_export(model_dir, adapter_path, tokenizer)
@@ -85,9 +84,6 @@ def export_model(model_dir, output, format: str = "gguf", outtype: str = "f32", 
     if format == "gguf":
         check_gguf_config(model.config, meta, outtype)
         return _export_gguf(model, meta, output, outtype, name or Path(model_dir).resolve().name)
-    if meta.size > model.config.vocab_size:
-        raise ExportError(f"the tokenizer has {meta.size} pieces but the model only {model.config.vocab_size} "
-                          "embedding rows; export the model with the tokenizer it was trained with")
     return _export_hf(model, meta, tok.path, output, outtype)
 
 
@@ -102,7 +98,7 @@ def _export_gguf(model, meta, output: Path, outtype: str, name: str) -> ExportRe
 
 
 def _export_hf(model, meta, sp_model: Path, output: Path, outtype: str) -> ExportResult:
-    with staged_directory(output) as tmp:  # _check_outputs made sure `output` does not exist yet
+    with staged_directory(output) as tmp:  # replaces `output` only where claim_output allowed it
         write_hf_dir(model.to(HF_DTYPES[outtype]), meta, sp_model, tmp)
     return ExportResult("hf", outtype, output, sorted(output.iterdir()))
 

@@ -15,7 +15,6 @@ from typing import Iterator
 
 import torch
 
-from ..io import layout
 from ..model import KVCache
 from .decode_model import DecodeModel
 from .packed import check_dtype
@@ -48,8 +47,7 @@ class Generator:
         packed decode kernels, or the inference directory's own dtype. With adapter_path (LoRA
         adapters of scripts/lora.py, unfused) or on another device, the Transformer runs as it is.
         """
-        from ..data.tokenizer import Tokenizer
-        from ..training.checkpoint import load_model
+        from ..training.checkpoint import load_model, model_tokenizer
         from .saved import is_inference_dir, load_inference_model
 
         if dtype is not None:
@@ -77,10 +75,7 @@ class Generator:
                                  f"device={device}, ops_impl={ops_impl}, adapters={adapter_path is not None}")
             if packed:
                 model = DecodeModel.from_transformer(model, dtype or "fp32", group_size)
-        tok_file = Path(tokenizer_path) if tokenizer_path else ckpt / layout.TOKENIZER
-        if not tok_file.exists():
-            raise FileNotFoundError(f"{ckpt}: no {layout.TOKENIZER} in the checkpoint; pass tokenizer_path=")
-        return cls(model, Tokenizer(str(tok_file)), device)
+        return cls(model, model_tokenizer(ckpt, model.config.vocab_size, tokenizer_path), device)
 
     # -- public API ------------------------------------------------------------------------------
     def generate(self, prompt: str | list[str], max_new_tokens: int = 100, temperature: float = 0.8,
@@ -164,12 +159,13 @@ class Generator:
                 seen[b, t[0]] = True
             logits = torch.stack(last)
         done = [False] * B
-        eos = self.tokenizer.eos_id
+        eos, pieces = self.tokenizer.eos_id, self.tokenizer.vocab_size
         rows = torch.arange(B, device=self.device)
         for _ in range(max_new_tokens):
             if repetition_penalty != 1.0:
                 logits = apply_repetition_penalty(logits.float(), seen, repetition_penalty)
-            nxt = sample_next(logits.float().cpu(), temperature, top_k, top_p, gen)
+            # Only ids the tokenizer can decode: a model may have more embedding rows than pieces.
+            nxt = sample_next(logits[:, :pieces].float().cpu(), temperature, top_k, top_p, gen)
             ids = nxt.tolist()  # one conversion per step, not one per sequence
             out = [None if done[b] else ids[b] for b in range(B)]
             if stop_at_eos:

@@ -20,7 +20,7 @@ class BaseModel:
 def load_base_model(path: str | os.PathLike, tokenizer: str | os.PathLike | None = None,
                     ops_impl: str = "fused") -> BaseModel:
     """training.checkpoint.load_model, with the errors a fine-tune's --model flag should give."""
-    from ..training.checkpoint import CheckpointError, load_model, resolve_checkpoint
+    from ..training.checkpoint import CheckpointError, load_model, model_tokenizer, resolve_checkpoint
 
     path = Path(path)
     if not path.exists():
@@ -34,8 +34,8 @@ def load_base_model(path: str | os.PathLike, tokenizer: str | os.PathLike | None
             raise LoRAError(f"--model {path}: neither a kr-mini-llm checkpoint nor a HF model directory "
                             f"(no {layout.HF_CONFIG}): {e}") from None
     model, source = load_model(path, ops_impl)
-    tok = Path(tokenizer) if tokenizer else source / layout.TOKENIZER
-    if not tok.is_file():
-        raise LoRAError(f"{source}: no {layout.TOKENIZER} beside the weights; pass --tokenizer "
-                        "models/tokenizer.model (the SentencePiece model the base was trained with)")
-    return BaseModel(model, tok, source, kind)
+    try:
+        tok = model_tokenizer(source, model.config.vocab_size, tokenizer)
+    except CheckpointError as e:
+        raise LoRAError(str(e)) from None
+    return BaseModel(model, tok.path, source, kind)

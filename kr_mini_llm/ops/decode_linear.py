@@ -84,6 +84,11 @@ def quantize_int8(weight: torch.Tensor, group_size: int | None = None) -> tuple[
         raise ValueError(f"quantize_int8: group_size {G} does not divide in_features {K} of a weight "
                          f"{list(weight.shape)}; choose a group size that divides the input size of every "
                          "layer, or per-channel scales (group_size None)")
+    finite = torch.isfinite(weight.detach())
+    if not bool(finite.all()):
+        r, c = (~finite).nonzero()[0].tolist()
+        raise ValueError(f"quantize_int8: the weight {list(weight.shape)} holds NaN or inf (first at [{r}, {c}]), "
+                         "which no int8 scale can represent; the model had diverged: quantize an earlier checkpoint")
     w = weight.detach().float().view(M, K // G, G)
     scales = w.abs().amax(-1) / 127.0
     safe = torch.where(scales > 0, scales, torch.ones_like(scales))

@@ -40,7 +40,7 @@ from .safe_dcp import refused_object
 from .sharded_checkpoint import distributed_loader, shard_writer
 
 __all__ = ["CheckpointError", "clean_leftovers", "list_checkpoints", "load_checkpoint", "load_model",
-           "resolve_checkpoint", "save_checkpoint", "save_sharded_checkpoint"]
+           "model_tokenizer", "resolve_checkpoint", "save_checkpoint", "save_sharded_checkpoint"]
 
 
 def rng_state() -> dict:
@@ -233,9 +233,11 @@ def load_checkpoint(path: str | os.PathLike, model, optimizer=None) -> dict:
         try:
             missing, unexpected = load_model(model, str(ckpt / layout.MODEL_WEIGHTS), strict=False)
         except (OSError, SafetensorError, RuntimeError) as e:
-            raise CheckpointError(f"{ckpt}/model.safetensors cannot be loaded into this model: {e}") from e
+            raise CheckpointError(_other_model(ckpt, model) or
+                                  f"{ckpt}/model.safetensors cannot be loaded into this model: {e}") from None
         if missing or unexpected:
-            raise CheckpointError(f"{ckpt}/model.safetensors does not match the model: missing "
+            raise CheckpointError(_other_model(ckpt, model) or
+                                  f"{ckpt}/model.safetensors does not match the model: missing "
                                   f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
     bad = nonfinite_parameters(model)
     if bad:
@@ -272,6 +274,53 @@ def load_model(path: str | os.PathLike, ops_impl: str = "fused"):
     model = Transformer(TransformerConfig.from_yaml(ckpt / layout.MODEL_CONFIG), ops_impl=ops_impl)
     load_checkpoint(ckpt, model)
     return model, ckpt
+
+
+def _other_model(ckpt: Path, model) -> str | None:
+    """One line naming the config fields in which the checkpoint's model differs from `model`, or None
+    when the configs agree (or cannot be compared): torch's own report is a line per tensor."""
+    from ..model import ConfigError, TransformerConfig
+
+    config = getattr(model, "config", None)
+    try:
+        saved = TransformerConfig.from_yaml(ckpt / layout.MODEL_CONFIG).to_dict()
+    except (ConfigError, OSError):
+        return None
+    if not isinstance(config, TransformerConfig):
+        return None
+    ours = config.to_dict()
+    diff = [f"{k} {saved[k]} in the checkpoint, {ours.get(k)} in this model" for k in saved if saved[k] != ours.get(k)]
+    if not diff:
+        return None
+    return (f"{ckpt} holds another model: {'; '.join(diff)}. Use the model config it was trained with "
+            f"({ckpt / layout.MODEL_CONFIG}) or start a new run")
+
+
+def model_tokenizer(source: str | os.PathLike, vocab_size: int, tokenizer: str | os.PathLike | None = None):
+    """The Tokenizer to pair with the model loaded from `source` (its `vocab_size` embedding rows):
+    `tokenizer` when given, else the tokenizer.model saved beside the weights. Every loader calls this,
+    so no load path pairs a model with a tokenizer it was not trained with:
+    - a given tokenizer other than the directory's own (by content) is refused;
+    - one with more pieces than the model has rows is refused (its ids would index past the embedding),
+      and a given one with fewer (the model would emit ids it cannot decode), where the directory has
+      no tokenizer of its own to vouch for it."""
+    from ..data.tokenizer import Tokenizer, file_fingerprint
+
+    own = Path(source) / layout.TOKENIZER
+    if tokenizer is None and not own.is_file():
+        raise CheckpointError(f"{source}: no {layout.TOKENIZER} beside the weights; pass --tokenizer "
+                              "models/tokenizer.model (the SentencePiece model it was trained with)")
+    tok = Tokenizer(tokenizer if tokenizer is not None else own)
+    trained_with = own.is_file() and (tokenizer is None or file_fingerprint(own) == tok.fingerprint)
+    if tokenizer is not None and own.is_file() and not trained_with:
+        raise CheckpointError(f"--tokenizer {tokenizer} ({tok.vocab_size} pieces, fingerprint {tok.fingerprint}) is not "
+                              f"the tokenizer this model was trained with ({own}, fingerprint "
+                              f"{file_fingerprint(own)}); leave out --tokenizer to use the model's own")
+    if tok.vocab_size > vocab_size or (tok.vocab_size < vocab_size and not trained_with):
+        raise CheckpointError(f"the tokenizer {tok.path} has {tok.vocab_size} pieces but the model in {source} has "
+                              f"{vocab_size} embedding rows: it is not the tokenizer this model was trained with; "
+                              "pass the one it was trained with (--tokenizer)")
+    return tok
 
 
 def _load_pickled(path: Path, what: str):

@@ -5,18 +5,24 @@ import os
 from pathlib import Path
 
 from . import integrity
-from ..io.layout import MODEL_WEIGHTS, TRAINER_STATE, checkpoint_step, is_sharded_checkpoint
+from ..io.layout import INFERENCE_INFO, MODEL_WEIGHTS, TRAINER_STATE, checkpoint_step, is_sharded_checkpoint
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, incomplete, damaged or does not fit the model."""
 
 
+def missing_parts(ckpt: Path) -> list[str]:
+    """What a checkpoint directory lacks: trainer_state.json, the weights (single file or DCP shards),
+    files checksums.json lists. A file that is there but damaged is not missing: loading names it."""
+    missing = [] if (ckpt / TRAINER_STATE).is_file() else [TRAINER_STATE]
+    if not ((ckpt / MODEL_WEIGHTS).is_file() or is_sharded_checkpoint(ckpt)):
+        missing.append(MODEL_WEIGHTS)
+    return missing + [n for n in integrity.listed_files_missing(ckpt) if n not in missing]
+
+
 def is_complete(ckpt: Path) -> bool:
-    """trainer_state.json, the weights (single file or DCP shards) and every file checksums.json lists."""
-    return ((ckpt / TRAINER_STATE).is_file()
-            and ((ckpt / MODEL_WEIGHTS).is_file() or is_sharded_checkpoint(ckpt))
-            and integrity.listed_files_present(ckpt))
+    return not missing_parts(ckpt)
 
 
 def numbered_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
@@ -37,8 +43,17 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     p = Path(path)
     if (p / TRAINER_STATE).exists():
         return p
+    if (p / INFERENCE_INFO).is_file():
+        raise CheckpointError(f"{p} holds packed inference weights (scripts/quantize.py), which only generation "
+                              "loads; give the checkpoint they were made from (the 'source' in "
+                              f"{p / INFERENCE_INFO})")
     found = list_checkpoints(p)
     if not found:
+        numbered = numbered_checkpoints(p)
+        if numbered:
+            latest = numbered[-1][1]
+            raise CheckpointError(f"{p}: no complete checkpoint here; the latest, {latest.name}, lacks "
+                                  f"{', '.join(missing_parts(latest))}")
         raise CheckpointError(f"{p}: no checkpoint here (expected a checkpoint-STEP directory or an output "
                               "directory that contains them)")
     return found[-1]

@@ -87,23 +87,17 @@ def read_manifest(directory: str | os.PathLike) -> dict | None:
     return files
 
 
-def listed_files_present(directory: str | os.PathLike) -> bool:
-    """Whether every file the manifest lists exists with its recorded size (a stat per file, no hashing):
-    False for a directory that lost files (a half-deleted checkpoint)."""
+def listed_files_missing(directory: str | os.PathLike) -> list[str]:
+    """The files the manifest lists that are not there (a stat per file, no hashing): what a directory
+    that lost files (a half-deleted checkpoint) lacks. A file that is there with another size is
+    damaged, not missing: verify() names it when the checkpoint is loaded, rather than a lookup for
+    the latest checkpoint silently passing over it. An unreadable manifest counts as missing."""
     directory = Path(directory)
     try:
         files = read_manifest(directory)
     except IntegrityError:
-        return False
-    if files is None:
-        return True
-    for name, entry in files.items():
-        try:
-            if (directory / name).stat().st_size != entry["size"]:
-                return False
-        except (OSError, KeyError, TypeError):
-            return False
-    return True
+        return [MANIFEST]
+    return [name for name in (files or {}) if not (directory / name).is_file()]
 
 
 def verify(directory: str | os.PathLike, names: list[str] | None = None) -> bool:

@@ -24,6 +24,7 @@ import torch
 
 from ..io import layout
 from ..io.atomic import atomic_write, staged_directory
+from ..io.outputs import OutputError, claim_output
 from ..io.layout import SHARDED_DIR, is_sharded_checkpoint
 from . import integrity, safe_dcp
 from .checkpoint_dirs import CheckpointError, resolve_checkpoint
@@ -182,9 +183,10 @@ def consolidate_checkpoint(path: str | os.PathLike, output: str | os.PathLike | 
             atomic_write(ckpt / name, write)
         integrity.write_manifest(ckpt)
         return ckpt
-    out = Path(output)
-    if out.exists():
-        raise CheckpointError(f"{out} already exists; choose a new directory for the consolidated checkpoint")
+    try:
+        out = claim_output(output, overwrite=False, inputs=[ckpt])
+    except OutputError as e:
+        raise CheckpointError(str(e)) from None
     with staged_directory(out) as tmp:
         shutil.copytree(ckpt, tmp, dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns(SHARDED_DIR, layout.MODEL_WEIGHTS, layout.OPTIMIZER_STATE))
