@@ -175,3 +175,16 @@ def test_evaluate_and_sft_demo_refuse_existing_files(run_dir, tmp_path):
     assert r.returncode == 2 and "own input" in r.stderr and not (processed / "sft").exists()
     assert run("make_sft_demo.py", "--input", processed, "--output", sft, "--overwrite").returncode == 0
     assert (sft / "valid.jsonl").read_text() != "mine\n"
+
+
+def test_train_never_writes_into_its_token_shards(token_data, tmp_path, capsys):
+    from kr_mini_llm.cli.train import main as train
+
+    tokens, tok = token_data
+    before = snapshot(tokens)
+    for out in (tokens, tokens / "run"):
+        assert train(["--config", str(ROOT / "configs/training_demo.yaml"), "--model_config",
+                      str(ROOT / "configs/model_tiny.yaml"), "--output_dir", str(out), "--overwrite",
+                      "--set", f"data.tokens={tokens}", "--set", f"data.tokenizer={tok}"]) == 2
+        assert "never writes over or into its own input" in capsys.readouterr().err
+    assert snapshot(tokens) == before and not (tokens / "run").exists()

@@ -19,6 +19,7 @@ from ..inference import Generator
 from ..training import CheckpointError, Trainer, TrainingConfig, TrainingStopped, resolve_checkpoint
 from ..device import pick_device
 from ..io import layout
+from ..io.outputs import OVERWRITE_FLAG, check_not_input
 from ..training.run_lock import RunLockedError
 from ..training.memory_advice import available_memory_bytes, estimate_for_run, memory_advice
 from ..training.overfit import OVERFIT_LOSS, OverfitTrainer, overfit_config
@@ -40,7 +41,7 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
     p.add_argument("--resume_from", help="a checkpoint directory, or an output directory (its latest checkpoint)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a training config key, e.g. --set train.max_steps=100 (repeatable)")
-    p.add_argument("--overwrite_output_dir", action="store_true",
+    p.add_argument("--overwrite_output_dir", OVERWRITE_FLAG, dest="overwrite_output_dir", action="store_true",
                    help="start afresh even if the output directory holds checkpoints (they are deleted)")
     p.add_argument("--no_progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
     p.add_argument("--estimate_memory", action="store_true",
@@ -148,6 +149,9 @@ def main(argv=None, prog=None) -> int:
     trainer = None
     try:
         config, model_config = load_configs(args)
+        # Checkpoints go into output_dir beside what is there: only a folder inside the data is refused.
+        check_not_input(config.output_dir, [config.data.tokens, config.data.tokenizer], "--output_dir",
+                        replaces=False)
         device = pick_device(config.device)
         if args.estimate_memory:
             print_memory_estimate(config, model_config, device)

@@ -36,15 +36,16 @@ def _relation(out: Path, inp: Path) -> str | None:
 
 
 def check_not_input(output: str | os.PathLike, inputs: Iterable[str | os.PathLike | None],
-                    flag: str = "--output") -> None:
-    """Refuses an output that is an input, lies inside an input folder, or is a folder that holds an
-    input. Paths are resolved first, so `./run`, `run/` and a symlink to it count as `run`."""
+                    flag: str = "--output", replaces: bool = True) -> None:
+    """Refuses an output that is an input, lies inside an input folder, or (where the command
+    `replaces` the output folder whole, rather than adding its own files to it) is a folder that
+    holds an input. Paths are resolved first, so `./run`, `run/` and a symlink to it count as `run`."""
     out = Path(output).resolve()
     for inp in inputs:
         if inp is None:
             continue
         rel = _relation(out, Path(inp).resolve())
-        if rel is not None:
+        if rel is not None and (replaces or rel != "holds"):
             raise OutputError(f"{flag} {output} {rel} the input {inp}: a command never writes over or into its own "
                               f"input; choose another {flag}")
 
