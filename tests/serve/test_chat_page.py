@@ -12,7 +12,7 @@ CHROMEDRIVER = "/usr/bin/chromedriver"  # Debian's chromium-driver; nothing down
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 pytestmark = pytest.mark.skipif(not (os.path.exists(CHROMEDRIVER) and CHROMIUM),
-                                reason="needs chromium + chromium-driver (scripts/install_system_deps.sh installs them)")
+                                reason="needs chromium + chromium-driver (scripts/install_system_deps.sh --test installs them)")
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +83,43 @@ def test_type_see_the_answer_stream_press_stop(browser, slow_server):
     assert [e.text for e in browser.find_elements(By.CSS_SELECTOR, ".msg.user")] == [
         "안녕하세요, 자기소개를 해 주세요", "고마워요"]
     assert not browser.find_elements(By.CSS_SELECTOR, ".msg.error")
+
+
+def test_a_long_conversation_fits_the_context_and_a_failed_message_does_not_poison_the_next(browser, server):
+    """The test model's context is 128 tokens: by the third exchange the history no longer fits."""
+    from selenium.webdriver.common.by import By
+
+    browser.get(server.url + "/")
+    find = lambda css: browser.find_element(By.CSS_SELECTOR, css)  # noqa: E731
+    many = lambda css: browser.find_elements(By.CSS_SELECTOR, css)  # noqa: E731
+    wait_for(lambda: find("#model").text == "tiny-serve", what="the model name from /v1/models")
+    find("#clear").click()
+    find("#temperature").clear()
+    find("#temperature").send_keys("0")
+    find("#max-tokens").clear()
+    find("#max-tokens").send_keys("30")
+
+    def ask(text, answers):
+        find("#input").send_keys(text)
+        find("#send").click()
+        wait_for(lambda: len(many(".msg.user")) == answers and not find("#send").get_attribute("disabled"),
+                 what=f"the answer to {text!r}")
+
+    for i in range(5):
+        ask(f"{i}번째 질문입니다. 오늘 서울의 날씨는 어떤가요? 자세히 알려 주세요.", i + 1)
+        assert not many(".msg.error"), many(".msg.error")[0].text
+    assert len(many(".msg.assistant")) == 5
+    info = [e.text for e in many(".msg.info")]
+    assert info and all("no longer fit the model's context of 128 tokens" in t for t in info), info
+    assert many(".msg.user.dropped")  # the oldest questions are shown as left out
+    sent = browser.execute_script("return messages.map((m) => m.content)")
+    assert "0번째" not in " ".join(sent) and sent[-2].startswith("4번째")
+
+    # A message that cannot fit even alone fails, and stays out of the conversation.
+    ask("가나다라마 " * 120, 6)
+    assert len(many(".msg.error")) == 1 and "maximum context length" in many(".msg.error")[0].text
+    assert "dropped" in many(".msg.user")[-1].get_attribute("class")
+    assert "가나다라마" not in " ".join(browser.execute_script("return messages.map((m) => m.content)"))
+    ask("고마워요", 7)
+    assert len(many(".msg.error")) == 1 and len(many(".msg.assistant")) == 6
+    assert browser.execute_script("return messages.map((m) => m.content)")[-2] == "고마워요"

@@ -1,11 +1,14 @@
 // The chat page: keeps the conversation, streams each answer from /v1/chat/completions
 // (server-sent events), stops it on demand, and shows the speed of the last answer.
+// The server fits the conversation to the model's context (truncation: "auto"): when it leaves
+// the oldest turns out, the page drops them from its history too and says so.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const log = $("log"), input = $("input"), sendBtn = $("send"), stopBtn = $("stop"), stats = $("stats");
 const keyInput = $("api-key");
-let messages = [];      // the conversation sent with every request
+let messages = [];      // the conversation sent with every request: {role, content, div}
+let contextLength = null;
 let modelId = null;
 let controller = null;  // aborts the answer in flight
 
@@ -45,6 +48,7 @@ async function loadModel() {
   $("model").textContent = modelId;
   // Keep the default answer length within the model's context (the prompt needs room too).
   const health = await (await fetch("/health")).json();
+  contextLength = health.context_length;
   const maxTokens = $("max-tokens");
   maxTokens.max = health.context_length - 1;
   if (Number(maxTokens.value) > health.context_length / 2) maxTokens.value = Math.floor(health.context_length / 2);
@@ -77,13 +81,25 @@ async function* events(body) {
   }
 }
 
+// The server left out the `dropped` oldest messages (system messages always stay): so does the page.
+function forget(dropped, before) {
+  const gone = messages.filter((m) => m.role !== "system").slice(0, dropped);
+  for (const m of gone) m.div.classList.add("dropped");
+  messages = messages.filter((m) => !gone.includes(m));
+  const context = contextLength ? ` context of ${contextLength} tokens` : " context";
+  const info = bubble("info", `${dropped} earlier message${dropped === 1 ? "" : "s"} no longer fit the model's` +
+    `${context} and ${dropped === 1 ? "was" : "were"} left out of the conversation.`);
+  log.insertBefore(info, before);  // where it is seen: just above the question that needed the room
+}
+
 async function send(text) {
   if (!modelId) await loadModel();
   if (!modelId) { bubble("error", "No model: " + $("model").textContent); return; }
-  messages.push({ role: "user", content: text });
-  bubble("user", text);
+  const question = { role: "user", content: text, div: bubble("user", text) };
+  messages.push(question);
   const div = bubble("assistant streaming", "");
-  let answer = "", chunks = 0, usage = null, finish = null, firstAt = null;
+  const asked = Number($("max-tokens").value);
+  let answer = "", chunks = 0, usage = null, finish = null, firstAt = null, failed = false, capped = null;
   const start = performance.now();
   controller = new AbortController();
   busy(true);
@@ -91,11 +107,16 @@ async function send(text) {
     const resp = await fetch("/v1/chat/completions", {
       method: "POST", headers: headers(), signal: controller.signal,
       body: JSON.stringify({
-        model: modelId, messages, stream: true, stream_options: { include_usage: true },
-        temperature: Number($("temperature").value), max_tokens: Number($("max-tokens").value),
+        model: modelId, messages: messages.map(({ role, content }) => ({ role, content })), stream: true,
+        stream_options: { include_usage: true }, truncation: "auto",
+        temperature: Number($("temperature").value), max_tokens: asked,
       }),
     });
     if (!resp.ok) throw new Error(await errorText(resp));
+    const dropped = Number(resp.headers.get("X-Dropped-Messages") || 0);
+    if (dropped > 0) forget(dropped, question.div);
+    const allowed = Number(resp.headers.get("X-Max-Tokens") || asked);
+    if (allowed < asked) capped = allowed;
     for await (const ev of events(resp.body)) {
       if (ev.error) throw new Error(ev.error.message);
       if (ev.usage) usage = ev.usage;
@@ -112,16 +133,22 @@ async function send(text) {
     }
   } catch (err) {
     if (err.name === "AbortError") finish = "stopped";
-    else bubble("error", String(err.message || err));
+    else { failed = true; bubble("error", String(err.message || err)); }
   } finally {
     controller = null;
     busy(false);
     div.classList.remove("streaming");
   }
-  if (answer) messages.push({ role: "assistant", content: answer });
-  else if (finish !== "stopped" && finish !== "stop" && finish !== "length") div.remove();  // the error says why
+  if (failed) {  // a failed exchange stays out of the conversation, so it cannot fail the next one too
+    messages = messages.filter((m) => m !== question);
+    question.div.classList.add("dropped");
+    note(question.div, "(not part of the conversation: it failed)");
+    if (!answer) div.remove();  // the error says why
+  } else if (answer) messages.push({ role: "assistant", content: answer, div });
+  else if (finish !== "stopped" && finish !== "stop" && finish !== "length") div.remove();
   if (finish === "stopped") note(div, "(stopped)");
-  else if (finish === "length") note(div, "(max tokens reached)");
+  else if (finish === "length") note(div, capped !== null ? `(max tokens reached: only ${capped} fit the context)` :
+    "(max tokens reached)");
   const seconds = (performance.now() - start) / 1000;
   const tokens = usage ? usage.completion_tokens : chunks;
   stats.textContent = `last answer: ${tokens} tokens in ${seconds.toFixed(2)} s · ${(tokens / seconds).toFixed(1)} tok/s` +
