@@ -1,15 +1,21 @@
 # kr-mini-llm: `make demo` sets up and runs the main job on the default Korean corpus;
-# `make test` sets up and runs the tests; `make install` only sets up.
+# `make test` sets up and runs the tests; `make install` only sets up what the main job needs,
+# `make install-test` adds what the tests need (a browser for the chat page, a Korean font, the
+# oracles: transformers, peft, trl, lm-eval, llama.cpp's Python side...).
 PYTHON ?= python3
 # The torch to install when none is present (any torch >= 2.4 works; see README).
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo lora-demo test test-isa-avx2 bench-ops bench-lora clean
+.PHONY: install install-test demo lora-demo test test-isa-avx2 bench-ops bench-lora clean
 
 install:
 	bash scripts/install_system_deps.sh
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "$(TORCH_SPEC)"
 	$(PYTHON) -m pip install -r requirements-build.txt
+	$(PYTHON) -m pip install --no-build-isolation -e .
+
+install-test: install
+	bash scripts/install_system_deps.sh --test
 	$(PYTHON) -m pip install --no-build-isolation -e ".[test]"
 
 # The main job: default corpus -> tokenizer -> token shards -> model_tiny (1000 steps, at most 10 min) -> text.
@@ -31,12 +37,12 @@ lora-demo:
 	$(PYTHON) scripts/fuse.py --model checkpoints/demo --adapter-path adapters/demo --save-path models/demo-fused --export-hf --overwrite
 LORA_DEMO_PROMPT ?= 다음 도움말 항목을 한 문단으로 설명하세요.\n\n치수 단위 변환
 
-test: install
+test: install-test
 	$(PYTHON) -m pytest tests
 
 # The op tests again on kernels built for AVX2, with oneDNN/MKL/ATen capped at AVX2 (an AVX2-only
 # CPU, emulated on this one): about 4 min of build and 3 of tests on 2 cores, so not in `make test`.
-test-isa-avx2: install
+test-isa-avx2: install-test
 	$(PYTHON) scripts/run_isa.py avx2 -- $(PYTHON) -m pytest tests/ops
 
 bench-ops: install

@@ -161,7 +161,7 @@ def floor_lines(results: dict, shares: dict, batches: list[int]) -> list[str]:
     """Issue 12's floors, each with its measured value: batch-1 decode at least 1.0x llama.cpp at the
     same precision and 70% of the triad bandwidth, batch 8 at least 3x batch 1 in total tok/s,
     prefill ahead of llama.cpp."""
-    out = ["", "Floors (issue 12 sets them for model_small; listed for every model measured), met or MISSED:"]
+    out = ["", "Floors (set for model_small; listed for every model measured), met or MISSED:"]
 
     def say(ok: bool, text: str) -> None:
         out.append(f"- {'met' if ok else 'MISSED'}: {text}")

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Installs the system libraries the native build needs (yaml-cpp), if they are missing,
-# and the browser the chat page test drives (chromium + chromium-driver, Debian/Ubuntu only).
+# Installs the system library the native build needs (yaml-cpp), if it is missing.
+# With --test, also what the tests use: a Korean font for the attention plots (fonts-nanum) and the
+# browser the chat page test drives (chromium + chromium-driver), Debian/Ubuntu only.
 # Debian/Ubuntu: apt-get (as root or through sudo); macOS: Homebrew.
 set -euo pipefail
+FOR_TESTS=0
+[ "${1:-}" = "--test" ] && FOR_TESTS=1
 
 # ---- Korean font for Hangul labels in plots (scripts/visualize_attention.py) --------------------
 # Debian/Ubuntu: fonts-nanum. Elsewhere (macOS ships Apple SD Gothic Neo) nothing is installed;
 # a missing font is reported by the script that needs it, so a failure here is not fatal.
-if [ "$(uname -s)" = Linux ] && command -v apt-get >/dev/null && ! ls /usr/share/fonts/truetype/nanum/NanumGothic*.ttf >/dev/null 2>&1; then
+if [ "$FOR_TESTS" = 1 ] && [ "$(uname -s)" = Linux ] && command -v apt-get >/dev/null && ! ls /usr/share/fonts/truetype/nanum/NanumGothic*.ttf >/dev/null 2>&1; then
   FONT_SUDO=""
   [ "$(id -u)" -ne 0 ] && FONT_SUDO="sudo"
   echo "installing fonts-nanum with apt-get (Korean font for plots)"
@@ -26,7 +29,7 @@ have_yaml_cpp() {
 # ---- chat page browser test (issue 17): Debian's chromium + chromium-driver -------------------
 # tests/serve/test_chat_page.py drives the page with selenium through /usr/bin/chromedriver;
 # nothing downloads a browser at run time. Elsewhere the test says it needs them and is skipped.
-if [ "$(uname -s)" = Linux ] && command -v apt-get >/dev/null && \
+if [ "$FOR_TESTS" = 1 ] && [ "$(uname -s)" = Linux ] && command -v apt-get >/dev/null && \
    { [ ! -x /usr/bin/chromedriver ] || ! command -v chromium >/dev/null; }; then
   SUDO=""
   [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Checks the model configs, the presets and the TransformerConfig methods (seed 000's script).
+"""Checks the model configs, the presets and the TransformerConfig methods.
 
     python3 scripts/test_config.py [--configs DIR]
 

@@ -7,7 +7,7 @@ tokens (Hangul readable) on both axes.
 
 Writes attention/layer_LL.png (all heads of each layer in a grid), or layer_LL_head_HH.png with
 --head. The weights come from the reference attention path (the fused kernel never forms them).
-Hangul needs a Korean font: fonts-nanum on Debian/Ubuntu (scripts/install_system_deps.sh installs
+Hangul needs a Korean font: fonts-nanum on Debian/Ubuntu (scripts/install_system_deps.sh --test installs
 it), or --font FILE.
 """
 import argparse

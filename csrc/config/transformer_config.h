@@ -19,8 +19,8 @@ struct RopeScaling {
   std::string type = "none";
   double factor = 1.0;
   int64_t original_max_position_embeddings = 0;  // 0: the config's max_seq_length
-  double beta_fast = 32.0;                       // YaRN ramp (seed 003 calls it "beta")
-  double beta_slow = 1.0;                        // YaRN ramp (seed 003 calls it "alpha")
+  double beta_fast = 32.0;                       // YaRN ramp (also called "beta")
+  double beta_slow = 1.0;                        // YaRN ramp (also called "alpha")
   std::optional<double> attention_factor;        // YaRN: default 0.1 * ln(factor) + 1
 
   bool operator==(const RopeScaling& o) const;

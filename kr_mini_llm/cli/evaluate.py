@@ -1,4 +1,4 @@
-"""Evaluate one or more trained models: everything seed 001 (phases 5.3 and 6) measures.
+"""Evaluate one or more trained models: loss, tokenizer, speed and samples.
 
     python scripts/evaluate.py --model checkpoints/demo [more dirs ...] [--tokens data/tokens]
         [--prompts prompts.txt] [--output report]

@@ -4,7 +4,7 @@ Row forms (one JSON object per line; a file may mix the chat forms):
   {"text": "..."}                                   plain text, every token trained
   {"messages": [{"role": ..., "content": ...}, ...]}  a chat, rendered by data/chat.py
   {"prompt": "...", "completion": "..."}            a user turn and the assistant's answer
-  {"instruction": "...", "input": "...", "output": "..."}  seed 002's form ("input" optional):
+  {"instruction": "...", "input": "...", "output": "..."}  the instruction form ("input" optional):
                                                     user = instruction (+ blank line + input)
 
 Every chat form goes through `encode_chat`, the one chat template that generation uses too.

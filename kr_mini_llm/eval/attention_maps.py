@@ -109,7 +109,7 @@ def find_korean_font() -> str:
             return match[0]
     raise FontNotFoundError(
         "no Korean font found, so Hangul labels cannot be drawn. Install one: Debian/Ubuntu `sudo apt-get install "
-        "fonts-nanum` (scripts/install_system_deps.sh does it), Fedora `sudo dnf install google-noto-sans-cjk-fonts`, "
+        "fonts-nanum` (scripts/install_system_deps.sh --test does it), Fedora `sudo dnf install google-noto-sans-cjk-fonts`, "
         "macOS has Apple SD Gothic Neo; or pass --font /path/to/font.ttf")
 
 

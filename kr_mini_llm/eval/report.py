@@ -1,4 +1,4 @@
-"""scripts/evaluate.py's report: everything seed 001 (phases 5.3 and 6) has a user measure after
+"""scripts/evaluate.py's report: what a user measures after
 training, for one model or several, written as report.json and report.md.
 
     from kr_mini_llm.eval import evaluate_models, write_report

@@ -1,6 +1,6 @@
 """Generation at batch 1: time to the first token of a 128-token prompt, decode tokens/s and
 peak memory, measured in a fresh process per model so one model's memory never counts for
-another (seed 001, phase 5.3)."""
+another."""
 from __future__ import annotations
 
 import statistics

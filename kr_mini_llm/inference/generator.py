@@ -86,7 +86,7 @@ class Generator:
 
         Returns the generated text (without the prompt): a string, or a list for a list of prompts.
         With stream=True, returns an iterator of text pieces instead (single prompt only).
-        `max_length` (seed 001's name) is accepted as an alias of max_new_tokens.
+        `max_length` (an older name) is accepted as an alias of max_new_tokens.
         """
         if max_length is not None:
             max_new_tokens = max_length

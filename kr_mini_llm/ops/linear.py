@@ -1,7 +1,7 @@
 """fp32 linear layers on the CPU through whichever GEMM library is faster here, shape by shape.
 
 torch's F.linear runs fp32 on MKL's sgemm in the x86 wheels, and MKL picks its code by CPU vendor:
-on an AMD EPYC (Zen 4) the issue that asked for this measured MKL's sgemm at about half the FMA
+on an AMD EPYC (Zen 4) MKL's sgemm was measured at about half the FMA
 peak, where oneDNN's fp32 matmul reached 70-88% on the same shapes. `linear(x, weight)` times both
 libraries once per shape for each of a training step's three GEMMs (y = x W^T, dx = dy W,
 dW = dy^T x) and takes oneDNN for a GEMM only where it is at least ONEDNN_MIN_SPEEDUP x as fast:

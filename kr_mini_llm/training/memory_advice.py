@@ -1,11 +1,11 @@
 """Before training starts: will a step fit in memory, and if not, what to change.
 
-The remedies are seed 000's "메모리 부족 (OOM) 시" (and seed 001's), tried in its order and
+The remedies are the usual out-of-memory ones ("메모리 부족 (OOM) 시"), tried in this order and
 applied one on top of the other until the estimate fits:
   1. halve train.batch_size and double train.gradient_accumulation_steps (same effective batch),
   2. train.gradient_checkpointing: true,
-  3. a shorter train.max_seq_length (seed 000: 1536 -> 1024; here three quarters, in steps of 64),
-  4. train.mixed_precision: true (bf16/fp16 activations; seed 001's "Mixed precision").
+  3. a shorter train.max_seq_length (three quarters, in steps of 64),
+  4. train.mixed_precision: true (bf16/fp16 activations).
 The estimate is TransformerConfig.estimate_memory; the memory available is what the device
 has free now (CUDA), MPS's recommended working set times mps_memory_fraction, or the
 system's available memory (CPU) less a reserve for the framework itself.
@@ -56,7 +56,7 @@ def available_memory_bytes(device: torch.device, mps_memory_fraction: float = 0.
 
 
 def _remedies(train):
-    """Yield (description, overrides) in seed 000's order, each on top of the previous ones."""
+    """Yield (description, overrides) in that order, each on top of the previous ones."""
     t = train
     if t.batch_size > 1:
         b, g = t.batch_size // 2, t.gradient_accumulation_steps * 2

@@ -69,7 +69,7 @@ def test_labels_spell_byte_fallback_characters(eval_checkpoint):
 
 
 def test_korean_font_is_found_or_named(monkeypatch):
-    assert Path(find_korean_font()).is_file()       # fonts-nanum: scripts/install_system_deps.sh
+    assert Path(find_korean_font()).is_file()       # fonts-nanum: scripts/install_system_deps.sh --test
     from matplotlib import font_manager
     monkeypatch.setattr(attention_maps, "KOREAN_FONTS", ())
     monkeypatch.setattr(font_manager, "findSystemFonts", lambda *a, **k: [])
