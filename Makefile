@@ -6,7 +6,7 @@ PYTHON ?= python3
 # The torch to install when none is present (any torch >= 2.4 works; see README).
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install install-test demo lora-demo test test-isa-avx2 bench-ops bench-lora clean
+.PHONY: install install-test demo lora-demo dpo-demo test test-isa-avx2 bench-ops bench-lora clean
 
 install:
 	bash scripts/install_system_deps.sh
@@ -36,6 +36,25 @@ lora-demo:
 	$(PYTHON) scripts/generate.py --model checkpoints/demo --adapter-path adapters/demo --chat --prompt "$$(printf '$(LORA_DEMO_PROMPT)')" --temperature 0 --max_new_tokens 60
 	$(PYTHON) scripts/fuse.py --model checkpoints/demo --adapter-path adapters/demo --save-path models/demo-fused --export-hf --overwrite
 LORA_DEMO_PROMPT ?= 다음 도움말 항목을 한 문단으로 설명하세요.\n\n치수 단위 변환
+
+# SFT then DPO on the main job's model (run `make demo` first): full fine-tuning on help-page answers,
+# then DPO (LoRA) preferring each page's real first paragraph over a word-shuffled copy; prints the
+# reward accuracy on the validation pairs before and after, and two answers before and after.
+dpo-demo:
+	$(PYTHON) scripts/make_sft_demo.py --input data/processed --output data/sft --overwrite
+	$(PYTHON) scripts/make_dpo_demo.py --input data/sft --output data/dpo --overwrite
+	$(PYTHON) scripts/lora.py --model checkpoints/demo --train --data data/sft --fine-tune-type full --optimizer adamw \
+		--iters 150 --batch-size 8 --learning-rate 1e-4 --mask-prompt --steps-per-eval 50 --val-batches 10 \
+		--adapter-path checkpoints/demo-sft --overwrite-adapters --device cpu --no-progress
+	for p in "$(DPO_DEMO_PROMPT_1)" "$(DPO_DEMO_PROMPT_2)"; do $(PYTHON) scripts/generate.py --model checkpoints/demo-sft \
+		--chat --prompt "$$(printf "$$p")" --temperature 0 --max_new_tokens 50; done
+	$(PYTHON) scripts/dpo.py --model checkpoints/demo-sft --train --data data/dpo --fine-tune-type lora --num-layers -1 \
+		--lora-rank 8 --iters 100 --batch-size 4 --learning-rate 2e-4 --beta 0.1 --precompute-ref-log-probs \
+		--steps-per-eval 50 --val-batches 10 --adapter-path adapters/demo-dpo --overwrite-adapters --device cpu --no-progress
+	for p in "$(DPO_DEMO_PROMPT_1)" "$(DPO_DEMO_PROMPT_2)"; do $(PYTHON) scripts/generate.py --model checkpoints/demo-sft \
+		--adapter-path adapters/demo-dpo --chat --prompt "$$(printf "$$p")" --temperature 0 --max_new_tokens 50; done
+DPO_DEMO_PROMPT_1 ?= 다음 도움말 항목을 한 문단으로 설명하세요.\n\n치수 단위 변환
+DPO_DEMO_PROMPT_2 ?= 다음 도움말 항목을 한 문단으로 설명하세요.\n\n텍스트 서식 지정
 
 test: install-test
 	$(PYTHON) -m pytest tests
