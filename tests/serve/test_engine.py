@@ -27,9 +27,9 @@ def test_a_request_whose_sampling_fails_ends_alone_and_the_batch_goes_on(generat
 
     monkeypatch.setattr(_Sequence, "sample", failing)
     tok = generator.tokenizer
-    prompts = [[tok.bos_id] + tok.encode(p) for p in ("오늘 날씨가", "서울의 봄은", "바다가 보이는")]
-    expected = [generator.generate(p, max_new_tokens=12, temperature=0.0) for p in ("오늘 날씨가", "서울의 봄은",
-                                                                                     "바다가 보이는")]
+    texts = ("오늘 날씨가", "서울의 봄은", "바다가 보이는")
+    prompts = [[tok.bos_id] + tok.encode(p) for p in texts]
+    expected = [generator.generate(p, max_new_tokens=12, temperature=0.0) for p in texts]
     engine = Engine(generator, max_batch=4).start()
     try:
         async def main():
