@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from ..io.layout import ADAPTER_WEIGHTS
+from ..io.outputs import OVERWRITE_FLAG
 from .apply import LoRAError
 
 
@@ -60,7 +61,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     a("--device", help="auto (default), cpu, cuda, cuda:N, mps")
     a("--tokenizer", help="tokenizer.model, when --model holds none")
     a("--threads", type=int, help="CPU threads (default: torch's)")
-    a("--overwrite-adapters", action="store_true", help="replace adapters (or checkpoints) already in --adapter-path")
+    a("--overwrite-adapters", OVERWRITE_FLAG, dest="overwrite_adapters", action="store_true", help="replace adapters (or checkpoints) already in --adapter-path")
     a("--no-progress", action="store_true", help="no progress bar")
     a("--lora-layers", type=int, help=argparse.SUPPRESS)  # the old mlx-lm name: answered with a hint
     return p

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from ..io.outputs import OutputError, check_not_input
 from ..data.sft import SFTBatches, SFTDataset, eval_batches
 from ..training.checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoint, rng_state, set_rng_state
 from ..training import optim
@@ -207,14 +208,10 @@ class LoRATask(TrainingTask):
 
 def check_output_is_not_input(output, *inputs) -> None:
     """A run never writes where its base model lives: --overwrite-adapters would delete it."""
-    out = Path(output).resolve()
-    for given in inputs:
-        if given is None:
-            continue
-        src = Path(given).resolve()
-        if src == out or out in src.parents:
-            raise LoRAError(f"--adapter-path {output} is where the base model {given} is read from; writing there "
-                            "would replace it. Choose another --adapter-path")
+    try:
+        check_not_input(output, inputs, "--adapter-path")
+    except OutputError as e:
+        raise LoRAError(str(e)) from None
 
 
 class LoRATrainer(Trainer):

@@ -135,6 +135,7 @@ class _Sequence:
     def __init__(self, prompt: list[int], params: SamplingParams, stream: Stream, tokenizer, vocab_size: int):
         self.prompt, self.params, self.stream = prompt, params, stream
         self.text = TextStream(tokenizer, params.stop)
+        self.pieces = tokenizer.vocab_size  # ids past it cannot be decoded (the model may have more rows)
         self.generated = 0
         self.gen = torch.Generator(device="cpu")
         self.gen.manual_seed(params.seed if params.seed is not None else random.randrange(2**63))
@@ -155,7 +156,7 @@ class _Sequence:
         if self.counts is not None:
             logits = apply_frequency_presence_penalty(logits, self.counts.to(logits.device), p.frequency_penalty,
                                                       p.presence_penalty)
-        return int(sample_next(logits.cpu(), p.temperature, p.top_k, p.top_p, self.gen)[0])
+        return int(sample_next(logits[:, :self.pieces].cpu(), p.temperature, p.top_k, p.top_p, self.gen)[0])
 
     def accept(self, token: int) -> Event | None:
         """Records the sampled token; returns the event to send (None when there is nothing new)."""
@@ -285,7 +286,8 @@ class Engine:
         self._last_logits = None
         if not self._rows:
             return
-        greedy = logits.argmax(-1).tolist()
+        # Only ids the tokenizer can decode (as Generator.generate_ids): a model may have more rows.
+        greedy = logits[:, :self.tokenizer.vocab_size].argmax(-1).tolist()
         keep = []
         for i, seq in enumerate(self._rows):
             if seq.stream.cancelled:

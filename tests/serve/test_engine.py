@@ -58,3 +58,26 @@ def test_queued_counts_only_clients_still_waiting(generator):
         return engine.queued
 
     assert asyncio.run(main()) == 2
+
+
+def test_a_model_with_more_rows_than_its_tokenizer_never_sends_an_id_it_cannot_decode(generator):
+    import torch
+
+    from kr_mini_llm import Transformer
+    from kr_mini_llm.inference import Generator
+
+    tok = generator.tokenizer
+    model = Transformer(generator.model.config.replace(vocab_size=tok.vocab_size + 64, tie_word_embeddings=True))
+    with torch.no_grad():
+        model.embed_tokens.weight[tok.vocab_size:] = 5.0   # the extra rows would win every argmax
+    engine = Engine(Generator(model.eval(), tok, "cpu"), max_batch=2).start()
+    try:
+        async def main():
+            params = [SamplingParams(max_tokens=8, temperature=t, seed=1, repetition_penalty=r)
+                      for t, r in ((0.0, 1.0), (1.0, 1.0), (0.7, 1.3))]
+            return await asyncio.gather(*(_answer(engine.submit([tok.bos_id, 10, 11], p)) for p in params))
+
+        answers = asyncio.run(main())
+    finally:
+        engine.stop()
+    assert all(finish in ("stop", "length") for _, finish in answers), answers

@@ -161,3 +161,4 @@ def test_load_checkpoint_keeps_its_message_for_hand_made_mismatches(setup, tmp_p
     (ck / "checksums.json").unlink()
     with pytest.raises(CheckpointError, match=r"does not match the model: missing \['norm.weight'\]"):
         load_checkpoint(ck, Transformer(model))
+
