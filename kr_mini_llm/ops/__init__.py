@@ -1,12 +1,14 @@
 """Fused ops of kr-mini-llm as PyTorch custom ops (torch.ops.kr_mini_llm.*).
 
 Each op has a native CPU kernel, a fake kernel for torch.compile, autograd whose backward
-is itself a registered op, and a pure-PyTorch reference (`*_reference`) that also serves as
-the kernel on backends without a native one. `backend_report(device)` says which path runs.
+is itself a registered op, a pure-PyTorch reference (`*_reference`, the tests' oracle), and a
+fallback kernel for backends without a native one, built on what PyTorch runs best there
+(`backend_report(device)` says which path runs; `use_device_fallbacks()` or KR_MINI_LLM_OPS=fallback
+sends the CPU through the fallbacks, to test them).
 """
 import torch
 
-from ._library import kernel_path
+from ._library import device_fallbacks, kernel_path, switch_from_environment, use_device_fallbacks
 from .attention import attention, attention_reference
 from .decode_linear import (decode_linear, decode_linear_reference, decode_linear_swiglu,
                             decode_linear_swiglu_reference, dequantize_int8, quantize_int8)
@@ -36,7 +38,10 @@ OPS = {
 
 
 def backend_report(device="cpu") -> dict:
-    """Which path each op takes on `device`: 'native' (a fused kernel) or 'reference'."""
+    """Which path each op takes on `device`: 'native' (its fused kernel), or where it has none (or
+    the CPU is switched to them, use_device_fallbacks) its fallback's: 'sdpa' (PyTorch's
+    scaled_dot_product_attention, the backward in blocks of rows), 'chunked', 'fused_rms_norm',
+    'elementwise', 'copy', 'dequantize+linear'."""
     return {name: kernel_path(registered[0], device) for name, registered in OPS.items()}
 
 
@@ -52,4 +57,7 @@ __all__ = ["rms_norm", "rms_norm_reference", "rotary", "rotary_reference", "rope
            "decode_attention_reference", "decode_attention_step", "decode_attention_step_reference", "kv_cache_append", "kv_cache_append_reference", "linear_cross_entropy",
            "linear_cross_entropy_reference", "linear", "linear_reference", "decode_linear", "decode_linear_reference", "decode_linear_swiglu",
            "decode_linear_swiglu_reference", "quantize_int8", "dequantize_int8",
-           "backend_report", "simd_capability", "OPS"]
+           "backend_report", "simd_capability", "OPS",
+           "use_device_fallbacks", "device_fallbacks"]
+
+switch_from_environment()  # KR_MINI_LLM_OPS=fallback: the CPU runs the device fallbacks

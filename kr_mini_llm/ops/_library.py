@@ -1,4 +1,8 @@
 """Loads the native library and the helpers every op module uses to register itself."""
+import contextlib
+import os
+import warnings
+
 import torch
 
 try:
@@ -12,19 +16,73 @@ except ImportError as e:  # pragma: no cover - only when the build is missing or
 NAMESPACE = "kr_mini_llm"
 ops = torch.ops.kr_mini_llm
 
-# Python kernels for backends that have no native kernel (CUDA, MPS, ... today). The CPU
-# has its own kernels, which take precedence over CompositeExplicitAutograd.
+# Python kernels for backends that have no native kernel (CUDA, MPS, XPU today), each built on
+# what PyTorch runs best there (SDPA, its fused RMSNorm, chunked GEMMs). The CPU has its own
+# kernels, which take precedence over CompositeExplicitAutograd.
 _fallback_lib = torch.library.Library(NAMESPACE, "IMPL")
+# op name -> (fallback kernel, the path it takes: 'sdpa', 'chunked', ...), for backend_report.
+_FALLBACKS: dict = {}
+# While the CPU runs the fallbacks (use_device_fallbacks): the library that holds them at its key.
+_cpu_override = None
+# KR_MINI_LLM_OPS=fallback sends the CPU through the fallbacks from import on.
+ENV_SWITCH = "KR_MINI_LLM_OPS"
 
 
-def register_fallback(name: str):
-    """Registers fn as the pure-PyTorch kernel of op `name` for every backend without one."""
+def register_fallback(name: str, path: str):
+    """Registers fn as the pure-PyTorch kernel of op `name` for every backend without one; `path`
+    names what it runs on (backend_report)."""
 
     def wrap(fn):
         _fallback_lib.impl(name, fn, "CompositeExplicitAutograd")
+        _FALLBACKS[name] = (fn, path)
+        if _cpu_override is not None:
+            _override_cpu(_cpu_override, name, fn)
         return fn
 
     return wrap
+
+
+def _override_cpu(lib, name, fn):
+    with warnings.catch_warnings():  # the dispatcher warns that a kernel is overridden: meant here
+        warnings.simplefilter("ignore")
+        lib.impl(name, fn, "CPU")
+
+
+def use_device_fallbacks(enabled: bool = True) -> bool:
+    """Sends the CPU through the kernels the other devices run (the fallbacks) instead of its native
+    ones, or back (enabled=False); returns whether it was on before. The CPU proof of those
+    kernels: tests and benchmarks run the same code as MPS/CUDA with it."""
+    global _cpu_override
+    was = _cpu_override is not None
+    if enabled and not was:
+        lib = torch.library.Library(NAMESPACE, "IMPL")
+        for name, (fn, _) in _FALLBACKS.items():
+            _override_cpu(lib, name, fn)
+        _cpu_override = lib
+    elif not enabled and was:
+        _cpu_override._destroy()  # the native CPU kernels are back in force
+        _cpu_override = None
+    return was
+
+
+@contextlib.contextmanager
+def device_fallbacks(enabled: bool = True):
+    """use_device_fallbacks(enabled) for a with-block; the state before comes back after it."""
+    was = use_device_fallbacks(enabled)
+    try:
+        yield
+    finally:
+        use_device_fallbacks(was)
+
+
+def switch_from_environment() -> None:
+    """Applies KR_MINI_LLM_OPS: 'fallback' turns use_device_fallbacks on, 'native' or unset leaves it."""
+    value = os.environ.get(ENV_SWITCH, "native").strip().lower()
+    if value not in ("native", "fallback", ""):
+        raise ValueError(f"{ENV_SWITCH}={value!r}: use 'fallback' (the CPU runs the kernels of MPS/CUDA) "
+                         "or 'native' (its own kernels, the default)")
+    if value == "fallback":
+        use_device_fallbacks(True)
 
 
 def qualname(name: str) -> str:
@@ -40,8 +98,12 @@ _DEVICE_KEYS = {"cpu": "CPU", "cuda": "CUDA", "mps": "MPS", "xpu": "XPU", "meta"
 
 
 def kernel_path(name: str, device) -> str:
-    """'native' if op `name` has its own kernel for `device`, else 'reference'."""
+    """The path op `name` takes on `device`: 'native' where it has its own kernel (and the CPU is not
+    switched to the fallbacks), else its fallback's ('sdpa', 'chunked', ...)."""
     dev = torch.device(device).type
     key = _DEVICE_KEYS.get(dev, dev.upper())
+    fallback = _FALLBACKS[name][1] if name in _FALLBACKS else "reference"
+    if dev == "cpu" and _cpu_override is not None:
+        return fallback
     has = torch._C._dispatch_has_kernel_for_dispatch_key(qualname(name), key)
-    return "native" if has else "reference"
+    return "native" if has else fallback

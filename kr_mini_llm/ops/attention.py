@@ -8,6 +8,7 @@ from typing import Optional
 
 import torch
 
+from ._device_attention import blocked_backward, blocked_lse, sdpa
 from ._library import acc_dtype, ops, qualname, register_fallback
 
 
@@ -39,12 +40,6 @@ def _merge_heads(x, B, Tq, Hq, D):
     return x.permute(0, 3, 1, 2, 4).reshape(B, Tq, Hq, D)
 
 
-def _split_heads(x, Hkv):
-    """[B, Tq, Hq, D] -> [B, Hkv, G, Tq, D]."""
-    B, Tq, Hq, D = x.shape
-    return x.reshape(B, Tq, Hkv, Hq // Hkv, D).permute(0, 2, 3, 1, 4)
-
-
 def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True,
                         scale: Optional[float] = None) -> torch.Tensor:
     """Pure-PyTorch attention (explicit matmul + softmax in float32, float64 stays float64),
@@ -74,41 +69,22 @@ def _check(q, k, v, causal, op="attention"):
                  lambda: f"{op}: q, k, v must have the same dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
 
 
-@register_fallback("attention")
+@register_fallback("attention", "sdpa")
 def _attention_fallback(q, k, v, causal, scale):
     _check(q, k, v, causal)
     B, Tq, Hq, D = q.shape
-    s = _scores(q, k, causal, scale)
-    lse = torch.logsumexp(s, dim=-1)                          # [B, Hkv, G, Tq]
-    p = torch.exp(s - lse.unsqueeze(-1))
-    if s.shape[-1] == 0:
-        p = torch.zeros_like(s)
-    o = torch.matmul(p, v.to(s.dtype).transpose(1, 2).unsqueeze(2))
-    return _merge_heads(o, B, Tq, Hq, D).to(q.dtype), lse.reshape(B, Hq, Tq)
+    acc = acc_dtype(q.dtype)
+    if k.shape[1] == 0:  # no keys: softmax over nothing, out 0 and lse -inf (as the CPU kernel)
+        return q.new_zeros(q.shape), q.new_full((B, Hq, Tq), float("-inf"), dtype=acc)
+    return sdpa(q, k, v, causal, scale), blocked_lse(q, k, v, causal, scale, acc)
 
 
-@register_fallback("attention_backward")
+@register_fallback("attention_backward", "sdpa")
 def _attention_backward_fallback(grad_out, q, k, v, out, lse, causal, scale):
     _check(q, k, v, causal, "attention_backward")
-    B, Tq, Hq, D = q.shape
-    Hkv = k.shape[2]
-    G = Hq // Hkv
-    acc = lse.dtype
-    sc = 1.0 / math.sqrt(D) if scale is None else scale
-    s = _scores(q, k, causal, scale)                          # [B, Hkv, G, Tq, Tk]
-    p = torch.exp(s - lse.reshape(B, Hkv, G, Tq, 1))
-    do = _split_heads(grad_out.to(acc), Hkv)                  # [B, Hkv, G, Tq, D]
-    di = (grad_out.to(acc) * out.to(acc)).sum(-1)             # [B, Tq, Hq]
-    di = di.reshape(B, Tq, Hkv, G).permute(0, 2, 3, 1).unsqueeze(-1)
-    kf = k.to(acc).transpose(1, 2).unsqueeze(2)               # [B, Hkv, 1, Tk, D]
-    vf = v.to(acc).transpose(1, 2).unsqueeze(2)
-    dv = torch.matmul(p.transpose(-1, -2), do).sum(2)         # [B, Hkv, Tk, D]
-    dp = torch.matmul(do, vf.transpose(-1, -2))
-    ds = p * (dp - di) * sc
-    dq = torch.matmul(ds, kf)                                 # [B, Hkv, G, Tq, D]
-    dk = torch.matmul(ds.transpose(-1, -2), _split_heads(q.to(acc), Hkv)).sum(2)
-    return (_merge_heads(dq, B, Tq, Hq, D).to(q.dtype), dk.transpose(1, 2).to(k.dtype),
-            dv.transpose(1, 2).to(v.dtype))
+    if k.shape[1] == 0:
+        return q.new_zeros(q.shape), k.new_zeros(k.shape), v.new_zeros(v.shape)
+    return blocked_backward(grad_out, q, k, v, out, lse, causal, scale)
 
 
 @torch.library.register_fake(qualname("attention"))

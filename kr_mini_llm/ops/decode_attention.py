@@ -16,6 +16,7 @@ from typing import Optional
 
 import torch
 
+from ._device_attention import sdpa_decode
 from ._library import acc_dtype, ops, qualname, register_fallback
 from .rms_norm import rms_norm_reference
 from .rotary import rotary_reference
@@ -90,19 +91,27 @@ def kv_cache_append_reference(k_cache, v_cache, k_new, v_new, cache_lens) -> Non
         v_cache[b, L:L + S].copy_(v_new[b])
 
 
-def decode_attention_step_reference(qkv, q_norm, k_norm, eps, cos, sin, k_cache, v_cache, cache_lens, num_heads):
-    """Pure-PyTorch decode_attention_step: the references of its parts, in its order."""
+def _step(parts, qkv, q_norm, k_norm, eps, cos, sin, k_cache, v_cache, cache_lens, num_heads):
+    """decode_attention_step from its parts (rms_norm, rotary, kv_cache_append, decode_attention),
+    each (args) -> the part's result: the reference passes the references, the fallback the ops."""
+    rms_norm, rotary, append, attend = parts
     B, S, _ = qkv.shape
     Hq, Hkv, D = num_heads, k_cache.shape[2], k_cache.shape[3]
     x = qkv.reshape(B, S, Hq + 2 * Hkv, D)
     q, k, v = x[:, :, :Hq], x[:, :, Hq:Hq + Hkv], x[:, :, Hq + Hkv:]
     if q_norm is not None:
-        q, k = rms_norm_reference(q, q_norm, eps), rms_norm_reference(k, k_norm, eps)
-    q, k = rotary_reference(q, cos, sin), rotary_reference(k, cos, sin)
+        q, k = rms_norm(q, q_norm, eps), rms_norm(k, k_norm, eps)
+    q, k = rotary(q, cos, sin), rotary(k, cos, sin)
     cd = k_cache.dtype
-    kv_cache_append_reference(k_cache, v_cache, k.to(cd), v.to(cd), cache_lens)
-    out = decode_attention_reference(q.to(cd), k_cache, v_cache, cache_lens + S)
+    append(k_cache, v_cache, k.to(cd), v.to(cd), cache_lens)
+    out = attend(q.to(cd), k_cache, v_cache, cache_lens + S)
     return out.reshape(B, S, Hq * D).to(qkv.dtype)
+
+
+def decode_attention_step_reference(qkv, q_norm, k_norm, eps, cos, sin, k_cache, v_cache, cache_lens, num_heads):
+    """Pure-PyTorch decode_attention_step: the references of its parts, in its order."""
+    parts = (rms_norm_reference, rotary_reference, kv_cache_append_reference, decode_attention_reference)
+    return _step(parts, qkv, q_norm, k_norm, eps, cos, sin, k_cache, v_cache, cache_lens, num_heads)
 
 
 # ------------------------------------------------------------------------------------------
@@ -208,23 +217,25 @@ def _check_step(qkv, q_norm, k_norm, k_cache, v_cache, num_heads):
 # ------------------------------------------------------------------------------------------
 # Kernels for backends without a native one, fake kernels, autograd
 
-@register_fallback("decode_attention")
+@register_fallback("decode_attention", "sdpa")
 def _decode_attention_fallback(q, k_cache, v_cache, cache_lens, scale):
     _check_decode(q, k_cache, v_cache, cache_lens)
-    return decode_attention_reference(q, k_cache, v_cache, cache_lens, scale).contiguous()
+    return sdpa_decode(q, k_cache, v_cache, cache_lens.tolist(), scale)
 
 
-@register_fallback("kv_cache_append")
+@register_fallback("kv_cache_append", "copy")
 def _kv_cache_append_fallback(k_cache, v_cache, k_new, v_new, cache_lens):
     _check_append(k_cache, v_cache, k_new, v_new, cache_lens)
     kv_cache_append_reference(k_cache, v_cache, k_new, v_new, cache_lens)
 
 
-@register_fallback("decode_attention_step")
+@register_fallback("decode_attention_step", "sdpa")
 def _decode_attention_step_fallback(qkv, q_norm, k_norm, eps, cos, sin, k_cache, v_cache, cache_lens, num_heads):
     _check_step(qkv, q_norm, k_norm, k_cache, v_cache, num_heads)
-    return decode_attention_step_reference(qkv, q_norm, k_norm, eps, cos, sin, k_cache, v_cache, cache_lens,
-                                           num_heads).contiguous()
+    # The parts through the dispatcher: the device's own kernel of each (its fallback where none).
+    parts = (lambda x, w, e: ops.rms_norm(x, w, e)[0], ops.rotary, ops.kv_cache_append,
+             lambda q, kc, vc, lens: ops.decode_attention(q, kc, vc, lens, None))
+    return _step(parts, qkv, q_norm, k_norm, eps, cos, sin, k_cache, v_cache, cache_lens, num_heads)
 
 
 @torch.library.register_fake(qualname("decode_attention"))

@@ -157,13 +157,13 @@ def _check(op, x, weight, scales, residual=None, swiglu=False):
     return out
 
 
-@register_fallback("decode_linear")
+@register_fallback("decode_linear", "dequantize+linear")
 def _decode_linear_fallback(x, weight, scales=None, residual=None):
     _check("decode_linear", x, weight, scales, residual)
     return decode_linear_reference(x, weight, scales, residual).contiguous()
 
 
-@register_fallback("decode_linear_swiglu")
+@register_fallback("decode_linear_swiglu", "dequantize+linear")
 def _decode_linear_swiglu_fallback(x, weight, scales=None):
     _check("decode_linear_swiglu", x, weight, scales, swiglu=True)
     return decode_linear_swiglu_reference(x, weight, scales).contiguous()

@@ -134,14 +134,14 @@ def _chunk_logits(hidden, w_acc, s, e):
 def _chunk_grad_logits(logits, lse, t, ignore_index, scale):
     """scale * (softmax - onehot), zero rows where ignored. scale: [rows] or a float."""
     valid = t != ignore_index
-    g = torch.exp(logits - lse.unsqueeze(1))
+    g = logits.sub_(lse.unsqueeze(1)).exp_()  # in place: one chunk of logits at a time
     g.scatter_add_(1, torch.where(valid, t, 0).unsqueeze(1),
                    torch.full((g.shape[0], 1), -1.0, dtype=g.dtype, device=g.device))
     scale = scale if isinstance(scale, torch.Tensor) else torch.full_like(lse, scale)
-    return g * torch.where(valid, scale, 0).unsqueeze(1)
+    return g.mul_(torch.where(valid, scale, 0).unsqueeze(1))
 
 
-@register_fallback("linear_cross_entropy")
+@register_fallback("linear_cross_entropy", "chunked")
 def _linear_cross_entropy_fallback(hidden, weight, targets, ignore_index, chunk_size):
     _check_targets(targets, weight.shape[0], ignore_index, "linear_cross_entropy")
     acc = acc_dtype(hidden.dtype)
@@ -154,13 +154,16 @@ def _linear_cross_entropy_fallback(hidden, weight, targets, ignore_index, chunk_
         logits = _chunk_logits(hidden, w, s, e)
         t = targets[s:e]
         valid = t != ignore_index
-        lse[s:e] = torch.logsumexp(logits, 1)
         picked = logits.gather(1, torch.where(valid, t, 0).unsqueeze(1)).squeeze(1)
+        # log-sum-exp in place (torch.logsumexp would hold a second chunk)
+        m = logits.amax(1).clamp_min_(torch.finfo(acc).min)
+        lse[s:e] = logits.sub_(m.unsqueeze(1)).exp_().sum(1).log_().add_(m)
         losses[s:e] = torch.where(valid, lse[s:e] - picked, 0)
+        del logits  # before the next chunk's: one chunk of logits at a time
     return losses, lse
 
 
-@register_fallback("linear_cross_entropy_backward")
+@register_fallback("linear_cross_entropy_backward", "chunked")
 def _linear_cross_entropy_backward_fallback(grad_losses, hidden, weight, targets, lse, ignore_index,
                                             chunk_size):
     acc = acc_dtype(hidden.dtype)
@@ -174,10 +177,11 @@ def _linear_cross_entropy_backward_fallback(grad_losses, hidden, weight, targets
         g = _chunk_grad_logits(_chunk_logits(hidden, w, s, e), lse[s:e], targets[s:e], ignore_index, gl[s:e])
         grad_hidden[s:e] = (g @ w).to(hidden.dtype)
         grad_weight += g.T @ hidden[s:e].to(acc)
+        del g
     return grad_hidden, grad_weight.to(weight.dtype)
 
 
-@register_fallback("linear_cross_entropy_and_grad")
+@register_fallback("linear_cross_entropy_and_grad", "chunked")
 def _linear_cross_entropy_and_grad_fallback(hidden, weight, targets, ignore_index, chunk_size, mean,
                                             need_grad_hidden, need_grad_weight):
     acc = acc_dtype(hidden.dtype)
@@ -197,6 +201,7 @@ def _linear_cross_entropy_and_grad_fallback(hidden, weight, targets, ignore_inde
                 grad_hidden[s:e] = (g @ w).to(hidden.dtype)
             if need_grad_weight:
                 gw += g.T @ hidden[s:e].to(acc)
+            del g
     grad_weight = gw.to(weight.dtype) if need_grad_weight else weight.new_empty(0)
     return loss, grad_hidden, grad_weight
 

@@ -16,15 +16,23 @@ def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6)
     return (xf * rstd * weight.to(xf.dtype)).to(x.dtype)
 
 
-@register_fallback("rms_norm")
+# PyTorch's fused RMSNorm (what F.rms_norm runs on CUDA, MPS and XPU) returns rstd as well.
+_FUSED = getattr(torch.ops.aten, "_fused_rms_norm", None)
+
+
+@register_fallback("rms_norm", "fused_rms_norm")
 def _rms_norm_fallback(x, weight, eps):
-    xf = x.to(acc_dtype(x.dtype))
+    acc = acc_dtype(x.dtype)
+    if _FUSED is not None and weight.dtype == x.dtype and x.shape[-1] > 0:
+        y, rstd = _FUSED(x, [x.shape[-1]], weight, eps)
+        return y, rstd.squeeze(-1).to(acc)
+    xf = x.to(acc)  # a weight of another dtype (or a torch without the fused op): spelled out
     rstd = torch.rsqrt(xf.pow(2).mean(-1) + eps)
     y = xf * rstd.unsqueeze(-1) * weight.to(xf.dtype)
     return y.to(x.dtype), rstd
 
 
-@register_fallback("rms_norm_backward")
+@register_fallback("rms_norm_backward", "fused_rms_norm")
 def _rms_norm_backward_fallback(grad_y, x, weight, rstd):
     xf = x.to(rstd.dtype)
     g = grad_y.to(rstd.dtype)

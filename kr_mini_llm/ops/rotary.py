@@ -57,13 +57,13 @@ def _rotate(x, cos, sin):
     return rotary_reference(x, cos, sin).contiguous()
 
 
-@register_fallback("rotary")
+@register_fallback("rotary", "elementwise")
 def _rotary_fallback(x, cos, sin):
     _check(x, cos, sin)
     return _rotate(x, cos, sin)
 
 
-@register_fallback("rotary_backward")
+@register_fallback("rotary_backward", "elementwise")
 def _rotary_backward_fallback(grad_out, cos, sin):
     _check(grad_out, cos, sin, "rotary_backward", "grad_out")
     return _rotate(grad_out, cos, -sin.to(acc_dtype(grad_out.dtype)))

@@ -46,13 +46,13 @@ def _check_backward(grad_out, gate, up):
                         "must have the same dtype")
 
 
-@register_fallback("swiglu")
+@register_fallback("swiglu", "elementwise")
 def _swiglu_fallback(gate, up):
     _check(gate, up)
     return swiglu_reference(gate, up).contiguous()
 
 
-@register_fallback("swiglu_backward")
+@register_fallback("swiglu_backward", "elementwise")
 def _swiglu_backward_fallback(grad_out, gate, up):
     _check_backward(grad_out, gate, up)
     acc = acc_dtype(gate.dtype)
