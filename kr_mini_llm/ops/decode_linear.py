@@ -98,7 +98,14 @@ def quantize_int8(weight: torch.Tensor, group_size: int | None = None) -> tuple[
 
 def dequantize_int8(q: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The weight an int8 (q, scales) pair stands for, in `dtype`."""
+    if q.dim() != 2 or scales.dim() != 2 or scales.shape[0] != q.shape[0] or (
+            q.shape[1] and (scales.shape[1] < 1 or q.shape[1] % scales.shape[1])):
+        raise ValueError(f"dequantize_int8: q must be [out_features, in_features] and scales [out_features, G] "
+                         f"with G dividing in_features (quantize_int8's pair), got q {list(q.shape)}, "
+                         f"scales {list(scales.shape)}")
     M, K = q.shape
+    if K == 0:  # no inputs: no groups to divide them into
+        return torch.zeros(M, 0, dtype=dtype, device=q.device)
     G = scales.shape[1]
     return (q.view(M, G, K // G).to(dtype) * scales.to(dtype).unsqueeze(-1)).view(M, K)
 
@@ -157,13 +164,13 @@ def _check(op, x, weight, scales, residual=None, swiglu=False):
     return out
 
 
-@register_fallback("decode_linear", "dequantize+linear")
+@register_fallback("decode_linear")
 def _decode_linear_fallback(x, weight, scales=None, residual=None):
     _check("decode_linear", x, weight, scales, residual)
     return decode_linear_reference(x, weight, scales, residual).contiguous()
 
 
-@register_fallback("decode_linear_swiglu", "dequantize+linear")
+@register_fallback("decode_linear_swiglu")
 def _decode_linear_swiglu_fallback(x, weight, scales=None):
     _check("decode_linear_swiglu", x, weight, scales, swiglu=True)
     return decode_linear_swiglu_reference(x, weight, scales).contiguous()
