@@ -135,6 +135,10 @@ def print_summary(args, config, model_config, device):
     print(f"   - Gradient checkpointing: {t.gradient_checkpointing}")
     print(f"   - Compile model: {t.compile_model}")
     print(f"   - Ops: {t.ops}")
+    if t.ops == "fused":  # which kernel each op runs here: native, or the device fallback's path
+        from .. import ops
+        paths = ops.backend_report(device)
+        print("   - Op paths on " + device.type + ": " + ", ".join(f"{k} {v}" for k, v in paths.items()))
     print("\n📁 데이터:")
     print(f"   - Tokens: {config.data.tokens}")
     print(f"   - Train: {config.data.train}")

@@ -135,7 +135,6 @@ def sdpa_decode(q, k_cache, v_cache, lens, scale):
     of a sequence with L rows sees rows 0 .. L - S + s (a lower-right causal mask, none when S = 1).
     Sequences of the same length share one call."""
     B, S, Hq, D = q.shape
-    Hkv = k_cache.shape[2]
     out = q.new_empty(B, S, Hq, D)
     by_len = {}
     for b, L in enumerate(lens):
