@@ -30,8 +30,12 @@ class TrainSection:
     beta1: float = 0.9
     beta2: float = 0.95
     max_grad_norm: float = 1.0
-    lr_schedule: str = "cosine"  # cosine | linear | constant (after warmup)
+    lr_schedule: str = "cosine"  # cosine | linear | wsd | constant (after warmup); keyed to steps or time (optim.py)
+    decay_fraction: float = 0.2  # wsd: the last fraction of the run (steps or time) that decays to min_learning_rate
     warmup_steps: int = 100
+    optimizer: str = "adamw"  # adamw | muon (Muon on the hidden matrices, AdamW on embedding, head and norms)
+    muon_learning_rate: float = 0.02  # train.optimizer: muon, for the hidden matrices (same schedule)
+    muon_momentum: float = 0.95
     max_steps: int = 1000
     max_time_minutes: Optional[float] = None  # stop (and save) after this wall time
     mixed_precision: bool = False
@@ -139,7 +143,16 @@ class TrainingConfig:
             fail(f"train.learning_rate must be > 0, got {t.learning_rate}")
         if not 0 <= t.min_learning_rate <= t.learning_rate:
             fail(f"train.min_learning_rate must be in [0, learning_rate={t.learning_rate}], got {t.min_learning_rate}")
-        for choice, allowed in (("lr_schedule", ("cosine", "linear", "constant")),
+        if not 0 < t.decay_fraction <= 1:
+            fail(f"train.decay_fraction must be in (0, 1], got {t.decay_fraction}")
+        if not t.muon_learning_rate > 0:
+            fail(f"train.muon_learning_rate must be > 0, got {t.muon_learning_rate}")
+        if not 0 <= t.muon_momentum < 1:
+            fail(f"train.muon_momentum must be in [0, 1), got {t.muon_momentum}")
+        if t.max_time_minutes is not None and not t.max_time_minutes > 0:
+            fail(f"train.max_time_minutes must be > 0 (or left out), got {t.max_time_minutes}")
+        for choice, allowed in (("lr_schedule", ("cosine", "linear", "wsd", "constant")),
+                                ("optimizer", ("adamw", "muon")),
                                 ("precision", ("auto", "bf16", "fp16")), ("ops", ("fused", "reference")),
                                 ("distributed", ("auto", "none", "ddp", "fsdp"))):
             if getattr(t, choice) not in allowed:
@@ -170,7 +183,7 @@ class TrainingConfig:
         atomic_write_text(path, _to_yaml(self.to_dict()))
 
 
-# Flat keys of seed 001's configs/training.yaml, read as train.* (fp16 -> mixed_precision).
+# Flat keys of the legacy layout (configs/training.yaml), read as train.* (fp16 -> mixed_precision).
 _LEGACY = ("batch_size", "gradient_accumulation_steps", "effective_batch_size", "max_seq_length",
            "learning_rate", "warmup_steps", "max_steps", "save_steps", "eval_steps", "fp16",
            "mixed_precision", "gradient_checkpointing", "compile_model")

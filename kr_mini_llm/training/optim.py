@@ -1,18 +1,40 @@
-"""AdamW with decoupled weight decay on matrices only, and the warmup + decay schedule."""
+"""The pretraining optimizer and its learning-rate schedule.
+
+train.optimizer: adamw (every weight; decoupled weight decay on matrices only) or muon
+(torch.optim.Muon on the 2-D hidden matrices, AdamW on the embedding, head and norms, each with
+its own learning rate) -- one optimizer object either way, so checkpoints, DCP and the loop see
+one state dict.
+
+The schedule is keyed to progress = the larger of step / max_steps and elapsed / max_time_minutes:
+whichever budget ends the run, the rate reaches min_learning_rate as it ends.
+"""
 from __future__ import annotations
 
 import math
 
 import torch
 
+# Parameters that stay on AdamW under train.optimizer: muon (besides every non-2-D one): the
+# token embedding and the output head are lookups/readouts, not hidden maps (as in the Muon paper).
+_NOT_HIDDEN = ("embed_tokens", "lm_head")
 
-def build_optimizer(model: torch.nn.Module, train, device: torch.device) -> torch.optim.AdamW:
+
+def build_optimizer(model: torch.nn.Module, train, device: torch.device) -> torch.optim.Optimizer:
+    if getattr(train, "optimizer", "adamw") == "muon":
+        return MuonAdamW(model, train, device)
+    return _adamw(_adamw_groups(model.named_parameters(), train), train, device)
+
+
+def _adamw_groups(named, train) -> list[dict]:
     decay, no_decay = [], []
-    for p in model.parameters():
+    for _, p in named:
         if p.requires_grad:
             (decay if p.dim() >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": train.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    return [{"params": decay, "weight_decay": train.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _adamw(groups, train, device) -> torch.optim.AdamW:
     # The fused kernel exists for CUDA and CPU (and MPS in recent torch); fall back quietly.
     fused = device.type in ("cuda", "cpu", "mps")
     try:
@@ -21,15 +43,96 @@ def build_optimizer(model: torch.nn.Module, train, device: torch.device) -> torc
         return torch.optim.AdamW(groups, lr=train.learning_rate, betas=(train.beta1, train.beta2))
 
 
-def learning_rate(step: int, train) -> float:
-    """Learning rate for optimizer step `step` (0-based): linear warmup, then cosine/linear decay."""
-    peak, floor = train.learning_rate, train.min_learning_rate
+class MuonAdamW(torch.optim.Optimizer):
+    """torch.optim.Muon for the hidden matrices and torch.optim.AdamW for the rest, as one
+    optimizer: its param_groups are the two optimizers' groups (Muon's first, each tagged with
+    "optimizer") and its state is theirs, so the ordinary state_dict / load_state_dict, DCP's
+    helpers and the loop's `for group in param_groups` all work unchanged."""
+
+    def __init__(self, model: torch.nn.Module, train, device: torch.device):
+        hidden, rest = [], []
+        for name, p in model.named_parameters():
+            if not p.requires_grad:
+                continue
+            is_hidden = p.dim() == 2 and not any(part in _NOT_HIDDEN for part in name.split("."))
+            (hidden if is_hidden else rest).append((name, p))
+        self._muon = torch.optim.Muon([p for _, p in hidden], lr=train.muon_learning_rate,
+                                      weight_decay=train.weight_decay, momentum=train.muon_momentum)
+        self._adamw = _adamw(_adamw_groups(rest, train), train, device)
+        for group in self._muon.param_groups:
+            group["optimizer"] = "muon"
+        for group in self._adamw.param_groups:
+            group["optimizer"] = "adamw"
+        super().__init__(self._muon.param_groups + self._adamw.param_groups, defaults={})
+        self._link()
+
+    def _link(self) -> None:
+        """Points the two optimizers at this object's groups and (shared, parameter-keyed) state;
+        load_state_dict replaces both, so it calls this again."""
+        self._muon.param_groups = [g for g in self.param_groups if g["optimizer"] == "muon"]
+        self._adamw.param_groups = [g for g in self.param_groups if g["optimizer"] == "adamw"]
+        self._muon.state = self._adamw.state = self.state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        kinds = [g.get("optimizer") for g in state_dict.get("param_groups", [])]
+        ours = [g["optimizer"] for g in self.param_groups]
+        if kinds != ours:
+            raise ValueError(f"the saved optimizer has groups {kinds}, this one {ours} (saved with another "
+                             "train.optimizer?)")
+        super().load_state_dict(state_dict)
+        self._link()
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._muon.step()
+        self._adamw.step()
+        return loss
+
+
+def schedule_progress(step: int, elapsed_s: float, train) -> float:
+    """How far the run is, in [0, 1]: the step fraction or, when train.max_time_minutes is set, the
+    time fraction, whichever is further -- the budget that will end the run."""
+    progress = step / train.max_steps
+    if train.max_time_minutes:
+        progress = max(progress, elapsed_s / (60.0 * train.max_time_minutes))
+    return min(1.0, progress)
+
+
+def lr_factor(step: int, train, elapsed_s: float = 0.0) -> float:
+    """The learning rate for optimizer step `step` (0-based), as a fraction of the peak: linear
+    warmup over warmup_steps, then by schedule_progress: cosine or linear decay to
+    min_learning_rate, constant, or wsd (constant, then linear decay over the last decay_fraction)."""
     if step < train.warmup_steps:
-        return peak * (step + 1) / train.warmup_steps
+        return (step + 1) / train.warmup_steps
     if train.lr_schedule == "constant":
-        return peak
-    span = max(1, train.max_steps - train.warmup_steps)
-    progress = min(1.0, (step - train.warmup_steps) / span)
+        return 1.0
+    floor = train.min_learning_rate / train.learning_rate
+    # Decay progress after warmup: (step - warmup) / (max_steps - warmup) when steps end the run.
+    start = min(train.warmup_steps / train.max_steps, 1.0)
+    progress = (schedule_progress(step, elapsed_s, train) - start) / max(1.0 - start, 1e-12)
+    progress = min(1.0, max(0.0, progress))
     if train.lr_schedule == "linear":
-        return floor + (peak - floor) * (1 - progress)
-    return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+        shape = 1 - progress
+    elif train.lr_schedule == "wsd":
+        stable = 1.0 - train.decay_fraction
+        shape = 1.0 if progress <= stable else (1.0 - progress) / train.decay_fraction
+    else:
+        shape = 0.5 * (1 + math.cos(math.pi * progress))
+    return floor + (1 - floor) * shape
+
+
+def learning_rate(step: int, train, elapsed_s: float = 0.0) -> float:
+    """The (AdamW) learning rate for optimizer step `step` (0-based)."""
+    return train.learning_rate * lr_factor(step, train, elapsed_s)
+
+
+def set_learning_rates(optimizer: torch.optim.Optimizer, train, factor: float) -> None:
+    """Each group's rate at this point of the schedule: Muon's groups from muon_learning_rate,
+    the rest from learning_rate."""
+    for group in optimizer.param_groups:
+        peak = train.muon_learning_rate if group.get("optimizer") == "muon" else train.learning_rate
+        group["lr"] = peak * factor

@@ -1,0 +1,95 @@
+"""The learning-rate schedule keyed to steps or to time, whichever budget ends the run: every run
+ends annealed, on a fast CPU (max_steps ends it) and on a slow one (max_time_minutes does)."""
+import itertools
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from kr_mini_llm.training import Trainer, TrainingConfig
+from kr_mini_llm.training.optim import learning_rate, lr_factor, schedule_progress
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def section(**train):
+    base = {"learning_rate": 1e-3, "min_learning_rate": 1e-4, "warmup_steps": 10, "max_steps": 100}
+    return TrainingConfig.from_dict({"train": {**base, **train}}).train
+
+
+def test_step_keyed_cosine_is_the_usual_warmup_then_cosine():
+    t = section()
+    for step in range(t.warmup_steps, t.max_steps + 1):
+        q = (step - t.warmup_steps) / (t.max_steps - t.warmup_steps)
+        want = t.min_learning_rate + (t.learning_rate - t.min_learning_rate) * 0.5 * (1 + math.cos(math.pi * q))
+        assert learning_rate(step, t) == pytest.approx(want, rel=1e-12), step
+    assert learning_rate(0, t) == pytest.approx(t.learning_rate / t.warmup_steps)
+
+
+def test_time_ends_the_schedule_when_it_runs_out_first():
+    t = section(max_time_minutes=2.0)
+    # Step 30 of 100 but 90 s of 120: the time fraction leads.
+    assert schedule_progress(30, 90.0, t) == pytest.approx(0.75)
+    assert schedule_progress(80, 30.0, t) == pytest.approx(0.8)
+    assert learning_rate(30, t, elapsed_s=120.0) == pytest.approx(t.min_learning_rate)
+    assert learning_rate(30, t, elapsed_s=500.0) == pytest.approx(t.min_learning_rate)
+    assert learning_rate(30, t, elapsed_s=0.0) > 0.8 * t.learning_rate
+    # Without a time limit, elapsed time is ignored.
+    assert learning_rate(30, section(), elapsed_s=1e9) == learning_rate(30, section())
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "wsd"])
+def test_every_schedule_is_monotone_after_warmup_and_ends_at_the_floor(schedule):
+    t = section(lr_schedule=schedule, max_time_minutes=1.0, decay_fraction=0.3)
+    by_time = [learning_rate(20, t, elapsed_s=s) for s in range(0, 61)]
+    assert all(a >= b for a, b in zip(by_time, by_time[1:]))
+    assert by_time[-1] == pytest.approx(t.min_learning_rate)
+    by_step = [learning_rate(s, t) for s in range(t.warmup_steps, t.max_steps + 1)]
+    assert all(a >= b for a, b in zip(by_step, by_step[1:]))
+    assert by_step[-1] == pytest.approx(t.min_learning_rate)
+
+
+def test_wsd_holds_the_peak_then_decays_linearly_over_decay_fraction():
+    t = section(lr_schedule="wsd", warmup_steps=0, decay_fraction=0.25)
+    assert [lr_factor(s, t) for s in (0, 50, 75)] == [1.0, 1.0, 1.0]
+    floor = t.min_learning_rate / t.learning_rate
+    for s in (80, 90, 99):
+        assert lr_factor(s, t) == pytest.approx(floor + (1 - floor) * (100 - s) / 25)
+
+
+def test_bad_schedule_settings_are_named():
+    from kr_mini_llm import ConfigError
+
+    for bad, match in ((dict(decay_fraction=0.0), "decay_fraction"), (dict(lr_schedule="wsdd"), "lr_schedule"),
+                       (dict(max_time_minutes=0.0), "max_time_minutes"), (dict(optimizer="sgd"), "optimizer"),
+                       (dict(muon_learning_rate=-1.0), "muon_learning_rate")):
+        with pytest.raises(ConfigError, match=match):
+            section(**bad)
+
+
+def test_demo_ends_annealed_on_a_cpu_four_times_too_slow_for_its_steps(token_data, model_config, tmp_path):
+    """training_demo.yaml's schedule, with a simulated clock on which each step takes 4x the time at
+    which max_steps would just fit in max_time_minutes: time ends the run, at the floor rate."""
+    tokens, tok = token_data
+    demo = TrainingConfig.from_yaml(ROOT / "configs" / "training_demo.yaml")
+    t = demo.train
+    step_seconds = 4 * 60 * t.max_time_minutes / t.max_steps
+    # The schedule's keys are the demo's; batch, length and evaluation are shrunk to the tiny model.
+    config = demo.with_overrides([f"output_dir={tmp_path / 'run'}", f"data.tokens={tokens}", f"data.tokenizer={tok}",
+                                  "train.batch_size=2", "train.max_seq_length=16", "train.eval_batches=1",
+                                  "train.mixed_precision=false", "threads=1"])
+    holder = {}
+    trainer = Trainer(model_config, config, show_progress=False,
+                      clock=lambda: holder["run"].step * step_seconds if "run" in holder else 0.0)
+    holder["run"] = trainer
+    result = trainer.train()
+    expected_steps = next(k for k in itertools.count(1) if k * step_seconds >= 60 * t.max_time_minutes)
+    assert result["stop_reason"] == "max_time" and result["step"] == expected_steps
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    last_lr = [r["lr"] for r in rows if "lr" in r][-1]
+    # Annealed: within one step's share of the decay of the floor...
+    span = t.learning_rate - t.min_learning_rate
+    assert last_lr <= t.min_learning_rate + span * 0.01
+    # ...where a schedule keyed to steps alone would still be near its peak.
+    assert learning_rate(expected_steps - 1, t) > t.min_learning_rate + 0.5 * span
