@@ -14,6 +14,8 @@ from typing import Iterable, List, Optional
 
 import numpy as np
 
+from .utf8 import utf8_len
+
 __all__ = [
     "CleanConfig", "CleanStats", "EmptyCorpusError", "strip_html", "strip_wikitext",
     "normalize_text", "hangul_ratio", "filter_lines", "exact_dedup", "near_dedup",
@@ -161,24 +163,66 @@ def _char_class(cps: np.ndarray) -> np.ndarray:
     return out
 
 
-def _keep_lines(text: str, min_line_chars: int, min_hangul_ratio: float) -> List[bool]:
-    """Per line of `text`: at least `min_line_chars` characters and hangul_ratio >= threshold
-    (computed for all lines at once from prefix sums over the code points)."""
-    cps = np.frombuffer(text.encode("utf-32-le", errors="surrogatepass"), np.uint32)
+_LINE_PIECE = 1 << 20      # characters classified at once: bounds the arrays of a long text
+
+
+def _pieces(texts: List[str]):
+    """The texts joined by line breaks, as (piece, whether its last line goes on in the next
+    piece): short texts joined into pieces of about _LINE_PIECE characters, a longer one sliced."""
+    group: List[str] = []
+    size = 0
+    for t in texts:
+        if len(t) > _LINE_PIECE:
+            if group:
+                yield "\n".join(group), False
+                group, size = [], 0
+            for i in range(0, len(t), _LINE_PIECE):
+                yield t[i:i + _LINE_PIECE], i + _LINE_PIECE < len(t)
+            continue
+        group.append(t)
+        size += len(t) + 1
+        if size >= _LINE_PIECE:
+            yield "\n".join(group), False
+            group, size = [], 0
+    if group:
+        yield "\n".join(group), False
+
+
+def _piece_counts(piece: str, classes: bool) -> np.ndarray:
+    """[3, lines] characters, letters and Hangul letters of each line of `piece` (from prefix
+    sums over the code points; letters and Hangul only when `classes`)."""
+    cps = np.frombuffer(piece.encode("utf-32-le", errors="surrogatepass"), np.uint32)
     bounds = np.r_[-1, np.flatnonzero(cps == 10), len(cps)]     # line i: bounds[i]+1 .. bounds[i+1]
     start, end = bounds[:-1] + 1, bounds[1:]
-    keep = end - start >= min_line_chars
-    if min_hangul_ratio > 0:
+    out = np.zeros((3, len(start)), np.int64)
+    out[0] = end - start
+    if classes:
         cls = _char_class(cps)
-        letters = np.zeros(len(cps) + 1, np.int32)           # prefix sums
-        hangul = np.zeros(len(cps) + 1, np.int32)
-        np.add.accumulate(cls & 1, dtype=np.int32, out=letters[1:])
-        np.add.accumulate(cls >> 1, dtype=np.int32, out=hangul[1:])
-        n_letters = letters[end] - letters[start]
+        for row, bits in ((1, cls & 1), (2, cls >> 1)):
+            prefix = np.zeros(len(cps) + 1, np.int64)
+            np.add.accumulate(bits, dtype=np.int64, out=prefix[1:])
+            out[row] = prefix[end] - prefix[start]
+    return out
+
+
+def _keep_lines(texts: List[str], min_line_chars: int, min_hangul_ratio: float) -> np.ndarray:
+    """Per line of the texts (in order): at least `min_line_chars` characters and hangul_ratio >=
+    threshold. Memory: the per-line counts plus one piece's arrays, whatever a text's length."""
+    counts: List[np.ndarray] = []
+    carry = None                         # counts of a line that goes on in the next piece
+    for piece, more in _pieces(texts):
+        c = _piece_counts(piece, min_hangul_ratio > 0)
+        if carry is not None:
+            c[:, 0] += carry
+        carry = c[:, -1].copy() if more else None
+        counts.append(c[:, :-1] if more else c)
+    chars, letters, hangul = np.concatenate(counts, axis=1) if counts else np.zeros((3, 0), np.int64)
+    keep = chars >= min_line_chars
+    if min_hangul_ratio > 0:
         with np.errstate(invalid="ignore", divide="ignore"):
-            ratio = (hangul[end] - hangul[start]) / n_letters
-        keep &= (n_letters > 0) & (ratio >= min_hangul_ratio)
-    return keep.tolist()
+            ratio = hangul / letters
+        keep &= (letters > 0) & (ratio >= min_hangul_ratio)
+    return keep
 
 
 def filter_lines(text: str, min_line_chars: int = 5, min_hangul_ratio: float = 0.3) -> str:
@@ -187,13 +231,19 @@ def filter_lines(text: str, min_line_chars: int = 5, min_hangul_ratio: float = 0
 
 
 def filter_lines_many(texts: List[str], min_line_chars: int = 5, min_hangul_ratio: float = 0.3) -> List[str]:
-    """filter_lines of many texts in one vectorised pass."""
-    keep = _keep_lines("\n".join(texts), min_line_chars, min_hangul_ratio)
+    """filter_lines of many texts in one vectorised pass (a text whose lines all stay is not copied)."""
+    keep = _keep_lines(texts, min_line_chars, min_hangul_ratio)
     out, pos = [], 0
     for t in texts:
-        lines = t.split("\n")
-        out.append("\n".join(ln for ln, k in zip(lines, keep[pos:pos + len(lines)]) if k))
-        pos += len(lines)
+        n = t.count("\n") + 1
+        k = keep[pos:pos + n]
+        pos += n
+        if k.all():
+            out.append(t)
+        elif not k.any():
+            out.append("")
+        else:
+            out.append("\n".join(ln for ln, kk in zip(t.split("\n"), k.tolist()) if kk))
     return out
 
 
@@ -247,7 +297,7 @@ class CleanStats:
     steps: list = field(default_factory=list)
 
     def add(self, step: str, docs: List[str]):
-        self.steps.append((step, len(docs), sum(map(len, docs)), sum(len(d.encode("utf-8")) for d in docs)))
+        self.steps.append((step, len(docs), sum(map(len, docs)), sum(map(utf8_len, docs))))
 
     def table(self) -> str:
         lines = [f"{'step':<28}{'docs':>9}{'chars':>13}{'MB':>9}"]
@@ -288,7 +338,7 @@ def clean_many(texts: List[str], cfg: CleanConfig):
     counts = np.zeros((4, 3), np.int64)
 
     def count(row, docs):
-        counts[row] += (len(docs), sum(map(len, docs)), sum(len(d.encode("utf-8")) for d in docs))
+        counts[row] += (len(docs), sum(map(len, docs)), sum(map(utf8_len, docs)))
 
     count(0, texts)
     docs = [t for t in map(normalize_text, texts) if t]

@@ -19,6 +19,8 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
+from .utf8 import utf8_pieces
+
 __all__ = ["doc_hash", "MinHasher", "SortedRuns", "NearDupIndex", "ExactDupIndex"]
 
 _SEGMENT = 1 << 15          # shingles hashed at once: bounds the memory of one long document
@@ -26,7 +28,10 @@ _SEGMENT = 1 << 15          # shingles hashed at once: bounds the memory of one 
 
 def doc_hash(text: str) -> int:
     """8-byte blake2b of the UTF-8 text, as an unsigned int (exact-dedup key)."""
-    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
+    h = hashlib.blake2b(digest_size=8)
+    for piece in utf8_pieces(text):
+        h.update(piece)
+    return int.from_bytes(h.digest(), "little")
 
 
 class MinHasher:
@@ -40,25 +45,38 @@ class MinHasher:
         self.num_perm, self.shingle = num_perm, shingle
 
     def __call__(self, docs: Sequence[str]) -> np.ndarray:
-        k = self.shingle
         sig = np.empty((len(docs), self.num_perm), np.uint32)
         owners: List[int] = []
         pieces: List[str] = []
         size, self._last = 0, -1
         for i, d in enumerate(docs):
-            s = "".join(d.split())
-            if len(s) < k:
-                s += "\0" * (k - len(s))      # a single zero-padded shingle
-            for j in range(0, len(s) - k + 1, _SEGMENT):
-                pieces.append(s[j:j + _SEGMENT + k - 1])
+            for piece in self._segments(d):
+                pieces.append(piece)
                 owners.append(i)
-                size += len(pieces[-1])
+                size += len(piece)
                 if size >= _SEGMENT:
                     self._hash(pieces, owners, sig)
                     pieces, owners, size = [], [], 0
         if pieces:
             self._hash(pieces, owners, sig)
         return sig
+
+    def _segments(self, d: str):
+        """s[j:j + _SEGMENT + k - 1] for j = 0, _SEGMENT, ... <= len(s) - k, where s is `d` without
+        whitespace (zero-padded to one shingle when shorter); made from `d` a slice at a time, so
+        a long document is never copied whole nor split into a list of its words."""
+        k = self.shingle
+        width = _SEGMENT + k - 1
+        buf, emitted = "", False
+        for i in range(0, len(d), _SEGMENT):
+            buf += "".join(d[i:i + _SEGMENT].split())
+            while len(buf) >= width:
+                yield buf[:width]
+                emitted, buf = True, buf[_SEGMENT:]
+        if len(buf) >= k:
+            yield buf
+        elif not emitted:
+            yield buf + "\0" * (k - len(buf))
 
     def _hash(self, pieces, owners, sig):
         k = self.shingle

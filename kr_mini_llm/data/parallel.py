@@ -36,6 +36,7 @@ def _local(fn, items, num_proc, max_inflight, initializer, initargs):
         pending: deque = deque()
         for it in items:
             pending.append(pool.apply_async(fn, (it,)))
+            del it                  # the pool holds the task until it is sent: a big one is not kept here
             if len(pending) >= max_inflight:
                 yield pending.popleft().get()
         while pending:
