@@ -10,6 +10,9 @@ Hangul ratio) -> minimum document length -> exact and near dedup -> split by doc
 Stage 2 (--tokenizer): token shards + meta.json in data/tokens/. Both stream (memory does not
 grow with the corpus) and use every core (--num_proc); --engine dask runs the text stage's
 workers on a Dask cluster (docs/data.md). Reruns skip finished work (--force redoes it).
+Each text file's encoding is found (UTF-8, CP949/EUC-KR, UTF-16, Johab; --encoding names it) and
+listed when not UTF-8; a file whose encoding cannot be told is an error. A failed run leaves its
+outputs as they were.
 """
 import argparse
 import sys
@@ -17,11 +20,24 @@ import sys
 from ..data.cleaning import CleanConfig, EmptyCorpusError
 from ..data.parallel import ENGINES
 from ..data.pipeline import DEFAULT_MAX_MEMORY_MB
+from ..data.encoding import EncodingError, check_encoding
 from ..data.readers import InputError
 from ..data.shards import ShardError
 from ..data.sources import DEFAULT_SOURCES, SOURCES, SourceUnavailable
 from ..data.split import parse_ratios
 from ..data.tokenizer import TokenizerError
+
+
+ENCODING_HELP = ("text encoding of every input file, e.g. cp949 (default: found per file: BOM, UTF-8, "
+                 "else CP949/EUC-KR, UTF-16 or Johab)")
+
+
+def encoding_arg(name: str) -> str:
+    """argparse type of --encoding: an encoding Python knows."""
+    try:
+        return check_encoding(name)
+    except EncodingError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def build_parser(prog=None) -> argparse.ArgumentParser:
@@ -33,6 +49,7 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
     src.add_argument("--source", default=",".join(DEFAULT_SOURCES),
                      help=f"Debian packages for the default corpus, comma-separated (known: {', '.join(SOURCES)})")
     src.add_argument("--text_field", default="text", help="JSONL / HF field holding the text")
+    src.add_argument("--encoding", type=encoding_arg, default=None, help=ENCODING_HELP)
     src.add_argument("--raw_dir", default="data/raw", help="download cache and extracted text (+ licence files)")
     cl = ap.add_argument_group("cleaning")
     cl.add_argument("--min_line_chars", type=int, default=d.min_line_chars)
@@ -68,14 +85,17 @@ def main(argv=None, prog=None) -> int:
     a = build_parser(prog).parse_args(argv)
 
     from ..data.pipeline import prepare_text, tokenize_splits
+    from ..data.tokenizer import Tokenizer
 
     cfg = CleanConfig(a.min_line_chars, a.min_hangul_ratio, a.min_doc_chars, not a.no_dedup,
                       not a.no_near_dedup, a.near_dup_threshold)
     try:
+        if a.tokenizer:
+            Tokenizer(a.tokenizer)       # a bad --tokenizer fails before anything is written
         prepare_text(inputs=a.input, sources=[s for s in a.source.split(",") if s], raw_dir=a.raw_dir,
                      out_dir=a.output_dir, clean=cfg, ratios=parse_ratios(a.split), seed=a.seed,
                      text_field=a.text_field, force=a.force, num_proc=a.num_proc, max_memory_mb=a.max_memory_mb,
-                     engine=a.engine, engine_address=a.engine_address)
+                     engine=a.engine, engine_address=a.engine_address, encoding=a.encoding)
         if a.tokenizer:
             tokenize_splits(a.tokenizer, a.output_dir, a.tokens_dir, num_proc=a.num_proc,
                             shard_size_mb=a.shard_size_mb, force=a.force, progress=not a.no_progress)

@@ -4,8 +4,9 @@
 
 Writes <output>.model and <output>.vocab (models/tokenizer.model). Fixed ids: <pad>=0 <unk>=1
 <s>=2 </s>=3 <|im_start|>=4 <|im_end|>=5; byte fallback; Korean character coverage 0.9995.
---input takes the same inputs as prepare_data.py (.txt, .jsonl, dumps): non-.txt inputs are
-read and normalised into a temporary text file first. When done, reports the tokenizer's
+--input takes the same inputs as prepare_data.py (.txt, .jsonl, dumps): inputs other than plain
+UTF-8 .txt files (other formats, other encodings: CP949/EUC-KR, UTF-16, ...) are read, decoded and
+normalised into a temporary text file first; a file whose encoding cannot be told is an error. When done, reports the tokenizer's
 figures (chars and bytes per token, byte-fallback share, unknown pieces: the same as
 scripts/evaluate.py's) on --valid (default: valid.txt beside the first --input, else
 data/processed/valid.txt, when it exists).
@@ -16,10 +17,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..data.readers import InputError, expand_inputs, read_documents
+from ..data.readers import InputError, ReadStats, expand_inputs, read_documents
 from ..data.cleaning import normalize_text
+from ..data.encoding import is_plain_utf8
 from ..data.tokenizer import Tokenizer, train_tokenizer
 from ..eval.tokenizer_stats import format_tokenizer_stats, tokenizer_stats
+from .prepare import ENCODING_HELP, encoding_arg
 
 
 def default_valid(inputs) -> Path:
@@ -38,37 +41,46 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
     ap.add_argument("--num_threads", type=int, default=None)
     ap.add_argument("--valid", default=None, help="text file to report compression on")
     ap.add_argument("--text_field", default="text")
+    ap.add_argument("--encoding", type=encoding_arg, default=None, help=ENCODING_HELP)
     return ap
 
 
 def main(argv=None, prog=None) -> int:
     a = build_parser(prog).parse_args(argv)
+    tmp = None
     try:
         files = expand_inputs(a.input)
-        tmp = None
-        if not all(isinstance(f, Path) and f.name.endswith(".txt") for f in files):
+        # SentencePiece reads UTF-8 only: anything else goes through the readers, which decode it
+        if a.encoding or not all(isinstance(f, Path) and f.name.endswith(".txt") and is_plain_utf8(f) for f in files):
             tmp = tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False, encoding="utf-8")
-            for doc in read_documents(files, text_field=a.text_field):
-                t = normalize_text(doc.text)
-                if t:
-                    tmp.write(t + "\n")
-            tmp.close()
+            stats = ReadStats()
+            with tmp:
+                for doc in read_documents(files, text_field=a.text_field, stats=stats, encoding=a.encoding):
+                    t = normalize_text(doc.text)
+                    if t:
+                        tmp.write(t + "\n")
+            print(stats.summary())
             files = [Path(tmp.name)]
         t0 = time.perf_counter()
         model = train_tokenizer(files, a.vocab_size, a.output, model_type=a.model_type,
                                 character_coverage=a.character_coverage,
                                 input_sentence_size=a.input_sentence_size, num_threads=a.num_threads)
-        if tmp is not None:
-            Path(tmp.name).unlink()
     except (InputError, ValueError, FileNotFoundError, RuntimeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        if tmp is not None:
+            Path(tmp.name).unlink(missing_ok=True)
     tok = Tokenizer(model)
     print(f"wrote {model} and {model.with_suffix('.vocab')}: {a.model_type}, vocab {tok.vocab_size}, "
           f"fingerprint {tok.fingerprint}, {time.perf_counter() - t0:.1f} s")
     valid = Path(a.valid) if a.valid else default_valid(a.input)
     if valid.is_file():
-        lines = [ln for ln in valid.read_text(encoding="utf-8").split("\n") if ln]
+        try:        # decoded like the inputs (a CP949 --valid too)
+            lines = [ln for d in read_documents([valid], encoding=a.encoding) for ln in d.text.split("\n") if ln]
+        except (InputError, ValueError) as e:
+            print(f"error: --valid: {e}", file=sys.stderr)
+            return 2
         print(f"{valid}: {format_tokenizer_stats(tokenizer_stats(tok, lines))}")
     elif a.valid:
         print(f"error: --valid {a.valid!r} not found", file=sys.stderr)

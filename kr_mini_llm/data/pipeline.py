@@ -22,13 +22,14 @@ from typing import Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
-from ..io.atomic import atomic_write_text
+from ..io.atomic import atomic_write_text, created_directory
 from .cleaning import CleanConfig, CleanStats, clean_many, step_names
 from .dedup import ExactDupIndex, MinHasher, NearDupIndex, band_keys, doc_hash
 from .parallel import default_workers, ordered_map
 from .readers import ReadStats, expand_inputs, read_documents, strip_markup
 from .shards import ShardError, ShardWriter, dtype_for_vocab, read_header, write_meta
 from .split import SPLITS
+from .utf8 import utf8_len, utf8_pieces
 
 __all__ = ["prepare_text", "tokenize_splits", "DOC_SEPARATOR", "DEFAULT_MAX_MEMORY_MB"]
 
@@ -78,7 +79,7 @@ def _clean_batch(batch):
     texts = [strip_markup(t, m) for t, m in zip(*batch)]
     texts = [t for t, m in zip(texts, batch[1]) if m != "wikitext" or t.strip()]
     kept, counts = clean_many(texts, cfg)
-    lens = np.array([(len(t), len(t.encode("utf-8"))) for t in kept], np.int64).reshape(-1, 2)
+    lens = np.array([(len(t), utf8_len(t)) for t in kept], np.int64).reshape(-1, 2)
     keys = np.fromiter((doc_hash(t) for t in kept), np.uint64, len(kept))
     sigs = minhash(kept) if minhash is not None and kept else None
     bands = band_keys(sigs, NearDupIndex.BANDS) if sigs is not None else None
@@ -108,18 +109,18 @@ class _SplitWriter:
         self.info = {s: {"documents": 0, "chars": 0, "bytes": 0} for s in SPLITS}
         self.tail: List[tuple] = []        # (offset, text) of the last two train documents
 
-    def write(self, split: str, text: str, data: Optional[bytes] = None):
+    def write(self, split: str, text: str):
         f, info = self.files[split], self.info[split]
-        data = text.encode("utf-8") if data is None else data
         if info["documents"]:
             f.write(self.SEP)
         if split == "train":
             offset = info["bytes"] + len(self.SEP) * info["documents"]
             self.tail = (self.tail + [(offset, text)])[-2:]
-        f.write(data)
+        for piece in utf8_pieces(text):          # a long document is never encoded whole
+            f.write(piece)
+            info["bytes"] += len(piece)
         info["documents"] += 1
         info["chars"] += len(text)
-        info["bytes"] += len(data)
 
     def ensure_nonempty(self, ratios):
         """A small corpus may hash no document into valid or test: give each the last train one."""
@@ -127,15 +128,14 @@ class _SplitWriter:
             train = self.info["train"]
             if r > 0 and not self.info[s]["documents"] and train["documents"] >= 3 and self.tail:
                 off, text = self.tail.pop()
-                data = text.encode("utf-8")
                 f = self.files["train"]
                 f.flush()
                 f.truncate(off - len(self.SEP) if train["documents"] > 1 else 0)
                 f.seek(0, os.SEEK_END)
                 train["documents"] -= 1
                 train["chars"] -= len(text)
-                train["bytes"] -= len(data)
-                self.write(s, text, data)
+                train["bytes"] -= utf8_len(text)
+                self.write(s, text)
 
     def commit(self):
         for s, f in self.files.items():
@@ -156,12 +156,15 @@ def prepare_text(inputs: Optional[Sequence[str]] = None, sources: Optional[Seque
                  ratios=(0.98, 0.01, 0.01), seed: int = 1234, text_field: str = "text",
                  force: bool = False, log=print, num_proc: Optional[int] = None,
                  max_memory_mb: float = DEFAULT_MAX_MEMORY_MB, engine: str = "local",
-                 engine_address: Optional[str] = None) -> Dict:
+                 engine_address: Optional[str] = None, encoding: Optional[str] = None) -> Dict:
     """Run the text stage; returns the processed meta dict (also written to out_dir/meta.json).
 
     num_proc: worker processes (default: every core); engine: "local" (process pool) or "dask"
     (engine_address = a Dask scheduler, else a local Dask cluster); max_memory_mb sizes the
-    in-flight batches. The output is the same whatever these three are."""
+    in-flight batches. The output is the same whatever these three are. encoding: the input
+    files' text encoding (default: found per file, see readers.py). A failed run leaves the
+    output as it was: the splits are renamed into place at the end, and a directory it made is
+    removed."""
     from .sources import DEFAULT_SOURCES, obtain_sources
 
     clean = clean or CleanConfig()
@@ -175,6 +178,8 @@ def prepare_text(inputs: Optional[Sequence[str]] = None, sources: Optional[Seque
         source = {"debian_packages": names, "licences": [str(Path(raw_dir) / f"{n}.copyright") for n in names]}
     config = {"source": source, "files": _input_signature(files), "clean": clean.to_dict(),
               "ratios": list(ratios), "seed": seed, "split_method": SPLIT_METHOD, "text_field": text_field}
+    if encoding:
+        config["encoding"] = encoding
     meta_path = out_dir / PROCESSED_META
     if not force and meta_path.is_file() and all((out_dir / f"{s}.txt").is_file() for s in SPLITS):
         old = json.loads(meta_path.read_text(encoding="utf-8"))
@@ -191,45 +196,47 @@ def prepare_text(inputs: Optional[Sequence[str]] = None, sources: Optional[Seque
     names = step_names(clean)
     counts = np.zeros((len(names), 3), np.int64)
     exact = ExactDupIndex() if clean.dedup else None
-    out_dir.mkdir(parents=True, exist_ok=True)
-    near = NearDupIndex(clean.near_dup_threshold, tmp_dir=str(out_dir)) if clean.near_dedup else None
-    writer = _SplitWriter(out_dir)
-    try:
-        docs = read_documents(files, text_field=text_field, stats=rstats, raw_markup=True)
-        for c, kept, lens, keys, sigs in ordered_map(_clean_batch, _batches(docs, batch_bytes), num_proc,
-                                               inflight, engine, engine_address, _clean_init, (clean.to_dict(),)):
-            counts[:4] += c
-            row = 4
-            mask = np.ones(len(kept), bool)
-            if exact is not None:
-                mask = exact.keep(keys)
-                counts[row] += (mask.sum(), *lens[mask].sum(axis=0))
-                row += 1
-            if near is not None and mask.any():
+    with created_directory(out_dir):
+        near = NearDupIndex(clean.near_dup_threshold, tmp_dir=str(out_dir)) if clean.near_dedup else None
+        writer = _SplitWriter(out_dir)
+        try:
+            docs = read_documents(files, text_field=text_field, stats=rstats, raw_markup=True,
+                                  encoding=encoding)
+            for c, kept, lens, keys, sigs in ordered_map(_clean_batch, _batches(docs, batch_bytes), num_proc,
+                                                   inflight, engine, engine_address, _clean_init, (clean.to_dict(),)):
+                counts[:4] += c
+                row = 4
+                mask = np.ones(len(kept), bool)
+                if exact is not None:
+                    mask = exact.keep(keys)
+                    counts[row] += (mask.sum(), *lens[mask].sum(axis=0))
+                    row += 1
+                if near is not None and mask.any():
+                    idx = np.flatnonzero(mask)
+                    mask[idx] = near.keep(sigs[0][idx], sigs[1][idx])
+                    counts[row] += (mask.sum(), *lens[mask].sum(axis=0))
                 idx = np.flatnonzero(mask)
-                mask[idx] = near.keep(sigs[0][idx], sigs[1][idx])
-                counts[row] += (mask.sum(), *lens[mask].sum(axis=0))
-            idx = np.flatnonzero(mask)
-            for i, sp in zip(idx.tolist(), _split_of(keys[idx], ratios, seed).tolist()):
-                writer.write(SPLITS[sp], kept[i])
-        log(f"[prepare] {rstats.summary()}")
-        cstats = CleanStats([(n, *map(int, c)) for n, c in zip(names, counts)])
-        log("[prepare] cleaning:\n" + cstats.table())
-        cstats.check()
-        writer.ensure_nonempty(ratios)
-        writer.commit()
-    except BaseException:
-        writer.abort()
-        raise
-    finally:
-        if near is not None:
-            near.close()
-    dedup_mb = ((exact.nbytes if exact else 0) + (near.nbytes if near else 0)) / 2 ** 20
-    meta = {"config": config, "read": {"files": rstats.files, "documents": rstats.documents,
-                                       "empty_files": rstats.empty_files, "invalid_utf8": rstats.invalid_utf8},
-            "clean_steps": cstats.to_list(), "splits": writer.info, "split_seed": seed,
-            "seconds": round(time.perf_counter() - t0, 2)}
-    atomic_write_text(meta_path, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+                for i, sp in zip(idx.tolist(), _split_of(keys[idx], ratios, seed).tolist()):
+                    writer.write(SPLITS[sp], kept[i])
+            log(f"[prepare] {rstats.summary()}")
+            cstats = CleanStats([(n, *map(int, c)) for n, c in zip(names, counts)])
+            log("[prepare] cleaning:\n" + cstats.table())
+            cstats.check()
+            writer.ensure_nonempty(ratios)
+            writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+        finally:
+            if near is not None:
+                near.close()
+        dedup_mb = ((exact.nbytes if exact else 0) + (near.nbytes if near else 0)) / 2 ** 20
+        meta = {"config": config, "read": {"files": rstats.files, "documents": rstats.documents,
+                                           "empty_files": rstats.empty_files, "invalid_utf8": rstats.invalid_utf8,
+                                           "encodings": rstats.encodings},
+                "clean_steps": cstats.to_list(), "splits": writer.info, "split_seed": seed,
+                "seconds": round(time.perf_counter() - t0, 2)}
+        atomic_write_text(meta_path, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
     log("[prepare] " + ", ".join(f"{s}: {v['documents']:,} docs {v['bytes'] / 1e6:.2f} MB" for s, v in writer.info.items())
         + f" -> {out_dir} ({num_proc} workers, {engine}; dedup state {dedup_mb:.1f} MB)")
     return meta
@@ -355,54 +362,54 @@ def tokenize_splits(tokenizer_path, processed_dir="data/processed", out_dir="dat
     pmeta_path = processed_dir / PROCESSED_META
     pmeta = json.loads(pmeta_path.read_text(encoding="utf-8")) if pmeta_path.is_file() else {}
     dtype = dtype_for_vocab(tok.vocab_size)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    jobs, plan = [], {}
-    for s in SPLITS:
-        path = processed_dir / f"{s}.txt"
-        if not path.is_file():
-            raise FileNotFoundError(f"{str(path)!r} not found; run the text stage first (scripts/prepare_data.py)")
-        plan[s] = []
-        for i, (a, b) in enumerate(_plan_chunks(path, max(1, int(shard_size_mb * 1e6)))):
-            out = out_dir / f"{s}_{i:05d}.bin"
-            plan[s].append(out.name)
-            jobs.append((str(path), a, b, str(out), dtype.name, force))
-        for stale in out_dir.glob(f"{s}_*.bin"):
-            if stale.name not in plan[s]:
-                stale.unlink()
-    jobs.sort(key=lambda j: j[1] - j[2])       # largest first: the last task is a short one
-    total = sum(b - a for _, a, b, *_ in jobs)
-    num_proc = max(1, min(num_proc or default_workers(), len(jobs) or 1))
-    t0 = time.perf_counter()
-    bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"tokenize ({num_proc} proc)", disable=not progress or not jobs)
-    done, encoded, kept = {}, 0, 0
-    for out_path, n, nbytes, size, written in ordered_map(_encode_chunk, jobs, num_proc, len(jobs) or 1,
-                                                          initializer=_worker_init, initargs=(str(tok.path),)):
-        done[Path(out_path).name] = (n, nbytes)
-        encoded += size if written else 0
-        kept += not written
-        bar.update(size)
-    bar.close()
-    seconds = time.perf_counter() - t0
-    if kept:
-        log(f"[tokens] {kept} shards already up to date, {len(jobs) - kept} written")
-    splits = {}
-    for s in SPLITS:
-        shards = [{"file": name, "tokens": done[name][0], "bytes": done[name][1]} for name in plan[s]]
-        splits[s] = {"tokens": sum(x["tokens"] for x in shards), "bytes": sum(x["bytes"] for x in shards),
-                     "documents": pmeta.get("splits", {}).get(s, {}).get("documents"), "shards": shards}
-    meta = {
-        "format": "kr-mini-llm token shards", "format_version": 1, "dtype": dtype.name, "header_bytes": 64,
-        "doc_format": "bos + tokens + eos per document",
-        "tokenizer": {"path": str(tok.path), "fingerprint": tok.fingerprint, "vocab_size": tok.vocab_size,
-                      "pad_id": tok.pad_id, "unk_id": tok.unk_id, "bos_id": tok.bos_id, "eos_id": tok.eos_id,
-                      "im_start_id": tok.im_start_id, "im_end_id": tok.im_end_id},
-        "source": pmeta.get("config", {}).get("source"), "split_seed": pmeta.get("split_seed"),
-        "splits": splits,
-    }
-    write_meta(out_dir, meta)
-    mbps = encoded / 1e6 / seconds if encoded and seconds > 0 else None
-    log("[tokens] " + ", ".join(f"{s}: {v['tokens']:,} tokens" for s, v in splits.items())
-        + (f"; {encoded / 1e6:.2f} MB in {seconds:.2f} s = {mbps:.2f} MB/s with {num_proc} processes" if encoded
-           else "; nothing to do") + f" -> {out_dir}")
+    with created_directory(out_dir):      # a failed run removes the directory it made
+        jobs, plan = [], {}
+        for s in SPLITS:
+            path = processed_dir / f"{s}.txt"
+            if not path.is_file():
+                raise FileNotFoundError(f"{str(path)!r} not found; run the text stage first (scripts/prepare_data.py)")
+            plan[s] = []
+            for i, (a, b) in enumerate(_plan_chunks(path, max(1, int(shard_size_mb * 1e6)))):
+                out = out_dir / f"{s}_{i:05d}.bin"
+                plan[s].append(out.name)
+                jobs.append((str(path), a, b, str(out), dtype.name, force))
+            for stale in out_dir.glob(f"{s}_*.bin"):
+                if stale.name not in plan[s]:
+                    stale.unlink()
+        jobs.sort(key=lambda j: j[1] - j[2])       # largest first: the last task is a short one
+        total = sum(b - a for _, a, b, *_ in jobs)
+        num_proc = max(1, min(num_proc or default_workers(), len(jobs) or 1))
+        t0 = time.perf_counter()
+        bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"tokenize ({num_proc} proc)", disable=not progress or not jobs)
+        done, encoded, kept = {}, 0, 0
+        for out_path, n, nbytes, size, written in ordered_map(_encode_chunk, jobs, num_proc, len(jobs) or 1,
+                                                              initializer=_worker_init, initargs=(str(tok.path),)):
+            done[Path(out_path).name] = (n, nbytes)
+            encoded += size if written else 0
+            kept += not written
+            bar.update(size)
+        bar.close()
+        seconds = time.perf_counter() - t0
+        if kept:
+            log(f"[tokens] {kept} shards already up to date, {len(jobs) - kept} written")
+        splits = {}
+        for s in SPLITS:
+            shards = [{"file": name, "tokens": done[name][0], "bytes": done[name][1]} for name in plan[s]]
+            splits[s] = {"tokens": sum(x["tokens"] for x in shards), "bytes": sum(x["bytes"] for x in shards),
+                         "documents": pmeta.get("splits", {}).get(s, {}).get("documents"), "shards": shards}
+        meta = {
+            "format": "kr-mini-llm token shards", "format_version": 1, "dtype": dtype.name, "header_bytes": 64,
+            "doc_format": "bos + tokens + eos per document",
+            "tokenizer": {"path": str(tok.path), "fingerprint": tok.fingerprint, "vocab_size": tok.vocab_size,
+                          "pad_id": tok.pad_id, "unk_id": tok.unk_id, "bos_id": tok.bos_id, "eos_id": tok.eos_id,
+                          "im_start_id": tok.im_start_id, "im_end_id": tok.im_end_id},
+            "source": pmeta.get("config", {}).get("source"), "split_seed": pmeta.get("split_seed"),
+            "splits": splits,
+        }
+        write_meta(out_dir, meta)
+        mbps = encoded / 1e6 / seconds if encoded and seconds > 0 else None
+        log("[tokens] " + ", ".join(f"{s}: {v['tokens']:,} tokens" for s, v in splits.items())
+            + (f"; {encoded / 1e6:.2f} MB in {seconds:.2f} s = {mbps:.2f} MB/s with {num_proc} processes" if encoded
+               else "; nothing to do") + f" -> {out_dir}")
     meta["timing"] = {"bytes": encoded, "seconds": seconds, "num_proc": num_proc, "mb_per_s": mbps}
     return meta

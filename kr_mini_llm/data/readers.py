@@ -11,9 +11,12 @@ Accepted inputs (files, directories, globs; directories are searched recursively
   *.html/*.htm             one document per file
   hf:NAME[:CONFIG][:SPLIT] a Hugging Face dataset (needs `datasets` and the network)
 
-No file is ever read whole (except an HTML page): text files by line, XML by element, Parquet by
-row batch. Invalid UTF-8 is replaced and counted in `ReadStats`, never fatal. A broken archive or
-a file of the wrong kind raises `BadInputFile` naming the file.
+No file is ever read whole (except an HTML page): text files by block, XML by element, Parquet by
+row batch. Each text file's encoding is found from its first bytes (encoding.py: BOM, UTF-8, else
+CP949/EUC-KR, UTF-16 or Johab) unless `encoding` names one, and noted in `ReadStats` when it is
+not plain UTF-8; a stray invalid byte sequence is replaced and counted there, never fatal. A
+broken archive, a file of the wrong kind or one whose encoding cannot be told raises
+`BadInputFile` naming the file. (XML and Parquet carry their own encoding.)
 """
 from __future__ import annotations
 
@@ -21,23 +24,25 @@ import bz2
 import glob
 import gzip
 import io
+import itertools
 import json
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Union
 
 from .cleaning import strip_html, strip_wikitext
+from .encoding import SNIFF_BYTES, Decoder, EncodingError, check_encoding, sniff
 
 __all__ = ["Document", "ReadStats", "InputError", "BadInputFile", "expand_inputs", "read_documents",
-           "read_file", "decode_utf8", "strip_markup"]
+           "read_file", "strip_markup"]
 
 TEXT_SUFFIXES = (".txt", ".jsonl", ".json", ".xml", ".xml.bz2", ".html", ".htm", ".parquet",
                  ".jsonl.gz", ".txt.gz", ".json.gz", ".jsonl.zst", ".txt.zst", ".json.zst")
 # A blank-line-free text file would otherwise make one document of the whole file: past this
-# size a document is cut at the next line break.
-MAX_DOC_BYTES = 16 << 20
+# many characters a document is cut at the next line break (a longer line: where it got to).
+MAX_DOC_CHARS = 16 << 20
 
 
 class InputError(FileNotFoundError):
@@ -68,32 +73,40 @@ def strip_markup(text: str, markup: Optional[str]) -> str:
 class ReadStats:
     files: int = 0
     documents: int = 0
-    invalid_utf8: int = 0                       # invalid byte sequences replaced
+    invalid_utf8: int = 0                       # invalid byte sequences replaced (in the file's encoding)
     files_with_invalid_utf8: List[str] = field(default_factory=list)
     empty_files: int = 0
+    encodings: Dict[str, str] = field(default_factory=dict)    # file -> encoding, for files not plain UTF-8
+    how: Dict[str, str] = field(default_factory=dict)          # file -> "BOM", "detected" or "--encoding"
+    SHOWN = 50                                  # files listed one per line in the summary
+
+    def note_encoding(self, name: str, encoding: str, how: str):
+        if encoding != "utf-8":
+            self.encodings[name], self.how[name] = encoding, how
+
+    def note_invalid(self, name: str, count: int):
+        if count:
+            self.invalid_utf8 += count
+            self.files_with_invalid_utf8.append(name)
 
     def summary(self) -> str:
         s = f"read {self.documents:,} documents from {self.files:,} files"
         if self.empty_files:
             s += f"; {self.empty_files} empty files"
         if self.invalid_utf8:
-            s += (f"; {self.invalid_utf8:,} invalid UTF-8 sequences replaced in "
-                  f"{len(self.files_with_invalid_utf8)} files (e.g. {self.files_with_invalid_utf8[0]})")
+            first = self.files_with_invalid_utf8[0]
+            s += (f"; {self.invalid_utf8:,} invalid {self.encodings.get(first, 'UTF-8')} sequences replaced in "
+                  f"{len(self.files_with_invalid_utf8)} files (e.g. {first})")
+        if self.encodings:
+            per = {}
+            for enc in self.encodings.values():
+                per[enc] = per.get(enc, 0) + 1
+            s += f"; {len(self.encodings)} files not in plain UTF-8 ({', '.join(f'{e}: {n}' for e, n in per.items())})"
+            for name, enc in list(self.encodings.items())[:self.SHOWN]:
+                s += f"\n  {name}: decoded as {enc} ({self.how[name]})"
+            if len(self.encodings) > self.SHOWN:
+                s += f"\n  ... and {len(self.encodings) - self.SHOWN} more"
         return s
-
-
-def decode_utf8(data: bytes, name: str = "", stats: Optional[ReadStats] = None) -> str:
-    """Decode UTF-8, replacing invalid sequences (counted in `stats`)."""
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        text = data.decode("utf-8", errors="replace")
-        bad = text.count("\ufffd") - data.count("\ufffd".encode("utf-8"))
-        if stats is not None and bad > 0:
-            stats.invalid_utf8 += bad
-            if not stats.files_with_invalid_utf8 or stats.files_with_invalid_utf8[-1] != name:
-                stats.files_with_invalid_utf8.append(name)
-        return text
 
 
 def _is_wikiextractor_file(p: Path) -> bool:
@@ -160,69 +173,147 @@ def _open_stream(p: Path):
     return open(p, "rb")
 
 
-def _lines(p: Path, stats: Optional[ReadStats]) -> Iterator[str]:
-    """Decoded lines (with their '\\n'), one at a time."""
+def _text_chunks(p: Path, stats: Optional[ReadStats], encoding: Optional[str]) -> Iterator[str]:
+    """The file's text, decoded a block at a time; its encoding is found from the first block
+    (unless `encoding` names it) and noted in `stats`."""
     with _open_stream(p) as f:
-        for raw in f:
-            yield decode_utf8(raw, str(p), stats)
+        block = f.read(SNIFF_BYTES)
+        while 0 < len(block) < SNIFF_BYTES:     # (a decompressor may return less than asked)
+            more = f.read(SNIFF_BYTES - len(block))
+            if not more:
+                break
+            block += more
+        if encoding is None:
+            enc, how = sniff(block, complete=len(block) < SNIFF_BYTES)
+        else:
+            enc, how = encoding, "--encoding"
+        if stats is not None and block:
+            stats.note_encoding(str(p), enc, how)
+        dec = Decoder(enc)
+        try:
+            while block:
+                text = dec.decode(block)
+                if text:
+                    yield text
+                block = f.read(_BLOCK)
+            text = dec.decode(b"", final=True)
+            if text:
+                yield text
+        finally:
+            if stats is not None:
+                stats.note_invalid(str(p), dec.errors)
 
 
-_BLANK_LINES_RE = re.compile(r"(\n\s*\n)")
+def _take(parts: List[str]) -> str:
+    """The pieces joined; the list is emptied, so a generator that yields this holds no copy."""
+    text = "".join(parts)
+    parts.clear()
+    return text
+
+
+def _lines(chunks: Iterator[str]) -> Iterator[str]:
+    """Lines (with their '\\n'; only '\\n' ends a line, as JSON Lines wants), one at a time."""
+    partial: List[str] = []
+    for chunk in chunks:
+        parts = chunk.split("\n")
+        if len(parts) == 1:
+            partial.append(chunk)
+            continue
+        partial.append(parts[0] + "\n")
+        yield _take(partial)
+        for line in parts[1:-1]:
+            yield line + "\n"
+        if parts[-1]:
+            partial.append(parts[-1])
+    if partial:
+        yield _take(partial)
+
+
+_BLANK_LINES_RE = re.compile(r"\n\s*\n")
+_LEADING_BLANK_RE = re.compile(r"\s*\n")      # blank lines at the start of a block
 _BLOCK = 1 << 20
 
 
-def _blank_line_docs(p: Path, stats: Optional[ReadStats]) -> Iterator[str]:
-    """Blocks of text separated by blank (whitespace-only) lines, read 1 MB at a time: each
-    block is cut at its last line break, and the last separator (it may go on in the next
-    block) with the text after it is carried over."""
-    carry = ""
-    with _open_stream(p) as f:
-        tail = b""
-        while True:
-            block = f.read(_BLOCK)
-            data = tail + block
-            if block:
-                cut = data.rfind(b"\n") + 1
-                data, tail = data[:cut], data[cut:]
-            else:
-                tail = b""
-            text = carry + decode_utf8(data, str(p), stats)
-            parts = _BLANK_LINES_RE.split(text)     # doc, separator, doc, ..., doc
-            if block and len(parts) > 1:
-                carry = parts[-2] + parts[-1]
-                parts = parts[:-2:2]
-            elif block:
-                carry, parts = text, []
-            else:
-                carry, parts = "", parts[::2]
-            if len(carry) > MAX_DOC_BYTES:          # no blank line for too long: cut at a line
-                cut = carry.rfind("\n")
-                cut = cut if cut > 0 else len(carry)
-                parts.append(carry[:cut])
-                carry = carry[cut + 1:]
-            for part in parts:
-                if part.strip():
-                    yield part.strip("\r\n")
-            if not block:
-                if carry.strip():
-                    yield carry.strip("\r\n")
-                return
+def _line_blocks(chunks: Iterator[str]) -> Iterator[str]:
+    """The text in blocks that end at a line break (but the last), a line longer than
+    MAX_DOC_CHARS cut where it got to; pieces are joined once, never re-copied as they grow."""
+    partial: List[str] = []
+    size = 0
+    for chunk in chunks:
+        cut = chunk.rfind("\n") + 1
+        if cut:
+            partial.append(chunk[:cut])
+            yield _take(partial)
+            if cut < len(chunk):
+                partial.append(chunk[cut:])
+            size = len(chunk) - cut
+        else:
+            partial.append(chunk)
+            size += len(chunk)
+            if size > MAX_DOC_CHARS:
+                yield _take(partial)
+                size = 0
+    if partial:
+        yield _take(partial)
+
+
+def _joined(doc: List[str]) -> str:
+    """The pieces of a document, without its leading and trailing line breaks (the big middle
+    piece is not copied twice)."""
+    if doc:
+        doc[0] = doc[0].lstrip("\r\n")
+        doc[-1] = doc[-1].rstrip("\r\n")
+    return _take(doc)
+
+
+def _blank_line_docs(chunks: Iterator[str]) -> Iterator[str]:
+    """Documents separated by blank (whitespace-only) lines. A separator may begin at the end of
+    one block and go on at the start of the next; a document past MAX_DOC_CHARS is cut there."""
+    doc: List[str] = []
+    size = 0
+    for block in _line_blocks(chunks):
+        if doc and (doc[-1].endswith("\n") or doc == [""]):      # after a line break or a separator
+            m = _LEADING_BLANK_RE.match(block)
+            if m:
+                yield from _nonblank(_joined(doc))
+                doc, size, block = [], 0, block[m.end():]
+        parts = _BLANK_LINES_RE.split(block)            # doc, doc, ..., doc
+        doc.append(parts[0])
+        size += len(parts[0])
+        if len(parts) > 1:
+            yield from _nonblank(_joined(doc))
+            for part in parts[1:-1]:
+                yield from _nonblank(part.strip("\r\n"))
+            doc, size = [parts[-1]], len(parts[-1])
+        if size > MAX_DOC_CHARS:
+            yield from _nonblank(_joined(doc))
+            doc, size = [], 0
+    yield from _nonblank(_joined(doc))
+
+
+def _nonblank(text: str) -> Iterator[str]:
+    if text and not text.isspace():
+        yield text
 
 
 def _read_jsonl(lines: Iterator[str], p: Path, text_field: str) -> Iterator[str]:
-    for lineno, line in enumerate(lines, 1):
-        line = line.strip()
-        if not line:
+    lineno = 0
+    for line in lines:                      # (not enumerate: its reused tuple would hold the last line)
+        lineno += 1
+        if not line or line.isspace():
             continue
         try:
-            obj = json.loads(line)
+            obj = json.loads(line)          # (JSON allows the whitespace around: no stripped copy)
         except json.JSONDecodeError as e:
             raise BadInputFile(f"{p}:{lineno}: not valid JSON ({e.msg})") from None
+        del line                            # a long record is not held twice while it is used
         if not isinstance(obj, dict) or text_field not in obj:
             keys = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
             raise BadInputFile(f"{p}:{lineno}: no {text_field!r} field (found {keys}); pass --text_field")
-        if isinstance(obj[text_field], str):
-            yield obj[text_field]
+        text = obj.pop(text_field)
+        del obj
+        if isinstance(text, str):
+            yield text
 
 
 _HTML_TAG_RE = re.compile(r"</?[a-zA-Z][a-zA-Z0-9]*(\s[^<>]*)?/?>")
@@ -296,18 +387,18 @@ def _read_parquet(p: Path, text_field: str) -> Iterator[str]:
                 yield t
 
 
-def _peek(p: Path, n: int = 4096) -> str:
-    """The file's first non-blank characters ('' for a blank file)."""
-    with _open_stream(p) as f:
-        while True:
-            block = f.read(n)
-            if not block:
-                return ""
-            if block.strip():
-                return block.decode("utf-8", errors="replace").lstrip()
+def _peek(chunks: Iterator[str]):
+    """(the text's first non-blank characters, '' for a blank file; the same chunks, unconsumed)."""
+    seen: List[str] = []
+    for chunk in chunks:
+        seen.append(chunk)
+        head = chunk.lstrip()
+        if head:
+            return head[:4096], itertools.chain(seen, chunks)
+    return "", iter(seen)
 
 
-def _read_raw(p: Path, text_field: str, stats: Optional[ReadStats]) -> Iterator[Document]:
+def _read_raw(p: Path, text_field: str, stats: Optional[ReadStats], encoding: Optional[str]) -> Iterator[Document]:
     name = p.name.lower()
     src = str(p)
     if name.endswith((".xml", ".xml.bz2")):
@@ -318,28 +409,28 @@ def _read_raw(p: Path, text_field: str, stats: Optional[ReadStats]) -> Iterator[
         for t in _read_parquet(p, text_field):
             yield Document(t, src, "html?")
         return
+    chunks = _text_chunks(p, stats, encoding)
     if name.endswith((".html", ".htm")):
-        with open(p, "rb") as f:
-            text = decode_utf8(f.read(), src, stats)
+        text = "".join(chunks)
         if text.strip():
             yield Document(text, src, "html")
         elif stats is not None:
             stats.empty_files += 1
         return
-    head = _peek(p)
-    if not head.strip():
+    head, chunks = _peek(chunks)
+    if not head:
         if stats is not None:
             stats.empty_files += 1
         return
     if name.endswith((".jsonl", ".json", ".jsonl.gz", ".json.gz", ".jsonl.zst", ".json.zst")) or (
             _is_wikiextractor_file(p) and head.startswith("{")):
-        for t in _read_jsonl(_lines(p, stats), p, text_field):
+        for t in _read_jsonl(_lines(chunks), p, text_field):
             yield Document(t, src, "html?")
     elif _is_wikiextractor_file(p) or head.startswith("<doc "):
-        for t in _read_wikiextractor(_lines(p, stats)):
+        for t in _read_wikiextractor(_lines(chunks)):
             yield Document(t, src, "html")
     else:
-        for t in _blank_line_docs(p, stats):
+        for t in _blank_line_docs(chunks):
             yield Document(t, src, None)
 
 
@@ -379,23 +470,28 @@ def _read_errors():
     return tuple(errs)
 
 
-def read_raw_file(p: Path, text_field: str = "text", stats: Optional[ReadStats] = None) -> Iterator[Document]:
-    """Documents of one file with their markup still in place (see `strip_markup`)."""
+def read_raw_file(p: Path, text_field: str = "text", stats: Optional[ReadStats] = None,
+                  encoding: Optional[str] = None) -> Iterator[Document]:
+    """Documents of one file with their markup still in place (see `strip_markup`); `encoding`
+    None finds each file's encoding."""
     p = Path(p)
     errors = _read_errors()
     try:
-        yield from _read_raw(p, text_field, stats)
+        yield from _read_raw(p, text_field, stats, encoding)
     except BadInputFile:
         raise
+    except EncodingError as e:
+        raise BadInputFile(f"{p}: {e}") from None
     except FileNotFoundError:
         raise InputError(f"{p}: no such file") from None
     except errors as e:
         raise BadInputFile(_describe(p, e)) from None
 
 
-def read_file(p: Path, text_field: str = "text", stats: Optional[ReadStats] = None) -> Iterator[str]:
+def read_file(p: Path, text_field: str = "text", stats: Optional[ReadStats] = None,
+              encoding: Optional[str] = None) -> Iterator[str]:
     """Documents (markup stripped, not yet normalised) from one file."""
-    for d in read_raw_file(p, text_field, stats):
+    for d in read_raw_file(p, text_field, stats, encoding):
         t = strip_markup(d.text, d.markup)
         if d.markup != "wikitext" or t.strip():
             yield t
@@ -418,17 +514,20 @@ def _read_hf(spec: str, text_field: str) -> Iterator[str]:
 
 
 def read_documents(inputs, text_field: str = "text", stats: Optional[ReadStats] = None,
-                   raw_markup: bool = False) -> Iterator[Document]:
-    """Documents from every input, streamed. `stats` (a ReadStats) collects counts and invalid
-    UTF-8. With `raw_markup` the markup is left in place and named in `Document.markup` (the
-    pipeline strips it in its worker processes)."""
+                   raw_markup: bool = False, encoding: Optional[str] = None) -> Iterator[Document]:
+    """Documents from every input, streamed. `stats` (a ReadStats) collects counts, encodings
+    and invalid sequences. With `raw_markup` the markup is left in place and named in
+    `Document.markup` (the pipeline strips it in its worker processes). `encoding` (e.g. "cp949")
+    is every text file's encoding; None finds each file's own."""
     stats = stats if stats is not None else ReadStats()
+    if encoding is not None:
+        check_encoding(encoding)
     for item in expand_inputs(inputs):
         stats.files += 1
         if isinstance(item, str):
             docs = (Document(t, item) for t in _read_hf(item, text_field))
         else:
-            docs = read_raw_file(item, text_field, stats)
+            docs = read_raw_file(item, text_field, stats, encoding)
         for d in docs:
             if not raw_markup:
                 t = strip_markup(d.text, d.markup)

@@ -93,6 +93,26 @@ def staged_directory(final: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextmanager
+def created_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """Makes the directory `path` (and its missing parents) for the block; if the block fails,
+    the directories it made are removed with what was put in them, and one that existed before
+    is left as it was: a failed command leaves nothing behind that it created."""
+    path = Path(path)
+    made = None                          # the outermost directory made here
+    for p in (path, *path.parents):
+        if p.exists():
+            break
+        made = p
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield path
+    except BaseException:
+        if made is not None:
+            remove_directory(made)
+        raise
+
+
 def remove_directory(path: Path) -> None:
     """Renames `path` to a hidden `.NAME.deleting`, then deletes it: it disappears under its name at
     once, and a crash during the deletion leaves only a hidden leftover."""

@@ -146,3 +146,31 @@ def test_memory_does_not_grow_with_the_input(tmp_path):
         peaks.append(int(r.stdout.split()[-1]))
     # the in-memory pipeline grew by ~9x the added input; streaming by the dedup state only
     assert peaks[1] - peaks[0] < 0.2 * (sizes[1] - sizes[0]), (peaks, sizes)
+
+
+_GROWTH = """
+import resource, sys, types
+pkg = types.ModuleType("kr_mini_llm")
+pkg.__path__ = [sys.argv[3]]
+sys.modules["kr_mini_llm"] = pkg
+from kr_mini_llm.data.pipeline import prepare_text
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+prepare_text(inputs=[sys.argv[1]], out_dir=sys.argv[2], num_proc=1, log=lambda *a: None)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+"""
+
+
+@pytest.mark.parametrize("name", ["one_line.txt", "one_record.jsonl"])
+def test_one_long_document_costs_a_small_multiple_of_its_size(tmp_path, name):
+    """A single 12 MB document (one line of text, one JSON record): the text stage's peak memory
+    grows by less than 6x its size (every copy made while cleaning, hashing and writing counts)."""
+    rng = random.Random(1)
+    text = " ".join(korean_doc(rng, paragraphs=1, sentences=1) + f" {i}" for i in range(160_000))
+    f = tmp_path / name
+    f.write_text(json.dumps({"text": text}, ensure_ascii=False) if name.endswith(".jsonl") else text, encoding="utf-8")
+    size = f.stat().st_size
+    r = subprocess.run([sys.executable, "-c", _GROWTH, str(f), str(tmp_path / "out"), str(REPO / "kr_mini_llm")],
+                       capture_output=True, text=True, cwd=REPO, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0, r.stderr
+    growth = int(r.stdout.split()[-1])
+    assert size > 10e6 and growth < 6 * size, (growth / size, size)
