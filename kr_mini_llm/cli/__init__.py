@@ -29,6 +29,7 @@ COMMANDS = {
     "export": Command("kr_mini_llm.cli.export", "export.py", "export to GGUF (llama.cpp, Ollama) or HF"),
     "quantize": Command("kr_mini_llm.cli.quantize", "quantize.py", "pack weights as int8 or bf16 for CPU inference"),
     "serve": Command("kr_mini_llm.serve.cli", "serve.py", "serve a model over an OpenAI-compatible HTTP API"),
+    "sweep": Command("kr_mini_llm.cli.sweep", "sweep.py", "search training settings with Optuna (timed trials, pruning)"),
     "evaluate": Command("kr_mini_llm.cli.evaluate", "evaluate.py", "test loss, tokenizer, speed and samples of models"),
     "bench": Command("kr_mini_llm.cli.bench", "bench_*.py", "run a benchmark (scripts/bench_*.py)"),
 }
