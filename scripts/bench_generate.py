@@ -51,8 +51,11 @@ MATCH = {"fp32": "f32", "bf16": "bf16", "int8": "q8_0"}  # our dtype -> llama.cp
 
 
 class _Ids:
-    """The Generator needs only eos_id from a tokenizer when fed token ids."""
+    """The Generator needs only eos_id and the piece count from a tokenizer when fed token ids."""
     eos_id = -1
+
+    def __init__(self, vocab_size: int):
+        self.vocab_size = vocab_size
 
 
 def triad_gbs(threads: int, mib: int = 256, repeats: int = 7) -> float:
@@ -232,12 +235,12 @@ def main():
             kind, dt = impl.split("-")
             if kind == "ours" and dt in OURS:
                 model = DecodeModel.from_transformer(base, dt)
-                gen = Generator(model, _Ids(), "cpu")
+                gen = Generator(model, _Ids(config.vocab_size), "cpu")
                 contenders[impl] = (lambda g=gen: (lambda pr: run_ours(g, pr, args.new_tokens)))()
                 weight_bytes[impl] = sum(t.nbytes for k, t in model.state_dict().items() if k != "embed_tokens.weight"
                                          or config.tie_word_embeddings)
             elif impl == "ours-nn":
-                gen = Generator(base, _Ids(), "cpu")
+                gen = Generator(base, _Ids(config.vocab_size), "cpu")
                 contenders[impl] = (lambda g=gen: (lambda pr: run_ours(g, pr, args.new_tokens)))()
                 weight_bytes[impl] = sum(p.nbytes for p in base.parameters())
             elif kind == "hf":

@@ -71,6 +71,7 @@ def perplexity(model: DecodeModel, ids: torch.Tensor, window: int, step: int | N
 def greedy(model: DecodeModel, prompts, new_tokens):
     class _Ids:
         eos_id = -1
+        vocab_size = model.config.vocab_size
 
     steps = list(Generator(model, _Ids(), "cpu").generate_ids(prompts, new_tokens, stop_at_eos=False))
     return [[s[b] for s in steps] for b in range(len(prompts))]
