@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import codecs
 import threading
-from typing import Optional, Tuple
+from typing import Tuple
 
 __all__ = ["EncodingError", "KOREAN_ENCODINGS", "check_encoding", "sniff", "Decoder", "is_plain_utf8"]
 
