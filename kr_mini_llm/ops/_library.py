@@ -1,5 +1,6 @@
 """Loads the native library and the helpers every op module uses to register itself."""
 import contextlib
+import functools
 import os
 import warnings
 
@@ -26,6 +27,38 @@ _FALLBACKS: dict = {}
 _cpu_override = None
 # KR_MINI_LLM_OPS=fallback sends the CPU through the fallbacks from import on.
 ENV_SWITCH = "KR_MINI_LLM_OPS"
+
+
+def register_fake(name: str):
+    """torch.library.register_fake for op `name`, refusing a call that mixes meta tensors with real
+    ones: the dispatcher sends such a call to the fake kernel (meta wins), which would hand back an
+    uninitialised tensor on the real device instead of an error."""
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def checked(*args, **kwargs):
+            devices = {t.device.type for t in _tensors((args, kwargs))}
+            if "meta" in devices and len(devices) > 1:
+                raise ValueError(f"{name}: its tensors are on {' and '.join(sorted(devices))}; put them all on "
+                                 "one device")
+            return fn(*args, **kwargs)
+
+        torch.library.register_fake(qualname(name))(checked)
+        return fn
+
+    return wrap
+
+
+def _tensors(obj):
+    """The tensors in nested lists, tuples and dicts of arguments."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (list, tuple)):
+        for item in obj:
+            yield from _tensors(item)
+    elif isinstance(obj, dict):
+        for item in obj.values():
+            yield from _tensors(item)
 
 
 def register_fallback(name: str, path: str):

@@ -9,7 +9,7 @@ from typing import Optional
 import torch
 
 from ._device_attention import blocked_backward, blocked_lse, sdpa
-from ._library import acc_dtype, ops, qualname, register_fallback
+from ._library import acc_dtype, ops, qualname, register_fake, register_fallback
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True,
@@ -87,14 +87,14 @@ def _attention_backward_fallback(grad_out, q, k, v, out, lse, causal, scale):
     return blocked_backward(grad_out, q, k, v, out, lse, causal, scale)
 
 
-@torch.library.register_fake(qualname("attention"))
+@register_fake("attention")
 def _attention_fake(q, k, v, causal, scale):
     _check(q, k, v, causal)
     B, Tq, Hq, D = q.shape
     return (q.new_empty((B, Tq, Hq, D)), q.new_empty((B, Hq, Tq), dtype=acc_dtype(q.dtype)))
 
 
-@torch.library.register_fake(qualname("attention_backward"))
+@register_fake("attention_backward")
 def _attention_backward_fake(grad_out, q, k, v, out, lse, causal, scale):
     _check(q, k, v, causal, "attention_backward")
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)

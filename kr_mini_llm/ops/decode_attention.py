@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 
 from ._device_attention import sdpa_decode
-from ._library import acc_dtype, ops, qualname, register_fallback
+from ._library import acc_dtype, ops, qualname, register_fake, register_fallback
 from .rms_norm import rms_norm_reference
 from .rotary import rotary_reference
 
@@ -238,7 +238,7 @@ def _decode_attention_step_fallback(qkv, q_norm, k_norm, eps, cos, sin, k_cache,
     return _step(parts, qkv, q_norm, k_norm, eps, cos, sin, k_cache, v_cache, cache_lens, num_heads)
 
 
-@torch.library.register_fake(qualname("decode_attention"))
+@register_fake("decode_attention")
 def _decode_attention_fake(q, k_cache, v_cache, cache_lens, scale):
     torch._check(q.dim() == 4 and k_cache.dim() == 4 and v_cache.dim() == 4,
                  lambda: "decode_attention: q must be [B, S, Hq, D] and the caches [B, Tmax, Hkv, D]")
@@ -253,7 +253,7 @@ def _decode_attention_fake(q, k_cache, v_cache, cache_lens, scale):
     return q.new_empty(q.shape)
 
 
-@torch.library.register_fake(qualname("kv_cache_append"))
+@register_fake("kv_cache_append")
 def _kv_cache_append_fake(k_cache, v_cache, k_new, v_new, cache_lens):
     torch._check(k_cache.dim() == 4 and k_new.dim() == 4 and k_cache.shape == v_cache.shape,
                  lambda: "kv_cache_append: the caches must be [B, Tmax, Hkv, D], k_new [B, S, Hkv, D]")
@@ -265,7 +265,7 @@ def _kv_cache_append_fake(k_cache, v_cache, k_new, v_new, cache_lens):
     return None
 
 
-@torch.library.register_fake(qualname("decode_attention_step"))
+@register_fake("decode_attention_step")
 def _decode_attention_step_fake(qkv, q_norm, k_norm, eps, cos, sin, k_cache, v_cache, cache_lens, num_heads):
     torch._check(qkv.dim() == 3 and k_cache.dim() == 4 and k_cache.shape == v_cache.shape,
                  lambda: "decode_attention_step: qkv must be [B, S, (Hq + 2 Hkv) * D], the caches [B, Tmax, Hkv, D]")

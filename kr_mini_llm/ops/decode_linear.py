@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._library import ops, qualname, register_fallback
+from ._library import ops, qualname, register_fake, register_fallback
 
 WEIGHT_DTYPES = (torch.float32, torch.bfloat16, torch.int8)
 
@@ -164,24 +164,24 @@ def _check(op, x, weight, scales, residual=None, swiglu=False):
     return out
 
 
-@register_fallback("decode_linear")
+@register_fallback("decode_linear", "dequantize+linear")
 def _decode_linear_fallback(x, weight, scales=None, residual=None):
     _check("decode_linear", x, weight, scales, residual)
     return decode_linear_reference(x, weight, scales, residual).contiguous()
 
 
-@register_fallback("decode_linear_swiglu")
+@register_fallback("decode_linear_swiglu", "dequantize+linear")
 def _decode_linear_swiglu_fallback(x, weight, scales=None):
     _check("decode_linear_swiglu", x, weight, scales, swiglu=True)
     return decode_linear_swiglu_reference(x, weight, scales).contiguous()
 
 
-@torch.library.register_fake(qualname("decode_linear"))
+@register_fake("decode_linear")
 def _decode_linear_fake(x, weight, scales=None, residual=None):
     return x.new_empty(_check("decode_linear", x, weight, scales, residual))
 
 
-@torch.library.register_fake(qualname("decode_linear_swiglu"))
+@register_fake("decode_linear_swiglu")
 def _decode_linear_swiglu_fake(x, weight, scales=None):
     return x.new_empty(_check("decode_linear_swiglu", x, weight, scales, swiglu=True))
 

@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ._library import acc_dtype, ops, qualname, register_fallback
+from ._library import acc_dtype, ops, qualname, register_fake, register_fallback
 
 _REDUCTIONS = ("mean", "sum", "none")
 # Default chunk (rows): 1/8 of N, and at least ~32 MB of fp32 logits, within [16, 4096] rows.
@@ -216,20 +216,20 @@ def _check_shapes(hidden, weight, targets, op):
                  lambda: f"{op}: targets must be [N] = [{hidden.shape[0]}], got {tuple(targets.shape)}")
 
 
-@torch.library.register_fake(qualname("linear_cross_entropy"))
+@register_fake("linear_cross_entropy")
 def _linear_cross_entropy_fake(hidden, weight, targets, ignore_index, chunk_size):
     _check_shapes(hidden, weight, targets, "linear_cross_entropy")
     acc = acc_dtype(hidden.dtype)
     return hidden.new_empty(hidden.shape[0], dtype=acc), hidden.new_empty(hidden.shape[0], dtype=acc)
 
 
-@torch.library.register_fake(qualname("linear_cross_entropy_backward"))
+@register_fake("linear_cross_entropy_backward")
 def _linear_cross_entropy_backward_fake(grad_losses, hidden, weight, targets, lse, ignore_index, chunk_size):
     _check_shapes(hidden, weight, targets, "linear_cross_entropy_backward")
     return torch.empty_like(hidden), torch.empty_like(weight)
 
 
-@torch.library.register_fake(qualname("linear_cross_entropy_and_grad"))
+@register_fake("linear_cross_entropy_and_grad")
 def _linear_cross_entropy_and_grad_fake(hidden, weight, targets, ignore_index, chunk_size, mean,
                                         need_grad_hidden, need_grad_weight):
     _check_shapes(hidden, weight, targets, "linear_cross_entropy_and_grad")

@@ -1,7 +1,7 @@
 """RMSNorm: y = x / sqrt(mean(x^2, -1) + eps) * weight."""
 import torch
 
-from ._library import acc_dtype, ops, qualname, register_fallback
+from ._library import acc_dtype, ops, qualname, register_fake, register_fallback
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -44,14 +44,14 @@ def _rms_norm_backward_fallback(grad_y, x, weight, rstd):
     return grad_x.to(x.dtype), grad_w.to(weight.dtype)
 
 
-@torch.library.register_fake(qualname("rms_norm"))
+@register_fake("rms_norm")
 def _rms_norm_fake(x, weight, eps):
     torch._check(weight.dim() == 1 and weight.shape[0] == x.shape[-1],
                  lambda: f"rms_norm: weight must be [C] = [{x.shape[-1]}], got {tuple(weight.shape)}")
     return torch.empty_like(x), x.new_empty(x.shape[:-1], dtype=acc_dtype(x.dtype))
 
 
-@torch.library.register_fake(qualname("rms_norm_backward"))
+@register_fake("rms_norm_backward")
 def _rms_norm_backward_fake(grad_y, x, weight, rstd):
     return torch.empty_like(x), torch.empty_like(weight)
 

@@ -10,7 +10,7 @@ functions of positions, not parameters; a cos/sin that requires grad gets None.
 """
 import torch
 
-from ._library import acc_dtype, ops, qualname, register_fallback
+from ._library import acc_dtype, ops, qualname, register_fake, register_fallback
 from .rope import rope_inv_freq, rope_tables  # noqa: F401  (re-exported)
 
 
@@ -69,13 +69,13 @@ def _rotary_backward_fallback(grad_out, cos, sin):
     return _rotate(grad_out, cos, -sin.to(acc_dtype(grad_out.dtype)))
 
 
-@torch.library.register_fake(qualname("rotary"))
+@register_fake("rotary")
 def _rotary_fake(x, cos, sin):
     _check(x, cos, sin)
     return x.new_empty(x.shape)
 
 
-@torch.library.register_fake(qualname("rotary_backward"))
+@register_fake("rotary_backward")
 def _rotary_backward_fake(grad_out, cos, sin):
     _check(grad_out, cos, sin, "rotary_backward", "grad_out")
     return grad_out.new_empty(grad_out.shape)

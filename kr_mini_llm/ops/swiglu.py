@@ -7,7 +7,7 @@ gate/up may be strided views (the halves of a fused gate_up projection); outputs
 import torch
 import torch.nn.functional as F
 
-from ._library import acc_dtype, ops, qualname, register_fallback
+from ._library import acc_dtype, ops, qualname, register_fake, register_fallback
 
 
 def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
@@ -63,13 +63,13 @@ def _swiglu_backward_fallback(grad_out, gate, up):
     return grad_gate.to(gate.dtype).contiguous(), grad_up.to(gate.dtype).contiguous()
 
 
-@torch.library.register_fake(qualname("swiglu"))
+@register_fake("swiglu")
 def _swiglu_fake(gate, up):
     _check(gate, up)
     return gate.new_empty(gate.shape)
 
 
-@torch.library.register_fake(qualname("swiglu_backward"))
+@register_fake("swiglu_backward")
 def _swiglu_backward_fake(grad_out, gate, up):
     _check_backward(grad_out, gate, up)
     return gate.new_empty(gate.shape), gate.new_empty(gate.shape)

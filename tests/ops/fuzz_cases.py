@@ -189,6 +189,9 @@ def check(spec, args, desc):
         for n, before in written.items():
             assert torch.equal(args[n], before), f"{spec.name} raised but wrote {n}"
         return
+    devices = {v.device.type for v in args.values() if isinstance(v, torch.Tensor)}
+    assert not ("meta" in devices and len(devices) > 1), \
+        f"{spec.name} accepted tensors on {sorted(devices)} (an uninitialised result instead of an error)"
     if on_meta(args) or not spec.comparable(args):  # no values to compare: it ran, and cleanly
         return
     ref = spec.ref(**ref_args)
