@@ -188,3 +188,24 @@ def test_train_never_writes_into_its_token_shards(token_data, tmp_path, capsys):
                       "--set", f"data.tokens={tokens}", "--set", f"data.tokenizer={tok}"]) == 2
         assert "never writes over or into its own input" in capsys.readouterr().err
     assert snapshot(tokens) == before and not (tokens / "run").exists()
+
+
+def test_prepare_data_replaces_only_its_own_outputs(token_data, tmp_path, capsys):
+    from kr_mini_llm.cli.prepare import main as prepare
+
+    tokens, tok = token_data
+    processed = tokens.parent / "processed"
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "train.txt").write_text("my own notes", encoding="utf-8")
+    args = ["--input", str(processed / "train.txt"), "--output_dir", str(mine), "--no_progress"]
+    assert prepare(args) == 2
+    assert "was not written by prepare_data.py" in capsys.readouterr().err
+    assert sorted(p.name for p in mine.iterdir()) == ["train.txt"] and (mine / "train.txt").read_text() == "my own notes"
+    assert prepare(args + ["--overwrite"]) == 0 and (mine / "meta.json").is_file()
+    assert prepare(args) == 0   # its own output now: a rerun is fine
+    # into its own input, or its token shards into the text they come from: refused
+    assert prepare(["--input", str(mine), "--output_dir", str(mine / "out"), "--no_progress"]) == 2
+    assert prepare(["--input", str(processed / "train.txt"), "--output_dir", str(mine), "--tokenizer", tok,
+                    "--tokens_dir", str(mine), "--no_progress"]) == 2
+    assert "own input" in capsys.readouterr().err and not list(mine.glob("*.bin"))

@@ -25,6 +25,7 @@ from ..data.readers import InputError
 from ..data.shards import ShardError
 from ..data.sources import DEFAULT_SOURCES, SOURCES, SourceUnavailable
 from ..data.split import parse_ratios
+from ..io.outputs import add_overwrite_flag
 from ..data.tokenizer import TokenizerError
 
 
@@ -77,6 +78,7 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
                     help="text-stage workers: local processes, or a Dask cluster")
     ex.add_argument("--engine_address", help="Dask scheduler address (tcp://host:8786); default: a local cluster")
     ap.add_argument("--force", action="store_true", help="redo work even when outputs are up to date")
+    add_overwrite_flag(ap)
     ap.add_argument("--no_progress", action="store_true")
     return ap
 
@@ -95,10 +97,12 @@ def main(argv=None, prog=None) -> int:
         prepare_text(inputs=a.input, sources=[s for s in a.source.split(",") if s], raw_dir=a.raw_dir,
                      out_dir=a.output_dir, clean=cfg, ratios=parse_ratios(a.split), seed=a.seed,
                      text_field=a.text_field, force=a.force, num_proc=a.num_proc, max_memory_mb=a.max_memory_mb,
-                     engine=a.engine, engine_address=a.engine_address, encoding=a.encoding)
+                     engine=a.engine, engine_address=a.engine_address, encoding=a.encoding,
+                     overwrite=a.overwrite)
         if a.tokenizer:
             tokenize_splits(a.tokenizer, a.output_dir, a.tokens_dir, num_proc=a.num_proc,
-                            shard_size_mb=a.shard_size_mb, force=a.force, progress=not a.no_progress)
+                            shard_size_mb=a.shard_size_mb, force=a.force, progress=not a.no_progress,
+                            overwrite=a.overwrite)
     except (SourceUnavailable, InputError, EmptyCorpusError, TokenizerError, ShardError, FileNotFoundError, ValueError,
             ImportError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -23,6 +23,7 @@ from typing import Dict, Iterator, List, Optional, Sequence
 import numpy as np
 
 from ..io.atomic import atomic_write_text, created_directory
+from ..io.outputs import OVERWRITE_FLAG, OutputError, check_not_input
 from .cleaning import CleanConfig, CleanStats, clean_many, step_names
 from .dedup import ExactDupIndex, MinHasher, NearDupIndex, band_keys, doc_hash
 from .parallel import default_workers, ordered_map
@@ -151,12 +152,23 @@ class _SplitWriter:
             (self.out_dir / f"{s}.txt.tmp").unlink(missing_ok=True)
 
 
+def _refuse_foreign(out_dir: Path, outputs, overwrite: bool, flag: str) -> None:
+    """Outputs found in out_dir without the meta.json a run of ours writes beside them were made by
+    someone else: replaced only with --overwrite (a rerun replaces its own outputs freely)."""
+    found = [p for p in outputs if p.exists()]
+    if found and not overwrite and not (out_dir / PROCESSED_META).is_file():
+        raise OutputError(f"{found[0]} already exists and was not written by prepare_data.py (no "
+                          f"{PROCESSED_META} beside it); choose another {flag}, or pass {OVERWRITE_FLAG} to "
+                          "replace it")
+
+
 def prepare_text(inputs: Optional[Sequence[str]] = None, sources: Optional[Sequence[str]] = None,
                  raw_dir="data/raw", out_dir="data/processed", clean: Optional[CleanConfig] = None,
                  ratios=(0.98, 0.01, 0.01), seed: int = 1234, text_field: str = "text",
                  force: bool = False, log=print, num_proc: Optional[int] = None,
                  max_memory_mb: float = DEFAULT_MAX_MEMORY_MB, engine: str = "local",
-                 engine_address: Optional[str] = None, encoding: Optional[str] = None) -> Dict:
+                 engine_address: Optional[str] = None, encoding: Optional[str] = None,
+                 overwrite: bool = False) -> Dict:
     """Run the text stage; returns the processed meta dict (also written to out_dir/meta.json).
 
     num_proc: worker processes (default: every core); engine: "local" (process pool) or "dask"
@@ -164,11 +176,14 @@ def prepare_text(inputs: Optional[Sequence[str]] = None, sources: Optional[Seque
     in-flight batches. The output is the same whatever these three are. encoding: the input
     files' text encoding (default: found per file, see readers.py). A failed run leaves the
     output as it was: the splits are renamed into place at the end, and a directory it made is
-    removed."""
+    removed. Split files that an earlier run did not write (no meta.json beside them) are replaced
+    only with `overwrite`; out_dir may not be or lie inside an input."""
     from .sources import DEFAULT_SOURCES, obtain_sources
 
     clean = clean or CleanConfig()
     out_dir = Path(out_dir)
+    check_not_input(out_dir, inputs or [], "--output_dir", replaces=False)
+    _refuse_foreign(out_dir, [out_dir / f"{s}.txt" for s in SPLITS], overwrite, "--output_dir")
     if inputs:
         source = {"inputs": [str(i) for i in inputs]}
         files = expand_inputs(inputs)
@@ -351,7 +366,7 @@ def _encode_chunk(job):
 
 def tokenize_splits(tokenizer_path, processed_dir="data/processed", out_dir="data/tokens",
                     num_proc: Optional[int] = None, shard_size_mb: float = 64.0, force: bool = False,
-                    progress: bool = True, log=print) -> Dict:
+                    progress: bool = True, log=print, overwrite: bool = False) -> Dict:
     """Encode the processed splits into token shards under out_dir; returns meta (+ 'timing').
     One task per shard-sized chunk, on `num_proc` processes (default: every core)."""
     from tqdm import tqdm
@@ -359,6 +374,8 @@ def tokenize_splits(tokenizer_path, processed_dir="data/processed", out_dir="dat
 
     tok = Tokenizer(tokenizer_path)
     processed_dir, out_dir = Path(processed_dir), Path(out_dir)
+    check_not_input(out_dir, [processed_dir, tokenizer_path], "--tokens_dir", replaces=False)
+    _refuse_foreign(out_dir, sorted(out_dir.glob("*.bin")) if out_dir.is_dir() else [], overwrite, "--tokens_dir")
     pmeta_path = processed_dir / PROCESSED_META
     pmeta = json.loads(pmeta_path.read_text(encoding="utf-8")) if pmeta_path.is_file() else {}
     dtype = dtype_for_vocab(tok.vocab_size)

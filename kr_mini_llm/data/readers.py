@@ -313,7 +313,11 @@ def _read_jsonl(lines: Iterator[str], p: Path, text_field: str) -> Iterator[str]
         text = obj.pop(text_field)
         del obj
         if isinstance(text, str):
-            yield text
+            # A lone "\ud800" escape is valid JSON but no text: it could never be written as UTF-8.
+            yield _LONE_SURROGATE_RE.sub("\ufffd", text) if _LONE_SURROGATE_RE.search(text) else text
+
+
+_LONE_SURROGATE_RE = re.compile("[\ud800-\udfff]")
 
 
 _HTML_TAG_RE = re.compile(r"</?[a-zA-Z][a-zA-Z0-9]*(\s[^<>]*)?/?>")

@@ -231,3 +231,15 @@ def test_cli_undecodable_file_is_an_error_and_writes_nothing(tmp_path, monkeypat
     (tmp_path / "ko.txt").write_text("\n\n".join(korean_docs(20)), encoding="utf-8")
     rc, out, err = _run(prepare.main, "--input", "ko.txt", "--tokenizer", "none.model", "--output_dir", "p", capsys=capsys)
     assert rc == 2 and "tokenizer model not found" in err and not (tmp_path / "p").exists()
+
+
+def test_a_lone_surrogate_escape_in_jsonl_is_dropped_like_other_invalid_characters(tmp_path):
+    docs = korean_docs(30, seed=5)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    lines = [json.dumps({"text": t}) for t in docs]   # ASCII escapes, as many JSON writers produce
+    lines[3] = lines[3][:-2] + '\\ud800 끝"}'          # valid JSON, but no UTF-8 text
+    (raw / "a.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    prepare_text(inputs=[str(raw)], out_dir=tmp_path / "out", ratios=(0.8, 0.1, 0.1), **QUIET)
+    out = "".join((tmp_path / "out" / f"{s}.txt").read_text(encoding="utf-8") for s in ("train", "valid", "test"))
+    assert f"{docs[3]} 끝" in out and all(d in out for d in docs)   # cleaning drops U+FFFD
