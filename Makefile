@@ -21,7 +21,7 @@ install-test: install
 # The main job: default corpus -> tokenizer -> token shards -> model_tiny (1000 steps, at most 10 min) -> text.
 demo: install
 	$(PYTHON) scripts/prepare_data.py
-	$(PYTHON) scripts/train_tokenizer.py --input data/processed/train.txt --vocab_size 8000 --output models/tokenizer
+	$(PYTHON) scripts/train_tokenizer.py --input data/processed/train.txt --vocab_size 8000 --output models/tokenizer --overwrite
 	$(PYTHON) scripts/prepare_data.py --tokenizer models/tokenizer.model
 	$(PYTHON) scripts/train.py --config configs/training_demo.yaml --model_config configs/model_tiny.yaml --overwrite_output_dir
 	$(PYTHON) scripts/generate.py --model checkpoints/demo --prompt "대한민국의 수도는" --max_new_tokens 60 --seed 0

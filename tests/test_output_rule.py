@@ -209,3 +209,17 @@ def test_prepare_data_replaces_only_its_own_outputs(token_data, tmp_path, capsys
     assert prepare(["--input", str(processed / "train.txt"), "--output_dir", str(mine), "--tokenizer", tok,
                     "--tokens_dir", str(mine), "--no_progress"]) == 2
     assert "own input" in capsys.readouterr().err and not list(mine.glob("*.bin"))
+
+
+def test_train_tokenizer_refuses_an_existing_tokenizer_and_leaves_nothing_when_it_fails(token_data, tmp_path, capsys):
+    from kr_mini_llm.cli.tokenizer import main as train_tokenizer
+
+    text = token_data[0].parent / "processed" / "train.txt"
+    (tmp_path / "tok.model").write_bytes(b"someone else's")
+    args = ["--input", str(text), "--vocab_size", "400", "--output", str(tmp_path / "tok"), "--num_threads", "1"]
+    assert train_tokenizer(args) == 2 and "tok.model already exists" in capsys.readouterr().err
+    assert (tmp_path / "tok.model").read_bytes() == b"someone else's"
+    assert train_tokenizer(args + ["--vocab_size", "10"]) == 2   # fails inside training: nothing left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tok.model"]
+    assert train_tokenizer(args + ["--overwrite"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tok.model", "tok.vocab"]

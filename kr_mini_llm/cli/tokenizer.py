@@ -22,6 +22,7 @@ from ..data.cleaning import normalize_text
 from ..data.encoding import is_plain_utf8
 from ..data.tokenizer import Tokenizer, train_tokenizer
 from ..eval.tokenizer_stats import format_tokenizer_stats, tokenizer_stats
+from ..io.outputs import add_overwrite_flag, claim_output
 from .prepare import ENCODING_HELP, encoding_arg
 
 
@@ -42,6 +43,7 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
     ap.add_argument("--valid", default=None, help="text file to report compression on")
     ap.add_argument("--text_field", default="text")
     ap.add_argument("--encoding", type=encoding_arg, default=None, help=ENCODING_HELP)
+    add_overwrite_flag(ap)
     return ap
 
 
@@ -49,6 +51,9 @@ def main(argv=None, prog=None) -> int:
     a = build_parser(prog).parse_args(argv)
     tmp = None
     try:
+        prefix = a.output[:-len(".model")] if a.output.endswith(".model") else a.output
+        claim_output(prefix + ".model", also=[prefix + ".vocab"], is_dir=False, overwrite=a.overwrite,
+                     inputs=[*a.input, a.valid])
         files = expand_inputs(a.input)
         # SentencePiece reads UTF-8 only: anything else goes through the readers, which decode it
         if a.encoding or not all(isinstance(f, Path) and f.name.endswith(".txt") and is_plain_utf8(f) for f in files):

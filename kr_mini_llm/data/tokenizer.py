@@ -22,6 +22,7 @@ import hashlib
 import os
 import re
 import unicodedata
+import tempfile
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -165,8 +166,19 @@ def train_tokenizer(input_files: Sequence[Union[str, os.PathLike]], vocab_size: 
     if out.suffix == ".model":
         out = out.with_suffix("")
     out.parent.mkdir(parents=True, exist_ok=True)
+    # Trained beside the target and renamed into place, so a failed run leaves the old files (or none).
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
+        _train_spm(spm, files, Path(tmp) / out.name, vocab_size, model_type, character_coverage, max_sentence_length,
+                   input_sentence_size, seed_sentencepiece_size, num_threads, log_level)
+        for suffix in (".vocab", ".model"):   # .model last: it is what a loader looks for
+            os.replace(Path(tmp) / (out.name + suffix), Path(str(out) + suffix))
+    return Path(str(out) + ".model")
+
+
+def _train_spm(spm, files, prefix: Path, vocab_size, model_type, character_coverage, max_sentence_length,
+               input_sentence_size, seed_sentencepiece_size, num_threads, log_level) -> None:
     spm.SentencePieceTrainer.train(
-        input=files, model_prefix=str(out), vocab_size=vocab_size, model_type=model_type,
+        input=files, model_prefix=str(prefix), vocab_size=vocab_size, model_type=model_type,
         character_coverage=character_coverage, byte_fallback=True,
         pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
         pad_piece="<pad>", unk_piece="<unk>", bos_piece="<s>", eos_piece="</s>",
@@ -178,4 +190,3 @@ def train_tokenizer(input_files: Sequence[Union[str, os.PathLike]], vocab_size: 
         num_threads=num_threads or os.cpu_count() or 1, minloglevel=log_level,
         hard_vocab_limit=model_type != "unigram",
     )
-    return Path(str(out) + ".model")
