@@ -59,6 +59,31 @@ def test_hidden_matrices_go_to_muon_the_rest_to_adamw(model_config):
     assert type(build_optimizer(model, TrainingConfig().train, torch.device("cpu"))) is torch.optim.AdamW
 
 
+def test_fp32_orthogonalization_follows_torch_muon(model_config):
+    """Where bf16 is not native the Muon step runs in fp32: the same update as torch.optim.Muon's
+    bf16 one up to bf16 rounding, with the same state."""
+    import copy
+
+    train = TrainingConfig.from_dict({"train": {"optimizer": "muon", "weight_decay": 0.1}}).train
+    torch.manual_seed(0)
+    model = Transformer(model_config)
+    ours = build_optimizer(model, train, torch.device("cpu"))
+    ref_model = copy.deepcopy(model)
+    ref = build_optimizer(ref_model, train, torch.device("cpu"))
+    ours.fp32_orthogonalization, ref.fp32_orthogonalization = True, False
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for _ in range(2):
+        for p, q in zip(model.parameters(), ref_model.parameters()):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        ours.step()
+        ref.step()
+    for (name, p), q in zip(model.named_parameters(), ref_model.parameters()):
+        delta, ref_delta = p.detach() - before[name], q.detach() - before[name]
+        assert (delta - ref_delta).norm() <= 0.02 * ref_delta.norm(), name
+    assert ours.state_dict()["state"].keys() == ref.state_dict()["state"].keys()
+
+
 def test_muon_resumes_bit_exactly_in_one_process(model_config, train_config, tmp_path):
     full = muon_config(train_config, tmp_path / "full")
     Trainer(model_config, full, show_progress=False).train()

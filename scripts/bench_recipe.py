@@ -1,0 +1,198 @@
+#!/usr/bin/env python3
+"""Training recipes at equal wall-clock minutes on this CPU: validation (and test) bits per byte of
+
+  gpt2    HF GPT2LMHeadModel of the same width and depth (GELU MLP of 4x width, learned positions,
+          no dropout), AdamW with training_demo.yaml's schedule keyed to steps, as before
+  today   our Transformer with training_demo.yaml as it was: AdamW, cosine keyed to max_steps only
+  ours    our Transformer with the recipe under test (--ours KEY=VALUE, training keys), the
+          schedule keyed to the time budget (optim.py)
+
+Each run: same token windows (seed), same batch and length, bf16 autocast only where native
+(device.precision_choice), clipping, a training loop that stops at the budget; then one evaluation
+over the whole validation and test splits (outside the budget). Several seeds per recipe; the table
+gives each recipe's mean, its seed-to-seed spread (max - min) and its gain over the baselines.
+
+  python scripts/bench_recipe.py --tokens data/tokens --tokenizer models/tokenizer.model \\
+      --minutes 4 10 --seeds 0 1 2 --output benchmarks/recipe.md
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from kr_mini_llm import TransformerConfig  # noqa: E402
+from kr_mini_llm.data.datasets import EvalWindows, RandomWindows, TokenShards  # noqa: E402
+from kr_mini_llm.data.tokenizer import Tokenizer  # noqa: E402
+from kr_mini_llm.device import precision_choice  # noqa: E402
+from kr_mini_llm.io.outputs import OutputError, add_overwrite_flag, claim_output  # noqa: E402
+from kr_mini_llm.model import Transformer  # noqa: E402
+from kr_mini_llm.training import TrainingConfig  # noqa: E402
+from kr_mini_llm.training.optim import build_optimizer, lr_factor, set_learning_rates  # noqa: E402
+
+# The demo's recipe before the time-keyed schedule (and the baseline's): training_demo.yaml at
+# commit 58b9190, the schedule keys that matter here.
+TODAY = {"optimizer": "adamw", "learning_rate": 1e-3, "min_learning_rate": 1e-4, "warmup_steps": 50,
+         "max_steps": 1000, "lr_schedule": "cosine", "batch_size": 16, "max_seq_length": 256}
+
+
+def gpt2_model(cfg: TransformerConfig):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    return GPT2LMHeadModel(GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.max_seq_length,
+                                      n_embd=cfg.hidden_size, n_layer=cfg.num_layers, n_head=cfg.num_heads,
+                                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
+
+
+def next_token_loss(model, x, y, is_hf: bool):
+    if not is_hf:
+        return model(x, y)
+    logits = model(input_ids=x).logits
+    return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
+
+
+def run(recipe: str, train_keys: dict, model_cfg: TransformerConfig, shards: dict, seed: int, minutes: float):
+    t = TrainingConfig.from_dict({"train": train_keys}).train
+    torch.manual_seed(seed)
+    is_hf = recipe == "gpt2"
+    model = gpt2_model(model_cfg) if is_hf else Transformer(model_cfg)
+    model.train()
+    opt = build_optimizer(model, t, torch.device("cpu"))
+    amp, _ = precision_choice(torch.device("cpu"), True)
+    batches = iter(RandomWindows(shards["train"], t.max_seq_length, t.batch_size, seed=seed))
+    budget, step = 60.0 * minutes, 0
+    start = time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < budget:
+        set_learning_rates(opt, t, lr_factor(step, t, elapsed))
+        x, y = next(batches)
+        with (torch.autocast("cpu", dtype=amp) if amp is not None else _null()):
+            loss = next_token_loss(model, x, y, is_hf)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        if not math.isfinite(loss.item()):
+            return {"steps": step, "valid": float("nan"), "test": float("nan"), "lr_end": float("nan")}
+    lr_end = lr_factor(step - 1, t, elapsed) * t.learning_rate
+    model.eval()
+    out = {"steps": step, "lr_end": lr_end}
+    with torch.no_grad():
+        for split in ("valid", "test"):
+            total, n = 0.0, 0
+            for x, y in EvalWindows(shards[split], t.max_seq_length, t.batch_size):
+                with (torch.autocast("cpu", dtype=amp) if amp is not None else _null()):
+                    loss = next_token_loss(model, x, y, is_hf)
+                total += loss.item() * y.numel()
+                n += y.numel()
+            out[split] = total / n / math.log(2) / shards[split].bytes_per_token
+    return out
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *a):
+        return False
+
+
+def parse_keys(items) -> dict:
+    import yaml
+
+    keys = {}
+    for item in items:
+        k, _, v = item.partition("=")
+        keys[k.removeprefix("train.")] = yaml.safe_load(v)
+    return keys
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tokens", default="data/tokens")
+    p.add_argument("--tokenizer", default="models/tokenizer.model")
+    p.add_argument("--model_config", default=str(ROOT / "configs" / "model_tiny.yaml"))
+    p.add_argument("--minutes", type=float, nargs="+", default=[4.0, 10.0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--recipes", nargs="+", default=["gpt2", "today", "ours"], choices=["gpt2", "today", "ours"])
+    p.add_argument("--ours", nargs="*", default=["optimizer=muon", "lr_schedule=wsd", "decay_fraction=0.4"],
+                   metavar="KEY=VALUE", help="training keys of the recipe under test, over TODAY's")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--output", default="benchmarks/recipe.md")
+    add_overwrite_flag(p)
+    args = p.parse_args(argv)
+    try:
+        claim_output(args.output, overwrite=args.overwrite, inputs=[args.tokens, args.tokenizer], is_dir=False)
+    except OutputError as e:
+        print(f"❌ {e}", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    fingerprint = Tokenizer(args.tokenizer).fingerprint
+    shards = {s: TokenShards(args.tokens, s, expected_fingerprint=fingerprint) for s in ("train", "valid", "test")}
+    model_cfg = TransformerConfig.from_yaml(args.model_config)
+    ours = {**TODAY, **parse_keys(args.ours)}
+    recipes = {"gpt2": TODAY, "today": TODAY, "ours": ours}
+    began = time.time()
+    lines = [f"# Recipes at equal wall-clock minutes\n",
+             f"Machine: {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+             f"bf16 autocast: {precision_choice(torch.device('cpu'), True)[1]}",
+             f"Data: {args.tokens} (train {shards['train'].num_tokens:,}, valid {shards['valid'].num_tokens:,}, "
+             f"test {shards['test'].num_tokens:,} tokens); model {Path(args.model_config).name}",
+             f"ours = today + {' '.join(args.ours)}, schedule keyed to the time budget",
+             f"Command: python scripts/bench_recipe.py {' '.join(argv if argv is not None else sys.argv[1:])}\n"]
+    results = {}
+    for minutes in args.minutes:
+        for seed in args.seeds:
+            for name in args.recipes:
+                keys = dict(recipes[name])
+                if name == "ours":
+                    keys["max_time_minutes"] = minutes
+                r = run(name, keys, model_cfg, shards, seed, minutes)
+                results[(minutes, name, seed)] = r
+                print(f"{minutes:g} min seed {seed} {name:5s}: {r['steps']} steps, lr at the end {r['lr_end']:.2e}, "
+                      f"valid {r['valid']:.4f} bpb, test {r['test']:.4f} bpb", flush=True)
+    lines += ["| minutes | recipe | steps (mean) | lr at end | valid bpb (mean) | seed spread (max-min) | test bpb (mean) "
+              "| valid vs gpt2 | valid vs today |", "|---|---|---|---|---|---|---|---|---|"]
+    for minutes in args.minutes:
+        mean = {}
+        for name in args.recipes:
+            rs = [results[(minutes, name, s)] for s in args.seeds]
+            mean[name] = statistics.mean(r["valid"] for r in rs)
+        for name in args.recipes:
+            rs = [results[(minutes, name, s)] for s in args.seeds]
+            v = [r["valid"] for r in rs]
+            vs = lambda base: f"{100 * (1 - mean[name] / mean[base]):+.1f}% lower" if base in mean else "–"  # noqa: E731
+            lines.append(f"| {minutes:g} | {name} | {statistics.mean(r['steps'] for r in rs):.0f} | "
+                         f"{statistics.mean(r['lr_end'] for r in rs):.1e} | {mean[name]:.4f} | {max(v) - min(v):.4f} | "
+                         f"{statistics.mean(r['test'] for r in rs):.4f} | {vs('gpt2')} | {vs('today')} |")
+    lines += ["", "Per run (minutes, recipe, seed: steps, valid bpb, test bpb):", ""]
+    lines += [f"- {m:g}, {n}, {s}: {r['steps']}, {r['valid']:.4f}, {r['test']:.4f}" for (m, n, s), r in results.items()]
+    from bench_common import write_report
+
+    write_report(args.output, lines, began)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
