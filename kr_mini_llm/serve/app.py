@@ -18,7 +18,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 from fastapi.responses import FileResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
@@ -99,8 +102,10 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None, max_
         check_model(name)
         return S.ModelCard(id=model_name, created=created)
 
-    @app.post("/v1/chat/completions", response_model=S.ChatCompletion)
-    async def chat_completions(req: S.ChatCompletionRequest, request: Request, response: Response):
+    @app.post("/v1/chat/completions", response_model=S.ChatCompletion,
+              openapi_extra=_body_schema(S.ChatCompletionRequest))
+    async def chat_completions(request: Request, response: Response,
+                               req: S.ChatCompletionRequest = _parsed(S.ChatCompletionRequest)):
         check_model(req.model)
         messages = [{"role": m.role, "content": m.text} for m in req.messages]
         auto = req.truncation == "auto"
@@ -117,8 +122,8 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None, max_
         return S.ChatCompletion(id=rid, model=model_name, usage=S.usage(len(prompt.ids), done),
                                 choices=[S.ChatChoice(message=S.AssistantMessage(content=text), finish_reason=finish)])
 
-    @app.post("/v1/completions", response_model=S.Completion)
-    async def completions(req: S.CompletionRequest, request: Request):
+    @app.post("/v1/completions", response_model=S.Completion, openapi_extra=_body_schema(S.CompletionRequest))
+    async def completions(request: Request, req: S.CompletionRequest = _parsed(S.CompletionRequest)):
         check_model(req.model)
         prompt = await build(prompts.completion, req.prompt, req.max_tokens, param="prompt")
         stream = submit(prompt, req, (tok.eos_id,), "prompt")
@@ -131,6 +136,41 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None, max_
                             choices=[S.CompletionChoice(text=text, finish_reason=finish)])
 
     return app
+
+
+# -- request bodies ---------------------------------------------------------------------------
+def _parsed(model):
+    """The request body as `model`, parsed and validated in a worker thread: a 1 MiB body costs tens
+    of milliseconds of CPU, which on the event loop would stall every running stream. Errors are
+    FastAPI's own (the same locations and types), so errors.py words them as for any route."""
+    async def body(request: Request):
+        return await run_in_threadpool(_validate, model, await request.body())
+
+    return Depends(body)
+
+
+def _validate(model, raw: bytes):
+    if not raw:
+        raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}])
+    try:
+        obj = json.loads(raw)
+    except ValueError as e:  # JSONDecodeError, or bytes that are not UTF-8
+        raise RequestValidationError([{"type": "json_invalid", "loc": ("body", getattr(e, "pos", 0)),
+                                       "msg": "JSON decode error", "input": {},
+                                       "ctx": {"error": getattr(e, "msg", str(e))}}]) from None
+    if not isinstance(obj, dict):
+        raise RequestValidationError([{"type": "model_attributes_type", "loc": ("body",),
+                                       "msg": "Input should be a valid dictionary or object", "input": obj}])
+    try:
+        return model.model_validate(obj)
+    except ValidationError as e:
+        raise RequestValidationError([{**err, "loc": ("body", *err["loc"])}
+                                      for err in e.errors(include_url=False)]) from None
+
+
+def _body_schema(model) -> dict:
+    """The body `model` in the OpenAPI page (a Depends body is not described there by itself)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
 
 
 # -- answers ----------------------------------------------------------------------------------

@@ -85,3 +85,21 @@ def test_tokenizing_runs_off_the_event_loop_and_refused_text_is_never_tokenized(
     status, reply = http(server.url + "/v1/completions", {**COMP, "prompt": "가" * 100_000})
     assert status == 400 and reply["error"]["code"] == "context_length_exceeded"
     assert threads == []
+
+
+def test_request_bodies_are_parsed_and_validated_off_the_event_loop(server, monkeypatch):
+    from kr_mini_llm.serve import schemas as S
+
+    threads = []
+    for model in (S.ChatCompletionRequest, S.CompletionRequest):
+        validate = model.model_validate
+
+        def spy(obj, *args, _validate=validate, **kwargs):
+            threads.append(threading.current_thread())
+            return _validate(obj, *args, **kwargs)
+
+        monkeypatch.setattr(model, "model_validate", spy)
+    assert http(server.url + "/v1/completions", COMP)[0] == 200
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "안녕"}], "max_tokens": 2}
+    assert http(server.url + "/v1/chat/completions", chat)[0] == 200
+    assert len(threads) == 2 and server.thread not in threads
