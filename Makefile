@@ -9,14 +9,14 @@ TORCH_SPEC ?= torch==2.13.0
 .PHONY: install install-test demo lora-demo dpo-demo test test-isa-avx2 bench-ops bench-lora clean
 
 install:
-	bash scripts/install_system_deps.sh
+	bash scripts/install_system_deps.sh $(SYSTEM_DEPS)
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "$(TORCH_SPEC)"
 	$(PYTHON) -m pip install -r requirements-build.txt
-	$(PYTHON) -m pip install --no-build-isolation -e .
+	$(PYTHON) -m pip install --no-build-isolation -e ".$(EXTRAS)"
 
-install-test: install
-	bash scripts/install_system_deps.sh --test
-	$(PYTHON) -m pip install --no-build-isolation -e ".[test]"
+# The same install with the test extras and system packages (one build of the extension, not two).
+install-test:
+	$(MAKE) install EXTRAS="[test]" SYSTEM_DEPS=--test
 
 # The main job: default corpus -> tokenizer -> token shards -> model_tiny (1000 steps, at most 10 min) -> text.
 demo: install
