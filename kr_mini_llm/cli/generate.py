@@ -2,12 +2,14 @@
 
     python scripts/generate.py --model checkpoints/demo --prompt "오늘 날씨가"
     python scripts/generate.py --model checkpoints/demo --interactive
+    python scripts/generate.py --model checkpoints/demo --prompt "..." --temperature 0 --speculative prompt_lookup
 """
 import argparse
 import sys
 
 from ..inference import Generator
 from ..inference.sampling import check_sampling
+from ..inference.speculative import check_speculative
 from ..training import CheckpointError
 
 
@@ -32,12 +34,23 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
                    help="LoRA adapters from scripts/lora.py to apply (unfused)")
     p.add_argument("--chat", action="store_true",
                    help="treat each prompt as a user message in the chat template; print the assistant's answer")
+    sp = p.add_argument_group("speculative decoding (docs/speculative.md): same text when greedy, same "
+                              "distribution when sampling; prompts run one at a time")
+    sp.add_argument("--speculative", choices=["prompt_lookup", "draft"], default=None,
+                    help="draft tokens from the text so far (prompt_lookup) or from --draft-model, and verify "
+                         "them in one forward (default: draft when --draft-model is given, else off)")
+    sp.add_argument("--draft-model", "--draft_model", dest="draft_model",
+                    help="a smaller model trained with the same tokenizer (any --model form)")
+    sp.add_argument("--num-draft-tokens", "--num_draft_tokens", dest="num_draft_tokens", type=int, default=5,
+                    help="tokens drafted per verification (>= 1)")
+    sp.add_argument("--ngram", type=int, default=3, help="prompt_lookup: the longest suffix matched (>= 1)")
     return p
 
 
 def run_one(gen, prompt, args):
     kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-              top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed)
+              top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
+              speculative=args.speculative, num_draft_tokens=args.num_draft_tokens, ngram=args.ngram)
     if args.chat:
         print(f"> {prompt}\n{gen.chat(prompt, **kw)}")
         return
@@ -55,11 +68,17 @@ def main(argv=None, prog=None) -> int:
     if not args.prompt and not args.interactive:
         print("error: give --prompt TEXT or --interactive", file=sys.stderr)
         return 2
+    if args.speculative is None and args.draft_model:
+        args.speculative = "draft"
     try:
         check_sampling(args.temperature, args.top_k, args.top_p, args.repetition_penalty)  # before the model loads
+        check_speculative(args.speculative, args.num_draft_tokens, args.ngram, args.draft_model is not None)
+        if args.draft_model and args.speculative != "draft":
+            raise ValueError(f"--draft-model drafts only with --speculative draft, not {args.speculative}")
         gen = Generator.from_pretrained(args.model, device=args.device, tokenizer_path=args.tokenizer,
-                                        adapter_path=args.adapter_path, dtype=args.dtype)
-        if args.prompt and len(args.prompt) > 1 and args.no_stream and not args.chat:
+                                        adapter_path=args.adapter_path, dtype=args.dtype,
+                                        draft_model=args.draft_model)
+        if args.prompt and len(args.prompt) > 1 and args.no_stream and not args.chat and not args.speculative:
             for p, text in zip(args.prompt, gen.generate(args.prompt, max_new_tokens=args.max_new_tokens,
                                                          temperature=args.temperature, top_k=args.top_k,
                                                          top_p=args.top_p, seed=args.seed,

@@ -5,6 +5,7 @@
     print(generator.generate("오늘 날씨가", max_new_tokens=50, temperature=0.8, top_p=0.95))
     for piece in generator.generate("오늘 날씨가", stream=True):
         print(piece, end="", flush=True)
+    generator.generate("...", temperature=0, speculative="prompt_lookup")  # see speculative.py
 """
 from __future__ import annotations
 
@@ -19,25 +20,38 @@ from ..model import KVCache
 from .decode_model import DecodeModel
 from .packed import check_dtype
 from .sampling import apply_repetition_penalty, check_sampling, sample_next
+from .speculative import SpeculativeStats, check_speculative, speculative_ids
 
 log = logging.getLogger(__name__)
 
 
 class Generator:
-    def __init__(self, model, tokenizer, device: torch.device | str | None = None):
+    def __init__(self, model, tokenizer, device: torch.device | str | None = None,
+                 draft: "Generator | None" = None):
         """`model`: a Transformer (runs as it is), or a DecodeModel (packed fp32/bf16/int8 weights
-        on the decode_linear kernels; see from_pretrained)."""
+        on the decode_linear kernels; see from_pretrained). `draft`: a Generator of a smaller model
+        with the same tokenizer (same fingerprint), for speculative="draft"."""
         self.model = model.eval()
         self.tokenizer = tokenizer
         if device is None:
             device = model.device if isinstance(model, DecodeModel) else next(model.parameters()).device
         self.device = torch.device(device)
         self.model.to(self.device)
+        if draft is not None:
+            ours, theirs = getattr(tokenizer, "fingerprint", None), getattr(draft.tokenizer, "fingerprint", None)
+            if ours is None or ours != theirs:
+                raise ValueError(f"the draft model's tokenizer (fingerprint {theirs}) is not this model's "
+                                 f"(fingerprint {ours}): a draft model must be trained with the same tokenizer")
+            if draft.device != self.device:
+                raise ValueError(f"the draft model runs on {draft.device}, this model on {self.device}: "
+                                 "load both on one device")
+        self.draft = draft
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | None = None, tokenizer_path: str | None = None,
                         ops_impl: str = "fused", adapter_path: str | Path | None = None,
-                        dtype: str | None = None, group_size: int | None = None) -> "Generator":
+                        dtype: str | None = None, group_size: int | None = None,
+                        draft_model: str | Path | None = None) -> "Generator":
         """A checkpoint directory, an output directory (its latest checkpoint), a sharded (dcp/)
         checkpoint, a HF Llama/Qwen3 directory (training.checkpoint.load_model reads all four), or an
         inference directory of scripts/quantize.py.
@@ -46,6 +60,9 @@ class Generator:
         `group_size` inputs, None = per output channel). On the CPU the default is "fp32" on the
         packed decode kernels, or the inference directory's own dtype. With adapter_path (LoRA
         adapters of scripts/lora.py, unfused) or on another device, the Transformer runs as it is.
+
+        draft_model: a second model (any of the forms above) for speculative="draft", loaded the
+        same way (an inference directory in its own dtype); its tokenizer must be this one's.
         """
         from ..training.checkpoint import load_model, model_tokenizer
         from .saved import is_inference_dir, load_inference_model
@@ -75,18 +92,26 @@ class Generator:
                                  f"device={device}, ops_impl={ops_impl}, adapters={adapter_path is not None}")
             if packed:
                 model = DecodeModel.from_transformer(model, dtype or "fp32", group_size)
-        return cls(model, model_tokenizer(ckpt, model.config.vocab_size, tokenizer_path), device)
+        draft = None
+        if draft_model is not None:
+            draft = cls.from_pretrained(draft_model, device, ops_impl=ops_impl, group_size=group_size,
+                                        dtype=None if is_inference_dir(draft_model) else dtype)
+        return cls(model, model_tokenizer(ckpt, model.config.vocab_size, tokenizer_path), device, draft)
 
     # -- public API ------------------------------------------------------------------------------
     def generate(self, prompt: str | list[str], max_new_tokens: int = 100, temperature: float = 0.8,
                  top_k: int | None = 50, top_p: float | None = 0.95, repetition_penalty: float = 1.0,
                  seed: int | None = None, stream: bool = False, max_length: int | None = None,
-                 stop_at_eos: bool = True):
+                 stop_at_eos: bool = True, speculative: str | None = None, num_draft_tokens: int = 5,
+                 ngram: int = 3):
         """Continues `prompt` (a string or a list of strings).
 
         Returns the generated text (without the prompt): a string, or a list for a list of prompts.
         With stream=True, returns an iterator of text pieces instead (single prompt only).
         `max_length` (an older name) is accepted as an alias of max_new_tokens.
+        speculative: None, "prompt_lookup" or "draft" (speculative.py): up to `num_draft_tokens`
+        drafted tokens verified per forward (prompt lookup matches the last `ngram` tokens); the
+        same text as plain decoding when greedy, the same distribution when sampling; one prompt.
         """
         if max_length is not None:
             max_new_tokens = max_length
@@ -101,7 +126,7 @@ class Generator:
             raise ValueError("stream=True takes a single prompt")
         ids = [[self.tokenizer.bos_id] + self.tokenizer.encode(p) for p in prompts]
         steps = self.generate_ids(ids, max_new_tokens, temperature, top_k, top_p, repetition_penalty,
-                                  seed, stop_at_eos)
+                                  seed, stop_at_eos, speculative, num_draft_tokens, ngram)
         if stream:
             return self._stream_text(steps)
         outputs = [[] for _ in prompts]
@@ -114,7 +139,8 @@ class Generator:
 
     def chat(self, messages: str | list, max_new_tokens: int = 100, temperature: float = 0.8,
              top_k: int | None = 50, top_p: float | None = 0.95, repetition_penalty: float = 1.0,
-             seed: int | None = None) -> str:
+             seed: int | None = None, speculative: str | None = None, num_draft_tokens: int = 5,
+             ngram: int = 3) -> str:
         """The assistant's answer to `messages` (a list of {"role", "content"}, or one user string),
         prompted with the chat template of data/chat.py (as SFT data is), up to its <|im_end|>."""
         from ..data.chat import encode_chat
@@ -123,22 +149,40 @@ class Generator:
             messages = [{"role": "user", "content": messages}]
         ids, _ = encode_chat(messages, self.tokenizer, add_generation_prompt=True)
         out = []
-        for step in self.generate_ids([ids], max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed):
+        for step in self.generate_ids([ids], max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed,
+                                      True, speculative, num_draft_tokens, ngram):
             if step[0] is None or step[0] == self.tokenizer.im_end_id:
                 break
             out.append(step[0])
         return self.tokenizer.decode(out)
 
-    @torch.inference_mode()
     def generate_ids(self, prompts: list[list[int]], max_new_tokens: int, temperature: float = 0.0,
                      top_k: int | None = None, top_p: float | None = None, repetition_penalty: float = 1.0,
-                     seed: int | None = None, stop_at_eos: bool = True) -> Iterator[list[int | None]]:
-        """Yields, per step, the new token of each sequence (None once a sequence has finished)."""
+                     seed: int | None = None, stop_at_eos: bool = True, speculative: str | None = None,
+                     num_draft_tokens: int = 5, ngram: int = 3,
+                     stats: SpeculativeStats | None = None) -> Iterator[list[int | None]]:
+        """Yields, per step, the new token of each sequence (None once a sequence has finished).
+        With `speculative` (one prompt only), one step per new token still; `stats` (a
+        SpeculativeStats) counts the drafts proposed and accepted."""
         check_sampling(temperature, top_k, top_p, repetition_penalty)
-        cfg = self.model.config
-        ctx = cfg.max_seq_length
+        check_speculative(speculative, num_draft_tokens, ngram, self.draft is not None)
         if any(len(p) == 0 for p in prompts):
             raise ValueError("every prompt needs at least one token")
+        if speculative is not None:
+            if len(prompts) != 1:
+                raise ValueError(f"speculative decoding takes one prompt at a time, got {len(prompts)}: "
+                                 "generate them one by one, or without speculative")
+            return speculative_ids(self, prompts[0], max_new_tokens, temperature, top_k, top_p,
+                                   repetition_penalty, seed, stop_at_eos, speculative, num_draft_tokens,
+                                   ngram, stats)
+        return self._plain_ids(prompts, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed,
+                               stop_at_eos)
+
+    @torch.inference_mode()
+    def _plain_ids(self, prompts, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed,
+                   stop_at_eos) -> Iterator[list[int | None]]:
+        cfg = self.model.config
+        ctx = cfg.max_seq_length
         prompts = [self._fit(p, ctx, max_new_tokens) for p in prompts]
         B = len(prompts)
         total = max(len(p) for p in prompts) + max_new_tokens

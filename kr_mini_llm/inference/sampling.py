@@ -75,6 +75,21 @@ def filter_top_k_top_p(logits: torch.Tensor, top_k: int | None, top_p: float | N
     return logits
 
 
+def next_token_probs(logits: torch.Tensor, temperature: float, top_k: int | None,
+                     top_p: float | None) -> torch.Tensor:
+    """logits [B, V] -> the distribution sample_next draws from [B, V] (float32), for a temperature
+    of at least GREEDY_BELOW (greedy has no distribution to draw from: it is the argmax).
+
+    ValueError when a row's logits are NaN or infinite at the top (the model, not the settings, failed).
+    """
+    logits = logits.float()
+    top = logits.amax(-1, keepdim=True)
+    if not torch.isfinite(top).all():
+        raise ValueError("the model's logits are NaN or infinite; no token can be sampled from them")
+    logits = filter_top_k_top_p((logits - top) / temperature, top_k, top_p)
+    return torch.softmax(logits, dim=-1)
+
+
 def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
                 generator: torch.Generator | None) -> torch.Tensor:
     """logits [B, V] -> token ids [B]. A temperature below GREEDY_BELOW (0 included) is greedy.
@@ -83,10 +98,5 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, top
     """
     if is_greedy(temperature):
         return logits.argmax(-1)
-    logits = logits.float()
-    top = logits.amax(-1, keepdim=True)
-    if not torch.isfinite(top).all():
-        raise ValueError("the model's logits are NaN or infinite; no token can be sampled from them")
-    logits = filter_top_k_top_p((logits - top) / temperature, top_k, top_p)
-    probs = torch.softmax(logits, dim=-1)
+    probs = next_token_probs(logits, temperature, top_k, top_p)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

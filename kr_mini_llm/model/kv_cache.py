@@ -69,5 +69,13 @@ class KVCache:
     def advance(self, new_tokens: int) -> None:
         self.lens += new_tokens
 
+    def truncate(self, length: int) -> None:
+        """Shortens every sequence to at most `length` positions (speculative decoding drops the rows
+        of rejected draft tokens so). Nothing is cleared: rows past a sequence's length are never
+        read, and the next step overwrites them."""
+        if length < 0:
+            raise ValueError(f"KVCache.truncate needs a length >= 0, got {length}")
+        self.lens.clamp_(max=length)
+
     def reset(self) -> None:
         self.lens.zero_()
