@@ -3,11 +3,12 @@
 # cache outside the checkout, for the GGUF export tests (tests/export) and the generation benchmark:
 #
 #   $DIR/src/          llama.cpp source (convert_hf_to_gguf.py, gguf-py)
-#   $DIR/build/bin/    llama-cli llama-completion llama-simple llama-bench llama-quantize
+#   $DIR/build/bin/    llama-cli llama-completion llama-simple llama-bench llama-batched-bench
+#                      (batch 1..N decode, scripts/bench_generate.py's comparison) llama-quantize
 #                      llama-tokenize, and kr-llama-greedy (scripts/llama_cpp_greedy.cpp)
 #
 # DIR is ${KR_LLAMA_CPP_DIR:-$HOME/.cache/kr-mini-llm/llama.cpp}. A finished build is reused (the
-# stamp file holds the version). About 12 CPU-minutes the first time (~6-7 min on 2 idle cores; an
+# stamp file holds the version); one that lacks a target listed here builds just the missing ones. About 12 CPU-minutes the first time (~6-7 min on 2 idle cores; an
 # hour on a busy shared 2-core machine). On failure, exits
 # non-zero with one line saying why (the full log stays in $DIR/build.log).
 #
@@ -18,7 +19,7 @@ VERSION=0.3.36   # llama-cpp-python sdist; its vendor/llama.cpp is llama.cpp's g
 DIR=${KR_LLAMA_CPP_DIR:-$HOME/.cache/kr-mini-llm/llama.cpp}
 STAMP="$DIR/stamp"
 HELPER_SRC="$(cd "$(dirname "$0")" && pwd)/llama_cpp_greedy.cpp"
-TARGETS=(llama-cli llama-completion llama-simple llama-bench llama-quantize llama-tokenize)
+TARGETS=(llama-cli llama-completion llama-simple llama-bench llama-batched-bench llama-quantize llama-tokenize)
 JOBS=${JOBS:-$(nproc 2>/dev/null || echo 2)}
 
 fail() { echo "build_llama_cpp.sh: $*" >&2; exit 1; }
@@ -35,10 +36,18 @@ build_helper() {
     || fail "compiling $HELPER_SRC failed; see $DIR/build.log"
 }
 
-if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$VERSION" ]] && have_binaries; then
-  [[ "$HELPER_SRC" -nt "$DIR/build/bin/kr-llama-greedy" ]] && build_helper
-  echo "llama.cpp from llama-cpp-python $VERSION: already built in $DIR"
-  exit 0
+if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$VERSION" ]]; then
+  if ! have_binaries; then  # a build of this version from before a target was added: build the rest
+    echo "llama.cpp $VERSION in $DIR: building the missing targets; log: $DIR/build.log"
+    nice -n 10 cmake --build "$DIR/build" --config Release -j "$JOBS" --target "${TARGETS[@]}" \
+      >>"$DIR/build.log" 2>&1 || fail "cmake build of the missing targets failed; see $DIR/build.log"
+    [[ -x "$DIR/build/bin/kr-llama-greedy" ]] || build_helper
+  fi
+  if have_binaries; then
+    [[ "$HELPER_SRC" -nt "$DIR/build/bin/kr-llama-greedy" ]] && build_helper
+    echo "llama.cpp from llama-cpp-python $VERSION: already built in $DIR"
+    exit 0
+  fi
 fi
 
 command -v cmake >/dev/null || fail "cmake not found; install it (bash scripts/install_system_deps.sh)"
