@@ -11,6 +11,9 @@
 //                 zmm, or ymm / xmm for blocks of 32 / 16
 //   Int8DotAvx2   AVX2: the same quantized x, vpmaddubsw + vpmaddwd (s16 pairs -> s32)
 //   Bf16Dot       AVX512-BF16: x rounded to bf16, vdpbf16ps (bf16 pairs -> fp32)
+//   Int4Dot       AVX2 / AVX512-VNNI: packed int4 weights (see Int4x2) unpacked to bytes in
+//                 registers, against the same quantized x (vpmaddubsw, or vpdpbusd on ymm)
+//   Int4FloatDot  int4 weights unpacked to int8 and widened to fp32 lanes (every other ISA)
 //
 // The int8 kernels sum whole blocks of B inputs in int32 and convert once per block, where
 // both scales are known: y = sum_b sx[n, b] * sw[j, g(b)] * sum_{k in b} qx[n, k] * qw[j, k].
@@ -53,12 +56,23 @@ inline void static_for(F&& f) {
   static_for_impl<N>(std::forward<F>(f), std::make_integer_sequence<int, N>{});
 }
 
-// The weights as the kernels see them: M rows of K, and for int8 `groups` scales per row.
+// Packed int4 weights: each row is K / 32 blocks of 16 bytes, and byte i of a block holds input
+// i of the block in its low nibble and input i + 16 in its high nibble, as u = q + 8 in [0, 15]
+// (q in [-8, 7]): llama.cpp's Q4_0 layout, so 16 bytes unpack into 32 inputs in order with one
+// shift and two masks.
+struct Int4x2 {
+  uint8_t bits;
+};
+
+// The weights as the kernels see them: M rows of K inputs (K / 2 bytes for Int4x2), and for
+// int8 / int4 `groups` scales per row.
 template <typename W>
 struct Weights {
+  static constexpr int64_t kInputsPerElement = std::is_same_v<W, Int4x2> ? 2 : 1;
   const W* data;
-  const float* scales;  // nullptr unless int8: [M, groups]
+  const float* scales;  // nullptr unless int8 / int4: [M, groups]
   int64_t K, groups, group_size;
+  int64_t row_elements() const { return K / kInputsPerElement; }
 };
 
 // ---- fp32 lanes: any weight type, any ISA ------------------------------------------------------
@@ -158,9 +172,10 @@ struct FloatDot {
 // x quantized per block of B inputs (B divides the weight group and is a multiple of the kernel's
 // vector bytes, and of 16): q = round(x / s), s = max|x| / 127, so |q| <= 127.
 struct QuantizedX {
-  const int8_t* q;  // [N, K]; Int8DotVnni stores q + 128 (as uint8), see there
-  const float* s;   // [N, K / B]
+  const int8_t* q;          // [N, K]; Int8DotVnni stores q + 128 (as uint8), see there
+  const float* s;           // [N, K / B]
   int64_t K, B;
+  const int32_t* sums = nullptr;  // Int4Dot: [N, K / B], 8 * the sum of q over each block
 };
 
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
@@ -365,5 +380,131 @@ struct Bf16Dot {
   }
 };
 #endif
+
+// ---- int4 ---------------------------------------------------------------------------------------
+// 32 inputs of one Int4x2 row as u = q + 8 in 32 bytes, in input order (inputs k..k+15 are the
+// low nibbles of the 16 bytes, k+16..k+31 the high ones).
+template <typename Fn>
+inline void unpack_int4_block(const Int4x2* p, Fn&& put) {
+  const uint8_t* b = &p->bits;
+  for (int i = 0; i < 16; ++i) {
+    put(i, b[i] & 0x0F);
+    put(i + 16, b[i] >> 4);
+  }
+}
+
+#if defined(__AVX2__)
+#define KR_DECODE_INT4_DOT 1
+// Int4 weights against x quantized to int8 per block of B inputs (a multiple of 32 dividing the
+// group). The unsigned nibbles u = q + 8 are the unsigned side of the byte dot product as they
+// are, x the signed side, and the 8 * sum(x) this adds is taken off per block:
+//   sum_k q_k x_k = sum_k u_k x_k - 8 * sum_k x_k.
+// vpmaddubsw's pair sums stay within 2 * 15 * 127 < 2^15, so nothing saturates, and vpdpbusd
+// (AVX512-VNNI, kVnni) computes the same sums in one instruction. One ymm (32 inputs, one packed
+// block) per step on both: the packing's 16-byte halves line up with ymm lanes, and at 4.5 bits
+// per weight the stream, not the dot products, is the bound.
+template <bool kVnni>
+struct Int4Dot {
+  static constexpr int kMaxRows = kVnni ? 8 : 4;
+  static constexpr int kFewRows = kVnni ? 4 : 2;
+  static constexpr int kOneRowJB = 4;
+  QuantizedX x;
+  Weights<Int4x2> w;
+
+  static inline __m256i dot(__m256i acc, __m256i u, __m256i s) {
+#if defined(KR_DECODE_INT8_VNNI)
+    if constexpr (kVnni) return _mm256_dpbusd_epi32(acc, u, s);
+#endif
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+  }
+
+  template <int NR, int JB>
+  inline void operator()(int64_t n0, const int64_t* rows, int64_t ahead, float (&out)[JB][NR]) const {
+    const int64_t K = x.K, B = x.B, blocks = K / B, row = w.row_elements();
+    const __m256i low = _mm256_set1_epi8(0x0F);
+    const uint8_t* wr[JB];
+    for (int jb = 0; jb < JB; ++jb) wr[jb] = &w.data[rows[jb] * row].bits;
+    __m256 accf[JB][NR];
+    static_for<JB>([&](auto jb) { static_for<NR>([&](auto n) { accf[jb][n] = _mm256_setzero_ps(); }); });
+    for (int64_t b = 0; b < blocks; ++b) {
+      __m256i acc[JB][NR];
+      static_for<JB>([&](auto jb) { static_for<NR>([&](auto n) { acc[jb][n] = _mm256_setzero_si256(); }); });
+      const int64_t k0 = b * B;
+      for (int64_t k = k0; k < k0 + B; k += 32) {
+        __m256i xv[NR];
+        static_for<NR>([&](auto n) {
+          xv[n] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q + (n0 + n) * K + k));
+        });
+        static_for<JB>([&](auto jb) {
+          const uint8_t* p = wr[jb] + k / 2;
+          __builtin_prefetch(p + ahead);
+          const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+          const __m256i u = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), low);
+          static_for<NR>([&](auto n) { acc[jb][n] = dot(acc[jb][n], u, xv[n]); });
+        });
+      }
+      const int64_t g = k0 / w.group_size;
+      __m256i sums[NR];
+      static_for<NR>([&](auto n) { sums[n] = _mm256_setr_epi32(x.sums[(n0 + n) * blocks + b], 0, 0, 0, 0, 0, 0, 0); });
+      static_for<JB>([&](auto jb) {
+        const float sw = w.scales[rows[jb] * w.groups + g];
+        static_for<NR>([&](auto n) {
+          const __m256 s = _mm256_set1_ps(sw * x.s[(n0 + n) * blocks + b]);
+          accf[jb][n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(acc[jb][n], sums[n])), s, accf[jb][n]);
+        });
+      });
+    }
+    static_for<JB>([&](auto jb) {
+      static_for<NR>([&](auto n) {
+        __m128 t = _mm_add_ps(_mm256_castps256_ps128(accf[jb][n]), _mm256_extractf128_ps(accf[jb][n], 1));
+        t = _mm_add_ps(t, _mm_movehl_ps(t, t));
+        out[jb][n] = _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)));
+      });
+    });
+  }
+};
+#endif
+
+// Int4 weights widened to fp32 lanes (at::vec: NEON, or x86 without AVX2): each packed block of
+// every row is unpacked to q in int8 on the stack, then read as FloatDot reads int8 weights.
+struct Int4FloatDot {
+  static constexpr int kMaxRows = kVL >= 16 ? 8 : 4;
+  static constexpr int kFewRows = kVL >= 16 ? 4 : 2;
+  static constexpr int kOneRowJB = 4;
+  const float* x;  // [N, K] fp32
+  Weights<Int4x2> w;
+
+  template <int NR, int JB>
+  inline void operator()(int64_t n0, const int64_t* rows, int64_t ahead, float (&out)[JB][NR]) const {
+    const int64_t K = w.K, row = w.row_elements();
+    const float* xr = x + n0 * K;
+    VF acc[JB][NR];
+    static_for<JB>([&](auto jb) { static_for<NR>([&](auto n) { acc[jb][n] = VF(0.f); }); });
+    const Int4x2* wr[JB];
+    for (int jb = 0; jb < JB; ++jb) wr[jb] = w.data + rows[jb] * row;
+    const int64_t G = w.group_size;
+    static_assert(32 % kVL == 0, "a packed block must be a whole number of float vectors");
+    for (int64_t k = 0; k < K; k += 32) {
+      __at_align__ int8_t q[JB][32];
+      VF s[JB];
+      static_for<JB>([&](auto jb) {
+        __builtin_prefetch(wr[jb] + k / 2 + ahead);
+        unpack_int4_block(wr[jb] + k / 2, [&](int i, int u) { q[jb][i] = static_cast<int8_t>(u - 8); });
+        s[jb] = VF(w.scales[rows[jb] * w.groups + k / G]);
+      });
+      for (int64_t i = 0; i < 32; i += kVL) {
+        VF xv[NR];
+        static_for<NR>([&](auto n) { xv[n] = VF::loadu(xr + n * K + k + i); });
+        static_for<JB>([&](auto jb) {
+          const VF wv = WeightLoad<int8_t>::load(q[jb] + i) * s[jb];
+          static_for<NR>([&](auto n) { acc[jb][n] = at::vec::fmadd(wv, xv[n], acc[jb][n]); });
+        });
+      }
+    }
+    static_for<JB>([&](auto jb) {
+      static_for<NR>([&](auto n) { out[jb][n] = at::vec::vec_reduce_all<float>(std::plus<VF>(), acc[jb][n]); });
+    });
+  }
+};
 
 }  // namespace kr

@@ -1,13 +1,16 @@
 // Decode-time linears: y = x W^T for a few rows of x (batch x new tokens, about 1-16), where
-// reading W once is the whole cost. Weights are fp32, bf16, or int8 with symmetric fp32 scales
-// per group of G consecutive inputs (G = K is one scale per output channel); x is fp32 or bf16
-// and every sum is accumulated in fp32 (int8 blocks in int32 first).
+// reading W once is the whole cost. Weights are fp32, bf16, int8 with symmetric fp32 scales per
+// group of G consecutive inputs (G = K is one scale per output channel), or int4 (a uint8 weight
+// [M, K / 2], two inputs per byte in decode_dot.h's Int4x2 layout) with fp32 scales per group of
+// G, a multiple of 32; x is fp32 or bf16 and every sum is accumulated in fp32 (int8 blocks in
+// int32 first).
 //
 // Layout of the work: output rows are split into blocks of JB rows, blocks are spread over the
 // threads (at::parallel_for), and each block streams its JB weight rows once while it keeps
 // JB x NR accumulators in registers for up to NR rows of x (more rows of x: the block is re-run
 // from L1 for the next NR rows). The dot products themselves are decode_dot.h's micro-kernels:
-// int8 weights meet x quantized to int8 where the CPU has int8 dot products (AVX512-VNNI, AVX2),
+// int8 and int4 weights meet x quantized to int8 where the CPU has int8 dot products (AVX512-VNNI,
+// AVX2),
 // bf16 weights meet x rounded to bf16 where it has bf16 dot products (AVX512-BF16); elsewhere,
 // and for shapes those kernels do not tile, weights are widened to fp32.
 //
@@ -18,6 +21,7 @@
 #include "ops/decode_dot.h"
 
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <string>
 #include <vector>
@@ -40,9 +44,9 @@ inline void run_block(const Dot& dot, int64_t n0, int64_t j0, int64_t half, T* y
   float out[JB][NR];
   // Each weight row prefetches its successor a few blocks on (kOut rows per block) at the same
   // column: about kPrefetchAheadBytes ahead in every stream, at least two blocks.
-  const int64_t block_elems = kOut * dot.w.K;
+  const int64_t block_elems = kOut * dot.w.row_elements();
   const int64_t blocks_ahead =
-      std::max<int64_t>(2, kPrefetchAheadBytes / (block_elems * int64_t{sizeof(*dot.w.data)}));
+      std::max<int64_t>(2, kPrefetchAheadBytes / std::max<int64_t>(1, block_elems * int64_t{sizeof(*dot.w.data)}));
   dot.template operator()<NR, JB>(n0, rows, blocks_ahead * block_elems, out);
   for (int n = 0; n < NR; ++n) {
     for (int i = 0; i < kOut; ++i) {
@@ -88,12 +92,12 @@ void run_range(const Dot& dot, int64_t N, int64_t j0, int64_t j1, int64_t half, 
 // 8 fp32/bf16 streams measured 6% faster at batch 1); with many rows of x the JB x NR
 // accumulators would not fit in the registers, so JB = 2 there. SwiGLU blocks hold gate/up pairs.
 template <typename Dot, typename T, Epilogue E, int JB>
-void run_jb(const Dot& dot, int64_t N, int64_t K, int64_t weight_bytes, int64_t outputs, T* y, const T* residual) {
+void run_jb(const Dot& dot, int64_t N, int64_t row_bytes, int64_t outputs, T* y, const T* residual) {
   constexpr int kOut = E == Epilogue::kPlain ? JB : JB / 2;
   const int64_t half = outputs;
   const int64_t full_blocks = outputs / kOut;
   // Enough weight bytes per task to pay for the fork, small enough that every thread streams.
-  const int64_t bytes_per_block = weight_bytes * K * JB;
+  const int64_t bytes_per_block = std::max<int64_t>(1, row_bytes * JB);
   const int64_t grain = std::max<int64_t>(1, (int64_t{16} << 10) / bytes_per_block);
   at::parallel_for(0, full_blocks, grain, [&](int64_t b0, int64_t b1) {
     run_range<Dot, T, JB, E>(dot, N, b0 * kOut, b1 * kOut, half, y, outputs, residual);
@@ -104,13 +108,13 @@ void run_jb(const Dot& dot, int64_t N, int64_t K, int64_t weight_bytes, int64_t 
 }
 
 template <typename Dot, typename T, Epilogue E>
-void run(const Dot& dot, int64_t N, int64_t K, int64_t weight_bytes, int64_t outputs, T* y, const T* residual) {
+void run(const Dot& dot, int64_t N, int64_t row_bytes, int64_t outputs, T* y, const T* residual) {
   if (N == 1) {
-    run_jb<Dot, T, E, Dot::kOneRowJB>(dot, N, K, weight_bytes, outputs, y, residual);
+    run_jb<Dot, T, E, Dot::kOneRowJB>(dot, N, row_bytes, outputs, y, residual);
   } else if (N <= Dot::kFewRows) {
-    run_jb<Dot, T, E, 4>(dot, N, K, weight_bytes, outputs, y, residual);
+    run_jb<Dot, T, E, 4>(dot, N, row_bytes, outputs, y, residual);
   } else {
-    run_jb<Dot, T, E, 2>(dot, N, K, weight_bytes, outputs, y, residual);
+    run_jb<Dot, T, E, 2>(dot, N, row_bytes, outputs, y, residual);
   }
 }
 
@@ -130,6 +134,9 @@ int64_t int8_block(int64_t G, int64_t vector_bytes) {
   return B % vector_bytes == 0 ? B : 0;
 }
 
+// The same for int4 weights (G a multiple of 32): always a whole number of the 32-input steps.
+int64_t int4_block(int64_t G) { return std::gcd(G, int64_t{128}); }
+
 #if defined(KR_DECODE_INT8_VNNI) || defined(KR_DECODE_INT8_AVX2)
 // The smallest block the int8 kernel of this build tiles: 16 bytes with VNNI (xmm), 32 with AVX2.
 #if defined(KR_DECODE_INT8_VNNI)
@@ -140,7 +147,9 @@ constexpr int64_t kInt8MinBlock = 32;
 
 // q = round(x / s), s = max|x| / 127 per block of B (a multiple of 16); `offset` stores q + 128
 // as unsigned bytes (for vpdpbusd). 128-bit packs keep the bytes in order without lane fixes.
-void quantize_x(const float* x, int64_t N, int64_t K, int64_t B, bool offset, int8_t* q, float* s) {
+// `sums` (when not null) gets 8 * sum(q) per block, for the int4 kernels.
+void quantize_x(const float* x, int64_t N, int64_t K, int64_t B, bool offset, int8_t* q, float* s,
+                int32_t* sums = nullptr) {
   const int64_t blocks = K / B;
   const __m128 sign = _mm_set1_ps(-0.f);
   const __m128i bias = _mm_set1_epi8(offset ? static_cast<char>(0x80) : 0);
@@ -148,54 +157,92 @@ void quantize_x(const float* x, int64_t N, int64_t K, int64_t B, bool offset, in
     for (int64_t b = 0; b < blocks; ++b) {
       const float* xb = x + n * K + b * B;
       int8_t* qb = q + n * K + b * B;
-      __m128 m = _mm_setzero_ps();
-      for (int64_t k = 0; k < B; k += 4) m = _mm_max_ps(m, _mm_andnot_ps(sign, _mm_loadu_ps(xb + k)));
+      // maxps drops a NaN operand depending on its position, so NaNs are tracked beside the max:
+      // a NaN in the block makes its scale NaN, and so every output it touches.
+      __m128 m = _mm_setzero_ps(), nan = _mm_setzero_ps();
+      for (int64_t k = 0; k < B; k += 4) {
+        const __m128 v = _mm_loadu_ps(xb + k);
+        m = _mm_max_ps(m, _mm_andnot_ps(sign, v));
+        nan = _mm_or_ps(nan, _mm_cmpunord_ps(v, v));
+      }
       m = _mm_max_ps(m, _mm_movehl_ps(m, m));
       m = _mm_max_ss(m, _mm_movehdup_ps(m));
-      const float a = _mm_cvtss_f32(m);
+      const float a = _mm_movemask_ps(nan) ? std::numeric_limits<float>::quiet_NaN() : _mm_cvtss_f32(m);
       s[n * blocks + b] = a / 127.f;
       const __m128 inv = _mm_set1_ps(a > 0.f ? 127.f / a : 0.f);
+      __m128i total = _mm_setzero_si128();
       for (int64_t k = 0; k < B; k += 16) {
         __m128i i[4];
         for (int t = 0; t < 4; ++t) i[t] = _mm_cvtps_epi32(_mm_mul_ps(_mm_loadu_ps(xb + k + 4 * t), inv));
         const __m128i v = _mm_packs_epi16(_mm_packs_epi32(i[0], i[1]), _mm_packs_epi32(i[2], i[3]));
         _mm_storeu_si128(reinterpret_cast<__m128i*>(qb + k), _mm_xor_si128(v, bias));
+        // the stored bytes, summed in int16 pairs (|q| <= 128: pair sums fit) then int32
+        if (sums != nullptr) {
+          total = _mm_add_epi32(total, _mm_madd_epi16(_mm_maddubs_epi16(_mm_set1_epi8(1), v), _mm_set1_epi16(1)));
+        }
+      }
+      if (sums != nullptr) {
+        total = _mm_add_epi32(total, _mm_shuffle_epi32(total, _MM_SHUFFLE(1, 0, 3, 2)));
+        total = _mm_add_epi32(total, _mm_shuffle_epi32(total, _MM_SHUFFLE(2, 3, 0, 1)));
+        sums[n * blocks + b] = 8 * _mm_cvtsi128_si32(total);
       }
     }
   }
 }
 #endif
 
-void check_args(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& scales,
-                const char* op) {
+// Inputs per packed int4 block (Int4x2): in_features and the group size are multiples of it.
+constexpr int64_t kInt4Block = 32;
+
+// in_features K: weight.size(1), or twice that for int4 (uint8) weights.
+int64_t check_args(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& scales,
+                   const char* op) {
   check_cpu(x, op, "x");
   check_cpu(weight, op, "weight");
   TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16, op,
                    ": x must be float32 or bfloat16, got ", x.scalar_type());
   const auto wt = weight.scalar_type();
-  TORCH_CHECK_TYPE(wt == at::kFloat || wt == at::kBFloat16 || wt == at::kChar, op,
-                   ": weight must be float32, bfloat16 or int8, got ", wt);
-  check_dim(weight, 2, op, "weight", "[out_features, in_features]");
-  TORCH_CHECK_VALUE(x.dim() >= 1 && x.size(-1) == weight.size(1), op, ": x [..., in_features] must end in ",
-                    "in_features = weight.size(1) = ", weight.size(1), ", got x ", shape_str(x));
-  if (wt == at::kChar) {
-    TORCH_CHECK_VALUE(scales.has_value(), op, ": int8 weight needs scales [out_features, groups] (float32)");
+  TORCH_CHECK_TYPE(wt == at::kFloat || wt == at::kBFloat16 || wt == at::kChar || wt == at::kByte, op,
+                   ": weight must be float32, bfloat16, int8, or uint8 (int4 pairs), got ", wt);
+  const bool int4 = wt == at::kByte;
+  check_dim(weight, 2, op, "weight", int4 ? "[out_features, in_features / 2]" : "[out_features, in_features]");
+  TORCH_CHECK_VALUE(x.dim() >= 1, op, ": x must be [..., in_features], got a 0-d tensor");
+  const int64_t K = x.size(-1);
+  if (int4) {
+    // K / 2 rather than 2 * weight.size(1): no product that could overflow
+    TORCH_CHECK_VALUE(K % 2 == 0 && K / 2 == weight.size(1), op, ": x [..., in_features] must end in ",
+                      "in_features = 2 * weight.size(1) = 2 * ", weight.size(1), " for int4 weights, got x ",
+                      shape_str(x));
+    TORCH_CHECK_VALUE(K % kInt4Block == 0, op, ": int4 weights need in_features a multiple of ", kInt4Block,
+                      " (they are packed in blocks of 32 inputs), got ", K);
+  } else {
+    TORCH_CHECK_VALUE(K == weight.size(1), op, ": x [..., in_features] must end in ",
+                      "in_features = weight.size(1) = ", weight.size(1), ", got x ", shape_str(x));
+  }
+  if (wt == at::kChar || int4) {
+    const char* kind = int4 ? "int4" : "int8";
+    TORCH_CHECK_VALUE(scales.has_value(), op, ": ", kind, " weight needs scales [out_features, groups] (float32)");
     const at::Tensor& s = *scales;
     check_cpu(s, op, "scales");
     TORCH_CHECK_TYPE(s.scalar_type() == at::kFloat, op, ": scales must be float32, got ", s.scalar_type());
-    TORCH_CHECK_VALUE(s.dim() == 2 && s.size(0) == weight.size(0) && s.size(1) >= 1 &&
-                          weight.size(1) % s.size(1) == 0,
+    TORCH_CHECK_VALUE(s.dim() == 2 && s.size(0) == weight.size(0) && s.size(1) >= 1 && K % s.size(1) == 0,
                       op, ": scales must be [out_features, groups] = [", weight.size(0),
-                      ", G] with G dividing in_features ", weight.size(1), ", got ", shape_str(s));
+                      ", G] with G dividing in_features ", K, ", got ", shape_str(s));
+    if (int4) {
+      TORCH_CHECK_VALUE((K / s.size(1)) % kInt4Block == 0, op, ": int4 groups must be a multiple of ",
+                        kInt4Block, " inputs, got ", s.size(1), " groups of ", K / s.size(1), " (scales ",
+                        shape_str(s), ")");
+    }
   } else {
-    TORCH_CHECK_VALUE(!scales.has_value(), op, ": scales are only for int8 weights, got ", wt, " weight");
+    TORCH_CHECK_VALUE(!scales.has_value(), op, ": scales are only for int8 and int4 weights, got ", wt, " weight");
   }
+  return K;
 }
 
 at::Tensor linear_impl(const at::Tensor& x_, const at::Tensor& weight_, const std::optional<at::Tensor>& scales_,
                        const std::optional<at::Tensor>& residual_, bool swiglu, const char* op) {
-  check_args(x_, weight_, scales_, op);
-  const int64_t M = weight_.size(0), K = weight_.size(1);
+  const int64_t K = check_args(x_, weight_, scales_, op);
+  const int64_t M = weight_.size(0);
   if (swiglu) {
     TORCH_CHECK_VALUE(M % 2 == 0, op, ": weight must stack gate and up rows [2 * intermediate, in_features], got ",
                       shape_str(weight_));
@@ -225,13 +272,13 @@ at::Tensor linear_impl(const at::Tensor& x_, const at::Tensor& weight_, const st
   auto with_dot = [&](const auto& dot, auto ttag) {
     using Dot = std::decay_t<decltype(dot)>;
     using T = decltype(ttag);
-    const int64_t wbytes = static_cast<int64_t>(weight.element_size());
+    const int64_t row_bytes = weight.size(1) * static_cast<int64_t>(weight.element_size());
     T* yp = y.mutable_data_ptr<T>();
     const T* rp = residual.defined() ? residual.const_data_ptr<T>() : nullptr;
     if (swiglu) {
-      run<Dot, T, Epilogue::kSwiGLU>(dot, N, K, wbytes, outputs, yp, nullptr);
+      run<Dot, T, Epilogue::kSwiGLU>(dot, N, row_bytes, outputs, yp, nullptr);
     } else {
-      run<Dot, T, Epilogue::kPlain>(dot, N, K, wbytes, outputs, yp, rp);
+      run<Dot, T, Epilogue::kPlain>(dot, N, row_bytes, outputs, yp, rp);
     }
   };
   auto launch = [&](const auto& dot) {
@@ -243,6 +290,7 @@ at::Tensor linear_impl(const at::Tensor& x_, const at::Tensor& weight_, const st
   };
   thread_local std::vector<int8_t> xq_buf;
   thread_local std::vector<float> xs_buf;
+  thread_local std::vector<int32_t> xsum_buf;
   switch (weight.scalar_type()) {
     case at::kFloat:
       launch(FloatDot<float>{xp, {weight.const_data_ptr<float>(), nullptr, K, 1, K}});
@@ -260,6 +308,26 @@ at::Tensor linear_impl(const at::Tensor& x_, const at::Tensor& weight_, const st
       launch(Bf16Dot{xb, w});
 #else
       launch(FloatDot<at::BFloat16>{xp, w});
+#endif
+      break;
+    }
+    case at::kByte: {
+      const Weights<Int4x2> w{reinterpret_cast<const Int4x2*>(weight.const_data_ptr<uint8_t>()),
+                              scales.const_data_ptr<float>(), K, groups, K / groups};
+#ifdef KR_DECODE_INT4_DOT
+      const int64_t B = int4_block(K / groups);
+      int8_t* q = scratch(xq_buf, N * K);
+      float* s = scratch(xs_buf, N * (K / B));
+      int32_t* sums = scratch(xsum_buf, N * (K / B));
+      quantize_x(xp, N, K, B, /*offset=*/false, q, s, sums);
+      const QuantizedX qx{q, s, K, B, sums};
+#if defined(KR_DECODE_INT8_VNNI)
+      launch(Int4Dot<true>{qx, w});
+#else
+      launch(Int4Dot<false>{qx, w});
+#endif
+#else
+      launch(Int4FloatDot{xp, w});
 #endif
       break;
     }
@@ -315,6 +383,15 @@ int64_t decode_int8_x_block(int64_t G) {
 #endif
 }
 
+// The same for int4 weights.
+int64_t decode_int4_x_block(int64_t G) {
+#ifdef KR_DECODE_INT4_DOT
+  return G > 0 && G % kInt4Block == 0 ? int4_block(G) : 0;
+#else
+  return 0;
+#endif
+}
+
 // Whether x is rounded to bf16 to meet bf16 weights.
 bool decode_bf16_rounds_x() {
 #ifdef KR_DECODE_BF16_DP
@@ -340,6 +417,14 @@ std::string decode_linear_kernel(c10::ScalarType weight_dtype) {
       return "avx2 int8 dot products (x quantized to int8 per block of gcd(group, 128) inputs)";
 #else
       return "widened to fp32, fp32 FMA";
+#endif
+    case at::kByte:
+#if defined(KR_DECODE_INT8_VNNI)
+      return "int4 unpacked in registers, avx512-vnni int8 dot products (x quantized to int8 per block of gcd(group, 128) inputs)";
+#elif defined(KR_DECODE_INT4_DOT)
+      return "int4 unpacked in registers, avx2 int8 dot products (x quantized to int8 per block of gcd(group, 128) inputs)";
+#else
+      return "int4 unpacked to int8, widened to fp32, fp32 FMA";
 #endif
     default:
       return "fp32 FMA";

@@ -15,6 +15,7 @@ double peak_gflops(c10::ScalarType dtype, double seconds);
 }
 std::string decode_linear_kernel(c10::ScalarType weight_dtype);
 int64_t decode_int8_x_block(int64_t group_size);
+int64_t decode_int4_x_block(int64_t group_size);
 bool decode_bf16_rounds_x();
 void bind_config(pybind11::module_& m);
 void bind_yaml(pybind11::module_& m);
@@ -34,12 +35,18 @@ PYBIND11_MODULE(_C, m) {
      "oneDNN's bf16 dot-product brgemm on cache-resident tiles, 0 where bf16 is not native. The "
      "benchmarks' MFU denominator.");
   m.def("decode_linear_kernel", [](const std::string& weight_dtype) {
-    const auto t = weight_dtype == "int8" ? c10::kChar : weight_dtype == "bf16" ? c10::kBFloat16 : c10::kFloat;
+    const auto t = weight_dtype == "int8"   ? c10::kChar
+                   : weight_dtype == "int4" ? c10::kByte
+                   : weight_dtype == "bf16" ? c10::kBFloat16
+                                            : c10::kFloat;
     return kr::decode_linear_kernel(t);
-  }, "How decode_linear computes with 'fp32', 'bf16' or 'int8' weights in this build (which dot "
-     "products, and whether x is rounded or quantized to meet them).");
+  }, "How decode_linear computes with 'fp32', 'bf16', 'int8' or 'int4' weights in this build (which "
+     "dot products, and whether x is rounded or quantized to meet them).");
   m.def("decode_int8_x_block", &kr::decode_int8_x_block,
         "For int8 weights with groups of this many inputs: the block of inputs x is quantized over "
+        "(symmetric int8), or 0 where x stays fp32.");
+  m.def("decode_int4_x_block", &kr::decode_int4_x_block,
+        "For int4 weights with groups of this many inputs: the block of inputs x is quantized over "
         "(symmetric int8), or 0 where x stays fp32.");
   m.def("decode_bf16_rounds_x", &kr::decode_bf16_rounds_x,
         "Whether decode_linear rounds x to bf16 to meet bf16 weights (native bf16 dot products).");

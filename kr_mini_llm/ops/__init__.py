@@ -11,7 +11,8 @@ import torch
 from ._library import device_fallbacks, kernel_path, switch_from_environment, use_device_fallbacks
 from .attention import attention, attention_reference
 from .decode_linear import (decode_linear, decode_linear_reference, decode_linear_swiglu,
-                            decode_linear_swiglu_reference, dequantize_int8, quantize_int8)
+                            decode_linear_swiglu_reference, dequantize_int4, dequantize_int8, quantize_int4,
+                            quantize_int8)
 from .decode_attention import (decode_attention, decode_attention_reference, decode_attention_step,
                                decode_attention_step_reference, kv_cache_append, kv_cache_append_reference)
 from .linear import linear, linear_reference
@@ -56,7 +57,7 @@ __all__ = ["rms_norm", "rms_norm_reference", "rotary", "rotary_reference", "rope
            "rope_inv_freq", "swiglu", "swiglu_reference", "attention", "attention_reference", "decode_attention",
            "decode_attention_reference", "decode_attention_step", "decode_attention_step_reference", "kv_cache_append", "kv_cache_append_reference", "linear_cross_entropy",
            "linear_cross_entropy_reference", "linear", "linear_reference", "decode_linear", "decode_linear_reference", "decode_linear_swiglu",
-           "decode_linear_swiglu_reference", "quantize_int8", "dequantize_int8",
+           "decode_linear_swiglu_reference", "quantize_int8", "dequantize_int8", "quantize_int4", "dequantize_int4",
            "backend_report", "simd_capability", "OPS",
            "use_device_fallbacks", "device_fallbacks"]
 

@@ -3,15 +3,24 @@
     decode_linear(x, weight, scales=None, residual=None)   -> x W^T (+ residual)
     decode_linear_swiglu(x, weight, scales=None)           -> silu(x Wg^T) * (x Wu^T), weight = [Wg; Wu]
 
-x is [..., K] float32 or bfloat16; weight [M, K] float32, bfloat16 or int8. Int8 weights carry
-symmetric float32 scales [M, G]: each row is split into G groups of K / G consecutive inputs and
-w ~= q * scale (G = 1: one scale per output channel). Accumulation is fp32; y has x's dtype.
-`quantize_int8` / `dequantize_int8` make and undo that format.
+x is [..., K] float32 or bfloat16; weight [M, K] float32, bfloat16 or int8, or uint8 [M, K / 2]
+for int4. Int8 and int4 weights carry symmetric float32 scales [M, G]: each row is split into G
+groups of K / G consecutive inputs and w ~= q * scale (int8: G = 1 is one scale per output
+channel; int4: K / G a multiple of 32). Accumulation is fp32; y has x's dtype.
+`quantize_int8` / `dequantize_int8` and `quantize_int4` / `dequantize_int4` make and undo them.
+
+Int4 is llama.cpp's Q4_0 with float32 scales: per group, scale = m / -8 where m is the weight of
+largest magnitude (so m itself is q = -8 exactly) and q = round(w / scale) in [-8, 7]. A uint8
+weight holds it packed: each row is K / 32 blocks of 16 bytes, byte i of a block holding input i of
+the block in its low nibble and input i + 16 in its high nibble, each as q + 8 in [0, 15]. The
+dtype says which format a weight is in, so one op (and its residual and SwiGLU epilogues) serves
+them all.
 
 To run on the CPU's own dot products, the kernel meets low-precision weights in their precision:
 with bf16 weights, x is rounded to bf16 (AVX512-BF16 CPUs); with int8 weights, x is quantized
 to symmetric int8 per block of gcd(G, 128) inputs (AVX512-VNNI and AVX2 CPUs, when that block is
-a whole number of vectors), as llama.cpp's q8_0 does. Elsewhere x stays fp32 and the weights are
+a whole number of vectors; int4 weights likewise, per block of gcd(G, 128)), as llama.cpp's q8_0
+does. Elsewhere x stays fp32 and the weights are
 widened. `x_format(weight_dtype, group_size)` says which applies in this build.
 
 These ops are inference-only: they have no backward, and asking for a gradient through them
@@ -24,7 +33,8 @@ import torch.nn.functional as F
 
 from ._library import ops, qualname, register_fake, register_fallback
 
-WEIGHT_DTYPES = (torch.float32, torch.bfloat16, torch.int8)
+WEIGHT_DTYPES = (torch.float32, torch.bfloat16, torch.int8, torch.uint8)  # uint8: packed int4
+INT4_BLOCK = 32  # inputs per packed int4 block; in_features and int4 group sizes are multiples of it
 
 
 def _no_grad_check(op, *tensors):
@@ -35,7 +45,7 @@ def _no_grad_check(op, *tensors):
 
 def decode_linear(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor | None = None,
                   residual: torch.Tensor | None = None) -> torch.Tensor:
-    """x W^T (+ residual), fp32 accumulation; for int8 weight, W = weight * scales per group."""
+    """x W^T (+ residual), fp32 accumulation; for int8 / int4 (uint8) weight, W = q * scales per group."""
     _no_grad_check("decode_linear", x, weight, scales, residual)
     return ops.decode_linear(x, weight, scales, residual)
 
@@ -48,22 +58,24 @@ def decode_linear_swiglu(x: torch.Tensor, weight: torch.Tensor, scales: torch.Te
 
 def x_format(weight_dtype: torch.dtype, group_size: int | None = None) -> tuple[str, int]:
     """What x becomes in the CPU kernel for these weights: ("fp32", 0), ("bf16", 0), or
-    ("int8", B) with x quantized per block of B inputs (group_size: the int8 weights' group)."""
+    ("int8", B) with x quantized per block of B inputs (group_size: the int8 or int4 (uint8)
+    weights' group)."""
     from .. import _C
 
     if weight_dtype == torch.bfloat16 and _C.decode_bf16_rounds_x():
         return "bf16", 0
-    if weight_dtype == torch.int8:
+    if weight_dtype in (torch.int8, torch.uint8):
         if group_size is None:
-            raise ValueError("x_format: int8 weights need their group_size (in_features for per-channel scales)")
-        block = _C.decode_int8_x_block(int(group_size))
+            raise ValueError("x_format: int8/int4 weights need their group_size (in_features for per-channel scales)")
+        x_block = _C.decode_int8_x_block if weight_dtype == torch.int8 else _C.decode_int4_x_block
+        block = x_block(int(group_size))
         if block:
             return "int8", block
     return "fp32", 0
 
 
 def kernel_description(weight_dtype: str) -> str:
-    """How this build computes decode_linear with 'fp32', 'bf16' or 'int8' weights (benchmarks print it)."""
+    """How this build computes decode_linear with 'fp32', 'bf16', 'int8' or 'int4' weights (benchmarks print it)."""
     from .. import _C
 
     return _C.decode_linear_kernel(weight_dtype)
@@ -84,11 +96,7 @@ def quantize_int8(weight: torch.Tensor, group_size: int | None = None) -> tuple[
         raise ValueError(f"quantize_int8: group_size {G} does not divide in_features {K} of a weight "
                          f"{list(weight.shape)}; choose a group size that divides the input size of every "
                          "layer, or per-channel scales (group_size None)")
-    finite = torch.isfinite(weight.detach())
-    if not bool(finite.all()):
-        r, c = (~finite).nonzero()[0].tolist()
-        raise ValueError(f"quantize_int8: the weight {list(weight.shape)} holds NaN or inf (first at [{r}, {c}]), "
-                         "which no int8 scale can represent; the model had diverged: quantize an earlier checkpoint")
+    _check_finite("quantize_int8", weight)
     w = weight.detach().float().view(M, K // G, G)
     scales = w.abs().amax(-1) / 127.0
     safe = torch.where(scales > 0, scales, torch.ones_like(scales))
@@ -110,9 +118,76 @@ def dequantize_int8(q: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = 
     return (q.view(M, G, K // G).to(dtype) * scales.to(dtype).unsqueeze(-1)).view(M, K)
 
 
+def _check_finite(op, weight):
+    finite = torch.isfinite(weight.detach())
+    if not bool(finite.all()):
+        r, c = (~finite).nonzero()[0].tolist()
+        raise ValueError(f"{op}: the weight {list(weight.shape)} holds NaN or inf (first at [{r}, {c}]), "
+                         "which no scale can represent; the model had diverged: quantize an earlier checkpoint")
+
+
+# -- int4 format ---------------------------------------------------------------------------------
+def quantize_int4(weight: torch.Tensor, group_size: int = INT4_BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int4 (Q4_0's rule): weight [M, K] -> (packed uint8 [M, K / 2], scales float32 [M, K / G]).
+
+    Per group of G = `group_size` consecutive inputs (a multiple of 32 dividing K): scale = m / -8
+    with m the weight of largest magnitude, q = round(w / scale) (halves rounded up, as Q4_0) clamped
+    to [-8, 7]; packed two per byte as the module docstring says.
+    """
+    if weight.dim() != 2:
+        raise ValueError(f"quantize_int4: weight must be 2-D [out_features, in_features], got {list(weight.shape)}")
+    M, K = weight.shape
+    G = int(group_size)
+    if G <= 0 or G % INT4_BLOCK or K % G:
+        raise ValueError(f"quantize_int4: group_size {G} must be a multiple of {INT4_BLOCK} that divides "
+                         f"in_features {K} of a weight {list(weight.shape)} (int4 packs blocks of {INT4_BLOCK} "
+                         "inputs)")
+    _check_finite("quantize_int4", weight)
+    w = weight.detach().float().view(M, K // G, G)
+    idx = w.abs().argmax(-1, keepdim=True)
+    scales = torch.gather(w, -1, idx).squeeze(-1) / -8.0
+    inv = torch.where(scales != 0, 1.0 / scales, torch.zeros_like(scales))
+    u = torch.floor(w * inv.unsqueeze(-1) + 8.5).clamp_(0, 15).to(torch.uint8)  # q + 8
+    return _pack_nibbles(u.view(M, K)), scales.contiguous()
+
+
+def _pack_nibbles(u: torch.Tensor) -> torch.Tensor:
+    M, K = u.shape
+    blocks = u.view(M, K // INT4_BLOCK, 2, INT4_BLOCK // 2)
+    return (blocks[:, :, 0] | (blocks[:, :, 1] << 4)).reshape(M, K // 2).contiguous()
+
+
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """q in [-8, 7] as int8 [M, K] from a packed uint8 int4 weight [M, K / 2]."""
+    M, half = packed.shape
+    b = packed.view(M, -1, 1, INT4_BLOCK // 2)
+    u = torch.cat([b & 0x0F, b >> 4], dim=2)
+    return (u.to(torch.int8) - 8).view(M, 2 * half)
+
+
+def dequantize_int4(packed: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The weight a packed int4 (packed, scales) pair stands for, in `dtype`."""
+    if (packed.dim() != 2 or packed.dtype != torch.uint8 or scales.dim() != 2 or scales.shape[0] != packed.shape[0]
+            or (2 * packed.shape[1]) % INT4_BLOCK or scales.shape[1] < 1
+            or (2 * packed.shape[1]) % (INT4_BLOCK * scales.shape[1])):
+        raise ValueError(f"dequantize_int4: packed must be uint8 [out_features, in_features / 2] with in_features "
+                         f"a multiple of {INT4_BLOCK}, and scales [out_features, G] with in_features / G a multiple "
+                         f"of {INT4_BLOCK} (quantize_int4's pair), got packed {packed.dtype} {list(packed.shape)}, "
+                         f"scales {list(scales.shape)}")
+    M, K = packed.shape[0], 2 * packed.shape[1]
+    if K == 0:
+        return torch.zeros(M, 0, dtype=dtype, device=packed.device)
+    G = scales.shape[1]
+    return (unpack_int4(packed).view(M, G, K // G).to(dtype) * scales.to(dtype).unsqueeze(-1)).view(M, K)
+
+
 # -- references, fallback and fake kernels -------------------------------------------------------
 def _full_weight(weight, scales, dtype):
-    return dequantize_int8(weight, scales, dtype) if weight.dtype == torch.int8 else weight.to(dtype)
+    if weight.dtype == torch.int8:
+        return dequantize_int8(weight, scales, dtype)
+    if weight.dtype == torch.uint8:
+        return dequantize_int4(weight, scales, dtype)
+    return weight.to(dtype)
 
 
 def decode_linear_reference(x, weight, scales=None, residual=None):
@@ -135,23 +210,37 @@ def _check(op, x, weight, scales, residual=None, swiglu=False):
     if x.dtype not in (torch.float32, torch.bfloat16):
         raise TypeError(f"{op}: x must be float32 or bfloat16, got {x.dtype}")
     if weight.dtype not in WEIGHT_DTYPES:
-        raise TypeError(f"{op}: weight must be float32, bfloat16 or int8, got {weight.dtype}")
+        raise TypeError(f"{op}: weight must be float32, bfloat16, int8, or uint8 (int4 pairs), got {weight.dtype}")
+    int4 = weight.dtype == torch.uint8
     if weight.dim() != 2:
-        raise ValueError(f"{op}: weight must be 2-D [out_features, in_features], got shape {list(weight.shape)}")
-    M, K = weight.shape
-    if x.dim() < 1 or x.shape[-1] != K:
-        raise ValueError(f"{op}: x [..., in_features] must end in in_features = weight.size(1) = {K}, "
+        raise ValueError(f"{op}: weight must be 2-D [out_features, in_features{' / 2' if int4 else ''}], "
+                         f"got shape {list(weight.shape)}")
+    if x.dim() < 1:
+        raise ValueError(f"{op}: x must be [..., in_features], got a 0-d tensor")
+    M, K = weight.shape[0], x.shape[-1]
+    if int4:
+        if K % 2 or K // 2 != weight.shape[1]:
+            raise ValueError(f"{op}: x [..., in_features] must end in in_features = 2 * weight.size(1) = "
+                             f"2 * {weight.shape[1]} for int4 weights, got x {list(x.shape)}")
+        if K % INT4_BLOCK:
+            raise ValueError(f"{op}: int4 weights need in_features a multiple of {INT4_BLOCK} (they are packed "
+                             f"in blocks of 32 inputs), got {K}")
+    elif K != weight.shape[1]:
+        raise ValueError(f"{op}: x [..., in_features] must end in in_features = weight.size(1) = {weight.shape[1]}, "
                          f"got x {list(x.shape)}")
-    if weight.dtype == torch.int8:
+    if weight.dtype in (torch.int8, torch.uint8):
         if scales is None:
-            raise ValueError(f"{op}: int8 weight needs scales [out_features, groups] (float32)")
+            raise ValueError(f"{op}: {'int4' if int4 else 'int8'} weight needs scales [out_features, groups] (float32)")
         if scales.dtype != torch.float32:
             raise TypeError(f"{op}: scales must be float32, got {scales.dtype}")
         if scales.dim() != 2 or scales.shape[0] != M or scales.shape[1] < 1 or K % scales.shape[1]:
             raise ValueError(f"{op}: scales must be [out_features, groups] = [{M}, G] with G dividing "
                              f"in_features {K}, got {list(scales.shape)}")
+        if int4 and (K // scales.shape[1]) % INT4_BLOCK:
+            raise ValueError(f"{op}: int4 groups must be a multiple of {INT4_BLOCK} inputs, got {scales.shape[1]} "
+                             f"groups of {K // scales.shape[1]} (scales {list(scales.shape)})")
     elif scales is not None:
-        raise ValueError(f"{op}: scales are only for int8 weights, got {weight.dtype} weight")
+        raise ValueError(f"{op}: scales are only for int8 and int4 weights, got {weight.dtype} weight")
     if swiglu and M % 2:
         raise ValueError(f"{op}: weight must stack gate and up rows [2 * intermediate, in_features], "
                          f"got {list(weight.shape)}")
@@ -197,4 +286,5 @@ for _name in ("decode_linear", "decode_linear_swiglu"):
     torch.library.register_autograd(qualname(_name), _inference_only(_name), setup_context=lambda *a: None)
 
 __all__ = ["decode_linear", "decode_linear_swiglu", "decode_linear_reference", "decode_linear_swiglu_reference",
-           "quantize_int8", "dequantize_int8", "x_format", "kernel_description", "WEIGHT_DTYPES"]
+           "quantize_int8", "dequantize_int8", "quantize_int4", "dequantize_int4", "unpack_int4", "x_format",
+           "kernel_description", "WEIGHT_DTYPES", "INT4_BLOCK"]

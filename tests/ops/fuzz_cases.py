@@ -321,11 +321,15 @@ def b_step(draw, g):
 def _decode_linear_case(draw, g, swiglu):
     N, K, M = dims(draw, 1, 3), 8 * dims(draw, 1, 4), 2 * dims(draw, 1, 4)
     xdt = draw(st.sampled_from([torch.float32, torch.bfloat16]))
-    wdt = draw(st.sampled_from([torch.float32, torch.bfloat16, torch.int8]))
+    wdt = draw(st.sampled_from([torch.float32, torch.bfloat16, torch.int8, torch.uint8]))  # uint8: int4
+    if wdt == torch.uint8:
+        K = 32 * dims(draw, 1, 2)
     w = randn(g, (M, K))
     scales = None
     if wdt == torch.int8:
         w, scales = ops.quantize_int8(w, draw(st.sampled_from([None, 8])))
+    elif wdt == torch.uint8:
+        w, scales = ops.quantize_int4(w, draw(st.sampled_from([32, K])))
     else:
         w = w.to(wdt)
     args = dict(x=randn(g, (N, K), xdt), weight=w, scales=scales)
@@ -335,16 +339,33 @@ def _decode_linear_case(draw, g, swiglu):
 
 
 def _decode_linear_tol(args):
-    """The kernel meets int8/bf16 weights with x quantized to int8 (error up to max|x| / 254 per
-    input) or rounded to bf16; sums of K products."""
+    """The kernel meets int8/int4/bf16 weights with x quantized to int8 (error up to max|x| / 254
+    per input) or rounded to bf16; sums of K products."""
     w, s = args["weight"], args.get("scales")
+    K = args["x"].shape[-1] if args["x"].dim() else 0
     groups = s.shape[1] if s is not None and s.dim() == 2 and s.shape[1] else None
-    fmt, _ = x_format(w.dtype, w.shape[1] // groups if groups else None)
-    K = max(w.shape[-1], 1)
+    fmt, _ = x_format(w.dtype, K // groups if groups else None)
+    K = max(K, 1)
     rel = {"int8": 1 / 100, "bf16": 1 / 100}.get(fmt, 1e-4)
     if args["x"].dtype == torch.bfloat16:
         rel = max(rel, 1.6e-2)
-    return dict(atol=rel * K**0.5 * 8, rtol=rel * 4)
+    tol = dict(atol=rel * K**0.5 * 8, rtol=rel * 4)
+    if fmt == "int8" and "residual" not in args:
+        tol["atol"] = max(tol["atol"], _swiglu_int8_atol(args))
+    return tol
+
+
+def _swiglu_int8_atol(args):
+    """SwiGLU multiplies the gate's error by up (and up's by silu(gate)): with x quantized to int8,
+    each projection is off by at most e = max|x| / 254 * max_j sum_k |w_jk|, so the output by
+    at most e * (max|up| + max|silu(gate)| + e), x1.5 for fp32 and silu's slope (<= 1.1)."""
+    x, w, s = args["x"], args["weight"], args["scales"]
+    if x.numel() == 0 or w.numel() == 0 or not (torch.isfinite(x).all() and torch.isfinite(s).all()):
+        return 0.0
+    w64 = (ops.dequantize_int4 if w.dtype == torch.uint8 else ops.dequantize_int8)(w, s, torch.float64)
+    e = x.double().abs().max().item() / 254 * w64.abs().sum(1).max().item()
+    gate, up = (x.double() @ w64.T).chunk(2, dim=-1)
+    return 1.5 * e * (up.abs().max().item() + torch.nn.functional.silu(gate).abs().max().item() + e)
 
 
 def b_linear(draw, g):
@@ -380,6 +401,24 @@ def quantize_roundtrip(weight, group_size):
     return ops.dequantize_int8(q, s, torch.float64)
 
 
+def b_quantize_int4(draw, g):
+    M, K = dims(draw), 32 * dims(draw, 1, 3)
+    args = dict(weight=randn(g, (M, K), draw(st.sampled_from(FLOATS))), group_size=draw(st.sampled_from([32, K])))
+    return args, ["weight"], {"group_size": int_extreme}, {}
+
+
+def quantize_int4_roundtrip(weight, group_size):
+    q, s = ops.quantize_int4(weight, group_size)
+    return ops.dequantize_int4(q, s, torch.float64)
+
+
+def quantize_int4_tol(args):
+    """Q4_0's rule: within half a step of max|w| / 8, or a whole step where +8 clamps to 7."""
+    w = args["weight"]
+    amax = w.double().abs().max().item() if w.numel() and w.device.type != "meta" else 0.0
+    return dict(atol=amax / 8 * 1.01 + 1e-12, rtol=0.0)
+
+
 def quantize_tol(args):
     """Symmetric int8 rounds each weight to within half a step, max|w| / 254 (x1.01: the
     float32 scale)."""
@@ -408,6 +447,8 @@ SPECS = {s.name: s for s in [
     Spec("rope_tables", b_rope_tables, ops.rope_tables, rope_ref),
     Spec("quantize_int8", b_quantize, quantize_roundtrip,
          lambda weight, group_size: weight.double(), tol=quantize_tol),
+    Spec("quantize_int4", b_quantize_int4, quantize_int4_roundtrip,
+         lambda weight, group_size: weight.double(), tol=quantize_int4_tol),
 ]}
 
 

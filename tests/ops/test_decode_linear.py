@@ -13,10 +13,25 @@ WEIGHT_DTYPES = [torch.float32, torch.bfloat16, torch.int8]
 
 
 def make_weight(M, K, wdtype, group_size=None, gen=None):
+    """wdtype torch.uint8: int4 (group_size None: 32)."""
     w = torch.randn(M, K, dtype=torch.float64, generator=gen)
     if wdtype == torch.int8:
         return ops.quantize_int8(w, group_size)
+    if wdtype == torch.uint8:
+        return ops.quantize_int4(w, group_size or 32)
     return w.to(wdtype), None
+
+
+def in_features(w):
+    return 2 * w.shape[1] if w.dtype == torch.uint8 else w.shape[1]
+
+
+def dequantize(w, s, dtype=torch.float64):
+    if w.dtype == torch.int8:
+        return ops.dequantize_int8(w, s, dtype)
+    if w.dtype == torch.uint8:
+        return ops.dequantize_int4(w, s, dtype)
+    return w.to(dtype)
 
 
 def quantize_x(x, block):
@@ -31,7 +46,7 @@ def quantize_x(x, block):
 
 def kernel_x(x, w, s):
     """x in the precision the kernel meets the weights in (see ops.decode_linear.x_format)."""
-    fmt, block = x_format(w.dtype, w.shape[1] // s.shape[1] if s is not None else None)
+    fmt, block = x_format(w.dtype, in_features(w) // s.shape[1] if s is not None else None)
     if fmt == "bf16":
         return x.float().bfloat16().double()
     if fmt == "int8":
@@ -40,9 +55,9 @@ def kernel_x(x, w, s):
 
 
 def ref64(x, w, s, residual=None, swiglu=False):
-    """Float64 reference on the exact weights and x the kernel sees (int8 dequantised in float64;
-    x rounded or quantized where the kernel's dot products need it)."""
-    w64 = ops.dequantize_int8(w, s, torch.float64) if w.dtype == torch.int8 else w.double()
+    """Float64 reference on the exact weights and x the kernel sees (int8/int4 dequantised in
+    float64; x rounded or quantized where the kernel's dot products need it)."""
+    w64 = dequantize(w, s)
     y = kernel_x(x, w, s) @ w64.T
     if swiglu:
         gate, up = y.chunk(2, dim=-1)
@@ -195,7 +210,7 @@ def test_bad_input():
         ops.decode_linear(x, q, torch.ones(8, 3))
     with pytest.raises(ValueError, match="only for int8"):
         ops.decode_linear(x, torch.randn(8, 64), s)
-    with pytest.raises(TypeError, match="float32, bfloat16 or int8"):
+    with pytest.raises(TypeError, match="float32, bfloat16, int8, or uint8"):
         ops.decode_linear(x, torch.randn(8, 64).half())
     with pytest.raises(ValueError, match="gate and up"):
         ops.decode_linear_swiglu(x, torch.randn(7, 64))
@@ -203,3 +218,160 @@ def test_bad_input():
         ops.decode_linear(x, q, s, torch.randn(2, 9))
     with pytest.raises(ValueError, match="does not divide in_features 100"):
         ops.quantize_int8(torch.randn(4, 100), 32)
+
+
+# ---- int4 (uint8 weights, two inputs per byte) ---------------------------------------------------
+INT4_SHAPES = [(1, 32), (7, 64), (37, 96), (33, 160), (130, 704), (50, 768)]
+
+
+@pytest.mark.parametrize("M,K", INT4_SHAPES)
+def test_int4_matches_float64_reference(M, K):
+    gen = torch.Generator().manual_seed(M * 1000 + K + 4)
+    for group_size in sorted({32, 64 if K % 64 == 0 else 32, K}):
+        w, s = make_weight(M, K, torch.uint8, group_size, gen)
+        assert w.shape == (M, K // 2) and s.shape == (M, K // group_size)
+        for N in ROWS:
+            x = torch.randn(N, K, generator=gen)
+            r = torch.randn(N, M, generator=gen) if N % 2 else None
+            y = ops.decode_linear(x, w, s, r)
+            assert y.shape == (N, M) and y.dtype == torch.float32
+            torch.testing.assert_close(y.double(), ref64(x, w, s, r), **tol(torch.float32, K))
+
+
+@pytest.mark.parametrize("I,K,group_size", [(1, 32, 32), (45, 96, 32), (344, 256, 128), (20, 640, 64)])
+def test_int4_swiglu_matches_float64_reference(I, K, group_size):
+    gen = torch.Generator().manual_seed(I + K)
+    w, s = make_weight(2 * I, K, torch.uint8, group_size, gen)
+    for N in (1, 3, 8, 16):
+        x = torch.randn(2, N, K, generator=gen)  # leading dims are kept
+        y = ops.decode_linear_swiglu(x, w, s)
+        assert y.shape == (2, N, I)
+        torch.testing.assert_close(y.double(), ref64(x, w, s, swiglu=True), **tol(torch.float32, K))
+
+
+def test_int4_bfloat16_activations_and_threads():
+    gen = torch.Generator().manual_seed(11)
+    w, s = make_weight(1001, 160, torch.uint8, 32, gen)
+    x = torch.randn(4, 160, generator=gen).bfloat16()
+    r = torch.randn(4, 1001, generator=gen).bfloat16()
+    y = ops.decode_linear(x, w, s, r)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.double(), ref64(x, w, s, r), **tol(torch.bfloat16, 160))
+    with num_threads(1):
+        y1 = ops.decode_linear(x.float(), w, s)
+    with num_threads(2):
+        y2 = ops.decode_linear(x.float(), w, s)
+    assert torch.equal(y1, y2)
+
+
+def test_int4_fallback_matches_kernel():
+    """As test_fallback_matches_kernel, for int4 weights."""
+    gen = torch.Generator().manual_seed(12)
+    w, s = make_weight(2 * 30, 256, torch.uint8, 64, gen)
+    x = torch.randn(5, 256, generator=gen)
+    fmt, block = x_format(torch.uint8, 64)
+    xq = quantize_x(x, block).float() if fmt == "int8" else x
+    torch.testing.assert_close(_decode_linear_fallback(xq, w, s), ops.decode_linear(xq, w, s), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(_decode_linear_swiglu_fallback(xq, w, s), ops.decode_linear_swiglu(xq, w, s),
+                               atol=1e-4, rtol=1e-4)
+
+
+def test_int4_activation_rounding_is_bounded():
+    """As test_int8_activation_rounding_is_bounded: int4 weights against the unquantized x."""
+    gen = torch.Generator().manual_seed(13)
+    M, K = 96, 512
+    for group_size in (32, 256):
+        w, s = make_weight(M, K, torch.uint8, group_size, gen)
+        x = torch.randn(7, K, generator=gen) * torch.rand(7, 1, generator=gen) * 4
+        x[:, 5] = 40.0
+        y = ops.decode_linear(x, w, s).double()
+        w64 = dequantize(w, s)
+        fmt, block = x_format(torch.uint8, group_size)
+        step = torch.zeros_like(x, dtype=torch.float64)
+        if fmt == "int8":
+            step = (x.double().view(7, -1, block).abs().amax(-1, keepdim=True) / 127).expand(7, K // block, block)
+            step = step.reshape(7, K)
+        bound = (step / 2) @ w64.abs().T + 2e-5 * K**0.5 + 1e-4 * (x.double().abs() @ w64.abs().T)
+        err = (y - x.double() @ w64.T).abs()
+        assert (err <= bound).all(), (err - bound).max()
+
+
+def test_int4_format():
+    """The documented layout: per block of 32 inputs, byte i = input i (low nibble) | input i + 16
+    (high nibble), each as q + 8; scale = (weight of largest magnitude) / -8."""
+    q = torch.tensor([[(i % 16) - 8 for i in range(32)] + [7 - (i % 16) for i in range(32)]])  # [1, 64]
+    w = q.double() * 0.25
+    w[0, 0] = -2.0   # q = -8 at scale 0.25: the largest magnitude, so scale = -2 / -8 = 0.25
+    w[0, 32] = 1.75  # second group: max |w| is -2.0 (q = -8 at inputs 47 and 63), scale 0.25 again
+    packed, scales = ops.quantize_int4(w, 32)
+    assert packed.dtype == torch.uint8 and packed.shape == (1, 32)
+    torch.testing.assert_close(scales, torch.tensor([[0.25, 0.25]]))
+    u = (q + 8).to(torch.uint8)[0]
+    expected = torch.cat([u[b * 32:b * 32 + 16] | (u[b * 32 + 16:b * 32 + 32] << 4) for b in range(2)])
+    assert torch.equal(packed[0], expected)
+    assert torch.equal(ops.dequantize_int4(packed, scales, torch.float64), w)
+    # a positive maximum gets a negative scale, so it too is exactly q = -8
+    packed, scales = ops.quantize_int4(torch.linspace(-1, 3, 32).view(1, 32), 32)
+    assert scales.item() == pytest.approx(-3 / 8) and ops.dequantize_int4(packed, scales)[0, -1].item() == 3.0
+    # an all-zero group: scale 0, every q 0
+    packed, scales = ops.quantize_int4(torch.zeros(2, 64), 32)
+    assert (packed == 0x88).all() and (scales == 0).all()
+
+
+def test_int4_round_trip_error_bound():
+    gen = torch.Generator().manual_seed(14)
+    w = torch.randn(64, 256, generator=gen) * torch.rand(64, 1, generator=gen)
+    for group in (32, 128, 256):
+        q, s = ops.quantize_int4(w, group)
+        err = (ops.dequantize_int4(q, s) - w).abs().view(64, s.shape[1], -1)
+        # half a step, except where +8 steps clamp to 7: one step
+        assert (err <= s.abs().unsqueeze(-1) + 1e-6).all()
+        assert (err <= s.abs().unsqueeze(-1) / 2 + 1e-6).float().mean() > 0.95
+
+
+def test_int4_matches_gguf_q4_0():
+    """Our packed bytes are Q4_0's; only its fp16 scale differs from our fp32 one."""
+    gguf = pytest.importorskip("gguf")
+    import numpy as np
+
+    w = torch.randn(16, 128, generator=torch.Generator().manual_seed(15))
+    packed, scales = ops.quantize_int4(w, 32)
+    blocks = gguf.quants.quantize(w.numpy(), gguf.GGMLQuantizationType.Q4_0).reshape(16, 4, 18)
+    assert np.array_equal(blocks[:, :, 2:].reshape(16, 64), packed.numpy())
+    d = blocks[:, :, :2].copy().view(np.float16).reshape(16, 4)
+    assert np.array_equal(d, scales.numpy().astype(np.float16))
+
+
+def test_int4_opcheck():
+    gen = torch.Generator().manual_seed(16)
+    w, s = make_weight(2 * 19, 64, torch.uint8, 32, gen)
+    x = torch.randn(3, 64, generator=gen)
+    torch.library.opcheck(torch.ops.kr_mini_llm.decode_linear.default, (x, w, s, torch.randn(3, 38)))
+    torch.library.opcheck(torch.ops.kr_mini_llm.decode_linear_swiglu.default, (x, w, s))
+
+
+def test_int4_bad_input():
+    x = torch.randn(2, 64)
+    q, s = ops.quantize_int4(torch.randn(8, 64), 32)
+    with pytest.raises(ValueError, match="2 \\* weight.size\\(1\\)"):
+        ops.decode_linear(torch.randn(2, 63), q, s)
+    with pytest.raises(ValueError, match="multiple of 32"):  # K = 48: not whole packed blocks
+        ops.decode_linear(torch.randn(2, 48), torch.zeros(8, 24, dtype=torch.uint8), torch.ones(8, 1))
+    with pytest.raises(ValueError, match="int4 weight needs scales"):
+        ops.decode_linear(x, q)
+    with pytest.raises(ValueError, match="groups must be a multiple of 32"):
+        ops.decode_linear(x, q, torch.ones(8, 4))  # groups of 16
+    with pytest.raises(ValueError, match="dividing"):
+        ops.decode_linear(x, q, torch.ones(8, 3))
+    with pytest.raises(ValueError, match="must be 2-D"):
+        ops.decode_linear(x, q.view(8, 2, 16), s)
+    with pytest.raises(ValueError, match="gate and up"):
+        ops.decode_linear_swiglu(x, q[:7], s[:7])
+    with pytest.raises(ValueError, match="multiple of 32 that divides in_features 100"):
+        ops.quantize_int4(torch.randn(4, 100), 32)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        ops.quantize_int4(torch.randn(4, 64), 16)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        ops.quantize_int4(torch.tensor([[float("nan")] * 32]), 32)
+    with pytest.raises(ValueError, match="quantize_int4's pair"):
+        ops.dequantize_int4(q, torch.ones(8, 4))

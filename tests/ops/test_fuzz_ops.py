@@ -15,14 +15,15 @@ from .isolated import describe_exit, run_python
 BATCHES = [
     ["rms_norm", "rotary", "swiglu", "attention", "linear_cross_entropy"],
     ["decode_attention", "kv_cache_append", "decode_attention_step"],
-    ["decode_linear", "decode_linear_swiglu", "linear", "rope_tables", "quantize_int8"],
+    ["decode_linear", "decode_linear_swiglu", "linear", "rope_tables", "quantize_int8", "quantize_int4"],
 ]
 
 
 # Exports that are not ops, or are fuzzed through another spec.
 NOT_FUZZED_ALONE = {"backend_report": "not an op", "simd_capability": "not an op", "OPS": "not an op",
                     "use_device_fallbacks": "not an op", "device_fallbacks": "not an op",
-                    "dequantize_int8": "quantize_int8's round trip", "rope_inv_freq": "rope_tables"}
+                    "dequantize_int8": "quantize_int8's round trip", "dequantize_int4": "quantize_int4's round trip",
+                    "rope_inv_freq": "rope_tables"}
 
 
 def test_batches_cover_every_op():
