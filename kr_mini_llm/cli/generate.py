@@ -26,7 +26,7 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
     p.add_argument("--repetition_penalty", type=float, default=1.1)
     p.add_argument("--seed", type=int)
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
-    p.add_argument("--dtype", choices=["fp32", "bf16", "int8"], default=None,
+    p.add_argument("--dtype", choices=["fp32", "bf16", "int8", "int4"], default=None,
                    help="CPU decode weights (default: fp32, or the dtype of a scripts/quantize.py directory)")
     p.add_argument("--tokenizer", default=None, help="tokenizer.model if the checkpoint has none")
     p.add_argument("--no_stream", action="store_true", help="print each answer whole")

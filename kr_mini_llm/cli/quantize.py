@@ -1,11 +1,15 @@
-"""Save a model's weights packed for CPU inference (int8 or bf16); the Generator loads the result.
+"""Save a model's weights packed for CPU inference (int4, int8 or bf16); the Generator loads the result.
 
     python scripts/quantize.py --model checkpoints/demo --dtype int8 --output models/demo-int8
     python scripts/quantize.py --model checkpoints/demo --dtype int8 --group_size 128 --output models/demo-int8-g128
+    python scripts/quantize.py --model checkpoints/demo --dtype int4 --output models/demo-int4
     python scripts/generate.py --model models/demo-int8 --prompt "대한민국의 수도는"
 
 int8 is symmetric: q = round(w / scale) in [-127, 127] with one fp32 scale per output channel (the
 default) or per group of --group_size consecutive inputs (it must divide every layer's input size).
+int4 is llama.cpp's Q4_0 rule (q in [-8, 7], scale = the group's largest-magnitude weight / -8) with
+fp32 scales per group of --group_size inputs (a multiple of 32; default 32), packed two per byte;
+a layer whose input size the group does not divide stays int8 per output channel (said once).
 The scheme is recorded in OUTPUT/inference.json; RMSNorm weights stay fp32.
 """
 import argparse
@@ -22,9 +26,10 @@ def dir_size(path: Path) -> int:
 def build_parser(prog=None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="checkpoint directory or training output directory")
-    p.add_argument("--dtype", required=True, choices=["int8", "bf16"])
+    p.add_argument("--dtype", required=True, choices=["int4", "int8", "bf16"])
     p.add_argument("--group_size", type=int, default=None,
-                   help="int8: inputs per scale (e.g. 32, 64, 128); default: one scale per output channel")
+                   help="int8: inputs per scale (e.g. 32, 64, 128); default: one scale per output channel. "
+                        "int4: a multiple of 32; default 32")
     p.add_argument("--output", required=True, help="directory to create (an existing one only with --overwrite)")
     add_overwrite_flag(p)
     return p
@@ -34,13 +39,14 @@ def main(argv=None, prog=None) -> int:
     args = build_parser(prog).parse_args(argv)
 
     from ..inference.decode_model import DecodeModel
+    from ..inference.packed import INT4_GROUP_SIZE
     from ..inference.saved import save_inference_model
     from ..io import layout
     from ..training import CheckpointError
     from ..training.checkpoint import load_model
 
-    if args.group_size is not None and args.dtype != "int8":
-        print("error: --group_size applies to --dtype int8 only", file=sys.stderr)
+    if args.group_size is not None and args.dtype == "bf16":
+        print("error: --group_size applies to --dtype int8 and int4 only", file=sys.stderr)
         return 2
     try:
         claim_output(args.output, overwrite=args.overwrite, inputs=[args.model])
@@ -53,8 +59,13 @@ def main(argv=None, prog=None) -> int:
         return 2
     src = (ckpt / layout.MODEL_WEIGHTS).stat().st_size
     dst = (out / layout.MODEL_WEIGHTS).stat().st_size
-    scheme = ("per output channel" if args.group_size is None else f"per group of {args.group_size} inputs") \
-        if args.dtype == "int8" else ""
+    scheme = ""
+    if args.dtype == "int8":
+        scheme = "per output channel" if args.group_size is None else f"per group of {args.group_size} inputs"
+    elif args.dtype == "int4":
+        scheme = f"per group of {args.group_size or INT4_GROUP_SIZE} inputs"
+        if packed.int8_layers:
+            scheme += f" ({len(packed.int8_layers)} layers int8 per output channel: input size not a multiple)"
     print(f"{out}: {args.dtype} {scheme}".rstrip() + f"; model.safetensors {dst / 2**20:,.1f} MiB "
           f"(from {src / 2**20:,.1f} MiB, {dst / src:.2f}x); directory {dir_size(out) / 2**20:,.1f} MiB")
     return 0

@@ -4,17 +4,23 @@ Per block: q/k/v are one stacked weight, gate/up one weight whose SwiGLU is the 
 the residual adds are fused into the o/down projections, and everything between the qkv and o
 projections is one op (decode_attention_step), so a decode step costs 7 op calls per block
 (norm, qkv, attention step, o, norm, gate/up, down). Weights are
-fp32, bf16, or int8 + scales (see packed.py); activations and the residual stream are fp32; the
-KV cache is fp32 for fp32 weights and bf16 for bf16 and int8 ones (a 16-bit cache, as llama.cpp's
+fp32, bf16, int8 + scales or int4 + scales (see packed.py; with int4, a layer whose input size the
+group size does not divide is int8 per output channel); activations and the residual stream are
+fp32; the KV cache is fp32 for fp32 weights and bf16 for the others (a 16-bit cache, as llama.cpp's
 default f16 one: at batch 8 reading the cache costs as much as reading int8 weights). Called like Transformer(ids, kv_cache=..., last_logits_only=...).
 """
 from __future__ import annotations
+
+import logging
 
 import torch
 
 from .. import ops
 from ..model import KVCache, TransformerConfig
-from .packed import PackedLinear, bf16_prefill, check_dtype
+from ..ops.decode_linear import INT4_BLOCK
+from .packed import INT4_GROUP_SIZE, PackedLinear, bf16_prefill, check_dtype
+
+log = logging.getLogger(__name__)
 
 SCALES_SUFFIX = ".scales"
 
@@ -31,10 +37,14 @@ class DecodeModel:
     def __init__(self, config: TransformerConfig, tensors: dict[str, torch.Tensor], dtype: str = "fp32",
                  group_size: int | None = None):
         """`tensors`: the Transformer's state_dict names. Floating weights are packed into `dtype`
-        (int8 with `group_size`, None = per output channel); int8 ones (with their NAME.scales)
-        are taken as they are."""
+        (int8 with `group_size`, None = per output channel; int4 with `group_size`, a multiple of
+        32, None = 32, and int8 per output channel for a layer whose input size it does not
+        divide); int8 and int4 (uint8) ones, with their NAME.scales, are taken as they are."""
         self.config = config
         self.dtype = check_dtype(dtype)
+        if dtype == "int4" and group_size is not None and (group_size <= 0 or group_size % INT4_BLOCK):
+            raise ValueError(f"int4 group_size must be a multiple of {INT4_BLOCK}, the packed block, got {group_size}")
+        self.int8_layers: list[str] = []  # int4 models: the layers kept in int8
         if dtype != "fp32":
             bf16_prefill()  # decided (and, where bf16 does not pay, logged) once, at load
         c = config
@@ -46,21 +56,37 @@ class DecodeModel:
             return _take(tensors, name, (n,)).float().contiguous()
 
         def lin(name, out, inp):
+            stored = tensors.get(name + ".weight")
+            if stored is not None and stored.dtype in (torch.int8, torch.uint8):
+                return quantized(name, out, inp, "int4" if stored.dtype == torch.uint8 else "int8")
             w = _take(tensors, name + ".weight", (out, inp))
-            if w.dtype == torch.int8:
-                s = tensors.get(name + SCALES_SUFFIX)
-                if s is None:
-                    raise ConfigMismatchError(f"{name}.weight is int8 but {name}{SCALES_SUFFIX} is missing")
-                if s.dim() != 2 or s.shape[0] != out or inp % s.shape[1]:
-                    raise ConfigMismatchError(f"{name}{SCALES_SUFFIX} must be [{out}, groups dividing {inp}], "
-                                              f"got {list(s.shape)}")
-                if dtype != "int8":
-                    raise ConfigMismatchError(f"{name} holds int8 weights; load them with dtype='int8'")
-                return PackedLinear(w, s.float())
+            if dtype == "int4" and inp % (group_size or INT4_GROUP_SIZE):
+                self.int8_layers.append(name)
+                return PackedLinear.from_float(w, "int8")
             try:
                 return PackedLinear.from_float(w, dtype, group_size)
             except ValueError as e:  # a group size that does not fit: name the layer
                 raise ValueError(f"{name}: {e}") from None
+
+        def quantized(name, out, inp, kind):
+            # int4: uint8 [out, inp / 2], groups a multiple of 32 inputs
+            if kind == "int4" and inp % INT4_BLOCK:
+                raise ConfigMismatchError(f"{name}.weight is int4 but the config's in_features {inp} is not a "
+                                          f"multiple of {INT4_BLOCK}")
+            w = _take(tensors, name + ".weight", (out, inp // 2 if kind == "int4" else inp))
+            s = tensors.get(name + SCALES_SUFFIX)
+            if s is None:
+                raise ConfigMismatchError(f"{name}.weight is {kind} but {name}{SCALES_SUFFIX} is missing")
+            if (s.dim() != 2 or s.shape[0] != out or s.shape[1] < 1 or inp % s.shape[1]
+                    or (kind == "int4" and (inp // s.shape[1]) % INT4_BLOCK)):
+                unit = f"groups of a multiple of {INT4_BLOCK} inputs" if kind == "int4" else "groups"
+                raise ConfigMismatchError(f"{name}{SCALES_SUFFIX} must be [{out}, {unit} dividing {inp}], "
+                                          f"got {list(s.shape)}")
+            if dtype != kind and not (dtype == "int4" and kind == "int8"):  # int4 models keep some layers int8
+                raise ConfigMismatchError(f"{name} holds {kind} weights; load them with dtype='{kind}'")
+            if dtype == "int4" and kind == "int8":
+                self.int8_layers.append(name)
+            return PackedLinear(w, s.float())
 
         C, Hq, Hkv, I = c.hidden_size, c.num_heads * D, c.num_kv_heads * D, c.intermediate_size
         self.layers = []
@@ -80,6 +106,10 @@ class DecodeModel:
         self.norm = vec("norm.weight", C)
         self.embed = lin("embed_tokens", c.vocab_size, C)
         self.lm_head = self.embed if c.tie_word_embeddings else lin("lm_head", c.vocab_size, C)
+        if self.int8_layers:
+            G = group_size or INT4_GROUP_SIZE
+            log.warning(f"int4: {len(self.int8_layers)} layers whose input size is not a multiple of the group "
+                        f"size stay int8 per output channel (e.g. {self.int8_layers[0]}; group size {G})")
         self.rope_cos, self.rope_sin = ops.rope_tables(D, c.max_seq_length, c.rope_theta, c.resolved_rope_scaling)
         self.cache_dtype = torch.float32 if dtype == "fp32" else torch.bfloat16
         self.device = torch.device("cpu")

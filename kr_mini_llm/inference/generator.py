@@ -56,8 +56,9 @@ class Generator:
         checkpoint, a HF Llama/Qwen3 directory (training.checkpoint.load_model reads all four), or an
         inference directory of scripts/quantize.py.
 
-        dtype: the weights to decode with, "fp32", "bf16" or "int8" (int8: symmetric, per group of
-        `group_size` inputs, None = per output channel). On the CPU the default is "fp32" on the
+        dtype: the weights to decode with, "fp32", "bf16", "int8" or "int4" (int8: symmetric, per
+        group of `group_size` inputs, None = per output channel; int4: Q4_0's rule per group of
+        `group_size` inputs, a multiple of 32, None = 32). On the CPU the default is "fp32" on the
         packed decode kernels, or the inference directory's own dtype. With adapter_path (LoRA
         adapters of scripts/lora.py, unfused) or on another device, the Transformer runs as it is.
 

@@ -1,8 +1,9 @@
-"""Inference weights: a linear layer's weight stored in fp32, bf16, or int8 + scales.
+"""Inference weights: a linear layer's weight stored in fp32, bf16, int8 + scales, or int4 + scales
+(packed two per byte in a uint8 tensor [out, in / 2]; see ops.decode_linear).
 
 A few rows (a decode step: batch x new tokens up to DECODE_MAX_ROWS) go through the decode_linear
 kernels, which stream the weight once in its storage dtype. More rows (a prefill) go through an
-ordinary GEMM: fp32 weights in fp32; bf16 and int8 weights in bf16 where bf16 GEMMs pay on this
+ordinary GEMM: fp32 weights in fp32; bf16, int8 and int4 weights in bf16 where bf16 GEMMs pay on this
 CPU (native and measured faster than fp32: `bf16_prefill`), else in fp32.
 """
 from __future__ import annotations
@@ -14,13 +15,16 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops
+from ..ops.decode_linear import INT4_BLOCK, unpack_int4
 
 log = logging.getLogger(__name__)
 
-DTYPES = ("fp32", "bf16", "int8")
-# Rows up to which the decode kernels beat a GEMM: int8 goes further, since its GEMM must first
-# dequantise the whole weight.
-DECODE_MAX_ROWS = {torch.float32: 16, torch.bfloat16: 16, torch.int8: 64}
+DTYPES = ("fp32", "bf16", "int8", "int4")
+# Rows up to which the decode kernels beat a GEMM: int8 and int4 go further, since their GEMM must
+# first dequantise the whole weight.
+DECODE_MAX_ROWS = {torch.float32: 16, torch.bfloat16: 16, torch.int8: 64, torch.uint8: 64}
+_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.int8: "int8", torch.uint8: "int4"}
+INT4_GROUP_SIZE = INT4_BLOCK  # int4's default group: Q4_0's 32 inputs
 
 
 def check_dtype(dtype: str) -> str:
@@ -43,27 +47,30 @@ def bf16_prefill() -> bool:
 
 
 class PackedLinear:
-    """y = x W^T for W [out, in] held as `weight` (fp32 / bf16 / int8) and, for int8, `scales` [out, G]."""
+    """y = x W^T for W [out, in] held as `weight` (fp32 / bf16 / int8 / int4 packed in uint8 [out, in / 2])
+    and, for int8 and int4, `scales` [out, G]."""
 
     __slots__ = ("weight", "scales", "_max_decode")
 
     def __init__(self, weight: torch.Tensor, scales: torch.Tensor | None = None):
         self.weight = weight.contiguous()
         self.scales = scales.contiguous() if scales is not None else None
-        self._max_decode = DECODE_MAX_ROWS[weight.dtype] * weight.shape[1]
+        self._max_decode = DECODE_MAX_ROWS[weight.dtype] * self.in_features
 
     @classmethod
     def from_float(cls, weight: torch.Tensor, dtype: str, group_size: int | None = None) -> "PackedLinear":
         """Packs a floating weight into `dtype` (int8: symmetric, per group of `group_size` inputs,
-        or per output channel when None)."""
+        or per output channel when None; int4: Q4_0's rule per group of `group_size` inputs, None = 32)."""
         w = weight.detach()
         if dtype == "int8":
             return cls(*ops.quantize_int8(w, group_size))
+        if dtype == "int4":
+            return cls(*ops.quantize_int4(w, group_size or INT4_GROUP_SIZE))
         return cls(w.to(torch.float32 if dtype == "fp32" else torch.bfloat16))
 
     @property
     def dtype(self) -> str:
-        return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.int8: "int8"}[self.weight.dtype]
+        return _NAMES[self.weight.dtype]
 
     @property
     def out_features(self) -> int:
@@ -71,10 +78,17 @@ class PackedLinear:
 
     @property
     def in_features(self) -> int:
-        return self.weight.shape[1]
+        return self.weight.shape[1] * (2 if self.weight.dtype == torch.uint8 else 1)
+
+    @property
+    def group_size(self) -> int | None:
+        """Inputs per scale (int8 / int4), None for fp32 / bf16."""
+        return None if self.scales is None else self.in_features // self.scales.shape[1]
 
     def dense(self, dtype: torch.dtype) -> torch.Tensor:
-        """The full weight in `dtype` (int8 dequantised)."""
+        """The full weight in `dtype` (int8 / int4 dequantised)."""
+        if self.weight.dtype == torch.uint8:
+            return ops.dequantize_int4(self.weight, self.scales, dtype)
         if self.scales is not None:
             return ops.dequantize_int8(self.weight, self.scales, dtype)
         return self.weight if self.weight.dtype == dtype else self.weight.to(dtype)
@@ -102,6 +116,8 @@ class PackedLinear:
         w = F.embedding(ids, self.weight)
         if self.scales is None:
             return w.float()
+        if self.weight.dtype == torch.uint8:
+            w = unpack_int4(w.reshape(-1, w.shape[-1])).view(*ids.shape, self.in_features)
         s = F.embedding(ids, self.scales)
         return (w.float().unflatten(-1, (s.shape[-1], -1)) * s.unsqueeze(-1)).flatten(-2)
 
@@ -113,7 +129,7 @@ class PackedLinear:
         scales = None
         if parts[0].scales is not None:
             if len({p.scales.shape[1] for p in parts}) != 1:
-                raise ValueError("cannot stack int8 weights with different group sizes")
+                raise ValueError(f"cannot stack {parts[0].dtype} weights with different group sizes")
             scales = torch.cat([p.scales for p in parts])
         return PackedLinear(torch.cat([p.weight for p in parts]), scales)
 

@@ -1,11 +1,15 @@
-"""Inference model directories: packed (bf16 or int8) weights that the Generator loads directly.
+"""Inference model directories: packed (bf16, int8 or int4) weights that the Generator loads directly.
 
 DIR/
-  model.safetensors    the Transformer's weight names; int8 linears as NAME.weight (int8) + NAME.scales (fp32)
+  model.safetensors    the Transformer's weight names; int8 linears as NAME.weight (int8) + NAME.scales (fp32),
+                       int4 ones as NAME.weight (uint8 [out, in / 2], ops.decode_linear's packing) + NAME.scales
   model_config.yaml    the model config (as in a checkpoint)
   inference.json       {"format": "kr-mini-llm-inference", "version": 1, "dtype": "int8",
                         "quantization": {"scheme": "symmetric", "bits": 8, "scale_dtype": "float32",
                                          "group_size": 128 | null (one scale per output channel)}}
+                       int4: "bits": 4, "packing": "q4_0", "group_size": 32 (a multiple of 32), and
+                       "int8_layers": the layers kept in int8 per output channel (input size not a
+                       multiple of the group size)
   tokenizer.model      the tokenizer
 
 Written to a temporary directory and swapped into place, so DIR is either complete or untouched.
@@ -22,6 +26,7 @@ from ..io.atomic import staged_directory
 from ..io.layout import INFERENCE_INFO as INFO_FILE
 from ..model import TransformerConfig
 from .decode_model import ConfigMismatchError, DecodeModel
+from .packed import DTYPES, INT4_GROUP_SIZE
 
 FORMAT = "kr-mini-llm-inference"
 VERSION = 1
@@ -44,6 +49,9 @@ def save_inference_model(model: DecodeModel, out: str | os.PathLike, tokenizer_p
     if model.dtype == "int8":
         info["quantization"] = {"scheme": "symmetric", "bits": 8, "scale_dtype": "float32",
                                 "group_size": group_size}
+    elif model.dtype == "int4":
+        info["quantization"] = {"scheme": "symmetric", "bits": 4, "packing": "q4_0", "scale_dtype": "float32",
+                                "group_size": group_size or INT4_GROUP_SIZE, "int8_layers": model.int8_layers}
     if source:
         info["source"] = source
     with staged_directory(out) as tmp:
@@ -61,7 +69,7 @@ def read_info(path: str | os.PathLike) -> dict:
         info = json.loads(p.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise InferenceDirError(f"{p} is unreadable ({e}); re-run scripts/quantize.py") from e
-    if info.get("format") != FORMAT or info.get("version") != VERSION or info.get("dtype") not in ("fp32", "bf16", "int8"):
+    if info.get("format") != FORMAT or info.get("version") != VERSION or info.get("dtype") not in DTYPES:
         raise InferenceDirError(f"{p}: not a {FORMAT} v{VERSION} directory (got {info}); re-run scripts/quantize.py")
     return info
 
