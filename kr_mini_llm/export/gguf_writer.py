@@ -5,9 +5,11 @@ gguf's map of HF names (ours are HF's without "model."). llama.cpp's "llama" app
 interleaved pairs while we (and HF) rotate halves, so Q and K rows are permuted for it, as
 llama.cpp's convert_hf_to_gguf.py does; "qwen3" rotates halves like us.
 
-Out types: f32; f16 and bf16 (matrices; norms stay f32, as llama.cpp keeps them); q8_0 (matrices
-whose rows are a multiple of 32 long, quantised by gguf.quants; the rest stay f16, and
-`write_gguf` returns their names so the caller can say so).
+Out types: f32; f16 and bf16 (matrices; norms stay f32, as llama.cpp keeps them); q8_0 and q4_0
+(matrices whose rows are a multiple of 32 long, quantised by gguf.quants, every one of them, token
+embeddings included, as llama-quantize --pure would; the rest stay f16, and `write_gguf` returns
+their names so the caller can say so). gguf.quants has no Q4_K quantizer (dequantize only), so
+Q4_K_M is llama-quantize's job on an f32/f16 export.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from ..io.atomic import atomic_write
 from .errors import ExportError
 from .tokenizer_meta import TokenizerMeta
 
-OUTTYPES = ("f32", "f16", "bf16", "q8_0")
+OUTTYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
 MAX_VOCAB = 2**31 - 1   # llama.cpp token ids are int32
 
 
@@ -32,7 +34,7 @@ class GGUFReport:
     arch: str
     outtype: str
     tensor_types: Dict[str, str] = field(default_factory=dict)
-    kept_unquantized: List[str] = field(default_factory=list)   # q8_0: matrices whose rows are not 32-multiples
+    kept_unquantized: List[str] = field(default_factory=list)   # q8_0/q4_0: matrices whose rows are not 32-multiples
 
 
 def arch_of(config) -> str:
@@ -90,14 +92,15 @@ def _encode(name: str, data: np.ndarray, outtype: str, report: GGUFReport):
     import gguf
 
     Q = gguf.GGMLQuantizationType
+    quantized = {"q8_0": Q.Q8_0, "q4_0": Q.Q4_0}.get(outtype)
     if data.ndim == 1 or outtype == "f32":
         qtype = Q.F32
     elif outtype == "f16":
         qtype = Q.F16
     elif outtype == "bf16":
         qtype = Q.BF16
-    elif data.shape[-1] % gguf.GGML_QUANT_SIZES[Q.Q8_0][0] == 0:
-        qtype = Q.Q8_0
+    elif data.shape[-1] % gguf.GGML_QUANT_SIZES[quantized][0] == 0:
+        qtype = quantized
     else:
         qtype = Q.F16
         report.kept_unquantized.append(f"{name} (rows of {data.shape[-1]}) as F16")
@@ -113,7 +116,8 @@ def _file_type(outtype: str):
     import gguf
 
     return {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-            "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[outtype]
+            "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+            "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[outtype]
 
 
 def _add_metadata(w, config, meta: TokenizerMeta, arch: str, name: str, outtype: str) -> None:

@@ -17,7 +17,7 @@ def exported(tmp_path_factory, llama_dir, qwen3_dir):
     out = tmp_path_factory.mktemp("gguf")
     files = {}
     for name, d in (("llama", llama_dir), ("qwen3", qwen3_dir)):
-        for outtype in ("f32", "f16", "bf16", "q8_0"):
+        for outtype in ("f32", "f16", "bf16", "q8_0", "q4_0"):
             files[name, outtype] = export_model(d, out / f"{name}-{outtype}.gguf", "gguf", outtype)
     return files
 
@@ -57,7 +57,8 @@ def _unpermute(w, n_head):
 
 
 @pytest.mark.parametrize("name", ["llama", "qwen3"])
-@pytest.mark.parametrize("outtype,tol", [("f32", 0), ("f16", 1e-3), ("bf16", 1e-2), ("q8_0", 1e-2)])
+# q4_0: within one step of max|w| / 8 per block (+8 clamps to 7), so 1/8 of the tensor's max
+@pytest.mark.parametrize("outtype,tol", [("f32", 0), ("f16", 1e-3), ("bf16", 1e-2), ("q8_0", 1e-2), ("q4_0", 0.13)])
 def test_tensors_round_trip(exported, name, outtype, tol, llama_dir, qwen3_dir):
     model, _ = load_for_export(llama_dir if name == "llama" else qwen3_dir)
     cfg = model.config
@@ -87,10 +88,10 @@ def test_tensors_round_trip(exported, name, outtype, tol, llama_dir, qwen3_dir):
         assert err <= tol, (n, t.tensor_type.name, err)
         if ref.ndim == 1:
             assert t.tensor_type == gguf.GGMLQuantizationType.F32, n
-        elif outtype == "q8_0" and t.tensor_type != gguf.GGMLQuantizationType.Q8_0:
+        elif outtype in ("q8_0", "q4_0") and t.tensor_type != gguf.GGMLQuantizationType[outtype.upper()]:
             kept.append(n)
     rows_not_32 = sorted(n for n, v in expected.items() if v.ndim == 2 and v.shape[-1] % 32)
-    if outtype == "q8_0":
+    if outtype in ("q8_0", "q4_0"):
         assert sorted(kept) == rows_not_32
         assert sorted(r.split(" ")[0] for r in result.kept_unquantized) == rows_not_32
         assert (name == "llama") == bool(rows_not_32)   # llama_dir's ffn rows are 100 long
@@ -110,3 +111,22 @@ def test_embedding_rows_beyond_the_tokenizer_get_unused_pieces(tokenizer_file, t
     assert len(f["tokenizer.ggml.tokens"]) == f["llama.vocab_size"] == 520
     assert f["tokenizer.ggml.tokens"][512:] == [f"[PAD{i}]" for i in range(512, 520)]
     assert f["tokenizer.ggml.token_type"][512:] == [gguf.TokenType.UNUSED] * 8
+
+
+def test_q4_0_holds_our_int4_weights(exported, qwen3_dir):
+    """The Q4_0 blocks are ops.quantize_int4's nibbles, with its scale in f16: our int4 and the
+    GGUF llama.cpp runs are the same weights (up to the scale's rounding)."""
+    from kr_mini_llm import ops
+
+    model, _ = load_for_export(qwen3_dir)
+    got = {t.name: t for t in gguf.GGUFReader(exported["qwen3", "q4_0"].path).tensors}
+    assert gguf.GGUFReader(exported["qwen3", "q4_0"].path).fields["general.file_type"].contents() == \
+        gguf.LlamaFileType.MOSTLY_Q4_0
+    w = model.state_dict()["layers.0.mlp.gate_proj.weight"].float()
+    t = got["blk.0.ffn_gate.weight"]
+    assert t.tensor_type == gguf.GGMLQuantizationType.Q4_0
+    packed, scales = ops.quantize_int4(w, 32)
+    blocks = np.array(t.data).reshape(w.shape[0], w.shape[1] // 32, 18)
+    assert np.array_equal(blocks[:, :, 2:].reshape(packed.shape), packed.numpy())
+    assert np.array_equal(blocks[:, :, :2].copy().view(np.float16).reshape(scales.shape),
+                          scales.numpy().astype(np.float16))
