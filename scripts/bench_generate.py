@@ -4,6 +4,8 @@
     python scripts/bench_generate.py                                  # -> benchmarks/generate_cpu.md
     python scripts/bench_generate.py --llama-cpp ~/.cache/kr-mini-llm/llama.cpp --tokenizer models/tokenizer.model
     python scripts/bench_generate.py --models tiny --batches 1 --new_tokens 32 --output /tmp/g.md
+    python scripts/bench_generate.py --speculative-model checkpoints/demo --text data/processed/test.txt
+                                                                      # -> benchmarks/speculative_cpu.md
 
 Every contender runs greedy decoding with a KV cache on the same random weights, for a fixed number
 of new tokens after a prompt of --prompt_len random tokens (no early stop):
@@ -19,6 +21,11 @@ token; prefill tok/s = batch * prompt_len / TTFT; decode tok/s = (new_tokens - 1
 "BW %" = bytes a decode step reads (all weights once, plus the KV cache at the mean context) x steps/s,
 over the triad bandwidth (a = b + 2c on 3 x 256 MiB, STREAM byte count) measured in the same run.
 Peak MB: ours/HF = weights + the most torch allocates during one generate; llama.cpp = max RSS.
+
+With --speculative-model (a trained model; speculative decoding needs real text, random weights
+accept no drafts): plain greedy decoding against prompt lookup (and a --draft-model) on prompts cut
+from --text, each prompt's runs interleaved over --repeats, medians summed over the prompts; the
+tokens of every speculative run are compared with plain decoding's (greedy: they must be identical).
 """
 from __future__ import annotations
 
@@ -187,6 +194,94 @@ def floor_lines(results: dict, shares: dict, batches: list[int]) -> list[str]:
     return out
 
 
+def spec_prompts(gen: Generator, text: Path, count: int, prompt_len: int) -> list[list[int]]:
+    """The first prompt_len tokens (after BOS) of the first `count` documents of `text` that long."""
+    out = []
+    for doc in text.read_text(encoding="utf-8").split("\n\n"):
+        ids = [gen.tokenizer.bos_id] + gen.tokenizer.encode(doc.strip())
+        if len(ids) >= prompt_len:
+            out.append(ids[:prompt_len])
+        if len(out) == count:
+            break
+    return out
+
+
+def bench_speculative(args) -> None:
+    from kr_mini_llm.inference.speculative import SpeculativeStats
+
+    start = time.time()
+    gen = Generator.from_pretrained(args.speculative_model, device="cpu", dtype=args.dtype,
+                                    draft_model=args.draft_model)
+    cfg = gen.model.config
+    if args.prompt_len + args.new_tokens > cfg.max_seq_length:
+        raise SystemExit(f"--prompt_len {args.prompt_len} + --new_tokens {args.new_tokens} exceed the model's "
+                         f"context of {cfg.max_seq_length}")
+    prompts = spec_prompts(gen, args.text, args.spec_prompts, args.prompt_len)
+    if not prompts:
+        raise SystemExit(f"{args.text} has no document of {args.prompt_len} tokens")
+    contenders = [("plain", None, None)]
+    for k in (int(x) for x in args.num_draft_tokens.split(",")):
+        contenders.append((f"prompt_lookup k={k}", "prompt_lookup", k))
+        if args.draft_model:
+            contenders.append((f"draft k={k}", "draft", k))
+
+    def run(prompt, mode, k, stats):
+        t0 = time.perf_counter()
+        out = [s[0] for s in gen.generate_ids([prompt], args.new_tokens, temperature=0.0, stop_at_eos=False,
+                                              speculative=mode, num_draft_tokens=k or 1, ngram=args.ngram,
+                                              stats=stats)]
+        return time.perf_counter() - t0, out
+
+    times = {name: 0.0 for name, _, _ in contenders}
+    stats = {name: SpeculativeStats() for name, _, _ in contenders}
+    differ = {name: 0 for name, _, _ in contenders}
+    tokens = 0
+    for i, prompt in enumerate(prompts):
+        for name, mode, k in contenders:  # warm-up
+            run(prompt, mode, k, None)
+        runs = {name: [] for name, _, _ in contenders}
+        for _ in range(args.repeats):  # interleaved: a noisy neighbour slows all alike
+            for name, mode, k in contenders:
+                runs[name].append(run(prompt, mode, k, stats[name] if not runs[name] else None))
+        plain = runs["plain"][0][1]
+        tokens += len(plain)
+        for name, rs in runs.items():
+            times[name] += statistics.median(r[0] for r in rs)
+            differ[name] += any(r[1] != plain for r in rs)
+        print(f"prompt {i + 1}/{len(prompts)}: " + ", ".join(f"{n} {statistics.median(r[0] for r in rs):.3f} s"
+                                                             for n, rs in runs.items()), flush=True)
+    weights = getattr(gen.model, "dtype", "nn")
+    lines = ["# Speculative decoding on the CPU", "",
+             "Command: `python " + " ".join(["scripts/bench_generate.py", *sys.argv[1:]]) + "`", "",
+             *environment(),
+             f"- Threads: {torch.get_num_threads()}; the cores were shared with other engineers' jobs while "
+             "this ran (each prompt's contenders interleaved, medians over --repeats)",
+             f"- Model: {args.speculative_model} ({cfg.num_layers} layers, hidden {cfg.hidden_size}, "
+             f"{weights} weights); draft model: {args.draft_model or 'none'}",
+             f"- Text: the first {len(prompts)} documents of {args.text} with at least {args.prompt_len} tokens; "
+             f"prompt = their first {args.prompt_len} tokens (BOS included); {args.new_tokens} new tokens each, "
+             f"greedy, no stop at eos; prompt lookup n-gram {args.ngram}; time = the whole generate (prefill "
+             "included, the same for all)",
+             "", "| decoding | total s | tok/s | speed-up | drafts accepted | tokens per forward | "
+             "output identical to plain |", "|---|---|---|---|---|---|---|"]
+    base = times["plain"]
+    for name, _, _ in contenders:
+        st = stats[name]
+        acc = f"{st.acceptance:.0%} ({st.accepted}/{st.proposed})" if st.proposed else "–"
+        tpf = f"{st.tokens_per_round:.2f}" if st.rounds else "1.00"
+        same = "yes" if not differ[name] else f"NO ({differ[name]} of {len(prompts)} prompts differ)"
+        lines.append(f"| {name} | {times[name]:.2f} | {tokens / times[name]:.1f} | {base / times[name]:.2f}x | "
+                     f"{acc} | {tpf} | {same} |")
+        print(lines[-1], flush=True)
+    best = max((n for n, m, _ in contenders if m == "prompt_lookup"), key=lambda n: base / times[n])
+    ratio = base / times[best]
+    ok = ratio >= 1.5 and not differ[best]
+    lines += ["", "Floor, met or MISSED:",
+              f"- {'met' if ok else 'MISSED'}: greedy prompt lookup ({best}) {ratio:.2f}x plain decoding "
+              f"(>= 1.5x, margin {ratio - 1.5:+.2f}x) with {'identical' if not differ[best] else 'DIFFERENT'} output"]
+    write_report(args.output or ROOT / "benchmarks" / "speculative_cpu.md", lines, start)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="tiny,small")
@@ -200,10 +295,27 @@ def main():
                    help="llama.cpp directory with build/bin/llama-batched-bench and src/convert_hf_to_gguf.py")
     p.add_argument("--tokenizer", type=Path, help="SentencePiece model for the GGUFs (llama.cpp needs one)")
     p.add_argument("--no_memory", action="store_true", help="skip the peak-memory runs (profiler; slow)")
-    p.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "generate_cpu.md")
+    p.add_argument("--output", type=Path, default=None,
+                   help="default: benchmarks/generate_cpu.md, or benchmarks/speculative_cpu.md with --speculative-model")
+    sp = p.add_argument_group("speculative decoding (on a trained model)")
+    sp.add_argument("--speculative-model", "--speculative_model", dest="speculative_model",
+                    help="a trained model directory: measure speculative decoding on it instead")
+    sp.add_argument("--draft-model", "--draft_model", dest="draft_model", help="a smaller model, same tokenizer")
+    sp.add_argument("--text", type=Path, default=ROOT / "data" / "processed" / "test.txt",
+                    help="held-out text the prompts are cut from (documents separated by blank lines)")
+    sp.add_argument("--spec-prompts", "--spec_prompts", dest="spec_prompts", type=int, default=8)
+    sp.add_argument("--num-draft-tokens", "--num_draft_tokens", dest="num_draft_tokens", default="5",
+                    help="drafts per verification; a comma list measures each")
+    sp.add_argument("--ngram", type=int, default=3)
+    sp.add_argument("--dtype", choices=OURS, default=None, help="decode weights of --speculative-model")
     add_isa_argument(p)
     args = p.parse_args()
     enter_isa(args.isa)
+    if args.speculative_model:
+        torch.set_num_threads(args.threads)
+        bench_speculative(args)
+        return
+    args.output = args.output or ROOT / "benchmarks" / "generate_cpu.md"
     if args.llama_cpp and not args.tokenizer:
         p.error("--llama-cpp needs --tokenizer (a SentencePiece .model) to build the GGUFs")
     torch.set_num_threads(args.threads)
