@@ -6,7 +6,8 @@
         --random small --output benchmarks/quantization_quality.md
 
 For the trained model (--model) and, with --random NAME, a random model of that preset (same tokenizer,
-seed 0), every scheme (fp32, bf16, int8 per output channel and per group) is scored on the same tokens:
+seed 0), every scheme (fp32, bf16, int8 per output channel and per group, int4 per group of 32, 64
+and 128) is scored on the same tokens:
 perplexity over --max_tokens tokens of --data in windows of the model's context, and greedy agreement
 with fp32 over --prompts prompts (the first lines of --data, 16 tokens each): how many of the first
 --new_tokens tokens equal fp32's before the first difference, and how many prompts agree on all of them.
@@ -36,7 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def schemes(config: TransformerConfig):
-    """(label, dtype, group_size) for every scheme the model's sizes allow."""
+    """(label, dtype, group_size) for every scheme the model's sizes allow (int4: layers whose input
+    size the group does not divide stay int8 per channel, and the label says which)."""
     sizes = {config.hidden_size, config.num_heads * config.resolved_head_dim, config.intermediate_size}
     out = [("fp32", "fp32", None), ("bf16", "bf16", None), ("int8 per channel", "int8", None)]
     for g in (128, 64, 32, 16):
@@ -44,6 +46,11 @@ def schemes(config: TransformerConfig):
             out.append((f"int8 group {g}", "int8", g))
             if len(out) == 5:
                 break
+    for g in (32, 64, 128):
+        if config.hidden_size % g == 0:
+            stay = [n for n, k in (("attention o", config.num_heads * config.resolved_head_dim),
+                                   ("MLP down", config.intermediate_size)) if k % g]
+            out.append((f"int4 group {g}" + (f" ({', '.join(stay)} int8)" if stay else ""), "int4", g))
     return out
 
 
@@ -97,6 +104,7 @@ def main():
     p.add_argument("--new_tokens", type=int, default=32)
     p.add_argument("--decode_step", type=int, default=8,
                    help="tokens per call for the decode-path perplexity (the decode kernels take up to 16 rows)")
+    p.add_argument("--dtypes", default="fp32,bf16,int8,int4", help="the weight dtypes to score (fp32 always)")
     p.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "quantization_quality.md")
     add_isa_argument(p)
     args = p.parse_args()
@@ -125,14 +133,16 @@ def main():
            f"over {len(prompts)} prompts x {args.new_tokens} new tokens",
            f"- Prefill path: each window in one call (GEMMs on the dequantized weights). Decode path: "
            f"{args.decode_step} tokens per call through the KV cache, as generation computes them "
-           f"(bf16 weights: {kernel_description('bf16')}; int8: {kernel_description('int8')})",
+           f"(bf16 weights: {kernel_description('bf16')}; int8: {kernel_description('int8')}; "
+           f"int4: {kernel_description('int4')})",
            "", "| model | weights | MB | perplexity, prefill path | vs fp32 | perplexity, decode path | vs fp32 | "
            f"tokens equal to fp32 before the first difference (mean of {args.new_tokens}) | prompts identical for all "
            f"{args.new_tokens} |", "|---|---|---|---|---|---|---|---|---|"]
     for label, model in models:
         window = model.config.max_seq_length
         ref = None
-        for name, dtype, group in schemes(model.config):
+        dtypes = {"fp32", *args.dtypes.split(",")}
+        for name, dtype, group in [s for s in schemes(model.config) if s[1] in dtypes]:
             packed = DecodeModel.from_transformer(model, dtype, group)
             ppl = perplexity(packed, ids, window)
             ppl_decode = perplexity(packed, ids, window, args.decode_step)
