@@ -1,8 +1,8 @@
 """TrainingConfig: the training YAML files (configs/training*.yaml).
 
 Read with the same C++ reader as the model config (file, line and key named in every error,
-"did you mean" for misspelt keys). Two layouts load: the nested one of seed 000
-(`device`, `train:`, `data:`) and the flat legacy one of seed 001 (training keys at the top).
+"did you mean" for misspelt keys). Two layouts load: the nested one
+(`device`, `train:`, `data:`) and a flat legacy one (training keys at the top, as configs/training.yaml).
 """
 from __future__ import annotations
 
