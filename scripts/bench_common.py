@@ -127,10 +127,13 @@ def mfu(flops_per_s: float, dtype) -> str:
 
 
 def write_report(path, lines: list[str], start: float) -> None:
-    """Writes the markdown report with the total time; creates the folder."""
+    """Writes the markdown report with the total time (atomically: a benchmark rewrites its own
+    report in benchmarks/, and an interrupted run must not leave half of it); creates the folder."""
     from pathlib import Path
+
+    from kr_mini_llm.io.atomic import atomic_write_text
 
     lines = lines + [f"\nTotal benchmark time: {time.time() - start:.0f} s"]
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text("\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")
     print(f"wrote {path}")
