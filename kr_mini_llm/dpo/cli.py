@@ -48,21 +48,8 @@ def main(argv=None, prog: str | None = None) -> int:
     if args.lora_layers is not None:
         parser.error("--lora-layers is the old name: use --num-layers")
     try:
-        from ..lora.trainer import check_one_process
-
-        check_one_process()
         cfg = lora_cli.load_config(args, DPOConfig)
-        print("Loading pretrained model")
-        from ..lora.base import load_base_model
-
-        base = load_base_model(cfg.model, cfg.tokenizer)
-        mc = base.model.config
-        print(f"  {base.source} ({base.kind}): {mc.num_layers} layers, hidden {mc.hidden_size}, "
-              f"vocab {mc.vocab_size}, context {mc.max_seq_length}")
-        max_len = cfg.max_seq_length or mc.max_seq_length
-        if max_len > mc.max_seq_length:
-            raise LoRAError(f"--max-seq-length {max_len} is longer than the model's context ({mc.max_seq_length}); "
-                            f"use at most {mc.max_seq_length}")
+        base, max_len = lora_cli.load_base_for_run(cfg)
         print("Loading preference pairs")
         tok = Tokenizer(base.tokenizer_path)
         splits = (["train", "valid"] if cfg.train else []) + (["test"] if cfg.test else [])

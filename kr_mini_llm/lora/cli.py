@@ -93,21 +93,8 @@ def main(argv=None, prog: str | None = None) -> int:
     if args.lora_layers is not None:
         parser.error("--lora-layers is the old name: use --num-layers")
     try:
-        from .trainer import check_one_process
-
-        check_one_process()
         cfg = load_config(args)
-        print("Loading pretrained model")
-        from .base import load_base_model
-
-        base = load_base_model(cfg.model, cfg.tokenizer)
-        mc = base.model.config
-        print(f"  {base.source} ({base.kind}): {mc.num_layers} layers, hidden {mc.hidden_size}, "
-              f"vocab {mc.vocab_size}, context {mc.max_seq_length}")
-        max_len = cfg.max_seq_length or mc.max_seq_length
-        if max_len > mc.max_seq_length:
-            raise LoRAError(f"--max-seq-length {max_len} is longer than the model's context ({mc.max_seq_length}); "
-                            f"use at most {mc.max_seq_length}")
+        base, max_len = load_base_for_run(cfg)
         print("Loading datasets")
         tok = Tokenizer(base.tokenizer_path)
         train_set = valid_set = None
@@ -138,6 +125,25 @@ def main(argv=None, prog: str | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def load_base_for_run(cfg):
+    """(base model, sequence length) of a fine-tuning run (LoRA, DoRA, full or DPO), after the
+    one-process check: the model loaded and described, --max-seq-length checked against its context."""
+    from .base import load_base_model
+    from .trainer import check_one_process
+
+    check_one_process()
+    print("Loading pretrained model")
+    base = load_base_model(cfg.model, cfg.tokenizer)
+    mc = base.model.config
+    print(f"  {base.source} ({base.kind}): {mc.num_layers} layers, hidden {mc.hidden_size}, "
+          f"vocab {mc.vocab_size}, context {mc.max_seq_length}")
+    max_len = cfg.max_seq_length or mc.max_seq_length
+    if max_len > mc.max_seq_length:
+        raise LoRAError(f"--max-seq-length {max_len} is longer than the model's context ({mc.max_seq_length}); "
+                        f"use at most {mc.max_seq_length}")
+    return base, max_len
 
 
 def _train(cfg, base, train_set, valid_set, args, trainer_class=None):
