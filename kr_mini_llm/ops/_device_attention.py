@@ -109,9 +109,10 @@ def blocked_lse(q, k, v, causal, scale, acc):
     return lse.reshape(blk.B, blk.Hq, blk.Tq)
 
 
-def blocked_backward(grad_out, q, k, v, out, lse, causal, scale):
-    """(dq, dk, dv) from the saved out and lse, one block of query rows at a time (flash-style:
-    P = exp(S - lse), dV += P^T dO, dS = P * (dO V^T - rowsum(dO * O)), dQ = dS K, dK += dS^T Q)."""
+def blocked_backward(grad_out, q, k, v, lse, causal, scale):
+    """(dq, dk, dv) from the saved lse, one block of query rows at a time (flash-style:
+    P = exp(S - lse), dV += P^T dO, dS = P * (dO V^T - rowsum(dO * P V)), dQ = dS K, dK += dS^T Q).
+    A block holds whole rows of keys, so O = P V is recomputed exactly rather than read rounded."""
     acc = lse.dtype
     blk = _Blocks(q, k, v, causal, scale, acc)
     dq = torch.empty(blk.B, blk.Tq, blk.Hq, blk.D, dtype=acc, device=q.device)
@@ -119,9 +120,11 @@ def blocked_backward(grad_out, q, k, v, out, lse, causal, scale):
     dv = torch.zeros_like(blk.v)
     for i0, i1, kend in blk.ranges():
         qs, dos = blk.queries(q, i0, i1), blk.stack(grad_out, i0, i1)
-        di = (dos * blk.stack(out, i0, i1)).sum(-1, keepdim=True)           # [B, Hkv, G * c, 1]
         p = blk.scores(qs, i0, i1, kend).sub_(blk.lse_rows(lse, i0, i1)).exp_()
         dv[:, :, :kend] += torch.matmul(p.transpose(-1, -2), dos)            # sums the G heads too
+        # rowsum(dO * O) with O = P V recomputed in acc: the saved out is rounded to q's dtype, and
+        # in bf16 that rounding, times a sharp softmax, is larger than dS itself.
+        di = (dos * torch.matmul(p, blk.v[:, :, :kend])).sum(-1, keepdim=True)  # [B, Hkv, G * c, 1]
         ds = torch.matmul(dos, blk.v[:, :, :kend].transpose(-1, -2)).sub_(di).mul_(p)  # dS / scale
         del p
         dq[:, i0:i1] = blk.unstack(torch.matmul(ds, blk.k[:, :, :kend]).mul_(blk.scale), i0, i1)

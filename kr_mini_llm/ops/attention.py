@@ -84,7 +84,7 @@ def _attention_backward_fallback(grad_out, q, k, v, out, lse, causal, scale):
     _check(q, k, v, causal, "attention_backward")
     if k.shape[1] == 0:
         return q.new_zeros(q.shape), k.new_zeros(k.shape), v.new_zeros(v.shape)
-    return blocked_backward(grad_out, q, k, v, out, lse, causal, scale)
+    return blocked_backward(grad_out, q, k, v, lse, causal, scale)  # out is recomputed, exactly
 
 
 @register_fake("attention")
