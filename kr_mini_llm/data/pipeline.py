@@ -29,7 +29,7 @@ from .dedup import ExactDupIndex, MinHasher, NearDupIndex, band_keys, doc_hash
 from .parallel import default_workers, ordered_map
 from .readers import ReadStats, expand_inputs, read_documents, strip_markup
 from .shards import ShardError, ShardWriter, dtype_for_vocab, read_header, write_meta
-from .split import SPLITS
+from .split import SPLITS, auto_ratios
 from .utf8 import utf8_len, utf8_pieces
 
 __all__ = ["prepare_text", "tokenize_splits", "DOC_SEPARATOR", "DEFAULT_MAX_MEMORY_MB"]
@@ -164,7 +164,7 @@ def _refuse_foreign(out_dir: Path, outputs, overwrite: bool, flag: str) -> None:
 
 def prepare_text(inputs: Optional[Sequence[str]] = None, sources: Optional[Sequence[str]] = None,
                  raw_dir="data/raw", out_dir="data/processed", clean: Optional[CleanConfig] = None,
-                 ratios=(0.98, 0.01, 0.01), seed: int = 1234, text_field: str = "text",
+                 ratios=None, seed: int = 1234, text_field: str = "text",
                  force: bool = False, log=print, num_proc: Optional[int] = None,
                  max_memory_mb: float = DEFAULT_MAX_MEMORY_MB, engine: str = "local",
                  engine_address: Optional[str] = None, encoding: Optional[str] = None,
@@ -176,7 +176,8 @@ def prepare_text(inputs: Optional[Sequence[str]] = None, sources: Optional[Seque
     in-flight batches. The output is the same whatever these three are. encoding: the input
     files' text encoding (default: found per file, see readers.py). A failed run leaves the
     output as it was: the splits are renamed into place at the end, and a directory it made is
-    removed. Split files that an earlier run did not write (no meta.json beside them) are replaced
+    removed. ratios: (train, valid, test) fractions, None for split.auto_ratios of the input's size.
+    Split files that an earlier run did not write (no meta.json beside them) are replaced
     only with `overwrite`; out_dir may not be or lie inside an input."""
     from .sources import DEFAULT_SOURCES, obtain_sources
 
@@ -191,7 +192,10 @@ def prepare_text(inputs: Optional[Sequence[str]] = None, sources: Optional[Seque
         names = list(sources or DEFAULT_SOURCES)
         files = obtain_sources(names, raw_dir, log=log)
         source = {"debian_packages": names, "licences": [str(Path(raw_dir) / f"{n}.copyright") for n in names]}
-    config = {"source": source, "files": _input_signature(files), "clean": clean.to_dict(),
+    signature = _input_signature(files)
+    if ratios is None:
+        ratios = auto_ratios(sum(f[1] for f in signature) if all(len(f) > 1 for f in signature) else None)
+    config = {"source": source, "files": signature, "clean": clean.to_dict(),
               "ratios": list(ratios), "seed": seed, "split_method": SPLIT_METHOD, "text_field": text_field}
     if encoding:
         config["encoding"] = encoding

@@ -31,3 +31,16 @@ def test_parse_ratios_and_errors():
         parse_ratios("90/10")
     with pytest.raises(ValueError, match="empty corpus"):
         split_documents([], (0.98, 0.01, 0.01))
+
+
+def test_auto_split_gives_small_corpora_evaluation_sets_that_can_decide():
+    from kr_mini_llm.data.split import EVAL_SPLIT_BYTES, auto_ratios
+
+    assert parse_ratios("auto") is None and parse_ratios(" AUTO ") is None
+    for size in (10_000, 1_000_000, 3_820_000, 20_000_000, 10 ** 9, None):
+        train, valid, test = auto_ratios(size)
+        assert valid == test and 0.01 <= valid <= 0.05 and train + valid + test == pytest.approx(1.0)
+        if size and 0.01 * size <= EVAL_SPLIT_BYTES <= 0.05 * size:
+            assert valid * size == pytest.approx(EVAL_SPLIT_BYTES)
+    assert auto_ratios(3_820_000)[1] > 0.04      # the built-in corpus: ~5%, not 1%
+    assert auto_ratios(10 ** 9)[1] == 0.01 and auto_ratios(None)[1] == 0.01
