@@ -5,8 +5,8 @@
   python scripts/prepare_data.py --tokenizer models/tokenizer.model   # + token shards in data/tokens/
 
 Stage 1 (text): obtain/read -> strip markup -> NFC, whitespace -> line filters (length,
-Hangul ratio) -> minimum document length -> exact and near dedup -> split by document
-(98/1/1, by a hash of each document and the seed) -> data/processed/{train,valid,test}.txt.
+Hangul ratio) -> minimum document length -> exact and near dedup -> split by document (a hash
+of each document and the seed; valid and test ~192 KB each, 1-5%) -> data/processed/{train,valid,test}.txt.
 Stage 2 (--tokenizer): token shards + meta.json in data/tokens/. Both stream (memory does not
 grow with the corpus) and use every core (--num_proc); --engine dask runs the text stage's
 workers on a Dask cluster (docs/data.md). Reruns skip finished work (--force redoes it).
@@ -61,7 +61,8 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
     cl.add_argument("--no_near_dedup", action="store_true", help="skip MinHash near-duplicate removal")
     cl.add_argument("--near_dup_threshold", type=float, default=d.near_dup_threshold)
     sp = ap.add_argument_group("split and output")
-    sp.add_argument("--split", default="98/1/1", help="train/valid/test proportions")
+    sp.add_argument("--split", default="auto", help="train/valid/test proportions, e.g. 98/1/1; auto: valid and "
+                    "test each get ~192 KB of the input, between 1%% and 5%% of it")
     sp.add_argument("--seed", type=int, default=1234, help="split seed")
     sp.add_argument("--output_dir", default="data/processed")
     tk = ap.add_argument_group("token shards")
