@@ -14,6 +14,7 @@ from typing import Iterable, List, Optional
 
 import numpy as np
 
+from ..errors import KrMiniLlmError
 from .utf8 import utf8_len
 
 __all__ = [
@@ -23,7 +24,7 @@ __all__ = [
 ]
 
 
-class EmptyCorpusError(ValueError):
+class EmptyCorpusError(KrMiniLlmError, ValueError):
     """Raised when nothing is left after reading or cleaning."""
 
 

@@ -18,6 +18,8 @@ import codecs
 import threading
 from typing import Tuple
 
+from ..errors import KrMiniLlmError
+
 __all__ = ["EncodingError", "KOREAN_ENCODINGS", "check_encoding", "sniff", "Decoder", "is_plain_utf8"]
 
 # What the detector may choose from (charset-normalizer's names); EUC-KR is decoded as CP949, its superset.
@@ -36,7 +38,7 @@ _FEW = 16                       # ... and in a block, up to this many whatever t
 _EVIDENCE = 16
 
 
-class EncodingError(ValueError):
+class EncodingError(KrMiniLlmError, ValueError):
     """Bytes that are not text in the encoding given or found (the message leaves out the file)."""
 
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Union
 
+from ..errors import KrMiniLlmError
 from .cleaning import strip_html, strip_wikitext
 from .encoding import SNIFF_BYTES, Decoder, EncodingError, check_encoding, sniff
 
@@ -45,11 +46,11 @@ TEXT_SUFFIXES = (".txt", ".jsonl", ".json", ".xml", ".xml.bz2", ".html", ".htm",
 MAX_DOC_CHARS = 16 << 20
 
 
-class InputError(FileNotFoundError):
+class InputError(KrMiniLlmError, FileNotFoundError):
     """An --input that names nothing readable."""
 
 
-class BadInputFile(ValueError):
+class BadInputFile(KrMiniLlmError, ValueError):
     """A file that cannot be read as what its name says (broken archive, wrong format)."""
 
 

@@ -23,6 +23,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 
+from ..errors import KrMiniLlmError
 from .chat import encode_chat
 
 __all__ = ["SFTDataError", "SFTDataset", "SFTBatches", "eval_batches", "row_to_ids", "collate",
@@ -31,7 +32,7 @@ __all__ = ["SFTDataError", "SFTDataset", "SFTBatches", "eval_batches", "row_to_i
 IGNORE_INDEX = -100
 
 
-class SFTDataError(ValueError):
+class SFTDataError(KrMiniLlmError, ValueError):
     """Bad fine-tuning data: the file and line are named."""
 
 

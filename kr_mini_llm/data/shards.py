@@ -26,6 +26,7 @@ from typing import Dict, Optional, Union
 
 import numpy as np
 
+from ..errors import KrMiniLlmError
 from ..io.atomic import atomic_write_text
 
 __all__ = ["MAGIC", "VERSION", "HEADER_SIZE", "ShardHeader", "ShardError", "dtype_for_vocab",
@@ -38,7 +39,7 @@ META_NAME = "meta.json"
 _HEADER = struct.Struct("<8sIIQQ16s16s")  # 64 bytes
 
 
-class ShardError(ValueError):
+class ShardError(KrMiniLlmError, ValueError):
     """A shard or meta.json that cannot be used: missing, truncated, corrupt, other tokenizer."""
 
 

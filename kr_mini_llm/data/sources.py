@@ -24,10 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Sequence
 
+from ..errors import KrMiniLlmError
+
 __all__ = ["DebSource", "SOURCES", "DEFAULT_SOURCES", "SourceUnavailable", "obtain_sources"]
 
 
-class SourceUnavailable(RuntimeError):
+class SourceUnavailable(KrMiniLlmError, RuntimeError):
     """The default corpus cannot be obtained on this machine (no apt, no network, ...)."""
 
 

@@ -26,6 +26,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
+from ..errors import KrMiniLlmError
 from ..io import layout
 
 __all__ = ["Tokenizer", "TokenizerError", "train_tokenizer", "SPECIAL_TOKENS", "IM_START", "IM_END",
@@ -38,7 +39,7 @@ SPECIAL_TOKENS = {"<pad>": PAD_ID, "<unk>": UNK_ID, "<s>": BOS_ID, "</s>": EOS_I
                   IM_START: IM_START_ID, IM_END: IM_END_ID}
 
 
-class TokenizerError(ValueError):
+class TokenizerError(KrMiniLlmError, ValueError):
     """Missing or invalid tokenizer model file."""
 
 

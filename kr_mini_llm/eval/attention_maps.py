@@ -16,6 +16,7 @@ from types import SimpleNamespace
 import torch
 
 from ..io.atomic import atomic_write
+from ..errors import KrMiniLlmError
 
 __all__ = ["attention_weights", "find_korean_font", "plot_attention", "FontNotFoundError", "token_labels"]
 
@@ -24,7 +25,7 @@ KOREAN_FONTS = ("NanumGothic", "NanumBarunGothic", "NanumSquare", "Noto Sans CJK
                 "Apple SD Gothic Neo", "AppleGothic", "Malgun Gothic")
 
 
-class FontNotFoundError(RuntimeError):
+class FontNotFoundError(KrMiniLlmError, RuntimeError):
     """No font with Hangul glyphs is installed."""
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..errors import KrMiniLlmError
+
 __all__ = ["DEFAULT_PROMPTS", "read_prompts", "PromptsError"]
 
 # Written for this project: open continuations across everyday topics, styles and lengths
@@ -22,7 +24,7 @@ DEFAULT_PROMPTS = (
 )
 
 
-class PromptsError(ValueError):
+class PromptsError(KrMiniLlmError, ValueError):
     """A --prompts file that cannot be used."""
 
 

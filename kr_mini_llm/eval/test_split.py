@@ -18,13 +18,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import KrMiniLlmError
+
 __all__ = ["TestSplit", "EvalError", "test_loss", "split_documents"]
 
 # prepare_data.py writes documents separated by a blank line (kr_mini_llm.data.pipeline.DOC_SEPARATOR).
 from ..data.pipeline import DOC_SEPARATOR
 
 
-class EvalError(ValueError):
+class EvalError(KrMiniLlmError, ValueError):
     """Bad input to the evaluation: a missing split, model part or file."""
 
 

@@ -1,5 +1,7 @@
 """The one error type of the exporters."""
 
+from ..errors import KrMiniLlmError
 
-class ExportError(ValueError):
+
+class ExportError(KrMiniLlmError, ValueError):
     """A model, adapter or output path that cannot be exported; the message says what and how to fix it."""

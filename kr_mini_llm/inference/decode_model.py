@@ -16,6 +16,7 @@ import logging
 import torch
 
 from .. import ops
+from ..errors import KrMiniLlmError
 from ..model import KVCache, TransformerConfig
 from ..ops.decode_linear import INT4_BLOCK
 from .packed import INT4_GROUP_SIZE, PackedLinear, bf16_prefill, check_dtype
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 SCALES_SUFFIX = ".scales"
 
 
-class ConfigMismatchError(ValueError):
+class ConfigMismatchError(KrMiniLlmError, ValueError):
     """The weights do not have the sizes their config says."""
 
 

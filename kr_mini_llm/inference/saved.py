@@ -21,6 +21,7 @@ import os
 import shutil
 from pathlib import Path
 
+from ..errors import KrMiniLlmError
 from ..io import layout
 from ..io.atomic import staged_directory
 from ..io.layout import INFERENCE_INFO as INFO_FILE
@@ -32,7 +33,7 @@ FORMAT = "kr-mini-llm-inference"
 VERSION = 1
 
 
-class InferenceDirError(ValueError):
+class InferenceDirError(KrMiniLlmError, ValueError):
     pass
 
 

@@ -11,11 +11,13 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from ..errors import KrMiniLlmError
+
 OVERWRITE_FLAG = "--overwrite"
 OVERWRITE_HELP = "replace the output if it already exists (it is refused otherwise)"
 
 
-class OutputError(ValueError):
+class OutputError(KrMiniLlmError, ValueError):
     """An output that may not be written: it exists (no --overwrite) or it overlaps an input."""
 
 

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn as nn
 
+from ..errors import KrMiniLlmError
 from .dora import DoRALinear
 from .layer import LoRALinear
 
@@ -23,7 +24,7 @@ _ALIASES = {**{k.split(".")[1]: k for k in ALL_KEYS}, **{k.split(".")[1].removes
             **{k: k for k in ALL_KEYS}, "attn": ATTENTION_KEYS, "mlp": MLP_KEYS, "all": ALL_KEYS}
 
 
-class LoRAError(ValueError):
+class LoRAError(KrMiniLlmError, ValueError):
     """Bad LoRA settings or adapter files; the message says what is wrong and how to fix it."""
 
 

@@ -26,6 +26,7 @@ from typing import Sequence
 
 import torch
 
+from ..errors import KrMiniLlmError
 from ..inference.sampling import (apply_frequency_presence_penalty, apply_repetition_penalty, is_greedy,
                                   sample_next)
 from ..model import KVCache
@@ -34,7 +35,7 @@ from .text_stream import TextStream
 log = logging.getLogger(__name__)
 
 
-class ContextLengthError(ValueError):
+class ContextLengthError(KrMiniLlmError, ValueError):
     """A prompt plus its max_tokens does not fit the model's context."""
 
 

@@ -13,12 +13,13 @@ import dataclasses
 from typing import Sequence
 
 from ..data.chat import encode_chat
+from ..errors import KrMiniLlmError
 from .engine import ContextLengthError
 
 MIN_TOKENS_PER_MESSAGE = 3  # <|im_start|>, the role (at least one piece), <|im_end|>
 
 
-class InvalidPrompt(ValueError):
+class InvalidPrompt(KrMiniLlmError, ValueError):
     """A prompt of token ids that the model cannot read."""
 
 

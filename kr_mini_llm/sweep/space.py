@@ -24,11 +24,12 @@ from pathlib import Path
 
 import yaml
 
+from ..errors import KrMiniLlmError
 from ..model import ConfigError, TransformerConfig
 from ..training import TrainingConfig
 
 
-class SpaceError(ValueError):
+class SpaceError(KrMiniLlmError, ValueError):
     """A search space that cannot run: named with the file and the key."""
 
 

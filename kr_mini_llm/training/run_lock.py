@@ -17,10 +17,12 @@ import socket
 import time
 from pathlib import Path
 
+from ..errors import KrMiniLlmError
+
 LOCK_NAME = ".lock"
 
 
-class RunLockedError(RuntimeError):
+class RunLockedError(KrMiniLlmError, RuntimeError):
     """Another live run holds the output directory."""
 
 
