@@ -15,13 +15,13 @@ Writes <output>.json and <output>.md (default report.json / report.md) with, per
 and a comparison table of all models.
 """
 import argparse
-import sys
 from pathlib import Path
 
-from ..eval import DEFAULT_PROMPTS, EvalError, PromptsError, read_prompts
+from ..eval import DEFAULT_PROMPTS, read_prompts
 from ..eval.machine import environment
 from ..eval.report import evaluate_models, report_paths, write_report
-from ..io.outputs import OutputError, add_overwrite_flag, claim_output
+from ..io.outputs import add_overwrite_flag, claim_output
+from .command import command
 
 
 def build_parser(prog=None) -> argparse.ArgumentParser:
@@ -41,20 +41,17 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
     return p
 
 
+@command(FileNotFoundError)
 def main(argv=None, prog=None) -> int:
     args = build_parser(prog).parse_args(argv)
-    try:
-        js, md = report_paths(args.output)
-        claim_output(js, also=[md], is_dir=False, overwrite=args.overwrite,
-                     inputs=[*args.model, args.tokens, args.test_text, args.prompts])
-        prompts = read_prompts(args.prompts) if args.prompts else list(DEFAULT_PROMPTS)
-        tokens = args.tokens if Path(args.tokens).exists() or args.test_text is None else None
-        report = evaluate_models(args.model, tokens=tokens, test_text=args.test_text, prompts=prompts,
-                                 max_new_tokens=args.max_new_tokens, seed=args.seed, device=args.device,
-                                 batch_size=args.batch_size, speed=not args.no_speed)
-    except (EvalError, PromptsError, OutputError, FileNotFoundError) as e:
-        print(f"❌ {e}", file=sys.stderr)
-        return 2
+    js, md = report_paths(args.output)
+    claim_output(js, also=[md], is_dir=False, overwrite=args.overwrite,
+                 inputs=[*args.model, args.tokens, args.test_text, args.prompts])
+    prompts = read_prompts(args.prompts) if args.prompts else list(DEFAULT_PROMPTS)
+    tokens = args.tokens if Path(args.tokens).exists() or args.test_text is None else None
+    report = evaluate_models(args.model, tokens=tokens, test_text=args.test_text, prompts=prompts,
+                             max_new_tokens=args.max_new_tokens, seed=args.seed, device=args.device,
+                             batch_size=args.batch_size, speed=not args.no_speed)
     js, md = write_report(report, args.output, machine=environment())
     print(f"wrote {js} and {md}")
     return 0

@@ -10,10 +10,10 @@ exist yet (--overwrite replaces it) and may not be or hold the input; nothing is
 input is wrong.
 """
 import argparse
-import sys
 
-from ..export import FORMATS, ExportError, export_model
+from ..export import FORMATS, export_model
 from ..io.outputs import add_overwrite_flag
+from .command import command
 
 
 def build_parser(prog=None) -> argparse.ArgumentParser:
@@ -30,15 +30,12 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
     return p
 
 
+@command()
 def main(argv=None, prog=None) -> int:
     args = build_parser(prog).parse_args(argv)
-    try:
-        print(f"Loading {args.model}" + (f" + adapters {args.adapter_path} (fused)" if args.adapter_path else ""))
-        r = export_model(args.model, args.output, args.format, args.outtype, args.adapter_path, args.tokenizer,
-                         args.name, overwrite=args.overwrite)
-    except ExportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    print(f"Loading {args.model}" + (f" + adapters {args.adapter_path} (fused)" if args.adapter_path else ""))
+    r = export_model(args.model, args.output, args.format, args.outtype, args.adapter_path, args.tokenizer,
+                     args.name, overwrite=args.overwrite)
     if r.format == "gguf":
         print(f"Wrote {r.path} ({r.arch}, {r.outtype}, {r.path.stat().st_size / 2**20:.1f} MiB) and {r.files[1]}")
         if r.kept_unquantized:

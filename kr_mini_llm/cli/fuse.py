@@ -4,14 +4,12 @@ scripts/lora.py --model and, with --export-hf, HF transformers and llama.cpp's c
     python scripts/fuse.py --model checkpoints/demo --adapter-path adapters/demo --save-path models/demo-fused --export-hf
 """
 import argparse
-import sys
 
 from ..export.exporter import write_hf_copy
-from ..io.outputs import OutputError, add_overwrite_flag, claim_output
-from ..lora import LoRAError
+from ..io.outputs import add_overwrite_flag, claim_output
 from ..lora.base import load_base_model
 from ..lora.fuse import fuse_to_dir
-from ..training import CheckpointError
+from .command import command
 
 
 def build_parser(prog=None) -> argparse.ArgumentParser:
@@ -26,17 +24,14 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
     return p
 
 
+@command(FileNotFoundError, ValueError)
 def main(argv=None, prog=None) -> int:
     args = build_parser(prog).parse_args(argv)
-    try:
-        claim_output(args.save_path, overwrite=args.overwrite, flag="--save-path",
-                     inputs=[args.model, args.adapter_path, args.tokenizer])
-        print(f"Loading pretrained model {args.model}")
-        base = load_base_model(args.model, args.tokenizer)
-        out = fuse_to_dir(base, args.adapter_path, args.save_path,
-                          write_hf=write_hf_copy if args.export_hf else None)
-    except (LoRAError, CheckpointError, OutputError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    claim_output(args.save_path, overwrite=args.overwrite, flag="--save-path",
+                 inputs=[args.model, args.adapter_path, args.tokenizer])
+    print(f"Loading pretrained model {args.model}")
+    base = load_base_model(args.model, args.tokenizer)
+    out = fuse_to_dir(base, args.adapter_path, args.save_path,
+                      write_hf=write_hf_copy if args.export_hf else None)
     print(f"Fused {args.adapter_path} into {out}" + (f" (HF copy in {out / 'hf'})" if args.export_hf else ""))
     return 0

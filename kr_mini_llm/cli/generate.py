@@ -5,12 +5,12 @@
     python scripts/generate.py --model checkpoints/demo --prompt "..." --temperature 0 --speculative prompt_lookup
 """
 import argparse
-import sys
 
+from ..errors import KrMiniLlmError
 from ..inference import Generator
 from ..inference.sampling import check_sampling
 from ..inference.speculative import check_speculative
-from ..training import CheckpointError
+from .command import command
 
 
 def build_parser(prog=None) -> argparse.ArgumentParser:
@@ -63,42 +63,38 @@ def run_one(gen, prompt, args):
     print()
 
 
+@command(FileNotFoundError, ValueError)
 def main(argv=None, prog=None) -> int:
     args = build_parser(prog).parse_args(argv)
     if not args.prompt and not args.interactive:
-        print("error: give --prompt TEXT or --interactive", file=sys.stderr)
-        return 2
+        raise KrMiniLlmError("give --prompt TEXT or --interactive")
     if args.speculative is None and args.draft_model:
         args.speculative = "draft"
-    try:
-        check_sampling(args.temperature, args.top_k, args.top_p, args.repetition_penalty)  # before the model loads
-        check_speculative(args.speculative, args.num_draft_tokens, args.ngram, args.draft_model is not None)
-        if args.draft_model and args.speculative != "draft":
-            raise ValueError(f"--draft-model drafts only with --speculative draft, not {args.speculative}")
-        gen = Generator.from_pretrained(args.model, device=args.device, tokenizer_path=args.tokenizer,
-                                        adapter_path=args.adapter_path, dtype=args.dtype,
-                                        draft_model=args.draft_model)
-        if args.prompt and len(args.prompt) > 1 and args.no_stream and not args.chat and not args.speculative:
-            for p, text in zip(args.prompt, gen.generate(args.prompt, max_new_tokens=args.max_new_tokens,
-                                                         temperature=args.temperature, top_k=args.top_k,
-                                                         top_p=args.top_p, seed=args.seed,
-                                                         repetition_penalty=args.repetition_penalty)):
-                print(p + text)
-        else:
-            for p in args.prompt or []:
-                run_one(gen, p, args)
-        if args.interactive:
-            print("프롬프트를 입력하세요 (빈 줄 또는 Ctrl-D로 종료).")
-            while True:
-                try:
-                    prompt = input("> ")
-                except (EOFError, KeyboardInterrupt):
-                    print()
-                    break
-                if not prompt.strip():
-                    break
-                run_one(gen, prompt, args)
-    except (CheckpointError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    check_sampling(args.temperature, args.top_k, args.top_p, args.repetition_penalty)  # before the model loads
+    check_speculative(args.speculative, args.num_draft_tokens, args.ngram, args.draft_model is not None)
+    if args.draft_model and args.speculative != "draft":
+        raise ValueError(f"--draft-model drafts only with --speculative draft, not {args.speculative}")
+    gen = Generator.from_pretrained(args.model, device=args.device, tokenizer_path=args.tokenizer,
+                                    adapter_path=args.adapter_path, dtype=args.dtype,
+                                    draft_model=args.draft_model)
+    if args.prompt and len(args.prompt) > 1 and args.no_stream and not args.chat and not args.speculative:
+        for p, text in zip(args.prompt, gen.generate(args.prompt, max_new_tokens=args.max_new_tokens,
+                                                     temperature=args.temperature, top_k=args.top_k,
+                                                     top_p=args.top_p, seed=args.seed,
+                                                     repetition_penalty=args.repetition_penalty)):
+            print(p + text)
+    else:
+        for p in args.prompt or []:
+            run_one(gen, p, args)
+    if args.interactive:
+        print("프롬프트를 입력하세요 (빈 줄 또는 Ctrl-D로 종료).")
+        while True:
+            try:
+                prompt = input("> ")
+            except (EOFError, KeyboardInterrupt):
+                print()
+                break
+            if not prompt.strip():
+                break
+            run_one(gen, prompt, args)
     return 0

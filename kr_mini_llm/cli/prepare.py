@@ -15,18 +15,15 @@ listed when not UTF-8; a file whose encoding cannot be told is an error. A faile
 outputs as they were.
 """
 import argparse
-import sys
 
-from ..data.cleaning import CleanConfig, EmptyCorpusError
+from ..data.cleaning import CleanConfig
 from ..data.parallel import ENGINES
 from ..data.pipeline import DEFAULT_MAX_MEMORY_MB
 from ..data.encoding import EncodingError, check_encoding
-from ..data.readers import InputError
-from ..data.shards import ShardError
-from ..data.sources import DEFAULT_SOURCES, SOURCES, SourceUnavailable
+from ..data.sources import DEFAULT_SOURCES, SOURCES
 from ..data.split import parse_ratios
 from ..io.outputs import add_overwrite_flag
-from ..data.tokenizer import TokenizerError
+from .command import command
 
 
 ENCODING_HELP = ("text encoding of every input file, e.g. cp949 (default: found per file: BOM, UTF-8, "
@@ -84,6 +81,7 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
     return ap
 
 
+@command(FileNotFoundError, ValueError, ImportError)
 def main(argv=None, prog=None) -> int:
     a = build_parser(prog).parse_args(argv)
 
@@ -92,20 +90,15 @@ def main(argv=None, prog=None) -> int:
 
     cfg = CleanConfig(a.min_line_chars, a.min_hangul_ratio, a.min_doc_chars, not a.no_dedup,
                       not a.no_near_dedup, a.near_dup_threshold)
-    try:
-        if a.tokenizer:
-            Tokenizer(a.tokenizer)       # a bad --tokenizer fails before anything is written
-        prepare_text(inputs=a.input, sources=[s for s in a.source.split(",") if s], raw_dir=a.raw_dir,
-                     out_dir=a.output_dir, clean=cfg, ratios=parse_ratios(a.split), seed=a.seed,
-                     text_field=a.text_field, force=a.force, num_proc=a.num_proc, max_memory_mb=a.max_memory_mb,
-                     engine=a.engine, engine_address=a.engine_address, encoding=a.encoding,
-                     overwrite=a.overwrite)
-        if a.tokenizer:
-            tokenize_splits(a.tokenizer, a.output_dir, a.tokens_dir, num_proc=a.num_proc,
-                            shard_size_mb=a.shard_size_mb, force=a.force, progress=not a.no_progress,
-                            overwrite=a.overwrite)
-    except (SourceUnavailable, InputError, EmptyCorpusError, TokenizerError, ShardError, FileNotFoundError, ValueError,
-            ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if a.tokenizer:
+        Tokenizer(a.tokenizer)       # a bad --tokenizer fails before anything is written
+    prepare_text(inputs=a.input, sources=[s for s in a.source.split(",") if s], raw_dir=a.raw_dir,
+                 out_dir=a.output_dir, clean=cfg, ratios=parse_ratios(a.split), seed=a.seed,
+                 text_field=a.text_field, force=a.force, num_proc=a.num_proc, max_memory_mb=a.max_memory_mb,
+                 engine=a.engine, engine_address=a.engine_address, encoding=a.encoding,
+                 overwrite=a.overwrite)
+    if a.tokenizer:
+        tokenize_splits(a.tokenizer, a.output_dir, a.tokens_dir, num_proc=a.num_proc,
+                        shard_size_mb=a.shard_size_mb, force=a.force, progress=not a.no_progress,
+                        overwrite=a.overwrite)
     return 0

@@ -13,10 +13,11 @@ a layer whose input size the group does not divide stays int8 per output channel
 The scheme is recorded in OUTPUT/inference.json; RMSNorm weights stay fp32.
 """
 import argparse
-import sys
 from pathlib import Path
 
-from ..io.outputs import OutputError, add_overwrite_flag, claim_output
+from ..errors import KrMiniLlmError
+from ..io.outputs import add_overwrite_flag, claim_output
+from .command import command
 
 
 def dir_size(path: Path) -> int:
@@ -35,6 +36,7 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
     return p
 
 
+@command(FileNotFoundError, ValueError)
 def main(argv=None, prog=None) -> int:
     args = build_parser(prog).parse_args(argv)
 
@@ -42,21 +44,15 @@ def main(argv=None, prog=None) -> int:
     from ..inference.packed import INT4_GROUP_SIZE
     from ..inference.saved import save_inference_model
     from ..io import layout
-    from ..training import CheckpointError
     from ..training.checkpoint import load_model
 
     if args.group_size is not None and args.dtype == "bf16":
-        print("error: --group_size applies to --dtype int8 and int4 only", file=sys.stderr)
-        return 2
-    try:
-        claim_output(args.output, overwrite=args.overwrite, inputs=[args.model])
-        model, ckpt = load_model(args.model)
-        packed = DecodeModel.from_transformer(model, args.dtype, args.group_size)
-        tok = ckpt / layout.TOKENIZER
-        out = save_inference_model(packed, args.output, tok if tok.exists() else None, args.group_size, str(ckpt))
-    except (CheckpointError, OutputError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise KrMiniLlmError("--group_size applies to --dtype int8 and int4 only")
+    claim_output(args.output, overwrite=args.overwrite, inputs=[args.model])
+    model, ckpt = load_model(args.model)
+    packed = DecodeModel.from_transformer(model, args.dtype, args.group_size)
+    tok = ckpt / layout.TOKENIZER
+    out = save_inference_model(packed, args.output, tok if tok.exists() else None, args.group_size, str(ckpt))
     src = (ckpt / layout.MODEL_WEIGHTS).stat().st_size
     dst = (out / layout.MODEL_WEIGHTS).stat().st_size
     scheme = ""

@@ -13,13 +13,14 @@ file on a shared filesystem: journal:///shared/study.log) and --study_name: docs
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
+from ..errors import KrMiniLlmError
 from ..io.atomic import remove_directory
-from ..io.outputs import OutputError, add_overwrite_flag, claim_output
-from ..model import ConfigError, TransformerConfig
+from ..io.outputs import add_overwrite_flag, claim_output
+from ..model import TransformerConfig
 from ..training import TrainingConfig
+from .command import command
 
 TAG = "[sweep] "
 
@@ -55,56 +56,52 @@ def storage_url(given: str | None, output: Path) -> str:
     return given
 
 
+@command(FileNotFoundError, ValueError, prefix=TAG)
 def main(argv=None, prog=None) -> int:
     args = build_parser(prog).parse_args(argv)
     try:
         import optuna  # noqa: F401
     except ImportError:
-        print(f"{TAG}❌ the sweep needs Optuna: pip install 'kr-mini-llm[sweep]' (or pip install optuna)", file=sys.stderr)
-        return 2
+        raise KrMiniLlmError("the sweep needs Optuna: pip install 'kr-mini-llm[sweep]' (or pip install optuna)") from None
     from ..sweep.report import write_report
     from ..sweep.space import SpaceError, check_against, load_space
     from ..sweep.study import check_budget, check_study, run_sweep
 
     output = Path(args.output)
-    try:
-        if args.trials is not None and args.trials < 1:
-            raise SpaceError(f"--trials must be >= 1, got {args.trials}")
-        if args.resume and args.overwrite:
-            raise SpaceError("--resume continues the study in --output and --overwrite replaces it: give one")
-        space = load_space(args.space)
-        config = TrainingConfig.from_yaml(args.config)
-        if args.set:
-            config = config.with_overrides(args.set)
-        model_config = TransformerConfig.from_yaml(args.model_config)
-        check_against(space, config, model_config)
-        inputs = [args.space, args.config, args.model_config, config.data.tokens, config.data.tokenizer]
-        if not (args.resume and output.is_dir()):
-            claim_output(output, overwrite=args.overwrite, inputs=inputs, flag="--output")
-        else:
-            claim_output(output, overwrite=True, inputs=inputs, flag="--output")  # the overlap checks alone
-        fresh = args.overwrite or not output.exists()
-        storage = storage_url(args.storage, output)
-        if not fresh or args.storage is not None:
-            check_study(space, storage, args.study_name or Path(args.space).stem)
-        if not args.report_only:
-            check_budget(space, config, model_config, log=lambda m: print(TAG + m))
-        if args.overwrite and output.exists():
-            remove_directory(output)
-        output.mkdir(parents=True, exist_ok=True)
-        storage = storage_url(args.storage, output)
-        name = args.study_name or Path(args.space).stem
-        if args.report_only:
-            from ..sweep.study import open_study
+    if args.trials is not None and args.trials < 1:
+        raise SpaceError(f"--trials must be >= 1, got {args.trials}")
+    if args.resume and args.overwrite:
+        raise SpaceError("--resume continues the study in --output and --overwrite replaces it: give one")
+    space = load_space(args.space)
+    config = TrainingConfig.from_yaml(args.config)
+    if args.set:
+        config = config.with_overrides(args.set)
+    model_config = TransformerConfig.from_yaml(args.model_config)
+    check_against(space, config, model_config)
+    inputs = [args.space, args.config, args.model_config, config.data.tokens, config.data.tokenizer]
+    if not (args.resume and output.is_dir()):
+        claim_output(output, overwrite=args.overwrite, inputs=inputs, flag="--output")
+    else:
+        claim_output(output, overwrite=True, inputs=inputs, flag="--output")  # the overlap checks alone
+    fresh = args.overwrite or not output.exists()
+    storage = storage_url(args.storage, output)
+    if not fresh or args.storage is not None:
+        check_study(space, storage, args.study_name or Path(args.space).stem)
+    if not args.report_only:
+        check_budget(space, config, model_config, log=lambda m: print(TAG + m))
+    if args.overwrite and output.exists():
+        remove_directory(output)
+    output.mkdir(parents=True, exist_ok=True)
+    storage = storage_url(args.storage, output)
+    name = args.study_name or Path(args.space).stem
+    if args.report_only:
+        from ..sweep.study import open_study
 
-            study = open_study(space, storage, name)
-        else:
-            study = run_sweep(space, config, model_config, output, storage, name, n_trials=args.trials,
-                              log=lambda m: print(TAG + m, flush=True))
-        report = write_report(study, space, config, model_config, output)
-    except (SpaceError, ConfigError, OutputError, FileNotFoundError, ValueError) as e:
-        print(f"{TAG}❌ {e}", file=sys.stderr)
-        return 2
+        study = open_study(space, storage, name)
+    else:
+        study = run_sweep(space, config, model_config, output, storage, name, n_trials=args.trials,
+                          log=lambda m: print(TAG + m, flush=True))
+    report = write_report(study, space, config, model_config, output)
     if report["best"] is not None:
         print(f"\n{TAG}train with it: python scripts/train.py --config {output / 'best_config.yaml'} "
               f"--model_config {output / 'best_model_config.yaml'}")

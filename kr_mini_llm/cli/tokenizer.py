@@ -12,17 +12,18 @@ scripts/evaluate.py's) on --valid (default: valid.txt beside the first --input, 
 data/processed/valid.txt, when it exists).
 """
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from ..errors import KrMiniLlmError
 from ..data.readers import InputError, ReadStats, expand_inputs, read_documents
 from ..data.cleaning import normalize_text
 from ..data.encoding import is_plain_utf8
 from ..data.tokenizer import Tokenizer, train_tokenizer
 from ..eval.tokenizer_stats import format_tokenizer_stats, tokenizer_stats
 from ..io.outputs import add_overwrite_flag, claim_output
+from .command import command
 from .prepare import ENCODING_HELP, encoding_arg
 
 
@@ -47,6 +48,7 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
     return ap
 
 
+@command(FileNotFoundError, ValueError, RuntimeError, OSError)  # sentencepiece's errors for a bad input
 def main(argv=None, prog=None) -> int:
     a = build_parser(prog).parse_args(argv)
     tmp = None
@@ -70,9 +72,6 @@ def main(argv=None, prog=None) -> int:
         model = train_tokenizer(files, a.vocab_size, a.output, model_type=a.model_type,
                                 character_coverage=a.character_coverage,
                                 input_sentence_size=a.input_sentence_size, num_threads=a.num_threads)
-    except (InputError, ValueError, FileNotFoundError, RuntimeError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     finally:
         if tmp is not None:
             Path(tmp.name).unlink(missing_ok=True)
@@ -84,10 +83,8 @@ def main(argv=None, prog=None) -> int:
         try:        # decoded like the inputs (a CP949 --valid too)
             lines = [ln for d in read_documents([valid], encoding=a.encoding) for ln in d.text.split("\n") if ln]
         except (InputError, ValueError) as e:
-            print(f"error: --valid: {e}", file=sys.stderr)
-            return 2
+            raise KrMiniLlmError(f"--valid: {e}") from None
         print(f"{valid}: {format_tokenizer_stats(tokenizer_stats(tok, lines))}")
     elif a.valid:
-        print(f"error: --valid {a.valid!r} not found", file=sys.stderr)
-        return 2
+        raise KrMiniLlmError(f"--valid {a.valid!r} not found")
     return 0

@@ -15,16 +15,17 @@ import torch
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from .. import ConfigError, TransformerConfig
+from ..errors import EXIT_USER_ERROR, format_error
 from ..inference import Generator
-from ..training import CheckpointError, Trainer, TrainingConfig, TrainingStopped, resolve_checkpoint
+from ..training import Trainer, TrainingConfig, TrainingStopped, resolve_checkpoint
 from ..device import pick_device
 from ..io import layout
 from ..io.outputs import OVERWRITE_FLAG, check_not_input
-from ..training.run_lock import RunLockedError
 from ..training.memory_advice import available_memory_bytes, estimate_for_run, memory_advice
 from ..training.overfit import OVERFIT_LOSS, OverfitTrainer, overfit_config
 from ..training.distributed import (RankFailedError, close_distributed, distributed_mode, env_rank, env_world_size,
                                     explain_collective_failure)
+from .command import command
 
 RANK = env_rank()
 # Under torchrun every rank prefixes its errors with its rank; only rank 0 prints the rest.
@@ -148,6 +149,7 @@ def print_summary(args, config, model_config, device):
 
 
 @record
+@command(FileNotFoundError, ValueError, prefix=TAG)
 def main(argv=None, prog=None) -> int:
     args = build_parser(prog).parse_args(argv)
     trainer = None
@@ -172,18 +174,14 @@ def main(argv=None, prog=None) -> int:
             print(f"💾 설정 저장: {Path(config.output_dir) / 'config.yaml'}")
             print(f"💾 모델 설정 저장: {Path(config.output_dir) / 'model_config.yaml'}")
         result = trainer.train()
-    except (ConfigError, CheckpointError, FileNotFoundError, ValueError, TrainingStopped, RankFailedError,
-            RunLockedError) as e:
-        if isinstance(e, TrainingStopped):
-            print(f"\n{TAG}❌ {e}", file=sys.stderr)
-            return 3
-        print(f"\n{TAG}❌ {type(e).__name__}: {e}", file=sys.stderr)
-        return 2
+    except (TrainingStopped, RankFailedError) as e:  # not the user's input: a diverged run, another rank's failure
+        print(format_error(e, TAG), file=sys.stderr)
+        return 3 if isinstance(e, TrainingStopped) else EXIT_USER_ERROR
     except RuntimeError as e:
         message = explain_collective_failure(e)
         if message is None:
             raise
-        print(f"\n{TAG}❌ {message}", file=sys.stderr)
+        print(format_error(message, TAG), file=sys.stderr)
         return 4
     finally:
         if trainer is not None:
