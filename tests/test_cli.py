@@ -66,15 +66,15 @@ def test_the_module_entry_point_and_the_script_print_the_same_help():
     assert _without_usage(run("-m", "kr_mini_llm.cli", "train")) == _without_usage(run("scripts/train.py"))
 
 
-def test_bench_lists_the_benchmarks_and_runs_one_by_name(capsys):
-    text = _help(capsys, lambda: main(["bench", "--help"]))
+def test_bench_lists_the_benchmarks_and_runs_one_by_name(capfd):
+    text = _help(capfd, lambda: main(["bench", "--help"]))
     assert "ops " in text and "generate " in text and "common" not in text
     assert "evaluate " not in text
-    ours = _help(capsys, lambda: main(["bench", "memory_estimate", "--help"]))
+    ours = _help(capfd, lambda: main(["bench", "memory_estimate", "--help"]))
     assert "--help" in ours and "usage: bench_memory_estimate.py" in ours
     with pytest.raises(SystemExit):
         main(["bench", "nonesuch"])
-    assert "no benchmark 'nonesuch'" in capsys.readouterr().err
+    assert "no benchmark 'nonesuch'" in capfd.readouterr().err
 
 
 def test_tokenizer_command_trains_a_tokenizer(token_data, tmp_path, capsys):

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import argparse
 import ast
-import runpy
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+from .command import command
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 NOT_BENCHMARKS = ("bench_common.py",)
@@ -37,6 +39,7 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
     return p
 
 
+@command()
 def main(argv=None, prog=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(prog)
@@ -46,17 +49,5 @@ def main(argv=None, prog=None) -> int:
     found = benchmarks()
     if name not in found:
         parser.error(f"no benchmark {name!r}; choose from {', '.join(found) or 'none (no scripts/ here)'}")
-    # The script runs as `python scripts/bench_NAME.py FLAGS` would: same argv and path, as __main__.
-    saved = sys.argv, sys.path[:]
-    sys.argv = [str(found[name]), *flags]
-    sys.path.insert(0, str(SCRIPTS))
-    try:
-        runpy.run_path(str(found[name]), run_name="__main__")
-    except SystemExit as e:  # sys.exit(code) or sys.exit("message"), as the script's own process would end
-        if e.code is None or isinstance(e.code, int):
-            return e.code or 0
-        print(e.code, file=sys.stderr)
-        return 1
-    finally:
-        sys.argv, sys.path[:] = saved
-    return 0
+    # Its own process, as `python scripts/bench_NAME.py FLAGS` would run: the same interpreter, its exit code.
+    return subprocess.call([sys.executable, str(found[name]), *flags])
