@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kr_mini_llm.eval.lm_eval_cli import main  # noqa: E402
+from kr_mini_llm.cli.lm_eval import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

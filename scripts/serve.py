@@ -5,7 +5,7 @@ See --help, and the README's "Serving" section.
 """
 import sys
 
-from kr_mini_llm.serve.cli import main
+from kr_mini_llm.cli.serve import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from kr_mini_llm.data.tokenizer import Tokenizer
-from kr_mini_llm.dpo.cli import main
+from kr_mini_llm.cli.dpo import main
 from kr_mini_llm.dpo.data import PreferenceDataset, PreferenceError
 from kr_mini_llm.inference import Generator
 

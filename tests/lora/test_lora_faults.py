@@ -9,7 +9,7 @@ from safetensors import safe_open
 from kr_mini_llm.lora import read_adapter_config
 from kr_mini_llm.lora.adapters import load_adapter_weights, load_training_state, state_path
 from kr_mini_llm.lora.apply import LoRAError
-from kr_mini_llm.lora.cli import main
+from kr_mini_llm.cli.lora import main
 from kr_mini_llm.lora.trainer import LoRATrainer
 
 

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from kr_mini_llm.inference import Generator
 from kr_mini_llm.lora import read_adapter_config
-from kr_mini_llm.lora.cli import main
+from kr_mini_llm.cli.lora import main
 from kr_mini_llm.export.exporter import write_hf_copy
 from kr_mini_llm.lora.fuse import fuse_to_dir
 from kr_mini_llm.lora.base import load_base_model
@@ -61,7 +61,7 @@ def test_fine_tune_lowers_val_loss_and_writes_mlx_style_outputs(lora_args, base_
 def test_only_adapters_change_and_the_base_is_bit_identical(lora_args, base_dir, chat_data, tmp_path):
     from kr_mini_llm.data.sft import load_split
     from kr_mini_llm.data.tokenizer import Tokenizer
-    from kr_mini_llm.lora.cli import build_parser, load_config
+    from kr_mini_llm.cli.lora import build_parser, load_config
     from kr_mini_llm.lora.trainer import LoRATrainer
 
     cfg = load_config(build_parser().parse_args(lora_args + ["--iters", "4"]))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kr_mini_llm.serve import cli
+from kr_mini_llm.cli import serve as cli
 
 from .conftest import http
 

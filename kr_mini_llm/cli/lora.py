@@ -1,4 +1,4 @@
-"""`python -m kr_mini_llm.lora` / `scripts/lora.py`: fine-tuning (LoRA, DoRA or full) with mlx-lm's flags.
+"""`kr-mini-llm lora` / `scripts/lora.py` / `python -m kr_mini_llm.lora`: fine-tuning (LoRA, DoRA or full) with mlx-lm's flags.
 
     python scripts/lora.py --model checkpoints/demo --train --data data/sft --iters 200 \\
         --batch-size 4 --num-layers 4 --learning-rate 1e-4 --mask-prompt --adapter-path adapters/demo
@@ -10,13 +10,13 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 from ..io.layout import ADAPTER_WEIGHTS
 from ..io.outputs import OVERWRITE_FLAG
-from .apply import LoRAError
+from ..lora.apply import LoRAError
+from .command import command
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -72,7 +72,7 @@ _CLI_ONLY = ("config", "overwrite_adapters", "no_progress", "lora_layers")
 
 
 def load_config(args, config_class=None):
-    from .config import LoRAConfig
+    from ..lora.config import LoRAConfig
 
     config_class = config_class or LoRAConfig
     file_values = config_class.from_yaml(args.config) if args.config else {}
@@ -81,57 +81,47 @@ def load_config(args, config_class=None):
     return config_class.merged(file_values, cli, where=args.config or "command line")
 
 
+@command(FileNotFoundError, ValueError)  # ValueError: the config and shape checks of the model and trainer
 def main(argv=None, prog: str | None = None) -> int:
-    from ..data.sft import SFTDataError, load_split
-    from ..data.tokenizer import Tokenizer, TokenizerError
-    from ..model.config import ConfigError
-    from ..training.checkpoint import CheckpointError
-    from ..training.run_lock import RunLockedError
+    from ..data.sft import load_split
+    from ..data.tokenizer import Tokenizer
 
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     if args.lora_layers is not None:
         parser.error("--lora-layers is the old name: use --num-layers")
-    try:
-        cfg = load_config(args)
-        base, max_len = load_base_for_run(cfg)
-        print("Loading datasets")
-        tok = Tokenizer(base.tokenizer_path)
-        train_set = valid_set = None
-        if cfg.train:
-            train_set = load_split(cfg.data, "train", tok, max_len, cfg.mask_prompt)
-            valid_set = load_split(cfg.data, "valid", tok, max_len, cfg.mask_prompt)
-        test_set = load_split(cfg.data, "test", tok, max_len, cfg.mask_prompt) if cfg.test else None
-        for ds in (train_set, valid_set, test_set):
-            if ds is not None:
-                print(f"  {ds.summary()}")
-        if cfg.train:
-            result = _train(cfg, base, train_set, valid_set, args)
-            model, device = result.model, result.device
-        else:
-            model, device = _load_for_test(cfg, base)
-        if cfg.test:
-            from .trainer import evaluate_loss
-            import math
+    cfg = load_config(args)
+    base, max_len = load_base_for_run(cfg)
+    print("Loading datasets")
+    tok = Tokenizer(base.tokenizer_path)
+    train_set = valid_set = None
+    if cfg.train:
+        train_set = load_split(cfg.data, "train", tok, max_len, cfg.mask_prompt)
+        valid_set = load_split(cfg.data, "valid", tok, max_len, cfg.mask_prompt)
+    test_set = load_split(cfg.data, "test", tok, max_len, cfg.mask_prompt) if cfg.test else None
+    for ds in (train_set, valid_set, test_set):
+        if ds is not None:
+            print(f"  {ds.summary()}")
+    if cfg.train:
+        result = _train(cfg, base, train_set, valid_set, args)
+        model, device = result.model, result.device
+    else:
+        model, device = _load_for_test(cfg, base)
+    if cfg.test:
+        from ..lora.trainer import evaluate_loss
+        import math
 
-            print("Testing")
-            loss, _ = evaluate_loss(model, test_set, cfg.batch_size, cfg.test_batches, device)
-            print(f"Test loss {loss:.3f}, Test ppl {math.exp(min(loss, 50)):.3f}.")
-    except (LoRAError, SFTDataError, ConfigError, CheckpointError, TokenizerError, FileNotFoundError,
-            RunLockedError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except ValueError as e:  # config and shape checks of the model and trainer
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        print("Testing")
+        loss, _ = evaluate_loss(model, test_set, cfg.batch_size, cfg.test_batches, device)
+        print(f"Test loss {loss:.3f}, Test ppl {math.exp(min(loss, 50)):.3f}.")
     return 0
 
 
 def load_base_for_run(cfg):
     """(base model, sequence length) of a fine-tuning run (LoRA, DoRA, full or DPO), after the
     one-process check: the model loaded and described, --max-seq-length checked against its context."""
-    from .base import load_base_model
-    from .trainer import check_one_process
+    from ..lora.base import load_base_model
+    from ..lora.trainer import check_one_process
 
     check_one_process()
     print("Loading pretrained model")
@@ -149,7 +139,7 @@ def load_base_for_run(cfg):
 def _train(cfg, base, train_set, valid_set, args, trainer_class=None):
     from ..training.checkpoint import resolve_checkpoint
     from ..training.trainer import TrainingStopped
-    from .trainer import LoRATrainer
+    from ..lora.trainer import LoRATrainer
 
     trainer = (trainer_class or LoRATrainer)(cfg, base, train_set, valid_set, show_progress=not args.no_progress,
                                              overwrite=args.overwrite_adapters)
@@ -184,7 +174,7 @@ def describe_run(cfg, trainer, base) -> None:
 def _load_for_test(cfg, base):
     from ..device import pick_device
     from ..training.checkpoint import list_checkpoints, load_model
-    from .adapters import load_adapters
+    from ..lora.adapters import load_adapters
 
     device = pick_device(cfg.device)
     path = Path(cfg.adapter_path)
@@ -201,6 +191,3 @@ def _load_for_test(cfg, base):
         print(f"  no adapters in {path}: testing the base model")
     return base.model.to(device), device
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,11 +1,14 @@
-"""scripts/run_lm_eval.py: lm_eval's own command line, with our model and tasks registered, and
+"""`scripts/run_lm_eval.py`: lm_eval's own command line, with our model and tasks registered, and
 a clear message when a task's data has to come from the Hugging Face Hub and cannot."""
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-TASKS_DIR = Path(__file__).resolve().parent / "tasks"
+from ..errors import KrMiniLlmError
+from .command import command
+
+TASKS_DIR = Path(__file__).resolve().parents[1] / "eval" / "tasks"
 
 
 def _with_include_path(argv: list[str]) -> list[str]:
@@ -44,17 +47,17 @@ def _task_names(argv: list[str]) -> str:
     return "?"
 
 
+@command()
 def main(argv: list[str] | None = None) -> int:
     try:
         import lm_eval  # noqa: F401
     except ImportError:
-        print("❌ lm-eval is not installed: pip install 'lm-eval==0.4.13' (or `pip install -e .[test]`)",
-              file=sys.stderr)
-        return 2
+        raise KrMiniLlmError("lm-eval is not installed: pip install 'lm-eval==0.4.13' "
+                             "(or `pip install -e .[test]`)") from None
     from lm_eval._cli import HarnessCLI
     from lm_eval.utils import setup_logging
 
-    from . import harness  # noqa: F401  registers "kr-mini-llm"
+    from ..eval import harness  # noqa: F401  registers "kr-mini-llm"
 
     argv = _with_include_path(sys.argv[1:] if argv is None else argv)
     setup_logging()
@@ -67,11 +70,11 @@ def main(argv: list[str] | None = None) -> int:
         if not _is_download_failure(e):
             raise
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"❌ task(s) {_task_names(argv)} need data from the Hugging Face Hub, which could not be fetched "
-              f"({type(e).__name__}: {first[:300]}).\n   Run where the Hub is reachable (the data is cached in "
-              f"~/.cache/huggingface for later offline runs with HF_DATASETS_OFFLINE=1), or use the project's "
-              f"offline task: --tasks ko_next_sentence", file=sys.stderr)
-        return 2
+        raise KrMiniLlmError(
+            f"task(s) {_task_names(argv)} need data from the Hugging Face Hub, which could not be fetched "
+            f"({type(e).__name__}: {first[:300]}).\n   Run where the Hub is reachable (the data is cached in "
+            f"~/.cache/huggingface for later offline runs with HF_DATASETS_OFFLINE=1), or use the project's "
+            f"offline task: --tasks ko_next_sentence") from None
     finally:
         sys.argv = saved
     return 0

@@ -11,10 +11,8 @@ for full), so generate, fuse, export, serve and evaluate take it the same way.
 """
 from __future__ import annotations
 
-import sys
-
-from ..lora import cli as lora_cli
-from ..lora.apply import LoRAError
+from . import lora as lora_cli
+from .command import command
 
 
 def build_parser(prog: str | None = None):
@@ -33,45 +31,34 @@ def build_parser(prog: str | None = None):
     return p
 
 
+@command(FileNotFoundError, ValueError)  # ValueError: the config and shape checks of the model and trainer
 def main(argv=None, prog: str | None = None) -> int:
-    from ..data.sft import SFTDataError
-    from ..data.tokenizer import Tokenizer, TokenizerError
-    from ..model.config import ConfigError
-    from ..training.checkpoint import CheckpointError
-    from ..training.run_lock import RunLockedError
-    from .config import DPOConfig
-    from .data import load_preference_split
-    from .trainer import DPOTrainer
+    from ..data.tokenizer import Tokenizer
+    from ..dpo.config import DPOConfig
+    from ..dpo.data import load_preference_split
+    from ..dpo.trainer import DPOTrainer
 
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     if args.lora_layers is not None:
         parser.error("--lora-layers is the old name: use --num-layers")
-    try:
-        cfg = lora_cli.load_config(args, DPOConfig)
-        base, max_len = lora_cli.load_base_for_run(cfg)
-        print("Loading preference pairs")
-        tok = Tokenizer(base.tokenizer_path)
-        splits = (["train", "valid"] if cfg.train else []) + (["test"] if cfg.test else [])
-        sets = {s: load_preference_split(cfg.data, s, tok, max_len) for s in splits}
-        for ds in sets.values():
-            print(f"  {ds.summary()}")
-        print(f"  DPO: beta {cfg.beta}, reference: the base model"
-              + (" (log-probabilities precomputed)" if cfg.precompute_ref_log_probs else ""))
-        if cfg.train:
-            trainer = lora_cli._train(cfg, base, sets["train"], sets["valid"], args, trainer_class=DPOTrainer)
-        if cfg.test:
-            print("Testing")
-            result = _test(cfg, base, tok, sets["test"], trainer if cfg.train else None)
-            print(f"Test loss {result['val_loss']:.3f}, Test reward accuracy {result['val_reward_accuracy']:.3f}, "
-                  f"Test reward margin {result['val_reward_margin']:.3f}.")
-    except (LoRAError, SFTDataError, ConfigError, CheckpointError, TokenizerError, FileNotFoundError,
-            RunLockedError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except ValueError as e:  # config and shape checks of the model and trainer
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    cfg = lora_cli.load_config(args, DPOConfig)
+    base, max_len = lora_cli.load_base_for_run(cfg)
+    print("Loading preference pairs")
+    tok = Tokenizer(base.tokenizer_path)
+    splits = (["train", "valid"] if cfg.train else []) + (["test"] if cfg.test else [])
+    sets = {s: load_preference_split(cfg.data, s, tok, max_len) for s in splits}
+    for ds in sets.values():
+        print(f"  {ds.summary()}")
+    print(f"  DPO: beta {cfg.beta}, reference: the base model"
+          + (" (log-probabilities precomputed)" if cfg.precompute_ref_log_probs else ""))
+    if cfg.train:
+        trainer = lora_cli._train(cfg, base, sets["train"], sets["valid"], args, trainer_class=DPOTrainer)
+    if cfg.test:
+        print("Testing")
+        result = _test(cfg, base, tok, sets["test"], trainer if cfg.train else None)
+        print(f"Test loss {result['val_loss']:.3f}, Test reward accuracy {result['val_reward_accuracy']:.3f}, "
+              f"Test reward margin {result['val_reward_margin']:.3f}.")
     return 0
 
 
@@ -80,7 +67,7 @@ def _test(cfg, base, tokenizer, test_set, trainer) -> dict:
     from contextlib import nullcontext
     from types import SimpleNamespace
 
-    from .trainer import DPOTask
+    from ..dpo.trainer import DPOTask
 
     if trainer is not None:
         return trainer.task.evaluate_on(trainer, test_set, cfg.test_batches)
@@ -91,6 +78,3 @@ def _test(cfg, base, tokenizer, test_set, trainer) -> dict:
     run = SimpleNamespace(model=model, device=device, _autocast=nullcontext, tokenizer=tokenizer)
     return task.evaluate_on(run, test_set, cfg.test_batches)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

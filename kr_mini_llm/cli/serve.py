@@ -1,4 +1,4 @@
-"""`scripts/serve.py` (= `python -m kr_mini_llm.serve`): load a model as the Generator does and serve it.
+"""`kr-mini-llm serve` / `scripts/serve.py` / `python -m kr_mini_llm.serve`: load a model as the Generator does and serve it.
 
     python scripts/serve.py --model checkpoints/demo                  # http://127.0.0.1:8000
     python scripts/serve.py --model checkpoints/demo --adapter-path adapters/demo --max-batch 16
@@ -13,8 +13,9 @@ import ipaddress
 import logging
 import os
 import socket
-import sys
 from pathlib import Path
+
+from .command import command
 
 log = logging.getLogger("kr_mini_llm.serve")
 
@@ -87,7 +88,7 @@ def _listen(host: str, port: int) -> socket.socket:
 def allowed_hosts(bind_host: str, extra: list[str]) -> list[str]:
     """The Host names the server answers to: loopback names, the bind address (for a wildcard bind,
     this machine's name and addresses), and `extra` (items may be comma-separated)."""
-    from .errors import LOOPBACK_HOSTS
+    from ..serve.errors import LOOPBACK_HOSTS
 
     hosts = [*LOOPBACK_HOSTS, bind_host]
     if bind_host in ("0.0.0.0", "::", ""):
@@ -108,22 +109,17 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
+@command(ValueError, OSError)  # OSError: a model file that cannot be read, a port that cannot be bound
 def main(argv=None, prog: str | None = None) -> int:
     args = parse_args(argv, prog)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import uvicorn
 
-    from ..lora.apply import LoRAError
-    from ..training import CheckpointError
-    from .app import create_app
-    from .engine import Engine
+    from ..serve.app import create_app
+    from ..serve.engine import Engine
 
-    try:
-        generator = load_generator(args.model, args.adapter_path, args.dtype, args.device, args.tokenizer)
-        sock = _listen(args.host, args.port)
-    except (CheckpointError, FileNotFoundError, LoRAError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    generator = load_generator(args.model, args.adapter_path, args.dtype, args.device, args.tokenizer)
+    sock = _listen(args.host, args.port)
     name = args.served_model_name or Path(args.model).resolve().name
     engine = Engine(generator, max_batch=args.max_batch)
     app = create_app(engine, name, api_key=args.api_key, max_body_bytes=args.max_body_bytes,
