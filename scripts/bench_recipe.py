@@ -32,10 +32,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from kr_mini_llm import TransformerConfig  # noqa: E402
+from kr_mini_llm.cli.command import command  # noqa: E402
 from kr_mini_llm.data.datasets import EvalWindows, RandomWindows, TokenShards  # noqa: E402
 from kr_mini_llm.data.tokenizer import Tokenizer  # noqa: E402
 from kr_mini_llm.device import precision_choice  # noqa: E402
-from kr_mini_llm.io.outputs import OutputError, add_overwrite_flag, claim_output  # noqa: E402
+from kr_mini_llm.io.outputs import add_overwrite_flag, claim_output  # noqa: E402
 from kr_mini_llm.model import Transformer  # noqa: E402
 from kr_mini_llm.training import TrainingConfig  # noqa: E402
 from kr_mini_llm.training.optim import build_optimizer, lr_factor, set_learning_rates  # noqa: E402
@@ -127,6 +128,7 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+@command()
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tokens", default="data/tokens")
@@ -141,11 +143,7 @@ def main(argv=None) -> int:
     p.add_argument("--output", default="benchmarks/recipe.md")
     add_overwrite_flag(p)
     args = p.parse_args(argv)
-    try:
-        claim_output(args.output, overwrite=args.overwrite, inputs=[args.tokens, args.tokenizer], is_dir=False)
-    except OutputError as e:
-        print(f"❌ {e}", file=sys.stderr)
-        return 2
+    claim_output(args.output, overwrite=args.overwrite, inputs=[args.tokens, args.tokenizer], is_dir=False)
     if args.threads:
         torch.set_num_threads(args.threads)
     fingerprint = Tokenizer(args.tokenizer).fingerprint

@@ -11,21 +11,17 @@ the shards; the single file is for tools that expect model.safetensors.
 import argparse
 import sys
 
-from kr_mini_llm import ConfigError
-from kr_mini_llm.training import CheckpointError
+from kr_mini_llm.cli.command import command
 from kr_mini_llm.training.sharded_checkpoint import consolidate_checkpoint
 
 
+@command(FileNotFoundError)
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="a checkpoint-STEP directory with dcp/, or an output directory (its latest)")
     p.add_argument("--output", help="write a new ordinary checkpoint here (without the shards) instead of in place")
     args = p.parse_args(argv)
-    try:
-        out = consolidate_checkpoint(args.checkpoint, args.output)
-    except (CheckpointError, ConfigError, FileNotFoundError) as e:
-        print(f"❌ {type(e).__name__}: {e}", file=sys.stderr)
-        return 2
+    out = consolidate_checkpoint(args.checkpoint, args.output)
     print(f"✅ {out}/model.safetensors, {out}/optimizer.pt")
     return 0
 

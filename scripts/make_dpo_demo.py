@@ -17,8 +17,9 @@ import random
 import sys
 from pathlib import Path
 
+from kr_mini_llm.cli.command import command
 from kr_mini_llm.io.atomic import atomic_write_text
-from kr_mini_llm.io.outputs import OutputError, add_overwrite_flag, check_not_input, claim_output
+from kr_mini_llm.io.outputs import add_overwrite_flag, check_not_input, claim_output
 
 SPLITS = ("train", "valid", "test")
 
@@ -34,6 +35,7 @@ def preference_pair(row: dict, rng: random.Random):
     return None
 
 
+@command(FileNotFoundError)
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", default="data/sft", help="make_sft_demo.py's output: train/valid/test.jsonl")
@@ -42,16 +44,12 @@ def main(argv=None) -> int:
     add_overwrite_flag(p)
     args = p.parse_args(argv)
     src, out = Path(args.input), Path(args.output)
-    try:
-        for split in SPLITS:
-            if not (src / f"{split}.jsonl").is_file():
-                raise FileNotFoundError(f"{src / f'{split}.jsonl'} not found; run python scripts/make_sft_demo.py first")
-        check_not_input(out, [src])
-        for split in SPLITS:
-            claim_output(out / f"{split}.jsonl", is_dir=False, overwrite=args.overwrite, inputs=[src])
-    except (FileNotFoundError, OutputError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    for split in SPLITS:
+        if not (src / f"{split}.jsonl").is_file():
+            raise FileNotFoundError(f"{src / f'{split}.jsonl'} not found; run python scripts/make_sft_demo.py first")
+    check_not_input(out, [src])
+    for split in SPLITS:
+        claim_output(out / f"{split}.jsonl", is_dir=False, overwrite=args.overwrite, inputs=[src])
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(args.seed)
     for split in SPLITS:

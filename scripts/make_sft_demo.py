@@ -20,8 +20,9 @@ import re
 import sys
 from pathlib import Path
 
+from kr_mini_llm.cli.command import command
 from kr_mini_llm.io.atomic import atomic_write_text
-from kr_mini_llm.io.outputs import OutputError, add_overwrite_flag, check_not_input, claim_output
+from kr_mini_llm.io.outputs import add_overwrite_flag, check_not_input, claim_output
 
 INSTRUCTION = "다음 도움말 항목을 한 문단으로 설명하세요."
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -49,6 +50,7 @@ def rows_from(doc: str, args):
     return {"instruction": INSTRUCTION, "input": title, "output": answer}
 
 
+@command(FileNotFoundError)
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", default="data/processed", help="directory with train.txt, valid.txt, test.txt")
@@ -60,16 +62,12 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     src, out = Path(args.input), Path(args.output)
     splits = ("train", "valid", "test")
-    try:
-        for split in splits:
-            if not (src / f"{split}.txt").is_file():
-                raise FileNotFoundError(f"{src / f'{split}.txt'} not found; run python scripts/prepare_data.py first")
-        check_not_input(out, [src])
-        for split in splits:
-            claim_output(out / f"{split}.jsonl", is_dir=False, overwrite=args.overwrite, inputs=[src])
-    except (FileNotFoundError, OutputError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    for split in splits:
+        if not (src / f"{split}.txt").is_file():
+            raise FileNotFoundError(f"{src / f'{split}.txt'} not found; run python scripts/prepare_data.py first")
+    check_not_input(out, [src])
+    for split in splits:
+        claim_output(out / f"{split}.jsonl", is_dir=False, overwrite=args.overwrite, inputs=[src])
     out.mkdir(parents=True, exist_ok=True)
     for split in splits:
         f = src / f"{split}.txt"

@@ -9,13 +9,14 @@
 import argparse
 import sys
 
-from kr_mini_llm.lora import LoRAError, load_adapters
+from kr_mini_llm.cli.command import command
+from kr_mini_llm.lora import load_adapters
 from kr_mini_llm.lora.base import load_base_model
 from kr_mini_llm.lora.peft import export_peft, peft_to_adapter_dir
-from kr_mini_llm.io.outputs import OutputError, add_overwrite_flag, claim_output
-from kr_mini_llm.training import CheckpointError
+from kr_mini_llm.io.outputs import add_overwrite_flag, claim_output
 
 
+@command(FileNotFoundError, ValueError)
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -32,22 +33,18 @@ def main(argv=None) -> int:
         s.add_argument("--tokenizer", help="tokenizer.model when --model holds none")
         add_overwrite_flag(s)
     args = p.parse_args(argv)
-    try:
-        if args.command == "export":
-            claim_output(args.save_path, overwrite=args.overwrite, flag="--save-path",
-                         inputs=[args.model, args.adapter_path, args.tokenizer])
-        else:
-            claim_output(args.adapter_path, overwrite=args.overwrite, flag="--adapter-path",
-                         inputs=[args.model, args.peft_path, args.tokenizer])
-        base = load_base_model(args.model, args.tokenizer)
-        if args.command == "export":
-            load_adapters(base.model, args.adapter_path)
-            out = export_peft(base.model, args.save_path, args.base_name or str(args.model))
-        else:
-            out = peft_to_adapter_dir(base, args.peft_path, args.adapter_path)
-    except (LoRAError, CheckpointError, OutputError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if args.command == "export":
+        claim_output(args.save_path, overwrite=args.overwrite, flag="--save-path",
+                     inputs=[args.model, args.adapter_path, args.tokenizer])
+    else:
+        claim_output(args.adapter_path, overwrite=args.overwrite, flag="--adapter-path",
+                     inputs=[args.model, args.peft_path, args.tokenizer])
+    base = load_base_model(args.model, args.tokenizer)
+    if args.command == "export":
+        load_adapters(base.model, args.adapter_path)
+        out = export_peft(base.model, args.save_path, args.base_name or str(args.model))
+    else:
+        out = peft_to_adapter_dir(base, args.peft_path, args.adapter_path)
     print(f"Wrote {out}")
     return 0
 

@@ -13,13 +13,16 @@ import sys
 
 import torch
 
-from kr_mini_llm.export import ExportError, llama_cpp, load_for_export
+from kr_mini_llm.cli.command import command
+from kr_mini_llm.errors import KrMiniLlmError
+from kr_mini_llm.export import llama_cpp, load_for_export
 from kr_mini_llm.inference import Generator
 
 PROMPTS = ["대한민국의 수도는", "오늘 아침에는", "한국어 문장을 만들어 보면", "서울에서 부산까지",
            "옛날 옛적에 한 마을에"]
 
 
+@command()
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="the checkpoint the GGUF was exported from")
@@ -30,13 +33,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     reason = llama_cpp.missing_reason()
     if reason:
-        print(f"error: {reason}", file=sys.stderr)
-        return 2
-    try:
-        model, tok = load_for_export(args.model, args.adapter_path)
-    except ExportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise KrMiniLlmError(reason)
+    model, tok = load_for_export(args.model, args.adapter_path)
     gen = Generator(model, tok, device="cpu")
     n, full, ids_ok = args.max_new_tokens, 0, True
     prompts = args.prompt or PROMPTS

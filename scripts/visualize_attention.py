@@ -16,9 +16,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from kr_mini_llm.cli.command import command  # noqa: E402
 from kr_mini_llm.io.outputs import add_overwrite_flag, claim_output  # noqa: E402
-from kr_mini_llm.eval.attention_maps import (FontNotFoundError, attention_weights, find_korean_font,  # noqa: E402
-                                             plot_attention, token_labels)
+from kr_mini_llm.eval.attention_maps import (attention_weights, find_korean_font, plot_attention,  # noqa: E402
+                                             token_labels)
 
 MAX_TOKENS = 64  # beyond this the tick labels become unreadable
 
@@ -36,42 +37,39 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+@command(FileNotFoundError, ValueError)
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        claim_output(args.output, overwrite=args.overwrite, inputs=[args.model])
-        font = args.font or find_korean_font()
-        if args.font and not Path(args.font).is_file():
-            raise FileNotFoundError(f"--font {args.font!r} not found")
-        from kr_mini_llm.inference import Generator
-        from kr_mini_llm.training.checkpoint import CheckpointError
+    claim_output(args.output, overwrite=args.overwrite, inputs=[args.model])
+    font = args.font or find_korean_font()
+    if args.font and not Path(args.font).is_file():
+        raise FileNotFoundError(f"--font {args.font!r} not found")
+    from kr_mini_llm.inference import Generator
+    from kr_mini_llm.training.checkpoint import CheckpointError
 
-        try:
-            # ops_impl="reference": the Transformer on the reference ops, whose attention is recorded
-            gen = Generator.from_pretrained(args.model, device="cpu", ops_impl="reference")
-        except CheckpointError as e:
-            raise FileNotFoundError(f"--model {args.model!r}: {e}") from None
-        cfg = gen.model.config
-        if args.layer is not None and not 0 <= args.layer < cfg.num_layers:
-            raise ValueError(f"--layer {args.layer} does not exist: the model has {cfg.num_layers} layers "
-                             f"(0 to {cfg.num_layers - 1})")
-        if args.head is not None and not 0 <= args.head < cfg.num_heads:
-            raise ValueError(f"--head {args.head} does not exist: the model has {cfg.num_heads} heads per layer "
-                             f"(0 to {cfg.num_heads - 1})")
-        tok = gen.tokenizer
-        ids = ([] if args.no_bos else [tok.bos_id]) + tok.encode(args.prompt)
-        if not ids:
-            raise ValueError("--prompt is empty")
-        if len(ids) > MAX_TOKENS:
-            raise ValueError(f"--prompt is {len(ids)} tokens; at most {MAX_TOKENS} fit readable labels")
-        maps = attention_weights(gen.model, ids)
-        paths = plot_attention(maps, token_labels(tok, ids), args.output,
-                               layers=None if args.layer is None else [args.layer],
-                               heads=None if args.head is None else [args.head], font=font,
-                               title=f"{args.prompt}  ({len(ids)} tokens)")
-    except (FontNotFoundError, FileNotFoundError, ValueError) as e:  # OutputError is a ValueError
-        print(f"❌ {e}", file=sys.stderr)
-        return 2
+    try:
+        # ops_impl="reference": the Transformer on the reference ops, whose attention is recorded
+        gen = Generator.from_pretrained(args.model, device="cpu", ops_impl="reference")
+    except CheckpointError as e:
+        raise FileNotFoundError(f"--model {args.model!r}: {e}") from None
+    cfg = gen.model.config
+    if args.layer is not None and not 0 <= args.layer < cfg.num_layers:
+        raise ValueError(f"--layer {args.layer} does not exist: the model has {cfg.num_layers} layers "
+                         f"(0 to {cfg.num_layers - 1})")
+    if args.head is not None and not 0 <= args.head < cfg.num_heads:
+        raise ValueError(f"--head {args.head} does not exist: the model has {cfg.num_heads} heads per layer "
+                         f"(0 to {cfg.num_heads - 1})")
+    tok = gen.tokenizer
+    ids = ([] if args.no_bos else [tok.bos_id]) + tok.encode(args.prompt)
+    if not ids:
+        raise ValueError("--prompt is empty")
+    if len(ids) > MAX_TOKENS:
+        raise ValueError(f"--prompt is {len(ids)} tokens; at most {MAX_TOKENS} fit readable labels")
+    maps = attention_weights(gen.model, ids)
+    paths = plot_attention(maps, token_labels(tok, ids), args.output,
+                           layers=None if args.layer is None else [args.layer],
+                           heads=None if args.head is None else [args.head], font=font,
+                           title=f"{args.prompt}  ({len(ids)} tokens)")
     for p in paths:
         print(f"wrote {p}")
     return 0
