@@ -142,8 +142,8 @@ def test_rank_with_missing_shard_ends_the_job_naming_the_rank(setup, tmp_path):
     proc, seconds = torchrun(Path(__file__).with_name("rank_fault.py"), train_args(root, tmp_path / "out"), env)
     assert proc.returncode != 0
     assert seconds < 60  # the ranks agree on the failure: no collective timeout is waited out
-    assert "[rank 1/2] ❌ ShardError: token shard not found" in proc.stderr
-    assert "[rank 0/2] ❌ RankFailedError: rank 1 failed while reading the tokenizer and token shards" in proc.stderr
+    assert "[rank 1/2] error: token shard not found" in proc.stderr
+    assert "[rank 0/2] error: rank 1 failed while reading the tokenizer and token shards" in proc.stderr
 
 
 def test_hung_rank_ends_the_job_after_the_collective_timeout(setup, tmp_path):
@@ -153,7 +153,7 @@ def test_hung_rank_ends_the_job_after_the_collective_timeout(setup, tmp_path):
     proc, seconds = torchrun(Path(__file__).with_name("rank_fault.py"), args, env)
     assert proc.returncode != 0
     assert seconds < 60
-    assert "[rank 0/2] ❌ a collective operation waited longer than train.collective_timeout_minutes" in proc.stderr
+    assert "[rank 0/2] error: a collective operation waited longer than train.collective_timeout_minutes" in proc.stderr
 
 
 # -- no processes spawned ---------------------------------------------------------------------
