@@ -16,52 +16,56 @@ import torch
 
 from ..lora.apply import adapters_disabled
 from ..lora.trainer import LoRATask, LoRATrainer
+from ..training.task import RunContext, TaskBuild
 from .data import PreferenceBatches, collate_pairs, eval_pair_batches
 from .loss import PairStats, dpo_loss, sequence_logps
 
 
 class DPOTask(LoRATask):
-    def build(self, run) -> None:
-        super().build(run)
+    def build(self, context: RunContext) -> TaskBuild:
+        built = super().build(context)
         self.train_stats = PairStats()
-        self.reference = copy.deepcopy(run.model).requires_grad_(False).eval() if self.full else None
+        self.reference = copy.deepcopy(built.model).requires_grad_(False).eval() if self.full else None
         if self.lora.precompute_ref_log_probs:
             start = time.perf_counter()
             for dataset in (self.train_set, self.valid_set):
-                self.precompute(run, dataset)
+                self.precompute(context, built, dataset)
             self.reference = None
             self.log(f"Reference log-probabilities of {len(self.train_set) + len(self.valid_set)} pairs computed in "
                      f"{time.perf_counter() - start:.1f}s")
+        return built
 
-    def make_batches(self, run):
-        return PreferenceBatches(self.train_set, self.lora.batch_size, seed=self.lora.seed, pad_id=run.tokenizer.pad_id)
+    def make_batches(self, tokenizer):
+        return PreferenceBatches(self.train_set, self.lora.batch_size, seed=self.lora.seed, pad_id=tokenizer.pad_id)
 
     @torch.no_grad()
-    def reference_logps(self, run, x, y) -> torch.Tensor:
+    def reference_logps(self, model, x, y) -> torch.Tensor:
+        """Of the reference: the frozen copy, or `model` (the one trained) with its adapters off."""
         if self.reference is not None:
             return sequence_logps(self.reference, x, y)
-        was_training = run.model.training
-        run.model.eval()
+        was_training = model.training
+        model.eval()
         try:
-            with adapters_disabled(run.model):
-                return sequence_logps(run.model, x, y)
+            with adapters_disabled(model):
+                return sequence_logps(model, x, y)
         finally:
-            run.model.train(was_training)
+            model.train(was_training)
 
-    def precompute(self, run, dataset) -> None:
+    def precompute(self, context: RunContext, built: TaskBuild, dataset) -> None:
         order = dataset.length_order()
         size = self.lora.batch_size
         for i in range(0, len(order), size):
             idx = order[i:i + size]
-            batch, _ = collate_pairs([dataset.examples[k] for k in idx], run.tokenizer.pad_id)
-            with run._autocast():
-                logps = self.reference_logps(run, batch.x.to(run.device), batch.y.to(run.device)).double().cpu()
+            batch, _ = collate_pairs([dataset.examples[k] for k in idx], built.tokenizer.pad_id)
+            with context.autocast():
+                x, y = batch.x.to(context.device), batch.y.to(context.device)
+                logps = self.reference_logps(built.model, x, y).double().cpu()
             for j, k in enumerate(idx):
                 dataset.examples[k].ref_logps = (float(logps[j]), float(logps[j + len(idx)]))
 
     def pair_loss(self, run, batch, model) -> tuple:
         x, y = batch.x.to(run.device, non_blocking=True), batch.y.to(run.device, non_blocking=True)
-        ref = batch.ref_logps.to(run.device) if batch.ref_logps is not None else self.reference_logps(run, x, y)
+        ref = batch.ref_logps.to(run.device) if batch.ref_logps is not None else self.reference_logps(run.model, x, y)
         return dpo_loss(sequence_logps(model, x, y), ref, self.lora.beta)
 
     def loss(self, run, batch) -> torch.Tensor:

@@ -24,7 +24,7 @@ from ..data.sft import SFTBatches, SFTDataset, eval_batches
 from ..training.checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoint, rng_state, set_rng_state
 from ..training import optim
 from ..training.memory import peak_memory_gb
-from ..training.task import TrainingTask, check_resumable
+from ..training.task import RunContext, TaskBuild, TrainingTask, check_resumable
 from ..training.trainer import Trainer
 from .adapters import (WEIGHTS_NAME, load_adapter_weights, load_training_state, model_fingerprint, numbered_name,
                        save_adapter_weights, state_path, write_adapter_config)
@@ -37,9 +37,9 @@ from .config import LoRAConfig
 KEEP_FULL_CHECKPOINTS = 2
 
 
-def build_optimizer(model, cfg: LoRAConfig, run) -> torch.optim.Optimizer:
+def build_optimizer(model, cfg: LoRAConfig, context: RunContext) -> torch.optim.Optimizer:
     if cfg.fine_tune_type == "full" and cfg.optimizer == "adamw":
-        return optim.build_optimizer(model, run.config.train, run.device)  # pretraining's: no decay on norms
+        return optim.build_optimizer(model, context.config.train, context.device)  # pretraining's: no decay on norms
     params = trainable_parameters(model)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -83,14 +83,14 @@ class LoRATask(TrainingTask):
         self.check_memory = self.full
         self._losses = []
 
-    def build(self, run) -> None:
+    def build(self, context: RunContext) -> TaskBuild:
         from ..data.tokenizer import Tokenizer
 
         cfg, model = self.lora, self.base.model
-        run.tokenizer_path = str(self.base.tokenizer_path)
-        run.tokenizer = Tokenizer(run.tokenizer_path)
-        if run.tokenizer.vocab_size > model.config.vocab_size:
-            raise LoRAError(f"the tokenizer has {run.tokenizer.vocab_size} tokens but the model only "
+        tokenizer_path = str(self.base.tokenizer_path)
+        tokenizer = Tokenizer(tokenizer_path)
+        if tokenizer.vocab_size > model.config.vocab_size:
+            raise LoRAError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only "
                             f"{model.config.vocab_size}; pass the tokenizer the base model was trained with")
         self.base_fingerprint = model_fingerprint(model)
         torch.manual_seed(cfg.seed)
@@ -100,14 +100,16 @@ class LoRATask(TrainingTask):
         else:
             self.num_layers = cfg.layers_for(len(model.layers))
             apply_lora(model, self.num_layers, cfg.lora_parameters, dora=cfg.fine_tune_type == "dora")
-        run.model = model.to(run.device).train()
-        run.forward = run.model  # fine-tuning runs in one process (no DDP/FSDP wrapper)
-        run.model.set_gradient_checkpointing(cfg.grad_checkpoint)
-        run.batches = self.make_batches(run)
-        run.optimizer = build_optimizer(run.model, cfg, run)
+        model = model.to(context.device).train()
+        model.set_gradient_checkpointing(cfg.grad_checkpoint)
+        batches = self.make_batches(tokenizer)
+        optimizer = build_optimizer(model, cfg, context)
+        # fine-tuning runs in one process: a step calls the model itself (no DDP/FSDP wrapper)
+        return TaskBuild(model=model, forward=model, optimizer=optimizer, batches=batches, tokenizer=tokenizer,
+                         tokenizer_path=tokenizer_path)
 
-    def make_batches(self, run):
-        return SFTBatches(self.train_set, self.lora.batch_size, seed=self.lora.seed, pad_id=run.tokenizer.pad_id)
+    def make_batches(self, tokenizer):
+        return SFTBatches(self.train_set, self.lora.batch_size, seed=self.lora.seed, pad_id=tokenizer.pad_id)
 
     def check_steps_left(self, where, step: int) -> None:
         if step >= self.lora.iters:

@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from .task import PretrainingTask
+from .task import PretrainingTask, TaskBuild
 from .trainer import Trainer
 
 __all__ = ["OverfitTask", "OverfitTrainer", "RepeatedBatch", "overfit_config", "OVERFIT_LOSS"]
@@ -58,9 +58,9 @@ class OverfitTask(PretrainingTask):
     def __init__(self):
         self.first_loss = None
 
-    def build(self, run) -> None:
-        super().build(run)
-        run.batches = RepeatedBatch(run.batches)
+    def build(self, context) -> TaskBuild:
+        built = super().build(context)
+        return dataclasses.replace(built, batches=RepeatedBatch(built.batches))
 
     @torch.no_grad()
     def evaluate(self, run) -> dict:

@@ -5,14 +5,18 @@ ranks through DistributedContext); a task owns what differs between runs: the da
 and its optimizer groups, how to resume, evaluate and save. Pretraining is PretrainingTask;
 `--overfit_batch` (overfit.py) and LoRA fine-tuning (lora/trainer.py) are tasks too.
 
-A task's methods take the run (the Trainer) for its device, autocast, distributed context and
-state; `build` sets the run's model, forward, optimizer, batches and tokenizer.
+`build` receives a RunContext (the settings and where the run runs) and returns a TaskBuild (the
+model, the step's forward, optimizer, batches and tokenizer), which the Trainer keeps as its own
+attributes. The other methods take the run (the Trainer) for those, its step and state.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
@@ -22,15 +26,42 @@ from .distributed import check_global_batch
 from .optim import build_optimizer
 
 
+@dataclass(frozen=True)
+class RunContext:
+    """What a task builds from: the run's settings and where it runs."""
+    config: Any                  # TrainingConfig
+    model_config: Any            # TransformerConfig
+    device: torch.device         # cuda:LOCAL_RANK under torchrun
+    dist: Any                    # DistributedContext: ranks, agreement, the DDP/FSDP wrapper
+    amp_dtype: torch.dtype | None  # the autocast dtype, None for full precision
+    output_dir: Path
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+
+@dataclass
+class TaskBuild:
+    """What a task built for the loop."""
+    model: torch.nn.Module       # the plain module: evaluation, sampling, saving
+    forward: Callable            # what a training step calls: the model, or its DDP/FSDP wrapper
+    optimizer: torch.optim.Optimizer
+    batches: Any                 # an iterator of micro-batches with state_dict()/load_state_dict()
+    tokenizer: Any               # the Tokenizer, or None for a task that has none
+    tokenizer_path: str | None
+
+
 class TrainingTask(ABC):
     # Warn before building when a full-training step will not fit (memory_advice.py); a task the
     # full-training estimate does not describe (LoRA) turns it off.
     check_memory = True
 
     @abstractmethod
-    def build(self, run) -> None:
-        """Sets run.tokenizer, run.tokenizer_path, run.batches, run.model, run.forward (what a step
-        calls: the model, or its DDP/FSDP wrapper) and run.optimizer."""
+    def build(self, context: RunContext) -> TaskBuild:
+        """The model on context.device, what a step calls, its optimizer, the training batches and
+        the tokenizer."""
 
     @abstractmethod
     def evaluate(self, run) -> dict:
@@ -77,33 +108,35 @@ class TrainingTask(ABC):
 class PretrainingTask(TrainingTask):
     """Next-token prediction on token shards (data/datasets.py), checkpoints of checkpoint.py."""
 
-    def build(self, run) -> None:
+    def build(self, context: RunContext) -> TaskBuild:
         from ..data.datasets import EvalWindows, RandomWindows, TokenShards
         from ..data.tokenizer import Tokenizer
         from ..model import Transformer
 
-        config, model_config, t, dist = run.config, run.model_config, run.config.train, run.dist
+        config, model_config, t, dist = context.config, context.model_config, context.config.train, context.dist
         # Data first: a missing or mismatched shard fails before any model is built (on every rank).
-        run.tokenizer_path = config.data.tokenizer
+        tokenizer_path = config.data.tokenizer
         with dist.agree("reading the tokenizer and token shards"):
-            run.tokenizer = Tokenizer(run.tokenizer_path)
-            if run.tokenizer.vocab_size > model_config.vocab_size:
-                raise ValueError(f"the tokenizer has {run.tokenizer.vocab_size} tokens but the model's vocab_size "
-                                 f"is {model_config.vocab_size}; set vocab_size >= {run.tokenizer.vocab_size}")
-            fingerprint = run.tokenizer.fingerprint
+            tokenizer = Tokenizer(tokenizer_path)
+            if tokenizer.vocab_size > model_config.vocab_size:
+                raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size "
+                                 f"is {model_config.vocab_size}; set vocab_size >= {tokenizer.vocab_size}")
+            fingerprint = tokenizer.fingerprint
             self.train_shards = TokenShards(config.data.tokens, "train", expected_fingerprint=fingerprint)
             self.valid_shards = TokenShards(config.data.tokens, "valid", expected_fingerprint=fingerprint)
-            run.batches = RandomWindows(self.train_shards, t.max_seq_length, t.batch_size, seed=config.seed,
-                                        rank=dist.rank, world_size=dist.world_size)
+            batches = RandomWindows(self.train_shards, t.max_seq_length, t.batch_size, seed=config.seed,
+                                    rank=dist.rank, world_size=dist.world_size)
         self.EvalWindows = EvalWindows
 
         torch.manual_seed(config.seed)
-        run.model = Transformer(model_config, ops_impl=t.ops).to(run.device)
+        model = Transformer(model_config, ops_impl=t.ops).to(context.device)
         if t.gradient_checkpointing:
-            run.model.set_gradient_checkpointing(True)
-        # DDP: a wrapper for training steps (run.model stays the plain module); FSDP2: shards in place.
-        run.forward = dist.wrap_model(run.model, t, run.amp_dtype)
-        run.optimizer = build_optimizer(run.model, t, run.device)
+            model.set_gradient_checkpointing(True)
+        # DDP: a wrapper for training steps (model stays the plain module); FSDP2: shards in place.
+        forward = dist.wrap_model(model, t, context.amp_dtype)
+        optimizer = build_optimizer(model, t, context.device)
+        return TaskBuild(model=model, forward=forward, optimizer=optimizer, batches=batches, tokenizer=tokenizer,
+                         tokenizer_path=tokenizer_path)
 
     def resume(self, run, path) -> None:
         with run.dist.agree(f"resuming from {path}"):

@@ -8,7 +8,6 @@ pretraining by default; overfit.py and lora/trainer.py pass their own.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import signal
 import threading
@@ -29,7 +28,7 @@ from .memory_advice import warn_if_short_of_memory
 from .metrics import MetricsLog, plot_loss_curve
 from .optim import lr_factor, set_learning_rates
 from .run_lock import RunLock
-from .task import PretrainingTask, TrainingTask
+from .task import PretrainingTask, RunContext, TrainingTask
 
 
 class TrainingStopped(RuntimeError):
@@ -106,7 +105,11 @@ class Trainer:
             precision_choice(self.device, t.mixed_precision, t.precision) if self.dist.is_main else None)
         if self.task.check_memory:
             warn_if_short_of_memory(model_config, config, self.device, self.dist.is_main)
-        self.task.build(self)
+        self.context = RunContext(config, model_config, self.device, self.dist, self.amp_dtype, self.output_dir)
+        built = self.task.build(self.context)
+        # The loop and the tasks' other methods read what was built as the run's attributes.
+        self.model, self.forward, self.optimizer = built.model, built.forward, built.optimizer
+        self.batches, self.tokenizer, self.tokenizer_path = built.batches, built.tokenizer, built.tokenizer_path
         self._last_batch = None  # the last micro-batch trained on (_probe_loss)
         self.state = {"tokens_seen": 0, "best_val_loss": None, "evals_without_improvement": 0, "elapsed_s": 0.0}
         self.step = 0
@@ -282,9 +285,7 @@ class Trainer:
 
     # -- helpers -----------------------------------------------------------------------------------
     def _autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return self.context.autocast()
 
     def _early_stop(self, val_loss: float) -> bool:
         best = self.state["best_val_loss"]

@@ -7,7 +7,7 @@ import torch
 
 from kr_mini_llm import Transformer, TransformerConfig
 from kr_mini_llm.training import Trainer, TrainingConfig
-from kr_mini_llm.training.task import PretrainingTask, TrainingTask
+from kr_mini_llm.training.task import PretrainingTask, TaskBuild, TrainingTask
 
 
 class OneBatchTask(TrainingTask):
@@ -17,15 +17,14 @@ class OneBatchTask(TrainingTask):
     def __init__(self, model_config):
         self.model_config, self.events, self.losses = model_config, [], []
 
-    def build(self, run):
+    def build(self, context):
         torch.manual_seed(0)
-        run.tokenizer = run.tokenizer_path = None
-        run.model = run.forward = Transformer(self.model_config, ops_impl="reference")
-        run.optimizer = torch.optim.SGD(run.model.parameters(), lr=0.5)
+        model = Transformer(self.model_config, ops_impl="reference")
         ids = torch.randint(0, self.model_config.vocab_size, (2, 9))
-        run.batches = itertools.repeat((ids[:, :-1], ids[:, 1:]))
         self.batch = (ids[:, :-1], ids[:, 1:])
         self.events.append("build")
+        return TaskBuild(model=model, forward=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.5),
+                         batches=itertools.repeat(self.batch), tokenizer=None, tokenizer_path=None)
 
     def start(self, run):
         self.events.append(f"start@{run.step}")
