@@ -75,6 +75,6 @@ def _test(cfg, base, tokenizer, test_set, trainer) -> dict:
     task = DPOTask(cfg, base, None, test_set)
     # The reference is the base: the loaded model with its adapters off, or the base itself beside a full fine-tune.
     task.reference = base.model.to(device).eval() if model is not base.model else None
-    run = SimpleNamespace(model=model, device=device, _autocast=nullcontext, tokenizer=tokenizer)
+    run = SimpleNamespace(model=model, device=device, autocast=nullcontext, tokenizer=tokenizer)
     return task.evaluate_on(run, test_set, cfg.test_batches)
 

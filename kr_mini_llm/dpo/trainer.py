@@ -86,7 +86,7 @@ class DPOTask(LoRATask):
         run.model.eval()
         stats = PairStats()
         for batch in eval_pair_batches(dataset, self.lora.batch_size, max_batches, run.tokenizer.pad_id):
-            with run._autocast():
+            with run.autocast():
                 stats.add(self.pair_loss(run, batch, run.model)[1])
         run.model.train(was_training)
         m = stats.means()
@@ -99,9 +99,9 @@ class DPOTask(LoRATask):
         row.update({"reward_accuracy": m.get("reward_accuracy"), "reward_margin": m.get("reward_margin"),
                     "reward_chosen": m.get("reward_chosen"), "reward_rejected": m.get("reward_rejected")})
         super().report(run, row, progress)
-        run._say(progress, f"Iter {row['step']}: Reward accuracy {row['reward_accuracy']:.3f}, Reward margin "
-                           f"{row['reward_margin']:.3f}, Chosen reward {row['reward_chosen']:.3f}, Rejected reward "
-                           f"{row['reward_rejected']:.3f}")
+        run.say(f"Iter {row['step']}: Reward accuracy {row['reward_accuracy']:.3f}, Reward margin "
+                f"{row['reward_margin']:.3f}, Chosen reward {row['reward_chosen']:.3f}, Rejected reward "
+                f"{row['reward_rejected']:.3f}")
 
     def eval_line(self, result: dict) -> str:
         return (f"Iter {result['step']}: Val loss {result['val_loss']:.3f}, Val reward accuracy "

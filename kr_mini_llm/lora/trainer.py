@@ -148,7 +148,7 @@ class LoRATask(TrainingTask):
 
     def start(self, run) -> None:
         if run.step == 0:  # as mlx-lm: the validation loss before the first update
-            run._say(run.progress, self.eval_line(self.evaluate(run)))
+            run.say(self.eval_line(self.evaluate(run)))
 
     def after_step(self, run, loss: float) -> None:
         self._losses.append(loss)
@@ -160,7 +160,7 @@ class LoRATask(TrainingTask):
     def evaluate(self, run) -> dict:
         start = time.perf_counter()
         loss, _ = evaluate_loss(run.model, self.valid_set, self.lora.batch_size, self.lora.val_batches,
-                                run.device, run._autocast)
+                                run.device, run.autocast)
         return {"step": run.step, "val_loss": loss, "val_ppl": math.exp(min(loss, 50)),
                 "val_time_s": time.perf_counter() - start}
 
@@ -171,7 +171,7 @@ class LoRATask(TrainingTask):
             path = run.dist.save_checkpoint(out, run.step, run.model, run.optimizer, state, run.config,
                                             run.model_config, run.tokenizer_path, keep=KEEP_FULL_CHECKPOINTS)
             if run.step % self.lora.save_every == 0:
-                run._say(run.progress, f"Iter {run.step}: Saved the model to {path}.")
+                run.say(f"Iter {run.step}: Saved the model to {path}.")
             return path
         state = {"optimizer": run.optimizer.state_dict(), "rng": rng_state(), "data": run.batches.state_dict(),
                  "trainer": dict(run.state)}
@@ -179,7 +179,7 @@ class LoRATask(TrainingTask):
         if run.step % self.lora.save_every == 0:
             numbered = save_adapter_weights(out / numbered_name(run.step), run.model, self.base_fingerprint,
                                             run.step, state)
-            run._say(run.progress, f"Iter {run.step}: Saved adapter weights to {latest} and {numbered}.")
+            run.say(f"Iter {run.step}: Saved adapter weights to {latest} and {numbered}.")
         return latest
 
     def save_run_configs(self, run) -> None:
@@ -199,9 +199,9 @@ class LoRATask(TrainingTask):
         row["train_loss"] = sum(self._losses) / max(len(self._losses), 1)  # mean since the last report
         row["peak_mem_gb"] = peak_memory_gb(run.device)
         self._losses = []
-        run._say(progress, f"Iter {row['step']}: Train loss {row['train_loss']:.3f}, Learning Rate {row['lr']:.3e}, "
-                           f"It/sec {row['it_per_sec']:.3f}, Tokens/sec {row['tokens_per_sec']:.3f}, "
-                           f"Trained Tokens {row['tokens_seen']}, Peak mem {row['peak_mem_gb']:.3f} GB")
+        run.say(f"Iter {row['step']}: Train loss {row['train_loss']:.3f}, Learning Rate {row['lr']:.3e}, "
+                f"It/sec {row['it_per_sec']:.3f}, Tokens/sec {row['tokens_per_sec']:.3f}, "
+                f"Trained Tokens {row['tokens_seen']}, Peak mem {row['peak_mem_gb']:.3f} GB")
         super().report(run, row, progress)
 
     def eval_line(self, result: dict) -> str:

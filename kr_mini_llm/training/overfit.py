@@ -66,7 +66,7 @@ class OverfitTask(PretrainingTask):
     def evaluate(self, run) -> dict:
         run.model.eval()
         x, y = (t.to(run.device) for t in run.batches.batch)
-        with run._autocast():
+        with run.autocast():
             loss = float(run.model(x, y))
         run.model.train()
         return {"step": run.step, "val_loss": loss, "val_ppl": math.exp(min(loss, 50)),

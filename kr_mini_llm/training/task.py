@@ -161,7 +161,7 @@ class PretrainingTask(TrainingTask):
                                    max_batches=t.eval_batches * dist.world_size)
         for x, y, counted in dist.eval_share(windows):  # this rank's batches
             x, y = x.to(run.device), y.to(run.device)
-            with run._autocast():
+            with run.autocast():
                 loss = run.model(x, y)
             n = y.numel() if counted else 0
             total_loss += loss.item() * n

@@ -135,7 +135,7 @@ class Trainer:
         progress = self.progress = self._progress()
         self.task.start(self)
         received = {"signal": None}
-        old_handlers = self._catch_stop_signals(received, progress)
+        old_handlers = self._catch_stop_signals(received)
         start = self.clock() - self.state["elapsed_s"]
         last_log, last_step, last_tokens = self.clock(), self.step, self.state["tokens_seen"]
         reason = "max_steps"
@@ -175,9 +175,9 @@ class Trainer:
                     result = self.evaluate()
                     if log:
                         log.log({"step": self.step, **result})
-                    self._say(progress, self.task.eval_line(result))
+                    self.say(self.task.eval_line(result))
                     if result.get("sample"):
-                        self._say(progress, f"  sample: {result['sample']!r}")
+                        self.say(f"  sample: {result['sample']!r}")
                     if self._early_stop(result["val_loss"]):
                         stop = "early_stopping"
                 if t.max_time_minutes is not None and self.state["elapsed_s"] >= 60 * t.max_time_minutes:
@@ -215,7 +215,7 @@ class Trainer:
         return {"step": self.step, "stop_reason": reason, "loss_curve": str(curve) if curve else None,
                 "tokens_seen": self.state["tokens_seen"], "elapsed_s": self.state["elapsed_s"], **result}
 
-    def _catch_stop_signals(self, received: dict, progress) -> dict:
+    def _catch_stop_signals(self, received: dict) -> dict:
         """SIGINT and SIGTERM set `received` (the loop then saves and stops); a second one stops at once."""
         if threading.current_thread() is not threading.main_thread():
             return {}  # Python delivers signals to the main thread only
@@ -224,8 +224,8 @@ class Trainer:
             if received["signal"] is not None:
                 raise KeyboardInterrupt
             received["signal"] = signum
-            self._say(progress, f"{signal.Signals(signum).name}: saving a checkpoint after this step, then stopping "
-                                "(send it again to stop at once, without saving)")
+            self.say(f"{signal.Signals(signum).name}: saving a checkpoint after this step, then stopping "
+                     "(send it again to stop at once, without saving)")
 
         return {signum: signal.signal(signum, on_signal) for signum in STOP_SIGNALS}
 
@@ -249,7 +249,7 @@ class Trainer:
             return 0.0
         self.model.eval()
         try:
-            with torch.no_grad(), self._autocast():
+            with torch.no_grad(), self.autocast():
                 return float(self.task.loss(self, self._last_batch))
         finally:
             self.model.train()
@@ -266,7 +266,7 @@ class Trainer:
         for micro in range(t.gradient_accumulation_steps):
             batch = self._last_batch = next(self.batches)
             with self.dist.grad_sync(micro == t.gradient_accumulation_steps - 1):
-                with self._autocast():
+                with self.autocast():
                     loss = self.task.loss(self, batch) / t.gradient_accumulation_steps
                 loss.backward()
             total += loss.item()
@@ -284,7 +284,8 @@ class Trainer:
         return self.task.save(self)
 
     # -- helpers -----------------------------------------------------------------------------------
-    def _autocast(self):
+    def autocast(self):
+        """The run's autocast (a no-op in full precision), for the tasks' forwards."""
         return self.context.autocast()
 
     def _early_stop(self, val_loss: float) -> bool:
@@ -297,11 +298,12 @@ class Trainer:
         patience = self.config.train.early_stopping_patience
         return patience is not None and self.state["evals_without_improvement"] >= patience
 
-    def _say(self, progress, text: str) -> None:
+    def say(self, text: str) -> None:
+        """Prints a line on rank 0, above the progress bar while train() runs."""
         if not self.dist.is_main:
             return
-        if progress is not None:
-            progress.write(text)
+        if self.progress is not None:
+            self.progress.write(text)
         else:
             print(text, flush=True)
 
