@@ -100,9 +100,9 @@ def report_overfit(trainer, result) -> int:
         print(f"\n✅ overfit one batch: loss {first:.4f} → {last:.4f} in {result['step']} steps: the model, "
               "loss and optimizer learn")
         return 0
-    print(f"\n❌ overfit one batch: loss {first:.4f} → {last:.4f} in {result['step']} steps, not below "
-          f"{OVERFIT_LOSS}: check the learning rate (--set train.learning_rate=...), more --overfit_steps, "
-          "or a bug in the model or data", file=sys.stderr)
+    print("\n" + format_error(f"overfit one batch: loss {first:.4f} → {last:.4f} in {result['step']} steps, not "
+                              f"below {OVERFIT_LOSS}: check the learning rate (--set train.learning_rate=...), more "
+                              "--overfit_steps, or a bug in the model or data"), file=sys.stderr)
     return 5
 
 
