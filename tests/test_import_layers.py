@@ -44,7 +44,7 @@ def test_subpackages_import_each_other_one_way():
     graph = {}
     for path in PACKAGE.rglob("*.py"):
         parts = path.relative_to(PACKAGE).parts
-        if len(parts) > 1:
+        if len(parts) > 1 and path.name != "__main__.py":  # `python -m kr_mini_llm.lora` runs cli/, the top layer
             graph.setdefault(parts[0], set()).update(imported_packages(path) - {parts[0]})
     assert_no_circle(graph)
 
