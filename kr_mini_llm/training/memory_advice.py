@@ -87,7 +87,7 @@ def memory_advice(model_config, train, device: torch.device, available: int | No
     lines = [f"⚠️  메모리 부족 예상 (OOM): one step needs about {est.total_bytes / gib:.2f} GiB "
              f"(parameters {est.parameters / gib:.2f}, gradients {est.gradients / gib:.2f}, optimizer "
              f"{est.optimizer / gib:.2f}, activations {est.activations / gib:.2f}), but {available / gib:.2f} GiB "
-             f"is available on {device.type}. Seed 000's remedies, each on top of the ones before:"]
+             f"is available on {device.type}. Remedies, each on top of the ones before:"]
     t, overrides, fits = train, {}, False
     for what, change in _remedies(train):
         overrides.update(change)

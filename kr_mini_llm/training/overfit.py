@@ -1,4 +1,4 @@
-"""Seed 001's first sanity run: overfit one small batch (`scripts/train.py --overfit_batch`).
+"""The first sanity run of a new setup: overfit one small batch (`scripts/train.py --overfit_batch`).
 
 A model, optimizer and loss that work drive the training loss on a single repeated batch
 towards zero within a few hundred steps; one that does not (a broken gradient, a wrong

@@ -23,7 +23,7 @@ def test_config_files_match_presets(name):
 
 
 def test_documents_yaml_loads_unchanged(tmp_path):
-    # configs/model_medium.yaml as seed 000 shows it.
+    # configs/model_medium.yaml in the flat form a user copies from a tutorial.
     text = ("vocab_size: 32000\nhidden_size: 1024\nnum_layers: 24\nnum_heads: 16\nnum_kv_heads: 4\n"
             "intermediate_size: 4096\nmax_seq_length: 2048\nrope_theta: 10000.0\ndropout: 0.1\n")
     c = TransformerConfig.from_yaml(write(tmp_path, text))
