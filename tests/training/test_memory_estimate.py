@@ -50,7 +50,7 @@ def test_estimate_responds_to_each_knob():
         c.estimate_memory(8, 4096)
 
 
-def test_advice_follows_seed_000_remedies_until_it_fits():
+def test_advice_applies_remedies_in_order_until_it_fits():
     c = TransformerConfig.medium()
     t = TrainingConfig.from_dict({"train": {"batch_size": 16, "gradient_accumulation_steps": 4,
                                             "max_seq_length": 1024}}).train
