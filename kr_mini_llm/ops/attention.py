@@ -8,6 +8,7 @@ from typing import Optional
 
 import torch
 
+from ._checks import check_dim, check_float, check_same_dtype, dtype_name, shape_str
 from ._device_attention import blocked_backward, blocked_lse, sdpa
 from ._library import acc_dtype, ops, qualname, register_fake, register_fallback
 
@@ -53,20 +54,44 @@ def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causa
 
 
 def _check(q, k, v, causal, op="attention"):
-    torch._check(q.dim() == 4 and k.dim() == 4 and v.dim() == 4,
-                 lambda: f"{op}: q, k, v must be 4-D [B, T, H, D], got {tuple(q.shape)}, "
-                         f"{tuple(k.shape)}, {tuple(v.shape)}")
-    torch._check(k.shape == v.shape, lambda: f"{op}: k and v must have the same shape [B, Tk, Hkv, D], "
-                                             f"got k {tuple(k.shape)} and v {tuple(v.shape)}")
-    torch._check(k.shape[0] == q.shape[0] and k.shape[3] == q.shape[3],
-                 lambda: f"{op}: k/v must be [B, Tk, Hkv, D] matching q {tuple(q.shape)}, got {tuple(k.shape)}")
-    torch._check(k.shape[2] >= 1 and q.shape[2] % k.shape[2] == 0,
-                 lambda: f"{op}: the number of query heads Hq = {q.shape[2]} must be a multiple of the "
-                         f"number of kv heads Hkv = {k.shape[2]}")
-    torch._check(not causal or q.shape[1] == k.shape[1],
-                 lambda: f"{op}: causal=True needs Tq == Tk, got Tq = {q.shape[1]} and Tk = {k.shape[1]}")
-    torch._check(q.dtype == k.dtype == v.dtype,
-                 lambda: f"{op}: q, k, v must have the same dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    """The CPU kernel's checks of q, k, v (check_qkv), with its messages."""
+    check_dim(q, 4, op, "q", "[B, Tq, Hq, D]")
+    check_dim(k, 4, op, "k", "[B, Tk, Hkv, D]")
+    check_dim(v, 4, op, "v", "[B, Tk, Hkv, D]")
+    check_float(q, op, "q")
+    check_same_dtype(k, "k", q, "q", op)
+    check_same_dtype(v, "v", q, "q", op)
+    torch._check_value(k.shape == v.shape, lambda: f"{op}: k and v must have the same shape [B, Tk, Hkv, D], "
+                                                   f"got k {shape_str(k)} and v {shape_str(v)}")
+    B, Tq, Hq, D = q.shape
+    Tk, Hkv = k.shape[1], k.shape[2]
+    torch._check_value(k.shape[0] == B, lambda: f"{op}: k/v must be [B, Tk, Hkv, D] with B = {B} as in q "
+                                                f"{shape_str(q)}, got {shape_str(k)}")
+    torch._check_value(k.shape[3] == D, lambda: f"{op}: head_dim of k/v ({k.shape[3]}) must equal head_dim of q "
+                                                f"({D}): q {shape_str(q)}, k {shape_str(k)}")
+    torch._check_value(D >= 1, lambda: f"{op}: head_dim must be >= 1, got q {shape_str(q)}")
+    torch._check_value(Hkv >= 1 and Hq % Hkv == 0,
+                       lambda: f"{op}: the number of query heads Hq = {Hq} must be a multiple of the number of kv "
+                               f"heads Hkv = {Hkv} (q {shape_str(q)}, k {shape_str(k)})")
+    torch._check_value(not causal or Tq == Tk, lambda: f"{op}: causal=True needs Tq == Tk, got Tq = {Tq} and "
+                                                       f"Tk = {Tk} (use causal=False for Tq != Tk)")
+
+
+def _check_backward(grad_out, q, k, v, out, lse, causal):
+    """The CPU kernel's checks of the backward's arguments, with its messages."""
+    op = "attention_backward"
+    _check(q, k, v, causal, op)
+    torch._check_value(grad_out.shape == q.shape, lambda: f"{op}: grad_out must be [B, Tq, Hq, D] = {shape_str(q)} "
+                                                          f"like q, got {shape_str(grad_out)}")
+    torch._check_value(out.shape == q.shape, lambda: f"{op}: out must be [B, Tq, Hq, D] = {shape_str(q)} like q, "
+                                                     f"got {shape_str(out)}")
+    check_same_dtype(grad_out, "grad_out", q, "q", op)
+    check_same_dtype(out, "out", q, "q", op)
+    B, Tq, Hq, _ = q.shape
+    acc = acc_dtype(q.dtype)
+    torch._check_value(lse.shape == (B, Hq, Tq) and lse.dtype == acc,
+                       lambda: f"{op}: lse must be the [B, Hq, Tq] = [{B}, {Hq}, {Tq}] {dtype_name(acc)} tensor "
+                               f"saved by the forward, got {shape_str(lse)} {dtype_name(lse.dtype)}")
 
 
 @register_fallback("attention", "sdpa")
@@ -81,7 +106,7 @@ def _attention_fallback(q, k, v, causal, scale):
 
 @register_fallback("attention_backward", "sdpa")
 def _attention_backward_fallback(grad_out, q, k, v, out, lse, causal, scale):
-    _check(q, k, v, causal, "attention_backward")
+    _check_backward(grad_out, q, k, v, out, lse, causal)
     if k.shape[1] == 0:
         return q.new_zeros(q.shape), k.new_zeros(k.shape), v.new_zeros(v.shape)
     return blocked_backward(grad_out, q, k, v, lse, causal, scale)  # out is recomputed, exactly
@@ -96,7 +121,7 @@ def _attention_fake(q, k, v, causal, scale):
 
 @register_fake("attention_backward")
 def _attention_backward_fake(grad_out, q, k, v, out, lse, causal, scale):
-    _check(q, k, v, causal, "attention_backward")
+    _check_backward(grad_out, q, k, v, out, lse, causal)
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 

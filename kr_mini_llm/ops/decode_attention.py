@@ -16,6 +16,7 @@ from typing import Optional
 
 import torch
 
+from ._checks import check_float
 from ._device_attention import sdpa_decode
 from ._library import acc_dtype, ops, qualname, register_fake, register_fallback
 from .rms_norm import rms_norm_reference
@@ -117,13 +118,9 @@ def decode_attention_step_reference(qkv, q_norm, k_norm, eps, cos, sin, k_cache,
 # ------------------------------------------------------------------------------------------
 # Argument checks shared by the fallback kernels (same messages as the C++ kernels)
 
-_FLOATS = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
-
-
 def _check_caches(op, k_cache, v_cache):
     for name, c in (("k_cache", k_cache), ("v_cache", v_cache)):
-        if c.dtype not in _FLOATS:
-            raise TypeError(f"{op}: {name} must be float32, bfloat16, float16 or float64, got {c.dtype}")
+        check_float(c, op, name)
         if c.dim() != 4:
             raise ValueError(f"{op}: {name} must be 4-D [B, Tmax, Hkv, D], got shape {list(c.shape)}")
         if not c.is_contiguous():
@@ -148,8 +145,7 @@ def _read_lens(op, cache_lens, B):
 
 def _check_decode(q, k_cache, v_cache, cache_lens):
     op = "decode_attention"
-    if q.dtype not in _FLOATS:
-        raise TypeError(f"{op}: q must be float32, bfloat16, float16 or float64, got {q.dtype}")
+    check_float(q, op, "q")
     if q.dim() != 4:
         raise ValueError(f"{op}: q must be 4-D [B, S, Hq, D], got shape {list(q.shape)}")
     _check_caches(op, k_cache, v_cache)
@@ -195,8 +191,7 @@ def _check_append(k_cache, v_cache, k_new, v_new, cache_lens):
 
 def _check_step(qkv, q_norm, k_norm, k_cache, v_cache, num_heads):
     op = "decode_attention_step"
-    if qkv.dtype not in _FLOATS:
-        raise TypeError(f"{op}: qkv must be float32, bfloat16, float16 or float64, got {qkv.dtype}")
+    check_float(qkv, op, "qkv")
     if qkv.dim() != 3:
         raise ValueError(f"{op}: qkv must be 3-D [B, S, (num_heads + 2 Hkv) * D], got shape {list(qkv.shape)}")
     _check_caches(op, k_cache, v_cache)

@@ -23,6 +23,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from ._checks import check_dim, check_float, dtype_name, shape_str
 from ._library import acc_dtype, ops, qualname, register_fake, register_fallback
 
 _REDUCTIONS = ("mean", "sum", "none")
@@ -117,15 +118,53 @@ def linear_cross_entropy_reference(hidden: torch.Tensor, weight: torch.Tensor, t
     return losses.sum() / n.to(acc)
 
 
-# ---- pure-PyTorch kernels for backends without a native one (chunked like the CPU kernel) ----
+# ---- argument checks: the CPU kernel's, with its messages (fallback and fake kernels) ----
+
+def _check(hidden, weight, targets, chunk_size, op):
+    check_float(hidden, op, "hidden")
+    check_float(weight, op, "weight")
+    # weight may also be in hidden's accumulation dtype (fp32 master weights under autocast).
+    acc = acc_dtype(hidden.dtype)
+    torch._check_type(weight.dtype in (hidden.dtype, acc),
+                      lambda: f"{op}: hidden ({dtype_name(hidden.dtype)}) and weight ({dtype_name(weight.dtype)}) "
+                              "must have the same dtype"
+                              + (f", or weight the accumulation dtype {dtype_name(acc)}" if acc != hidden.dtype else ""))
+    check_dim(hidden, 2, op, "hidden", "[N, C]")
+    torch._check_value(weight.dim() == 2 and weight.shape[1] == hidden.shape[1],
+                       lambda: f"{op}: weight must be [V, C] with C = {hidden.shape[1]} to match hidden "
+                               f"{shape_str(hidden)}, got {shape_str(weight)}")
+    torch._check_value(weight.shape[0] >= 1, lambda: f"{op}: weight must have at least one row (V >= 1), got "
+                                                     f"{shape_str(weight)}")
+    torch._check_type(targets.dtype == torch.int64,
+                      lambda: f"{op}: targets must be int64 class indices, got {dtype_name(targets.dtype)}")
+    torch._check_value(targets.dim() == 1 and targets.shape[0] == hidden.shape[0],
+                       lambda: f"{op}: targets must be [N] = [{hidden.shape[0]}] to match hidden {shape_str(hidden)}, "
+                               f"got {shape_str(targets)}")
+    torch._check_value(chunk_size >= 1, lambda: f"{op}: chunk_size must be >= 1, got {chunk_size}")
+
+
+def _check_backward(grad_losses, hidden, weight, targets, lse, chunk_size):
+    op = "linear_cross_entropy_backward"
+    _check(hidden, weight, targets, chunk_size, op)
+    check_float(grad_losses, op, "grad_losses")
+    N, acc = hidden.shape[0], acc_dtype(hidden.dtype)
+    torch._check_value(grad_losses.dim() == 1 and grad_losses.shape[0] == N,
+                       lambda: f"{op}: grad_losses must be [N] = [{N}], got {shape_str(grad_losses)}")
+    torch._check_value(lse.dim() == 1 and lse.shape[0] == N and lse.dtype == acc,
+                       lambda: f"{op}: lse must be the [N] = [{N}] {dtype_name(acc)} tensor saved by the forward, "
+                               f"got {shape_str(lse)} {dtype_name(lse.dtype)}")
+
 
 def _check_targets(targets, vocab, ignore_index, op):
+    """Every target a class in [0, V) or ignore_index (reads the values: fallback kernels only)."""
     bad = (targets != ignore_index) & ((targets < 0) | (targets >= vocab))
     if bool(bad.any()):
         i = int(bad.nonzero()[0, 0])
         raise ValueError(f"{op}: targets must be class indices in [0, V) = [0, {vocab}) or ignore_index "
                          f"({ignore_index}), got targets[{i}] = {int(targets[i])}")
 
+
+# ---- pure-PyTorch kernels for backends without a native one (chunked like the CPU kernel) ----
 
 def _chunk_logits(hidden, w_acc, s, e):
     return hidden[s:e].to(w_acc.dtype) @ w_acc.T
@@ -143,7 +182,14 @@ def _chunk_grad_logits(logits, lse, t, ignore_index, scale):
 
 @register_fallback("linear_cross_entropy", "chunked")
 def _linear_cross_entropy_fallback(hidden, weight, targets, ignore_index, chunk_size):
-    _check_targets(targets, weight.shape[0], ignore_index, "linear_cross_entropy")
+    op = "linear_cross_entropy"
+    _check(hidden, weight, targets, chunk_size, op)
+    _check_targets(targets, weight.shape[0], ignore_index, op)
+    return _losses_and_lse(hidden, weight, targets, ignore_index, chunk_size)
+
+
+def _losses_and_lse(hidden, weight, targets, ignore_index, chunk_size):
+    """Per-row losses and lse [N], one chunk of logits at a time."""
     acc = acc_dtype(hidden.dtype)
     w = weight.to(acc)
     N = hidden.shape[0]
@@ -166,6 +212,8 @@ def _linear_cross_entropy_fallback(hidden, weight, targets, ignore_index, chunk_
 @register_fallback("linear_cross_entropy_backward", "chunked")
 def _linear_cross_entropy_backward_fallback(grad_losses, hidden, weight, targets, lse, ignore_index,
                                             chunk_size):
+    _check_backward(grad_losses, hidden, weight, targets, lse, chunk_size)
+    _check_targets(targets, weight.shape[0], ignore_index, "linear_cross_entropy_backward")
     acc = acc_dtype(hidden.dtype)
     w = weight.to(acc)
     N = hidden.shape[0]
@@ -184,8 +232,11 @@ def _linear_cross_entropy_backward_fallback(grad_losses, hidden, weight, targets
 @register_fallback("linear_cross_entropy_and_grad", "chunked")
 def _linear_cross_entropy_and_grad_fallback(hidden, weight, targets, ignore_index, chunk_size, mean,
                                             need_grad_hidden, need_grad_weight):
+    op = "linear_cross_entropy_and_grad"
+    _check(hidden, weight, targets, chunk_size, op)
+    _check_targets(targets, weight.shape[0], ignore_index, op)
     acc = acc_dtype(hidden.dtype)
-    losses, lse = _linear_cross_entropy_fallback(hidden, weight, targets, ignore_index, chunk_size)
+    losses, lse = _losses_and_lse(hidden, weight, targets, ignore_index, chunk_size)
     valid = int((targets != ignore_index).sum())
     scale = 1.0 / max(valid, 1) if mean else 1.0
     loss = losses.sum() * scale
@@ -208,31 +259,23 @@ def _linear_cross_entropy_and_grad_fallback(hidden, weight, targets, ignore_inde
 
 # ---- fake kernels ----
 
-def _check_shapes(hidden, weight, targets, op):
-    torch._check(hidden.dim() == 2, lambda: f"{op}: hidden must be 2-D [N, C], got {tuple(hidden.shape)}")
-    torch._check(weight.dim() == 2 and weight.shape[1] == hidden.shape[1],
-                 lambda: f"{op}: weight must be [V, C] with C = {hidden.shape[1]}, got {tuple(weight.shape)}")
-    torch._check(targets.dim() == 1 and targets.shape[0] == hidden.shape[0],
-                 lambda: f"{op}: targets must be [N] = [{hidden.shape[0]}], got {tuple(targets.shape)}")
-
-
 @register_fake("linear_cross_entropy")
 def _linear_cross_entropy_fake(hidden, weight, targets, ignore_index, chunk_size):
-    _check_shapes(hidden, weight, targets, "linear_cross_entropy")
+    _check(hidden, weight, targets, chunk_size, "linear_cross_entropy")
     acc = acc_dtype(hidden.dtype)
     return hidden.new_empty(hidden.shape[0], dtype=acc), hidden.new_empty(hidden.shape[0], dtype=acc)
 
 
 @register_fake("linear_cross_entropy_backward")
 def _linear_cross_entropy_backward_fake(grad_losses, hidden, weight, targets, lse, ignore_index, chunk_size):
-    _check_shapes(hidden, weight, targets, "linear_cross_entropy_backward")
+    _check_backward(grad_losses, hidden, weight, targets, lse, chunk_size)
     return torch.empty_like(hidden), torch.empty_like(weight)
 
 
 @register_fake("linear_cross_entropy_and_grad")
 def _linear_cross_entropy_and_grad_fake(hidden, weight, targets, ignore_index, chunk_size, mean,
                                         need_grad_hidden, need_grad_weight):
-    _check_shapes(hidden, weight, targets, "linear_cross_entropy_and_grad")
+    _check(hidden, weight, targets, chunk_size, "linear_cross_entropy_and_grad")
     loss = hidden.new_empty((), dtype=acc_dtype(hidden.dtype))
     gh = torch.empty_like(hidden) if need_grad_hidden else hidden.new_empty(0)
     gw = torch.empty_like(weight) if need_grad_weight else weight.new_empty(0)

@@ -6,7 +6,7 @@ import torch
 from kr_mini_llm import ops
 from kr_mini_llm.ops.attention import _attention_backward_fallback, _attention_fallback
 
-from .utils import DTYPES, assert_close, num_threads, randn
+from .utils import DTYPES, assert_close, native_thread_invariance, num_threads, randn
 
 A = torch.ops.kr_mini_llm
 
@@ -133,6 +133,7 @@ def test_opcheck(dtype, causal):
                           (go, q.detach(), k.detach(), v.detach(), out.detach(), lse, causal, 0.2))
 
 
+@native_thread_invariance
 @pytest.mark.parametrize("shape", [(1, 300, 8, 2, 64), (3, 77, 4, 1, 80), (1, 520, 4, 4, 32)], ids=str)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_same_bits_on_one_and_two_threads(shape, dtype):

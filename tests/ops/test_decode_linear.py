@@ -45,7 +45,10 @@ def quantize_x(x, block):
 
 
 def kernel_x(x, w, s):
-    """x in the precision the kernel meets the weights in (see ops.decode_linear.x_format)."""
+    """x in the precision the kernel meets the weights in (see ops.decode_linear.x_format); the
+    device fallback (KR_MINI_LLM_OPS=fallback) dequantizes the weights and keeps x in fp32."""
+    if ops.backend_report("cpu")["decode_linear"] != "native":
+        return x.double()
     fmt, block = x_format(w.dtype, in_features(w) // s.shape[1] if s is not None else None)
     if fmt == "bf16":
         return x.float().bfloat16().double()

@@ -4,7 +4,7 @@ import torch
 from kr_mini_llm import ops
 from kr_mini_llm.ops.rms_norm import _rms_norm_backward_fallback, _rms_norm_fallback
 
-from .utils import DTYPES, assert_close, grads, num_threads, randn
+from .utils import DTYPES, assert_close, grads, native_thread_invariance, num_threads, randn
 
 SHAPES = [(1, 1), (1, 7), (3, 32), (2, 5, 33), (4, 64), (2, 3, 100), (1, 1, 768), (7, 1000), (2, 4097)]
 
@@ -59,6 +59,7 @@ def test_opcheck(dtype):
                           (randn(4, 3, 40, dtype=dtype), x.detach(), w.detach(), rstd))
 
 
+@native_thread_invariance
 def test_same_bits_on_one_and_two_threads():
     x = randn(300, 257)
     w = randn(257)

@@ -1,6 +1,7 @@
 """Shared checks for the op tests: float64 references, dtype tolerances, thread control."""
 import contextlib
 
+import pytest
 import torch
 
 # Tolerances for a kernel result in `dtype` against a float64 reference.
@@ -12,6 +13,11 @@ TOL = {
 }
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+# A promise only the native CPU kernels make (the fallbacks run PyTorch's kernels, which make none):
+# deselected while the CPU runs the device fallbacks (conftest.py).
+native_thread_invariance = pytest.mark.native_kernels(
+    reason="the same bits on 1 and 2 threads: the CPU kernels split their work by size, never by thread count")
 
 
 def assert_close(actual, expected64, dtype, scale=1.0, msg=""):
