@@ -8,7 +8,8 @@ sends the CPU through the fallbacks, to test them).
 """
 import torch
 
-from ._library import device_fallbacks, kernel_path, switch_from_environment, use_device_fallbacks
+from ._library import (DeviceOpMissing, device_fallbacks, kernel_path, switch_from_environment,
+                       use_device_fallbacks)
 from .attention import attention, attention_reference
 from .decode_linear import (decode_linear, decode_linear_reference, decode_linear_swiglu,
                             decode_linear_swiglu_reference, dequantize_int4, dequantize_int8, quantize_int4,
@@ -59,6 +60,6 @@ __all__ = ["rms_norm", "rms_norm_reference", "rotary", "rotary_reference", "rope
            "linear_cross_entropy_reference", "linear", "linear_reference", "decode_linear", "decode_linear_reference", "decode_linear_swiglu",
            "decode_linear_swiglu_reference", "quantize_int8", "dequantize_int8", "quantize_int4", "dequantize_int4",
            "backend_report", "simd_capability", "OPS",
-           "use_device_fallbacks", "device_fallbacks"]
+           "use_device_fallbacks", "device_fallbacks", "DeviceOpMissing"]
 
 switch_from_environment()  # KR_MINI_LLM_OPS=fallback: the CPU runs the device fallbacks

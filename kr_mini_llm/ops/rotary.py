@@ -10,12 +10,18 @@ functions of positions, not parameters; a cos/sin that requires grad gets None.
 """
 import torch
 
-from ._library import acc_dtype, ops, qualname, register_fake, register_fallback
+from ._checks import check_dim, check_float, check_same_dtype, dtype_name, shape_str
+from ._library import acc_dtype, ops, qualname, register_fake, register_fallback, takes_fallback
 from .rope import rope_inv_freq, rope_tables  # noqa: F401  (re-exported)
 
 
 def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Applies RoPE to x [B, T, H, D] with cos/sin [T, D/2] or [B, T, D/2] (fused kernel)."""
+    if torch.compiler.is_compiling() and takes_fallback("rotary", x.device):
+        # Compiled on a device without the kernel: the fallback's element-wise math in the graph
+        # (autograd differentiates it), so Inductor fuses it with its neighbours; an op call would
+        # stay an opaque kernel between them.
+        return _rotary_fallback(x, cos.detach(), sin.detach())
     return ops.rotary(x, cos, sin)
 
 
@@ -28,29 +34,23 @@ def rotary_reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> t
     return torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1).to(x.dtype)
 
 
-_FLOATS = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
-
-
 def _check(x, cos, sin, op="rotary", xname="x"):
     """The CPU kernel's argument checks, with its messages (fallback and fake kernels)."""
     for name, t in ((xname, x), ("cos", cos), ("sin", sin)):
-        if t.dtype not in _FLOATS:
-            raise TypeError(f"{op}: {name} must be float32, bfloat16, float16 or float64, got {t.dtype}")
-    if x.dim() != 4:
-        raise ValueError(f"{op}: {xname} must be 4-D [B, T, H, D], got shape {list(x.shape)}")
+        check_float(t, op, name)
+    check_dim(x, 4, op, xname, "[B, T, H, D]")
     B, T, _, D = x.shape
-    if D % 2:
-        raise ValueError(f"{op}: {xname} [B, T, H, D] must have an even head_dim D, got shape {list(x.shape)}")
-    if cos.shape != sin.shape:
-        raise ValueError(f"{op}: cos and sin must have the same shape, got cos {list(cos.shape)} "
-                         f"and sin {list(sin.shape)}")
-    if tuple(cos.shape) not in ((T, D // 2), (B, T, D // 2)):
-        raise ValueError(f"{op}: cos/sin must be [T, D/2] = [{T}, {D // 2}] or [B, T, D/2] = "
-                         f"[{B}, {T}, {D // 2}] for {xname} {list(x.shape)}, got {list(cos.shape)}")
-    if cos.dtype != sin.dtype:
-        raise TypeError(f"{op}: cos ({cos.dtype}) and sin ({sin.dtype}) must have the same dtype")
-    if cos.dtype not in (x.dtype, torch.float32):
-        raise TypeError(f"{op}: cos/sin must be float32 or {xname}'s dtype ({x.dtype}), got {cos.dtype}")
+    torch._check_value(D % 2 == 0, lambda: f"{op}: {xname} [B, T, H, D] must have an even head_dim D, "
+                                           f"got shape {shape_str(x)}")
+    torch._check_value(cos.shape == sin.shape, lambda: f"{op}: cos and sin must have the same shape, got cos "
+                                                       f"{shape_str(cos)} and sin {shape_str(sin)}")
+    torch._check_value(tuple(cos.shape) in ((T, D // 2), (B, T, D // 2)),
+                       lambda: f"{op}: cos/sin must be [T, D/2] = [{T}, {D // 2}] or [B, T, D/2] = "
+                               f"[{B}, {T}, {D // 2}] for {xname} {shape_str(x)}, got {shape_str(cos)}")
+    check_same_dtype(cos, "cos", sin, "sin", op)
+    torch._check_type(cos.dtype in (x.dtype, torch.float32),
+                      lambda: f"{op}: cos/sin must be float32 or {xname}'s dtype ({dtype_name(x.dtype)}), "
+                              f"got {dtype_name(cos.dtype)}")
 
 
 def _rotate(x, cos, sin):

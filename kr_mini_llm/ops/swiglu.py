@@ -7,11 +7,16 @@ gate/up may be strided views (the halves of a fused gate_up projection); outputs
 import torch
 import torch.nn.functional as F
 
-from ._library import acc_dtype, ops, qualname, register_fake, register_fallback
+from ._checks import check_float, check_same_dtype, shape_str
+from ._library import acc_dtype, ops, qualname, register_fake, register_fallback, takes_fallback
 
 
 def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """silu(gate) * up (fused kernel, fp32 math for bf16/fp16)."""
+    if torch.compiler.is_compiling() and takes_fallback("swiglu", gate.device):
+        # Compiled on a device without the kernel: the element-wise math in the graph, for Inductor
+        # to fuse with its neighbours (as rotary does).
+        return _swiglu_fallback(gate, up)
     return ops.swiglu(gate, up)
 
 
@@ -21,29 +26,21 @@ def swiglu_reference(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return (F.silu(gate.to(acc)) * up.to(acc)).to(gate.dtype)
 
 
-_FLOATS = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
-
-
 def _check(gate, up, op="swiglu"):
     """The CPU kernel's argument checks, with its messages (fallback and fake kernels)."""
-    for name, t in (("gate", gate), ("up", up)):
-        if t.dtype not in _FLOATS:
-            raise TypeError(f"{op}: {name} must be float32, bfloat16, float16 or float64, got {t.dtype}")
-    if gate.shape != up.shape:
-        raise ValueError(f"{op}: gate and up must have the same shape, got gate {list(gate.shape)} "
-                         f"and up {list(up.shape)}")
-    if gate.dtype != up.dtype:
-        raise TypeError(f"{op}: gate ({gate.dtype}) and up ({up.dtype}) must have the same dtype")
+    check_float(gate, op, "gate")
+    check_float(up, op, "up")
+    torch._check_value(gate.shape == up.shape, lambda: f"{op}: gate and up must have the same shape, got gate "
+                                                       f"{shape_str(gate)} and up {shape_str(up)}")
+    check_same_dtype(gate, "gate", up, "up", op)
 
 
 def _check_backward(grad_out, gate, up):
-    _check(gate, up, "swiglu_backward")
-    if grad_out.shape != gate.shape:
-        raise ValueError(f"swiglu_backward: grad_out must match gate {list(gate.shape)}, "
-                         f"got {list(grad_out.shape)}")
-    if grad_out.dtype != gate.dtype:
-        raise TypeError(f"swiglu_backward: grad_out ({grad_out.dtype}) and gate ({gate.dtype}) "
-                        "must have the same dtype")
+    op = "swiglu_backward"
+    _check(gate, up, op)
+    torch._check_value(grad_out.shape == gate.shape, lambda: f"{op}: grad_out must match gate {shape_str(gate)}, "
+                                                             f"got {shape_str(grad_out)}")
+    check_same_dtype(grad_out, "grad_out", gate, "gate", op)
 
 
 @register_fallback("swiglu", "elementwise")

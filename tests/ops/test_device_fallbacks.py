@@ -15,7 +15,7 @@ from kr_mini_llm import TransformerConfig, ops
 from kr_mini_llm.model.transformer import Transformer
 from kr_mini_llm.ops import _device_attention
 from kr_mini_llm.ops.linear_cross_entropy import default_chunk_size
-from kr_mini_llm.training.memory import allocated_peak_bytes
+from kr_mini_llm.device import allocated_peak_bytes
 
 from .test_attention import check_against_reference, make
 from .utils import assert_close, grads, randn
@@ -203,3 +203,44 @@ def test_linear_cross_entropy_never_holds_the_logits(fallbacks):
         # one chunk of fp32 logits at a time, beside grad_weight [V, C] and the [N]-sized rows
         assert peak < 1.25 * chunk_logits + 2 * V * C * 4 + 4 * N * C * 4, \
             f"peak {peak / 2**20:.1f} MiB; a chunk of logits {chunk_logits / 2**20:.1f} MiB, all {N * V * 4 / 2**20:.0f} MiB"
+
+
+# What PyTorch raises on a Mac for an op without an MPS kernel (aten/src/ATen/mps/MPSFallback.mm).
+MPS_MISSING = ("The operator 'aten::_fused_rms_norm' is not currently implemented for the MPS device. If you want "
+               "this op to be added in priority during the prototype phase of this feature, please comment on "
+               "https://github.com/pytorch/pytorch/issues/77764. As a temporary fix, you can set the environment "
+               "variable `PYTORCH_ENABLE_MPS_FALLBACK=1` to use the CPU as a fallback for this op. WARNING: this "
+               "will be slower than running natively on MPS.")
+
+
+def test_an_op_mps_lacks_is_one_line_naming_it(fallbacks, monkeypatch):
+    """A fallback that meets a PyTorch op MPS has no kernel for (simulated) stops with one line that
+    names our op, PyTorch's, and PYTORCH_ENABLE_MPS_FALLBACK=1; a command prints it as a user error."""
+    from kr_mini_llm.errors import KrMiniLlmError
+    from kr_mini_llm.ops import rms_norm as rms_norm_module
+
+    def missing_on_mps(*args):
+        raise NotImplementedError(MPS_MISSING)
+
+    monkeypatch.setattr(rms_norm_module, "_FUSED", missing_on_mps)
+    x, w = randn(3, 16), randn(16)
+    with pytest.raises(NotImplementedError) as info:
+        ops.rms_norm(x, w)
+    message = str(info.value)
+    assert isinstance(info.value, KrMiniLlmError) and "\n" not in message
+    assert message.startswith("rms_norm: ") and "aten::_fused_rms_norm" in message
+    assert "PYTORCH_ENABLE_MPS_FALLBACK=1" in message
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_other_not_implemented_errors_pass_unchanged(fallbacks, monkeypatch):
+    from kr_mini_llm.errors import KrMiniLlmError
+    from kr_mini_llm.ops import rms_norm as rms_norm_module
+
+    def other(*args):
+        raise NotImplementedError("some other gap")
+
+    monkeypatch.setattr(rms_norm_module, "_FUSED", other)
+    with pytest.raises(NotImplementedError, match="^some other gap$") as info:
+        ops.rms_norm(randn(3, 16), randn(16))
+    assert not isinstance(info.value, KrMiniLlmError)
