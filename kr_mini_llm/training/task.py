@@ -16,7 +16,7 @@ import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
@@ -25,14 +25,19 @@ from .checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
 from .distributed import check_global_batch
 from .optim import build_optimizer
 
+if TYPE_CHECKING:
+    from ..model import TransformerConfig
+    from .config import TrainingConfig
+    from .distributed import DistributedContext
+
 
 @dataclass(frozen=True)
 class RunContext:
     """What a task builds from: the run's settings and where it runs."""
-    config: Any                  # TrainingConfig
-    model_config: Any            # TransformerConfig
+    config: TrainingConfig
+    model_config: TransformerConfig
     device: torch.device         # cuda:LOCAL_RANK under torchrun
-    dist: Any                    # DistributedContext: ranks, agreement, the DDP/FSDP wrapper
+    dist: DistributedContext     # ranks, agreement, the DDP/FSDP wrapper
     amp_dtype: torch.dtype | None  # the autocast dtype, None for full precision
     output_dir: Path
 
