@@ -6,7 +6,8 @@ its own learning rate) -- one optimizer object either way, so checkpoints, DCP a
 one state dict.
 
 The schedule is keyed to progress = the larger of step / max_steps and elapsed / max_time_minutes:
-whichever budget ends the run, the rate reaches min_learning_rate as it ends.
+whichever budget ends the run, the rate reaches min_learning_rate as it ends. Warmup is keyed the
+same way: it is the first warmup_steps / max_steps of the run, of its steps or of its time.
 """
 from __future__ import annotations
 
@@ -149,16 +150,37 @@ def schedule_progress(step: int, elapsed_s: float, train) -> float:
     return min(1.0, progress)
 
 
+def warmup_factor(step: int, elapsed_s: float, train) -> float | None:
+    """The rate during warmup as a fraction of the peak, or None once warmup is over.
+
+    Warmup takes the first warmup_steps / max_steps of the run: of its steps, or, when
+    train.max_time_minutes is set, of its time, whichever share is reached first. A CPU too slow to
+    reach warmup_steps within the time limit would otherwise never leave warmup, let alone decay.
+    It depends on the step and the elapsed time only, and the trainer state saves both (elapsed_s),
+    so a resumed run goes on with the same rates. Without a time limit it is the usual
+    (step + 1) / warmup_steps."""
+    if step >= train.warmup_steps:
+        return None
+    by_steps = (step + 1) / train.warmup_steps
+    if not train.max_time_minutes:
+        return by_steps
+    share = train.warmup_steps / train.max_steps
+    by_time = elapsed_s / (60.0 * train.max_time_minutes) / share
+    return None if by_time >= 1.0 else max(by_steps, by_time)
+
+
 def lr_factor(step: int, train, elapsed_s: float = 0.0) -> float:
     """The learning rate for optimizer step `step` (0-based), as a fraction of the peak: linear
-    warmup over warmup_steps, then by schedule_progress: cosine or linear decay to
+    warmup (warmup_factor), then by schedule_progress: cosine or linear decay to
     min_learning_rate, constant, or wsd (constant, then linear decay over the last decay_fraction)."""
-    if step < train.warmup_steps:
-        return (step + 1) / train.warmup_steps
+    warming = warmup_factor(step, elapsed_s, train)
+    if warming is not None:
+        return warming
     if train.lr_schedule == "constant":
         return 1.0
     floor = train.min_learning_rate / train.learning_rate
-    # Decay progress after warmup: (step - warmup) / (max_steps - warmup) when steps end the run.
+    # Decay progress after warmup: (step - warmup) / (max_steps - warmup) when steps end the run;
+    # warmup ends at this same share of the time when time leads, so decay starts from 0 either way.
     start = min(train.warmup_steps / train.max_steps, 1.0)
     progress = (schedule_progress(step, elapsed_s, train) - start) / max(1.0 - start, 1e-12)
     progress = min(1.0, max(0.0, progress))

@@ -68,28 +68,66 @@ def test_bad_schedule_settings_are_named():
             section(**bad)
 
 
-def test_demo_ends_annealed_on_a_cpu_four_times_too_slow_for_its_steps(token_data, model_config, tmp_path):
-    """training_demo.yaml's schedule, with a simulated clock on which each step takes 4x the time at
-    which max_steps would just fit in max_time_minutes: time ends the run, at the floor rate."""
+def test_warmup_ends_by_its_share_of_the_time_when_time_leads():
+    t = section(max_time_minutes=10.0)  # warmup = 10 of 100 steps = the first 60 s
+    assert lr_factor(0, t, elapsed_s=0.0) == pytest.approx(0.1)
+    assert lr_factor(2, t, elapsed_s=30.0) == pytest.approx(0.5)       # half the time share leads 3 of 10 steps
+    assert lr_factor(8, t, elapsed_s=6.0) == pytest.approx(0.9)        # the steps lead: as without a time limit
+    assert lr_factor(3, t, elapsed_s=60.0) == pytest.approx(1.0)       # warmup over at step 3; decay starts at 0
+    assert lr_factor(3, t, elapsed_s=600.0) == pytest.approx(t.min_learning_rate / t.learning_rate)
+    rates = [lr_factor(3, t, elapsed_s=s) for s in range(0, 601, 5)]
+    assert all(a <= b for a, b in zip(rates, rates[1:13])) and all(a >= b for a, b in zip(rates[12:], rates[13:]))
+    # Without a time limit: exactly the step-keyed warmup, whatever the clock says.
+    plain = section()
+    assert [lr_factor(s, plain, elapsed_s=1e9) for s in range(10)] == [(s + 1) / 10 for s in range(10)]
+
+
+# The CPU of the measurement the demo's time limit was set against: step 604 at 10 minutes.
+MEASURED_STEP_SECONDS = 600.0 / 604
+
+
+def _demo_run(token_data, model_config, out, step_seconds, stop_after=None, resume=False):
+    """training_demo.yaml's schedule on a simulated clock on which every step takes step_seconds;
+    batch, length and evaluation are shrunk to the tiny model (which overfits the tiny corpus, so
+    early stopping is put out of reach: the time limit is what must end the run)."""
     tokens, tok = token_data
     demo = TrainingConfig.from_yaml(ROOT / "configs" / "training_demo.yaml")
-    t = demo.train
-    step_seconds = 4 * 60 * t.max_time_minutes / t.max_steps
-    # The schedule's keys are the demo's; batch, length and evaluation are shrunk to the tiny model.
-    config = demo.with_overrides([f"output_dir={tmp_path / 'run'}", f"data.tokens={tokens}", f"data.tokenizer={tok}",
+    config = demo.with_overrides([f"output_dir={out}", f"data.tokens={tokens}", f"data.tokenizer={tok}",
                                   "train.batch_size=2", "train.max_seq_length=16", "train.eval_batches=1",
+                                  "train.log_steps=1", "train.early_stopping_patience=1000",
                                   "train.mixed_precision=false", "threads=1"])
     holder = {}
-    trainer = Trainer(model_config, config, show_progress=False,
+    trainer = Trainer(model_config, config, show_progress=False, resume_from=out if resume else None,
                       clock=lambda: holder["run"].step * step_seconds if "run" in holder else 0.0)
     holder["run"] = trainer
-    result = trainer.train()
+    result = trainer.train(stop_after=stop_after)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return demo.train, result, {r["step"]: r["lr"] for r in rows if "lr" in r}
+
+
+@pytest.mark.parametrize("slowdown", [1, 4, 16])
+def test_demo_ends_annealed_within_its_time_limit_on_slower_cpus(slowdown, token_data, model_config, tmp_path):
+    """At the measured step time, 4x and 16x slower (where the run ends before warmup_steps): the
+    time limit ends the run, and its last step trains at min_learning_rate."""
+    step_seconds = slowdown * MEASURED_STEP_SECONDS
+    t, result, lrs = _demo_run(token_data, model_config, tmp_path / "run", step_seconds)
     expected_steps = next(k for k in itertools.count(1) if k * step_seconds >= 60 * t.max_time_minutes)
     assert result["stop_reason"] == "max_time" and result["step"] == expected_steps
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    last_lr = [r["lr"] for r in rows if "lr" in r][-1]
-    # Annealed: within one step's share of the decay of the floor...
+    if slowdown == 16:
+        assert expected_steps < t.warmup_steps
     span = t.learning_rate - t.min_learning_rate
-    assert last_lr <= t.min_learning_rate + span * 0.01
-    # ...where a schedule keyed to steps alone would still be near its peak.
-    assert learning_rate(expected_steps - 1, t) > t.min_learning_rate + 0.5 * span
+    # Annealed: the last step's rate within 1% of the decay of the floor...
+    assert lrs[expected_steps] <= t.min_learning_rate + span * 0.01
+    # ...where a schedule keyed to steps alone would not be.
+    assert learning_rate(expected_steps - 1, t) > t.min_learning_rate + 0.25 * span
+    # The peak was reached on the way: warmup ended and the decay started from the top.
+    assert max(lrs.values()) >= t.min_learning_rate + 0.95 * span
+
+
+def test_time_keyed_warmup_resumes_exactly(token_data, model_config, tmp_path):
+    """Stopped inside warmup on a slow clock and resumed: the same rates, step for step, as one run."""
+    step_seconds = 16 * MEASURED_STEP_SECONDS
+    _, whole, once = _demo_run(token_data, model_config, tmp_path / "whole", step_seconds)
+    _demo_run(token_data, model_config, tmp_path / "parts", step_seconds, stop_after=5)
+    _, parts, resumed = _demo_run(token_data, model_config, tmp_path / "parts", step_seconds, resume=True)
+    assert parts["step"] == whole["step"] and resumed == once
