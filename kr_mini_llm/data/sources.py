@@ -9,7 +9,8 @@ Measured on Debian 12 (bookworm), markup stripped (see docs/data.md):
   libreoffice-help-ko   3.3 MB .deb, 2,561 help pages, ~640k Hangul syllables    (MPL-2.0)
   debian-faq-ko         0.2 MB .deb, 17 chapters,     ~38k Hangul syllables      (verbatim-copy licence)
   gimp-help-ko           50 MB .deb, 685 pages, mostly untranslated: ~87k Hangul (gimp-help-common)
-  konlpy (PyPI)          19 MB wheel, 11 files (constitution, bills), ~36k Hangul: not offered
+  konlpy (PyPI)          19 MB wheel, 11 files (constitution, bills), ~36k Hangul: not a training source;
+                         the out-of-domain evaluation set instead (kolaw.py)
 The default mix is libreoffice-help-ko + debian-faq-ko: most Korean prose per byte
 downloaded, free licences that permit redistribution of derived text. gimp-help-ko is
 available with `--source gimp-help-ko` but costs 50 MB for little Korean text.

@@ -2,7 +2,9 @@
 training, for one model or several, written as report.json and report.md.
 
     from kr_mini_llm.eval import evaluate_models, write_report
-    results = evaluate_models(["checkpoints/demo"], tokens="data/tokens")
+    from kr_mini_llm.eval.ood import locate_ood
+    results = evaluate_models(["checkpoints/demo"], tokens="data/tokens",
+                              ood=locate_ood(None, "data/tokens"))   # + the out-of-domain text (ood.py)
     write_report(results, "report")        # report.json, report.md
 """
 from __future__ import annotations
@@ -10,12 +12,14 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
 from ..io import layout
 from ..io.atomic import atomic_write_text
+from .ood import OodText
 from .prompts import DEFAULT_PROMPTS
 from .speed import PROMPT_TOKENS, generation_speed
 from .test_split import EvalError, TestSplit, test_loss
@@ -66,20 +70,31 @@ def _prompt_ids(split: TestSplit, tokenizer) -> list[int]:
     return np.resize(ids, PROMPT_TOKENS).tolist()
 
 
+def _held_out(name, model, tok, split: TestSplit, batch_size, device, log) -> dict:
+    """Loss, perplexity and bits/byte over a whole text, with the tokenizer's figures on it."""
+    t0 = time.perf_counter()
+    loss = test_loss(model, tok, split, batch_size=batch_size, device=device)
+    log(f"[eval]   {name} loss {loss['loss']:.4f}, ppl {loss['perplexity']:.2f}, {loss['bits_per_byte']:.4f} bits/byte "
+        f"over {loss['tokens']:,} tokens / {loss['bytes']:,} bytes ({time.perf_counter() - t0:.1f} s)")
+    return loss
+
+
 def evaluate_model(model_dir, split: TestSplit, prompts=DEFAULT_PROMPTS, max_new_tokens: int = 60,
                    seed: int = 0, device: str | None = None, batch_size: int = 8, speed: bool = True,
-                   log=print) -> dict:
+                   ood: OodText | None = None, log=print) -> dict:
     ckpt, gen = _load(model_dir, device)
     tok, model = gen.tokenizer, gen.model
     log(f"[eval] {ckpt}: {model.num_parameters:,} parameters on {gen.device}")
-    t0 = time.perf_counter()
-    loss = test_loss(model, tok, split, batch_size=batch_size, device=gen.device)
-    log(f"[eval]   test loss {loss['loss']:.4f}, ppl {loss['perplexity']:.2f}, {loss['bits_per_byte']:.4f} bits/byte "
-        f"over {loss['tokens']:,} tokens / {loss['bytes']:,} bytes ({time.perf_counter() - t0:.1f} s)")
+    loss = _held_out("test", model, tok, split, batch_size, gen.device, log)
     stats = tokenizer_stats(tok, split.documents(tok))
     result = {"model": str(model_dir), "checkpoint": str(ckpt), "parameters": model.num_parameters,
               "bytes_on_disk": _disk(ckpt), "tokenizer_fingerprint": tok.fingerprint, "test": loss,
               "tokenizer": stats}
+    if ood is not None and ood.path is not None:
+        # Re-encoded by the model's own tokenizer, bytes counted from the text: comparable across models.
+        ood_split = TestSplit(None, ood.path)
+        result["ood"] = {**_held_out("out-of-domain", model, tok, ood_split, batch_size, gen.device, log),
+                         "tokenizer": tokenizer_stats(tok, ood_split.documents())}
     if speed:
         result["generation"] = generation_speed(ckpt, _prompt_ids(split, tok), device=device)
         g = result["generation"]
@@ -92,7 +107,10 @@ def evaluate_model(model_dir, split: TestSplit, prompts=DEFAULT_PROMPTS, max_new
     return result
 
 
-def evaluate_models(model_dirs, tokens=None, test_text=None, **kw) -> dict:
+def evaluate_models(model_dirs, tokens=None, test_text=None, ood: OodText | Callable[[], OodText] | None = None,
+                    **kw) -> dict:
+    """Every model on the test split and, when `ood` has a text, on that out-of-domain text (a
+    callable is called once the models and the split are checked: locate_ood may download)."""
     split = TestSplit.find(tokens, test_text)
     # Check every model directory before spending time on the first.
     from ..training.checkpoint import resolve_checkpoint
@@ -102,11 +120,13 @@ def evaluate_models(model_dirs, tokens=None, test_text=None, **kw) -> dict:
             resolve_checkpoint(d)
         except Exception as e:  # noqa: BLE001 - reported with the directory named
             raise EvalError(f"--model {str(d)!r}: {e}") from None
-    models = [evaluate_model(d, split, **kw) for d in model_dirs]
+    if callable(ood):
+        ood = ood()
+    models = [evaluate_model(d, split, ood=ood, **kw) for d in model_dirs]
     return {"created": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "test_split": {"tokens": str(split.tokens_dir) if split.tokens_dir else None,
                                                               "text": str(split.text_path) if split.text_path else None},
-            "models": models}
+            "ood_set": ood.to_dict() if ood is not None else None, "models": models}
 
 
 def _mib(n):
@@ -128,6 +148,7 @@ def render_markdown(report: dict, machine: list[str] = ()) -> str:
                    f"| {s['chars_per_token']:.3f} | {s['byte_fallback_share']:.2%} | "
                    + (f"{g['ttft_s'] * 1e3:.1f} ms | {g['decode_tokens_per_s']:.1f} | {_mib(g['peak_memory_bytes'])} |"
                       if g else "– | – | – |"))
+    out += _held_out_table(report)
     for m in ms:
         t, s = m["test"], m["tokenizer"]
         out += ["", f"## {m['model']}", "", f"- checkpoint: `{m['checkpoint']}`",
@@ -150,6 +171,24 @@ def render_markdown(report: dict, machine: list[str] = ()) -> str:
             cell = lambda x: x.replace("|", "\\|").replace("\n", "<br>")  # noqa: E731
             out.append(f"| {smp['seed']} | {cell(smp['prompt'])} | {cell(smp['text'])} |")
     return "\n".join(out) + "\n"
+
+
+def _held_out_table(report: dict) -> list[str]:
+    """In-domain test split and out-of-domain text side by side, one row per model and text."""
+    ood = report.get("ood_set")
+    out = ["", "## In-domain and out-of-domain", "",
+           "| model | text | loss | perplexity | bits/byte | tokens | bytes | chars/token | byte fallback |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for m in report["models"]:
+        rows = [("test split (in-domain)", m["test"], m["tokenizer"])]
+        if "ood" in m:
+            rows.append((f"out-of-domain: {Path(ood['text']).name}", m["ood"], m["ood"]["tokenizer"]))
+        for name, t, s in rows:
+            out.append(f"| {m['model']} | {name} | {t['loss']:.4f} | {t['perplexity']:.2f} | {t['bits_per_byte']:.4f} "
+                       f"| {t['tokens']:,} | {t['bytes']:,} | {s['chars_per_token']:.3f} | {s['byte_fallback_share']:.2%} |")
+    if ood is not None:
+        out += ["", "Out-of-domain text: " + ood["note"].replace("\n", " ")]
+    return out
 
 
 def report_paths(output) -> tuple[Path, Path]:
