@@ -112,7 +112,7 @@ class Generator:
         `max_length` (an older name) is accepted as an alias of max_new_tokens.
         speculative: None, "prompt_lookup" or "draft" (speculative.py): up to `num_draft_tokens`
         drafted tokens verified per forward (prompt lookup matches the last `ngram` tokens); the
-        same text as plain decoding when greedy, the same distribution when sampling; one prompt.
+        same text as plain decoding when greedy, the same distribution when sampling.
         """
         if max_length is not None:
             max_new_tokens = max_length
@@ -163,17 +163,15 @@ class Generator:
                      num_draft_tokens: int = 5, ngram: int = 3,
                      stats: SpeculativeStats | None = None) -> Iterator[list[int | None]]:
         """Yields, per step, the new token of each sequence (None once a sequence has finished).
-        With `speculative` (one prompt only), one step per new token still; `stats` (a
-        SpeculativeStats) counts the drafts proposed and accepted."""
+        With `speculative`, one step per new token still (every sequence drafts and verifies on its
+        own, in one batched forward per round); `stats` (a SpeculativeStats) counts the drafts
+        proposed and accepted."""
         check_sampling(temperature, top_k, top_p, repetition_penalty)
         check_speculative(speculative, num_draft_tokens, ngram, self.draft is not None)
         if any(len(p) == 0 for p in prompts):
             raise ValueError("every prompt needs at least one token")
         if speculative is not None:
-            if len(prompts) != 1:
-                raise ValueError(f"speculative decoding takes one prompt at a time, got {len(prompts)}: "
-                                 "generate them one by one, or without speculative")
-            return speculative_ids(self, prompts[0], max_new_tokens, temperature, top_k, top_p,
+            return speculative_ids(self, prompts, max_new_tokens, temperature, top_k, top_p,
                                    repetition_penalty, seed, stop_at_eos, speculative, num_draft_tokens,
                                    ngram, stats)
         return self._plain_ids(prompts, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed,

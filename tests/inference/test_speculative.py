@@ -127,6 +127,39 @@ def test_eos_max_new_tokens_stream_and_context_as_plain(models, mode, caplog):
     assert "keeping the last" in caplog.text
 
 
+@pytest.mark.parametrize("drafter", ["prompt_lookup", "self", "never_right"])
+def test_a_batch_is_each_prompt_decoded_alone(models, drafter):
+    """Prompts of different lengths in one batch: each sequence's tokens are its batch-1 run's, with
+    eos midway for some (None from there on, as plain decoding yields), penalties, and drafts that
+    are all right, never right, or prompt lookup's; plain batched decoding gives the same steps."""
+    model = models["fp32"]
+    draft = {"self": model, "never_right": DecodeModel.from_transformer(never_right(models["nn"]), "fp32")}
+    mode = "prompt_lookup" if drafter == "prompt_lookup" else "draft"
+    batch = prompts(5, 512, seed=2)
+    probe = Generator(model, Tok(512), "cpu")
+    eos = ids(probe, batch[1], 12, temperature=0.0, stop_at_eos=False)[6]  # ends prompt 1 (at least) midway
+    tok = Tok(512, eos_id=eos)
+    draft_gen = Generator(draft[drafter], tok, "cpu") if drafter in draft else None
+    gen = Generator(model, tok, "cpu", draft=draft_gen)
+    total = SpeculativeStats()
+    for penalty, k in ((1.0, 4), (1.3, 6)):
+        kw = dict(temperature=0.0, repetition_penalty=penalty, speculative=mode, num_draft_tokens=k)
+        alone = [ids(gen, p, 20, **kw) for p in batch]
+        assert penalty != 1.0 or (alone[1][-1] is None and len(alone[1]) <= 7)
+        steps = list(gen.generate_ids(batch, 20, stats=total, **kw))
+        assert len(steps) == max(len(a) for a in alone)
+        for b, a in enumerate(alone):
+            assert [step[b] for step in steps] == a + [None] * (len(steps) - len(a)), (b, penalty)
+        kw.pop("speculative")
+        assert steps == list(gen.generate_ids(batch, 20, **kw))
+    if drafter == "self":
+        assert total.acceptance == 1.0
+    elif drafter == "never_right":
+        assert total.proposed > 0 and total.accepted == 0
+    else:  # a repetition penalty of 1.3 keeps the text from repeating: prompt lookup's drafts pay without it
+        assert total.accepted > 0
+
+
 def test_text_api_stream_and_chat(token_data):
     from kr_mini_llm.data.tokenizer import Tokenizer
 
@@ -158,8 +191,6 @@ def test_bad_arguments(models, token_data):
                       (dict(speculative="draft"), "needs a draft model")):
         with pytest.raises(ValueError, match=match):
             gen.generate_ids([[5, 6]], 4, **kw)
-    with pytest.raises(ValueError, match="one prompt at a time"):
-        gen.generate_ids([[5, 6], [7, 8]], 4, speculative="prompt_lookup")
     with pytest.raises(ValueError, match="not this model's"):
         Generator(models["fp32"], Tok(512), "cpu", draft=Generator(tiny(), Tok(512, fingerprint="tok-b"), "cpu"))
 
@@ -255,15 +286,14 @@ def test_rejection_rule_keeps_p_for_any_q():
     """verify's first token is distributed as p, whatever q proposed the draft."""
     from kr_mini_llm.inference.speculative import _Sampling, verify
 
-    s = _Sampling(1.0, None, None, 1.0, V)
+    s = _Sampling(1.0, None, None, 1.0, V, [])
     p = torch.tensor([0.5, 0.2, 0.15, 0.1, 0.05])
     logits = torch.log(p).expand(2, V)
-    seen = torch.zeros(1, V, dtype=torch.bool)
     gen = torch.Generator().manual_seed(0)
     for q in (torch.tensor([0.05, 0.05, 0.1, 0.2, 0.6]), None):
         counts = torch.zeros(V)
         for _ in range(2500):
             d = int(torch.multinomial(q, 1, generator=gen)) if q is not None else 0
-            n, nxt = verify(s, logits, seen, [d], None if q is None else q.unsqueeze(0), gen)
+            n, nxt = verify(s, logits, [d], None if q is None else q.unsqueeze(0), gen)
             counts[d if n == 1 else nxt] += 1
         assert chi2.sf(float(((counts - 2500 * p) ** 2 / (2500 * p)).sum()), V - 1) > 1e-3
