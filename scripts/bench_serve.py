@@ -3,6 +3,7 @@
 
     python scripts/bench_serve.py                              # -> benchmarks/serve_cpu.md
     python scripts/bench_serve.py --model checkpoints/demo --concurrency 1,8 --requests 16 --output /tmp/s.md
+    python scripts/bench_serve.py --speculative prompt_lookup --num-draft-tokens 4   # + speculative columns
 
 The server runs as its own process (scripts/serve.py, --max-batch = the largest concurrency);
 clients are asyncio tasks speaking plain HTTP/1.1 with server-sent events. At each concurrency
@@ -14,6 +15,9 @@ tokens streamed, `data: [DONE]`, and the same text as when that prompt was serve
 (concurrency 1). Levels are interleaved over repeats; the table shows medians (by output tokens/s).
 It also reports output tokens per second of the server's CPU time, steadier on a shared machine,
 and the bare model's decode step at batch N against batch 1 (the ceiling for any batching).
+With --speculative, a second server (scripts/serve.py --speculative ...) serves the same requests,
+interleaved with the plain one, and three columns more show its output tokens/s, the ratio to
+the plain server's, and how many answers equal the plain server's (greedy: all of them should).
 
 Without --model, a random-weights model of --config (default: tiny, the `make demo` size) with
 a tokenizer trained on synthetic Korean text is written to a temporary directory.
@@ -57,10 +61,11 @@ def make_random_model(out: Path, config_name: str) -> Path:
     return save_model_dir(Transformer(config), out / f"random-{config_name}", tok)
 
 
-def start_server(model: Path, max_batch: int, threads: int | None) -> tuple[subprocess.Popen, str, int, str]:
-    """scripts/serve.py on a free port: (process, host, port, served model name)."""
+def start_server(model: Path, max_batch: int, threads: int | None,
+                 extra: list[str] = ()) -> tuple[subprocess.Popen, str, int, str]:
+    """scripts/serve.py (with `extra` arguments) on a free port: (process, host, port, served model name)."""
     cmd = [sys.executable, str(ROOT / "scripts" / "serve.py"), "--model", str(model), "--port", "0",
-           "--max-batch", str(max_batch), "--log-level", "warning", "--device", "cpu"]
+           "--max-batch", str(max_batch), "--log-level", "warning", "--device", "cpu", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
     line = proc.stdout.readline()  # serving 'NAME' on http://HOST:PORT  (...)
@@ -177,6 +182,9 @@ def main():
     p.add_argument("--max_tokens", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of the server (default: torch's)")
+    p.add_argument("--speculative", choices=["prompt_lookup"], default=None,
+                   help="also measure a server with this speculative decoding (extra columns)")
+    p.add_argument("--num-draft-tokens", dest="num_draft_tokens", type=int, default=4)
     p.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "serve_cpu.md")
     add_isa_argument(p)
     args = p.parse_args()
@@ -186,32 +194,43 @@ def main():
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or make_random_model(Path(tmp), args.config)
-        proc, host, port, name = start_server(model, max(levels), args.threads)
+        servers = {"plain": start_server(model, max(levels), args.threads)}
         try:
+            if args.speculative:
+                servers["spec"] = start_server(model, max(levels), args.threads, [
+                    "--speculative", args.speculative, "--num-draft-tokens", str(args.num_draft_tokens)])
             prompts = [f"요청 {i}: " + "오늘 날씨가 좋아서 " * (1 + i % 3) for i in range(args.requests)]
-            asyncio.run(run_level(host, port, name, prompts[:2], 1, 8))  # warm-up
-            runs = {c: [] for c in levels}
+            runs = {(kind, c): [] for kind in servers for c in levels}
+            for kind, (proc, host, port, name) in servers.items():
+                asyncio.run(run_level(host, port, name, prompts[:2], 1, 8))  # warm-up
             for r in range(args.repeats):
                 for c in levels:
-                    cpu0 = cpu_seconds(proc.pid)
-                    wall, res = asyncio.run(run_level(host, port, name, prompts, c, args.max_tokens))
-                    cpu1 = cpu_seconds(proc.pid)
-                    runs[c].append((wall, res, None if cpu0 is None else cpu1 - cpu0))
-                    print(f"repeat {r}: concurrency {c}: {wall:.2f} s", flush=True)
+                    for kind, (proc, host, port, name) in servers.items():
+                        cpu0 = cpu_seconds(proc.pid)
+                        wall, res = asyncio.run(run_level(host, port, name, prompts, c, args.max_tokens))
+                        cpu1 = cpu_seconds(proc.pid)
+                        runs[kind, c].append((wall, res, None if cpu0 is None else cpu1 - cpu0))
+                        print(f"repeat {r}: concurrency {c}: {kind}: {wall:.2f} s", flush=True)
         finally:
-            proc.terminate()
-            proc.wait(30)
+            for proc, *_ in servers.values():
+                proc.terminate()
+                proc.wait(30)
         ceiling = decode_step_ceiling(model, levels, args.threads, args.repeats)
 
-    solo = {i: res["text"] for wall, results, _ in runs[min(levels)] for i, res in enumerate(results)}
+    solo = {i: res["text"] for wall, results, _ in runs["plain", min(levels)] for i, res in enumerate(results)}
     rows, tps, cpu_tps = [], {}, {}
+
+    def tokens(run):
+        return sum((res["usage"] or {}).get("completion_tokens", 0) for res in run[1])
+
+    def median_run(kind, c):
+        return sorted(runs[kind, c], key=lambda run: tokens(run) / run[0])[len(runs[kind, c]) // 2]
+
     for c in levels:
-        def tokens(run):
-            return sum((res["usage"] or {}).get("completion_tokens", 0) for res in run[1])
-        wall, results, cpu = sorted(runs[c], key=lambda run: tokens(run) / run[0])[len(runs[c]) // 2]
+        wall, results, cpu = median_run("plain", c)
         out_tokens = tokens((wall, results))
         tps[c] = out_tokens / wall
-        cpus = [tokens(run) / run[2] for run in runs[c] if run[2]]
+        cpus = [tokens(run) / run[2] for run in runs["plain", c] if run[2]]
         cpu_tps[c] = statistics.median(cpus) if cpus else None
         complete = sum(res["status"] == 200 and res["done"] and res["finish"] in ("stop", "length")
                        and res["usage"] is not None for res in results)
@@ -225,6 +244,11 @@ def main():
                     f"| {per_cpu} | {ceiling[c] / ceiling[levels[0]]:.2f}x "
                     f"| {pct(ttft, .5) * 1e3:,.0f} | {pct(ttft, .95) * 1e3:,.0f} | {pct(lat, .5) * 1e3:,.0f} "
                     f"| {pct(lat, .95) * 1e3:,.0f} | {complete}/{len(results)} | {own}/{len(results)} |")
+        if args.speculative:
+            spec_wall, spec_results, _ = median_run("spec", c)
+            spec_tps = tokens((spec_wall, spec_results)) / spec_wall
+            same = sum(res["text"] == solo[i] for i, res in enumerate(spec_results))
+            rows[-1] += f" {spec_tps:,.1f} | {spec_tps / tps[c]:.2f}x | {same}/{len(spec_results)} |"
         print(rows[-1], flush=True)
 
     import torch
@@ -242,14 +266,20 @@ def main():
              "repeats (medians by output tokens/s).", "",
              "| clients | requests | requests/s | output tok/s | vs 1 client | tok per server CPU-s | vs 1 client "
              "| bare decode step, batch N vs 1 | TTFT p50 ms | TTFT p95 ms | latency p50 ms | latency p95 ms "
-             "| complete | own answer |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|", *rows, "",
+             "| complete | own answer |" + (" speculative output tok/s | vs plain | same answer |"
+                                             if args.speculative else ""),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|---|" if args.speculative else ""),
+             *rows, "",
              "bare decode step: tokens/s of the model's KV-cache decode step alone at batch N over batch 1, in "
              "the benchmark process after the server stopped: the most batching could give on this machine.",
              "tok per server CPU-s: output tokens per second of CPU time the server process used (user + system, "
              "all its threads), which a busy machine disturbs less than wall-clock throughput.",
              "complete: the stream ended with a finish_reason, a usage chunk and `data: [DONE]`. own answer: the "
              "text equals that prompt's answer when served alone (1 client); a difference would mean rows mixed."]
+    if args.speculative:
+        lines += ["", f"speculative: a second server with `--speculative {args.speculative} --num-draft-tokens "
+                  f"{args.num_draft_tokens}`, measured interleaved with the plain one; same answer: its text equals "
+                  "the plain server's answer to that prompt at 1 client (greedy, so it must)."]
     write_report(args.output, lines, start)
 
 

@@ -4,6 +4,7 @@
     python scripts/serve.py --model checkpoints/demo --adapter-path adapters/demo --max-batch 16
     KR_MINI_LLM_API_KEY=secret python scripts/serve.py --model checkpoints/demo --host 0.0.0.0
     python scripts/serve.py --model checkpoints/demo --allowed-hosts llm.example.com   # behind that name
+    python scripts/serve.py --model checkpoints/demo --speculative prompt_lookup --num-draft-tokens 4
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import os
 import socket
 from pathlib import Path
 
+from ..inference.speculative import check_speculative
 from .command import command
 
 log = logging.getLogger("kr_mini_llm.serve")
@@ -44,6 +46,16 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                    metavar="HOSTS", help="host names clients may use besides localhost, 127.0.0.1, [::1] and --host "
                    "(comma-separated or repeated; '*' allows any, '*.example.com' its subdomains). Other Host "
                    "headers are refused, so a web page cannot reach the server through DNS rebinding")
+    sp = p.add_argument_group("speculative decoding (docs/speculative.md): each running request drafts tokens "
+                              "and one batched forward verifies them; greedy answers and sampling's distribution "
+                              "stay those of plain decoding")
+    sp.add_argument("--speculative", choices=["prompt_lookup", "draft"], default=None,
+                    help="prompt_lookup: drafts from the request's own text; draft: from --draft-model")
+    sp.add_argument("--draft-model", "--draft_model", dest="draft_model", default=None,
+                    help="a smaller model with the same tokenizer (implies --speculative draft)")
+    sp.add_argument("--num-draft-tokens", "--num_draft_tokens", dest="num_draft_tokens", type=int, default=5,
+                    help="drafts per request and step (default 5)")
+    sp.add_argument("--ngram", type=int, default=3, help="prompt lookup: longest n-gram matched (default 3)")
     p.add_argument("--log-level", dest="log_level", default="info", choices=["debug", "info", "warning", "error"])
     return p
 
@@ -55,14 +67,25 @@ def parse_args(argv=None, prog: str | None = None):
         p.error(f"--max-batch must be >= 1, got {args.max_batch}")
     if not 0 <= args.port <= 65535:
         p.error(f"--port must be in 0..65535, got {args.port}")
+    if args.draft_model and args.speculative is None:
+        args.speculative = "draft"
+    if args.draft_model and args.speculative != "draft":
+        p.error(f"--draft-model drafts only with --speculative draft, not {args.speculative}")
+    try:
+        check_speculative(args.speculative, args.num_draft_tokens, args.ngram, args.draft_model is not None)
+    except ValueError as e:
+        p.error(str(e))
     return args
 
 
-def load_generator(model: str, adapter_path=None, dtype: str | None = None, device=None, tokenizer=None):
+def load_generator(model: str, adapter_path=None, dtype: str | None = None, device=None, tokenizer=None,
+                   draft_model=None):
     """Generator.from_pretrained, with `dtype` passed on only when the loader takes one."""
     from ..inference import Generator
 
     kwargs = dict(device=device, tokenizer_path=tokenizer, adapter_path=adapter_path)
+    if draft_model is not None:
+        kwargs["draft_model"] = draft_model
     if dtype is not None:
         if "dtype" in inspect.signature(Generator.from_pretrained).parameters:
             kwargs["dtype"] = dtype
@@ -118,10 +141,12 @@ def main(argv=None, prog: str | None = None) -> int:
     from ..serve.app import create_app
     from ..serve.engine import Engine
 
-    generator = load_generator(args.model, args.adapter_path, args.dtype, args.device, args.tokenizer)
+    generator = load_generator(args.model, args.adapter_path, args.dtype, args.device, args.tokenizer,
+                               args.draft_model)
     sock = _listen(args.host, args.port)
     name = args.served_model_name or Path(args.model).resolve().name
-    engine = Engine(generator, max_batch=args.max_batch)
+    engine = Engine(generator, max_batch=args.max_batch, speculative=args.speculative,
+                    num_draft_tokens=args.num_draft_tokens, ngram=args.ngram)
     app = create_app(engine, name, api_key=args.api_key, max_body_bytes=args.max_body_bytes,
                      allowed_hosts=allowed_hosts(args.host, args.allowed_hosts))
     if not _is_loopback(args.host) and not args.api_key:
@@ -129,8 +154,9 @@ def main(argv=None, prog: str | None = None) -> int:
                     args.host)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
+    spec = f", speculative {args.speculative} k={args.num_draft_tokens}" if args.speculative else ""
     print(f"serving '{name}' on http://{shown}:{port}  (chat page: /, API: /v1, max batch {args.max_batch}, "
-          f"context {engine.context_length}, device {generator.device})", flush=True)
+          f"context {engine.context_length}, device {generator.device}{spec})", flush=True)
     config = uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=5)
     try:
         uvicorn.Server(config).run(sockets=[sock])

@@ -9,10 +9,18 @@ a view of exactly those rows. One loop iteration:
              finished or cancelled requests leave, the busy rows behind them moving up
     decode   one forward of the model on [n, 1] new tokens, appending to the cache rows
 
-A request therefore joins the running batch at the next step and leaves it as soon as it is
-done. Sampling reuses inference/sampling.py exactly as the Generator calls it (same logits
-processing, a torch.Generator seeded per request), so a greedy or seeded answer is the
-Generator's for the same prompt and seed (up to float rounding differences between batch sizes).
+A request therefore joins the running batch at the next step and leaves it as soon as it is done.
+
+With speculative decoding (Engine(..., speculative="prompt_lookup"), inference/speculative.py),
+each row carries its own drafter and its drafts: the decode step is one forward of [n, S] tokens
+(each row's last token and its drafts, right-padded), and `sample` becomes verify: each row
+accepts a run of its drafts plus one token by the rule of speculative.py, its cache row is cut to
+what it accepted, and the run's tokens go out one by one exactly as plain steps would send them
+(a stop string, eos or max_tokens inside the run ends the request there).
+
+Sampling reuses inference/sampling.py exactly as the Generator calls it (same logits processing,
+a torch.Generator seeded per request), so a greedy or seeded answer is the Generator's for the
+same prompt and seed (up to float rounding differences between batch sizes).
 """
 from __future__ import annotations
 
@@ -28,7 +36,8 @@ import torch
 
 from ..errors import KrMiniLlmError
 from ..inference.sampling import (apply_frequency_presence_penalty, apply_repetition_penalty, is_greedy,
-                                  sample_next)
+                                  next_token_probs, sample_next)
+from ..inference.speculative import Drafter, SpeculativeStats, check_speculative, truncate_rows, verify, verify_step
 from ..model import KVCache
 from .text_stream import TextStream
 
@@ -131,7 +140,9 @@ def _deliver(items: list[tuple[Stream, Event]]) -> None:
 
 
 class _Sequence:
-    """A request while it holds a row: its tokens, its RNG and penalty state, its text stream."""
+    """A request while it holds a row: its tokens, its RNG and penalty state, its text stream, and
+    with speculative decoding its drafter and the drafts of the step in flight. It is the sampler
+    speculative.verify reads (`greedy`, `penalised`, `probs`)."""
 
     def __init__(self, prompt: list[int], params: SamplingParams, stream: Stream, tokenizer, vocab_size: int):
         self.prompt, self.params, self.stream = prompt, params, stream
@@ -147,22 +158,57 @@ class _Sequence:
         if params.frequency_penalty != 0.0 or params.presence_penalty != 0.0:
             self.counts = torch.zeros(1, vocab_size)
         self.last = prompt[-1]
+        self.tokens = list(prompt)  # the draft model catches up from these
+        self.drafter: Drafter | None = None
+        self.drafts: list[int] = []
+        self.q: torch.Tensor | None = None  # the drafter's distributions of the drafts (None: one-hot)
+
+    @property
+    def greedy(self) -> bool:
+        return is_greedy(self.params.temperature)
+
+    def penalised(self, logits: torch.Tensor, drafted: list[int] = ()) -> torch.Tensor:
+        """logits [1, V] of this row -> the logits it samples from, its penalties applied as if the
+        `drafted` tokens had been generated too, cut to the decodable ids [1, pieces]."""
+        p = self.params
+        logits = logits.float()
+        if self.seen is not None:
+            seen = self.seen
+            if drafted:
+                seen = seen.clone()
+                seen[0, list(drafted)] = True
+            logits = apply_repetition_penalty(logits, seen.to(logits.device), p.repetition_penalty)
+        if self.counts is not None:
+            counts = self.counts
+            if drafted:
+                counts = counts.clone()
+                for t in drafted:
+                    counts[0, t] += 1
+            logits = apply_frequency_presence_penalty(logits, counts.to(logits.device), p.frequency_penalty,
+                                                      p.presence_penalty)
+        return logits[:, :self.pieces].cpu()
+
+    def probs(self, logits: torch.Tensor) -> torch.Tensor:
+        return next_token_probs(logits, self.params.temperature, self.params.top_k, self.params.top_p)
 
     def sample(self, logits: torch.Tensor) -> int:
         """logits [1, V] of this row -> its next token, as Generator.generate_ids picks it."""
         p = self.params
-        logits = logits.float()
-        if self.seen is not None:
-            logits = apply_repetition_penalty(logits, self.seen.to(logits.device), p.repetition_penalty)
-        if self.counts is not None:
-            logits = apply_frequency_presence_penalty(logits, self.counts.to(logits.device), p.frequency_penalty,
-                                                      p.presence_penalty)
-        return int(sample_next(logits[:, :self.pieces].cpu(), p.temperature, p.top_k, p.top_p, self.gen)[0])
+        return int(sample_next(self.penalised(logits), p.temperature, p.top_k, p.top_p, self.gen)[0])
+
+    def draft(self, k: int) -> None:
+        """This row's drafts for the next step: at most k, and at most the tokens still to come minus
+        one (a step yields the accepted drafts and one token more)."""
+        self.drafts, self.q = self.drafter.propose(self.tokens, min(k, self.params.max_tokens - self.generated - 1),
+                                                   self, self.gen)
 
     def accept(self, token: int) -> Event | None:
         """Records the sampled token; returns the event to send (None when there is nothing new)."""
         self.generated += 1
         self.last = token
+        self.tokens.append(token)
+        if self.drafter is not None:
+            self.drafter.extend([token])
         if self.seen is not None:
             self.seen[0, token] = True
         if self.counts is not None:
@@ -187,11 +233,19 @@ class Engine:
     engine = Engine(generator, max_batch=8); engine.start()
     stream = engine.submit(prompt_ids, SamplingParams(max_tokens=64))   # from a running event loop
     async for event in stream: ...
+
+    speculative: None, "prompt_lookup" or "draft" (the generator's draft model, one draft cache per
+    request): up to `num_draft_tokens` drafts per row and step; prompt lookup matches `ngram` tokens.
     """
 
-    def __init__(self, generator, max_batch: int = 8):
+    def __init__(self, generator, max_batch: int = 8, speculative: str | None = None, num_draft_tokens: int = 5,
+                 ngram: int = 3):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        check_speculative(speculative, num_draft_tokens, ngram, getattr(generator, "draft", None) is not None)
+        self.speculative, self.num_draft_tokens, self.ngram = speculative, num_draft_tokens, ngram
+        self.draft = generator.draft if speculative == "draft" else None
+        self.stats = SpeculativeStats()  # drafts proposed and accepted, rows verified, tokens made
         self.model = generator.model
         self.tokenizer = generator.tokenizer
         self.device = generator.device
@@ -205,7 +259,7 @@ class Engine:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._outbox = _Outbox()
-        self._last_logits: torch.Tensor | None = None  # of the busy rows, from the last decode step
+        self._last_logits: torch.Tensor | None = None  # [n, S, V] of the busy rows, from the last decode step
 
     @property
     def context_length(self) -> int:
@@ -288,32 +342,59 @@ class Engine:
         if not self._rows:
             return
         # Only ids the tokenizer can decode (as Generator.generate_ids): a model may have more rows.
-        greedy = logits[:, :self.tokenizer.vocab_size].argmax(-1).tolist()
+        greedy = None if self.speculative else logits[:, 0, :self.tokenizer.vocab_size].argmax(-1).tolist()
         keep = []
         for i, seq in enumerate(self._rows):
             if seq.stream.cancelled:
                 continue
             try:
-                token = greedy[i] if seq.params.plain_greedy else seq.sample(logits[i:i + 1])
-                event = seq.accept(token)
-            except Exception as e:  # this request's sampling or decoding failed: end it alone
+                if self.speculative:
+                    run = self._verify(i, seq, logits[i])
+                else:
+                    run = [greedy[i] if seq.params.plain_greedy else seq.sample(logits[i, :1])]
+                finished = False
+                for token in run:  # one event per token, as plain steps send them
+                    event = seq.accept(token)
+                    if event is not None:
+                        self._outbox.add(seq.stream, event)
+                        finished = event.finish_reason is not None
+                        if finished:
+                            break
+                if self.speculative and not finished:
+                    seq.draft(self.num_draft_tokens)
+            except Exception as e:  # this request's sampling, decoding or drafting failed: end it alone
                 log.exception("sampling failed; ending that request only")
                 self._fail([seq], f"generation failed for this request: {type(e).__name__}: {e}")
                 continue
-            if event is not None:
-                self._outbox.add(seq.stream, event)
-            if event is None or event.finish_reason is None:
+            if not finished:
                 keep.append(i)
         self._release(keep)
         self._outbox.send()  # before the decode step: clients see this token while the next one is computed
         if self._rows:
             n = len(self._rows)
-            tokens = torch.tensor([[s.last] for s in self._rows], device=self.device)
-            self._last_logits = self.model(tokens, kv_cache=self.cache.rows(0, n), last_logits_only=True)[:, -1]
+            self._last_logits, drafts = verify_step(self.model, self.cache.rows(0, n), [s.last for s in self._rows],
+                                                    [s.drafts for s in self._rows], self.device)
+            for seq, d in zip(self._rows, drafts):  # cut where the padded step would not fit the cache
+                if len(d) < len(seq.drafts):
+                    seq.drafts, seq.q = d, None if seq.q is None else seq.q[:len(d)]
+
+    def _verify(self, i: int, seq: _Sequence, logits: torch.Tensor) -> list[int]:
+        """Row i's run of new tokens from its logits [S, V]: the drafts it accepts and one more. Its
+        cache row keeps the last token and the accepted drafts."""
+        if seq.drafter is None:  # the first step of a request (from its prefill)
+            seq.drafter = Drafter(self.speculative, seq.prompt, self.ngram, self.draft,
+                                  len(seq.prompt) + seq.params.max_tokens)
+        n, nxt = verify(seq, logits, seq.drafts, seq.q, seq.gen)
+        truncate_rows(self.cache.rows(i, i + 1), [len(seq.prompt) + seq.generated + n])
+        self.stats.rounds += 1
+        self.stats.proposed += len(seq.drafts)
+        self.stats.accepted += n
+        self.stats.tokens += n + 1
+        return seq.drafts[:n] + [nxt]
 
     def _admit(self, logits: torch.Tensor | None) -> torch.Tensor | None:
         """Prefills queued requests into free rows, all in one forward (right-padded to the longest
-        prompt); returns the logits of all busy rows [n, V]."""
+        prompt); returns the logits of all busy rows [n, S, V]."""
         new: list[_Sequence] = []
         with self._wake:
             while self._queue and len(self._rows) + len(new) < self.max_batch:
@@ -330,7 +411,7 @@ class Engine:
             ids[i, :len(s.prompt)] = torch.tensor(s.prompt)
         view.lens.zero_()
         try:
-            out = self.model(ids.to(self.device), kv_cache=view, logits_at=lengths - 1)[:, -1]
+            out = self.model(ids.to(self.device), kv_cache=view, logits_at=lengths - 1)  # [m, 1, V]
         except Exception as e:  # these requests fail; the running ones go on
             log.exception("prefill failed")
             self._fail(new, f"prefill failed: {e}")
@@ -338,7 +419,10 @@ class Engine:
         # Each row holds its own prompt; the padding K/V past it is overwritten by the next tokens.
         view.lens.copy_(lengths.to(view.lens.device))
         self._rows.extend(new)
-        return out if logits is None else torch.cat([logits, out])
+        if logits is None:
+            return out
+        # The running rows' logits of a speculative step have S positions; new rows read only the first.
+        return torch.cat([logits, out.expand(-1, logits.shape[1], -1)])
 
     def _release(self, keep: list[int]) -> None:
         """Keeps rows `keep` (ascending), moving them down so the busy rows stay 0 .. n-1."""

@@ -55,9 +55,10 @@ def generator(model_dir):
     return Generator.from_pretrained(model_dir, device="cpu")
 
 
-def serve(generator, max_batch=8, step_delay=0.0, model_name=MODEL, **app_kwargs):
-    """A LiveServer for `generator`; with step_delay, every model call sleeps first (a slow model)."""
-    engine = Engine(generator, max_batch=max_batch)
+def serve(generator, max_batch=8, step_delay=0.0, model_name=MODEL, engine_kwargs=None, **app_kwargs):
+    """A LiveServer for `generator`; with step_delay, every model call sleeps first (a slow model);
+    engine_kwargs: more Engine settings (speculative decoding)."""
+    engine = Engine(generator, max_batch=max_batch, **(engine_kwargs or {}))
     if step_delay:
         model = engine.model
 

@@ -35,6 +35,9 @@ def test_serves_on_loopback_by_default_and_stops_cleanly(model_dir):
     (["--model", "/nonexistent/model"], "error: "),
     (["--max-batch", "0"], "--max-batch must be >= 1"),
     (["--port", "70000"], "--port must be in 0..65535"),
+    (["--speculative", "prompt_lookup", "--num-draft-tokens", "0"], "num_draft_tokens must be a whole number"),
+    (["--speculative", "draft"], "needs a draft model"),
+    (["--speculative", "prompt_lookup", "--draft-model", "/some/model"], "drafts only with --speculative draft"),
 ])
 def test_bad_arguments_are_one_clear_line(model_dir, args, message, capsys):
     if "--model" not in args:
