@@ -1,4 +1,5 @@
-"""`kr-mini-llm lora` / `scripts/lora.py` / `python -m kr_mini_llm.lora`: fine-tuning (LoRA, DoRA or full) with mlx-lm's flags.
+"""Fine-tuning (LoRA, DoRA or full) with mlx-lm's flags: `kr-mini-llm lora` = `scripts/lora.py`
+= `python -m kr_mini_llm.lora`.
 
     python scripts/lora.py --model checkpoints/demo --train --data data/sft --iters 200 \\
         --batch-size 4 --num-layers 4 --learning-rate 1e-4 --mask-prompt --adapter-path adapters/demo

@@ -1,4 +1,5 @@
-"""`kr-mini-llm serve` / `scripts/serve.py` / `python -m kr_mini_llm.serve`: load a model as the Generator does and serve it.
+"""Load a model as the Generator does and serve it: `kr-mini-llm serve` = `scripts/serve.py`
+= `python -m kr_mini_llm.serve`.
 
     python scripts/serve.py --model checkpoints/demo                  # http://127.0.0.1:8000
     python scripts/serve.py --model checkpoints/demo --adapter-path adapters/demo --max-batch 16

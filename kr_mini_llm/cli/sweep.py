@@ -62,7 +62,8 @@ def main(argv=None, prog=None) -> int:
     try:
         import optuna  # noqa: F401
     except ImportError:
-        raise KrMiniLlmError("the sweep needs Optuna: pip install 'kr-mini-llm[sweep]' (or pip install optuna)") from None
+        raise KrMiniLlmError("the sweep needs Optuna: pip install 'kr-mini-llm[sweep]' "
+                             "(or pip install optuna)") from None
     from ..sweep.report import write_report
     from ..sweep.space import SpaceError, check_against, load_space
     from ..sweep.study import check_budget, check_study, run_sweep
