@@ -40,7 +40,9 @@ from kr_mini_llm.data.tokenizer import Tokenizer, train_tokenizer  # noqa: E402
 from kr_mini_llm.eval.ood import locate_ood  # noqa: E402
 from kr_mini_llm.eval.test_split import split_documents  # noqa: E402
 from kr_mini_llm.eval.tokenizer_stats import tokenizer_stats  # noqa: E402
-from kr_mini_llm.io.outputs import OutputError, add_overwrite_flag, claim_output  # noqa: E402
+from kr_mini_llm.cli.command import command  # noqa: E402
+from kr_mini_llm.errors import KrMiniLlmError  # noqa: E402
+from kr_mini_llm.io.outputs import add_overwrite_flag, claim_output  # noqa: E402
 
 SPLITS = ("train", "valid", "test")
 
@@ -69,14 +71,14 @@ def check_inputs(args) -> None:
     """Bad input stops here, before any tokenizer is trained."""
     missing = [s for s in SPLITS if not (Path(args.processed) / f"{s}.txt").is_file()]
     if missing:
-        sys.exit(f"error: --processed {args.processed}: no {', '.join(m + '.txt' for m in missing)}; "
-                 "make them with scripts/prepare_data.py")
+        raise KrMiniLlmError(f"--processed {args.processed}: no {', '.join(m + '.txt' for m in missing)}; "
+                             "make them with scripts/prepare_data.py")
     small = [v for v in args.vocab_sizes if v < 300]
     if small:
-        sys.exit(f"error: --vocab-sizes {small}: a vocabulary holds 6 special tokens and 256 byte pieces; "
-                 "use 300 or more")
+        raise KrMiniLlmError(f"--vocab-sizes {small}: a vocabulary holds 6 special tokens and 256 byte pieces; "
+                             "use 300 or more")
     if args.minutes <= 0:
-        sys.exit(f"error: --minutes must be > 0, got {args.minutes}")
+        raise KrMiniLlmError(f"--minutes must be > 0, got {args.minutes}")
 
 
 def study_one(model_type: str, vocab: int, args, work: Path, texts: dict, model_cfg, keys: dict) -> dict:
@@ -86,8 +88,8 @@ def study_one(model_type: str, vocab: int, args, work: Path, texts: dict, model_
         path = train_tokenizer([Path(args.processed) / "train.txt"], vocab, work / name, model_type=model_type,
                                log_level=2)
     except RuntimeError as e:   # SentencePiece: e.g. a vocabulary larger than the corpus allows
-        sys.exit(f"error: --vocab-sizes {vocab} ({model_type}): SentencePiece cannot train it on "
-                 f"{args.processed}/train.txt: {e}")
+        raise KrMiniLlmError(f"--vocab-sizes {vocab} ({model_type}): SentencePiece cannot train it on "
+                             f"{args.processed}/train.txt: {e}") from e
     seconds = time.perf_counter() - t0
     tok = Tokenizer(path)
     out = {"type": model_type, "vocab": vocab, "tokenizer_s": seconds,
@@ -123,13 +125,10 @@ def table(results: list[dict]) -> list[str]:
     return lines
 
 
+@command()
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        claim_output(args.output, overwrite=args.overwrite, inputs=[args.processed, args.ood], is_dir=False)
-    except OutputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    claim_output(args.output, overwrite=args.overwrite, inputs=[args.processed, args.ood], is_dir=False)
     check_inputs(args)
     if args.threads:
         torch.set_num_threads(args.threads)
