@@ -1,7 +1,10 @@
-"""Device choice (cuda -> mps -> cpu) and the mixed-precision dtype that suits it."""
+"""Device choice (cuda -> mps -> cpu), the mixed-precision dtype that suits it, and the peak memory
+of this process on a device (for the log lines, "Peak mem 1.234 GB") or of a piece of code
+(`allocated_peak_bytes`)."""
 from __future__ import annotations
 
 import functools
+import sys
 
 import torch
 
@@ -177,3 +180,48 @@ def precision_choice(device: torch.device, mixed_precision: bool, precision: str
 def apply_memory_limit(device: torch.device, fraction: float) -> None:
     if device.type == "mps":
         torch.mps.set_per_process_memory_fraction(fraction)
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """CUDA: peak allocated by torch; MPS: memory the driver holds now; CPU: peak resident set
+    size of the process (everything it ever held at once, weights included)."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    if device.type == "mps":
+        return int(torch.mps.driver_allocated_memory())
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)  # bytes on macOS, KiB on Linux
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    return peak_memory_bytes(device) / 1e9
+
+
+def allocated_peak_bytes(fn, device: torch.device | str = "cpu") -> int:
+    """Peak of the bytes torch allocates on `device` while fn() runs, above what was allocated
+    before. CUDA: the caching allocator's statistics; CPU: the allocation and free events of
+    the profiler's memory tracking (exact, whatever else the machine runs, unlike resident set
+    size, which counts the allocator's slack and the libraries too)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return int(torch.cuda.max_memory_allocated(device) - base)
+    if device.type != "cpu":
+        raise ValueError(f"allocated_peak_bytes: no allocator statistics for {device.type}; use cpu or cuda")
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU)
+    now = peak = 0
+    for _, nbytes in events:
+        now += nbytes
+        peak = max(peak, now)
+    return int(peak)

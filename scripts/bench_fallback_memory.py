@@ -21,7 +21,7 @@ import torch.nn.functional as F  # noqa: E402
 from bench_common import environment, write_report  # noqa: E402
 
 from kr_mini_llm import ops  # noqa: E402
-from kr_mini_llm.training.memory import allocated_peak_bytes  # noqa: E402
+from kr_mini_llm.device import allocated_peak_bytes  # noqa: E402
 
 MiB = 2 ** 20
 

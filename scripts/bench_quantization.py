@@ -31,7 +31,8 @@ from kr_mini_llm.data.tokenizer import Tokenizer  # noqa: E402
 from kr_mini_llm.inference import Generator  # noqa: E402
 from kr_mini_llm.inference.decode_model import DecodeModel  # noqa: E402
 from kr_mini_llm.ops.decode_linear import kernel_description  # noqa: E402
-from kr_mini_llm.training.checkpoint import load_checkpoint, resolve_checkpoint  # noqa: E402
+from kr_mini_llm.checkpoint import resolve_checkpoint  # noqa: E402
+from kr_mini_llm.training import load_checkpoint  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

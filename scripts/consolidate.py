@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from kr_mini_llm.cli.command import command
-from kr_mini_llm.training.sharded_checkpoint import consolidate_checkpoint
+from kr_mini_llm.training.run_checkpoint import consolidate_checkpoint
 
 
 @command(FileNotFoundError)

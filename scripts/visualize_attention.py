@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     if args.font and not Path(args.font).is_file():
         raise FileNotFoundError(f"--font {args.font!r} not found")
     from kr_mini_llm.inference import Generator
-    from kr_mini_llm.training.checkpoint import CheckpointError
+    from kr_mini_llm.checkpoint import CheckpointError
 
     try:
         # ops_impl="reference": the Transformer on the reference ops, whose attention is recorded

@@ -1,10 +1,11 @@
-"""The import graph runs one way: csrc -> ops -> model -> training/inference/serving -> scripts.
-A module of ops/ or model/ that imports a higher layer would make the kernels depend on the trainer."""
+"""The import graph runs one way: csrc -> ops -> model -> checkpoint -> training/inference/serving -> cli.
+A module of ops/ or model/ that imports a higher layer would make the kernels depend on the trainer;
+one of inference/eval/export/serve that imports training/ would load models through the trainer."""
 import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "kr_mini_llm"
-HIGHER = ("training", "inference", "serve", "lora", "export", "eval", "cli")
+HIGHER = ("checkpoint", "training", "inference", "serve", "lora", "export", "eval", "cli")
 
 
 def imported_packages(path: Path) -> set[str]:
@@ -65,3 +66,99 @@ def assert_no_circle(graph: dict) -> None:
 
     for name in sorted(graph):
         visit(name)
+
+
+# -- model loading goes through checkpoint/, a layer below training/ ----------------------------
+# training -> checkpoint -> ops/model/io/data.tokenizer; inference, eval, export and serve load
+# models through checkpoint.load_model_dir and never need the trainer.
+MODEL_LOADING_LAYERS = ("inference", "eval", "export", "serve")
+CHECKPOINT_MAY_IMPORT = ("checkpoint", "ops", "model", "io", "device", "errors", "_version", "data.tokenizer")
+
+
+def module_file(name: str) -> Path | None:
+    """The file of the kr_mini_llm module `name` ("training.trainer"; "" is kr_mini_llm itself)."""
+    base = PACKAGE.joinpath(*name.split(".")) if name else PACKAGE
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def module_imports(path: Path) -> set[str]:
+    """The kr_mini_llm modules that importing `path` runs, by name below kr_mini_llm: what it
+    imports, lazy imports inside functions included, and the packages above each (their __init__)."""
+    package = path.relative_to(PACKAGE).parts[:-1]
+    named = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[:len(package) - node.level + 1] if node.level <= len(package) + 1 else None
+                module = node.module
+            elif node.module == "kr_mini_llm" or (node.module or "").startswith("kr_mini_llm."):
+                base, module = (), node.module[len("kr_mini_llm."):] if "." in node.module else None
+            else:
+                continue
+            if base is None:
+                continue
+            target = ".".join([*base, *([module] if module else [])])
+            named.add(target)
+            named |= {f"{target}.{a.name}" if target else a.name for a in node.names}  # `from . import x`
+        elif isinstance(node, ast.Import):
+            named |= {a.name.split(".", 1)[1] for a in node.names if a.name.startswith("kr_mini_llm.")}
+    found = set()
+    for name in named:
+        pieces = name.split(".")
+        found |= {".".join(pieces[:i]) for i in range(1, len(pieces) + 1)}
+    return {name for name in found if module_file(name) is not None}
+
+
+def import_chains(start: str) -> dict[str, str | None]:
+    """Every kr_mini_llm module that importing `start` may run (following lazy imports too), each
+    with the module that imports it (None for `start`)."""
+    parent, todo = {start: None}, [start]
+    while todo:
+        name = todo.pop()
+        for imported in sorted(module_imports(module_file(name))):
+            if imported not in parent:
+                parent[imported] = name
+                todo.append(imported)
+    return parent
+
+
+def chain_to(parent: dict, name: str) -> str:
+    steps = [name]
+    while parent[steps[-1]] is not None:
+        steps.append(parent[steps[-1]])
+    return " -> ".join(reversed(steps))
+
+
+def test_model_loading_layers_never_import_training():
+    offenders = {}
+    for layer in MODEL_LOADING_LAYERS:
+        for path in sorted((PACKAGE / layer).rglob("*.py")):
+            if path.name == "__main__.py":  # `python -m kr_mini_llm.serve` runs the command line, the top layer
+                continue
+            parent = import_chains(module_name(path))
+            reached = sorted(n for n in parent if n.split(".")[0] == "training")
+            if reached:
+                offenders[module_name(path)] = chain_to(parent, reached[0])
+    assert offenders == {}, f"these modules reach training/ (load models through checkpoint/): {offenders}"
+
+
+def test_checkpoint_imports_no_higher_layer():
+    def allowed(name: str) -> bool:
+        return name in ("", "data") or any(name == a or name.startswith(a + ".") for a in CHECKPOINT_MAY_IMPORT)
+
+    offenders = {}
+    for path in sorted((PACKAGE / "checkpoint").rglob("*.py")):
+        parent = import_chains(module_name(path))
+        beyond = sorted(n for n in parent if not allowed(n))
+        if beyond:
+            offenders[module_name(path)] = chain_to(parent, beyond[0])
+    assert (PACKAGE / "checkpoint" / "__init__.py").is_file()
+    assert offenders == {}, f"checkpoint/ may import only {CHECKPOINT_MAY_IMPORT}: {offenders}"

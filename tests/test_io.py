@@ -1,4 +1,4 @@
-"""io/: the atomic writes every writer uses, and training.checkpoint.load_model, the one loader of
+"""io/: the atomic writes every writer uses, and checkpoint.load_model, the one loader of
 a model directory (checkpoint, output directory, sharded checkpoint, HF directory)."""
 import ast
 from pathlib import Path
@@ -10,7 +10,8 @@ from kr_mini_llm import Transformer, TransformerConfig
 from kr_mini_llm.io import layout
 from kr_mini_llm.io.atomic import atomic_write, atomic_write_text, staged_directory
 from kr_mini_llm.training import TrainingConfig
-from kr_mini_llm.training.checkpoint import CheckpointError, load_model, save_checkpoint
+from kr_mini_llm.checkpoint import CheckpointError, load_model
+from kr_mini_llm.training.run_checkpoint import save_checkpoint
 from kr_mini_llm.training.optim import build_optimizer
 
 from .test_import_layers import assert_no_circle
@@ -77,7 +78,7 @@ def _same_weights(a, b):
 
 
 def test_load_model_reads_a_checkpoint_an_output_dir_a_sharded_checkpoint_and_a_hf_dir(tmp_path):
-    from kr_mini_llm.training.sharded_checkpoint import _dcp_save
+    from kr_mini_llm.checkpoint.sharded import save_shards as _dcp_save
 
     model, optimizer, run = _saved(tmp_path)
     ckpt = run / layout.checkpoint_name(3)
@@ -117,11 +118,12 @@ def _imports(path: Path) -> set[str]:
 
 
 def test_checkpoint_modules_import_one_way():
-    training = PACKAGE / "training"
-    assert "sharded_checkpoint" in _imports(training / "checkpoint.py")
-    # No circle among training/'s modules, lazy imports inside functions included.
-    graph = {f.stem: _imports(f) for f in training.glob("*.py")}
-    assert_no_circle(graph)
+    checkpoint = PACKAGE / "checkpoint"
+    assert "sharded" in _imports(checkpoint / "store.py")
+    # No circle among checkpoint/'s or training/'s modules, lazy imports inside functions included.
+    for package in (checkpoint, PACKAGE / "training"):
+        graph = {f.stem: _imports(f) for f in package.glob("*.py")}
+        assert_no_circle(graph)
     for module in ("atomic.py", "layout.py"):  # io/ sits below every other subpackage
         assert not any(n.level >= 2 for n in ast.walk(ast.parse((PACKAGE / "io" / module).read_text()))
                        if isinstance(n, ast.ImportFrom))

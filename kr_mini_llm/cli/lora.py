@@ -138,7 +138,7 @@ def load_base_for_run(cfg):
 
 
 def _train(cfg, base, train_set, valid_set, args, trainer_class=None):
-    from ..training.checkpoint import resolve_checkpoint
+    from ..checkpoint import resolve_checkpoint
     from ..training.trainer import TrainingStopped
     from ..lora.trainer import LoRATrainer
 
@@ -174,7 +174,7 @@ def describe_run(cfg, trainer, base) -> None:
 
 def _load_for_test(cfg, base):
     from ..device import pick_device
-    from ..training.checkpoint import list_checkpoints, load_model
+    from ..checkpoint import list_checkpoints, load_model
     from ..lora.adapters import load_adapters
 
     device = pick_device(cfg.device)

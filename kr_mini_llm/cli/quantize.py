@@ -44,7 +44,7 @@ def main(argv=None, prog=None) -> int:
     from ..inference.packed import INT4_GROUP_SIZE
     from ..inference.saved import save_inference_model
     from ..io import layout
-    from ..training.checkpoint import load_model
+    from ..checkpoint import load_model
 
     if args.group_size is not None and args.dtype == "bf16":
         raise KrMiniLlmError("--group_size applies to --dtype int8 and int4 only")

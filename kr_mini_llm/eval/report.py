@@ -32,8 +32,9 @@ MODEL_FILES = (layout.MODEL_WEIGHTS, layout.MODEL_CONFIG, layout.TOKENIZER)
 
 
 def _load(model_dir, device):
+    from ..checkpoint import CheckpointError, TokenizerPairingError, load_model_dir, resolve_checkpoint
+    from ..device import pick_device
     from ..inference import Generator
-    from ..training.checkpoint import CheckpointError, resolve_checkpoint
 
     try:
         ckpt = resolve_checkpoint(model_dir)
@@ -46,13 +47,9 @@ def _load(model_dir, device):
             hint += "; it is a sharded (FSDP) checkpoint: consolidate it first with scripts/consolidate.py"
         raise EvalError(f"--model {str(model_dir)!r}: checkpoint {str(ckpt)!r} lacks {', '.join(missing)}{hint}")
     # The Transformer itself (not the packed decode weights): the test loss needs its fused loss.
-    from ..training.checkpoint import load_model, model_tokenizer
-    from ..device import pick_device
-
-    model, _ = load_model(ckpt)
     try:
-        tok = model_tokenizer(ckpt, model.config.vocab_size)
-    except CheckpointError as e:
+        model, tok, _ = load_model_dir(ckpt)
+    except TokenizerPairingError as e:
         raise EvalError(f"--model {str(model_dir)!r}: {e}") from None
     device = pick_device(device or "auto")
     return ckpt, Generator(model.to(device).eval(), tok, device)
@@ -113,7 +110,7 @@ def evaluate_models(model_dirs, tokens=None, test_text=None, ood: OodText | Call
     callable is called once the models and the split are checked: locate_ood may download)."""
     split = TestSplit.find(tokens, test_text)
     # Check every model directory before spending time on the first.
-    from ..training.checkpoint import resolve_checkpoint
+    from ..checkpoint import resolve_checkpoint
 
     for d in model_dirs:
         try:

@@ -16,7 +16,7 @@ def _measure(model_dir: str, prompt_ids: list[int], new_tokens: int, repeats: in
     import torch
 
     from ..inference import Generator
-    from ..training.memory import peak_memory_bytes
+    from ..device import peak_memory_bytes
 
     if threads:
         torch.set_num_threads(threads)

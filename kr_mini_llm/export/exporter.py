@@ -44,7 +44,7 @@ def load_for_export(model_dir, adapter_path=None, tokenizer=None):
     from ..lora.adapters import load_adapters
     from ..lora.apply import fuse_lora
     from ..lora.base import load_base_model
-    from ..training import CheckpointError
+    from ..checkpoint import CheckpointError
 
     try:
         base = load_base_model(model_dir, tokenizer)

@@ -53,8 +53,8 @@ class Generator:
                         dtype: str | None = None, group_size: int | None = None,
                         draft_model: str | Path | None = None) -> "Generator":
         """A checkpoint directory, an output directory (its latest checkpoint), a sharded (dcp/)
-        checkpoint, a HF Llama/Qwen3 directory (training.checkpoint.load_model reads all four), or an
-        inference directory of scripts/quantize.py.
+        checkpoint, a HF Llama/Qwen3 directory, or an inference directory of scripts/quantize.py
+        (checkpoint.load_model_dir reads them all, with the tokenizer the model was trained with).
 
         dtype: the weights to decode with, "fp32", "bf16", "int8" or "int4" (int8: symmetric, per
         group of `group_size` inputs, None = per output channel; int4: Q4_0's rule per group of
@@ -65,7 +65,7 @@ class Generator:
         draft_model: a second model (any of the forms above) for speculative="draft", loaded the
         same way (an inference directory in its own dtype); its tokenizer must be this one's.
         """
-        from ..training.checkpoint import load_model, model_tokenizer
+        from ..checkpoint import load_model_dir
         from .saved import is_inference_dir, load_inference_model
 
         if dtype is not None:
@@ -75,13 +75,11 @@ class Generator:
 
             device = pick_device("auto")
         on_cpu = torch.device(device).type == "cpu"
-        if is_inference_dir(path):
-            if not on_cpu or adapter_path is not None:
-                raise ValueError(f"{path} holds packed inference weights: they run on the CPU, without adapters")
-            ckpt = Path(path)
-            model = load_inference_model(ckpt, dtype)
-        else:
-            model, ckpt = load_model(path, ops_impl)
+        if is_inference_dir(path) and (not on_cpu or adapter_path is not None):
+            raise ValueError(f"{path} holds packed inference weights: they run on the CPU, without adapters")
+        model, tokenizer, kind = load_model_dir(path, tokenizer_path, ops_impl=ops_impl,
+                                                load_quantized=lambda p: load_inference_model(p, dtype))
+        if kind != "quantized":
             if adapter_path is not None:
                 from ..lora.adapters import load_adapters
 
@@ -97,7 +95,7 @@ class Generator:
         if draft_model is not None:
             draft = cls.from_pretrained(draft_model, device, ops_impl=ops_impl, group_size=group_size,
                                         dtype=None if is_inference_dir(draft_model) else dtype)
-        return cls(model, model_tokenizer(ckpt, model.config.vocab_size, tokenizer_path), device, draft)
+        return cls(model, tokenizer, device, draft)
 
     # -- public API ------------------------------------------------------------------------------
     def generate(self, prompt: str | list[str], max_new_tokens: int = 100, temperature: float = 0.8,

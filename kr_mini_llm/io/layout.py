@@ -4,7 +4,7 @@ directory a path is. Other modules say `layout.MODEL_WEIGHTS`, never the string.
 output_dir/                         what scripts/train.py writes
   config.yaml                       the training config the run started with
   metrics.jsonl  loss_curve.png
-  checkpoint-STEP/                  one checkpoint (training/checkpoint.py)
+  checkpoint-STEP/                  one checkpoint (checkpoint/store.py, training/run_checkpoint.py)
     model.safetensors  optimizer.pt  rng.pt  trainer_state.json  config.yaml  model_config.yaml
     tokenizer.model  checksums.json
     dcp/                            FSDP runs: sharded model + optimizer instead of the first two

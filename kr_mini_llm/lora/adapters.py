@@ -26,7 +26,7 @@ import torch
 from ..io.atomic import atomic_write
 from ..io.layout import ADAPTER_CONFIG as CONFIG_NAME
 from ..io.layout import ADAPTER_WEIGHTS as WEIGHTS_NAME
-from ..training import integrity
+from ..checkpoint import integrity
 from .apply import ADAPTER_TYPES, LoRAError, LoRAParameters, apply_lora, lora_modules, lora_state_dict
 
 

@@ -19,23 +19,19 @@ class BaseModel:
 
 def load_base_model(path: str | os.PathLike, tokenizer: str | os.PathLike | None = None,
                     ops_impl: str = "fused") -> BaseModel:
-    """training.checkpoint.load_model, with the errors a fine-tune's --model flag should give."""
-    from ..training.checkpoint import CheckpointError, load_model, model_tokenizer, resolve_checkpoint
+    """checkpoint.load_model_dir, with the errors a fine-tune's --model flag should give."""
+    from ..checkpoint import NoCheckpointError, TokenizerPairingError, load_model_dir
 
     path = Path(path)
     if not path.exists():
         raise LoRAError(f"--model {path}: no such directory (give a checkpoint or output directory of "
                         "scripts/train.py, or a HF Llama/Qwen3 directory)")
-    kind = "hf" if layout.is_hf_dir(path) else "checkpoint"
-    if kind == "checkpoint":
-        try:
-            resolve_checkpoint(path)
-        except CheckpointError as e:
-            raise LoRAError(f"--model {path}: neither a kr-mini-llm checkpoint nor a HF model directory "
-                            f"(no {layout.HF_CONFIG}): {e}") from None
-    model, source = load_model(path, ops_impl)
     try:
-        tok = model_tokenizer(source, model.config.vocab_size, tokenizer)
-    except CheckpointError as e:
+        loaded = load_model_dir(path, tokenizer, ops_impl=ops_impl)
+    except NoCheckpointError as e:
+        raise LoRAError(f"--model {path}: neither a kr-mini-llm checkpoint nor a HF model directory "
+                        f"(no {layout.HF_CONFIG}): {e}") from None
+    except TokenizerPairingError as e:
         raise LoRAError(str(e)) from None
-    return BaseModel(model, tok.path, source, kind)
+    model, tok, kind = loaded
+    return BaseModel(model, tok.path, loaded.source, kind)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..io import layout
 from ..io.atomic import staged_directory
-from ..training import integrity
+from ..checkpoint import integrity
 from .adapters import CONFIG_NAME, load_adapters
 from .apply import LoRAError, fuse_lora, lora_modules
 

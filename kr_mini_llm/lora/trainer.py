@@ -21,9 +21,10 @@ import torch
 
 from ..io.outputs import OutputError, check_not_input
 from ..data.sft import SFTBatches, SFTDataset, eval_batches
-from ..training.checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoint, rng_state, set_rng_state
+from ..checkpoint import list_checkpoints, resolve_checkpoint
+from ..device import peak_memory_gb
 from ..training import optim
-from ..training.memory import peak_memory_gb
+from ..training.run_checkpoint import load_checkpoint, rng_state, set_rng_state
 from ..training.task import RunContext, TaskBuild, TrainingTask, check_resumable
 from ..training.trainer import Trainer
 from .adapters import (WEIGHTS_NAME, load_adapter_weights, load_training_state, model_fingerprint, numbered_name,

@@ -8,7 +8,7 @@ CPU and on MPS, and the model is wrapped for `train.distributed`:
   ddp   DistributedDataParallel (the default when WORLD_SIZE > 1); checkpoints as one process writes them.
   fsdp  FSDP2: `fully_shard` on every block and on the root, optional CPU offload (CUDA only) and
         mixed-precision policy (bf16/fp16 compute, fp32 gradient reduction); sharded DCP checkpoints
-        (see sharded_checkpoint.py).
+        (see run_checkpoint.py and checkpoint/sharded.py).
 
 Failures: `agree()` lets a rank-local step (reading data, loading a checkpoint) end every rank with
 the failing rank's message instead of leaving the others waiting in a collective; the collective
@@ -23,6 +23,7 @@ import os
 import torch
 
 from ..model.config import ConfigError
+from .run_checkpoint import save_checkpoint, save_sharded_checkpoint
 
 
 class RankFailedError(RuntimeError):
@@ -254,18 +255,15 @@ class DistributedContext:
     def save_checkpoint(self, output_dir, step, model, optimizer, trainer_state, train_config, model_config,
                         tokenizer_path=None, keep=None):
         """The ordinary checkpoint, written by rank 0 (DDP replicas are identical), or a sharded DCP
-        checkpoint written by every rank (FSDP). Returns the path on rank 0, None elsewhere."""
+        checkpoint written by every rank (FSDP): the one place that picks between the two writers of
+        run_checkpoint.py. Returns the path on rank 0, None elsewhere."""
         state = {**trainer_state, "world_size": self.world_size, "distributed": self.mode}
         if self.sharded:
-            from .checkpoint import save_sharded_checkpoint
-
-            return save_sharded_checkpoint(self, output_dir, step, model, optimizer, state, train_config,
-                                           model_config, tokenizer_path, keep)
+            return save_sharded_checkpoint(output_dir, step, model, optimizer, state, train_config, model_config,
+                                           tokenizer_path, keep, is_main=self.is_main, barrier=self.barrier)
         path = None
         with self.agree(f"saving checkpoint-{step}"):
             if self.is_main:
-                from .checkpoint import save_checkpoint
-
                 path = save_checkpoint(output_dir, step, model, optimizer, state, train_config, model_config,
                                        tokenizer_path, keep=keep)
         return path

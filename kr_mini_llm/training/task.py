@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 
 from ..io import layout
-from .checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
+from ..checkpoint import CheckpointError, resolve_checkpoint
 from .distributed import check_global_batch
 from .optim import build_optimizer
+from .run_checkpoint import load_checkpoint
 
 if TYPE_CHECKING:
     from ..model import TransformerConfig

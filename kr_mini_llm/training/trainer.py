@@ -21,7 +21,7 @@ from ..device import apply_memory_limit, pick_device, precision_choice
 from ..io import layout
 from ..io.atomic import remove_directory
 from ..model import TransformerConfig
-from .checkpoint import list_checkpoints, nonfinite_parameters
+from ..checkpoint import list_checkpoints, nonfinite_parameters
 from .config import TrainingConfig
 from .distributed import DistributedContext
 from .memory_advice import warn_if_short_of_memory

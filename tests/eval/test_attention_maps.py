@@ -12,7 +12,7 @@ from kr_mini_llm.eval import attention_maps
 from kr_mini_llm.eval.attention_maps import FontNotFoundError, attention_weights, find_korean_font, token_labels
 from kr_mini_llm.data.tokenizer import Tokenizer
 from kr_mini_llm.inference import Generator
-from kr_mini_llm.training.checkpoint import load_model
+from kr_mini_llm.checkpoint import load_model
 
 ROOT = Path(__file__).resolve().parents[2]
 

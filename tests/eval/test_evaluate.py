@@ -19,8 +19,7 @@ from kr_mini_llm.data.tokenizer import Tokenizer, train_tokenizer
 from kr_mini_llm.eval import EvalError, PromptsError, TestSplit, read_prompts, tokenizer_stats
 from kr_mini_llm.eval.report import evaluate_models
 from kr_mini_llm.inference import Generator
-from kr_mini_llm.training import integrity
-from kr_mini_llm.training.checkpoint import load_model, resolve_checkpoint
+from kr_mini_llm.checkpoint import integrity, load_model, resolve_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,7 +10,7 @@ from kr_mini_llm.lora import read_adapter_config
 from kr_mini_llm.lora.apply import LoRAError
 from kr_mini_llm.lora.base import load_base_model
 from kr_mini_llm.lora.fuse import fuse_to_dir
-from kr_mini_llm.training.checkpoint import load_model
+from kr_mini_llm.checkpoint import load_model
 
 from .test_lora_train import rows, run
 

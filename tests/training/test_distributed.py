@@ -18,7 +18,8 @@ import torch
 from kr_mini_llm import ConfigError, TransformerConfig
 from kr_mini_llm.training import Trainer, TrainingConfig
 from kr_mini_llm.training.distributed import DistributedContext, check_global_batch
-from kr_mini_llm.training.sharded_checkpoint import consolidate_checkpoint, is_sharded_checkpoint
+from kr_mini_llm.io.layout import is_sharded_checkpoint
+from kr_mini_llm.training.run_checkpoint import consolidate_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 REL = 1e-5  # float32 rounding over 20 steps (observed ~1e-7); a wrong reduction or clip is >1e-3

@@ -22,7 +22,8 @@ import torch
 
 from kr_mini_llm import ConfigError, Transformer, TransformerConfig
 from kr_mini_llm.training import CheckpointError, Trainer, TrainingConfig, TrainingStopped, load_checkpoint
-from kr_mini_llm.training.checkpoint import clean_leftovers, list_checkpoints, save_checkpoint
+from kr_mini_llm.checkpoint import clean_leftovers, list_checkpoints
+from kr_mini_llm.training.run_checkpoint import save_checkpoint
 from kr_mini_llm.training.run_lock import RunLock, RunLockedError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -105,7 +106,7 @@ def test_kill_9_at_seeded_points_of_the_save_loop_keeps_the_last_checkpoint(setu
     """SIGKILL at the Nth call of a save step (weights, torch.save, checksums, renames, deletions),
     N and the step drawn from a seeded RNG; then the latest complete checkpoint loads and resumes."""
     rng = random.Random(14)
-    targets = ["safetensors.torch.save_model", "torch.save", "kr_mini_llm.training.integrity.write_manifest",
+    targets = ["safetensors.torch.save_model", "torch.save", "kr_mini_llm.checkpoint.integrity.write_manifest",
                "os.replace", "shutil.rmtree"]
     for i in range(3):
         target, n = rng.choice(targets), rng.randint(1, 6)
@@ -327,7 +328,7 @@ def test_malformed_files_get_clear_errors(setup, tmp_path):
 def dcp_checkpoint(setup, tmp_path, name) -> Path:
     """checkpoint-4 with its weights and optimizer as DCP shards (as an FSDP run writes it)."""
     from kr_mini_llm.training.optim import build_optimizer
-    from kr_mini_llm.training.sharded_checkpoint import _dcp_save
+    from kr_mini_llm.checkpoint.sharded import save_shards as _dcp_save
 
     _, model, config = setup
     run = copy_run(setup, tmp_path, name)
@@ -369,7 +370,7 @@ def test_dcp_entries_are_read_without_running_code(tmp_path):
     """Non-tensor DCP entries (optimizer hyper-parameters) go through torch.load(weights_only=True)."""
     import torch.distributed.checkpoint as dcp
 
-    from kr_mini_llm.training import safe_dcp
+    from kr_mini_llm.checkpoint import safe_dcp
 
     marker = tmp_path / "PWNED"
     dcp.save({"lr": Payload(marker), "w": torch.ones(3)}, checkpoint_id=str(tmp_path / "d"), no_dist=True)

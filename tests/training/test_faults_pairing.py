@@ -12,7 +12,7 @@ import torch
 
 from kr_mini_llm import Transformer
 from kr_mini_llm.training import CheckpointError, Trainer, TrainingStopped, load_checkpoint
-from kr_mini_llm.training.checkpoint import list_checkpoints, resolve_checkpoint
+from kr_mini_llm.checkpoint import list_checkpoints, resolve_checkpoint
 
 from .test_faults import ROOT, copy_run, setup  # noqa: F401  (the module's tiny run, made once)
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from kr_mini_llm.training import CheckpointError, Trainer, TrainingStopped, load_checkpoint
-from kr_mini_llm.training.checkpoint import list_checkpoints
+from kr_mini_llm.checkpoint import list_checkpoints
 from kr_mini_llm.training.optim import learning_rate
 
 
@@ -81,7 +81,7 @@ def test_interrupted_save_leaves_previous_checkpoint(model_config, train_config,
     train_config.train.max_steps = 10
     trainer.train()
     run = __import__("pathlib").Path(train_config.output_dir)
-    import kr_mini_llm.training.checkpoint as ckpt
+    import kr_mini_llm.training.run_checkpoint as ckpt
 
     def crash(*a, **k):
         raise OSError("disk full")

@@ -1,33 +1,30 @@
-"""Sharded checkpoints of FSDP2 runs (torch.distributed.checkpoint, DCP) and their consolidation
-into the ordinary checkpoint of checkpoint.py.
+"""Sharded checkpoints of FSDP2 runs (torch.distributed.checkpoint, DCP): writing and reading the
+shards of the model and optimizer state.
 
 checkpoint-STEP/
   dcp/                    model and optimizer state: one .distcp file per saving rank + .metadata
-  rng.pt  trainer_state.json  config.yaml  model_config.yaml  tokenizer.model   (as in checkpoint.py)
-  model.safetensors  optimizer.pt                                   (after consolidate_checkpoint)
+  rng.pt  trainer_state.json  config.yaml  model_config.yaml  tokenizer.model   (as in store.py)
+  model.safetensors  optimizer.pt                  (after training.run_checkpoint.consolidate_checkpoint)
 
 DCP re-shards on load, so a checkpoint saved by N ranks resumes on M ranks, in one process (DCP
 then reads everything without a process group), or in Generator.from_pretrained; an ordinary
-checkpoint resumes under FSDP too (rank 0 reads it and broadcasts). The staging directory and
-the rename that publishes it are checkpoint.py's (save_sharded_checkpoint), so a crash mid-save
-keeps the previous one.
+checkpoint resumes under FSDP too (rank 0 reads it and broadcasts). Every rank writes its shards
+(save_shards) into the staging directory of store.write_checkpoint, whose rename publishes them,
+so a crash mid-save keeps the previous checkpoint; training.run_checkpoint.save_sharded_checkpoint
+runs that sequence on the ranks.
 With more than one machine, output_dir must be on a filesystem that every rank can write.
 """
 from __future__ import annotations
 
-import os
-import shutil
 import warnings
 from pathlib import Path
 
 import torch
 
 from ..io import layout
-from ..io.atomic import atomic_write, staged_directory
-from ..io.outputs import OutputError, claim_output
 from ..io.layout import SHARDED_DIR, is_sharded_checkpoint
-from . import integrity, safe_dcp
-from .checkpoint_dirs import CheckpointError, resolve_checkpoint
+from . import safe_dcp
+from .dirs import CheckpointError
 
 
 def is_sharded_model(model: torch.nn.Module) -> bool:
@@ -43,7 +40,7 @@ def _distributed_now() -> bool:
 
 
 def distributed_loader(ckpt: Path, model: torch.nn.Module):
-    """The loader checkpoint.load_checkpoint needs for this (checkpoint, model) pair, or None for its
+    """The loader store.load_weights needs for this (checkpoint, model) pair, or None for its
     own single-file path: a sharded model reads DCP shards when there are some, else the single
     file through rank 0; a plain model reads DCP shards when there is no single file."""
     sharded_model = is_sharded_model(model)
@@ -58,17 +55,8 @@ def distributed_loader(ckpt: Path, model: torch.nn.Module):
 
 
 # -- saving -------------------------------------------------------------------------------------
-def shard_writer(ctx, model, optimizer, staging: Path):
-    """checkpoint.save_checkpoint's `write_weights` for an FSDP run, called on every rank: waits
-    until rank 0 has made a fresh, empty staging directory, then writes this rank's DCP shards."""
-    def write_shards(_staging=None):
-        ctx.barrier()
-        _dcp_save(model, optimizer, staging / SHARDED_DIR)
-
-    return write_shards
-
-
-def _dcp_save(model, optimizer, path: Path) -> None:
+def save_shards(model, optimizer, path: Path) -> None:
+    """This rank's DCP shards of `model` and `optimizer` (every rank calls it, with the same `path`)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
@@ -150,47 +138,3 @@ def _optimizer_by_name(saved: dict, model: torch.nn.Module, optimizer) -> dict:
                               f"this optimizer {len(order)} in {len(optimizer.param_groups)}")
     return {"state": {order[i]: v for i, v in saved["state"].items()},
             "param_groups": [{**g, "params": [order[i] for i in g["params"]]} for g in saved["param_groups"]]}
-
-
-# -- consolidation ------------------------------------------------------------------------------
-def consolidate_checkpoint(path: str | os.PathLike, output: str | os.PathLike | None = None) -> Path:
-    """Adds model.safetensors + optimizer.pt, gathered from the DCP shards, to a sharded checkpoint
-    (in place), or writes an ordinary checkpoint without the shards to `output`. One process, CPU,
-    memory for the whole model and optimizer. Returns the checkpoint written."""
-    from safetensors.torch import save_model
-
-    from ..model import Transformer, TransformerConfig
-    from .config import TrainingConfig
-    from .optim import build_optimizer
-
-    ckpt = resolve_checkpoint(path)
-    if not is_sharded_checkpoint(ckpt):
-        raise CheckpointError(f"{ckpt} has no {SHARDED_DIR}/ shards: it already is an ordinary checkpoint")
-    try:
-        integrity.verify(ckpt)
-    except integrity.IntegrityError as e:
-        raise CheckpointError(str(e)) from None
-    model = Transformer(TransformerConfig.from_yaml(ckpt / layout.MODEL_CONFIG))
-    optimizer = build_optimizer(model, TrainingConfig.from_yaml(ckpt / layout.TRAINING_CONFIG).train,
-                                torch.device("cpu"))
-    load_sharded(ckpt, model, optimizer)
-    writers = ((layout.OPTIMIZER_STATE, lambda p: torch.save(optimizer.state_dict(), p)),
-               (layout.MODEL_WEIGHTS, lambda p: save_model(model, str(p))))
-
-    if output is None:
-        # optimizer.pt first: model.safetensors is what marks a checkpoint as consolidated.
-        for name, write in writers:
-            atomic_write(ckpt / name, write)
-        integrity.write_manifest(ckpt)
-        return ckpt
-    try:
-        out = claim_output(output, overwrite=False, inputs=[ckpt])
-    except OutputError as e:
-        raise CheckpointError(str(e)) from None
-    with staged_directory(out) as tmp:
-        shutil.copytree(ckpt, tmp, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns(SHARDED_DIR, layout.MODEL_WEIGHTS, layout.OPTIMIZER_STATE))
-        for name, write in writers:
-            write(tmp / name)
-        integrity.write_manifest(tmp)
-    return out

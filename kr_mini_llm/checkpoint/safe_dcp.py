@@ -24,8 +24,10 @@ import torch
 from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
 from torch.distributed.checkpoint import metadata as _metadata
 
+from ..errors import KrMiniLlmError
 
-class UnsafeCheckpointError(RuntimeError):
+
+class UnsafeCheckpointError(KrMiniLlmError, RuntimeError):
     """A checkpoint file holds something other than the data it should (possibly a crafted file)."""
 
 

@@ -5,11 +5,17 @@ import os
 from pathlib import Path
 
 from . import integrity
+from ..errors import KrMiniLlmError
 from ..io.layout import INFERENCE_INFO, MODEL_WEIGHTS, TRAINER_STATE, checkpoint_step, is_sharded_checkpoint
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(KrMiniLlmError, RuntimeError):
     """A checkpoint is missing, incomplete, damaged or does not fit the model."""
+
+
+class NoCheckpointError(CheckpointError):
+    """A path holds no complete checkpoint (nothing, only incomplete ones, or packed inference weights):
+    the message says what it holds instead. Loaders that accept other directories reword it."""
 
 
 def missing_parts(ckpt: Path) -> list[str]:
@@ -44,7 +50,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     if (p / TRAINER_STATE).exists():
         return p
     if (p / INFERENCE_INFO).is_file():
-        raise CheckpointError(f"{p} holds packed inference weights (scripts/quantize.py), which only generation "
+        raise NoCheckpointError(f"{p} holds packed inference weights (scripts/quantize.py), which only generation "
                               "loads; give the checkpoint they were made from (the 'source' in "
                               f"{p / INFERENCE_INFO})")
     found = list_checkpoints(p)
@@ -52,8 +58,8 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
         numbered = numbered_checkpoints(p)
         if numbered:
             latest = numbered[-1][1]
-            raise CheckpointError(f"{p}: no complete checkpoint here; the latest, {latest.name}, lacks "
+            raise NoCheckpointError(f"{p}: no complete checkpoint here; the latest, {latest.name}, lacks "
                                   f"{', '.join(missing_parts(latest))}")
-        raise CheckpointError(f"{p}: no checkpoint here (expected a checkpoint-STEP directory or an output "
+        raise NoCheckpointError(f"{p}: no checkpoint here (expected a checkpoint-STEP directory or an output "
                               "directory that contains them)")
     return found[-1]

@@ -1,18 +1,19 @@
-"""Checkpoints: written to a temporary directory and renamed, so a crash mid-save never
+"""Checkpoint directories: written to a temporary directory and renamed, so a crash mid-save never
 leaves a broken latest checkpoint; read without unpickling arbitrary objects.
 
 checkpoint-STEP/
-  model.safetensors       weights
+  model.safetensors       weights (write_weights)
   optimizer.pt            optimizer state (tensors and numbers only; loaded with weights_only)
-  rng.pt                  RNG states (same)
   trainer_state.json      step, tokens seen, best validation loss, data position, ...
-  config.yaml             training config
   model_config.yaml       model config
   tokenizer.model         the tokenizer the model was trained with (when known)
-  checksums.json          size and blake2b digest of each file above, verified on load (integrity.py)
+  checksums.json          size and blake2b digest of each file, verified on load (integrity.py)
+  ...                     what else the writer puts there (a training run: rng.pt, config.yaml)
 
-FSDP runs write `dcp/` (sharded model + optimizer) instead of the first two; see sharded_checkpoint.py.
-The file names are io/layout.py's; which directory a path means is checkpoint_dirs.py's.
+FSDP runs write `dcp/` (sharded model + optimizer) instead of the first two; see sharded.py.
+The file names are io/layout.py's; which directory a path means is dirs.py's. What a training
+run writes into a checkpoint and restores from it is training/run_checkpoint.py's: it hands
+write_checkpoint the files to write, and nothing here calls back into it.
 
 Old checkpoints are removed by renaming them to a hidden `.checkpoint-STEP.deleting` first, so a
 crash mid-deletion never leaves a half-deleted directory that looks like a checkpoint; leftovers of
@@ -23,11 +24,11 @@ from __future__ import annotations
 import errno
 import json
 import os
-import random
 import re
 import shutil
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -35,36 +36,21 @@ from ..io import layout
 from ..io.atomic import DELETING_SUFFIX, OLD_SUFFIX, TMP_SUFFIX, fsync_dir, remove_directory, replace_directory
 from ..io.layout import staging_dir
 from . import integrity
-from .checkpoint_dirs import CheckpointError, is_complete, list_checkpoints, numbered_checkpoints, resolve_checkpoint
+from .dirs import CheckpointError, is_complete, list_checkpoints, numbered_checkpoints, resolve_checkpoint
 from .safe_dcp import refused_object
-from .sharded_checkpoint import distributed_loader, shard_writer
+from .sharded import distributed_loader
 
-__all__ = ["CheckpointError", "clean_leftovers", "list_checkpoints", "load_checkpoint", "load_model",
-           "model_tokenizer", "resolve_checkpoint", "save_checkpoint", "save_sharded_checkpoint"]
-
-
-def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+__all__ = ["checkpoint_size", "clean_leftovers", "load_pickled", "load_weights", "nonfinite_parameters",
+           "write_checkpoint", "write_weights"]
 
 
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_checkpoint(output_dir: str | os.PathLike, step: int, model, optimizer, trainer_state: dict,
-                    train_config, model_config, tokenizer_path: str | None = None,
-                    keep: int | None = None, write_weights=None) -> Path:
-    """`write_weights(staging_dir)`, when given, replaces model.safetensors + optimizer.pt (FSDP: DCP shards).
-    A failed save (disk full, a write limit) removes its staging directory and raises CheckpointError
-    saying why; the checkpoints saved before are untouched."""
-    from safetensors.torch import save_model
-
+def write_checkpoint(output_dir: str | os.PathLike, step: int, write: Callable[[Path], None], *,
+                     keep: int | None = None, size: Callable[[], int] | None = None) -> Path:
+    """Writes output_dir/checkpoint-STEP: `write(staging)` puts the files into a fresh staging
+    directory (layout.staging_dir), which then gets its checksums.json and is renamed into place;
+    then all but the newest `keep` checkpoints are removed. A failed save (disk full, a write limit)
+    removes its staging directory and raises CheckpointError saying why (`size()`: about how many
+    bytes the checkpoint takes, for that message); the checkpoints saved before are untouched."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     clean_leftovers(out)
@@ -72,22 +58,11 @@ def save_checkpoint(output_dir: str | os.PathLike, step: int, model, optimizer, 
     tmp = staging_dir(out, step)
     try:
         tmp.mkdir()
-        if write_weights is not None:
-            write_weights(tmp)
-        else:
-            save_model(model, str(tmp / layout.MODEL_WEIGHTS))
-            torch.save(optimizer.state_dict(), tmp / layout.OPTIMIZER_STATE)
-        torch.save(rng_state(), tmp / layout.RNG_STATE)
-        (tmp / layout.TRAINER_STATE).write_text(json.dumps({**trainer_state, "step": step}, indent=2))
-        train_config.save_yaml(tmp / layout.TRAINING_CONFIG)
-        model_config.save_yaml(tmp / layout.MODEL_CONFIG)
-        if tokenizer_path and Path(tokenizer_path).exists():
-            shutil.copyfile(tokenizer_path, tmp / layout.TOKENIZER)
+        write(tmp)
         integrity.write_manifest(tmp)
         fsync_dir(tmp)
     except BaseException as e:
-        failure = _write_failure(e, tmp, layout.checkpoint_name(step),
-                                 lambda: checkpoint_size(model, optimizer, tokenizer_path))
+        failure = _write_failure(e, tmp, layout.checkpoint_name(step), size or (lambda: None))
         shutil.rmtree(tmp, ignore_errors=True)
         if failure is not None:
             raise failure from e
@@ -103,19 +78,14 @@ def save_checkpoint(output_dir: str | os.PathLike, step: int, model, optimizer, 
     return final
 
 
-def save_sharded_checkpoint(ctx, output_dir, step, model, optimizer, trainer_state, train_config, model_config,
-                            tokenizer_path=None, keep=None):
-    """FSDP's save: every rank writes its DCP shards into the staging directory that rank 0 makes;
-    rank 0 adds the small files and renames it into place (save_checkpoint). Path on rank 0, else None."""
-    write_shards = shard_writer(ctx, model, optimizer, staging_dir(output_dir, step))
-    if ctx.is_main:
-        path = save_checkpoint(output_dir, step, model, optimizer, trainer_state, train_config, model_config,
-                               tokenizer_path, keep=keep, write_weights=write_shards)
-    else:
-        write_shards()
-        path = None
-    ctx.barrier()  # nobody moves on (or saves again) before checkpoint-STEP exists
-    return path
+def write_weights(directory: Path, model, optimizer=None) -> None:
+    """model.safetensors (and optimizer.pt, when an optimizer is given) in `directory`: the weights
+    as one process writes them (sharded.save_shards writes them as DCP shards instead)."""
+    from safetensors.torch import save_model
+
+    save_model(model, str(directory / layout.MODEL_WEIGHTS))
+    if optimizer is not None:
+        torch.save(optimizer.state_dict(), directory / layout.OPTIMIZER_STATE)
 
 
 def checkpoint_size(model, optimizer=None, tokenizer_path: str | None = None) -> int:
@@ -208,9 +178,11 @@ def clean_leftovers(output_dir: Path) -> None:
             remove_directory(p)
 
 
-def load_checkpoint(path: str | os.PathLike, model, optimizer=None) -> dict:
-    """Loads weights (and optimizer and RNG state when an optimizer is given); returns trainer_state.
-    Every file is checked against checksums.json first, and the weights must be finite."""
+def load_weights(path: str | os.PathLike, model, optimizer=None) -> dict:
+    """Loads a checkpoint's weights into `model` (and its optimizer state into `optimizer`, when
+    given); returns its trainer_state.json with "path" (the checkpoint directory) added. Every file
+    is checked against checksums.json first (optimizer.pt only with an optimizer), and the weights
+    must be finite. `path` is a checkpoint or an output directory (its latest complete checkpoint)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_model
 
@@ -243,37 +215,15 @@ def load_checkpoint(path: str | os.PathLike, model, optimizer=None) -> dict:
     if bad:
         raise CheckpointError(f"{ckpt}: {len(bad)} weight tensor(s) hold NaN or inf (first: {bad[0]}); training "
                               "had diverged when it was saved. Use an earlier checkpoint")
-    if optimizer is not None:
-        if special is None:
-            saved = _load_pickled(ckpt / layout.OPTIMIZER_STATE, "optimizer state")
-            try:
-                optimizer.load_state_dict(saved)
-            except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
-                raise CheckpointError(f"{ckpt}/optimizer.pt does not match this model's optimizer "
-                                      f"({type(e).__name__}: {e})") from None
-        rng = _load_pickled(ckpt / layout.RNG_STATE, "RNG state")
+    if optimizer is not None and special is None:
+        saved = load_pickled(ckpt / layout.OPTIMIZER_STATE, "optimizer state")
         try:
-            set_rng_state(rng)
-        except (KeyError, TypeError, ValueError, RuntimeError) as e:
-            raise CheckpointError(f"{ckpt}/rng.pt does not hold the RNG states this trainer saves "
-                                  f"({type(e).__name__}: {e}); the checkpoint is damaged") from None
+            optimizer.load_state_dict(saved)
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
+            raise CheckpointError(f"{ckpt}/optimizer.pt does not match this model's optimizer "
+                                  f"({type(e).__name__}: {e})") from None
     state["path"] = str(ckpt)
     return state
-
-
-def load_model(path: str | os.PathLike, ops_impl: str = "fused"):
-    """(Transformer with the weights, the directory they came from): the one loader of a model that
-    inference, evaluation, fine-tuning, fuse and export start from. `path` is a checkpoint directory,
-    an output directory (its latest complete checkpoint), a sharded (dcp/) checkpoint, or a HF
-    Llama/Qwen3 directory (config.json + safetensors)."""
-    from ..model import Transformer, TransformerConfig
-
-    if layout.is_hf_dir(path):
-        return Transformer.from_hf(path, ops_impl=ops_impl), Path(path)
-    ckpt = resolve_checkpoint(path)
-    model = Transformer(TransformerConfig.from_yaml(ckpt / layout.MODEL_CONFIG), ops_impl=ops_impl)
-    load_checkpoint(ckpt, model)
-    return model, ckpt
 
 
 def _other_model(ckpt: Path, model) -> str | None:
@@ -296,34 +246,7 @@ def _other_model(ckpt: Path, model) -> str | None:
             f"({ckpt / layout.MODEL_CONFIG}) or start a new run")
 
 
-def model_tokenizer(source: str | os.PathLike, vocab_size: int, tokenizer: str | os.PathLike | None = None):
-    """The Tokenizer to pair with the model loaded from `source` (its `vocab_size` embedding rows):
-    `tokenizer` when given, else the tokenizer.model saved beside the weights. Every loader calls this,
-    so no load path pairs a model with a tokenizer it was not trained with:
-    - a given tokenizer other than the directory's own (by content) is refused;
-    - one with more pieces than the model has rows is refused (its ids would index past the embedding),
-      and a given one with fewer (the model would emit ids it cannot decode), where the directory has
-      no tokenizer of its own to vouch for it."""
-    from ..data.tokenizer import Tokenizer, file_fingerprint
-
-    own = Path(source) / layout.TOKENIZER
-    if tokenizer is None and not own.is_file():
-        raise CheckpointError(f"{source}: no {layout.TOKENIZER} beside the weights; pass --tokenizer "
-                              "models/tokenizer.model (the SentencePiece model it was trained with)")
-    tok = Tokenizer(tokenizer if tokenizer is not None else own)
-    trained_with = own.is_file() and (tokenizer is None or file_fingerprint(own) == tok.fingerprint)
-    if tokenizer is not None and own.is_file() and not trained_with:
-        raise CheckpointError(f"--tokenizer {tokenizer} ({tok.vocab_size} pieces, fingerprint {tok.fingerprint}) is not "
-                              f"the tokenizer this model was trained with ({own}, fingerprint "
-                              f"{file_fingerprint(own)}); leave out --tokenizer to use the model's own")
-    if tok.vocab_size > vocab_size or (tok.vocab_size < vocab_size and not trained_with):
-        raise CheckpointError(f"the tokenizer {tok.path} has {tok.vocab_size} pieces but the model in {source} has "
-                              f"{vocab_size} embedding rows: it is not the tokenizer this model was trained with; "
-                              "pass the one it was trained with (--tokenizer)")
-    return tok
-
-
-def _load_pickled(path: Path, what: str):
+def load_pickled(path: Path, what: str):
     """torch.load(weights_only=True) with one clear error per way a file can be broken."""
     import pickle
 

@@ -18,13 +18,14 @@ from pathlib import Path
 
 import torch
 
+from ..errors import KrMiniLlmError
 from ..io.atomic import TMP_SUFFIX, atomic_write_text
 from ..io.layout import CHECKSUMS as MANIFEST
 
 ALGORITHM = "blake2b"
 
 
-class IntegrityError(RuntimeError):
+class IntegrityError(KrMiniLlmError, RuntimeError):
     """A checkpoint file does not match the checksum recorded when it was written."""
 
 
