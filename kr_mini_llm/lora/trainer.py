@@ -4,7 +4,7 @@ LoRATask is the task the loop runs (training/task.py): the model (the base with 
 the adapters trainable; or, with fine_tune_type full, every weight), the SFT batches, the
 optimizer (adam/adamw/sgd), evaluation on valid.jsonl, and mlx-lm's log lines. Adapters are
 saved as adapter files (adapters.py); a full fine-tune as the ordinary checkpoint-N directories
-of training/checkpoint.py, which every loader takes and which resume like pretraining's.
+of training/run_checkpoint.py, which every loader takes and which resume like pretraining's.
 dpo/trainer.py runs preference tuning on this same task, with its own batches, loss and metrics.
 
     Iter 10: Train loss 2.345, Learning Rate 1.000e-05, It/sec 4.500, Tokens/sec 1000.000, Trained Tokens 2304, Peak mem 1.234 GB

@@ -112,7 +112,7 @@ class TrainingTask(ABC):
 
 
 class PretrainingTask(TrainingTask):
-    """Next-token prediction on token shards (data/datasets.py), checkpoints of checkpoint.py."""
+    """Next-token prediction on token shards (data/datasets.py), checkpoints of training/run_checkpoint.py."""
 
     def build(self, context: RunContext) -> TaskBuild:
         from ..data.datasets import EvalWindows, RandomWindows, TokenShards
