@@ -8,7 +8,6 @@ import itertools
 
 import pytest
 import torch
-from scipy.stats import chi2
 
 from kr_mini_llm import Transformer, TransformerConfig
 from kr_mini_llm.inference import Generator
@@ -19,6 +18,7 @@ from kr_mini_llm.inference.speculative import Drafter
 from kr_mini_llm.serve import Engine, engine as engine_module
 from kr_mini_llm.serve.engine import SamplingParams
 
+from ..inference.test_speculative import chi_square_p
 from .conftest import serve
 
 TEXTS = ("오늘 날씨가", "서울의 봄은 따뜻하고 서울의 봄은", "바다가 보이는 언덕 위에 작은 집이 있었습니다. 바다가",
@@ -254,21 +254,6 @@ def exact_distribution(model, temperature, repetition_penalty, frequency_penalty
             pr *= float(probs(list(seq[:i]))[seq[i]])
         out[CharTok().decode(seq)] = pr
     return out
-
-
-def chi_square_p(counts, exact, runs):
-    """p-value of the counts under `exact`; categories expected fewer than 5 times pooled."""
-    stat, pooled_obs, pooled_exp, dof = 0.0, 0, 0.0, -1
-    for key, pr in exact.items():
-        e, o = pr * runs, counts.get(key, 0)
-        if e < 5:
-            pooled_obs, pooled_exp = pooled_obs + o, pooled_exp + e
-            continue
-        stat, dof = stat + (o - e) ** 2 / e, dof + 1
-    if pooled_exp > 0:
-        stat, dof = stat + (pooled_obs - pooled_exp) ** 2 / pooled_exp, dof + 1
-    assert sum(counts.values()) == runs and not set(counts) - set(exact)
-    return chi2.sf(stat, dof)
 
 
 def test_sampling_keeps_the_distribution_with_penalties():
