@@ -8,7 +8,7 @@ from typing import Optional
 
 import torch
 
-from ._checks import check_dim, check_float, check_same_dtype, dtype_name, shape_str
+from ._checks import check_dim, check_float, check_same_dtype, check_value, dtype_name, shape_str
 from ._device_attention import blocked_backward, blocked_lse, sdpa
 from ._library import acc_dtype, ops, qualname, register_fake, register_fallback
 
@@ -61,37 +61,37 @@ def _check(q, k, v, causal, op="attention"):
     check_float(q, op, "q")
     check_same_dtype(k, "k", q, "q", op)
     check_same_dtype(v, "v", q, "q", op)
-    torch._check_value(k.shape == v.shape, lambda: f"{op}: k and v must have the same shape [B, Tk, Hkv, D], "
-                                                   f"got k {shape_str(k)} and v {shape_str(v)}")
+    check_value(k.shape == v.shape, lambda: f"{op}: k and v must have the same shape [B, Tk, Hkv, D], "
+                                            f"got k {shape_str(k)} and v {shape_str(v)}")
     B, Tq, Hq, D = q.shape
     Tk, Hkv = k.shape[1], k.shape[2]
-    torch._check_value(k.shape[0] == B, lambda: f"{op}: k/v must be [B, Tk, Hkv, D] with B = {B} as in q "
-                                                f"{shape_str(q)}, got {shape_str(k)}")
-    torch._check_value(k.shape[3] == D, lambda: f"{op}: head_dim of k/v ({k.shape[3]}) must equal head_dim of q "
-                                                f"({D}): q {shape_str(q)}, k {shape_str(k)}")
-    torch._check_value(D >= 1, lambda: f"{op}: head_dim must be >= 1, got q {shape_str(q)}")
-    torch._check_value(Hkv >= 1 and Hq % Hkv == 0,
-                       lambda: f"{op}: the number of query heads Hq = {Hq} must be a multiple of the number of kv "
-                               f"heads Hkv = {Hkv} (q {shape_str(q)}, k {shape_str(k)})")
-    torch._check_value(not causal or Tq == Tk, lambda: f"{op}: causal=True needs Tq == Tk, got Tq = {Tq} and "
-                                                       f"Tk = {Tk} (use causal=False for Tq != Tk)")
+    check_value(k.shape[0] == B, lambda: f"{op}: k/v must be [B, Tk, Hkv, D] with B = {B} as in q "
+                                         f"{shape_str(q)}, got {shape_str(k)}")
+    check_value(k.shape[3] == D, lambda: f"{op}: head_dim of k/v ({k.shape[3]}) must equal head_dim of q "
+                                         f"({D}): q {shape_str(q)}, k {shape_str(k)}")
+    check_value(D >= 1, lambda: f"{op}: head_dim must be >= 1, got q {shape_str(q)}")
+    check_value(Hkv >= 1 and Hq % Hkv == 0,
+                lambda: f"{op}: the number of query heads Hq = {Hq} must be a multiple of the number of kv "
+                        f"heads Hkv = {Hkv} (q {shape_str(q)}, k {shape_str(k)})")
+    check_value(not causal or Tq == Tk, lambda: f"{op}: causal=True needs Tq == Tk, got Tq = {Tq} and "
+                                                f"Tk = {Tk} (use causal=False for Tq != Tk)")
 
 
 def _check_backward(grad_out, q, k, v, out, lse, causal):
     """The CPU kernel's checks of the backward's arguments, with its messages."""
     op = "attention_backward"
     _check(q, k, v, causal, op)
-    torch._check_value(grad_out.shape == q.shape, lambda: f"{op}: grad_out must be [B, Tq, Hq, D] = {shape_str(q)} "
-                                                          f"like q, got {shape_str(grad_out)}")
-    torch._check_value(out.shape == q.shape, lambda: f"{op}: out must be [B, Tq, Hq, D] = {shape_str(q)} like q, "
-                                                     f"got {shape_str(out)}")
+    check_value(grad_out.shape == q.shape, lambda: f"{op}: grad_out must be [B, Tq, Hq, D] = {shape_str(q)} "
+                                                   f"like q, got {shape_str(grad_out)}")
+    check_value(out.shape == q.shape, lambda: f"{op}: out must be [B, Tq, Hq, D] = {shape_str(q)} like q, "
+                                              f"got {shape_str(out)}")
     check_same_dtype(grad_out, "grad_out", q, "q", op)
     check_same_dtype(out, "out", q, "q", op)
     B, Tq, Hq, _ = q.shape
     acc = acc_dtype(q.dtype)
-    torch._check_value(lse.shape == (B, Hq, Tq) and lse.dtype == acc,
-                       lambda: f"{op}: lse must be the [B, Hq, Tq] = [{B}, {Hq}, {Tq}] {dtype_name(acc)} tensor "
-                               f"saved by the forward, got {shape_str(lse)} {dtype_name(lse.dtype)}")
+    check_value(lse.shape == (B, Hq, Tq) and lse.dtype == acc,
+                lambda: f"{op}: lse must be the [B, Hq, Tq] = [{B}, {Hq}, {Tq}] {dtype_name(acc)} tensor "
+                        f"saved by the forward, got {shape_str(lse)} {dtype_name(lse.dtype)}")
 
 
 @register_fallback("attention", "sdpa")

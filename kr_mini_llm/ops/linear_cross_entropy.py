@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ._checks import check_dim, check_float, dtype_name, shape_str
+from ._checks import check_dim, check_float, check_type, check_value, dtype_name, shape_str
 from ._library import acc_dtype, ops, qualname, register_fake, register_fallback
 
 _REDUCTIONS = ("mean", "sum", "none")
@@ -125,22 +125,22 @@ def _check(hidden, weight, targets, chunk_size, op):
     check_float(weight, op, "weight")
     # weight may also be in hidden's accumulation dtype (fp32 master weights under autocast).
     acc = acc_dtype(hidden.dtype)
-    torch._check_type(weight.dtype in (hidden.dtype, acc),
-                      lambda: f"{op}: hidden ({dtype_name(hidden.dtype)}) and weight ({dtype_name(weight.dtype)}) "
-                              "must have the same dtype"
-                              + (f", or weight the accumulation dtype {dtype_name(acc)}" if acc != hidden.dtype else ""))
+    check_type(weight.dtype in (hidden.dtype, acc),
+               lambda: f"{op}: hidden ({dtype_name(hidden.dtype)}) and weight ({dtype_name(weight.dtype)}) "
+                       "must have the same dtype"
+                       + (f", or weight the accumulation dtype {dtype_name(acc)}" if acc != hidden.dtype else ""))
     check_dim(hidden, 2, op, "hidden", "[N, C]")
-    torch._check_value(weight.dim() == 2 and weight.shape[1] == hidden.shape[1],
-                       lambda: f"{op}: weight must be [V, C] with C = {hidden.shape[1]} to match hidden "
-                               f"{shape_str(hidden)}, got {shape_str(weight)}")
-    torch._check_value(weight.shape[0] >= 1, lambda: f"{op}: weight must have at least one row (V >= 1), got "
-                                                     f"{shape_str(weight)}")
-    torch._check_type(targets.dtype == torch.int64,
-                      lambda: f"{op}: targets must be int64 class indices, got {dtype_name(targets.dtype)}")
-    torch._check_value(targets.dim() == 1 and targets.shape[0] == hidden.shape[0],
-                       lambda: f"{op}: targets must be [N] = [{hidden.shape[0]}] to match hidden {shape_str(hidden)}, "
-                               f"got {shape_str(targets)}")
-    torch._check_value(chunk_size >= 1, lambda: f"{op}: chunk_size must be >= 1, got {chunk_size}")
+    check_value(weight.dim() == 2 and weight.shape[1] == hidden.shape[1],
+                lambda: f"{op}: weight must be [V, C] with C = {hidden.shape[1]} to match hidden "
+                        f"{shape_str(hidden)}, got {shape_str(weight)}")
+    check_value(weight.shape[0] >= 1, lambda: f"{op}: weight must have at least one row (V >= 1), got "
+                                              f"{shape_str(weight)}")
+    check_type(targets.dtype == torch.int64,
+               lambda: f"{op}: targets must be int64 class indices, got {dtype_name(targets.dtype)}")
+    check_value(targets.dim() == 1 and targets.shape[0] == hidden.shape[0],
+                lambda: f"{op}: targets must be [N] = [{hidden.shape[0]}] to match hidden {shape_str(hidden)}, "
+                        f"got {shape_str(targets)}")
+    check_value(chunk_size >= 1, lambda: f"{op}: chunk_size must be >= 1, got {chunk_size}")
 
 
 def _check_backward(grad_losses, hidden, weight, targets, lse, chunk_size):
@@ -148,11 +148,11 @@ def _check_backward(grad_losses, hidden, weight, targets, lse, chunk_size):
     _check(hidden, weight, targets, chunk_size, op)
     check_float(grad_losses, op, "grad_losses")
     N, acc = hidden.shape[0], acc_dtype(hidden.dtype)
-    torch._check_value(grad_losses.dim() == 1 and grad_losses.shape[0] == N,
-                       lambda: f"{op}: grad_losses must be [N] = [{N}], got {shape_str(grad_losses)}")
-    torch._check_value(lse.dim() == 1 and lse.shape[0] == N and lse.dtype == acc,
-                       lambda: f"{op}: lse must be the [N] = [{N}] {dtype_name(acc)} tensor saved by the forward, "
-                               f"got {shape_str(lse)} {dtype_name(lse.dtype)}")
+    check_value(grad_losses.dim() == 1 and grad_losses.shape[0] == N,
+                lambda: f"{op}: grad_losses must be [N] = [{N}], got {shape_str(grad_losses)}")
+    check_value(lse.dim() == 1 and lse.shape[0] == N and lse.dtype == acc,
+                lambda: f"{op}: lse must be the [N] = [{N}] {dtype_name(acc)} tensor saved by the forward, "
+                        f"got {shape_str(lse)} {dtype_name(lse.dtype)}")
 
 
 def _check_targets(targets, vocab, ignore_index, op):

@@ -1,7 +1,7 @@
 """RMSNorm: y = x / sqrt(mean(x^2, -1) + eps) * weight."""
 import torch
 
-from ._checks import check_float, check_same_dtype, dtype_name, shape_str
+from ._checks import check_float, check_same_dtype, check_value, dtype_name, shape_str
 from ._library import acc_dtype, ops, qualname, register_fake, register_fallback
 
 
@@ -21,27 +21,27 @@ def _check_inputs(x, weight, op="rms_norm"):
     """The CPU kernel's checks of x and weight, with its messages (both directions say rms_norm)."""
     check_float(x, op, "x")
     check_float(weight, op, "weight")
-    torch._check_value(x.dim() >= 1, lambda: f"{op}: x must have at least 1 dim [..., C], got a scalar")
-    torch._check_value(weight.dim() == 1 and weight.shape[0] == x.shape[-1],
-                       lambda: f"{op}: weight must be [C] = [{x.shape[-1]}] to match x {shape_str(x)}, "
-                               f"got {shape_str(weight)}")
+    check_value(x.dim() >= 1, lambda: f"{op}: x must have at least 1 dim [..., C], got a scalar")
+    check_value(weight.dim() == 1 and weight.shape[0] == x.shape[-1],
+                lambda: f"{op}: weight must be [C] = [{x.shape[-1]}] to match x {shape_str(x)}, "
+                        f"got {shape_str(weight)}")
 
 
 def _check(x, weight, eps):
     _check_inputs(x, weight)
-    torch._check_value(eps >= 0, lambda: f"rms_norm: eps must be >= 0, got {eps}")
+    check_value(eps >= 0, lambda: f"rms_norm: eps must be >= 0, got {eps}")
 
 
 def _check_backward(grad_y, x, weight, rstd):
     _check_inputs(x, weight)
-    torch._check_value(grad_y.shape == x.shape, lambda: f"rms_norm_backward: grad_y must match x {shape_str(x)}, "
-                                                        f"got {shape_str(grad_y)}")
+    check_value(grad_y.shape == x.shape, lambda: f"rms_norm_backward: grad_y must match x {shape_str(x)}, "
+                                                 f"got {shape_str(grad_y)}")
     check_same_dtype(grad_y, "grad_y", x, "x", "rms_norm_backward")
     acc = acc_dtype(x.dtype)
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-    torch._check_value(rstd.numel() == rows and rstd.dtype == acc,
-                       lambda: f"rms_norm_backward: rstd must be the [{rows}] {dtype_name(acc)} tensor saved by the "
-                               f"forward, got {shape_str(rstd)} {dtype_name(rstd.dtype)}")
+    check_value(rstd.numel() == rows and rstd.dtype == acc,
+                lambda: f"rms_norm_backward: rstd must be the [{rows}] {dtype_name(acc)} tensor saved by the "
+                        f"forward, got {shape_str(rstd)} {dtype_name(rstd.dtype)}")
 
 
 # PyTorch's fused RMSNorm (what F.rms_norm runs on CUDA, MPS and XPU) returns rstd as well.

@@ -10,7 +10,7 @@ functions of positions, not parameters; a cos/sin that requires grad gets None.
 """
 import torch
 
-from ._checks import check_dim, check_float, check_same_dtype, dtype_name, shape_str
+from ._checks import check_dim, check_float, check_same_dtype, check_type, check_value, dtype_name, shape_str
 from ._library import acc_dtype, ops, qualname, register_fake, register_fallback, takes_fallback
 from .rope import rope_inv_freq, rope_tables  # noqa: F401  (re-exported)
 
@@ -40,17 +40,17 @@ def _check(x, cos, sin, op="rotary", xname="x"):
         check_float(t, op, name)
     check_dim(x, 4, op, xname, "[B, T, H, D]")
     B, T, _, D = x.shape
-    torch._check_value(D % 2 == 0, lambda: f"{op}: {xname} [B, T, H, D] must have an even head_dim D, "
-                                           f"got shape {shape_str(x)}")
-    torch._check_value(cos.shape == sin.shape, lambda: f"{op}: cos and sin must have the same shape, got cos "
-                                                       f"{shape_str(cos)} and sin {shape_str(sin)}")
-    torch._check_value(tuple(cos.shape) in ((T, D // 2), (B, T, D // 2)),
-                       lambda: f"{op}: cos/sin must be [T, D/2] = [{T}, {D // 2}] or [B, T, D/2] = "
-                               f"[{B}, {T}, {D // 2}] for {xname} {shape_str(x)}, got {shape_str(cos)}")
+    check_value(D % 2 == 0, lambda: f"{op}: {xname} [B, T, H, D] must have an even head_dim D, "
+                                    f"got shape {shape_str(x)}")
+    check_value(cos.shape == sin.shape, lambda: f"{op}: cos and sin must have the same shape, got cos "
+                                                f"{shape_str(cos)} and sin {shape_str(sin)}")
+    check_value(tuple(cos.shape) in ((T, D // 2), (B, T, D // 2)),
+                lambda: f"{op}: cos/sin must be [T, D/2] = [{T}, {D // 2}] or [B, T, D/2] = "
+                        f"[{B}, {T}, {D // 2}] for {xname} {shape_str(x)}, got {shape_str(cos)}")
     check_same_dtype(cos, "cos", sin, "sin", op)
-    torch._check_type(cos.dtype in (x.dtype, torch.float32),
-                      lambda: f"{op}: cos/sin must be float32 or {xname}'s dtype ({dtype_name(x.dtype)}), "
-                              f"got {dtype_name(cos.dtype)}")
+    check_type(cos.dtype in (x.dtype, torch.float32),
+               lambda: f"{op}: cos/sin must be float32 or {xname}'s dtype ({dtype_name(x.dtype)}), "
+                       f"got {dtype_name(cos.dtype)}")
 
 
 def _rotate(x, cos, sin):

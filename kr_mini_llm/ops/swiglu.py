@@ -7,7 +7,7 @@ gate/up may be strided views (the halves of a fused gate_up projection); outputs
 import torch
 import torch.nn.functional as F
 
-from ._checks import check_float, check_same_dtype, shape_str
+from ._checks import check_float, check_same_dtype, check_value, shape_str
 from ._library import acc_dtype, ops, qualname, register_fake, register_fallback, takes_fallback
 
 
@@ -30,16 +30,16 @@ def _check(gate, up, op="swiglu"):
     """The CPU kernel's argument checks, with its messages (fallback and fake kernels)."""
     check_float(gate, op, "gate")
     check_float(up, op, "up")
-    torch._check_value(gate.shape == up.shape, lambda: f"{op}: gate and up must have the same shape, got gate "
-                                                       f"{shape_str(gate)} and up {shape_str(up)}")
+    check_value(gate.shape == up.shape, lambda: f"{op}: gate and up must have the same shape, got gate "
+                                                f"{shape_str(gate)} and up {shape_str(up)}")
     check_same_dtype(gate, "gate", up, "up", op)
 
 
 def _check_backward(grad_out, gate, up):
     op = "swiglu_backward"
     _check(gate, up, op)
-    torch._check_value(grad_out.shape == gate.shape, lambda: f"{op}: grad_out must match gate {shape_str(gate)}, "
-                                                             f"got {shape_str(grad_out)}")
+    check_value(grad_out.shape == gate.shape, lambda: f"{op}: grad_out must match gate {shape_str(gate)}, "
+                                                      f"got {shape_str(grad_out)}")
     check_same_dtype(grad_out, "grad_out", gate, "gate", op)
 
 
