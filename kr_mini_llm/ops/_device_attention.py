@@ -32,10 +32,16 @@ def _sdpa_heads(q, k, v, **kw):
         q, kw = q * kw["scale"], {**kw, "scale": 1.0}
     with torch.no_grad():
         if Hq == Hkv or SDPA_HAS_GQA:
-            return F.scaled_dot_product_attention(q, k, v, **kw, **({"enable_gqa": True} if Hq != Hkv else {}))
-        G = Hq // Hkv   # query heads g, G + g, 2G + g, ... read kv heads 0, 1, 2, ...
-        return torch.stack([F.scaled_dot_product_attention(q[:, g::G], k, v, **kw) for g in range(G)],
-                           dim=2).reshape(q.shape)
+            o = F.scaled_dot_product_attention(q, k, v, **kw, **({"enable_gqa": True} if Hq != Hkv else {}))
+        else:
+            G = Hq // Hkv   # query heads g, G + g, 2G + g, ... read kv heads 0, 1, 2, ...
+            o = torch.stack([F.scaled_dot_product_attention(q[:, g::G], k, v, **kw) for g in range(G)],
+                            dim=2).reshape(q.shape)
+        if k.shape[2] == 0:
+            return o
+        # A query with an inf or NaN has no finite score, and the op's softmax gives NaN; SDPA's fused
+        # kernels take a row without one as fully masked and give 0, hiding the NaN.
+        return o.masked_fill_(~torch.isfinite(q).all(-1, keepdim=True), float("nan"))
 
 
 def sdpa(q, k, v, causal, scale):

@@ -16,7 +16,7 @@ from typing import Optional
 
 import torch
 
-from ._checks import check_float
+from ._checks import check_float, check_same_dtype, dtype_name
 from ._device_attention import sdpa_decode
 from ._library import acc_dtype, ops, qualname, register_fake, register_fallback
 from .rms_norm import rms_norm_reference
@@ -129,15 +129,14 @@ def _check_caches(op, k_cache, v_cache):
     if v_cache.shape != k_cache.shape:
         raise ValueError(f"{op}: v_cache must have the shape of k_cache [B, Tmax, Hkv, D] = "
                          f"{list(k_cache.shape)}, got {list(v_cache.shape)}")
-    if v_cache.dtype != k_cache.dtype:
-        raise TypeError(f"{op}: v_cache ({v_cache.dtype}) and k_cache ({k_cache.dtype}) must have the same dtype")
+    check_same_dtype(v_cache, "v_cache", k_cache, "k_cache", op)
     if k_cache.shape[2] == 0:
         raise ValueError(f"{op}: k_cache must have at least one KV head, got {list(k_cache.shape)}")
 
 
 def _read_lens(op, cache_lens, B):
     if cache_lens.dtype not in (torch.int32, torch.int64):
-        raise TypeError(f"{op}: cache_lens must be int32 or int64, got {cache_lens.dtype}")
+        raise TypeError(f"{op}: cache_lens must be int32 or int64, got {dtype_name(cache_lens.dtype)}")
     if cache_lens.dim() != 1 or cache_lens.shape[0] != B:
         raise ValueError(f"{op}: cache_lens must be 1-D [B] = [{B}], got {list(cache_lens.shape)}")
     return cache_lens.tolist()
@@ -149,8 +148,7 @@ def _check_decode(q, k_cache, v_cache, cache_lens):
     if q.dim() != 4:
         raise ValueError(f"{op}: q must be 4-D [B, S, Hq, D], got shape {list(q.shape)}")
     _check_caches(op, k_cache, v_cache)
-    if q.dtype != k_cache.dtype:
-        raise TypeError(f"{op}: q ({q.dtype}) and k_cache ({k_cache.dtype}) must have the same dtype")
+    check_same_dtype(q, "q", k_cache, "k_cache", op)
     B, S, Hq, D = q.shape
     _, Tmax, Hkv, Dk = k_cache.shape
     if k_cache.shape[0] != B:
@@ -171,18 +169,19 @@ def _check_append(k_cache, v_cache, k_new, v_new, cache_lens):
     for name, t in (("k_new", k_new), ("v_new", v_new)):
         if t.dim() != 4:
             raise ValueError(f"{op}: {name} must be 4-D [B, S, Hkv, D], got shape {list(t.shape)}")
-    if k_new.dtype != k_cache.dtype:
-        raise TypeError(f"{op}: k_new ({k_new.dtype}) and k_cache ({k_cache.dtype}) must have the same dtype")
-    if v_new.dtype != v_cache.dtype:
-        raise TypeError(f"{op}: v_new ({v_new.dtype}) and v_cache ({v_cache.dtype}) must have the same dtype")
+    check_same_dtype(k_new, "k_new", k_cache, "k_cache", op)
+    check_same_dtype(v_new, "v_new", v_cache, "v_cache", op)
     B, Tmax, Hkv, D = k_cache.shape
     S = k_new.shape[1]
     if (k_new.shape[0], k_new.shape[2], k_new.shape[3]) != (B, Hkv, D):
         raise ValueError(f"{op}: k_new must be [B, S, Hkv, D] with B = {B}, Hkv = {Hkv}, D = {D} "
-                         f"as in k_cache, got {list(k_new.shape)}")
+                         f"as in k_cache {list(k_cache.shape)}, got {list(k_new.shape)}")
     if v_new.shape != k_new.shape:
         raise ValueError(f"{op}: v_new must have the shape of k_new [B, S, Hkv, D] = "
                          f"{list(k_new.shape)}, got {list(v_new.shape)}")
+    if S > Tmax:
+        raise ValueError(f"{op}: S = {S} new rows (k_new.size(1)) do not fit a cache of Tmax = {Tmax} rows "
+                         "(k_cache.size(1))")
     for b, L in enumerate(_read_lens(op, cache_lens, B)):
         if L < 0 or L + S > Tmax:
             raise ValueError(f"{op}: cache_lens[{b}] = {L} leaves no room for S = {S} new rows: need "
@@ -200,6 +199,9 @@ def _check_step(qkv, q_norm, k_norm, k_cache, v_cache, num_heads):
         raise ValueError(f"{op}: num_heads = {num_heads} must be a positive multiple of the KV heads "
                          f"Hkv = {Hkv} (k_cache.size(2))")
     width = (num_heads + 2 * Hkv) * D
+    if width > 2**63 - 1:  # the kernel forms the width in int64 only where it fits
+        raise ValueError(f"{op}: num_heads = {num_heads} is too large: (num_heads + 2 Hkv) * D with Hkv = {Hkv}, "
+                         f"D = {D} does not fit in int64")
     if qkv.shape[2] != width:
         raise ValueError(f"{op}: qkv's last dim must be (num_heads + 2 Hkv) * D = ({num_heads} + 2 * {Hkv}) * "
                          f"{D} = {width} (q, k, v side by side), got {list(qkv.shape)}")

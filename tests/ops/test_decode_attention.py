@@ -5,7 +5,7 @@ from kr_mini_llm import ops
 from kr_mini_llm.ops.decode_attention import (_decode_attention_fallback,
                                               _kv_cache_append_fallback)
 
-from .utils import assert_close, num_threads, randn
+from .utils import assert_close, native_thread_invariance, num_threads, randn
 
 dec = torch.ops.kr_mini_llm.decode_attention
 app = torch.ops.kr_mini_llm.kv_cache_append
@@ -151,6 +151,7 @@ def test_kv_cache_append_matches_reference(dtype, lens_dtype):
         assert torch.equal(kr[b, L:L + S], kn[b]) and torch.equal(vr[b, L:L + S], vn[b])
 
 
+@native_thread_invariance
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("case", [(2, 1, 12, 4, 64, 1500, [1500, 700]),
                                   (3, 4, 16, 4, 80, 900, [4, 900, 600]),

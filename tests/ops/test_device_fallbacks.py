@@ -2,6 +2,8 @@
 ops.device_fallbacks() sends the CPU through them. Every op against its float64 reference
 (values and gradients), a few Transformer training steps, and their memory: attention stays O(T)
 (within 2x of PyTorch's own SDPA), linear_cross_entropy never holds the [N, V] logits."""
+import importlib
+import math
 import os
 import subprocess
 import sys
@@ -30,18 +32,19 @@ def fallbacks():
 
 
 def test_switch_routes_the_cpu_and_puts_it_back():
-    assert set(ops.backend_report("cpu").values()) == {"native"}
-    with ops.device_fallbacks():
-        report = ops.backend_report("cpu")
-        assert report == ops.backend_report("mps") == ops.backend_report("cuda")
-        assert report["attention"] == report["decode_attention"] == "sdpa"
-        assert report["linear_cross_entropy"] == "chunked" and report["rms_norm"] == "fused_rms_norm"
-        x = randn(3, 8, dtype=torch.float64)
-        with ops.device_fallbacks(False):  # nests: off inside, on again after
-            assert ops.backend_report("cpu")["swiglu"] == "native"
-        assert ops.backend_report("cpu")["swiglu"] == "elementwise"
-        torch.testing.assert_close(ops.swiglu(x, x), ops.swiglu_reference(x, x))
-    assert set(ops.backend_report("cpu").values()) == {"native"}
+    with ops.device_fallbacks(False):  # from the native kernels, also where KR_MINI_LLM_OPS=fallback
+        assert set(ops.backend_report("cpu").values()) == {"native"}
+        with ops.device_fallbacks():
+            report = ops.backend_report("cpu")
+            assert report == ops.backend_report("mps") == ops.backend_report("cuda")
+            assert report["attention"] == report["decode_attention"] == "sdpa"
+            assert report["linear_cross_entropy"] == "chunked" and report["rms_norm"] == "fused_rms_norm"
+            x = randn(3, 8, dtype=torch.float64)
+            with ops.device_fallbacks(False):  # nests: off inside, on again after
+                assert ops.backend_report("cpu")["swiglu"] == "native"
+            assert ops.backend_report("cpu")["swiglu"] == "elementwise"
+            torch.testing.assert_close(ops.swiglu(x, x), ops.swiglu_reference(x, x))
+        assert set(ops.backend_report("cpu").values()) == {"native"}
 
 
 def test_environment_switch():
@@ -217,7 +220,7 @@ def test_an_op_mps_lacks_is_one_line_naming_it(fallbacks, monkeypatch):
     """A fallback that meets a PyTorch op MPS has no kernel for (simulated) stops with one line that
     names our op, PyTorch's, and PYTORCH_ENABLE_MPS_FALLBACK=1; a command prints it as a user error."""
     from kr_mini_llm.errors import KrMiniLlmError
-    from kr_mini_llm.ops import rms_norm as rms_norm_module
+    rms_norm_module = importlib.import_module("kr_mini_llm.ops.rms_norm")  # ops.rms_norm is the function
 
     def missing_on_mps(*args):
         raise NotImplementedError(MPS_MISSING)
@@ -235,7 +238,7 @@ def test_an_op_mps_lacks_is_one_line_naming_it(fallbacks, monkeypatch):
 
 def test_other_not_implemented_errors_pass_unchanged(fallbacks, monkeypatch):
     from kr_mini_llm.errors import KrMiniLlmError
-    from kr_mini_llm.ops import rms_norm as rms_norm_module
+    rms_norm_module = importlib.import_module("kr_mini_llm.ops.rms_norm")  # ops.rms_norm is the function
 
     def other(*args):
         raise NotImplementedError("some other gap")
@@ -244,3 +247,17 @@ def test_other_not_implemented_errors_pass_unchanged(fallbacks, monkeypatch):
     with pytest.raises(NotImplementedError, match="^some other gap$") as info:
         ops.rms_norm(randn(3, 16), randn(16))
     assert not isinstance(info.value, KrMiniLlmError)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf], ids=["nan", "inf"])
+def test_a_non_finite_query_gives_nan_as_the_reference(fallbacks, bad):
+    """SDPA's fused kernels give 0 for a query row without a finite score; the op gives NaN there."""
+    q, k, v = randn(1, 3, 2, 8), randn(1, 3, 1, 8), randn(1, 3, 1, 8)
+    q[0, 1, 0, 2] = bad
+    out = ops.attention(q, k, v, causal=True)
+    want = ops.attention_reference(q.double(), k.double(), v.double(), causal=True)
+    assert torch.equal(out.isnan(), want.isnan()) and bool(out[0, 1, 0].isnan().all())
+    lens = torch.tensor([1])
+    out = ops.decode_attention(q[:, 1:2], k.contiguous(), v.contiguous(), lens)
+    want = ops.decode_attention_reference(q[:, 1:2].double(), k.double(), v.double(), lens)
+    assert torch.equal(out.isnan(), want.isnan()) and bool(out[0, 0, 0].isnan().all())

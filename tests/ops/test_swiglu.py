@@ -4,7 +4,7 @@ import torch
 from kr_mini_llm import ops
 from kr_mini_llm.ops.swiglu import _swiglu_backward_fallback, _swiglu_fallback
 
-from .utils import DTYPES, assert_close, grads, num_threads, randn
+from .utils import DTYPES, assert_close, grads, native_thread_invariance, num_threads, randn
 
 # any shape: 0-d, length 1, odd and prime sizes, model widths (intermediate 2048 / 2816)
 SHAPES = [(), (1,), (7,), (3, 33), (2, 5, 17), (1, 1, 1), (4, 2048), (2, 3, 2816), (31, 97)]
@@ -119,6 +119,7 @@ def test_opcheck(dtype):
                           (randn(4, 3, 40, dtype=dtype), gate.detach(), up.detach()))
 
 
+@native_thread_invariance
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("strided", [False, True])
 def test_same_bits_on_one_and_two_threads(dtype, strided):
