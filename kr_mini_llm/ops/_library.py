@@ -81,12 +81,15 @@ _MPS_MISSING = re.compile(r"operator '([^']+)' is not (?:current(?:ly)? )?implem
 
 def _naming_missing_mps_ops(name: str, fn):
     """fn, where a NotImplementedError of MPS becomes one line that names our op, PyTorch's op it
-    lacks, and the switch that runs such ops on the CPU (instead of a traceback through the fallback)."""
+    lacks, and the switch that runs such ops on the CPU (instead of a traceback through the fallback).
+    fn runs without autocast, as a native kernel does: the op's dtypes are its arguments' (an autocast
+    region would otherwise recast the fallback's own fp32 math, e.g. linear_cross_entropy's logits)."""
 
     @functools.wraps(fn)
     def run(*args):
         try:
-            return fn(*args)
+            with torch._C._DisableAutocast():
+                return fn(*args)
         except NotImplementedError as e:
             missing = _MPS_MISSING.search(str(e))
             if missing is None or isinstance(e, DeviceOpMissing):

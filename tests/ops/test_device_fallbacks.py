@@ -261,3 +261,16 @@ def test_a_non_finite_query_gives_nan_as_the_reference(fallbacks, bad):
     out = ops.decode_attention(q[:, 1:2], k.contiguous(), v.contiguous(), lens)
     want = ops.decode_attention_reference(q[:, 1:2].double(), k.double(), v.double(), lens)
     assert torch.equal(out.isnan(), want.isnan()) and bool(out[0, 0, 0].isnan().all())
+
+
+def test_autocast_leaves_the_fallbacks_math_alone(fallbacks):
+    """In a bf16 autocast region the fallbacks compute as the native kernels do: in their arguments'
+    dtypes (autocast would recast their matmuls and SDPA to bf16)."""
+    q, k, v = randn(2, 9, 4, 16), randn(2, 9, 2, 16), randn(2, 9, 2, 16)
+    hidden, weight, targets = randn(12, 16), randn(50, 16), torch.randint(0, 50, (12,))
+    want = ops.attention(q, k, v), ops.linear_cross_entropy(hidden, weight, targets)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = ops.attention(q, k, v), ops.linear_cross_entropy(hidden, weight, targets)
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype == torch.float32
+        torch.testing.assert_close(g, w, rtol=0, atol=0)
