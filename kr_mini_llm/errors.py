@@ -9,13 +9,20 @@ from __future__ import annotations
 
 import sys
 
-__all__ = ["KrMiniLlmError", "EXIT_USER_ERROR", "format_error", "report_error"]
+__all__ = ["KrMiniLlmError", "ConfigError", "EXIT_USER_ERROR", "format_error", "report_error"]
 
 EXIT_USER_ERROR = 2  # as argparse exits on a bad flag
 
 
 class KrMiniLlmError(Exception):
     """An error whose message says what is wrong and how to fix it."""
+
+
+class ConfigError(KrMiniLlmError, ValueError):
+    """A config file, dict or value the config readers refuse, naming the file, line and key.
+
+    The C++ readers (kr_mini_llm._C) raise this class too, so it is defined here, where the
+    native module can import it: this module imports nothing of the package."""
 
 
 def format_error(error: BaseException, prefix: str = "") -> str:

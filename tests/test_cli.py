@@ -66,6 +66,18 @@ def test_the_module_entry_point_and_the_script_print_the_same_help():
     assert _without_usage(run("-m", "kr_mini_llm.cli", "train")) == _without_usage(run("scripts/train.py"))
 
 
+def test_a_bad_model_config_is_one_error_line_and_exit_2(tmp_path):
+    train, model = tmp_path / "train.yaml", tmp_path / "model.yaml"
+    train.write_text("device: cpu\n")
+    model.write_text("hidden_size: 64\nnum_layer: 2\n")
+    r = subprocess.run([sys.executable, "-m", "kr_mini_llm.cli", "train", "--config", str(train), "--model_config",
+                        str(model)], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    [line] = r.stderr.splitlines()
+    assert line.startswith(f"error: {model}:2: unknown key 'num_layer' (did you mean 'num_layers'?)")
+
+
 def test_bench_lists_the_benchmarks_and_runs_one_by_name(capfd):
     text = _help(capfd, lambda: main(["bench", "--help"]))
     assert "ops " in text and "generate " in text and "common" not in text

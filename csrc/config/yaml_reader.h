@@ -11,7 +11,7 @@
 
 namespace kr {
 
-// Raised for any invalid config; Python sees it as kr_mini_llm.ConfigError (a ValueError).
+// Raised for any invalid config; Python sees it as kr_mini_llm.errors.ConfigError.
 class ConfigError : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;

@@ -72,10 +72,27 @@ void bind_field(py::class_<TransformerConfig>& cls, const char* name,
       });
 }
 
+// C++'s ConfigError is raised as kr_mini_llm.errors.ConfigError: a Python class, because it
+// derives from both the project's error base and ValueError, and pybind11 gives its own
+// exceptions one base. errors.py imports nothing of ours, so importing it here makes no cycle.
+void bind_config_error(py::module_& m) {
+  // Held for the life of the process, as the translator may run until the interpreter ends.
+  static PyObject* const config_error =
+      py::object(py::module_::import("kr_mini_llm.errors").attr("ConfigError")).release().ptr();
+  m.attr("ConfigError") = py::handle(config_error);
+  py::register_local_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const ConfigError& e) {
+      py::set_error(config_error, e.what());
+    }
+  });
+}
+
 }  // namespace
 
 void bind_config(py::module_& m) {
-  py::register_exception<ConfigError>(m, "ConfigError", PyExc_ValueError);
+  bind_config_error(m);
 
   using C = TransformerConfig;
   py::class_<C> cls(m, "TransformerConfig");

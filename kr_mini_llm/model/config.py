@@ -17,8 +17,7 @@ import os
 from typing import Any
 
 from .. import _C
-
-ConfigError = _C.ConfigError
+from ..errors import ConfigError
 
 
 def check_config_file(path: str | os.PathLike, what: str) -> str:

@@ -97,8 +97,16 @@ def test_bad_files_name_file_line_and_key(tmp_path, text, match):
         TransformerConfig.from_yaml(write(tmp_path, text))
 
 
-def test_config_error_is_a_value_error():
-    assert issubclass(ConfigError, ValueError)
+def test_config_error_is_a_value_error_and_a_user_error():
+    from kr_mini_llm.cli.command import is_user_error
+    from kr_mini_llm.errors import ConfigError as ProjectConfigError, KrMiniLlmError
+
+    assert ConfigError is ProjectConfigError
+    assert issubclass(ConfigError, ValueError) and issubclass(ConfigError, KrMiniLlmError)
+    with pytest.raises(ConfigError) as e:  # raised by the C++ reader
+        TransformerConfig.from_dict({"num_layer": 2})
+    assert type(e.value) is ConfigError and "did you mean 'num_layers'" in str(e.value)
+    assert is_user_error(e.value)  # by every command, also those that name no builtin (evaluate, export)
 
 
 def test_missing_file():
