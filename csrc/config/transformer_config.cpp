@@ -15,11 +15,6 @@ namespace {
 const std::vector<std::string> kKeys = {KR_TRANSFORMER_CONFIG_FIELDS(KR_FIELD_NAME)};
 #undef KR_FIELD_NAME
 
-const std::vector<std::string> kRopeKeys = {
-    "type", "rope_type", "factor", "original_max_position_embeddings", "beta_fast", "beta_slow",
-    "alpha", "beta", "attention_factor"};
-
-
 // Python's spelling of each kind (TransformerConfig.fields()).
 constexpr const char* kind_type(const char* kind) {
   return kind[0] == 'I' ? "int" : kind[0] == 'F' ? "float" : kind[0] == 'B' ? "bool"
@@ -44,18 +39,7 @@ void emit_field(YAML::Node& n, const char* k, const std::optional<int64_t>& v) {
   if (v) n[k] = *v;  // unset means derived: leave it out
 }
 void emit_field(YAML::Node& n, const char* k, const RopeScaling& r) {
-  if (r.type == "none") return;
-  YAML::Node y;
-  y["type"] = r.type;
-  y["factor"] = format_double(r.factor);
-  if (r.original_max_position_embeddings)
-    y["original_max_position_embeddings"] = r.original_max_position_embeddings;
-  if (r.type == "yarn") {
-    y["beta_fast"] = format_double(r.beta_fast);
-    y["beta_slow"] = format_double(r.beta_slow);
-    if (r.attention_factor) y["attention_factor"] = format_double(*r.attention_factor);
-  }
-  n[k] = y;
+  if (r.type != "none") n[k] = r.to_node();
 }
 
 // Range checks named by the table's check column. Positive runs in phase 0 (before the
@@ -82,44 +66,6 @@ void check_range(field_check::Token, const char* k, int64_t v, const RangeCheck&
 
 }  // namespace
 
-RopeScaling parse_rope_scaling(const YAML::Node& node, const std::string& where) {
-  RopeScaling r;
-  if (node.IsNull()) return r;
-  if (node.IsScalar() && (node.Scalar() == "none" || node.Scalar() == "None")) return r;
-  MappingReader m(node, where, kRopeKeys, "rope_scaling.");
-  if (m.has("type") && m.has("rope_type"))
-    m.fail("rope_type", "repeats 'type': give one of them");
-  const std::string tkey = m.has("rope_type") ? "rope_type" : "type";
-  if (!m.has(tkey)) m.fail("type", "is required: one of none, linear, ntk, yarn");
-  r.type = m.get_string(tkey);
-  if (r.type == "default") r.type = "none";
-  if (r.type == "dynamic") r.type = "ntk";
-  if (r.type != "none" && r.type != "linear" && r.type != "ntk" && r.type != "yarn")
-    m.fail(tkey, "must be one of none, linear, ntk, yarn; got '" + r.type + "'");
-  if (r.type != "none") {
-    if (!m.has("factor")) m.fail("factor", "is required for rope_scaling type '" + r.type + "'");
-    r.factor = m.get_double("factor");
-    if (!(r.factor >= 1.0)) m.fail("factor", "must be >= 1, got " + std::to_string(r.factor));
-  } else if (m.has("factor")) {
-    r.factor = m.get_double("factor");
-  }
-  if (m.has("original_max_position_embeddings")) {
-    r.original_max_position_embeddings = m.get_int("original_max_position_embeddings");
-    if (r.original_max_position_embeddings <= 0)
-      m.fail("original_max_position_embeddings", "must be > 0");
-  }
-  if (m.has("beta_fast") && m.has("beta")) m.fail("beta", "repeats 'beta_fast': give one of them");
-  if (m.has("beta_slow") && m.has("alpha")) m.fail("alpha", "repeats 'beta_slow': give one of them");
-  if (m.has("beta_fast")) r.beta_fast = m.get_double("beta_fast");
-  if (m.has("beta")) r.beta_fast = m.get_double("beta");
-  if (m.has("beta_slow")) r.beta_slow = m.get_double("beta_slow");
-  if (m.has("alpha")) r.beta_slow = m.get_double("alpha");
-  if (m.has("attention_factor")) r.attention_factor = m.get_double("attention_factor");
-  if (r.type == "yarn" && !(r.beta_fast > r.beta_slow))
-    m.fail("beta_fast", "must be greater than beta_slow for yarn");
-  return r;
-}
-
 std::string format_double(double v) {
   if (!std::isfinite(v)) return std::isnan(v) ? ".nan" : (v > 0 ? ".inf" : "-.inf");
   std::string t;
@@ -134,13 +80,6 @@ std::string format_double(double v) {
   const std::string mant = t.substr(0, e);
   if (mant.find('.') == std::string::npos) t = mant + ".0" + (e == std::string::npos ? "" : t.substr(e));
   return t;
-}
-
-bool RopeScaling::operator==(const RopeScaling& o) const {
-  return type == o.type && factor == o.factor &&
-         original_max_position_embeddings == o.original_max_position_embeddings &&
-         beta_fast == o.beta_fast && beta_slow == o.beta_slow &&
-         attention_factor == o.attention_factor;
 }
 
 bool TransformerConfig::operator==(const TransformerConfig& o) const {
@@ -290,11 +229,7 @@ void TransformerConfig::check_rules(const std::function<void(const std::string&)
   if (!(rms_norm_eps > 0)) fail("rms_norm_eps must be > 0, got " + format_double(rms_norm_eps));
   if (!(initializer_range > 0))
     fail("initializer_range must be > 0, got " + format_double(initializer_range));
-  const auto& r = rope_scaling;
-  if (r.type != "none" && r.type != "linear" && r.type != "ntk" && r.type != "yarn")
-    fail("rope_scaling type must be one of none, linear, ntk, yarn; got '" + r.type + "'");
-  if (r.type != "none" && !(r.factor >= 1.0))
-    fail("rope_scaling factor must be >= 1, got " + format_double(r.factor));
+  // rope_scaling is not re-checked: its parser, the only way to set it, validated it.
 }
 
 YAML::Node TransformerConfig::to_node() const {

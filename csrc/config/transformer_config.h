@@ -10,24 +10,10 @@
 #include <string>
 #include <vector>
 
+#include "config/rope_scaling.h"
 #include "config/yaml_reader.h"
 
 namespace kr {
-
-// RoPE context extension. type: "none", "linear", "ntk" (NTK-aware base scaling) or "yarn".
-struct RopeScaling {
-  std::string type = "none";
-  double factor = 1.0;
-  int64_t original_max_position_embeddings = 0;  // 0: the config's max_seq_length
-  double beta_fast = 32.0;                       // YaRN ramp (also called "beta")
-  double beta_slow = 1.0;                        // YaRN ramp (also called "alpha")
-  std::optional<double> attention_factor;        // YaRN: default 0.1 * ln(factor) + 1
-
-  bool operator==(const RopeScaling& o) const;
-};
-
-// Parses a rope_scaling mapping (or null / 'none'); `where` names the source in errors.
-RopeScaling parse_rope_scaling(const YAML::Node& node, const std::string& where);
 
 // Shortest text that reads back as the same double, always with a '.' or exponent.
 std::string format_double(double v);
@@ -97,6 +83,8 @@ struct TransformerConfig {
   static TransformerConfig from_yaml_string(const std::string& text, const std::string& where);
 
   int64_t resolved_head_dim() const;
+  // rope_scaling with its original context defaulting to max_seq_length, as HF's does.
+  RopeScaling resolved_rope_scaling() const { return rope_scaling.resolved(max_seq_length); }
   // Exact parameter count of kr_mini_llm.model.Transformer built from this config.
   int64_t num_parameters() const;
   // Throws ConfigError naming `where` when the combination of values is impossible.

@@ -35,6 +35,8 @@ py::object to_py(int64_t v) { return py::int_(v); }
 py::object to_py(double v) { return py::float_(v); }
 py::object to_py(bool v) { return py::bool_(v); }
 py::object to_py(const std::optional<int64_t>& v) { return v ? py::object(py::int_(*v)) : py::none(); }
+// rope_scaling as the config holds it (to_dict, the attribute), key for key what
+// RopeScaling::to_node() writes to a file; None for plain RoPE.
 py::object to_py(const RopeScaling& r) {
   if (r.type == "none") return py::none();
   py::dict d;
@@ -46,6 +48,32 @@ py::object to_py(const RopeScaling& r) {
     d["beta_fast"] = r.beta_fast;
     d["beta_slow"] = r.beta_slow;
     if (r.attention_factor) d["attention_factor"] = *r.attention_factor;
+    if (r.mscale) d["mscale"] = *r.mscale;
+    if (r.mscale_all_dim) d["mscale_all_dim"] = *r.mscale_all_dim;
+    if (!r.truncate) d["truncate"] = false;
+  }
+  return std::move(d);
+}
+
+// The form the RoPE table builder reads: every key of the type, with its default where none was
+// given (an optional left unset is None); None for plain RoPE.
+py::object rope_for_tables(const RopeScaling& r) {
+  if (r.type == "none") return py::none();
+  py::dict d;
+  d["type"] = r.type;
+  d["factor"] = r.factor;
+  if (r.uses_original_context())
+    d["original_max_position_embeddings"] = r.original_max_position_embeddings;
+  if (r.type == "yarn") {
+    const auto optional = [](const std::optional<double>& v) {
+      return v ? py::object(py::float_(*v)) : py::none();
+    };
+    d["beta_fast"] = r.beta_fast;
+    d["beta_slow"] = r.beta_slow;
+    d["attention_factor"] = optional(r.attention_factor);
+    d["mscale"] = optional(r.mscale);
+    d["mscale_all_dim"] = optional(r.mscale_all_dim);
+    d["truncate"] = r.truncate;
   }
   return std::move(d);
 }
@@ -89,10 +117,26 @@ void bind_config_error(py::module_& m) {
   });
 }
 
+void bind_rope_scaling(py::module_& m) {
+  m.def("normalize_rope_scaling", [](const py::object& scaling, const std::string& where) {
+        return rope_for_tables(parse_rope_scaling(to_yaml_node(scaling), where,
+                                                  OriginalContext::Required));
+      }, py::arg("scaling"), py::arg("where") = "<dict>",
+      "A rope_scaling mapping (this project's names or HF's) in the form the RoPE table builder "
+      "reads, every key of its type present; None for plain RoPE. Raises ConfigError naming the "
+      "key. ntk and yarn must give original_max_position_embeddings: there is no model here to "
+      "default to (TransformerConfig.resolved_rope_scaling fills in max_seq_length).");
+  m.attr("ROPE_SCALING_KEYS") = py::tuple(py::cast(rope_scaling_keys()));
+  py::dict hf_types;
+  for (const auto& [type, hf_name] : rope_scaling_hf_types()) hf_types[type.c_str()] = hf_name;
+  m.attr("ROPE_SCALING_HF_TYPES") = hf_types;
+}
+
 }  // namespace
 
 void bind_config(py::module_& m) {
   bind_config_error(m);
+  bind_rope_scaling(m);
 
   using C = TransformerConfig;
   py::class_<C> cls(m, "TransformerConfig");
@@ -116,6 +160,8 @@ void bind_config(py::module_& m) {
       .def_static("medium", &C::medium)
       .def_static("large", &C::large)
       .def_property_readonly("resolved_head_dim", &C::resolved_head_dim)
+      .def_property_readonly("resolved_rope_scaling",
+          [](const C& c) { return rope_for_tables(c.resolved_rope_scaling()); })
       .def_property_readonly("num_parameters", &C::num_parameters)
       .def("validate", &C::validate, py::arg("where") = "TransformerConfig")
       .def("to_dict", &config_to_dict)

@@ -125,13 +125,9 @@ class TransformerConfig:
 
     @property
     def resolved_rope_scaling(self) -> dict | None:
-        """rope_scaling in its normalised form (type none/linear/ntk/yarn, parsed once in C++),
-        with the original context defaulting to max_seq_length as HF does; None for plain RoPE.
-        What the RoPE tables, the HF config and the GGUF metadata are built from."""
-        scaling = self.rope_scaling
-        if scaling and scaling["type"] in ("ntk", "yarn"):
-            scaling = {"original_max_position_embeddings": self.max_seq_length, **scaling}
-        return scaling
+        """rope_scaling as the RoPE tables take it (ops.rope_tables): every key of its type, the
+        original context defaulting to max_seq_length as HF's does; None for plain RoPE."""
+        return self._c.resolved_rope_scaling
 
     @property
     def num_parameters(self) -> int:

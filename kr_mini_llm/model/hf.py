@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from .. import _C
 from ..io import layout
 from ..io.atomic import atomic_write, atomic_write_text
 from .config import ConfigError, TransformerConfig
@@ -19,20 +20,17 @@ from .config import ConfigError, TransformerConfig
 _SUPPORTED = ("llama", "qwen3")
 
 
-# HF's rope keys that our config has; the config's parser maps HF's type names ("default",
-# "dynamic") and rejects types it does not know, so the vocabulary lives in one place.
-_HF_ROPE_KEYS = ("factor", "original_max_position_embeddings", "beta_fast", "beta_slow", "attention_factor")
-
-
 def _rope_from_hf(cfg: dict):
+    """(rope_theta, rope_scaling) of an HF config.json. The config's parser reads HF's type names and
+    keys; a key it does not know is left out here, as HF ignores a key its type does not use."""
     params = cfg.get("rope_parameters")
     if params is None:  # transformers < 5: rope_theta + rope_scaling
         params = dict(cfg.get("rope_scaling") or {})
         params.setdefault("rope_theta", cfg.get("rope_theta", 10000.0))
     theta = float(params.get("rope_theta", cfg.get("rope_theta", 10000.0)))
-    kind = params.get("rope_type", params.get("type", "default"))
-    scaling = {"type": kind, **{k: params[k] for k in _HF_ROPE_KEYS if params.get(k) is not None}}
-    return theta, scaling
+    if params.get("rope_type") is None and params.get("type") is None:  # HF's default RoPE
+        return theta, None
+    return theta, {k: v for k, v in params.items() if k in _C.ROPE_SCALING_KEYS}
 
 
 def config_from_hf(cfg: dict, where: str = layout.HF_CONFIG) -> TransformerConfig:
@@ -69,11 +67,8 @@ def config_from_hf(cfg: dict, where: str = layout.HF_CONFIG) -> TransformerConfi
 
 def config_to_hf(config: TransformerConfig) -> dict:
     kind = "qwen3" if config.qk_norm else "llama"
-    rope = {"rope_type": "default", "rope_theta": config.rope_theta}
-    if config.rope_scaling:
-        s = dict(config.rope_scaling)
-        rope = {"rope_type": {"ntk": "dynamic"}.get(s.pop("type"), config.rope_scaling["type"]),
-                "rope_theta": config.rope_theta, **s}
+    scaling = dict(config.rope_scaling or {"type": "none"})
+    rope = {"rope_type": _C.ROPE_SCALING_HF_TYPES[scaling.pop("type")], "rope_theta": config.rope_theta, **scaling}
     cfg = {
         "architectures": ["Qwen3ForCausalLM" if kind == "qwen3" else "LlamaForCausalLM"],
         "model_type": kind, "vocab_size": config.vocab_size, "hidden_size": config.hidden_size,

@@ -7,25 +7,24 @@ rotary embedding): the same inverse frequencies, the same float32 angle `positio
 and YaRN's attention factor multiplied into cos and sin. This module does not import
 transformers; the tests compare against it.
 
-`scaling`: `TransformerConfig.resolved_rope_scaling` (the config's normalised form: types none,
-linear, ntk, yarn), or an HF `rope_scaling` / `rope_parameters` dict ("type" or "rope_type", HF's
-type names and keys accepted too):
+`scaling`: `TransformerConfig.resolved_rope_scaling`, or a `rope_scaling` / HF `rope_parameters`
+dict in any spelling the config accepts. The C++ config parser reads and validates it
+(`_C.normalize_rope_scaling`: the types, HF's names for them, key aliases, defaults and ranges are
+written there only); this module computes with the normalised form it returns:
 
-- None or {"type": "none"} (HF's "default"): plain RoPE, inv_freq = theta ** (-2i / head_dim).
+- None, {"type": "none"} (HF's "default"): plain RoPE, inv_freq = theta ** (-2i / head_dim).
 - {"type": "linear", "factor": f}: position interpolation, inv_freq / f.
 - {"type": "ntk", "factor": f, "original_max_position_embeddings": M [, "seq_len": L]}
-  (also "dynamic", HF's name): HF's dynamic NTK evaluated at length L:
+  (HF's "dynamic"): HF's dynamic NTK evaluated at length L:
   theta' = theta * (f * max(L, M) / M - (f - 1)) ** (d / (d - 2)). L defaults to the length the
   tables cover (max position + 1), which is what a freshly built HF module computes for those
   positions. We evaluate it statelessly at that length rather than copying HF's cache (which
   keeps the frequencies of the longest length it has seen), so the tables of a sequence never
-  depend on what ran before. Up to M the tables equal plain RoPE. "max_position_embeddings" is
-  accepted for M. Static NTK-aware scaling by alpha is the same formula at
-  L = M * (alpha + f - 1) / f; the YaRN and linear types cover the rest.
-- {"type": "yarn", "factor": f, "original_max_position_embeddings": M, "beta_fast": 32,
-  "beta_slow": 1, "attention_factor": None, "mscale": None, "mscale_all_dim": None,
-  "truncate": True}: HF's YaRN; the YaRN paper's "alpha"/"beta" names are accepted for
-  beta_slow/beta_fast (the project's long-context config writes {"alpha": 1.0, "beta": 32.0}).
+  depend on what ran before. Up to M the tables equal plain RoPE. Static NTK-aware scaling by
+  alpha is the same formula at L = M * (alpha + f - 1) / f; the YaRN and linear types cover the
+  rest. `seq_len` is the tables' own key, not the config's: it fixes L.
+- {"type": "yarn", "factor": f, "original_max_position_embeddings": M, "beta_fast", "beta_slow",
+  "attention_factor", "mscale", "mscale_all_dim", "truncate"}: HF's YaRN.
 """
 from __future__ import annotations
 
@@ -34,64 +33,23 @@ from typing import Mapping, Optional, Tuple, Union
 
 import torch
 
-# type -> (required keys, optional keys); "type"/"rope_type" are always allowed.
-_SCALING_KEYS = {
-    "none": (set(), set()),
-    "linear": ({"factor"}, set()),
-    "ntk": ({"factor", "original_max_position_embeddings"}, {"seq_len"}),
-    "yarn": ({"factor", "original_max_position_embeddings"},
-             {"beta_fast", "beta_slow", "attention_factor", "mscale", "mscale_all_dim", "truncate"}),
-}
-_TYPE_ALIASES = {"dynamic": "ntk", "default": "none", None: "none"}  # HF's names -> the config's
-_KEY_ALIASES = {
-    "ntk": {"max_position_embeddings": "original_max_position_embeddings"},
-    "yarn": {"beta": "beta_fast", "alpha": "beta_slow"},
-}
+from .. import _C
 
 
-def _normalize_scaling(scaling: Optional[Mapping]) -> dict:
-    """The scaling dict with its type resolved and aliases renamed; rejects unknown keys."""
+def _normalize_scaling(scaling: Optional[Mapping]) -> Tuple[Optional[dict], Optional[int]]:
+    """(the scaling in the config parser's normalised form or None for plain RoPE, the fixed NTK
+    length its "seq_len" gives or None)."""
     if scaling is None:
-        return {"type": "none"}
+        return None, None
     if not isinstance(scaling, Mapping):
         raise TypeError(f"rope_tables: scaling must be None or a dict, got {type(scaling).__name__}")
     s = dict(scaling)
-    kind = s.pop("rope_type", None)
-    kind2 = s.pop("type", None)
-    if kind is not None and kind2 is not None and kind != kind2:
-        raise ValueError(f"rope_tables: scaling gives two types, rope_type={kind!r} and type={kind2!r}")
-    kind = kind if kind is not None else kind2
-    kind = _TYPE_ALIASES.get(kind, kind)
-    if kind not in _SCALING_KEYS:
-        raise ValueError(f"rope_tables: unknown scaling type {kind!r}; expected one of "
-                         "'none' (or 'default'), 'linear', 'ntk' (or 'dynamic'), 'yarn'")
-    for old, new in _KEY_ALIASES.get(kind, {}).items():
-        if old in s:
-            if new in s:
-                raise ValueError(f"rope_tables: {kind} scaling gives both {old!r} and {new!r}")
-            s[new] = s.pop(old)
-    required, optional = _SCALING_KEYS[kind]
-    unknown = set(s) - required - optional
-    if unknown:
-        allowed = sorted(required | optional) or ["(none)"]
-        raise ValueError(f"rope_tables: unknown key(s) {sorted(unknown)} for {kind} scaling; "
-                         f"allowed: {', '.join(allowed)}")
-    missing = required - set(s)
-    if missing:
-        raise ValueError(f"rope_tables: {kind} scaling needs {sorted(missing)}")
-    if "factor" in s:
-        f = s["factor"]
-        if isinstance(f, bool) or not isinstance(f, (int, float)) or not f > 0:
-            raise ValueError(f"rope_tables: scaling factor must be a positive number, got {f!r}")
-        if kind in ("ntk", "yarn") and f < 1:
-            raise ValueError(f"rope_tables: {kind} scaling factor must be >= 1, got {f!r}")
-    if "original_max_position_embeddings" in s:
-        m = s["original_max_position_embeddings"]
-        if isinstance(m, bool) or not isinstance(m, int) or m < 1:
-            raise ValueError("rope_tables: original_max_position_embeddings must be a positive int, "
-                             f"got {m!r}")
-    s["type"] = kind
-    return s
+    seq_len = s.pop("seq_len", None)
+    s = _C.normalize_rope_scaling(s, "rope_tables")
+    if seq_len is not None and (s is None or s["type"] != "ntk"):
+        raise ValueError("rope_tables: scaling's seq_len fixes the length ntk scaling is evaluated at; "
+                         f"{'plain RoPE' if s is None else s['type'] + ' scaling'} takes none, remove it")
+    return s, seq_len
 
 
 def _check_head_dim(head_dim: int) -> None:
@@ -115,23 +73,27 @@ def rope_inv_freq(head_dim: int, theta: float = 10000.0, scaling: Optional[Mappi
     _check_head_dim(head_dim)
     if not (isinstance(theta, (int, float)) and not isinstance(theta, bool) and theta > 0):
         raise ValueError(f"rope_tables: theta must be a positive number, got {theta!r}")
-    s = _normalize_scaling(scaling)
-    kind, dim, base = s["type"], head_dim, float(theta)
-    if kind == "none":
+    s, fixed_len = _normalize_scaling(scaling)
+    dim, base = head_dim, float(theta)
+    if s is None:
         return _default_inv_freq(dim, base, dtype), 1.0
+    kind, factor = s["type"], s["factor"]
     if kind == "linear":
-        return _default_inv_freq(dim, base, dtype) / s["factor"], 1.0
+        return _default_inv_freq(dim, base, dtype) / factor, 1.0
+    m = s["original_max_position_embeddings"]
     if kind == "ntk":
-        factor, m = s["factor"], s["original_max_position_embeddings"]
-        length = s.get("seq_len", seq_len)
+        length = fixed_len if fixed_len is not None else seq_len
         length = m if length is None else max(int(length), m)
         if dim > 2:  # at dim 2 the only frequency is 1 for every base
             base = base * ((factor * length / m) - (factor - 1)) ** (dim / (dim - 2))
         return _default_inv_freq(dim, base, dtype), 1.0
-    # yarn, as HF's _compute_yarn_parameters
+    return _yarn_inv_freq(s, dim, base, dtype)
+
+
+def _yarn_inv_freq(s: dict, dim: int, base: float, dtype: torch.dtype) -> Tuple[torch.Tensor, float]:
+    """As HF's _compute_yarn_parameters."""
     factor, m = s["factor"], s["original_max_position_embeddings"]
-    attention_factor = s.get("attention_factor")
-    mscale, mscale_all_dim = s.get("mscale"), s.get("mscale_all_dim")
+    attention_factor, mscale, mscale_all_dim = s["attention_factor"], s["mscale"], s["mscale_all_dim"]
 
     def get_mscale(scale, ms=1.0):
         return 1.0 if scale <= 1 else 0.1 * ms * math.log(scale) + 1.0
@@ -141,14 +103,12 @@ def rope_inv_freq(head_dim: int, theta: float = 10000.0, scaling: Optional[Mappi
             attention_factor = float(get_mscale(factor, mscale) / get_mscale(factor, mscale_all_dim))
         else:
             attention_factor = get_mscale(factor)
-    beta_fast = s.get("beta_fast") or 32
-    beta_slow = s.get("beta_slow") or 1
 
     def correction_dim(num_rotations):
         return (dim * math.log(m / (num_rotations * 2 * math.pi))) / (2 * math.log(base))
 
-    low, high = correction_dim(beta_fast), correction_dim(beta_slow)
-    if s.get("truncate", True):
+    low, high = correction_dim(s["beta_fast"]), correction_dim(s["beta_slow"])
+    if s["truncate"]:
         low, high = math.floor(low), math.ceil(high)
     low, high = max(low, 0), min(high, dim - 1)
     if low == high:

@@ -138,26 +138,49 @@ def test_layouts_dtype_and_device():
      r"positions must be an int or an integer tensor \[T\] or \[B, T\]"),
     (dict(head_dim=64, positions=torch.zeros(4)), ValueError, "positions must be an int or an integer tensor"),
     (dict(head_dim=64, positions=-1), ValueError, "positions must be an int >= 0"),
+    # the scaling is read by the config's parser, which names the key and the fix
     (dict(head_dim=64, positions=4, scaling={"type": "ntk-by-parts"}), ValueError,
-     "unknown scaling type 'ntk-by-parts'"),
-    (dict(head_dim=64, positions=4, scaling={"type": "linear"}), ValueError, r"linear scaling needs \['factor'\]"),
+     r"rope_scaling.type must be one of none, linear, ntk, yarn; got 'ntk-by-parts'"),
+    (dict(head_dim=64, positions=4, scaling={"type": "linear"}), ValueError,
+     r"rope_scaling.factor is required for rope_scaling type 'linear': how many times"),
     (dict(head_dim=64, positions=4, scaling={"type": "linear", "factor": 0}), ValueError,
-     "scaling factor must be a positive number, got 0"),
+     r"rope_scaling.factor must be > 0 for linear scaling, got 0.0"),
     (dict(head_dim=64, positions=4, scaling={"type": "yarn", "factor": 4.0}), ValueError,
-     r"yarn scaling needs \['original_max_position_embeddings'\]"),
+     r"rope_scaling.original_max_position_embeddings is required for yarn scaling here .*give the context"),
+    (dict(head_dim=64, positions=4, scaling={"rope_type": "dynamic", "factor": 2.0}), ValueError,
+     r"rope_scaling.original_max_position_embeddings is required for ntk scaling"),
     (dict(head_dim=64, positions=4, scaling={"type": "yarn", "factor": 4.0,
                                              "original_max_position_embeddings": 8, "beta_fsat": 32}),
-     ValueError, r"unknown key\(s\) \['beta_fsat'\] for yarn"),
+     ValueError, r"unknown key 'rope_scaling.beta_fsat' \(did you mean 'rope_scaling.beta_fast'\?\)"),
     (dict(head_dim=64, positions=4, scaling={"type": "yarn", "factor": 0.5, "original_max_position_embeddings": 8}),
-     ValueError, "yarn scaling factor must be >= 1"),
+     ValueError, r"rope_scaling.factor must be >= 1 for yarn scaling \(1 is no scaling\), got 0.5"),
+    (dict(head_dim=64, positions=4, scaling={"type": "yarn", "factor": 2.0, "original_max_position_embeddings": 8,
+                                             "beta": 1.0, "alpha": 2.0}),
+     ValueError, r"rope_scaling.beta must be greater than beta_slow for yarn \(1.0 <= 2.0\)"),
     (dict(head_dim=64, positions=4, scaling={"type": "linear", "rope_type": "yarn", "factor": 2}), ValueError,
-     "scaling gives two types"),
+     r"rope_scaling.rope_type is 'yarn' but type is 'linear': give one of them"),
+    (dict(head_dim=64, positions=4, scaling={"type": "linear", "factor": 2.0, "seq_len": 8}), ValueError,
+     "scaling's seq_len fixes the length ntk scaling is evaluated at; linear scaling takes none"),
     (dict(head_dim=64, positions=4, scaling=[("type", "linear")]), TypeError, "scaling must be None or a dict"),
     (dict(head_dim=64, positions=4, dtype=torch.int32), TypeError, "dtype must be a floating dtype"),
 ])
 def test_bad_arguments_are_clear_errors(kwargs, exc, match):
     with pytest.raises(exc, match="rope_tables: " + match):
         rope_tables(**kwargs)
+
+
+def test_scaling_errors_are_config_errors():
+    from kr_mini_llm.errors import ConfigError, KrMiniLlmError
+
+    with pytest.raises(ConfigError) as e:
+        rope_tables(64, 4, scaling={"type": "linear", "factor": "x"})
+    assert isinstance(e.value, KrMiniLlmError) and "rope_scaling.factor must be a number, got 'x'" in str(e.value)
+
+
+def test_hf_writes_type_and_rope_type_both():
+    a = rope_tables(64, 10, 1e4, {"type": "linear", "rope_type": "linear", "factor": 2.0})
+    b = rope_tables(64, 10, 1e4, {"type": "linear", "factor": 2.0})
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
 def test_package_does_not_import_transformers():
