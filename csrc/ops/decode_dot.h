@@ -11,8 +11,9 @@
 //                 zmm, or ymm / xmm for blocks of 32 / 16
 //   Int8DotAvx2   AVX2: the same quantized x, vpmaddubsw + vpmaddwd (s16 pairs -> s32)
 //   Bf16Dot       AVX512-BF16: x rounded to bf16, vdpbf16ps (bf16 pairs -> fp32)
-//   Int4Dot       AVX2 / AVX512-VNNI: packed int4 weights (see Int4x2) unpacked to bytes in
-//                 registers, against the same quantized x (vpmaddubsw, or vpdpbusd on ymm)
+//   Int4DotVnni   AVX512-VNNI: packed int4 weights (see Int4x2) unpacked to bytes in registers,
+//                 one block of 32 at a time, against the same quantized x (vpdpbusd on ymm)
+//   Int4PairDot   AVX2: the same two blocks at a time, x laid out to match (PairedX), vpmaddubsw
 //   Int4FloatDot  int4 weights unpacked to int8 and widened to fp32 lanes (every other ISA)
 //
 // The int8 kernels sum whole blocks of B inputs in int32 and convert once per block, where
@@ -175,7 +176,7 @@ struct QuantizedX {
   const int8_t* q;          // [N, K]; Int8DotVnni stores q + 128 (as uint8), see there
   const float* s;           // [N, K / B]
   int64_t K, B;
-  const int32_t* sums = nullptr;  // Int4Dot: [N, K / B], 8 * the sum of q over each block
+  const int32_t* sums = nullptr;  // int4: [N, K / B], 8 * the sum of q over each block
 };
 
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
@@ -393,30 +394,20 @@ inline void unpack_int4_block(const Int4x2* p, Fn&& put) {
   }
 }
 
-#if defined(__AVX2__)
+#if defined(KR_DECODE_INT8_VNNI)
 #define KR_DECODE_INT4_DOT 1
-// Int4 weights against x quantized to int8 per block of B inputs (a multiple of 32 dividing the
-// group). The unsigned nibbles u = q + 8 are the unsigned side of the byte dot product as they
+// AVX512-VNNI: int4 weights against x quantized to int8 per block of B inputs (a multiple of 32
+// dividing the group). The unsigned nibbles u = q + 8 are the unsigned side of vpdpbusd as they
 // are, x the signed side, and the 8 * sum(x) this adds is taken off per block:
 //   sum_k q_k x_k = sum_k u_k x_k - 8 * sum_k x_k.
-// vpmaddubsw's pair sums stay within 2 * 15 * 127 < 2^15, so nothing saturates, and vpdpbusd
-// (AVX512-VNNI, kVnni) computes the same sums in one instruction. One ymm (32 inputs, one packed
-// block) per step on both: the packing's 16-byte halves line up with ymm lanes, and at 4.5 bits
-// per weight the stream, not the dot products, is the bound.
-template <bool kVnni>
-struct Int4Dot {
-  static constexpr int kMaxRows = kVnni ? 8 : 4;
-  static constexpr int kFewRows = kVnni ? 4 : 2;
+// One ymm (32 inputs, one packed block) per step: the packing's 16-byte halves line up with ymm
+// lanes, and at 4.5 bits per weight the stream, not the dot products, is the bound.
+struct Int4DotVnni {
+  static constexpr int kMaxRows = 8;
+  static constexpr int kFewRows = 4;
   static constexpr int kOneRowJB = 4;
   QuantizedX x;
   Weights<Int4x2> w;
-
-  static inline __m256i dot(__m256i acc, __m256i u, __m256i s) {
-#if defined(KR_DECODE_INT8_VNNI)
-    if constexpr (kVnni) return _mm256_dpbusd_epi32(acc, u, s);
-#endif
-    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
-  }
 
   template <int NR, int JB>
   inline void operator()(int64_t n0, const int64_t* rows, int64_t ahead, float (&out)[JB][NR]) const {
@@ -440,7 +431,7 @@ struct Int4Dot {
           __builtin_prefetch(p + ahead);
           const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
           const __m256i u = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), low);
-          static_for<NR>([&](auto n) { acc[jb][n] = dot(acc[jb][n], u, xv[n]); });
+          static_for<NR>([&](auto n) { acc[jb][n] = _mm256_dpbusd_epi32(acc[jb][n], u, xv[n]); });
         });
       }
       const int64_t g = k0 / w.group_size;
@@ -454,6 +445,104 @@ struct Int4Dot {
         });
       });
     }
+    static_for<JB>([&](auto jb) { static_for<NR>([&](auto n) { out[jb][n] = Ymm::sum(accf[jb][n]); }); });
+  }
+};
+#elif defined(__AVX2__)
+#define KR_DECODE_INT4_DOT 1
+#define KR_DECODE_INT4_PAIRS 1
+// x for Int4PairDot: quantized to int8 per block of 32 inputs, as QuantizedX with B = 32, and laid
+// out per pair of blocks (b, b + 1) the way 32 bytes of packed weights unpack with one shift and
+// two masks (low nibbles: inputs 0..15 of both blocks; high nibbles: inputs 16..31 of both):
+//   q     lo = [x_b 0..15 | x_b+1 0..15], hi = [x_b 16..31 | x_b+1 16..31]   (64 bytes)
+//   s     [s_b x4 | s_b+1 x4]                                            (8 floats)
+//   corr  [8 sum q_b, 0, 0, 0 | 8 sum q_b+1, 0, 0, 0]                     (8 int32)
+// An odd last block is a pair whose second half is zero.
+struct PairedX {
+  const int8_t* q;       // [N, pairs * 64]
+  const float* s;        // [N, pairs * 8]
+  const int32_t* corr;   // [N, pairs * 8]
+  const int32_t* group;  // [K / 32]: the weight group of each block (Int4PairDot<kAnyGroup> only)
+  int64_t K, pairs;
+};
+
+// How a pair of blocks finds its two weight scales.
+enum Int4Groups { kGroupPerBlock, kGroupPerPair, kAnyGroup };  // G = 32; G % 64 == 0; else
+
+// AVX2: int4 weights against x quantized to int8, two packed blocks (64 inputs, 32 bytes) per step.
+// The unsigned nibbles u = q + 8 are vpmaddubsw's unsigned side as they are, x the signed side,
+// and the 8 * sum(x) this adds is taken off per block: sum_k q_k x_k = sum_k u_k x_k - 8 sum_k x_k.
+// The two products add in int16 before vpmaddwd (each pair sum is within 2 * 15 * 127, so both
+// within 2^15), and each int32 lane holds one block, so one convert and one FMA with the per-lane
+// scales [sw_b * s_b x4 | sw_b+1 * s_b+1 x4] finish two blocks: about 15 instructions per 64
+// weights of a row where one block at a time took 26.
+template <Int4Groups kGroups>
+struct Int4PairDot {
+  static constexpr int kMaxRows = 4;
+  static constexpr int kFewRows = 2;
+  static constexpr int kOneRowJB = 4;
+  PairedX x;
+  Weights<Int4x2> w;
+
+  // [sw_b x4 | sw_b+1 x4] for the pair p of one row's scales sr (half: the second block is absent).
+  template <bool kHalf>
+  inline __m256 pair_scales(const float* sr, int64_t p) const {
+    if constexpr (kHalf) {
+      const int64_t g = kGroups == kGroupPerBlock ? 2 * p : x.group[2 * p];
+      return _mm256_insertf128_ps(_mm256_setzero_ps(), _mm_set1_ps(sr[g]), 0);
+    }
+    if constexpr (kGroups == kGroupPerBlock) {
+      const __m128 two = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(sr + 2 * p)));
+      return _mm256_permutevar8x32_ps(_mm256_castps128_ps256(two), _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1));
+    } else if constexpr (kGroups == kGroupPerPair) {
+      return _mm256_broadcast_ss(sr + x.group[2 * p]);
+    } else {
+      return _mm256_set_m128(_mm_set1_ps(sr[x.group[2 * p + 1]]), _mm_set1_ps(sr[x.group[2 * p]]));
+    }
+  }
+
+  template <int NR, int JB>
+  inline void operator()(int64_t n0, const int64_t* rows, int64_t ahead, float (&out)[JB][NR]) const {
+    const int64_t blocks = x.K / 32, full = blocks / 2, row = w.row_elements();
+    const __m256i low = _mm256_set1_epi8(0x0F);
+    const __m256i ones16 = _mm256_set1_epi16(1);
+    const uint8_t* wr[JB];
+    const float* sr[JB];
+    for (int jb = 0; jb < JB; ++jb) {
+      wr[jb] = &w.data[rows[jb] * row].bits;
+      sr[jb] = w.scales + rows[jb] * w.groups;
+    }
+    __m256 accf[JB][NR];
+    static_for<JB>([&](auto jb) { static_for<NR>([&](auto n) { accf[jb][n] = _mm256_setzero_ps(); }); });
+    auto step = [&](int64_t p, auto half) {
+      constexpr bool kHalf = decltype(half)::value;
+      static_for<JB>([&](auto jb) {
+        const uint8_t* wp = wr[jb] + p * 32;
+        __m256i v;
+        if constexpr (kHalf) {
+          v = _mm256_inserti128_si256(_mm256_setzero_si256(), _mm_loadu_si128(reinterpret_cast<const __m128i*>(wp)), 0);
+        } else {
+          __builtin_prefetch(wp + ahead);
+          v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp));
+        }
+        const __m256i lo = _mm256_and_si256(v, low);
+        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+        const __m256 sw = pair_scales<kHalf>(sr[jb], p);
+        static_for<NR>([&](auto n) {
+          const int64_t at = (n0 + n) * x.pairs + p;
+          const int8_t* xq = x.q + at * 64;
+          const __m256i xl = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq));
+          const __m256i xh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 32));
+          const __m256i s16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xl), _mm256_maddubs_epi16(hi, xh));
+          const __m256i corr = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.corr + at * 8));
+          const __m256i d = _mm256_sub_epi32(_mm256_madd_epi16(s16, ones16), corr);
+          const __m256 s = _mm256_mul_ps(sw, _mm256_loadu_ps(x.s + at * 8));
+          accf[jb][n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), s, accf[jb][n]);
+        });
+      });
+    };
+    for (int64_t p = 0; p < full; ++p) step(p, std::false_type{});
+    if (blocks % 2) step(full, std::true_type{});
     static_for<JB>([&](auto jb) {
       static_for<NR>([&](auto n) {
         __m128 t = _mm_add_ps(_mm256_castps256_ps128(accf[jb][n]), _mm256_extractf128_ps(accf[jb][n], 1));

@@ -20,7 +20,9 @@
 #include "ops/common.h"
 #include "ops/decode_dot.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <numeric>
 #include <string>
@@ -134,8 +136,10 @@ int64_t int8_block(int64_t G, int64_t vector_bytes) {
   return B % vector_bytes == 0 ? B : 0;
 }
 
+#if defined(KR_DECODE_INT8_VNNI)
 // The same for int4 weights (G a multiple of 32): always a whole number of the 32-input steps.
 int64_t int4_block(int64_t G) { return std::gcd(G, int64_t{128}); }
+#endif
 
 #if defined(KR_DECODE_INT8_VNNI) || defined(KR_DECODE_INT8_AVX2)
 // The smallest block the int8 kernel of this build tiles: 16 bytes with VNNI (xmm), 32 with AVX2.
@@ -193,6 +197,49 @@ void quantize_x(const float* x, int64_t N, int64_t K, int64_t B, bool offset, in
 
 // Inputs per packed int4 block (Int4x2): in_features and the group size are multiples of it.
 constexpr int64_t kInt4Block = 32;
+
+#if defined(KR_DECODE_INT4_PAIRS)
+// x quantized per block of 32 (quantize_x) and laid out in pairs of blocks for Int4PairDot (see
+// PairedX), then the kernel for the group size G: the scale lookup is chosen once per call.
+template <typename Launch>
+void launch_int4_pairs(const float* xp, int64_t N, int64_t K, int64_t G, const Weights<Int4x2>& w,
+                       const Launch& launch) {
+  const int64_t blocks = K / kInt4Block, pairs = (blocks + 1) / 2;
+  thread_local std::vector<int8_t> q_buf, pq_buf;
+  thread_local std::vector<float> s_buf, ps_buf;
+  thread_local std::vector<int32_t> sum_buf, pc_buf, group_buf;
+  int8_t* q = scratch(q_buf, N * K);
+  float* s = scratch(s_buf, N * blocks);
+  int32_t* sums = scratch(sum_buf, N * blocks);
+  quantize_x(xp, N, K, kInt4Block, /*offset=*/false, q, s, sums);
+  int8_t* pq = scratch(pq_buf, N * pairs * 64);
+  float* ps = scratch(ps_buf, N * pairs * 8);
+  int32_t* pc = scratch(pc_buf, N * pairs * 8);
+  int32_t* group = scratch(group_buf, blocks);
+  std::fill(pq, pq + N * pairs * 64, int8_t{0});  // an odd last block's missing half stays 0
+  std::fill(ps, ps + N * pairs * 8, 0.f);
+  std::fill(pc, pc + N * pairs * 8, 0);
+  for (int64_t b = 0; b < blocks; ++b) group[b] = static_cast<int32_t>(b * kInt4Block / G);
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t p = n * pairs + b / 2, half = b % 2;
+      const int8_t* src = q + n * K + b * kInt4Block;
+      std::memcpy(pq + p * 64 + half * 16, src, 16);
+      std::memcpy(pq + p * 64 + 32 + half * 16, src + 16, 16);
+      std::fill(ps + p * 8 + half * 4, ps + p * 8 + half * 4 + 4, s[n * blocks + b]);
+      pc[p * 8 + half * 4] = sums[n * blocks + b];
+    }
+  }
+  const PairedX px{pq, ps, pc, group, K, pairs};
+  if (G == kInt4Block) {
+    launch(Int4PairDot<kGroupPerBlock>{px, w});
+  } else if (G % (2 * kInt4Block) == 0) {
+    launch(Int4PairDot<kGroupPerPair>{px, w});
+  } else {
+    launch(Int4PairDot<kAnyGroup>{px, w});
+  }
+}
+#endif
 
 // in_features K: weight.size(1), or twice that for int4 (uint8) weights.
 int64_t check_args(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& scales,
@@ -290,7 +337,6 @@ at::Tensor linear_impl(const at::Tensor& x_, const at::Tensor& weight_, const st
   };
   thread_local std::vector<int8_t> xq_buf;
   thread_local std::vector<float> xs_buf;
-  thread_local std::vector<int32_t> xsum_buf;
   switch (weight.scalar_type()) {
     case at::kFloat:
       launch(FloatDot<float>{xp, {weight.const_data_ptr<float>(), nullptr, K, 1, K}});
@@ -314,18 +360,16 @@ at::Tensor linear_impl(const at::Tensor& x_, const at::Tensor& weight_, const st
     case at::kByte: {
       const Weights<Int4x2> w{reinterpret_cast<const Int4x2*>(weight.const_data_ptr<uint8_t>()),
                               scales.const_data_ptr<float>(), K, groups, K / groups};
-#ifdef KR_DECODE_INT4_DOT
+#if defined(KR_DECODE_INT4_PAIRS)
+      launch_int4_pairs(xp, N, K, K / groups, w, launch);
+#elif defined(KR_DECODE_INT4_DOT)
       const int64_t B = int4_block(K / groups);
       int8_t* q = scratch(xq_buf, N * K);
       float* s = scratch(xs_buf, N * (K / B));
+      thread_local std::vector<int32_t> xsum_buf;
       int32_t* sums = scratch(xsum_buf, N * (K / B));
       quantize_x(xp, N, K, B, /*offset=*/false, q, s, sums);
-      const QuantizedX qx{q, s, K, B, sums};
-#if defined(KR_DECODE_INT8_VNNI)
-      launch(Int4Dot<true>{qx, w});
-#else
-      launch(Int4Dot<false>{qx, w});
-#endif
+      launch(Int4DotVnni{QuantizedX{q, s, K, B, sums}, w});
 #else
       launch(Int4FloatDot{xp, w});
 #endif
@@ -385,7 +429,9 @@ int64_t decode_int8_x_block(int64_t G) {
 
 // The same for int4 weights.
 int64_t decode_int4_x_block(int64_t G) {
-#ifdef KR_DECODE_INT4_DOT
+#if defined(KR_DECODE_INT4_PAIRS)
+  return G > 0 && G % kInt4Block == 0 ? kInt4Block : 0;
+#elif defined(KR_DECODE_INT4_DOT)
   return G > 0 && G % kInt4Block == 0 ? int4_block(G) : 0;
 #else
   return 0;
@@ -421,8 +467,8 @@ std::string decode_linear_kernel(c10::ScalarType weight_dtype) {
     case at::kByte:
 #if defined(KR_DECODE_INT8_VNNI)
       return "int4 unpacked in registers, avx512-vnni int8 dot products (x quantized to int8 per block of gcd(group, 128) inputs)";
-#elif defined(KR_DECODE_INT4_DOT)
-      return "int4 unpacked in registers, avx2 int8 dot products (x quantized to int8 per block of gcd(group, 128) inputs)";
+#elif defined(KR_DECODE_INT4_PAIRS)
+      return "int4 unpacked in registers two blocks at a time, avx2 int8 dot products (x quantized to int8 per block of 32 inputs)";
 #else
       return "int4 unpacked to int8, widened to fp32, fp32 FMA";
 #endif

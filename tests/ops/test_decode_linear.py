@@ -1,5 +1,7 @@
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kr_mini_llm import ops
 from kr_mini_llm.ops.decode_linear import _decode_linear_fallback, _decode_linear_swiglu_fallback, x_format
@@ -239,6 +241,41 @@ def test_int4_matches_float64_reference(M, K):
             y = ops.decode_linear(x, w, s, r)
             assert y.shape == (N, M) and y.dtype == torch.float32
             torch.testing.assert_close(y.double(), ref64(x, w, s, r), **tol(torch.float32, K))
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(M=st.integers(1, 40), blocks=st.integers(1, 24), per_group=st.integers(1, 8), N=st.integers(1, 9),
+       swiglu=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_int4_any_blocks_and_groups(M, blocks, per_group, N, swiglu, seed):
+    """Every count of 32-input blocks (odd ones end in a half step of the two-block AVX2 kernel)
+    and every group of whole blocks: one block, two, or an odd number that splits a pair of blocks
+    between two scales."""
+    per_group = min(per_group, blocks)
+    blocks -= blocks % per_group
+    K, G = 32 * blocks, 32 * per_group
+    gen = torch.Generator().manual_seed(seed)
+    w, s = make_weight(2 * M if swiglu else M, K, torch.uint8, G, gen)
+    x = torch.randn(N, K, generator=gen) * 3
+    if swiglu:
+        y = ops.decode_linear_swiglu(x, w, s)
+        expected = ref64(x, w, s, swiglu=True)
+    else:
+        y = ops.decode_linear(x, w, s)
+        expected = ref64(x, w, s)
+    torch.testing.assert_close(y.double(), expected, **tol(torch.float32, K))
+
+
+@pytest.mark.parametrize("wdtype", [torch.int8, torch.uint8])
+def test_non_finite_x_gives_nan_in_every_output(wdtype):
+    """A NaN or inf in x reaches every output (it must not vanish in the int8 quantization of x)."""
+    gen = torch.Generator().manual_seed(14)
+    w, s = make_weight(21, 192, wdtype, 32, gen)
+    for bad in (float("nan"), float("inf")):
+        x = torch.randn(3, 192, generator=gen)
+        x[1, 100] = bad
+        y = ops.decode_linear(x, w, s)
+        assert y[1].isnan().all() or (bad == float("inf") and not y[1].isfinite().any()), y[1]
+        assert y[[0, 2]].isfinite().all()
 
 
 @pytest.mark.parametrize("I,K,group_size", [(1, 32, 32), (45, 96, 32), (344, 256, 128), (20, 640, 64)])
