@@ -543,13 +543,7 @@ struct Int4PairDot {
     };
     for (int64_t p = 0; p < full; ++p) step(p, std::false_type{});
     if (blocks % 2) step(full, std::true_type{});
-    static_for<JB>([&](auto jb) {
-      static_for<NR>([&](auto n) {
-        __m128 t = _mm_add_ps(_mm256_castps256_ps128(accf[jb][n]), _mm256_extractf128_ps(accf[jb][n], 1));
-        t = _mm_add_ps(t, _mm_movehl_ps(t, t));
-        out[jb][n] = _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)));
-      });
-    });
+    static_for<JB>([&](auto jb) { static_for<NR>([&](auto n) { out[jb][n] = hsum256(accf[jb][n]); }); });
   }
 };
 #endif

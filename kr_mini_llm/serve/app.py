@@ -91,7 +91,8 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None, max_
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": model_name, "busy_rows": engine.busy_rows, "queued": engine.queued,
-                "max_batch": engine.max_batch, "context_length": engine.context_length}
+                "max_batch": engine.max_batch, "context_length": engine.context_length,
+                "speculative": _speculative_health(engine)}
 
     @app.get("/v1/models", response_model=S.ModelList)
     async def models():
@@ -254,3 +255,14 @@ async def _sse_body(stream: Stream, chunk: dict, piece, content, empty, include_
         yield "data: [DONE]\n\n"
     finally:
         stream.cancel()  # the client went away mid-answer (or it is over): free the row
+
+
+def _speculative_health(engine) -> dict | None:
+    """What speculative decoding has done since the server started (None when it is off): the
+    counts of engine.stats and the two rates an operator tunes num_draft_tokens by."""
+    if engine.speculative is None:
+        return None
+    st = engine.stats
+    return {"mode": engine.speculative, "num_draft_tokens": engine.num_draft_tokens, "proposed": st.proposed,
+            "accepted": st.accepted, "acceptance": round(st.acceptance, 4), "rounds": st.rounds,
+            "tokens": st.tokens, "tokens_per_round": round(st.tokens_per_round, 4)}

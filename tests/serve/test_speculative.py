@@ -19,7 +19,7 @@ from kr_mini_llm.serve import Engine, engine as engine_module
 from kr_mini_llm.serve.engine import SamplingParams
 
 from ..inference.test_speculative import chi_square_p
-from .conftest import serve
+from .conftest import http, serve
 
 TEXTS = ("오늘 날씨가", "서울의 봄은 따뜻하고 서울의 봄은", "바다가 보이는 언덕 위에 작은 집이 있었습니다. 바다가",
          "나는", "공원에서 책을 읽었습니다. 공원에서 책을", "아침에 일어나서")
@@ -179,9 +179,14 @@ def test_streaming_over_http_sends_the_plain_servers_chunks(generator):
     texts = [(t, m) for t, m in zip(TEXTS, (12, 30, 25))]
     with serve(generator) as plain_server:
         plain = [chunks(plain_server, t, m) for t, m in texts]
+        assert http(plain_server.url + "/health")[1]["speculative"] is None
     with serve(generator, engine_kwargs=dict(speculative="prompt_lookup", num_draft_tokens=6)) as spec_server:
         spec = [chunks(spec_server, t, m) for t, m in texts]
+        health = http(spec_server.url + "/health")[1]["speculative"]
     assert spec == plain and all(c[-1][1] in ("stop", "length") for c in spec)
+    # /health reports what the drafts did: every generated token came from some verification round
+    assert health["mode"] == "prompt_lookup" and health["num_draft_tokens"] == 6
+    assert 0 <= health["accepted"] <= health["proposed"] and health["tokens"] >= health["rounds"] > 0
 
 
 def test_a_request_whose_drafter_fails_ends_alone(generator, prompts, monkeypatch):
