@@ -35,7 +35,7 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
     p.add_argument("--chat", action="store_true",
                    help="treat each prompt as a user message in the chat template; print the assistant's answer")
     sp = p.add_argument_group("speculative decoding (docs/speculative.md): same text when greedy, same "
-                              "distribution when sampling; prompts run one at a time")
+                              "distribution when sampling; several --prompt with --no_stream run as one batch")
     sp.add_argument("--speculative", choices=["prompt_lookup", "draft"], default=None,
                     help="draft tokens from the text so far (prompt_lookup) or from --draft-model, and verify "
                          "them in one forward (default: draft when --draft-model is given, else off)")
@@ -47,10 +47,15 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
     return p
 
 
+def generate_kwargs(args) -> dict:
+    """The Generator.generate settings the command line gives."""
+    return dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
+                speculative=args.speculative, num_draft_tokens=args.num_draft_tokens, ngram=args.ngram)
+
+
 def run_one(gen, prompt, args):
-    kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-              top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
-              speculative=args.speculative, num_draft_tokens=args.num_draft_tokens, ngram=args.ngram)
+    kw = generate_kwargs(args)
     if args.chat:
         print(f"> {prompt}\n{gen.chat(prompt, **kw)}")
         return
@@ -77,11 +82,9 @@ def main(argv=None, prog=None) -> int:
     gen = Generator.from_pretrained(args.model, device=args.device, tokenizer_path=args.tokenizer,
                                     adapter_path=args.adapter_path, dtype=args.dtype,
                                     draft_model=args.draft_model)
-    if args.prompt and len(args.prompt) > 1 and args.no_stream and not args.chat and not args.speculative:
-        for p, text in zip(args.prompt, gen.generate(args.prompt, max_new_tokens=args.max_new_tokens,
-                                                     temperature=args.temperature, top_k=args.top_k,
-                                                     top_p=args.top_p, seed=args.seed,
-                                                     repetition_penalty=args.repetition_penalty)):
+    if args.prompt and len(args.prompt) > 1 and args.no_stream and not args.chat:
+        # one batch: each prompt its own row (with --speculative each drafts and verifies on its own)
+        for p, text in zip(args.prompt, gen.generate(args.prompt, **generate_kwargs(args))):
             print(p + text)
     else:
         for p in args.prompt or []:

@@ -297,3 +297,30 @@ def test_rejection_rule_keeps_p_for_any_q():
             n, nxt = verify(s, logits, [d], None if q is None else q.unsqueeze(0), gen)
             counts[d if n == 1 else nxt] += 1
         assert chi2.sf(float(((counts - 2500 * p) ** 2 / (2500 * p)).sum()), V - 1) > 1e-3
+
+
+def test_generate_command_runs_several_prompts_as_one_speculative_batch(token_data, monkeypatch, capsys):
+    """`generate --prompt A --prompt B --no_stream --speculative ...` makes one batched call and
+    prints what plain greedy decoding prints."""
+    from kr_mini_llm.cli import generate as cli
+    from kr_mini_llm.data.tokenizer import Tokenizer
+
+    gen = Generator(tiny(), Tokenizer(token_data[1]), "cpu")
+    calls = []
+    real = gen.generate
+
+    def spy(prompt, **kw):
+        calls.append((prompt, kw.get("speculative")))
+        return real(prompt, **kw)
+
+    monkeypatch.setattr(gen, "generate", spy)
+    monkeypatch.setattr(cli.Generator, "from_pretrained", staticmethod(lambda *a, **kw: gen))
+    texts = ["나는 공원에서 책을 읽었습니다. 나는 공원에서", "오늘 날씨가 좋다. 오늘 날씨가"]
+    argv = ["--model", "unused", "--no_stream", "--temperature", "0", "--max_new_tokens", "20"]
+    for t in texts:
+        argv += ["--prompt", t]
+    assert cli.main(argv) == 0
+    plain = capsys.readouterr().out
+    assert cli.main(argv + ["--speculative", "prompt_lookup", "--num-draft-tokens", "4"]) == 0
+    assert capsys.readouterr().out == plain and plain.count("\n") == 2
+    assert calls == [(texts, None), (texts, "prompt_lookup")]
