@@ -207,6 +207,29 @@ constexpr bool kHasHsum4 =
     false;
 #endif
 
+// scores4 for NR (at most 3) consecutive query rows q [NR][D] into sc [NR][ldsc]: 4 x NR
+// accumulators and NR query vectors stay in registers while each K vector is converted once.
+template <typename T, int NV, int NR>
+inline void scores4_few(const T* k0, int64_t kstride, const float* q, float* sc, int64_t ldsc) {
+  if constexpr (kHasHsum4<acc_t<T>>) {
+    using IO = VecIO<T>;
+    using V = Vectorized<float>;
+    constexpr int64_t K = V::size(), D = NV * K;
+    V s[NR][4];
+    for (int r = 0; r < NR; ++r)
+      for (int j = 0; j < 4; ++j) s[r][j] = V(0);
+    for (int i = 0; i < NV; ++i) {
+      V qv[NR];
+      for (int r = 0; r < NR; ++r) qv[r] = V::loadu(q + r * D + i * K);
+      for (int j = 0; j < 4; ++j) {
+        const V kv = IO::load(k0 + j * kstride + i * K);
+        for (int r = 0; r < NR; ++r) s[r][j] = at::vec::fmadd(qv[r], kv, s[r][j]);
+      }
+    }
+    for (int r = 0; r < NR; ++r) _mm_storeu_ps(sc + r * ldsc, hsum4(s[r][0], s[r][1], s[r][2], s[r][3]));
+  }
+}
+
 // sc[(r - r0) * ldsc + j] = q_r . k_j for the four K rows k_j = k0 + j * kstride and query rows
 // [r_first, r_end), D = NV vectors. The K rows are converted once: into registers when they fit
 // (AVX-512 up to D = 64), else into kbuf [4][D].
@@ -229,6 +252,15 @@ inline void scores4(const T* k0, int64_t kstride, const float* q, int64_t r_firs
           for (int j = 0; j < 4; ++j) s[j] = at::vec::fmadd(qv, k[j][i], s[j]);
         }
         _mm_storeu_ps(sc + (r - r0) * ldsc, hsum4(s[0], s[1], s[2], s[3]));
+      }
+    } else if (r_end - r_first <= 3) {
+      // A decode step's few query rows: each K vector converted in a register and used by every
+      // row, no staging in kbuf; the same sums in the same order as below.
+      switch (r_end - r_first) {
+        case 1: scores4_few<T, NV, 1>(k0, kstride, q + (r_first - r0) * D, sc + (r_first - r0) * ldsc, ldsc); break;
+        case 2: scores4_few<T, NV, 2>(k0, kstride, q + (r_first - r0) * D, sc + (r_first - r0) * ldsc, ldsc); break;
+        case 3: scores4_few<T, NV, 3>(k0, kstride, q + (r_first - r0) * D, sc + (r_first - r0) * ldsc, ldsc); break;
+        default: break;
       }
     } else {
       const float* k[4];
@@ -271,16 +303,17 @@ inline void scores_fixed(const T* krow, const acc_t<T>* q, int64_t r_first, int6
   }
 }
 
-// acc[R rows][D] += p[R rows][0..n) . V[0..n)[D], accumulators in registers.
+// acc[R rows][NV vectors] += p[R rows][0..n) . V[0..n)[NV vectors], accumulators in registers;
+// accumulator rows lda apart (D, or more when this pass covers part of D).
 template <typename T, int NV, int R>
 inline void pv_fixed(const T* v, int64_t ld, int64_t n, const acc_t<T>* p, int64_t ldp,
-                     acc_t<T>* acc) {
+                     acc_t<T>* acc, int64_t lda) {
   using IO = VecIO<T>;
   using V = typename IO::V;
-  constexpr int64_t K = IO::kSize, D = NV * K;
+  constexpr int64_t K = IO::kSize;
   V a[R][NV];
   for (int r = 0; r < R; ++r)
-    for (int i = 0; i < NV; ++i) a[r][i] = V::loadu(acc + r * D + i * K);
+    for (int i = 0; i < NV; ++i) a[r][i] = V::loadu(acc + r * lda + i * K);
   for (int64_t t = 0; t < n; ++t) {
     V pr[R];
     for (int r = 0; r < R; ++r) pr[r] = V(p[r * ldp + t]);
@@ -291,7 +324,7 @@ inline void pv_fixed(const T* v, int64_t ld, int64_t n, const acc_t<T>* p, int64
     }
   }
   for (int r = 0; r < R; ++r)
-    for (int i = 0; i < NV; ++i) a[r][i].store(acc + r * D + i * K);
+    for (int i = 0; i < NV; ++i) a[r][i].store(acc + r * lda + i * K);
 }
 
 // Query rows [r0, r1) of sequence b (length L) and KV head g against KV rows [t0, t1):
@@ -372,10 +405,23 @@ void attend(const Problem<T>& P, const Item& it, int64_t L, Scratch<acc_t<T>>& w
       constexpr int R = NV <= 2 ? 4 : (NV <= 4 ? 4 : (NV <= 5 ? 3 : (NV <= 8 ? 2 : 1)));
       const T* v0 = vbase + u0 * row_stride;
       int64_t r = it.r0;
+      if constexpr (NV == 8) {
+        // Three rows that see the same KV rows (a decode step's 3 query heads per KV head): two
+        // passes over half of D, each with all three rows, convert every V row once where R = 2
+        // rows and then 1 converted it twice. Each accumulator sums the same terms in the same
+        // order, so the result is the same to the bit.
+        if (it.r1 - it.r0 == 3 && visible(it.r0, u0, u1) == visible(it.r1 - 1, u0, u1)) {
+          constexpr int64_t kHalf = NV / 2 * Vectorized<A>::size();
+          const int64_t n = visible(it.r0, u0, u1);
+          for (int64_t h = 0; h < 2; ++h)
+            pv_fixed<T, NV / 2, 3>(v0 + h * kHalf, row_stride, n, sc, kKvBlock, acc + h * kHalf, D);
+          r = it.r1;
+        }
+      }
       for (; r + R <= it.r1; r += R) {
         const int64_t n = visible(r + R - 1, u0, u1);  // the block's last row sees the most
         pv_fixed<T, NV, R>(v0, row_stride, n, sc + (r - it.r0) * kKvBlock, kKvBlock,
-                           acc + (r - it.r0) * D);
+                           acc + (r - it.r0) * D, D);
       }
       // The rest (fewer than R rows, e.g. the 3 query heads of a KV head) in one pass over V.
       const int64_t left = it.r1 - r;
@@ -383,12 +429,12 @@ void attend(const Problem<T>& P, const Item& it, int64_t L, Scratch<acc_t<T>>& w
       A* acc_left = acc + (r - it.r0) * D;
       const A* p_left = sc + (r - it.r0) * kKvBlock;
       if constexpr (R > 3) {
-        if (left == 3) pv_fixed<T, NV, 3>(v0, row_stride, n_left, p_left, kKvBlock, acc_left);
+        if (left == 3) pv_fixed<T, NV, 3>(v0, row_stride, n_left, p_left, kKvBlock, acc_left, D);
       }
       if constexpr (R > 2) {
-        if (left == 2) pv_fixed<T, NV, 2>(v0, row_stride, n_left, p_left, kKvBlock, acc_left);
+        if (left == 2) pv_fixed<T, NV, 2>(v0, row_stride, n_left, p_left, kKvBlock, acc_left, D);
       }
-      if (left == 1) pv_fixed<T, NV, 1>(v0, row_stride, n_left, p_left, kKvBlock, acc_left);
+      if (left == 1) pv_fixed<T, NV, 1>(v0, row_stride, n_left, p_left, kKvBlock, acc_left, D);
     } else {
       for (int64_t t = u0; t < u1; ++t) {
         const A* vr = as_acc<T>(vbase + t * row_stride, w.kv.data(), D);
