@@ -301,7 +301,7 @@ struct Int8DotAvx2 {
   static constexpr int64_t kBytes = 32;
   static constexpr int kMaxRows = 4;
   static constexpr int kFewRows = 2;
-  static constexpr int kOneRowJB = 4;
+  static constexpr int kOneRowJB = 1;  // one weight stream (see decode_linear.cpp run_jb)
   QuantizedX x;
   Weights<int8_t> w;
 
@@ -480,7 +480,7 @@ template <Int4Groups kGroups>
 struct Int4PairDot {
   static constexpr int kMaxRows = 4;
   static constexpr int kFewRows = 2;
-  static constexpr int kOneRowJB = 4;
+  static constexpr int kOneRowJB = 2;  // 2 streams; 1 reloads x's pair vectors for every row
   PairedX x;
   Weights<Int4x2> w;
 
