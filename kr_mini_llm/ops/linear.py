@@ -12,6 +12,12 @@ torch.compile (Inductor picks its own GEMMs) get F.linear as well. A routed laye
 derivative only (no create_graph double backward, which nothing here uses). The timing is per
 process, so two runs, or two ranks, on a machine where the two libraries are within noise of
 1.15x could route a GEMM differently and round it differently.
+
+Where ATen sees no AVX-512 nothing is timed and every GEMM stays on MKL: both libraries run AVX2
+FMA code there, and MKL's sgemm is the faster one (an AVX2-only AMD EPYC, Zen 3, 2 threads: MKL at
+130-189 GFLOP/s on model_tiny's GEMMs, oneDNN at 74-154, its dW slowest), while a timing taken
+beside a busy neighbour picked oneDNN for nearly every GEMM (MKL's threads lose more to a shared
+core) and made a model_tiny training step 5-7% slower.
 """
 from __future__ import annotations
 
@@ -66,13 +72,24 @@ def measure(kind: str, rows: int, cin: int, cout: int) -> tuple[float, float]:
     return mkl, onednn
 
 
+@functools.lru_cache(maxsize=1)
+def _vector_widths_may_differ() -> bool:
+    """Whether MKL may run narrower vectors than oneDNN here: only where ATen sees AVX-512 (MKL
+    takes its AVX2 path on a CPU of another vendor). At ATen's AVX2 level both run AVX2 FMA code and
+    timing them would only measure noise."""
+    return torch.backends.cpu.get_cpu_capability() != "AVX2"
+
+
 def linear_route(rows: int, cin: int, cout: int) -> tuple[bool, bool, bool]:
     """(fwd, dx, dw): whether each GEMM of a [rows, cin] -> [rows, cout] layer runs on oneDNN here.
-    Timed once per (row bucket, cin, cout) in a process."""
+    Timed once per (row bucket, cin, cout) in a process, where the two libraries may differ."""
     key = (_bucket(rows), cin, cout)
     route = _routes.get(key)
     if route is None:
-        route = tuple(bool(mkl >= ONEDNN_MIN_SPEEDUP * dnn) for mkl, dnn in (measure(k, *key) for k in KINDS))
+        if _vector_widths_may_differ():
+            route = tuple(bool(mkl >= ONEDNN_MIN_SPEEDUP * dnn) for mkl, dnn in (measure(k, *key) for k in KINDS))
+        else:
+            route = (False, False, False)
         _routes[key] = route
     return route
 

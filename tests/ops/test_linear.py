@@ -25,7 +25,13 @@ def routes(monkeypatch):
 
     monkeypatch.setattr(linear_module, "measure", fake_measure)
     monkeypatch.setattr(linear_module, "_routes", {})
+    timed_here(monkeypatch)
     return speedups
+
+
+def timed_here(monkeypatch):
+    """Routing timed as on a CPU where MKL may run narrower vectors than oneDNN (AVX-512)."""
+    monkeypatch.setattr(linear_module, "_vector_widths_may_differ", lambda: True)
 
 
 def reference(x, w, dy):
@@ -78,6 +84,7 @@ def test_onednn_only_with_a_clear_lead(routes, mkl_seconds, onednn):
 
 
 def test_each_shape_is_timed_once_per_row_bucket(monkeypatch):
+    timed_here(monkeypatch)
     calls = []
     monkeypatch.setattr(linear_module, "measure", lambda kind, *shape: calls.append((kind, shape)) or (1.0, 1.0))
     monkeypatch.setattr(linear_module, "_routes", {})
@@ -125,7 +132,27 @@ def test_torch_compile_takes_f_linear(routes, monkeypatch):
     close(wc.grad, ref_gw, "grad weight")
 
 
+def test_avx2_cpus_stay_on_mkl_untimed(monkeypatch):
+    """At ATen's AVX2 level both libraries run AVX2 code: MKL keeps every GEMM, and nothing is timed
+    (a timing beside a busy neighbour would otherwise decide)."""
+    linear_module._vector_widths_may_differ.cache_clear()
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    monkeypatch.setattr(linear_module, "_routes", {})
+
+    def no_timing(*_):
+        raise AssertionError("timed a GEMM on an AVX2 CPU")
+
+    monkeypatch.setattr(linear_module, "measure", no_timing)
+    try:
+        assert linear_module.linear_route(1024, 256, 688) == (False, False, False)
+        x, w = torch.randn(4, 9, 16), torch.randn(8, 16)
+        torch.testing.assert_close(ops.linear(x, w), F.linear(x, w), rtol=0, atol=0)
+    finally:
+        linear_module._vector_widths_may_differ.cache_clear()
+
+
 def test_this_machine_is_timed(monkeypatch):
+    timed_here(monkeypatch)
     monkeypatch.setattr(linear_module, "_routes", {})  # this test's own routes, not the process's
     mkl, onednn = linear_module.measure("dw", 64, 48, 32)
     assert mkl > 0 and onednn > 0
