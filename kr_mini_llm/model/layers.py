@@ -28,6 +28,16 @@ class Linear(nn.Linear):
         return self.ops.linear(x, self.weight)
 
 
+def fused_weight(*layers: nn.Module) -> torch.Tensor | None:
+    """The weights of `layers` stacked along the output dim, when every one is the model's plain
+    Linear (not LoRA's or another wrapper, whose own forward must run); else None. One GEMM over
+    the stacked weight replaces one per layer: fewer and wider GEMMs (k and v alone are narrow),
+    the backward's dx is one GEMM instead of several summed, each layer's gradient a row block of one dW."""
+    if all(type(layer) is Linear for layer in layers):
+        return torch.cat([layer.weight for layer in layers])
+    return None
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float, ops):
         super().__init__()
@@ -51,6 +61,8 @@ class MLP(nn.Module):
         self.ops = ops
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # gate and up stay two GEMMs (unlike q/k/v): each is wide enough to run at the GEMM's best
+        # already, and a fused one measured no faster while its backward adds a cat of [N, 2I].
         x = autocast_input(x)
         return self.down_proj(self.ops.swiglu(self.gate_proj(x), self.up_proj(x)))
 
@@ -77,14 +89,8 @@ class Attention(nn.Module):
     def forward(self, x, cos, sin, kv_cache=None):
         B, T, _ = x.shape
         x = autocast_input(x)
-        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim)
-        out_dtype = q.dtype  # what o_proj takes without a cast (the autocast dtype under autocast)
-        k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q = self.ops.rotary(q, cos, sin)
-        k = self.ops.rotary(k, cos, sin)
+        q, k, v = self._rotated_qkv(x, cos, sin)
+        out_dtype = v.dtype  # what o_proj takes without a cast (the autocast dtype under autocast)
         if kv_cache is None:
             out = self.ops.attention(q, k, v, causal=True)
         else:
@@ -92,6 +98,37 @@ class Attention(nn.Module):
             self.ops.kv_cache_append(kc, vc, k.to(kc.dtype), v.to(vc.dtype), kv_cache.lens)
             out = self.ops.decode_attention(q.to(kc.dtype), kc, vc, kv_cache.lens + T)
         return self.o_proj(out.reshape(B, T, self.num_heads * self.head_dim).to(out_dtype))
+
+    def _rotated_qkv(self, x, cos, sin):
+        """q [B, T, Hq, D] and k [B, T, Hkv, D] with QK-norm (if any) and RoPE, and v [B, T, Hkv, D]:
+        strided views of one fused projection where the ops read them in place."""
+        weight = fused_weight(self.q_proj, self.k_proj, self.v_proj)
+        if weight is not None and self.q_norm is None:
+            return self._fused_rotated_qkv(x, weight, cos, sin)
+        q, k, v = self._qkv(x, weight)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        return self.ops.rotary(q, cos, sin), self.ops.rotary(k, cos, sin), v
+
+    def _qkv(self, x, weight):
+        """q, k, v before RoPE: from the fused weight when given, else each projection on its own."""
+        B, T, _ = x.shape
+        Hq, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
+        if weight is None:
+            return (self.q_proj(x).view(B, T, Hq, D), self.k_proj(x).view(B, T, Hkv, D),
+                    self.v_proj(x).view(B, T, Hkv, D))
+        # split, not slicing: the backward joins the three gradients with one cat.
+        return self.ops.linear(x, weight).view(B, T, Hq + 2 * Hkv, D).split((Hq, Hkv, Hkv), dim=2)
+
+    def _fused_rotated_qkv(self, x, weight, cos, sin):
+        B, T, _ = x.shape
+        Hq, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
+        qk, v = self.ops.linear(x, weight).view(B, T, Hq + 2 * Hkv, D).split((Hq + Hkv, Hkv), dim=2)
+        # q and k sit side by side as the heads of one tensor: one RoPE call rotates both.
+        q, k = self.ops.rotary(qk, cos, sin).split((Hq, Hkv), dim=2)
+        # v copied out: attention saves it for the backward, and a view would keep the whole
+        # projection (q and k unrotated too) alive until then.
+        return q, k, v.contiguous()
 
 
 class Block(nn.Module):

@@ -190,8 +190,8 @@ def test_a_model_step_on_onednn_matches_f_linear(routes, monkeypatch, checkpoint
         assert set(linear_module._routes.values()) == {(onednn,) * 3}
         if not onednn:
             assert not onednn_calls
-        elif not lora:  # 7 projections a layer: forward (twice with checkpointing), dx and dW
-            assert len(onednn_calls) == cfg.num_layers * 7 * ((2 if checkpointing else 1) + 2)
+        elif not lora:  # 5 GEMMs a layer (q/k/v as one): forward (twice with checkpointing), dx and dW
+            assert len(onednn_calls) == cfg.num_layers * 5 * ((2 if checkpointing else 1) + 2)
         else:  # the frozen base: no dW, and no dx where its input needs none
             assert onednn_calls
         return loss, {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
