@@ -7,6 +7,7 @@
 
 Variants, each on the same config and weights (dropout 0), measured in one process:
   ours          kr-mini-llm Transformer on the fused ops
+  ours-compile  ours under torch.compile (train.py's compile: true; the ops stay kernels in the graph)
   ours-ref      the same model on the pure-PyTorch reference ops
   hf-sdpa       transformers LlamaForCausalLM, attn_implementation="sdpa"
   hf-eager      transformers LlamaForCausalLM, attn_implementation="eager"
@@ -33,7 +34,8 @@ from kr_mini_llm.device import precision_choice  # noqa: E402
 from kr_mini_llm.model.hf import config_to_hf  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ["ours", "ours-ref", "hf-sdpa", "hf-eager", "hf-compile"]
+VARIANTS = ["ours", "ours-compile", "ours-ref", "hf-sdpa", "hf-eager", "hf-compile"]
+COMPILED = ("ours-compile", "hf-compile")
 
 
 def hf_model(config: TransformerConfig, ours: Transformer, attn: str):
@@ -50,7 +52,7 @@ def hf_model(config: TransformerConfig, ours: Transformer, attn: str):
 
 
 def build(variant: str, config: TransformerConfig, base: Transformer):
-    if variant == "ours":
+    if variant in ("ours", "ours-compile"):
         return base
     if variant == "ours-ref":
         m = Transformer(config, ops_impl="reference")
@@ -63,9 +65,7 @@ def build(variant: str, config: TransformerConfig, base: Transformer):
 def make_step(variant, model, dtype, ids, labels):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     is_hf = variant.startswith("hf")
-    if variant == "hf-compile":
-        torch._dynamo.reset()
-    fwd = torch.compile(model) if variant == "hf-compile" else model
+    fwd = torch.compile(model) if variant in COMPILED else model
 
     def step():
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
@@ -130,6 +130,7 @@ def main():
             flops_per_token = train_flops_per_token(config, seq)
             for dtype in [getattr(torch, d) for d in args.dtypes.split(",")]:
                 steps, models = {}, []
+                torch._dynamo.reset()  # once per case: a reset between two compiled variants would recompile the first
                 for variant in variants:
                     torch.manual_seed(0)
                     base = Transformer(config.replace(max_seq_length=max(seq, config.max_seq_length)))
