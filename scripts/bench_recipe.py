@@ -37,6 +37,7 @@ from kr_mini_llm.cli.command import command  # noqa: E402
 from kr_mini_llm.data.datasets import EvalWindows, RandomWindows, TokenShards  # noqa: E402
 from kr_mini_llm.data.tokenizer import Tokenizer  # noqa: E402
 from kr_mini_llm.device import precision_choice  # noqa: E402
+from kr_mini_llm.errors import KrMiniLlmError  # noqa: E402
 from kr_mini_llm.io.outputs import add_overwrite_flag, claim_output  # noqa: E402
 from kr_mini_llm.model import Transformer  # noqa: E402
 from kr_mini_llm.training import TrainingConfig  # noqa: E402
@@ -63,28 +64,47 @@ def next_token_loss(model, x, y, is_hf: bool):
     return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
 
 
-def run(recipe: str, train_keys: dict, model_cfg: TransformerConfig, shards: dict, seed: int, minutes: float):
+def build(recipe: str, train_keys: dict, model_cfg: TransformerConfig, seed: int):
+    """The model, its optimizer and the training section of one run, seeded."""
     t = TrainingConfig.from_dict({"train": train_keys}).train
     torch.manual_seed(seed)
-    is_hf = recipe == "gpt2"
-    model = gpt2_model(model_cfg) if is_hf else Transformer(model_cfg)
+    model = gpt2_model(model_cfg) if recipe == "gpt2" else Transformer(model_cfg)
     model.train()
-    opt = build_optimizer(model, t, torch.device("cpu"))
+    return model, build_optimizer(model, t, torch.device("cpu")), t
+
+
+def train_step(model, opt, t, x, y, is_hf: bool, amp) -> float:
+    with (torch.autocast("cpu", dtype=amp) if amp is not None else _null()):
+        loss = next_token_loss(model, x, y, is_hf)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss.item()
+
+
+def run(recipe: str, train_keys: dict, model_cfg: TransformerConfig, shards: dict, seed: int, minutes: float,
+        steps: int | None = None):
+    """One run: `minutes` of busy_seconds, or, with `steps`, exactly that many steps (the steps this
+    recipe makes in `minutes` on an idle machine, from step_seconds), whatever else the machine runs."""
+    model, opt, t = build(recipe, train_keys, model_cfg, seed)
+    is_hf = recipe == "gpt2"
     amp, _ = precision_choice(torch.device("cpu"), True)
     batches = iter(RandomWindows(shards["train"], t.max_seq_length, t.batch_size, seed=seed))
-    budget, step = 60.0 * minutes, 0
+    budget, step, elapsed = 60.0 * minutes, 0, 0.0
     start, wall_start = busy_seconds(), time.perf_counter()
-    while (elapsed := busy_seconds() - start) < budget:
+
+    def elapsed_now() -> float:
+        # a step budget stands for `minutes`: its schedule sees the share of the steps as the share of the time
+        return budget * step / steps if steps else busy_seconds() - start
+
+    while (step < steps) if steps else (elapsed_now() < budget):
+        elapsed = elapsed_now()
         set_learning_rates(opt, t, lr_factor(step, t, elapsed))
         x, y = next(batches)
-        with (torch.autocast("cpu", dtype=amp) if amp is not None else _null()):
-            loss = next_token_loss(model, x, y, is_hf)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), t.max_grad_norm)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        loss = train_step(model, opt, t, x, y, is_hf, amp)
         step += 1
-        if not math.isfinite(loss.item()):
+        if not math.isfinite(loss):
             return {"steps": step, "valid": float("nan"), "test": float("nan"), "lr_end": float("nan"),
                     "wall_s": time.perf_counter() - wall_start}
     lr_end = lr_factor(step - 1, t, elapsed) * t.learning_rate
@@ -100,6 +120,36 @@ def run(recipe: str, train_keys: dict, model_cfg: TransformerConfig, shards: dic
                 n += y.numel()
             out[split] = total / n / math.log(2) / shards[split].bytes_per_token
     return out
+
+
+def step_seconds(recipe: str, train_keys: dict, model_cfg: TransformerConfig, shards: dict,
+                 steps: int = 20) -> float:
+    """Seconds per training step of a recipe at this process's thread count: the median of `steps`
+    after 3 warm-up steps. Run on an idle machine; it turns minutes into a step budget."""
+    model, opt, t = build(recipe, train_keys, model_cfg, seed=0)
+    amp, _ = precision_choice(torch.device("cpu"), True)
+    batches = iter(RandomWindows(shards["train"], t.max_seq_length, t.batch_size, seed=0))
+    times = []
+    for i in range(steps + 3):
+        x, y = next(batches)
+        began = time.perf_counter()
+        train_step(model, opt, t, x, y, recipe == "gpt2", amp)
+        if i >= 3:
+            times.append(time.perf_counter() - began)
+    return statistics.median(times)
+
+
+def load_shards(tokens: str, tokenizer: str) -> dict:
+    fingerprint = Tokenizer(tokenizer).fingerprint
+    return {s: TokenShards(tokens, s, expected_fingerprint=fingerprint) for s in ("train", "valid", "test")}
+
+
+def _job(job: tuple) -> dict:
+    """One step-budgeted run in a worker process (--jobs): its own shards and thread count."""
+    tokens, tokenizer, threads, recipe, keys, model_cfg, seed, minutes, steps = job
+    torch.set_num_threads(threads)
+    return run(recipe, keys, TransformerConfig.from_dict(model_cfg), load_shards(tokens, tokenizer), seed,
+               minutes, steps)
 
 
 def busy_seconds() -> float:
@@ -125,6 +175,34 @@ def parse_keys(items) -> dict:
             for i in items if "=" in i}
 
 
+def parse_model_keys(items) -> dict:
+    """KEY=VALUE model config keys, typed as YAML reads them and checked by TransformerConfig."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise KrMiniLlmError(f"--ours_model {item!r}: expected KEY=VALUE")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def parse_step_seconds(items, recipes) -> dict:
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            seconds = float(value) if sep else float("nan")
+        except ValueError:
+            seconds = float("nan")
+        if name not in recipes or not seconds > 0:
+            raise KrMiniLlmError(f"--step_seconds {item!r}: expected RECIPE=SECONDS with RECIPE one of "
+                                 f"{', '.join(recipes)} and SECONDS > 0")
+        out[name] = seconds
+    return out
+
+
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -146,38 +224,88 @@ def main(argv=None) -> int:
     p.add_argument("--recipes", nargs="+", default=["gpt2", "today", "ours"], choices=["gpt2", "today", "ours"])
     p.add_argument("--ours", nargs="*", default=["optimizer=muon", "lr_schedule=wsd", "decay_fraction=0.4"],
                    metavar="KEY=VALUE", help="training keys of the recipe under test, over TODAY's")
-    p.add_argument("--threads", type=int)
+    p.add_argument("--ours_model", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="model config keys of the recipe under test (e.g. tie_word_embeddings=false)")
+    p.add_argument("--threads", type=int, help="threads of the calibration (and of time-budgeted runs)")
+    p.add_argument("--budget", choices=["steps", "time"], default="steps",
+                   help="steps: each recipe's step time is measured first (--calibration_steps, on an idle "
+                        "machine), then every run makes the steps that fit its minutes, so other jobs, "
+                        "--jobs and --run_threads change how long it takes, not what it computes; "
+                        "time: each run trains until its minutes of busy CPU time are up")
+    p.add_argument("--calibration_steps", type=int, default=20)
+    p.add_argument("--step_seconds", nargs="*", default=[], metavar="RECIPE=SECONDS",
+                   help="step budget: a recipe's seconds a step from an earlier calibration (printed by every "
+                        "run), instead of measuring it again")
+    p.add_argument("--jobs", type=int, default=1, help="step budget: runs at once, each in its own process")
+    p.add_argument("--run_threads", type=int, default=None,
+                   help="step budget: threads of each run (default: --threads, or 1 with --jobs > 1)")
     p.add_argument("--output", default="benchmarks/recipe.md")
     add_overwrite_flag(p)
     args = p.parse_args(argv)
     claim_output(args.output, overwrite=args.overwrite, inputs=[args.tokens, args.tokenizer], is_dir=False)
+    if args.budget == "time" and args.jobs > 1:
+        raise KrMiniLlmError("--jobs runs at once only with --budget steps: a time budget needs the cores to itself")
     if args.threads:
         torch.set_num_threads(args.threads)
-    fingerprint = Tokenizer(args.tokenizer).fingerprint
-    shards = {s: TokenShards(args.tokens, s, expected_fingerprint=fingerprint) for s in ("train", "valid", "test")}
+    shards = load_shards(args.tokens, args.tokenizer)
     model_cfg = TransformerConfig.from_yaml(args.model_config)
+    ours_cfg = model_cfg.replace(**parse_model_keys(args.ours_model)) if args.ours_model else model_cfg
     ours = {**TODAY, **parse_keys(args.ours)}
     recipes = {"gpt2": TODAY, "today": TODAY, "ours": ours}
+    configs = {"gpt2": model_cfg, "today": model_cfg, "ours": ours_cfg}
     began = time.time()
-    lines = [f"# Recipes at equal wall-clock minutes\n",
+    lines = ["# Recipes at equal wall-clock minutes\n",
              f"Machine: {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
              f"bf16 autocast: {precision_choice(torch.device('cpu'), True)[1]}",
              f"Data: {args.tokens} (train {shards['train'].num_tokens:,}, valid {shards['valid'].num_tokens:,}, "
              f"test {shards['test'].num_tokens:,} tokens); model {Path(args.model_config).name}",
-             f"ours = today + {' '.join(args.ours)}, schedule keyed to the time budget",
+             f"ours = today + {' '.join(args.ours + args.ours_model)}, schedule keyed to the time budget",
              f"Command: python scripts/bench_recipe.py {' '.join(argv if argv is not None else sys.argv[1:])}\n"]
-    results = {}
+    step_s = parse_step_seconds(args.step_seconds, args.recipes) if args.budget == "steps" else {}
+    if args.budget == "steps":
+        given = sorted(step_s)
+        for name in args.recipes:
+            if name not in step_s:
+                step_s[name] = step_seconds(name, recipes[name], configs[name], shards, args.calibration_steps)
+            print(f"{name}: {step_s[name]:.3f} s a step at {torch.get_num_threads()} threads", flush=True)
+        lines.append(f"Budget: the steps each recipe makes in the minutes, from its seconds a step at "
+                     f"{torch.get_num_threads()} threads (median of {args.calibration_steps} after 3 warm-up "
+                     f"steps{'; given: ' + ', '.join(given) if given else ''}): "
+                     + ", ".join(f"{n} {v:.3f}" for n, v in step_s.items()) + "\n")
+    jobs = []
     for minutes in args.minutes:
         for seed in args.seeds:
             for name in args.recipes:
                 keys = dict(recipes[name])
                 if name == "ours":
                     keys["max_time_minutes"] = minutes
-                r = run(name, keys, model_cfg, shards, seed, minutes)
-                results[(minutes, name, seed)] = r
-                print(f"{minutes:g} min seed {seed} {name:5s}: {r['steps']} steps ({r['wall_s']:.0f} s wall), "
-                      f"lr at the end {r['lr_end']:.2e}, "
-                      f"valid {r['valid']:.4f} bpb, test {r['test']:.4f} bpb", flush=True)
+                # the whole steps that fit (1e-9: 0.02 min at 0.1 s is 12 steps, not 11.999...)
+                steps = max(1, math.floor(60.0 * minutes / step_s[name] + 1e-9)) if step_s else None
+                jobs.append(((minutes, name, seed), (name, keys, configs[name], seed, minutes, steps)))
+    results = {}
+
+    def report(key, r):
+        results[key] = r
+        minutes, name, seed = key
+        print(f"{minutes:g} min seed {seed} {name:5s}: {r['steps']} steps ({r['wall_s']:.0f} s wall), "
+              f"lr at the end {r['lr_end']:.2e}, valid {r['valid']:.4f} bpb, test {r['test']:.4f} bpb", flush=True)
+
+    if args.jobs > 1:
+        import concurrent.futures as cf
+        import multiprocessing
+
+        threads = args.run_threads or 1
+        with cf.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(_job, (args.tokens, args.tokenizer, threads, name, keys, cfg.to_dict(), seed,
+                                          minutes, steps)): key
+                       for key, (name, keys, cfg, seed, minutes, steps) in jobs}
+            for f in cf.as_completed(futures):
+                report(futures[f], f.result())
+    else:
+        if args.run_threads:
+            torch.set_num_threads(args.run_threads)
+        for key, (name, keys, cfg, seed, minutes, steps) in jobs:
+            report(key, run(name, keys, cfg, shards, seed, minutes, steps))
     lines += ["| minutes | recipe | steps (mean) | lr at end | valid bpb (mean) | seed spread (max-min) | test bpb (mean) "
               "| valid vs gpt2 | valid vs today |", "|---|---|---|---|---|---|---|---|---|"]
     for minutes in args.minutes:

@@ -70,3 +70,55 @@ def test_bench_tokenizer_refuses_bad_input_before_training(tmp_path):
     r = bench("--vocab-sizes", "8000", "256")
     assert r.returncode != 0 and "--vocab-sizes [256]" in r.stderr and "300 or more" in r.stderr
     assert not (tmp_path / "t.md").exists()
+
+
+def _bench_recipe(token_data, tmp_path, *args):
+    tokens, tok = token_data
+    model = tmp_path / "model.yaml"
+    model.write_text("vocab_size: 512\nhidden_size: 32\nnum_layers: 1\nnum_heads: 2\nnum_kv_heads: 1\n"
+                     "intermediate_size: 64\nmax_seq_length: 32\n", encoding="utf-8")
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_recipe.py"), "--tokens", str(tokens),
+                           "--tokenizer", tok, "--model_config", str(model), "--recipes", "ours",
+                           "--ours", "max_seq_length=32", "batch_size=4", "--threads", "1", *args],
+                          capture_output=True, text=True, timeout=600)
+
+
+def _per_run(text: str) -> dict:
+    """The report's per-run lines: (minutes, recipe, seed) -> (steps, valid bpb, test bpb)."""
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("- ") and line.count(",") == 5:
+            head, tail = line[2:].split(": ")
+            steps, _wall, valid, test = tail.split(", ")
+            out[tuple(head.split(", "))] = (int(steps), valid, test)
+    return out
+
+
+def test_bench_recipe_step_budget_computes_the_same_runs_in_parallel(token_data, tmp_path):
+    """A step budget fixes what each run computes: two runs at once in worker processes give the
+    same steps and bits per byte as one after the other."""
+    budget = ["--minutes", "0.02", "--seeds", "0", "1", "--step_seconds", "ours=0.1"]
+    reports = []
+    for jobs in ("1", "2"):
+        out = tmp_path / f"recipe{jobs}.md"
+        r = _bench_recipe(token_data, tmp_path, *budget, "--jobs", jobs, "--output", str(out))
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        reports.append(_per_run(out.read_text()))
+    assert set(reports[0]) == {("0.02", "ours", "0"), ("0.02", "ours", "1")}
+    assert {k: v[0] for k, v in reports[0].items()} == {k: 12 for k in reports[0]}  # 0.02 min / 0.1 s
+    assert reports[0] == reports[1]
+    assert reports[0][("0.02", "ours", "0")] != reports[0][("0.02", "ours", "1")]  # the seed matters
+
+
+def test_bench_recipe_calibrates_and_refuses_bad_budgets(token_data, tmp_path):
+    out = tmp_path / "recipe.md"
+    r = _bench_recipe(token_data, tmp_path, "--minutes", "0.01", "--seeds", "0", "--calibration_steps", "2",
+                      "--output", str(out))
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "Budget: the steps each recipe makes in the minutes" in out.read_text()
+    for bad, says in [(["--step_seconds", "ours=0"], "SECONDS > 0"), (["--step_seconds", "gpt3=1"], "RECIPE one of"),
+                      (["--budget", "time", "--jobs", "2"], "only with --budget steps")]:
+        target = tmp_path / "bad.md"
+        r = _bench_recipe(token_data, tmp_path, "--minutes", "0.01", "--seeds", "0", *bad, "--output", str(target))
+        assert r.returncode != 0 and says in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+        assert not target.exists()
