@@ -2,19 +2,23 @@
 """Training recipes at equal wall-clock minutes on this CPU: validation (and test) bits per byte of
 
   gpt2    HF GPT2LMHeadModel of the same width and depth (GELU MLP of 4x width, learned positions,
-          no dropout), AdamW with training_demo.yaml's schedule keyed to steps
-  today   our Transformer with training_demo.yaml as it was: AdamW, cosine keyed to max_steps only
-  ours    our Transformer with the recipe under test (--ours KEY=VALUE, training keys), the
-          schedule keyed to the time budget (optim.py)
+          no dropout), AdamW with the old demo's schedule (TODAY) keyed to steps
+  today   our Transformer with the old demo's recipe (TODAY): AdamW, cosine keyed to max_steps only
+  ours    our Transformer with the recipe under test: configs/training_demo.yaml's, changed by
+          --ours KEY=VALUE (training keys) and --ours_model KEY=VALUE; the schedule keyed to the
+          time budget (optim.py)
 
-Each run: a budget of CPU seconds per thread (busy_seconds: the wall clock of an idle machine, not
-shortened by other jobs on a shared one), same token windows (seed), same batch and length, bf16 autocast only where native
-(device.precision_choice), clipping, a training loop that stops at the budget; then one evaluation
-over the whole validation and test splits (outside the budget). Several seeds per recipe; the table
-gives each recipe's mean, its seed-to-seed spread (max - min) and its gain over the baselines.
+The budget (--budget steps, the default): each recipe's seconds a step are measured first, at
+--threads, on what should be an idle machine (or given: --step_seconds); every run then makes the
+whole steps that fit its minutes, so what it computes does not depend on what else runs, and
+--jobs N runs N at once in worker processes (one thread each). --budget time: each run trains
+until its minutes of CPU seconds per thread (busy_seconds) are up. Same token windows per seed,
+bf16 autocast only where native (device.precision_choice), clipping; then one evaluation over the
+whole validation and test splits (outside the budget). Several seeds per recipe; the table gives
+each recipe's mean, its seed-to-seed spread (max - min) and its gain over the baselines.
 
   python scripts/bench_recipe.py --tokens data/tokens --tokenizer models/tokenizer.model \\
-      --minutes 4 10 --seeds 0 1 2 --output benchmarks/recipe.md
+      --minutes 4 10 --seeds 0 1 2 --jobs 2 --output benchmarks/recipe.md
 """
 from __future__ import annotations
 
@@ -167,6 +171,18 @@ class _null:
         return False
 
 
+# The training keys that make a recipe (the rest, logging and saving, do not change the model).
+RECIPE_KEYS = ("optimizer", "learning_rate", "min_learning_rate", "muon_learning_rate", "muon_momentum",
+               "lr_schedule", "decay_fraction", "warmup_steps", "max_steps", "batch_size", "max_seq_length",
+               "weight_decay", "beta1", "beta2", "max_grad_norm")
+
+
+def demo_recipe() -> dict:
+    """The recipe keys of configs/training_demo.yaml: `ours` when --ours changes nothing."""
+    demo = TrainingConfig.from_yaml(ROOT / "configs" / "training_demo.yaml").to_dict()["train"]
+    return {k: demo[k] for k in RECIPE_KEYS}
+
+
 def parse_keys(items) -> dict:
     """KEY=VALUE training keys (train. prefix optional), typed and checked as train.py's --set."""
     items = [i if i.startswith("train.") else f"train.{i}" for i in items]
@@ -222,8 +238,8 @@ def main(argv=None) -> int:
     p.add_argument("--minutes", type=float, nargs="+", default=[4.0, 10.0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--recipes", nargs="+", default=["gpt2", "today", "ours"], choices=["gpt2", "today", "ours"])
-    p.add_argument("--ours", nargs="*", default=["optimizer=muon", "lr_schedule=wsd", "decay_fraction=0.4"],
-                   metavar="KEY=VALUE", help="training keys of the recipe under test, over TODAY's")
+    p.add_argument("--ours", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="training keys of the recipe under test, over the demo's (configs/training_demo.yaml)")
     p.add_argument("--ours_model", nargs="*", default=[], metavar="KEY=VALUE",
                    help="model config keys of the recipe under test (e.g. tie_word_embeddings=false)")
     p.add_argument("--threads", type=int, help="threads of the calibration (and of time-budgeted runs)")
@@ -250,7 +266,7 @@ def main(argv=None) -> int:
     shards = load_shards(args.tokens, args.tokenizer)
     model_cfg = TransformerConfig.from_yaml(args.model_config)
     ours_cfg = model_cfg.replace(**parse_model_keys(args.ours_model)) if args.ours_model else model_cfg
-    ours = {**TODAY, **parse_keys(args.ours)}
+    ours = {**TODAY, **demo_recipe(), **parse_keys(args.ours)}
     recipes = {"gpt2": TODAY, "today": TODAY, "ours": ours}
     configs = {"gpt2": model_cfg, "today": model_cfg, "ours": ours_cfg}
     began = time.time()

@@ -265,6 +265,27 @@ def test_int4_any_blocks_and_groups(M, blocks, per_group, N, swiglu, seed):
     torch.testing.assert_close(y.double(), expected, **tol(torch.float32, K))
 
 
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(M=st.integers(1, 40), blocks=st.integers(1, 16), per_group=st.sampled_from([1, 2, 3, 4, None]),
+       N=st.integers(1, 9), swiglu=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_int8_any_rows_blocks_and_groups(M, blocks, per_group, N, swiglu, seed):
+    """int8 weights: any count of outputs (the blocks of 4 rows of batch 1 and their remainder, gate/up
+    pairs), of 32-input blocks and of groups of them (None: one scale per output channel, where x's
+    blocks may be several per group), for one row of x and more."""
+    per_group = blocks if per_group is None else min(per_group, blocks)
+    blocks -= blocks % per_group
+    K, G = 32 * blocks, 32 * per_group
+    gen = torch.Generator().manual_seed(seed)
+    w, s = make_weight(2 * M if swiglu else M, K, torch.int8, None if per_group == blocks else G, gen)
+    x = torch.randn(N, K, generator=gen) * 3
+    if swiglu:
+        y = ops.decode_linear_swiglu(x, w, s)
+        expected = ref64(x, w, s, swiglu=True)
+    else:
+        y = ops.decode_linear(x, w, s)
+        expected = ref64(x, w, s)
+    torch.testing.assert_close(y.double(), expected, **tol(torch.float32, K))
+
 @pytest.mark.parametrize("wdtype", [torch.int8, torch.uint8])
 def test_non_finite_x_gives_nan_in_every_output(wdtype):
     """A NaN or inf in x reaches every output (it must not vanish in the int8 quantization of x)."""
