@@ -243,6 +243,11 @@ def test_int4_matches_float64_reference(M, K):
             torch.testing.assert_close(y.double(), ref64(x, w, s, r), **tol(torch.float32, K))
 
 
+def check_against_reference(x, w, s, swiglu: bool):
+    y = (ops.decode_linear_swiglu if swiglu else ops.decode_linear)(x, w, s)
+    torch.testing.assert_close(y.double(), ref64(x, w, s, swiglu=swiglu), **tol(torch.float32, x.shape[-1]))
+
+
 @settings(max_examples=60, deadline=None, derandomize=True)
 @given(M=st.integers(1, 40), blocks=st.integers(1, 24), per_group=st.integers(1, 8), N=st.integers(1, 9),
        swiglu=st.booleans(), seed=st.integers(0, 2**31 - 1))
@@ -255,14 +260,7 @@ def test_int4_any_blocks_and_groups(M, blocks, per_group, N, swiglu, seed):
     K, G = 32 * blocks, 32 * per_group
     gen = torch.Generator().manual_seed(seed)
     w, s = make_weight(2 * M if swiglu else M, K, torch.uint8, G, gen)
-    x = torch.randn(N, K, generator=gen) * 3
-    if swiglu:
-        y = ops.decode_linear_swiglu(x, w, s)
-        expected = ref64(x, w, s, swiglu=True)
-    else:
-        y = ops.decode_linear(x, w, s)
-        expected = ref64(x, w, s)
-    torch.testing.assert_close(y.double(), expected, **tol(torch.float32, K))
+    check_against_reference(torch.randn(N, K, generator=gen) * 3, w, s, swiglu)
 
 
 @settings(max_examples=60, deadline=None, derandomize=True)
@@ -277,14 +275,7 @@ def test_int8_any_rows_blocks_and_groups(M, blocks, per_group, N, swiglu, seed):
     K, G = 32 * blocks, 32 * per_group
     gen = torch.Generator().manual_seed(seed)
     w, s = make_weight(2 * M if swiglu else M, K, torch.int8, None if per_group == blocks else G, gen)
-    x = torch.randn(N, K, generator=gen) * 3
-    if swiglu:
-        y = ops.decode_linear_swiglu(x, w, s)
-        expected = ref64(x, w, s, swiglu=True)
-    else:
-        y = ops.decode_linear(x, w, s)
-        expected = ref64(x, w, s)
-    torch.testing.assert_close(y.double(), expected, **tol(torch.float32, K))
+    check_against_reference(torch.randn(N, K, generator=gen) * 3, w, s, swiglu)
 
 @pytest.mark.parametrize("wdtype", [torch.int8, torch.uint8])
 def test_non_finite_x_gives_nan_in_every_output(wdtype):
