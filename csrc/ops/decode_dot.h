@@ -301,18 +301,12 @@ struct Int8DotAvx2 {
   static constexpr int64_t kBytes = 32;
   static constexpr int kMaxRows = 4;
   static constexpr int kFewRows = 2;
-  // One row of x: blocks of 4 weight rows, read one row after the other (see one_row), so a block
-  // of consecutive rows is one weight stream and its fixed costs are paid once per 4 rows.
-  static constexpr int kOneRowJB = 4;
+  static constexpr int kOneRowJB = 1;  // one weight stream (see decode_linear.cpp run_jb)
   QuantizedX x;
   Weights<int8_t> w;
 
   template <int NR, int JB>
   inline void operator()(int64_t n0, const int64_t* rows, int64_t ahead, float (&out)[JB][NR]) const {
-    if constexpr (NR == 1) {
-      one_row<JB>(n0, rows, ahead, out);
-      return;
-    }
     const int64_t K = x.K, B = x.B, blocks = K / B;
     const __m256i ones16 = _mm256_set1_epi16(1);
     const int8_t* wr[JB];
@@ -348,39 +342,6 @@ struct Int8DotAvx2 {
       });
     }
     static_for<JB>([&](auto jb) { static_for<NR>([&](auto n) { out[jb][n] = hsum256(accf[jb][n]); }); });
-  }
-
-  // Batch 1: the JB rows one after the other rather than side by side. Rows of a short matrix are
-  // a few cache lines each (12 at K = 768), and JB rows read side by side are JB streams that the
-  // Zen 3 prefetcher barely follows, while one row per block pays the block's fixed costs (the
-  // call, the prefetch distance, the horizontal sum, the epilogue) for every row: at K = 768 one
-  // core streamed 10.5 GB/s against 19.3 at K = 12,288. x (K bytes) is re-read from L1 per row.
-  template <int JB>
-  inline void one_row(int64_t n0, const int64_t* rows, int64_t ahead, float (&out)[JB][1]) const {
-    const int64_t K = x.K, B = x.B, blocks = K / B, per_group = w.group_size / B;
-    const __m256i ones16 = _mm256_set1_epi16(1);
-    const int8_t* xq = x.q + n0 * K;
-    const float* xs = x.s + n0 * blocks;
-    static_for<JB>([&](auto jb) {
-      const int8_t* wr = w.data + rows[jb] * K;
-      const float* sw = w.scales + rows[jb] * w.groups;
-      __m256 accf = _mm256_setzero_ps();
-      for (int64_t g = 0, b = 0; g < w.groups; ++g) {  // x blocks of B within weight groups
-        const float swg = sw[g];
-        for (const int64_t b1 = b + per_group; b < b1; ++b) {
-          __m256i acc = _mm256_setzero_si256();
-          for (int64_t k = b * B; k < (b + 1) * B; k += kBytes) {
-            __builtin_prefetch(wr + k + ahead);
-            const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + k));
-            const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + k));
-            const __m256i p16 = _mm256_maddubs_epi16(_mm256_abs_epi8(wv), _mm256_sign_epi8(xv, wv));
-            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p16, ones16));
-          }
-          accf = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc), _mm256_set1_ps(swg * xs[b]), accf);
-        }
-      }
-      out[jb][0] = hsum256(accf);
-    });
   }
 };
 #endif

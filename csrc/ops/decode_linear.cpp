@@ -93,11 +93,10 @@ void run_range(const Dot& dot, int64_t N, int64_t j0, int64_t j1, int64_t half, 
 // Output rows per block: 4 weight streams keep the loads busy (Dot::kOneRowJB for one row of x:
 // 8 fp32/bf16 streams measured 6% faster at batch 1); with many rows of x the JB x NR
 // accumulators would not fit in the registers, so JB = 2 there. SwiGLU blocks hold gate/up pairs,
-// so they take at least 2. The int8 / int4 AVX2 kernels read their rows as fewer streams at batch 1:
-// their rows are short (768 bytes for int8 at K = 768), and a block of 4 read side by side is 4
-// streams of 12 lines that the hardware prefetcher of an AMD Zen 3 barely follows (int8 10.5 GB/s
-// on one core at K = 768, 19.3 at K = 12,288). int4 takes blocks of 2; int8 takes blocks of 4 read
-// one row after the other (Int8DotAvx2::one_row), one stream per block of consecutive rows.
+// so they take at least 2. The int8 / int4 AVX2 kernels take fewer rows at batch 1 (1 and 2): their
+// rows are short (768 bytes for int8 at K = 768), and a block of 4 read side by side is 4 streams
+// of 12 lines that the hardware prefetcher of an AMD Zen 3 barely follows (int8 10.5 GB/s on one
+// core at K = 768, 19.3 at K = 12,288); one row at a time reads the matrix as one stream.
 template <typename Dot, typename T, Epilogue E, int JB>
 void run_jb(const Dot& dot, int64_t N, int64_t row_bytes, int64_t outputs, T* y, const T* residual) {
   constexpr int kOut = E == Epilogue::kPlain ? JB : JB / 2;
