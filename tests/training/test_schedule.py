@@ -82,7 +82,8 @@ def test_warmup_ends_by_its_share_of_the_time_when_time_leads():
     assert [lr_factor(s, plain, elapsed_s=1e9) for s in range(10)] == [(s + 1) / 10 for s in range(10)]
 
 
-# The CPU of the measurement the demo's time limit was set against: step 604 at 10 minutes.
+# The CPU of the measurement the demo's time limit was set against: step 604 at 10 minutes at
+# batch 16 (the demo's batch 8 steps about twice as fast there, so this is a CPU half as fast).
 MEASURED_STEP_SECONDS = 600.0 / 604
 
 
@@ -116,8 +117,13 @@ def test_demo_ends_annealed_within_its_time_limit_on_slower_cpus(slowdown, token
     if slowdown == 16:
         assert expected_steps < t.warmup_steps
     span = t.learning_rate - t.min_learning_rate
-    # Annealed: the last step's rate within 1% of the decay of the floor...
-    assert lrs[expected_steps] <= t.min_learning_rate + span * 0.01
+    # Annealed: the last step's rate within one step of the decay's end (the rate of a step is set
+    # from the time before it, and a linear decay such as wsd's drops a step's share of the time
+    # after warmup, over the decay's share of it, a step)...
+    decay = (t.decay_fraction if t.lr_schedule == "wsd" else 1.0) * (1 - t.warmup_steps / t.max_steps)
+    one_step = step_seconds / (60 * t.max_time_minutes) / decay
+    assert lrs[expected_steps] <= t.min_learning_rate + span * max(0.01, 1.01 * one_step)
+    assert lrs[expected_steps] < t.min_learning_rate + 0.15 * span
     # ...where a schedule keyed to steps alone would not be.
     assert learning_rate(expected_steps - 1, t) > t.min_learning_rate + 0.25 * span
     # The peak was reached on the way: warmup ended and the decay started from the top.
