@@ -261,6 +261,8 @@ def main(argv=None) -> int:
     claim_output(args.output, overwrite=args.overwrite, inputs=[args.tokens, args.tokenizer], is_dir=False)
     if args.budget == "time" and args.jobs > 1:
         raise KrMiniLlmError("--jobs runs at once only with --budget steps: a time budget needs the cores to itself")
+    if args.calibration_steps < 1 or args.jobs < 1:
+        raise KrMiniLlmError(f"--calibration_steps {args.calibration_steps} and --jobs {args.jobs} must be >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     shards = load_shards(args.tokens, args.tokenizer)
@@ -275,7 +277,8 @@ def main(argv=None) -> int:
              f"bf16 autocast: {precision_choice(torch.device('cpu'), True)[1]}",
              f"Data: {args.tokens} (train {shards['train'].num_tokens:,}, valid {shards['valid'].num_tokens:,}, "
              f"test {shards['test'].num_tokens:,} tokens); model {Path(args.model_config).name}",
-             f"ours = today + {' '.join(args.ours + args.ours_model)}, schedule keyed to the time budget",
+             f"ours = configs/training_demo.yaml's recipe + {' '.join(args.ours + args.ours_model) or 'nothing'}, "
+             "schedule keyed to the time budget",
              f"Command: python scripts/bench_recipe.py {' '.join(argv if argv is not None else sys.argv[1:])}\n"]
     step_s = parse_step_seconds(args.step_seconds, args.recipes) if args.budget == "steps" else {}
     if args.budget == "steps":

@@ -117,7 +117,8 @@ def test_bench_recipe_calibrates_and_refuses_bad_budgets(token_data, tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "Budget: the steps each recipe makes in the minutes" in out.read_text()
     for bad, says in [(["--step_seconds", "ours=0"], "SECONDS > 0"), (["--step_seconds", "gpt3=1"], "RECIPE one of"),
-                      (["--budget", "time", "--jobs", "2"], "only with --budget steps")]:
+                      (["--budget", "time", "--jobs", "2"], "only with --budget steps"),
+                      (["--calibration_steps", "0"], "must be >= 1")]:
         target = tmp_path / "bad.md"
         r = _bench_recipe(token_data, tmp_path, "--minutes", "0.01", "--seeds", "0", *bad, "--output", str(target))
         assert r.returncode != 0 and says in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
