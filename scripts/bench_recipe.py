@@ -9,13 +9,14 @@
           time budget (optim.py)
 
 The budget (--budget steps, the default): each recipe's seconds a step are measured first, at
---threads, on what should be an idle machine (or given: --step_seconds); every run then makes the
-whole steps that fit its minutes, so what it computes does not depend on what else runs, and
---jobs N runs N at once in worker processes (one thread each). --budget time: each run trains
-until its minutes of CPU seconds per thread (busy_seconds) are up. Same token windows per seed,
-bf16 autocast only where native (device.precision_choice), clipping; then one evaluation over the
-whole validation and test splits (outside the budget). Several seeds per recipe; the table gives
-each recipe's mean, its seed-to-seed spread (max - min) and its gain over the baselines.
+--threads, on what should be an idle machine, the recipes taking turns (or given: --step_seconds);
+every run then makes the whole steps that fit its minutes, so what it computes does not depend on
+what else runs, and --jobs N runs N at once in worker processes (one thread each). --budget time:
+each run trains until its minutes of CPU seconds per thread (busy_seconds) are up. Same token
+windows per seed, bf16 autocast only where native (device.precision_choice), clipping; then one
+evaluation over the whole validation and test splits (outside the budget). Several seeds per
+recipe; the table gives each recipe's mean, its seed-to-seed spread (max - min) and its gain
+over the baselines.
 
   python scripts/bench_recipe.py --tokens data/tokens --tokenizer models/tokenizer.model \\
       --minutes 4 10 --seeds 0 1 2 --jobs 2 --output benchmarks/recipe.md
@@ -126,21 +127,28 @@ def run(recipe: str, train_keys: dict, model_cfg: TransformerConfig, shards: dic
     return out
 
 
-def step_seconds(recipe: str, train_keys: dict, model_cfg: TransformerConfig, shards: dict,
-                 steps: int = 20) -> float:
-    """Seconds per training step of a recipe at this process's thread count: the median of `steps`
-    after 3 warm-up steps. Run on an idle machine; it turns minutes into a step budget."""
-    model, opt, t = build(recipe, train_keys, model_cfg, seed=0)
+def step_seconds(runs: dict, shards: dict, steps: int = 20, turns: int = 5) -> dict:
+    """Seconds per training step of each recipe in `runs` ({name: (train_keys, model_config)}) at this
+    process's thread count: the median of `steps`, after 3 warm-up steps each. The recipes take
+    turns, steps/turns at a time, so a machine whose speed drifts (a shared VM's did by 25% within a
+    minute) moves them alike and their ratio, which decides the budgets, holds. Run it on an idle
+    machine; it turns minutes into a step budget."""
     amp, _ = precision_choice(torch.device("cpu"), True)
-    batches = iter(RandomWindows(shards["train"], t.max_seq_length, t.batch_size, seed=0))
-    times = []
-    for i in range(steps + 3):
-        x, y = next(batches)
-        began = time.perf_counter()
-        train_step(model, opt, t, x, y, recipe == "gpt2", amp)
-        if i >= 3:
-            times.append(time.perf_counter() - began)
-    return statistics.median(times)
+    state, times = {}, {name: [] for name in runs}
+    for name, (keys, cfg) in runs.items():
+        model, opt, t = build(name, keys, cfg, seed=0)
+        state[name] = (model, opt, t, iter(RandomWindows(shards["train"], t.max_seq_length, t.batch_size, seed=0)))
+        for _ in range(3):
+            x, y = next(state[name][3])
+            train_step(model, opt, t, x, y, name == "gpt2", amp)
+    for turn in range(turns):
+        for name, (model, opt, t, batches) in state.items():
+            for _ in range(steps // turns + (turn < steps % turns)):
+                x, y = next(batches)
+                began = time.perf_counter()
+                train_step(model, opt, t, x, y, name == "gpt2", amp)
+                times[name].append(time.perf_counter() - began)
+    return {name: statistics.median(v) for name, v in times.items()}
 
 
 def load_shards(tokens: str, tokenizer: str) -> dict:
@@ -283,13 +291,14 @@ def main(argv=None) -> int:
     step_s = parse_step_seconds(args.step_seconds, args.recipes) if args.budget == "steps" else {}
     if args.budget == "steps":
         given = sorted(step_s)
+        missing = {n: (recipes[n], configs[n]) for n in args.recipes if n not in step_s}
+        if missing:
+            step_s.update(step_seconds(missing, shards, args.calibration_steps))
         for name in args.recipes:
-            if name not in step_s:
-                step_s[name] = step_seconds(name, recipes[name], configs[name], shards, args.calibration_steps)
             print(f"{name}: {step_s[name]:.3f} s a step at {torch.get_num_threads()} threads", flush=True)
         lines.append(f"Budget: the steps each recipe makes in the minutes, from its seconds a step at "
                      f"{torch.get_num_threads()} threads (median of {args.calibration_steps} after 3 warm-up "
-                     f"steps{'; given: ' + ', '.join(given) if given else ''}): "
+                     f"steps, the recipes taking turns{'; given: ' + ', '.join(given) if given else ''}): "
                      + ", ".join(f"{n} {v:.3f}" for n, v in step_s.items()) + "\n")
     jobs = []
     for minutes in args.minutes:

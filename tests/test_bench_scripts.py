@@ -123,3 +123,28 @@ def test_bench_recipe_calibrates_and_refuses_bad_budgets(token_data, tmp_path):
         r = _bench_recipe(token_data, tmp_path, "--minutes", "0.01", "--seeds", "0", *bad, "--output", str(target))
         assert r.returncode != 0 and says in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
         assert not target.exists()
+
+
+def test_bench_recipe_calibration_takes_turns(token_data, monkeypatch):
+    """The recipes' calibration steps alternate (5 turns by default), so a drift in the machine's speed
+    reaches every recipe alike; each recipe gets its 3 warm-up steps and then exactly `steps` timed."""
+    import importlib.util
+
+    from kr_mini_llm import TransformerConfig
+
+    spec = importlib.util.spec_from_file_location("bench_recipe_calib", ROOT / "scripts" / "bench_recipe.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    order = []
+    real_step = bench.train_step
+    monkeypatch.setattr(bench, "train_step", lambda model, opt, t, *a: order.append(t.batch_size) or real_step(
+        model, opt, t, *a))
+    tokens, tok = token_data
+    cfg = TransformerConfig(vocab_size=512, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
+                            max_seq_length=32)
+    keys = {**bench.TODAY, "max_seq_length": 32}
+    runs = {"today": ({**keys, "batch_size": 2}, cfg), "ours": ({**keys, "batch_size": 3}, cfg)}
+    seconds = bench.step_seconds(runs, bench.load_shards(str(tokens), tok), steps=7, turns=3)
+    assert set(seconds) == {"today", "ours"} and all(v > 0 for v in seconds.values())
+    # warm-up 3 + 3, then turns of 3, 2, 2 steps (7 over 3 turns) each
+    assert order == [2] * 3 + [3] * 3 + [2] * 3 + [3] * 3 + [2] * 2 + [3] * 2 + [2] * 2 + [3] * 2
