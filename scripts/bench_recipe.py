@@ -181,8 +181,8 @@ class _null:
 
 # The training keys that make a recipe (the rest, logging and saving, do not change the model).
 RECIPE_KEYS = ("optimizer", "learning_rate", "min_learning_rate", "muon_learning_rate", "muon_momentum",
-               "lr_schedule", "decay_fraction", "warmup_steps", "max_steps", "batch_size", "max_seq_length",
-               "weight_decay", "beta1", "beta2", "max_grad_norm")
+               "muon_ns_steps", "lr_schedule", "decay_fraction", "warmup_steps", "max_steps", "batch_size",
+               "max_seq_length", "weight_decay", "beta1", "beta2", "max_grad_norm")
 
 
 def demo_recipe() -> dict:

@@ -36,6 +36,7 @@ class TrainSection:
     optimizer: str = "adamw"  # adamw | muon (Muon on the hidden matrices, AdamW on embedding, head and norms)
     muon_learning_rate: float = 0.02  # train.optimizer: muon, for the hidden matrices (same schedule)
     muon_momentum: float = 0.95
+    muon_ns_steps: int = 5  # Newton-Schulz iterations per Muon update (each is 3 matmuls per matrix)
     max_steps: int = 1000
     max_time_minutes: Optional[float] = None  # stop (and save) after this wall time
     mixed_precision: bool = False
@@ -149,6 +150,8 @@ class TrainingConfig:
             fail(f"train.muon_learning_rate must be > 0, got {t.muon_learning_rate}")
         if not 0 <= t.muon_momentum < 1:
             fail(f"train.muon_momentum must be in [0, 1), got {t.muon_momentum}")
+        if t.muon_ns_steps < 1:
+            fail(f"train.muon_ns_steps must be >= 1, got {t.muon_ns_steps}")
         if t.max_time_minutes is not None and not t.max_time_minutes > 0:
             fail(f"train.max_time_minutes must be > 0 (or left out), got {t.max_time_minutes}")
         for choice, allowed in (("lr_schedule", ("cosine", "linear", "wsd", "constant")),

@@ -61,7 +61,8 @@ class MuonAdamW(torch.optim.Optimizer):
             is_hidden = p.dim() == 2 and not any(part in _NOT_HIDDEN for part in name.split("."))
             (hidden if is_hidden else rest).append((name, p))
         self._muon = torch.optim.Muon([p for _, p in hidden], lr=train.muon_learning_rate,
-                                      weight_decay=train.weight_decay, momentum=train.muon_momentum)
+                                      weight_decay=train.weight_decay, momentum=train.muon_momentum,
+                                      ns_steps=train.muon_ns_steps)
         self._adamw = _adamw(_adamw_groups(rest, train), train, device)
         for group in self._muon.param_groups:
             group["optimizer"] = "muon"

@@ -59,18 +59,21 @@ def test_hidden_matrices_go_to_muon_the_rest_to_adamw(model_config):
     assert type(build_optimizer(model, TrainingConfig().train, torch.device("cpu"))) is torch.optim.AdamW
 
 
-def test_fp32_orthogonalization_follows_torch_muon(model_config):
+@pytest.mark.parametrize("ns_steps", [5, 3])
+def test_fp32_orthogonalization_follows_torch_muon(model_config, ns_steps):
     """Where bf16 is not native the Muon step runs in fp32: the same update as torch.optim.Muon's
-    bf16 one up to bf16 rounding, with the same state."""
+    bf16 one up to bf16 rounding, with the same state and the same train.muon_ns_steps."""
     import copy
 
-    train = TrainingConfig.from_dict({"train": {"optimizer": "muon", "weight_decay": 0.1}}).train
+    train = TrainingConfig.from_dict({"train": {"optimizer": "muon", "weight_decay": 0.1,
+                                                "muon_ns_steps": ns_steps}}).train
     torch.manual_seed(0)
     model = Transformer(model_config)
     ours = build_optimizer(model, train, torch.device("cpu"))
     ref_model = copy.deepcopy(model)
     ref = build_optimizer(ref_model, train, torch.device("cpu"))
     ours.fp32_orthogonalization, ref.fp32_orthogonalization = True, False
+    assert {g["ns_steps"] for g in ours.param_groups if g["optimizer"] == "muon"} == {ns_steps}
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     for _ in range(2):
         for p, q in zip(model.parameters(), ref_model.parameters()):

@@ -55,6 +55,7 @@ def test_save_and_reload(tmp_path):
     ("train:\n  batch_size: four\n", r"x.yaml:2: train.batch_size must be an integer, got 'four'"),
     ("train:\n  mixed_precision: maybe\n", r"x.yaml:2: train.mixed_precision must be true or false"),
     ("train:\n  batch_size: 0\n", r"train.batch_size must be > 0"),
+    ("train:\n  muon_ns_steps: 0\n", r"train.muon_ns_steps must be >= 1, got 0"),
     ("train:\n  lr_schedule: step\n", r"train.lr_schedule must be one of cosine, linear, wsd, constant"),
     ("device: tpu\n", r"device must be auto, cpu, cuda, cuda:N or mps"),
     ("batch_size: 4\ntrain:\n  batch_size: 8\n", r"'batch_size' is given both at the top level and under train"),
