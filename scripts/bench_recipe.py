@@ -128,16 +128,18 @@ def run(recipe: str, train_keys: dict, model_cfg: TransformerConfig, shards: dic
 
 
 def step_seconds(runs: dict, shards: dict, steps: int = 20, turns: int = 5) -> dict:
-    """Seconds per training step of each recipe in `runs` ({name: (train_keys, model_config)}) at this
+    """Seconds per training step of each recipe in `runs` ({name: (train_keys, model_config)}, or
+    (train_keys, model_config, own_shards) for a run on other data, e.g. another vocabulary) at this
     process's thread count: the median of `steps`, after 3 warm-up steps each. The recipes take
     turns, steps/turns at a time, so a machine whose speed drifts (a shared VM's did by 25% within a
     minute) moves them alike and their ratio, which decides the budgets, holds. Run it on an idle
     machine; it turns minutes into a step budget."""
     amp, _ = precision_choice(torch.device("cpu"), True)
     state, times = {}, {name: [] for name in runs}
-    for name, (keys, cfg) in runs.items():
+    for name, (keys, cfg, *own) in runs.items():
         model, opt, t = build(name, keys, cfg, seed=0)
-        state[name] = (model, opt, t, iter(RandomWindows(shards["train"], t.max_seq_length, t.batch_size, seed=0)))
+        train = (own[0] if own else shards)["train"]
+        state[name] = (model, opt, t, iter(RandomWindows(train, t.max_seq_length, t.batch_size, seed=0)))
         for _ in range(3):
             x, y = next(state[name][3])
             train_step(model, opt, t, x, y, name == "gpt2", amp)
@@ -162,6 +164,36 @@ def _job(job: tuple) -> dict:
     torch.set_num_threads(threads)
     return run(recipe, keys, TransformerConfig.from_dict(model_cfg), load_shards(tokens, tokenizer), seed,
                minutes, steps)
+
+
+def run_all(jobs: list, args, report) -> None:
+    """Runs `jobs` [(key, (tokens, tokenizer, recipe, keys, model_config, seed, minutes, steps))] one after
+    the other, or --jobs at a time in worker processes (--run_threads each), calling report(key, result)."""
+    if args.jobs > 1:
+        import concurrent.futures as cf
+        import multiprocessing
+
+        threads = args.run_threads or 1
+        with cf.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(_job, (tokens, tokenizer, threads, name, keys, cfg.to_dict(), seed, minutes,
+                                          steps)): key
+                       for key, (tokens, tokenizer, name, keys, cfg, seed, minutes, steps) in jobs}
+            for f in cf.as_completed(futures):
+                report(futures[f], f.result())
+        return
+    if args.run_threads:
+        torch.set_num_threads(args.run_threads)
+    shards = {}
+    for key, (tokens, tokenizer, name, keys, cfg, seed, minutes, steps) in jobs:
+        if tokens not in shards:
+            shards[tokens] = load_shards(tokens, tokenizer)
+        report(key, run(name, keys, cfg, shards[tokens], seed, minutes, steps))
+
+
+def budget_steps(minutes: float, seconds: float | None) -> int | None:
+    """The whole steps that fit `minutes` at `seconds` a step (1e-9: 0.02 min at 0.1 s is 12 steps, not
+    11.999...); None for a time budget."""
+    return max(1, math.floor(60.0 * minutes / seconds + 1e-9)) if seconds else None
 
 
 def busy_seconds() -> float:
@@ -221,10 +253,33 @@ def parse_step_seconds(items, recipes) -> dict:
         except ValueError:
             seconds = float("nan")
         if name not in recipes or not seconds > 0:
-            raise KrMiniLlmError(f"--step_seconds {item!r}: expected RECIPE=SECONDS with RECIPE one of "
+            raise KrMiniLlmError(f"--step_seconds {item!r}: expected NAME=SECONDS with NAME one of "
                                  f"{', '.join(recipes)} and SECONDS > 0")
         out[name] = seconds
     return out
+
+
+def add_budget_args(p: argparse.ArgumentParser) -> None:
+    """The budget options of the scripts that train recipes for equal minutes (this one, bench_tokenizer.py)."""
+    p.add_argument("--budget", choices=["steps", "time"], default="steps",
+                   help="steps: each recipe's step time is measured first (--calibration_steps, on an idle "
+                        "machine), then every run makes the steps that fit its minutes, so other jobs, "
+                        "--jobs and --run_threads change how long it takes, not what it computes; "
+                        "time: each run trains until its minutes of busy CPU time are up")
+    p.add_argument("--calibration_steps", type=int, default=20)
+    p.add_argument("--step_seconds", nargs="*", default=[], metavar="NAME=SECONDS",
+                   help="step budget: a run's seconds a step from an earlier calibration (printed by every "
+                        "run), instead of measuring it again")
+    p.add_argument("--jobs", type=int, default=1, help="step budget: runs at once, each in its own process")
+    p.add_argument("--run_threads", type=int, default=None,
+                   help="step budget: threads of each run (default: --threads, or 1 with --jobs > 1)")
+
+
+def check_budget_args(args) -> None:
+    if args.budget == "time" and args.jobs > 1:
+        raise KrMiniLlmError("--jobs runs at once only with --budget steps: a time budget needs the cores to itself")
+    if args.calibration_steps < 1 or args.jobs < 1:
+        raise KrMiniLlmError(f"--calibration_steps {args.calibration_steps} and --jobs {args.jobs} must be >= 1")
 
 
 def cpu_name() -> str:
@@ -251,29 +306,15 @@ def main(argv=None) -> int:
     p.add_argument("--ours_model", nargs="*", default=[], metavar="KEY=VALUE",
                    help="model config keys of the recipe under test (e.g. tie_word_embeddings=false)")
     p.add_argument("--threads", type=int, help="threads of the calibration (and of time-budgeted runs)")
-    p.add_argument("--budget", choices=["steps", "time"], default="steps",
-                   help="steps: each recipe's step time is measured first (--calibration_steps, on an idle "
-                        "machine), then every run makes the steps that fit its minutes, so other jobs, "
-                        "--jobs and --run_threads change how long it takes, not what it computes; "
-                        "time: each run trains until its minutes of busy CPU time are up")
-    p.add_argument("--calibration_steps", type=int, default=20)
-    p.add_argument("--step_seconds", nargs="*", default=[], metavar="RECIPE=SECONDS",
-                   help="step budget: a recipe's seconds a step from an earlier calibration (printed by every "
-                        "run), instead of measuring it again")
-    p.add_argument("--jobs", type=int, default=1, help="step budget: runs at once, each in its own process")
-    p.add_argument("--run_threads", type=int, default=None,
-                   help="step budget: threads of each run (default: --threads, or 1 with --jobs > 1)")
+    add_budget_args(p)
     p.add_argument("--output", default="benchmarks/recipe.md")
     add_overwrite_flag(p)
     args = p.parse_args(argv)
     claim_output(args.output, overwrite=args.overwrite, inputs=[args.tokens, args.tokenizer], is_dir=False)
-    if args.budget == "time" and args.jobs > 1:
-        raise KrMiniLlmError("--jobs runs at once only with --budget steps: a time budget needs the cores to itself")
-    if args.calibration_steps < 1 or args.jobs < 1:
-        raise KrMiniLlmError(f"--calibration_steps {args.calibration_steps} and --jobs {args.jobs} must be >= 1")
+    check_budget_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    shards = load_shards(args.tokens, args.tokenizer)
+    shards = load_shards(args.tokens, args.tokenizer)  # the calibration's
     model_cfg = TransformerConfig.from_yaml(args.model_config)
     ours_cfg = model_cfg.replace(**parse_model_keys(args.ours_model)) if args.ours_model else model_cfg
     ours = {**TODAY, **demo_recipe(), **parse_keys(args.ours)}
@@ -307,9 +348,8 @@ def main(argv=None) -> int:
                 keys = dict(recipes[name])
                 if name == "ours":
                     keys["max_time_minutes"] = minutes
-                # the whole steps that fit (1e-9: 0.02 min at 0.1 s is 12 steps, not 11.999...)
-                steps = max(1, math.floor(60.0 * minutes / step_s[name] + 1e-9)) if step_s else None
-                jobs.append(((minutes, name, seed), (name, keys, configs[name], seed, minutes, steps)))
+                jobs.append(((minutes, name, seed), (args.tokens, args.tokenizer, name, keys, configs[name], seed,
+                                                     minutes, budget_steps(minutes, step_s.get(name)))))
     results = {}
 
     def report(key, r):
@@ -318,22 +358,7 @@ def main(argv=None) -> int:
         print(f"{minutes:g} min seed {seed} {name:5s}: {r['steps']} steps ({r['wall_s']:.0f} s wall), "
               f"lr at the end {r['lr_end']:.2e}, valid {r['valid']:.4f} bpb, test {r['test']:.4f} bpb", flush=True)
 
-    if args.jobs > 1:
-        import concurrent.futures as cf
-        import multiprocessing
-
-        threads = args.run_threads or 1
-        with cf.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(_job, (args.tokens, args.tokenizer, threads, name, keys, cfg.to_dict(), seed,
-                                          minutes, steps)): key
-                       for key, (name, keys, cfg, seed, minutes, steps) in jobs}
-            for f in cf.as_completed(futures):
-                report(futures[f], f.result())
-    else:
-        if args.run_threads:
-            torch.set_num_threads(args.run_threads)
-        for key, (name, keys, cfg, seed, minutes, steps) in jobs:
-            report(key, run(name, keys, cfg, shards, seed, minutes, steps))
+    run_all(jobs, args, report)
     lines += ["| minutes | recipe | steps (mean) | lr at end | valid bpb (mean) | seed spread (max-min) | test bpb (mean) "
               "| valid vs gpt2 | valid vs today |", "|---|---|---|---|---|---|---|---|---|"]
     for minutes in args.minutes:

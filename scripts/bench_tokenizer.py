@@ -4,14 +4,18 @@
   - chars per token and byte-fallback share on the validation split and on the out-of-domain text
     (the Korean Constitution and bills, kr_mini_llm/data/kolaw.py, or --ood FILE);
   - validation (and test) bits per byte of model_tiny, its vocabulary set to the tokenizer's, trained
-    for the same --minutes with bench_recipe.py's loop (the demo's recipe, schedule keyed to the
-    time budget). Bits per byte divide by the text's bytes, not its tokens, so vocabularies compare.
+    for the same --minutes with bench_recipe.py's loop (configs/training_demo.yaml's recipe, schedule
+    keyed to the time budget). Bits per byte divide by the text's bytes, not its tokens, so
+    vocabularies compare. A larger vocabulary makes a slower step (the head and the loss grow with
+    it), so by default (--budget steps) every model's seconds a step are measured first, the models
+    taking turns, and each run makes the steps that fit its minutes: a shared machine's load
+    changes how long the study takes, not what it computes (bench_recipe.py's budget options).
 
 Each tokenizer is trained on --processed/train.txt (scripts/train_tokenizer.py's settings), and the
 three splits are encoded into token shards in a work folder (removed at the end unless --work_dir).
 
   python scripts/bench_tokenizer.py --processed data/processed --vocab-sizes 2000 4000 8000 16000 32000 \\
-      --model-types bpe unigram --minutes 4 --seeds 0 1 --output benchmarks/tokenizer.md
+      --model-types bpe unigram --minutes 4 --seeds 0 1 --threads 2 --jobs 2 --output benchmarks/tokenizer.md
 
 Morpheme-aware pre-tokenization (Kiwi, MeCab-ko) is not part of the study; docs/training-recipe.md says why.
 """
@@ -31,7 +35,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench_common import environment, write_report  # noqa: E402
-from bench_recipe import TODAY, parse_keys, run  # noqa: E402
+from bench_recipe import (TODAY, add_budget_args, budget_steps, check_budget_args, demo_recipe,  # noqa: E402
+                          parse_keys, parse_step_seconds, run_all, step_seconds)
 
 from kr_mini_llm import TransformerConfig  # noqa: E402
 from kr_mini_llm.data.datasets import TokenShards  # noqa: E402
@@ -56,11 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--model_config", default=str(ROOT / "configs" / "model_tiny.yaml"))
     p.add_argument("--train", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="training keys over the demo recipe's (bench_recipe.py's TODAY), e.g. max_seq_length=128")
+                   help="training keys over the demo's recipe (configs/training_demo.yaml), e.g. max_seq_length=128")
     ood = p.add_mutually_exclusive_group()
     ood.add_argument("--ood", default=None, help="out-of-domain text (default: ood_kolaw.txt in the data folder)")
     ood.add_argument("--no_ood", action="store_true")
-    p.add_argument("--threads", type=int)
+    p.add_argument("--threads", type=int, help="threads of the calibration (and of time-budgeted runs)")
+    add_budget_args(p)
     p.add_argument("--work_dir", default=None, help="keep the tokenizers and shards here (default: a temporary folder)")
     p.add_argument("--output", default="benchmarks/tokenizer.md")
     add_overwrite_flag(p)
@@ -79,10 +85,16 @@ def check_inputs(args) -> None:
                              "use 300 or more")
     if args.minutes <= 0:
         raise KrMiniLlmError(f"--minutes must be > 0, got {args.minutes}")
+    check_budget_args(args)
 
 
-def study_one(model_type: str, vocab: int, args, work: Path, texts: dict, model_cfg, keys: dict) -> dict:
-    name = f"{model_type}-{vocab}"
+def name_of(model_type: str, vocab: int) -> str:
+    return f"{model_type}-{vocab}"
+
+
+def prepare_one(model_type: str, vocab: int, args, work: Path, texts: dict) -> dict:
+    """Trains one tokenizer, measures it on the texts and encodes the three splits into token shards."""
+    name = name_of(model_type, vocab)
     t0 = time.perf_counter()
     try:
         path = train_tokenizer([Path(args.processed) / "train.txt"], vocab, work / name, model_type=model_type,
@@ -92,18 +104,12 @@ def study_one(model_type: str, vocab: int, args, work: Path, texts: dict, model_
                              f"{args.processed}/train.txt: {e}") from e
     seconds = time.perf_counter() - t0
     tok = Tokenizer(path)
-    out = {"type": model_type, "vocab": vocab, "tokenizer_s": seconds,
-           **{f"{k}_stats": tokenizer_stats(tok, docs) for k, docs in texts.items()}}
     tokens = work / f"tokens-{name}"
     tokenize_splits(path, args.processed, tokens, num_proc=1, progress=False, log=lambda *a, **k: None)
-    shards = {s: TokenShards(tokens, s, expected_fingerprint=tok) for s in SPLITS}
-    runs = [run("ours", keys, model_cfg.replace(vocab_size=tok.vocab_size), shards, seed, args.minutes)
-            for seed in args.seeds]
-    out["runs"] = runs
-    print(f"{name}: valid {out['valid_stats']['chars_per_token']:.3f} chars/token, "
-          + " ".join(f"seed {s}: {r['steps']} steps, valid {r['valid']:.4f} bpb" for s, r in zip(args.seeds, runs)),
-          flush=True)
-    return out
+    return {"name": name, "type": model_type, "vocab": vocab, "tokenizer_s": seconds, "tokenizer": str(path),
+            "tokens": str(tokens), "vocab_size": tok.vocab_size,
+            "shards": {s: TokenShards(tokens, s, expected_fingerprint=tok) for s in SPLITS},
+            **{f"{k}_stats": tokenizer_stats(tok, docs) for k, docs in texts.items()}}
 
 
 def _share(stats: dict | None, key: str, fmt: str) -> str:
@@ -132,8 +138,10 @@ def main(argv=None) -> int:
     check_inputs(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    keys = {**TODAY, **parse_keys(args.train), "max_time_minutes": args.minutes}
+    keys = {**TODAY, **demo_recipe(), **parse_keys(args.train), "max_time_minutes": args.minutes}
     model_cfg = TransformerConfig.from_yaml(args.model_config)
+    names = [name_of(t, v) for t in args.model_types for v in args.vocab_sizes]
+    given = parse_step_seconds(args.step_seconds, names) if args.budget == "steps" else {}
     texts = {"valid": split_documents((Path(args.processed) / "valid.txt").read_text(encoding="utf-8"))}
     ood = None if args.no_ood else locate_ood(args.ood, args.processed)
     if ood is not None and ood.path is not None:
@@ -142,15 +150,39 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench_tokenizer_") as tmp:
         work = Path(args.work_dir) if args.work_dir else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        results = [study_one(t, v, args, work, texts, model_cfg, keys)
-                   for t in args.model_types for v in args.vocab_sizes]
+        results = [prepare_one(t, v, args, work, texts) for t in args.model_types for v in args.vocab_sizes]
+        cfgs = {r["name"]: model_cfg.replace(vocab_size=r["vocab_size"]) for r in results}
+        step_s = dict(given)
+        missing = {r["name"]: (keys, cfgs[r["name"]], r["shards"]) for r in results if r["name"] not in given}
+        if args.budget == "steps" and missing:
+            step_s.update(step_seconds(missing, {}, args.calibration_steps))
+        for name, seconds in step_s.items():
+            print(f"{name}: {seconds:.3f} s a step at {torch.get_num_threads()} threads", flush=True)
+        jobs = [((r["name"], seed), (r["tokens"], r["tokenizer"], "ours", keys, cfgs[r["name"]], seed, args.minutes,
+                                     budget_steps(args.minutes, step_s.get(r["name"]))))
+                for r in results for seed in args.seeds]
+        runs = {}
+
+        def report(key, out):
+            runs[key] = out
+            print(f"{key[0]} seed {key[1]}: {out['steps']} steps ({out['wall_s']:.0f} s wall), valid "
+                  f"{out['valid']:.4f} bpb, test {out['test']:.4f} bpb", flush=True)
+
+        run_all(jobs, args, report)
+        for r in results:
+            r["runs"] = [runs[(r["name"], seed)] for seed in args.seeds]
+            del r["shards"]
+    budget = (f"the steps each model makes in the minutes, from its seconds a step at {torch.get_num_threads()} "
+              f"threads (median of {args.calibration_steps}, the models taking turns"
+              f"{'; given: ' + ', '.join(sorted(given)) if given else ''}): "
+              + ", ".join(f"{n} {v:.3f}" for n, v in step_s.items())) if step_s else "busy CPU time"
     command = " ".join(argv if argv is not None else sys.argv[1:])
     lines = ["# Tokenizer study: vocabulary size, BPE vs Unigram", "",
              f"Command: `python scripts/bench_tokenizer.py {command}`", "", *environment(),
              f"Data: {args.processed} (valid {sum(map(len, texts['valid'])):,} characters); out-of-domain: "
              + (ood.note.replace("\n", " ") if ood is not None else "not evaluated (--no_ood)"),
              f"Model: {Path(args.model_config).name}, vocabulary set to each tokenizer's; {args.minutes:g} min of "
-             f"training per seed ({', '.join(map(str, args.seeds))}), recipe {keys}", "",
+             f"training per seed ({', '.join(map(str, args.seeds))}), recipe {keys}", f"Budget: {budget}", "",
              *table(results), "",
              "Chars per token: more is shorter sequences. Byte fallback: the share of tokens that spell a character "
              "the vocabulary lacks byte by byte. Bits per byte: the model's loss over the split's UTF-8 bytes, "

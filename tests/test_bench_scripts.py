@@ -34,17 +34,22 @@ def test_bench_tokenizer_compares_vocabularies_on_a_tiny_corpus(token_data, tmp_
     out = tmp_path / "tokenizer.md"
     args = ["--processed", str(tokens.parent / "processed"), "--vocab-sizes", "420", "512", "--model-types", "bpe",
             "unigram", "--minutes", "0.005", "--train", "max_seq_length=32", "batch_size=4", "--threads", "1",
-            "--ood", str(ood), "--output", str(out)]
+            "--calibration_steps", "2", "--step_seconds", "bpe-512=0.05", "--ood", str(ood), "--output", str(out)]
     r = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_tokenizer.py"), *args],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     text = out.read_text()
     assert "Command: `python scripts/bench_tokenizer.py --processed" in text and "Total benchmark time" in text
+    # a step budget: bpe-512's seconds a step as given (0.005 min / 0.05 s = 6 steps), the others calibrated
+    assert "Budget: the steps each model makes in the minutes" in text and "given: bpe-512" in text
+    assert "bpe-512 0.050" in text and "unigram-420 " in text
     rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert [(c[0].strip(), c[1].strip()) for c in rows] == [("bpe", "420"), ("bpe", "512"), ("unigram", "420"),
                                                             ("unigram", "512")]
     for c in rows:
         valid_cpt, ood_cpt, valid_bpb = float(c[2]), float(c[4]), float(c[7])
+        if (c[0].strip(), c[1].strip()) == ("bpe", "512"):
+            assert float(c[6]) == 6
         assert 1.0 < valid_cpt < 10 and 0.2 < ood_cpt < 10 and 0 < valid_bpb < 20
         # text unlike the training corpus: more of its characters fall back to bytes
         valid_fallback, ood_fallback = (float(c[i].strip().removesuffix("%")) for i in (3, 5))
@@ -69,6 +74,10 @@ def test_bench_tokenizer_refuses_bad_input_before_training(tmp_path):
         (processed / f"{split}.txt").write_text("문서\n", encoding="utf-8")
     r = bench("--vocab-sizes", "8000", "256")
     assert r.returncode != 0 and "--vocab-sizes [256]" in r.stderr and "300 or more" in r.stderr
+    r = bench("--vocab-sizes", "8000", "--model-types", "bpe", "--step_seconds", "unigram-8000=1")
+    assert r.returncode != 0 and "NAME one of bpe-8000" in r.stderr and "Traceback" not in r.stderr
+    r = bench("--jobs", "0")
+    assert r.returncode != 0 and "must be >= 1" in r.stderr
     assert not (tmp_path / "t.md").exists()
 
 
@@ -116,7 +125,7 @@ def test_bench_recipe_calibrates_and_refuses_bad_budgets(token_data, tmp_path):
                       "--output", str(out))
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "Budget: the steps each recipe makes in the minutes" in out.read_text()
-    for bad, says in [(["--step_seconds", "ours=0"], "SECONDS > 0"), (["--step_seconds", "gpt3=1"], "RECIPE one of"),
+    for bad, says in [(["--step_seconds", "ours=0"], "SECONDS > 0"), (["--step_seconds", "gpt3=1"], "NAME one of"),
                       (["--budget", "time", "--jobs", "2"], "only with --budget steps"),
                       (["--calibration_steps", "0"], "must be >= 1")]:
         target = tmp_path / "bad.md"
