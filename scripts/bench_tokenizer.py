@@ -17,7 +17,8 @@ three splits are encoded into token shards in a work folder (removed at the end 
   python scripts/bench_tokenizer.py --processed data/processed --vocab-sizes 2000 4000 8000 16000 32000 \\
       --model-types bpe unigram --minutes 4 --seeds 0 1 --threads 2 --jobs 2 --output benchmarks/tokenizer.md
 
-Morpheme-aware pre-tokenization (Kiwi, MeCab-ko) is not part of the study; docs/training-recipe.md says why.
+--pretokenize none kiwi adds morpheme-aware training (train_tokenizer.py --pretokenize kiwi: pieces never
+cross a morpheme boundary Kiwi finds) to the study; MeCab-ko is not in it (docs/training-recipe.md).
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ from bench_recipe import (TODAY, add_budget_args, budget_steps, check_budget_arg
 
 from kr_mini_llm import TransformerConfig  # noqa: E402
 from kr_mini_llm.data.datasets import TokenShards  # noqa: E402
+from kr_mini_llm.data.morphemes import PRETOKENIZERS, kiwi_spans  # noqa: E402
 from kr_mini_llm.data.pipeline import tokenize_splits  # noqa: E402
 from kr_mini_llm.data.tokenizer import Tokenizer, train_tokenizer  # noqa: E402
 from kr_mini_llm.eval.ood import locate_ood  # noqa: E402
@@ -57,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--processed", default="data/processed", help="train/valid/test.txt (prepare_data.py)")
     p.add_argument("--vocab-sizes", type=int, nargs="+", default=[2000, 4000, 8000, 16000, 32000])
     p.add_argument("--model-types", nargs="+", default=["bpe", "unigram"], choices=["bpe", "unigram"])
+    p.add_argument("--pretokenize", nargs="+", default=["none"], choices=PRETOKENIZERS,
+                   help="kiwi: also tokenizers whose pieces stay inside Kiwi's morphemes (needs kiwipiepy)")
     p.add_argument("--minutes", type=float, default=4.0, help="training time of each model")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--model_config", default=str(ROOT / "configs" / "model_tiny.yaml"))
@@ -86,19 +90,21 @@ def check_inputs(args) -> None:
     if args.minutes <= 0:
         raise KrMiniLlmError(f"--minutes must be > 0, got {args.minutes}")
     check_budget_args(args)
+    if "kiwi" in args.pretokenize:
+        kiwi_spans()  # not installed: say so before any tokenizer is trained
 
 
-def name_of(model_type: str, vocab: int) -> str:
-    return f"{model_type}-{vocab}"
+def name_of(model_type: str, pretokenize: str, vocab: int) -> str:
+    return f"{model_type}-{vocab}" if pretokenize == "none" else f"{model_type}-{pretokenize}-{vocab}"
 
 
-def prepare_one(model_type: str, vocab: int, args, work: Path, texts: dict) -> dict:
+def prepare_one(model_type: str, pretokenize: str, vocab: int, args, work: Path, texts: dict) -> dict:
     """Trains one tokenizer, measures it on the texts and encodes the three splits into token shards."""
-    name = name_of(model_type, vocab)
+    name = name_of(model_type, pretokenize, vocab)
     t0 = time.perf_counter()
     try:
         path = train_tokenizer([Path(args.processed) / "train.txt"], vocab, work / name, model_type=model_type,
-                               log_level=2)
+                               log_level=2, pretokenize=pretokenize)
     except RuntimeError as e:   # SentencePiece: e.g. a vocabulary larger than the corpus allows
         raise KrMiniLlmError(f"--vocab-sizes {vocab} ({model_type}): SentencePiece cannot train it on "
                              f"{args.processed}/train.txt: {e}") from e
@@ -106,7 +112,7 @@ def prepare_one(model_type: str, vocab: int, args, work: Path, texts: dict) -> d
     tok = Tokenizer(path)
     tokens = work / f"tokens-{name}"
     tokenize_splits(path, args.processed, tokens, num_proc=1, progress=False, log=lambda *a, **k: None)
-    return {"name": name, "type": model_type, "vocab": vocab, "tokenizer_s": seconds, "tokenizer": str(path),
+    return {"name": name, "type": model_type, "pretokenize": pretokenize, "vocab": vocab, "tokenizer_s": seconds, "tokenizer": str(path),
             "tokens": str(tokens), "vocab_size": tok.vocab_size,
             "shards": {s: TokenShards(tokens, s, expected_fingerprint=tok) for s in SPLITS},
             **{f"{k}_stats": tokenizer_stats(tok, docs) for k, docs in texts.items()}}
@@ -117,13 +123,13 @@ def _share(stats: dict | None, key: str, fmt: str) -> str:
 
 
 def table(results: list[dict]) -> list[str]:
-    lines = ["| type | vocab | valid chars/token | valid byte fallback | OOD chars/token | OOD byte fallback "
+    lines = ["| type | pre-tokenization | vocab | valid chars/token | valid byte fallback | OOD chars/token | OOD byte fallback "
              "| steps (mean) | valid bpb (mean) | seed spread | test bpb (mean) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         v = [x["valid"] for x in r["runs"]]
         ood = r.get("ood_stats")
-        lines.append(f"| {r['type']} | {r['vocab']:,} | {_share(r['valid_stats'], 'chars_per_token', '.3f')} "
+        lines.append(f"| {r['type']} | {r['pretokenize']} | {r['vocab']:,} | {_share(r['valid_stats'], 'chars_per_token', '.3f')} "
                      f"| {_share(r['valid_stats'], 'byte_fallback_share', '.2%')} "
                      f"| {_share(ood, 'chars_per_token', '.3f')} | {_share(ood, 'byte_fallback_share', '.2%')} "
                      f"| {statistics.mean(x['steps'] for x in r['runs']):.0f} | {statistics.mean(v):.4f} "
@@ -140,7 +146,8 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     keys = {**TODAY, **demo_recipe(), **parse_keys(args.train), "max_time_minutes": args.minutes}
     model_cfg = TransformerConfig.from_yaml(args.model_config)
-    names = [name_of(t, v) for t in args.model_types for v in args.vocab_sizes]
+    studied = [(t, pt, v) for t in args.model_types for pt in args.pretokenize for v in args.vocab_sizes]
+    names = [name_of(*s) for s in studied]
     given = parse_step_seconds(args.step_seconds, names) if args.budget == "steps" else {}
     texts = {"valid": split_documents((Path(args.processed) / "valid.txt").read_text(encoding="utf-8"))}
     ood = None if args.no_ood else locate_ood(args.ood, args.processed)
@@ -150,7 +157,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench_tokenizer_") as tmp:
         work = Path(args.work_dir) if args.work_dir else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        results = [prepare_one(t, v, args, work, texts) for t in args.model_types for v in args.vocab_sizes]
+        results = [prepare_one(t, pt, v, args, work, texts) for t, pt, v in studied]
         cfgs = {r["name"]: model_cfg.replace(vocab_size=r["vocab_size"]) for r in results}
         step_s = dict(given)
         missing = {r["name"]: (keys, cfgs[r["name"]], r["shards"]) for r in results if r["name"] not in given}
@@ -177,7 +184,7 @@ def main(argv=None) -> int:
               f"{'; given: ' + ', '.join(sorted(given)) if given else ''}): "
               + ", ".join(f"{n} {v:.3f}" for n, v in step_s.items())) if step_s else "busy CPU time"
     command = " ".join(argv if argv is not None else sys.argv[1:])
-    lines = ["# Tokenizer study: vocabulary size, BPE vs Unigram", "",
+    lines = ["# Tokenizer study: vocabulary size, BPE vs Unigram, morpheme-aware training", "",
              f"Command: `python scripts/bench_tokenizer.py {command}`", "", *environment(),
              f"Data: {args.processed} (valid {sum(map(len, texts['valid'])):,} characters); out-of-domain: "
              + (ood.note.replace("\n", " ") if ood is not None else "not evaluated (--no_ood)"),

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import re
 import unicodedata
 import tempfile
@@ -28,6 +29,7 @@ from typing import Optional, Sequence, Union
 
 from ..errors import KrMiniLlmError
 from ..io import layout
+from .morphemes import DELIMITER, check_pretokenize, kiwi_spans, mark_lines
 
 __all__ = ["Tokenizer", "TokenizerError", "train_tokenizer", "SPECIAL_TOKENS", "IM_START", "IM_END",
            "PAD_ID", "UNK_ID", "BOS_ID", "EOS_ID", "IM_START_ID", "IM_END_ID", "file_fingerprint"]
@@ -148,13 +150,18 @@ def train_tokenizer(input_files: Sequence[Union[str, os.PathLike]], vocab_size: 
                     model_type: str = "bpe", character_coverage: float = 0.9995,
                     input_sentence_size: int = 2_000_000, num_threads: Optional[int] = None,
                     seed_sentencepiece_size: int = 1_000_000, max_sentence_length: int = 16384,
-                    log_level: int = 1) -> Path:
+                    log_level: int = 1, pretokenize: str = "none") -> Path:
     """Train SentencePiece on text files (one sentence/paragraph per line). Writes
-    <output_prefix>.model and .vocab; returns the .model path."""
+    <output_prefix>.model and .vocab; returns the .model path.
+
+    pretokenize="kiwi": pieces do not cross morpheme boundaries (data/morphemes.py). Kiwi reads the
+    lines SentencePiece would sample (input_sentence_size of them, drawn here with a fixed seed) and
+    marks them in a training copy; encoding the raw text needs no Kiwi."""
     import sentencepiece as spm
 
     if model_type not in ("bpe", "unigram"):
         raise ValueError(f"model_type must be 'bpe' or 'unigram', not {model_type!r}")
+    check_pretokenize(pretokenize)
     files = [str(f) for f in input_files]
     for f in files:
         if not Path(f).is_file():
@@ -169,15 +176,42 @@ def train_tokenizer(input_files: Sequence[Union[str, os.PathLike]], vocab_size: 
     out.parent.mkdir(parents=True, exist_ok=True)
     # Trained beside the target and renamed into place, so a failed run leaves the old files (or none).
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
+        extra = {}
+        if pretokenize == "kiwi":
+            spans_of = kiwi_spans(num_threads or os.cpu_count() or 1)  # fails before any work if not installed
+            marked = Path(tmp) / "marked.txt"
+            with open(marked, "w", encoding="utf-8") as f:
+                for line in mark_lines(_sample_lines(files, input_sentence_size), spans_of):
+                    f.write(line + "\n")
+            files, extra = [str(marked)], {"pretokenization_delimiter": DELIMITER}
         _train_spm(spm, files, Path(tmp) / out.name, vocab_size, model_type, character_coverage, max_sentence_length,
-                   input_sentence_size, seed_sentencepiece_size, num_threads, log_level)
+                   input_sentence_size, seed_sentencepiece_size, num_threads, log_level, **extra)
         for suffix in (".vocab", ".model"):   # .model last: it is what a loader looks for
             os.replace(Path(tmp) / (out.name + suffix), Path(str(out) + suffix))
     return Path(str(out) + ".model")
 
 
+def _sample_lines(files: Sequence[str], k: int, seed: int = 0) -> list[str]:
+    """Up to k non-empty lines of the files, a uniform sample (reservoir, fixed seed) when there are more."""
+    rng, out, seen = random.Random(seed), [], 0
+    for path in files:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                line = line.rstrip("\n")
+                if not line:
+                    continue
+                seen += 1
+                if len(out) < k:
+                    out.append(line)
+                else:
+                    j = rng.randrange(seen)
+                    if j < k:
+                        out[j] = line
+    return out
+
+
 def _train_spm(spm, files, prefix: Path, vocab_size, model_type, character_coverage, max_sentence_length,
-               input_sentence_size, seed_sentencepiece_size, num_threads, log_level) -> None:
+               input_sentence_size, seed_sentencepiece_size, num_threads, log_level, **extra) -> None:
     spm.SentencePieceTrainer.train(
         input=files, model_prefix=str(prefix), vocab_size=vocab_size, model_type=model_type,
         character_coverage=character_coverage, byte_fallback=True,
@@ -189,5 +223,5 @@ def _train_spm(spm, files, prefix: Path, vocab_size, model_type, character_cover
         input_sentence_size=input_sentence_size, shuffle_input_sentence=True,
         seed_sentencepiece_size=seed_sentencepiece_size,
         num_threads=num_threads or os.cpu_count() or 1, minloglevel=log_level,
-        hard_vocab_limit=model_type != "unigram",
+        hard_vocab_limit=model_type != "unigram", **extra,
     )
