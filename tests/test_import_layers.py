@@ -72,7 +72,9 @@ def assert_no_circle(graph: dict) -> None:
 # training -> checkpoint -> ops/model/io/data.tokenizer; inference, eval, export and serve load
 # models through checkpoint.load_model_dir and never need the trainer.
 MODEL_LOADING_LAYERS = ("inference", "eval", "export", "serve")
-CHECKPOINT_MAY_IMPORT = ("checkpoint", "ops", "model", "io", "device", "errors", "_version", "data.tokenizer")
+# data.morphemes: train_tokenizer's Kiwi marks, a leaf module (errors only) imported when training a tokenizer
+CHECKPOINT_MAY_IMPORT = ("checkpoint", "ops", "model", "io", "device", "errors", "_version", "data.tokenizer",
+                         "data.morphemes")
 
 
 def module_file(name: str) -> Path | None:

@@ -29,7 +29,6 @@ from typing import Optional, Sequence, Union
 
 from ..errors import KrMiniLlmError
 from ..io import layout
-from .morphemes import DELIMITER, check_pretokenize, kiwi_spans, mark_lines
 
 __all__ = ["Tokenizer", "TokenizerError", "train_tokenizer", "SPECIAL_TOKENS", "IM_START", "IM_END",
            "PAD_ID", "UNK_ID", "BOS_ID", "EOS_ID", "IM_START_ID", "IM_END_ID", "file_fingerprint"]
@@ -158,6 +157,8 @@ def train_tokenizer(input_files: Sequence[Union[str, os.PathLike]], vocab_size: 
     lines SentencePiece would sample (input_sentence_size of them, drawn here with a fixed seed) and
     marks them in a training copy; encoding the raw text needs no Kiwi."""
     import sentencepiece as spm
+
+    from .morphemes import DELIMITER, check_pretokenize, kiwi_spans, mark_lines  # training only
 
     if model_type not in ("bpe", "unigram"):
         raise ValueError(f"model_type must be 'bpe' or 'unigram', not {model_type!r}")
