@@ -43,19 +43,22 @@ def test_bench_tokenizer_compares_vocabularies_on_a_tiny_corpus(token_data, tmp_
     # a step budget: bpe-512's seconds a step as given (0.005 min / 0.05 s = 6 steps), the others calibrated
     assert "Budget: the steps each model makes in the minutes" in text and "given: bpe-512" in text
     assert "bpe-512 0.050" in text and "unigram-420 " in text
-    rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:]
-    assert [(c[0].strip(), c[1].strip()) for c in rows] == [("bpe", "420"), ("bpe", "512"), ("unigram", "420"),
-                                                            ("unigram", "512")]
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in text.splitlines()
+            if line.startswith("| ") and "---" not in line][1:]
+    # type, pre-tokenization, vocab, valid chars/token, valid fallback, OOD chars/token, OOD fallback, steps,
+    # valid bpb, seed spread, test bpb
+    assert [(c[0], c[1], c[2]) for c in rows] == [("bpe", "none", "420"), ("bpe", "none", "512"),
+                                                  ("unigram", "none", "420"), ("unigram", "none", "512")]
     for c in rows:
-        valid_cpt, ood_cpt, valid_bpb = float(c[2]), float(c[4]), float(c[7])
-        if (c[0].strip(), c[1].strip()) == ("bpe", "512"):
-            assert float(c[6]) == 6
-        assert 1.0 < valid_cpt < 10 and 0.2 < ood_cpt < 10 and 0 < valid_bpb < 20
+        valid_cpt, ood_cpt, steps, valid_bpb = float(c[3]), float(c[5]), float(c[7]), float(c[8])
+        assert 1.0 < valid_cpt < 10 and 0.2 < ood_cpt < 10 and 0 < valid_bpb < 20 and steps >= 1
+        if (c[0], c[2]) == ("bpe", "512"):
+            assert steps == 6
         # text unlike the training corpus: more of its characters fall back to bytes
-        valid_fallback, ood_fallback = (float(c[i].strip().removesuffix("%")) for i in (3, 5))
+        valid_fallback, ood_fallback = (float(c[i].removesuffix("%")) for i in (4, 6))
         assert ood_fallback > valid_fallback
     # a larger vocabulary cuts the same validation text into fewer tokens
-    assert float(rows[1][2]) > float(rows[0][2])
+    assert float(rows[1][3]) > float(rows[0][3])
     assert str(ood) in text
 
 
