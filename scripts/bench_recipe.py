@@ -3,11 +3,10 @@
 
   gpt2    HF GPT2LMHeadModel of the same width and depth (GELU MLP of 4x width, learned positions,
           no dropout), AdamW with the old demo's schedule (TODAY) keyed to steps
-  today   our Transformer with the old demo's recipe (TODAY): AdamW, cosine keyed to max_steps only,
-          no dropout (TODAY_MODEL)
-  ours    our Transformer with the recipe under test: configs/training_demo.yaml's and the model
-          config's (its dropout included), changed by --ours KEY=VALUE (training keys) and
-          --ours_model KEY=VALUE; the schedule keyed to the time budget (optim.py)
+  today   our Transformer with the old demo's recipe (TODAY): AdamW, cosine keyed to max_steps only
+  ours    our Transformer with the recipe under test: configs/training_demo.yaml's, changed by
+          --ours KEY=VALUE (training keys) and --ours_model KEY=VALUE; the schedule keyed to the
+          time budget (optim.py)
 
 The budget (--budget steps, the default): each recipe's seconds a step are measured first, at
 --threads, on what should be an idle machine, the recipes taking turns (or given: --step_seconds);
@@ -53,7 +52,6 @@ from kr_mini_llm.training.optim import build_optimizer, lr_factor, set_learning_
 # commit 58b9190, the schedule keys that matter here.
 TODAY = {"optimizer": "adamw", "learning_rate": 1e-3, "min_learning_rate": 1e-4, "warmup_steps": 50,
          "max_steps": 1000, "lr_schedule": "cosine", "batch_size": 16, "max_seq_length": 256}
-TODAY_MODEL = {"dropout": 0.0}  # model_tiny.yaml's keys then that the model config may since have changed
 
 
 def gpt2_model(cfg: TransformerConfig):
@@ -321,16 +319,15 @@ def main(argv=None) -> int:
     ours_cfg = model_cfg.replace(**parse_model_keys(args.ours_model)) if args.ours_model else model_cfg
     ours = {**TODAY, **demo_recipe(), **parse_keys(args.ours)}
     recipes = {"gpt2": TODAY, "today": TODAY, "ours": ours}
-    configs = {"gpt2": model_cfg, "today": model_cfg.replace(**TODAY_MODEL), "ours": ours_cfg}
+    configs = {"gpt2": model_cfg, "today": model_cfg, "ours": ours_cfg}
     began = time.time()
     lines = ["# Recipes at equal wall-clock minutes\n",
              f"Machine: {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
              f"bf16 autocast: {precision_choice(torch.device('cpu'), True)[1]}",
              f"Data: {args.tokens} (train {shards['train'].num_tokens:,}, valid {shards['valid'].num_tokens:,}, "
              f"test {shards['test'].num_tokens:,} tokens); model {Path(args.model_config).name}",
-             f"ours = configs/training_demo.yaml's recipe with {Path(args.model_config).name}'s dropout "
-             f"{ours_cfg.dropout:g} + {' '.join(args.ours + args.ours_model) or 'nothing'}, schedule keyed to the "
-             "time budget; today: dropout 0",
+             f"ours = configs/training_demo.yaml's recipe + {' '.join(args.ours + args.ours_model) or 'nothing'}, "
+             "schedule keyed to the time budget",
              f"Command: python scripts/bench_recipe.py {' '.join(argv if argv is not None else sys.argv[1:])}\n"]
     step_s = parse_step_seconds(args.step_seconds, args.recipes) if args.budget == "steps" else {}
     if args.budget == "steps":

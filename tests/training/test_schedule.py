@@ -83,7 +83,8 @@ def test_warmup_ends_by_its_share_of_the_time_when_time_leads():
 
 
 # The CPU of the measurement the demo's time limit was set against: step 604 at 10 minutes at
-# batch 16 (the demo's batch 8 steps about twice as fast there, so this is a CPU half as fast).
+# batch 16 with AdamW (the demo's batch 16 with Muon took 1.0-1.2 s a step on the 2-core AVX2
+# EPYC of benchmarks/recipe_cpu_zen3.md, so this is a CPU of about that speed).
 MEASURED_STEP_SECONDS = 600.0 / 604
 
 
