@@ -116,3 +116,12 @@ def test_train_tokenizer_cli_pretokenize(tmp_path, korean_corpus_file, capsys):
                  "--pretokenize", "kiwi", "--num_threads", "1"]) == 0
     assert "bpe, kiwi pre-tokenization, vocab 400" in capsys.readouterr().out
     assert not any(DELIMITER in p for p in _pieces(Tokenizer(str(out) + ".model")))
+
+
+def test_kiwi_missing_is_one_clear_error_and_writes_nothing(tmp_path, korean_corpus_file, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "kiwipiepy", None)   # as if not installed: the import fails
+    with pytest.raises(KrMiniLlmError, match=r"needs the Korean morpheme analyser kiwipiepy.*pip install"):
+        train_tokenizer([korean_corpus_file], 400, tmp_path / "out" / "tok", pretokenize="kiwi", num_threads=1)
+    assert not any((tmp_path / "out").iterdir())
