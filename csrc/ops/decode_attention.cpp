@@ -20,6 +20,7 @@
 // dispatch per block instead of about ten, which is most of a small model's decode step.
 #include "ops/common.h"
 #include "ops/cpu_kernels.h"
+#include "ops/row_kernels.h"
 #include "ops/softmax_rows.h"
 
 #include <cmath>
@@ -447,18 +448,24 @@ void attend(const Problem<T>& P, const Item& it, int64_t L, Scratch<acc_t<T>>& w
   }
 }
 
-template <typename T>
-void store_row(const acc_t<T>* acc, acc_t<T> inv, T* out, int64_t D) {
-  using IO = VecIO<T>;
-  using V = typename IO::V;
-  constexpr int64_t K = IO::kSize;
-  const V vi(inv);
-  int64_t i = 0;
-  for (; i + K <= D; i += K) IO::store(out + i, V::loadu(acc + i) * vi);
-  for (; i < D; ++i) out[i] = T(acc[i] * inv);
+// out = acc * inv in the output type O (the cache's type, or the fused step's activations').
+template <typename O, typename A>
+void store_row(const A* acc, A inv, O* out, int64_t D) {
+  if constexpr (std::is_same_v<acc_t<O>, A>) {
+    using IO = VecIO<O>;
+    using V = typename IO::V;
+    constexpr int64_t K = IO::kSize;
+    const V vi(inv);
+    int64_t i = 0;
+    for (; i + K <= D; i += K) IO::store(out + i, V::loadu(acc + i) * vi);
+    for (; i < D; ++i) out[i] = O(acc[i] * inv);
+  } else {
+    for (int64_t i = 0; i < D; ++i) out[i] = O(acc[i] * inv);
+  }
 }
 
-template <typename T>
+// Attention of q [B, S, Hq, D] (T, as the caches) into out [B, S, Hq, D] of type O.
+template <typename T, typename O>
 void decode_kernel(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                    const std::vector<int64_t>& lens, double scale, at::Tensor& out) {
   using A = acc_t<T>;
@@ -467,7 +474,7 @@ void decode_kernel(const at::Tensor& q, const at::Tensor& k_cache, const at::Ten
   const int64_t G = Hq / Hkv, nq = S * G;
   Problem<T> P{q.const_data_ptr<T>(), k_cache.const_data_ptr<T>(), v_cache.const_data_ptr<T>(),
                S, Hq, Hkv, G, D, Tmax, A(scale)};
-  T* op = out.mutable_data_ptr<T>();
+  O* op = out.mutable_data_ptr<O>();
 
   // Work items: a fixed function of the shapes and lengths.
   std::vector<Item> items;
@@ -510,7 +517,7 @@ void decode_kernel(const at::Tensor& q, const at::Tensor& k_cache, const at::Ten
         attend<T, NV>(P, it, L, w, w.acc.data(), w.m.data(), w.l.data());
         for (int64_t r = it.r0; r < it.r1; ++r) {
           const int64_t rr = r - it.r0, s = r / G, j = r % G;
-          store_row<T>(w.acc.data() + rr * D, A(1) / w.l[rr],
+          store_row<O>(w.acc.data() + rr * D, A(1) / w.l[rr],
                        op + ((it.b * S + s) * Hq + it.g * G + j) * D, D);
         }
       }
@@ -545,7 +552,7 @@ void decode_kernel(const at::Tensor& q, const at::Tensor& k_cache, const at::Ten
           axpy<A>(wgt, pacc.data() + idx * D, tmp.data(), D);
         }
         const int64_t s = r / G, j = r % G;
-        store_row<T>(tmp.data(), A(1) / lsum, op + ((cb.b * S + s) * Hq + cb.g * G + j) * D, D);
+        store_row<O>(tmp.data(), A(1) / lsum, op + ((cb.b * S + s) * Hq + cb.g * G + j) * D, D);
       }
     }
   });
@@ -582,16 +589,24 @@ void check_decode_shapes(const at::Tensor& q_, const at::Tensor& k_cache, const 
                     " (k_cache.size(2))");
 }
 
-// decode_attention on checked arguments.
+// decode_attention on checked arguments, the result in out_dtype (q's, or float32).
 at::Tensor decode_rows(const at::Tensor& q_, const at::Tensor& k_cache, const at::Tensor& v_cache,
-                       const std::vector<int64_t>& lens, std::optional<double> scale) {
+                       const std::vector<int64_t>& lens, std::optional<double> scale,
+                       at::ScalarType out_dtype) {
   const int64_t D = q_.size(3);
   const double sc = scale.has_value() ? *scale : 1.0 / std::sqrt(static_cast<double>(D));
   const at::Tensor q = q_.contiguous();
-  at::Tensor out = at::empty_like(q);
+  const bool own = out_dtype == q.scalar_type();
+  TORCH_INTERNAL_ASSERT(own || out_dtype == at::kFloat);
+  at::Tensor out = at::empty(q.sizes(), q.options().dtype(out_dtype));
   if (out.numel() == 0) return out;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "decode_attention_cpu",
-                                  [&] { decode_kernel<scalar_t>(q, k_cache, v_cache, lens, sc, out); });
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "decode_attention_cpu", [&] {
+    if (own) {
+      decode_kernel<scalar_t, scalar_t>(q, k_cache, v_cache, lens, sc, out);
+    } else {
+      decode_kernel<scalar_t, float>(q, k_cache, v_cache, lens, sc, out);
+    }
+  });
   return out;
 }
 
@@ -601,7 +616,7 @@ at::Tensor decode_attention_cpu(const at::Tensor& q, const at::Tensor& k_cache,
   check_decode_shapes(q, k_cache, v_cache);
   const auto lens = read_lens(cache_lens, kDec, q.size(0));
   check_decode(q, k_cache, v_cache, lens);
-  return decode_rows(q, k_cache, v_cache, lens, scale);
+  return decode_rows(q, k_cache, v_cache, lens, scale, q.scalar_type());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -671,6 +686,57 @@ void kv_cache_append_cpu(const at::Tensor& k_cache, const at::Tensor& v_cache,
 // ---------------------------------------------------------------------------------------------
 // decode_attention_step
 
+// decode_attention_step's q/k/v for rows r = b * S + s of qkv: per head, qk-norm and RoPE in
+// qkv's dtype X with the separate ops' own arithmetic (row_kernels.h), then q into qc and k, v
+// into cache rows lens[b] + s, each rounded to the cache dtype T as .to() rounds.
+template <typename X, typename T>
+struct StepRows {
+  using AX = acc_t<X>;
+  const X* qkv;                // [B, S, Hq + 2 Hkv, D]
+  const AX* q_norm;            // [D] or nullptr (no qk_norm)
+  const AX* k_norm;
+  double eps;
+  const AX* cos;               // [S, D/2] or [B, S, D/2] (per_batch)
+  const AX* sin;
+  bool per_batch;
+  T* qc;                       // [B, S, Hq, D]
+  T* k_cache;                  // [B, Tmax, Hkv, D]
+  T* v_cache;
+  const int64_t* lens;         // rows already in the cache, per sequence
+  int64_t S, Hq, Hkv, D, Tmax;
+
+  static void convert(const X* src, T* dst, int64_t n) {
+    if constexpr (std::is_same_v<X, T>) {
+      std::memcpy(dst, src, n * sizeof(T));
+    } else {
+      for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<T>(static_cast<AX>(src[i]));
+    }
+  }
+
+  void prepare(int64_t r0, int64_t r1) const {
+    std::vector<X> normed(D), rotated(D);
+    const int64_t heads = Hq + 2 * Hkv, half = D / 2;
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t b = r / S, s = r % S;
+      const AX* c = cos + (per_batch ? r : s) * half;
+      const AX* sn = sin + (per_batch ? r : s) * half;
+      const X* row = qkv + r * heads * D;
+      const int64_t cache_row = (b * Tmax + lens[b] + s) * Hkv;
+      for (int64_t h = 0; h < Hq + Hkv; ++h) {
+        const bool is_q = h < Hq;
+        const X* src = row + h * D;
+        if (q_norm != nullptr) {
+          rms_norm_row<X>(src, is_q ? q_norm : k_norm, normed.data(), D, eps);
+          src = normed.data();
+        }
+        rotate_head<X>(src, rotated.data(), c, sn, D);
+        convert(rotated.data(), is_q ? qc + (r * Hq + h) * D : k_cache + (cache_row + h - Hq) * D, D);
+      }
+      for (int64_t h = 0; h < Hkv; ++h) convert(row + (Hq + Hkv + h) * D, v_cache + (cache_row + h) * D, D);
+    }
+  }
+};
+
 at::Tensor decode_attention_step_cpu(const at::Tensor& qkv, const std::optional<at::Tensor>& q_norm,
                                      const std::optional<at::Tensor>& k_norm, double eps,
                                      const at::Tensor& cos, const at::Tensor& sin,
@@ -697,25 +763,57 @@ at::Tensor decode_attention_step_cpu(const at::Tensor& qkv, const std::optional<
                     ") must match qkv ", shape_str(qkv));
   TORCH_CHECK_VALUE(q_norm.has_value() == k_norm.has_value(), kStep,
                     ": q_norm and k_norm go together (qk_norm): pass both or neither");
-  const at::Tensor x = qkv.reshape({B, S, heads, D});
-  at::Tensor q = x.narrow(2, 0, Hq), k = x.narrow(2, Hq, Hkv), v = x.narrow(2, Hq + Hkv, Hkv);
-  if (q_norm.has_value()) {
-    q = std::get<0>(rms_norm_cpu(q, *q_norm, eps));
-    k = std::get<0>(rms_norm_cpu(k, *k_norm, eps));
+  const at::Tensor x = qkv.contiguous().view({B, S, heads, D});
+  const bool qk_norm = q_norm.has_value();
+  if (qk_norm) {
+    for (const auto* nw : {&*q_norm, &*k_norm}) {
+      const char* name = nw == &*q_norm ? "q_norm" : "k_norm";
+      check_cpu(*nw, kStep, name);
+      check_float(*nw, kStep, name);
+      TORCH_CHECK_VALUE(nw->dim() == 1 && nw->size(0) == D, kStep, ": ", name, " must be [D] = [", D,
+                        "] (one weight per head dim), got ", shape_str(*nw));
+    }
+    TORCH_CHECK_VALUE(eps >= 0, kStep, ": eps must be >= 0, got ", eps);
   }
-  q = rotary_cpu(q, cos, sin);
-  k = rotary_cpu(k, cos, sin);
-  const auto cd = k_cache.scalar_type();
-  const at::Tensor kc = k.to(cd), vc = v.to(cd), qc = q.to(cd);
+  check_rotary_inputs(x.narrow(2, 0, Hq), cos, sin, kStep, "q");
   // Every check, the attention's included, before the caches are written.
-  const auto lens = check_append(k_cache, v_cache, kc, vc, cache_lens);
+  const auto lens = read_lens(cache_lens, kStep, B);
+  TORCH_CHECK_VALUE(S <= k_cache.size(1), kStep, ": S = ", S, " new rows (qkv.size(1)) do not fit a cache of Tmax = ",
+                    k_cache.size(1), " rows (k_cache.size(1))");
+  for (int64_t b = 0; b < B; ++b) {
+    TORCH_CHECK_VALUE(rows_fit(lens[b], S, k_cache.size(1)), kStep, ": cache_lens[", b, "] = ", lens[b],
+                      " leaves no room for S = ", S, " new rows: need 0 <= cache_lens[", b,
+                      "] and cache_lens[", b, "] + S <= Tmax = ", k_cache.size(1));
+  }
   std::vector<int64_t> lens_after(lens);
   for (auto& L : lens_after) L += S;  // cannot overflow: L <= Tmax - S
-  check_decode_shapes(qc, k_cache, v_cache);
-  check_decode(qc, k_cache, v_cache, lens_after);
-  append_rows(k_cache, v_cache, kc, vc, lens);
-  const at::Tensor out = decode_rows(qc, k_cache, v_cache, lens_after, std::nullopt);
-  return out.view({B, S, Hq * D}).to(qkv.scalar_type());
+  const auto cd = k_cache.scalar_type();
+  at::Tensor qc = at::empty({B, S, Hq, D}, k_cache.options());
+  {
+    const auto acc = at::toOpMathType(qkv.scalar_type());
+    auto table = [&](const at::Tensor& t) { return t.scalar_type() == acc ? t.contiguous() : t.to(acc).contiguous(); };
+    const at::Tensor c = table(cos), sn = table(sin);
+    const at::Tensor qn = qk_norm ? table(*q_norm) : at::Tensor(), kn = qk_norm ? table(*k_norm) : at::Tensor();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, qkv.scalar_type(), "decode_attention_step_x", [&] {
+      using X = scalar_t;
+      using AX = acc_t<X>;
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, cd, "decode_attention_step_cache", [&] {
+        using T = scalar_t;
+        const StepRows<X, T> rows{x.const_data_ptr<X>(), qk_norm ? qn.const_data_ptr<AX>() : nullptr,
+                                  qk_norm ? kn.const_data_ptr<AX>() : nullptr, eps, c.const_data_ptr<AX>(),
+                                  sn.const_data_ptr<AX>(), c.dim() == 3, qc.mutable_data_ptr<T>(),
+                                  k_cache.mutable_data_ptr<T>(), v_cache.mutable_data_ptr<T>(), lens.data(),
+                                  S, Hq, Hkv, D, k_cache.size(1)};
+        const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(heads * D, 1));
+        at::parallel_for(0, B * S, grain, [&](int64_t r0, int64_t r1) { rows.prepare(r0, r1); });
+      });
+    });
+  }
+  // The attention writes qkv's dtype directly where it is the cache's or float32.
+  const auto xd = qkv.scalar_type();
+  const at::Tensor out = decode_rows(qc, k_cache, v_cache, lens_after, std::nullopt,
+                                     xd == cd ? cd : at::kFloat);
+  return out.view({B, S, Hq * D}).to(xd);
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 // reduction it needs and accumulates grad_weight in fixed row blocks (deterministic).
 #include "ops/common.h"
 #include "ops/cpu_kernels.h"
+#include "ops/row_kernels.h"
 
 namespace kr {
 namespace {
@@ -24,28 +25,7 @@ void check_inputs(const at::Tensor& x, const at::Tensor& weight) {
 template <typename T>
 void forward_rows(const T* x, const acc_t<T>* w, T* y, acc_t<T>* rstd, int64_t rows, int64_t C,
                   double eps) {
-  using IO = VecIO<T>;
-  using A = acc_t<T>;
-  using V = typename IO::V;
-  constexpr int64_t K = IO::kSize;
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* xr = x + r * C;
-    T* yr = y + r * C;
-    V acc(0);
-    int64_t i = 0;
-    for (; i + K <= C; i += K) {
-      V v = IO::load(xr + i);
-      acc = at::vec::fmadd(v, v, acc);
-    }
-    A ss = at::vec::vec_reduce_all<A>([](V& a, V& b) { return a + b; }, acc);
-    for (; i < C; ++i) ss += A(xr[i]) * A(xr[i]);
-    const A rs = A(1) / std::sqrt(ss / A(C) + A(eps));
-    rstd[r] = rs;
-    const V vrs(rs);
-    i = 0;
-    for (; i + K <= C; i += K) IO::store(yr + i, IO::load(xr + i) * vrs * V::loadu(w + i));
-    if (i < C) IO::store(yr + i, IO::load(xr + i, C - i) * vrs * V::loadu(w + i, C - i), C - i);
-  }
+  for (int64_t r = 0; r < rows; ++r) rstd[r] = rms_norm_row<T>(x + r * C, w, y + r * C, C, eps);
 }
 
 // grad_x for the given rows, and sum over these rows of grad_y * x * rstd into dw.

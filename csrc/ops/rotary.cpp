@@ -7,13 +7,13 @@
 // The backward is the inverse rotation (the same kernel with -sin); the tables get no gradient.
 #include "ops/common.h"
 #include "ops/cpu_kernels.h"
+#include "ops/row_kernels.h"
 
 namespace kr {
-namespace {
 
-// Checks x and the tables; names the op (rotary or rotary_backward) and x's role in messages.
-void check_inputs(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
-                  const char* op, const char* xname) {
+// Declared in ops/cpu_kernels.h. Checks x and the tables; names the op (rotary or rotary_backward) and x's role in messages.
+void check_rotary_inputs(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
+                         const char* op, const char* xname) {
   check_cpu(x, op, xname);
   check_cpu(cos, op, "cos");
   check_cpu(sin, op, "sin");
@@ -37,14 +37,13 @@ void check_inputs(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& 
                    cos.scalar_type());
 }
 
+namespace {
+
 // Rotates rows [r0, r1) of the B*T rows of x (each H heads of D) into out (contiguous).
 template <typename T>
 void rotate_rows(const T* x, int64_t sB, int64_t sT, int64_t sH, T* out, const acc_t<T>* cos,
                  const acc_t<T>* sin, int64_t r0, int64_t r1, int64_t Tn, int64_t H, int64_t D,
                  bool per_batch) {
-  using IO = VecIO<T>;
-  using V = typename IO::V;
-  constexpr int64_t K = IO::kSize;
   const int64_t half = D / 2;
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t b = r / Tn, t = r % Tn;
@@ -52,24 +51,7 @@ void rotate_rows(const T* x, int64_t sB, int64_t sT, int64_t sH, T* out, const a
     const acc_t<T>* s = sin + (per_batch ? r : t) * half;
     const T* xr = x + b * sB + t * sT;
     T* orow = out + r * H * D;
-    for (int64_t h = 0; h < H; ++h) {
-      const T* xp = xr + h * sH;
-      T* op = orow + h * D;
-      int64_t i = 0;
-      for (; i + K <= half; i += K) {
-        const V cv = V::loadu(c + i), sv = V::loadu(s + i);
-        const V x1 = IO::load(xp + i), x2 = IO::load(xp + half + i);
-        IO::store(op + i, at::vec::fmsub(x1, cv, x2 * sv));
-        IO::store(op + half + i, at::vec::fmadd(x2, cv, x1 * sv));
-      }
-      if (i < half) {  // the same vector arithmetic on a masked tail (D/2 not a multiple of K)
-        const int64_t n = half - i;
-        const V cv = V::loadu(c + i, n), sv = V::loadu(s + i, n);
-        const V x1 = IO::load(xp + i, n), x2 = IO::load(xp + half + i, n);
-        IO::store(op + i, at::vec::fmsub(x1, cv, x2 * sv), n);
-        IO::store(op + half + i, at::vec::fmadd(x2, cv, x1 * sv), n);
-      }
-    }
+    for (int64_t h = 0; h < H; ++h) rotate_head<T>(xr + h * sH, orow + h * D, c, s, D);
   }
 }
 
@@ -103,7 +85,7 @@ at::Tensor rotate(const at::Tensor& x_, const at::Tensor& cos_, const at::Tensor
 
 // Declared in ops/cpu_kernels.h: other ops call it without a dispatcher round trip.
 at::Tensor rotary_cpu(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
-  check_inputs(x, cos, sin, "rotary", "x");
+  check_rotary_inputs(x, cos, sin, "rotary", "x");
   return rotate(x, cos, sin);
 }
 
@@ -113,7 +95,7 @@ namespace {
 // The inverse rotation: grad_x1 = g1 * cos + g2 * sin, grad_x2 = g2 * cos - g1 * sin.
 at::Tensor rotary_backward_cpu(const at::Tensor& grad_out, const at::Tensor& cos,
                                const at::Tensor& sin) {
-  check_inputs(grad_out, cos, sin, "rotary_backward", "grad_out");
+  check_rotary_inputs(grad_out, cos, sin, "rotary_backward", "grad_out");
   return rotate(grad_out, cos, sin.to(at::toOpMathType(grad_out.scalar_type())).neg());
 }
 
