@@ -59,6 +59,14 @@ TORCH_LIBRARY(kr_mini_llm, m) {
   m.def("decode_linear(Tensor x, Tensor weight, Tensor? scales=None, Tensor? residual=None) -> Tensor");
   // silu(x Wg^T) * (x Wu^T) for weight = [Wg; Wu] [2I, K] (gate rows, then up rows) -> [..., I].
   m.def("decode_linear_swiglu(Tensor x, Tensor weight, Tensor? scales=None) -> Tensor");
+  // One block of a decode step, x [B, S, C] -> x after the block: rms_norm, the q/k/v projection,
+  // decode_attention_step (appends to the caches), the o projection and its residual, rms_norm,
+  // the gate/up projection with SwiGLU, the down projection and its residual; each weight as
+  // decode_linear takes it (its scales for int8 / int4).
+  m.def("decode_block(Tensor x, Tensor norm1, Tensor qkv_weight, Tensor? qkv_scales, Tensor? q_norm,"
+        " Tensor? k_norm, Tensor cos, Tensor sin, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor cache_lens,"
+        " int num_heads, Tensor o_weight, Tensor? o_scales, Tensor norm2, Tensor gate_up_weight,"
+        " Tensor? gate_up_scales, Tensor down_weight, Tensor? down_scales, float eps) -> Tensor");
 
   // Test-only: c (+)= op(a) @ op(b) through the kernels' GEMM layer (csrc/ops/gemm.h); tiles
   // selects the in-kernel tile GEMM instead of the whole-matrix one.

@@ -4,6 +4,7 @@
 
 #include <ATen/ATen.h>
 
+#include <optional>
 #include <tuple>
 
 namespace kr {
@@ -14,5 +15,22 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_cpu(const at::Tensor& x, const at::T
 void check_rotary_inputs(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
                          const char* op, const char* xname);
 at::Tensor rotary_cpu(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
+
+// decode_linear / decode_linear_swiglu, and the check they make of a weight and its scales for
+// in_features K (wname / sname: their roles in messages).
+at::Tensor decode_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& scales,
+                             const std::optional<at::Tensor>& residual);
+at::Tensor decode_linear_swiglu_cpu(const at::Tensor& x, const at::Tensor& weight,
+                                    const std::optional<at::Tensor>& scales);
+void check_decode_weight(const at::Tensor& weight, const std::optional<at::Tensor>& scales, int64_t K,
+                         const char* op, const char* wname, const char* sname);
+
+// decode_attention_step, and its check of the caches ([B, Tmax, Hkv, D], contiguous, same shape and dtype).
+at::Tensor decode_attention_step_cpu(const at::Tensor& qkv, const std::optional<at::Tensor>& q_norm,
+                                     const std::optional<at::Tensor>& k_norm, double eps,
+                                     const at::Tensor& cos, const at::Tensor& sin,
+                                     const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                     const at::Tensor& cache_lens, int64_t num_heads);
+void check_kv_caches(const at::Tensor& k_cache, const at::Tensor& v_cache, const char* op);
 
 }  // namespace kr

@@ -737,6 +737,13 @@ struct StepRows {
   }
 };
 
+}  // namespace
+
+// Declared in ops/cpu_kernels.h.
+void check_kv_caches(const at::Tensor& k_cache, const at::Tensor& v_cache, const char* op) {
+  check_caches(k_cache, v_cache, op);
+}
+
 at::Tensor decode_attention_step_cpu(const at::Tensor& qkv, const std::optional<at::Tensor>& q_norm,
                                      const std::optional<at::Tensor>& k_norm, double eps,
                                      const at::Tensor& cos, const at::Tensor& sin,
@@ -815,8 +822,6 @@ at::Tensor decode_attention_step_cpu(const at::Tensor& qkv, const std::optional<
                                      xd == cd ? cd : at::kFloat);
   return out.view({B, S, Hq * D}).to(xd);
 }
-
-}  // namespace
 
 TORCH_LIBRARY_IMPL(kr_mini_llm, CPU, m) {
   m.impl("decode_attention", &decode_attention_cpu);

@@ -246,6 +246,46 @@ void launch_int4_pairs(const float* xp, int64_t N, int64_t K, int64_t G, const W
 }
 #endif
 
+// A weight's storage type and rank (name: its role in messages).
+void check_weight_kind(const at::Tensor& weight, const char* op, const char* name) {
+  check_cpu(weight, op, name);
+  const auto wt = weight.scalar_type();
+  TORCH_CHECK_TYPE(wt == at::kFloat || wt == at::kBFloat16 || wt == at::kChar || wt == at::kByte, op,
+                   ": ", name, " must be float32, bfloat16, int8, or uint8 (int4 pairs), got ", wt);
+  check_dim(weight, 2, op, name,
+            wt == at::kByte ? "[out_features, in_features / 2]" : "[out_features, in_features]");
+}
+
+// int8 / int4 weights' scales for in_features K (already matched to the weight); none for the others.
+void check_scales(const at::Tensor& weight, const std::optional<at::Tensor>& scales, int64_t K, const char* op,
+                  const char* wname, const char* sname) {
+  const auto wt = weight.scalar_type();
+  const bool int4 = wt == at::kByte;
+  if (int4) {
+    TORCH_CHECK_VALUE(K % kInt4Block == 0, op, ": int4 weights need in_features a multiple of ", kInt4Block,
+                      " (they are packed in blocks of 32 inputs), got ", K);
+  }
+  if (wt == at::kChar || int4) {
+    const char* kind = int4 ? "int4" : "int8";
+    TORCH_CHECK_VALUE(scales.has_value(), op, ": ", kind, " ", wname, " needs ", sname,
+                      " [out_features, groups] (float32)");
+    const at::Tensor& s = *scales;
+    check_cpu(s, op, sname);
+    TORCH_CHECK_TYPE(s.scalar_type() == at::kFloat, op, ": ", sname, " must be float32, got ", s.scalar_type());
+    TORCH_CHECK_VALUE(s.dim() == 2 && s.size(0) == weight.size(0) && s.size(1) >= 1 && K % s.size(1) == 0,
+                      op, ": ", sname, " must be [out_features, groups] = [", weight.size(0),
+                      ", G] with G dividing in_features ", K, ", got ", shape_str(s));
+    if (int4) {
+      TORCH_CHECK_VALUE((K / s.size(1)) % kInt4Block == 0, op, ": int4 groups must be a multiple of ",
+                        kInt4Block, " inputs, got ", s.size(1), " groups of ", K / s.size(1), " (", sname, " ",
+                        shape_str(s), ")");
+    }
+  } else {
+    TORCH_CHECK_VALUE(!scales.has_value(), op, ": ", sname, " are only for int8 and int4 weights, got ", wt, " ",
+                      wname);
+  }
+}
+
 // in_features K: weight.size(1), or twice that for int4 (uint8) weights.
 int64_t check_args(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& scales,
                    const char* op) {
@@ -253,41 +293,19 @@ int64_t check_args(const at::Tensor& x, const at::Tensor& weight, const std::opt
   check_cpu(weight, op, "weight");
   TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16, op,
                    ": x must be float32 or bfloat16, got ", x.scalar_type());
-  const auto wt = weight.scalar_type();
-  TORCH_CHECK_TYPE(wt == at::kFloat || wt == at::kBFloat16 || wt == at::kChar || wt == at::kByte, op,
-                   ": weight must be float32, bfloat16, int8, or uint8 (int4 pairs), got ", wt);
-  const bool int4 = wt == at::kByte;
-  check_dim(weight, 2, op, "weight", int4 ? "[out_features, in_features / 2]" : "[out_features, in_features]");
+  check_weight_kind(weight, op, "weight");
   TORCH_CHECK_VALUE(x.dim() >= 1, op, ": x must be [..., in_features], got a 0-d tensor");
   const int64_t K = x.size(-1);
-  if (int4) {
+  if (weight.scalar_type() == at::kByte) {
     // K / 2 rather than 2 * weight.size(1): no product that could overflow
     TORCH_CHECK_VALUE(K % 2 == 0 && K / 2 == weight.size(1), op, ": x [..., in_features] must end in ",
                       "in_features = 2 * weight.size(1) = 2 * ", weight.size(1), " for int4 weights, got x ",
                       shape_str(x));
-    TORCH_CHECK_VALUE(K % kInt4Block == 0, op, ": int4 weights need in_features a multiple of ", kInt4Block,
-                      " (they are packed in blocks of 32 inputs), got ", K);
   } else {
     TORCH_CHECK_VALUE(K == weight.size(1), op, ": x [..., in_features] must end in ",
                       "in_features = weight.size(1) = ", weight.size(1), ", got x ", shape_str(x));
   }
-  if (wt == at::kChar || int4) {
-    const char* kind = int4 ? "int4" : "int8";
-    TORCH_CHECK_VALUE(scales.has_value(), op, ": ", kind, " weight needs scales [out_features, groups] (float32)");
-    const at::Tensor& s = *scales;
-    check_cpu(s, op, "scales");
-    TORCH_CHECK_TYPE(s.scalar_type() == at::kFloat, op, ": scales must be float32, got ", s.scalar_type());
-    TORCH_CHECK_VALUE(s.dim() == 2 && s.size(0) == weight.size(0) && s.size(1) >= 1 && K % s.size(1) == 0,
-                      op, ": scales must be [out_features, groups] = [", weight.size(0),
-                      ", G] with G dividing in_features ", K, ", got ", shape_str(s));
-    if (int4) {
-      TORCH_CHECK_VALUE((K / s.size(1)) % kInt4Block == 0, op, ": int4 groups must be a multiple of ",
-                        kInt4Block, " inputs, got ", s.size(1), " groups of ", K / s.size(1), " (scales ",
-                        shape_str(s), ")");
-    }
-  } else {
-    TORCH_CHECK_VALUE(!scales.has_value(), op, ": scales are only for int8 and int4 weights, got ", wt, " weight");
-  }
+  check_scales(weight, scales, K, op, "weight", "scales");
   return K;
 }
 
@@ -410,6 +428,9 @@ at::Tensor linear_impl(const at::Tensor& x_, const at::Tensor& weight_, const st
   return y;
 }
 
+}  // namespace
+
+// Declared in ops/cpu_kernels.h.
 at::Tensor decode_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& scales,
                              const std::optional<at::Tensor>& residual) {
   return linear_impl(x, weight, scales, residual, /*swiglu=*/false, "decode_linear");
@@ -420,7 +441,16 @@ at::Tensor decode_linear_swiglu_cpu(const at::Tensor& x, const at::Tensor& weigh
   return linear_impl(x, weight, scales, std::nullopt, /*swiglu=*/true, "decode_linear_swiglu");
 }
 
-}  // namespace
+void check_decode_weight(const at::Tensor& weight, const std::optional<at::Tensor>& scales, int64_t K,
+                         const char* op, const char* wname, const char* sname) {
+  check_weight_kind(weight, op, wname);
+  const bool int4 = weight.scalar_type() == at::kByte;
+  // K / 2 rather than 2 * weight.size(1): no product that could overflow
+  TORCH_CHECK_VALUE(int4 ? K % 2 == 0 && K / 2 == weight.size(1) : K == weight.size(1), op, ": ", wname,
+                    " must have in_features = ", K, int4 ? " (int4: size(1) = in_features / 2)" : "",
+                    ", got ", shape_str(weight));
+  check_scales(weight, scales, K, op, wname, sname);
+}
 
 // What x becomes for int8 weights with groups of G inputs: quantized per block of this many
 // inputs, or 0 where it stays fp32 (module.cpp exposes these to Python and the tests).

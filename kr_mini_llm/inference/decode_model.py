@@ -2,8 +2,8 @@
 
 Per block: q/k/v are one stacked weight, gate/up one weight whose SwiGLU is the kernel's epilogue,
 the residual adds are fused into the o/down projections, and everything between the qkv and o
-projections is one op (decode_attention_step), so a decode step costs 7 op calls per block
-(norm, qkv, attention step, o, norm, gate/up, down). Weights are
+projections is one op (decode_attention_step); a decode step of few rows runs each block as one op
+(decode_block: the seven calls below made in C++, without a dispatch each), a prefill as 7 calls per block (norm, qkv, attention step, o, norm, gate/up, down). Weights are
 fp32, bf16, int8 + scales or int4 + scales (see packed.py; with int4, a layer whose input size the
 group size does not divide is int8 per output channel); activations and the residual stream are
 fp32; the KV cache is fp32 for fp32 weights and bf16 for the others (a 16-bit cache, as llama.cpp's
@@ -19,7 +19,7 @@ from .. import ops
 from ..errors import KrMiniLlmError
 from ..model import KVCache, TransformerConfig
 from ..ops.decode_linear import INT4_BLOCK
-from .packed import INT4_GROUP_SIZE, PackedLinear, bf16_prefill, check_dtype
+from .packed import DECODE_MAX_ROWS, INT4_GROUP_SIZE, PackedLinear, bf16_prefill, check_dtype
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,9 @@ class DecodeModel:
             L.gate_up = PackedLinear.cat([lin(p + "mlp.gate_proj", I, C), lin(p + "mlp.up_proj", I, C)])
             L.down = lin(p + "mlp.down_proj", C, I)
             self.layers.append(L)
+        # Rows up to which a block's projections all run on the decode kernels (decode_block).
+        self.block_max_rows = min(DECODE_MAX_ROWS[p.weight.dtype] for L in self.layers
+                                  for p in (L.qkv, L.o, L.gate_up, L.down)) if self.layers else 0
         self.norm = vec("norm.weight", C)
         self.embed = lin("embed_tokens", c.vocab_size, C)
         self.lm_head = self.embed if c.tie_word_embeddings else lin("lm_head", c.vocab_size, C)
@@ -184,7 +187,14 @@ class DecodeModel:
         pos = kv_cache.lens.unsqueeze(1) + torch.arange(T)
         cos, sin = self.rope_cos[pos], self.rope_sin[pos]
         x = self.embed.rows(input_ids)
+        block = B * T <= self.block_max_rows  # every projection on its decode kernel: one call a block
         for i, L in enumerate(self.layers):
+            if block:
+                x = ops.decode_block(x, L.norm1, L.qkv.weight, L.qkv.scales, L.q_norm, L.k_norm, cos, sin,
+                                     kv_cache.k[i], kv_cache.v[i], kv_cache.lens, self.num_heads, L.o.weight,
+                                     L.o.scales, L.norm2, L.gate_up.weight, L.gate_up.scales, L.down.weight,
+                                     L.down.scales, self.eps)
+                continue
             qkv = L.qkv(ops.rms_norm(x, L.norm1, self.eps))
             # qk-norm, RoPE, cache append (in the cache's dtype) and attention: one call
             att = ops.decode_attention_step(qkv, L.q_norm, L.k_norm, self.eps, cos, sin, kv_cache.k[i],

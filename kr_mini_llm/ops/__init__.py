@@ -16,6 +16,7 @@ from .decode_linear import (decode_linear, decode_linear_reference, decode_linea
                             quantize_int8)
 from .decode_attention import (decode_attention, decode_attention_reference, decode_attention_step,
                                decode_attention_step_reference, kv_cache_append, kv_cache_append_reference)
+from .decode_block import decode_block, decode_block_reference
 from .linear import linear, linear_reference
 from .linear_cross_entropy import linear_cross_entropy, linear_cross_entropy_reference
 from .rms_norm import rms_norm, rms_norm_reference
@@ -36,6 +37,7 @@ OPS = {
                              "linear_cross_entropy_and_grad"),
     "decode_linear": ("decode_linear",),
     "decode_linear_swiglu": ("decode_linear_swiglu",),
+    "decode_block": ("decode_block",),
 }
 
 
@@ -43,7 +45,7 @@ def backend_report(device="cpu") -> dict:
     """Which path each op takes on `device`: 'native' (its fused kernel), or where it has none (or
     the CPU is switched to them, use_device_fallbacks) its fallback's: 'sdpa' (PyTorch's
     scaled_dot_product_attention, the backward in blocks of rows), 'chunked', 'fused_rms_norm',
-    'elementwise', 'copy', 'dequantize+linear'."""
+    'elementwise', 'copy', 'dequantize+linear', 'parts' (the op's parts, each by its own path)."""
     return {name: kernel_path(registered[0], device) for name, registered in OPS.items()}
 
 
@@ -58,7 +60,7 @@ __all__ = ["rms_norm", "rms_norm_reference", "rotary", "rotary_reference", "rope
            "rope_inv_freq", "swiglu", "swiglu_reference", "attention", "attention_reference", "decode_attention",
            "decode_attention_reference", "decode_attention_step", "decode_attention_step_reference", "kv_cache_append", "kv_cache_append_reference", "linear_cross_entropy",
            "linear_cross_entropy_reference", "linear", "linear_reference", "decode_linear", "decode_linear_reference", "decode_linear_swiglu",
-           "decode_linear_swiglu_reference", "quantize_int8", "dequantize_int8", "quantize_int4", "dequantize_int4",
+           "decode_linear_swiglu_reference", "decode_block", "decode_block_reference", "quantize_int8", "dequantize_int8", "quantize_int4", "dequantize_int4",
            "backend_report", "simd_capability", "OPS",
            "use_device_fallbacks", "device_fallbacks", "DeviceOpMissing"]
 

@@ -205,42 +205,63 @@ def decode_linear_swiglu_reference(x, weight, scales=None):
     return (F.silu(gate) * up).to(x.dtype)
 
 
+def _check_weight_kind(op, weight, name="weight"):
+    if weight.dtype not in WEIGHT_DTYPES:
+        raise TypeError(f"{op}: {name} must be float32, bfloat16, int8, or uint8 (int4 pairs), got {weight.dtype}")
+    if weight.dim() != 2:
+        raise ValueError(f"{op}: {name} must be 2-D [out_features, in_features"
+                         f"{' / 2' if weight.dtype == torch.uint8 else ''}], got shape {list(weight.shape)}")
+
+
+def _check_scales(op, weight, scales, K, wname="weight", sname="scales"):
+    """int8 / int4 weights' scales for in_features K (already matched to the weight); none for the others."""
+    int4 = weight.dtype == torch.uint8
+    if int4 and K % INT4_BLOCK:
+        raise ValueError(f"{op}: int4 weights need in_features a multiple of {INT4_BLOCK} (they are packed "
+                         f"in blocks of 32 inputs), got {K}")
+    M = weight.shape[0]
+    if weight.dtype in (torch.int8, torch.uint8):
+        if scales is None:
+            raise ValueError(f"{op}: {'int4' if int4 else 'int8'} {wname} needs {sname} [out_features, groups] "
+                             "(float32)")
+        if scales.dtype != torch.float32:
+            raise TypeError(f"{op}: {sname} must be float32, got {scales.dtype}")
+        if scales.dim() != 2 or scales.shape[0] != M or scales.shape[1] < 1 or K % scales.shape[1]:
+            raise ValueError(f"{op}: {sname} must be [out_features, groups] = [{M}, G] with G dividing "
+                             f"in_features {K}, got {list(scales.shape)}")
+        if int4 and (K // scales.shape[1]) % INT4_BLOCK:
+            raise ValueError(f"{op}: int4 groups must be a multiple of {INT4_BLOCK} inputs, got {scales.shape[1]} "
+                             f"groups of {K // scales.shape[1]} ({sname} {list(scales.shape)})")
+    elif scales is not None:
+        raise ValueError(f"{op}: {sname} are only for int8 and int4 weights, got {weight.dtype} {wname}")
+
+
+def check_decode_weight(op, weight, scales, K, wname="weight", sname="scales"):
+    """A decode weight and its scales meant for in_features K, as the CPU kernel checks them."""
+    _check_weight_kind(op, weight, wname)
+    int4 = weight.dtype == torch.uint8
+    if (K % 2 or K // 2 != weight.shape[1]) if int4 else K != weight.shape[1]:
+        raise ValueError(f"{op}: {wname} must have in_features = {K}"
+                         f"{' (int4: size(1) = in_features / 2)' if int4 else ''}, got {list(weight.shape)}")
+    _check_scales(op, weight, scales, K, wname, sname)
+
+
 def _check(op, x, weight, scales, residual=None, swiglu=False):
     """The CPU kernel's argument checks, with its messages (fallback and fake kernels)."""
     if x.dtype not in (torch.float32, torch.bfloat16):
         raise TypeError(f"{op}: x must be float32 or bfloat16, got {x.dtype}")
-    if weight.dtype not in WEIGHT_DTYPES:
-        raise TypeError(f"{op}: weight must be float32, bfloat16, int8, or uint8 (int4 pairs), got {weight.dtype}")
-    int4 = weight.dtype == torch.uint8
-    if weight.dim() != 2:
-        raise ValueError(f"{op}: weight must be 2-D [out_features, in_features{' / 2' if int4 else ''}], "
-                         f"got shape {list(weight.shape)}")
+    _check_weight_kind(op, weight)
     if x.dim() < 1:
         raise ValueError(f"{op}: x must be [..., in_features], got a 0-d tensor")
     M, K = weight.shape[0], x.shape[-1]
-    if int4:
+    if weight.dtype == torch.uint8:
         if K % 2 or K // 2 != weight.shape[1]:
             raise ValueError(f"{op}: x [..., in_features] must end in in_features = 2 * weight.size(1) = "
                              f"2 * {weight.shape[1]} for int4 weights, got x {list(x.shape)}")
-        if K % INT4_BLOCK:
-            raise ValueError(f"{op}: int4 weights need in_features a multiple of {INT4_BLOCK} (they are packed "
-                             f"in blocks of 32 inputs), got {K}")
     elif K != weight.shape[1]:
         raise ValueError(f"{op}: x [..., in_features] must end in in_features = weight.size(1) = {weight.shape[1]}, "
                          f"got x {list(x.shape)}")
-    if weight.dtype in (torch.int8, torch.uint8):
-        if scales is None:
-            raise ValueError(f"{op}: {'int4' if int4 else 'int8'} weight needs scales [out_features, groups] (float32)")
-        if scales.dtype != torch.float32:
-            raise TypeError(f"{op}: scales must be float32, got {scales.dtype}")
-        if scales.dim() != 2 or scales.shape[0] != M or scales.shape[1] < 1 or K % scales.shape[1]:
-            raise ValueError(f"{op}: scales must be [out_features, groups] = [{M}, G] with G dividing "
-                             f"in_features {K}, got {list(scales.shape)}")
-        if int4 and (K // scales.shape[1]) % INT4_BLOCK:
-            raise ValueError(f"{op}: int4 groups must be a multiple of {INT4_BLOCK} inputs, got {scales.shape[1]} "
-                             f"groups of {K // scales.shape[1]} (scales {list(scales.shape)})")
-    elif scales is not None:
-        raise ValueError(f"{op}: scales are only for int8 and int4 weights, got {weight.dtype} weight")
+    _check_scales(op, weight, scales, K)
     if swiglu and M % 2:
         raise ValueError(f"{op}: weight must stack gate and up rows [2 * intermediate, in_features], "
                          f"got {list(weight.shape)}")

@@ -318,6 +318,29 @@ def b_step(draw, g):
             {"num_heads": int_extreme, "eps": float_extreme}, {"cache_lens": index_extreme("cache_lens")})
 
 
+def b_block(draw, g):
+    B, Hkv, G, D, Tmax, S, lens, cdt = _cache_case(draw, g)
+    D = 2 * D
+    Hq, C, I = Hkv * G, dims(draw, 1, 9), dims(draw, 1, 6)
+    xdt = draw(st.sampled_from([torch.float32, torch.bfloat16]))
+    norms = draw(st.booleans())
+    pos = lens.long().unsqueeze(1) + torch.arange(S)
+    cos, sin = ops.rope_tables(D, pos, dtype=xdt)
+
+    def weight(out, inp):  # fp32 weights: the comparison is of the block, not of the quantizers
+        return randn(g, (out, inp)) * inp**-0.5
+
+    args = dict(x=randn(g, (B, S, C), xdt), norm1=randn(g, (C,)), qkv_weight=weight((Hq + 2 * Hkv) * D, C),
+                qkv_scales=None, q_norm=randn(g, (D,)) if norms else None, k_norm=randn(g, (D,)) if norms else None,
+                cos=cos, sin=sin, k_cache=randn(g, (B, Tmax, Hkv, D), cdt), v_cache=randn(g, (B, Tmax, Hkv, D), cdt),
+                cache_lens=lens, num_heads=Hq, o_weight=weight(C, Hq * D), o_scales=None, norm2=randn(g, (C,)),
+                gate_up_weight=weight(2 * I, C), gate_up_scales=None, down_weight=weight(C, I), down_scales=None,
+                eps=1e-6)
+    tensors = [n for n, v in args.items() if isinstance(v, torch.Tensor)]
+    return (args, tensors, {"num_heads": int_extreme, "eps": float_extreme},
+            {"cache_lens": index_extreme("cache_lens")})
+
+
 def _decode_linear_case(draw, g, swiglu):
     N, K, M = dims(draw, 1, 3), 8 * dims(draw, 1, 4), 2 * dims(draw, 1, 4)
     xdt = draw(st.sampled_from([torch.float32, torch.bfloat16]))
@@ -443,6 +466,8 @@ SPECS = {s.name: s for s in [
          ops.decode_linear_reference, tol=_decode_linear_tol),
     Spec("decode_linear_swiglu", lambda d, g: _decode_linear_case(d, g, True), ops.decode_linear_swiglu,
          ops.decode_linear_swiglu_reference, tol=_decode_linear_tol),
+    Spec("decode_block", b_block, ops.decode_block, ops.decode_block_reference,
+         writes=("k_cache", "v_cache"), tol=dtype_tol(30.0)),
     Spec("linear", b_linear, ops.linear, ops.linear_reference),
     Spec("rope_tables", b_rope_tables, ops.rope_tables, rope_ref),
     Spec("quantize_int8", b_quantize, quantize_roundtrip,
