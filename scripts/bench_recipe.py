@@ -46,7 +46,7 @@ from kr_mini_llm.errors import KrMiniLlmError  # noqa: E402
 from kr_mini_llm.io.outputs import add_overwrite_flag, claim_output  # noqa: E402
 from kr_mini_llm.model import Transformer  # noqa: E402
 from kr_mini_llm.training import TrainingConfig  # noqa: E402
-from kr_mini_llm.training.optim import build_optimizer, lr_factor, set_learning_rates  # noqa: E402
+from kr_mini_llm.training.optim import build_optimizer, dropout_at, lr_factor, set_learning_rates  # noqa: E402
 
 # The demo's recipe before the time-keyed schedule (and the baseline's): training_demo.yaml at
 # commit 58b9190, the schedule keys that matter here.
@@ -106,6 +106,9 @@ def run(recipe: str, train_keys: dict, model_cfg: TransformerConfig, shards: dic
     while (step < steps) if steps else (elapsed_now() < budget):
         elapsed = elapsed_now()
         set_learning_rates(opt, t, lr_factor(step, t, elapsed))
+        if t.dropout_after_epochs > 0 and not is_hf:  # as the Trainer: passes over the training tokens so far
+            epochs = step * t.batch_size * t.max_seq_length / shards["train"].num_tokens
+            model.set_dropout(dropout_at(t, model_cfg.dropout, epochs))
         x, y = next(batches)
         loss = train_step(model, opt, t, x, y, is_hf, amp)
         step += 1
@@ -133,24 +136,33 @@ def step_seconds(runs: dict, shards: dict, steps: int = 20, turns: int = 5) -> d
     process's thread count: the median of `steps`, after 3 warm-up steps each. The recipes take
     turns, steps/turns at a time, so a machine whose speed drifts (a shared VM's did by 25% within a
     minute) moves them alike and their ratio, which decides the budgets, holds. Run it on an idle
-    machine; it turns minutes into a step budget."""
+    machine; it turns minutes into a step budget. A recipe with late dropout (train.dropout_after_epochs) is
+    timed in both phases: NAME without its dropout, NAME+dropout with it."""
     amp, _ = precision_choice(torch.device("cpu"), True)
-    state, times = {}, {name: [] for name in runs}
+    state = {}
     for name, (keys, cfg, *own) in runs.items():
-        model, opt, t = build(name, keys, cfg, seed=0)
         train = (own[0] if own else shards)["train"]
-        state[name] = (model, opt, t, iter(RandomWindows(train, t.max_seq_length, t.batch_size, seed=0)))
+        # Late dropout: both phases timed, without it (NAME) and with it (NAME+dropout).
+        late = late_dropout(keys, cfg)
+        for phase in (name, name + LATE) if late else (name,):
+            model, opt, t = build(name, keys, cfg, seed=0)
+            if late and phase == name:
+                model.set_dropout(0.0)
+            state[phase] = (model, opt, t, iter(RandomWindows(train, t.max_seq_length, t.batch_size, seed=0)))
+    times = {phase: [] for phase in state}
+    for phase, (model, opt, t, batches) in state.items():
+        name = phase.removesuffix(LATE)
         for _ in range(3):
-            x, y = next(state[name][3])
+            x, y = next(batches)
             train_step(model, opt, t, x, y, name == "gpt2", amp)
     for turn in range(turns):
-        for name, (model, opt, t, batches) in state.items():
+        for phase, (model, opt, t, batches) in state.items():
             for _ in range(steps // turns + (turn < steps % turns)):
                 x, y = next(batches)
                 began = time.perf_counter()
-                train_step(model, opt, t, x, y, name == "gpt2", amp)
-                times[name].append(time.perf_counter() - began)
-    return {name: statistics.median(v) for name, v in times.items()}
+                train_step(model, opt, t, x, y, phase == "gpt2", amp)
+                times[phase].append(time.perf_counter() - began)
+    return {phase: statistics.median(v) for phase, v in times.items()}
 
 
 def load_shards(tokens: str, tokenizer: str) -> dict:
@@ -190,10 +202,30 @@ def run_all(jobs: list, args, report) -> None:
         report(key, run(name, keys, cfg, shards[tokens], seed, minutes, steps))
 
 
-def budget_steps(minutes: float, seconds: float | None) -> int | None:
+def budget_steps(minutes: float, seconds: float | None, late: tuple[int, float] | None = None) -> int | None:
     """The whole steps that fit `minutes` at `seconds` a step (1e-9: 0.02 min at 0.1 s is 12 steps, not
-    11.999...); None for a time budget."""
-    return max(1, math.floor(60.0 * minutes / seconds + 1e-9)) if seconds else None
+    11.999...); with late = (first step with dropout, its seconds a step), the steps from there at
+    those seconds; None for a time budget."""
+    if not seconds:
+        return None
+    steps = max(1, math.floor(60.0 * minutes / seconds + 1e-9))
+    if late is None or steps <= late[0]:
+        return steps
+    first, on_seconds = late
+    return first + math.floor((60.0 * minutes - first * seconds) / on_seconds + 1e-9)
+
+
+LATE = "+dropout"  # the calibration's name for a late-dropout recipe's steps with its dropout on
+
+
+def late_dropout(keys: dict, cfg: TransformerConfig) -> bool:
+    return keys.get("dropout_after_epochs", 0) > 0 and cfg.dropout > 0
+
+
+def first_dropout_step(keys: dict, train_tokens: int) -> int:
+    """The first step (0-based) whose passes seen reach dropout_after_epochs (training/optim.py dropout_at)."""
+    per_step = keys["batch_size"] * keys["max_seq_length"]
+    return math.ceil(keys["dropout_after_epochs"] * train_tokens / per_step - 1e-9)
 
 
 def busy_seconds() -> float:
@@ -214,7 +246,7 @@ class _null:
 # The training keys that make a recipe (the rest, logging and saving, do not change the model).
 RECIPE_KEYS = ("optimizer", "learning_rate", "min_learning_rate", "muon_learning_rate", "muon_momentum",
                "muon_ns_steps", "lr_schedule", "decay_fraction", "warmup_steps", "max_steps", "batch_size",
-               "max_seq_length", "weight_decay", "beta1", "beta2", "max_grad_norm")
+               "max_seq_length", "weight_decay", "beta1", "beta2", "max_grad_norm", "dropout_after_epochs")
 
 
 def demo_recipe() -> dict:
@@ -329,13 +361,15 @@ def main(argv=None) -> int:
              f"ours = configs/training_demo.yaml's recipe + {' '.join(args.ours + args.ours_model) or 'nothing'}, "
              "schedule keyed to the time budget",
              f"Command: python scripts/bench_recipe.py {' '.join(argv if argv is not None else sys.argv[1:])}\n"]
-    step_s = parse_step_seconds(args.step_seconds, args.recipes) if args.budget == "steps" else {}
+    phases = [n + suffix for n in args.recipes for suffix in ("", LATE) if not suffix or late_dropout(recipes[n], configs[n])]
+    step_s = parse_step_seconds(args.step_seconds, phases) if args.budget == "steps" else {}
     if args.budget == "steps":
         given = sorted(step_s)
-        missing = {n: (recipes[n], configs[n]) for n in args.recipes if n not in step_s}
+        missing = {n: (recipes[n], configs[n]) for n in args.recipes
+                   if n not in step_s or (late_dropout(recipes[n], configs[n]) and n + LATE not in step_s)}
         if missing:
             step_s.update(step_seconds(missing, shards, args.calibration_steps))
-        for name in args.recipes:
+        for name in phases:
             print(f"{name}: {step_s[name]:.3f} s a step at {torch.get_num_threads()} threads", flush=True)
         lines.append(f"Budget: the steps each recipe makes in the minutes, from its seconds a step at "
                      f"{torch.get_num_threads()} threads (median of {args.calibration_steps} after 3 warm-up "
@@ -348,8 +382,10 @@ def main(argv=None) -> int:
                 keys = dict(recipes[name])
                 if name == "ours":
                     keys["max_time_minutes"] = minutes
+                late = ((first_dropout_step(keys, shards["train"].num_tokens), step_s[name + LATE])
+                        if late_dropout(keys, configs[name]) and name in step_s else None)
                 jobs.append(((minutes, name, seed), (args.tokens, args.tokenizer, name, keys, configs[name], seed,
-                                                     minutes, budget_steps(minutes, step_s.get(name)))))
+                                                     minutes, budget_steps(minutes, step_s.get(name), late))))
     results = {}
 
     def report(key, r):

@@ -160,3 +160,35 @@ def test_bench_recipe_calibration_takes_turns(token_data, monkeypatch):
     assert set(seconds) == {"today", "ours"} and all(v > 0 for v in seconds.values())
     # warm-up 3 + 3, then turns of 3, 2, 2 steps (7 over 3 turns) each
     assert order == [2] * 3 + [3] * 3 + [2] * 3 + [3] * 3 + [2] * 2 + [3] * 2 + [2] * 2 + [3] * 2
+
+
+def _bench_recipe_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_recipe_late", ROOT / "scripts" / "bench_recipe.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_bench_recipe_budgets_late_dropout_by_its_two_step_times(token_data, monkeypatch):
+    """A recipe whose dropout starts after some passes is timed without and with it, and makes the
+    steps that fit: the first ones at the faster time, the rest at the slower."""
+    from kr_mini_llm import TransformerConfig
+
+    bench = _bench_recipe_module()
+    assert bench.budget_steps(1.0, 0.5) == 120
+    assert bench.budget_steps(1.0, 0.5, late=(200, 1.0)) == 120  # dropout never reached
+    assert bench.budget_steps(1.0, 0.5, late=(40, 1.0)) == 40 + 40  # 20 s without, 40 s at 1 s a step
+    keys = {**bench.TODAY, "max_seq_length": 32, "batch_size": 2, "dropout_after_epochs": 1.5}
+    assert bench.first_dropout_step(keys, train_tokens=640) == 15  # 1.5 passes of 640 tokens, 64 a step
+    assert bench.first_dropout_step({**keys, "dropout_after_epochs": 1.6}, train_tokens=640) == 16
+    tokens, tok = token_data
+    cfg = TransformerConfig(vocab_size=512, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
+                            max_seq_length=32, dropout=0.2)
+    rates = []
+    real_step = bench.train_step
+    monkeypatch.setattr(bench, "train_step", lambda model, *a: rates.append(model.dropout) or real_step(model, *a))
+    seconds = bench.step_seconds({"ours": (keys, cfg)}, bench.load_shards(str(tokens), tok), steps=2, turns=1)
+    assert set(seconds) == {"ours", "ours+dropout"}
+    assert rates == [0.0] * 3 + [0.2] * 3 + [0.0] * 2 + [0.2] * 2  # 3 warm-up steps each, then 2 timed each

@@ -45,11 +45,22 @@ class Transformer(nn.Module):
         if config.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         self.gradient_checkpointing = False
+        self.dropout = config.dropout  # the rate in use: set_dropout changes it, not the config
         cos, sin = _ops.rope_tables(config.resolved_head_dim, config.max_seq_length, config.rope_theta,
                                     config.resolved_rope_scaling)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.reset_parameters()
+
+    def set_dropout(self, p: float) -> None:
+        """The dropout rate of the embedding and every block from now on (train.dropout_after_epochs
+        turns the config's rate on part way through a run); the config, and so a saved model, keep
+        theirs."""
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {p}")
+        self.dropout = p
+        for layer in self.layers:
+            layer.dropout = p
 
     # -- set-up --------------------------------------------------------------------------
     def reset_parameters(self) -> None:
@@ -110,7 +121,7 @@ class Transformer(nn.Module):
             raise ValueError(f"input_ids must be [batch, seq_len], got shape {tuple(input_ids.shape)}")
         B, T = input_ids.shape
         cos, sin = self._rope(T, input_ids.device, kv_cache)
-        x = F.dropout(self.embed_tokens(input_ids), self.config.dropout, self.training)
+        x = F.dropout(self.embed_tokens(input_ids), self.dropout, self.training)
         for layer in self.layers:
             if self.gradient_checkpointing and self.training and kv_cache is None:
                 x = checkpoint(layer, x, cos, sin, use_reentrant=False)

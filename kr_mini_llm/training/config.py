@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import os
 from dataclasses import dataclass, field, fields
 from typing import Optional
@@ -30,6 +31,7 @@ class TrainSection:
     beta1: float = 0.9
     beta2: float = 0.95
     max_grad_norm: float = 1.0
+    dropout_after_epochs: float = 0.0  # the model config's dropout only after this many passes over the training tokens
     lr_schedule: str = "cosine"  # cosine | linear | wsd | constant (after warmup); keyed to steps or time (optim.py)
     decay_fraction: float = 0.2  # wsd: the last fraction of the run (steps or time) that decays to min_learning_rate
     warmup_steps: int = 100
@@ -150,6 +152,8 @@ class TrainingConfig:
             fail(f"train.muon_learning_rate must be > 0, got {t.muon_learning_rate}")
         if not 0 <= t.muon_momentum < 1:
             fail(f"train.muon_momentum must be in [0, 1), got {t.muon_momentum}")
+        if not 0 <= t.dropout_after_epochs < math.inf:
+            fail(f"train.dropout_after_epochs must be a number of passes >= 0, got {t.dropout_after_epochs}")
         if t.muon_ns_steps < 1:
             fail(f"train.muon_ns_steps must be >= 1, got {t.muon_ns_steps}")
         if t.max_time_minutes is not None and not t.max_time_minutes > 0:

@@ -195,6 +195,13 @@ def lr_factor(step: int, train, elapsed_s: float = 0.0) -> float:
     return floor + (1 - floor) * shape
 
 
+def dropout_at(train, model_dropout: float, epochs_seen: float) -> float:
+    """The dropout rate for the next step: the model config's once the run has seen
+    train.dropout_after_epochs passes over its training tokens, 0 before. Many passes over a small
+    corpus overfit, which dropout holds back, while in the first passes it only slows learning."""
+    return model_dropout if epochs_seen >= train.dropout_after_epochs else 0.0
+
+
 def learning_rate(step: int, train, elapsed_s: float = 0.0) -> float:
     """The (AdamW) learning rate for optimizer step `step` (0-based)."""
     return train.learning_rate * lr_factor(step, train, elapsed_s)

@@ -101,6 +101,10 @@ class TrainingTask(ABC):
         """Tokens the last optimizer step trained on."""
         return run.effective_batch * run.config.train.max_seq_length
 
+    def train_tokens(self, run) -> int | None:
+        """Tokens in one pass over the training data, where the task knows (train.dropout_after_epochs)."""
+        return None
+
     def report(self, run, row: dict, progress) -> None:
         """Called every log_steps with the metrics row (before it is written to metrics.jsonl)."""
         if progress is not None:
@@ -143,6 +147,9 @@ class PretrainingTask(TrainingTask):
         optimizer = build_optimizer(model, t, context.device)
         return TaskBuild(model=model, forward=forward, optimizer=optimizer, batches=batches, tokenizer=tokenizer,
                          tokenizer_path=tokenizer_path)
+
+    def train_tokens(self, run) -> int:
+        return self.train_shards.num_tokens
 
     def resume(self, run, path) -> None:
         with run.dist.agree(f"resuming from {path}"):

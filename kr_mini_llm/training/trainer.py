@@ -21,12 +21,13 @@ from ..device import apply_memory_limit, pick_device, precision_choice
 from ..io import layout
 from ..io.atomic import remove_directory
 from ..model import TransformerConfig
+from ..model.config import ConfigError
 from ..checkpoint import list_checkpoints, nonfinite_parameters
 from .config import TrainingConfig
 from .distributed import DistributedContext
 from .memory_advice import warn_if_short_of_memory
 from .metrics import MetricsLog, plot_loss_curve
-from .optim import lr_factor, set_learning_rates
+from .optim import dropout_at, lr_factor, set_learning_rates
 from .run_lock import RunLock
 from .task import PretrainingTask, RunContext, TrainingTask
 
@@ -111,6 +112,10 @@ class Trainer:
         self.model, self.forward, self.optimizer = built.model, built.forward, built.optimizer
         self.batches, self.tokenizer, self.tokenizer_path = built.batches, built.tokenizer, built.tokenizer_path
         self._last_batch = None  # the last micro-batch trained on (_probe_loss)
+        self._train_tokens = self.task.train_tokens(self)
+        if t.dropout_after_epochs > 0 and not self._train_tokens:
+            raise ConfigError("train.dropout_after_epochs counts passes over the training tokens, which this run "
+                              "does not know (pretraining runs do); leave it at 0")
         self.state = {"tokens_seen": 0, "best_val_loss": None, "evals_without_improvement": 0, "elapsed_s": 0.0}
         self.step = 0
         if resume_from is not None:
@@ -146,6 +151,9 @@ class Trainer:
                 factor = lr_factor(self.step, t, self.clock() - start)
                 set_learning_rates(self.optimizer, t, factor)
                 lr = t.learning_rate * factor
+                if t.dropout_after_epochs > 0:
+                    self.model.set_dropout(dropout_at(t, self.context.model_config.dropout,
+                                                      self.state["tokens_seen"] / self._train_tokens))
                 loss = self._train_step()
                 self.task.after_step(self, loss)
                 if not math.isfinite(loss):
