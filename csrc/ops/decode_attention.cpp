@@ -448,19 +448,20 @@ void attend(const Problem<T>& P, const Item& it, int64_t L, Scratch<acc_t<T>>& w
   }
 }
 
-// out = acc * inv in the output type O (the cache's type, or the fused step's activations').
-template <typename O, typename A>
+// out = acc * inv rounded to the cache's type T (decode_attention's own output), held in the output
+// type O: T itself, or the fused step's activations (so its result is the bits of its parts).
+template <typename O, typename T, typename A>
 void store_row(const A* acc, A inv, O* out, int64_t D) {
-  if constexpr (std::is_same_v<acc_t<O>, A>) {
-    using IO = VecIO<O>;
+  if constexpr (std::is_same_v<O, T>) {
+    using IO = VecIO<T>;
     using V = typename IO::V;
     constexpr int64_t K = IO::kSize;
     const V vi(inv);
     int64_t i = 0;
     for (; i + K <= D; i += K) IO::store(out + i, V::loadu(acc + i) * vi);
-    for (; i < D; ++i) out[i] = O(acc[i] * inv);
+    for (; i < D; ++i) out[i] = T(acc[i] * inv);
   } else {
-    for (int64_t i = 0; i < D; ++i) out[i] = O(acc[i] * inv);
+    for (int64_t i = 0; i < D; ++i) out[i] = static_cast<O>(static_cast<A>(static_cast<T>(acc[i] * inv)));
   }
 }
 
@@ -517,7 +518,7 @@ void decode_kernel(const at::Tensor& q, const at::Tensor& k_cache, const at::Ten
         attend<T, NV>(P, it, L, w, w.acc.data(), w.m.data(), w.l.data());
         for (int64_t r = it.r0; r < it.r1; ++r) {
           const int64_t rr = r - it.r0, s = r / G, j = r % G;
-          store_row<O>(w.acc.data() + rr * D, A(1) / w.l[rr],
+          store_row<O, T>(w.acc.data() + rr * D, A(1) / w.l[rr],
                        op + ((it.b * S + s) * Hq + it.g * G + j) * D, D);
         }
       }
@@ -552,7 +553,7 @@ void decode_kernel(const at::Tensor& q, const at::Tensor& k_cache, const at::Ten
           axpy<A>(wgt, pacc.data() + idx * D, tmp.data(), D);
         }
         const int64_t s = r / G, j = r % G;
-        store_row<O>(tmp.data(), A(1) / lsum, op + ((cb.b * S + s) * Hq + cb.g * G + j) * D, D);
+        store_row<O, T>(tmp.data(), A(1) / lsum, op + ((cb.b * S + s) * Hq + cb.g * G + j) * D, D);
       }
     }
   });
@@ -816,7 +817,8 @@ at::Tensor decode_attention_step_cpu(const at::Tensor& qkv, const std::optional<
       });
     });
   }
-  // The attention writes qkv's dtype directly where it is the cache's or float32.
+  // The attention writes qkv's dtype directly where it is the cache's or float32 (rounded through the
+  // cache's dtype either way, as decode_attention's output is).
   const auto xd = qkv.scalar_type();
   const at::Tensor out = decode_rows(qc, k_cache, v_cache, lens_after, std::nullopt,
                                      xd == cd ? cd : at::kFloat);

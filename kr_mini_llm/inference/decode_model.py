@@ -19,7 +19,7 @@ from .. import ops
 from ..errors import KrMiniLlmError
 from ..model import KVCache, TransformerConfig
 from ..ops.decode_linear import INT4_BLOCK
-from .packed import DECODE_MAX_ROWS, INT4_GROUP_SIZE, PackedLinear, bf16_prefill, check_dtype
+from .packed import INT4_GROUP_SIZE, PackedLinear, bf16_prefill, check_dtype
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ class DecodeModel:
             L.down = lin(p + "mlp.down_proj", C, I)
             self.layers.append(L)
         # Rows up to which a block's projections all run on the decode kernels (decode_block).
-        self.block_max_rows = min(DECODE_MAX_ROWS[p.weight.dtype] for L in self.layers
+        self.block_max_rows = min(p.decode_max_rows for L in self.layers
                                   for p in (L.qkv, L.o, L.gate_up, L.down)) if self.layers else 0
         self.norm = vec("norm.weight", C)
         self.embed = lin("embed_tokens", c.vocab_size, C)

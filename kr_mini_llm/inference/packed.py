@@ -50,12 +50,13 @@ class PackedLinear:
     """y = x W^T for W [out, in] held as `weight` (fp32 / bf16 / int8 / int4 packed in uint8 [out, in / 2])
     and, for int8 and int4, `scales` [out, G]."""
 
-    __slots__ = ("weight", "scales", "_max_decode")
+    __slots__ = ("weight", "scales", "decode_max_rows", "_max_decode")
 
     def __init__(self, weight: torch.Tensor, scales: torch.Tensor | None = None):
         self.weight = weight.contiguous()
         self.scales = scales.contiguous() if scales is not None else None
-        self._max_decode = DECODE_MAX_ROWS[weight.dtype] * self.in_features
+        self.decode_max_rows = DECODE_MAX_ROWS[weight.dtype]  # rows of x up to which __call__ takes decode_linear
+        self._max_decode = self.decode_max_rows * self.in_features
 
     @classmethod
     def from_float(cls, weight: torch.Tensor, dtype: str, group_size: int | None = None) -> "PackedLinear":

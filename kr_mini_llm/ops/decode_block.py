@@ -41,7 +41,8 @@ def decode_block(x: torch.Tensor, norm1: torch.Tensor, qkv_weight: torch.Tensor,
                  gate_up_weight: torch.Tensor, gate_up_scales: Optional[torch.Tensor], down_weight: torch.Tensor,
                  down_scales: Optional[torch.Tensor], eps: float) -> torch.Tensor:
     """x [B, S, C] after one block of a decode step (see the module docstring)."""
-    _no_grad_check(OP, x, norm1, qkv_weight, o_weight, norm2, gate_up_weight, down_weight)
+    _no_grad_check(OP, x, norm1, qkv_weight, qkv_scales, q_norm, k_norm, cos, sin, k_cache, v_cache, o_weight,
+                   o_scales, norm2, gate_up_weight, gate_up_scales, down_weight, down_scales)
     return ops.decode_block(x, norm1, qkv_weight, qkv_scales, q_norm, k_norm, cos, sin, k_cache, v_cache,
                             cache_lens, num_heads, o_weight, o_scales, norm2, gate_up_weight, gate_up_scales,
                             down_weight, down_scales, eps)

@@ -116,6 +116,8 @@ class Trainer:
         if t.dropout_after_epochs > 0 and not self._train_tokens:
             raise ConfigError("train.dropout_after_epochs counts passes over the training tokens, which this run "
                               "does not know (pretraining runs do); leave it at 0")
+        if t.dropout_after_epochs > 0 and self.context.model_config.dropout == 0:
+            self.say("train.dropout_after_epochs is set but the model config's dropout is 0: no dropout will start")
         self.state = {"tokens_seen": 0, "best_val_loss": None, "evals_without_improvement": 0, "elapsed_s": 0.0}
         self.step = 0
         if resume_from is not None:

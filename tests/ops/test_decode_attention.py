@@ -306,7 +306,8 @@ STEP_CASES = [
 ]
 
 
-def make_step(case, dtype, cache_dtype, seed=0):
+def make_step(case, dtype, cache_dtype, seed=0, shared_tables=False):
+    """shared_tables: cos/sin [S, D/2] for every sequence (positions from lens[0]) instead of [B, S, D/2]."""
     B, S, Hq, Hkv, D, Tmax, lens, qk_norm = case
     g = torch.Generator().manual_seed(seed)
     qkv = randn(B, S, (Hq + 2 * Hkv) * D, dtype=dtype, generator=g)
@@ -315,6 +316,8 @@ def make_step(case, dtype, cache_dtype, seed=0):
     cos, sin = ops.rope_tables(D, Tmax + 1, 10000.0, None)
     lens = torch.tensor(lens)
     pos = (lens.unsqueeze(1) + torch.arange(S)).clamp(max=Tmax)
+    if shared_tables:
+        pos = pos[0]
     kc = randn(B, Tmax, Hkv, D, dtype=cache_dtype, generator=g)
     vc = randn(B, Tmax, Hkv, D, dtype=cache_dtype, generator=g)
     return [qkv, *norms, 1e-6, cos[pos].to(dtype), sin[pos].to(dtype), kc, vc, lens, Hq]
@@ -327,8 +330,9 @@ def _as64(args):
 @pytest.mark.parametrize("case", STEP_CASES, ids=[str(c[:5]) for c in STEP_CASES])
 @pytest.mark.parametrize("dtype, cache_dtype", [(torch.float64, torch.float64), (torch.float32, torch.float32),
                                                 (torch.float32, torch.bfloat16), (torch.bfloat16, torch.bfloat16)])
-def test_step_matches_float64_reference(case, dtype, cache_dtype):
-    args = make_step(case, dtype, cache_dtype)
+@pytest.mark.parametrize("shared_tables", [False, True], ids=["per-sequence-tables", "shared-tables"])
+def test_step_matches_float64_reference(case, dtype, cache_dtype, shared_tables):
+    args = make_step(case, dtype, cache_dtype, shared_tables=shared_tables)
     ref_args = _as64(args)
     out = ops.decode_attention_step(*args)
     ref = ops.decode_attention_step_reference(*ref_args)
@@ -344,12 +348,12 @@ def test_step_matches_float64_reference(case, dtype, cache_dtype):
     assert torch.equal(lens, torch.tensor(case[6])), "cache_lens is the caller's to advance"
 
 
+@pytest.mark.parametrize("shared_tables", [False, True])
 @pytest.mark.parametrize("cache_dtype", [torch.float32, torch.bfloat16])
-def test_step_is_the_separate_ops_bit_for_bit(cache_dtype):
-    """What DecodeModel ran before, op by op: the fused call uses the same kernels. Its output is
-    qkv's dtype straight from the fp32 accumulators, where the attention op rounds it to the cache's
-    dtype: the same bits once rounded so."""
-    qkv, qn, kn, eps, cos, sin, kc, vc, lens, Hq = make_step(STEP_CASES[3], torch.float32, cache_dtype)
+def test_step_is_the_separate_ops_bit_for_bit(cache_dtype, shared_tables):
+    """What DecodeModel ran before, op by op: the fused call uses the same kernels."""
+    qkv, qn, kn, eps, cos, sin, kc, vc, lens, Hq = make_step(STEP_CASES[3], torch.float32, cache_dtype,
+                                                             shared_tables=shared_tables)
     k2, v2 = kc.clone(), vc.clone()
     out = ops.decode_attention_step(qkv, qn, kn, eps, cos, sin, kc, vc, lens, Hq)
     B, S, _ = qkv.shape
@@ -359,9 +363,8 @@ def test_step_is_the_separate_ops_bit_for_bit(cache_dtype):
     q, k = ops.rms_norm(q, qn, eps), ops.rms_norm(k, kn, eps)
     q, k = ops.rotary(q, cos, sin), ops.rotary(k, cos, sin)
     ops.kv_cache_append(k2, v2, k.to(cache_dtype), v.to(cache_dtype).contiguous(), lens)
-    sep = ops.decode_attention(q.to(cache_dtype), k2, v2, lens + S).reshape(B, S, Hq * D)
-    assert out.dtype == torch.float32
-    assert torch.equal(out.to(cache_dtype), sep) and torch.equal(kc, k2) and torch.equal(vc, v2)
+    sep = ops.decode_attention(q.to(cache_dtype), k2, v2, lens + S).reshape(B, S, Hq * D).float()
+    assert torch.equal(out, sep) and torch.equal(kc, k2) and torch.equal(vc, v2)
 
 
 def test_step_opcheck_and_fallback():
