@@ -11,6 +11,8 @@ Every contender runs greedy decoding with a KV cache on the same random weights,
 of new tokens after a prompt of --prompt_len random tokens (no early stop):
   ours-fp32/bf16/int8/int4  Generator on the packed decode kernels (int8: symmetric, per output
                        channel; int4: Q4_0's blocks of 32, fp32 scales)
+  ours-DTYPE-7ops      the same, each block of a decode step as its seven ops (DecodeModel.block_max_rows = 0:
+                       the path before decode_block), to measure what decode_block takes off
   ours-nn              the Transformer with nn.Linear (the Generator before the decode kernels), fp32
   hf-fp32/hf-bf16      transformers LlamaForCausalLM.generate, sdpa attention
   llama.cpp f32/bf16/q8_0/q4_0  llama-batched-bench (or, in a build without it, llama-bench: batch 1 only) on
@@ -331,6 +333,10 @@ def main():
     args.output = args.output or ROOT / "benchmarks" / "generate_cpu.md"
     if args.llama_cpp and not args.tokenizer:
         p.error("--llama-cpp needs --tokenizer (a SentencePiece .model) to build the GGUFs")
+    known = [f"ours-{d}{v}" for d in OURS for v in ("", "-7ops")] + ["ours-nn", "hf-fp32", "hf-bf16"]
+    unknown = [i for i in args.impls.split(",") if i not in known]
+    if unknown:
+        p.error(f"--impls: unknown {', '.join(unknown)}; choose from {', '.join(known)}")
     torch.set_num_threads(args.threads)
     start = time.time()
     batches = [int(b) for b in args.batches.split(",")]
@@ -357,9 +363,11 @@ def main():
         base = Transformer(config).eval()
         contenders, weight_bytes = {}, {}
         for impl in impls:
-            kind, dt = impl.split("-")
-            if kind == "ours" and dt in OURS:
+            kind, dt, *variant = impl.split("-")
+            if kind == "ours" and dt in OURS and variant in ([], ["7ops"]):
                 model = DecodeModel.from_transformer(base, dt)
+                if variant:
+                    model.block_max_rows = 0
                 gen = Generator(model, _Ids(config.vocab_size), "cpu")
                 contenders[impl] = (lambda g=gen: (lambda pr: run_ours(g, pr, args.new_tokens)))()
                 weight_bytes[impl] = sum(t.nbytes for k, t in model.state_dict().items() if k != "embed_tokens.weight"
@@ -418,7 +426,7 @@ def main():
             ctx = args.prompt_len + args.new_tokens / 2
             results[name, batch] = res
             for impl, (ttft, pf, decode, mem) in res.items():
-                kv_elem = 4 if impl in ("ours-fp32", "ours-nn", "hf-fp32") else 2  # ours-int8/int4: bf16 cache
+                kv_elem = 4 if impl.split("-")[1] == "fp32" or impl == "ours-nn" else 2  # ours-bf16/int8/int4: bf16 cache
                 step_bytes = weight_bytes[impl] + 2 * L * Hkv * D * ctx * kv_elem * batch
                 pct = 100 * step_bytes * decode / batch / (bw * 1e9)
                 shares[name, batch, impl] = pct

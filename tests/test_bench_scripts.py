@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
     ("bench_model.py", ["--models", "tiny", "--seq", "32", "--tokens", "64", "--dtypes", "float32",
                         "--variants", "ours,ours-ref,hf-sdpa", "--repeats", "1"]),
     ("bench_generate.py", ["--models", "tiny", "--batches", "2", "--prompt_len", "8", "--new_tokens", "4",
-                           "--repeats", "1"]),
+                           "--repeats", "1"]),    ("bench_generate.py", ["--models", "tiny", "--batches", "1", "--prompt_len", "8", "--new_tokens", "4",
+                           "--repeats", "1", "--impls", "ours-int8,ours-int8-7ops", "--no_memory"]),
 ])
 def test_bench_script_writes_its_table(script, args, tmp_path):
     out = tmp_path / "report.md"
