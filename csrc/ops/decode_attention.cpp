@@ -623,6 +623,21 @@ at::Tensor decode_attention_cpu(const at::Tensor& q, const at::Tensor& k_cache,
 // ---------------------------------------------------------------------------------------------
 // kv_cache_append
 
+// cache_lens read as int64, each sequence's S new rows checked to fit after its rows (the bound
+// written so it cannot overflow: rows_fit); `rows_of` names where S comes from. Before any write.
+std::vector<int64_t> read_rows_that_fit(const at::Tensor& cache_lens, int64_t B, int64_t S, int64_t Tmax,
+                                        const char* op, const char* rows_of) {
+  TORCH_CHECK_VALUE(S <= Tmax, op, ": S = ", S, " new rows (", rows_of, ") do not fit a cache of Tmax = ",
+                    Tmax, " rows (k_cache.size(1))");
+  auto lens = read_lens(cache_lens, op, B);
+  for (int64_t b = 0; b < B; ++b) {
+    TORCH_CHECK_VALUE(rows_fit(lens[b], S, Tmax), op, ": cache_lens[", b, "] = ", lens[b],
+                      " leaves no room for S = ", S, " new rows: need 0 <= cache_lens[", b,
+                      "] and cache_lens[", b, "] + S <= Tmax = ", Tmax);
+  }
+  return lens;
+}
+
 // kv_cache_append's checks, every one before any row is written; returns cache_lens as int64.
 std::vector<int64_t> check_append(const at::Tensor& k_cache, const at::Tensor& v_cache,
                                   const at::Tensor& k_new, const at::Tensor& v_new,
@@ -643,15 +658,7 @@ std::vector<int64_t> check_append(const at::Tensor& k_cache, const at::Tensor& v
   TORCH_CHECK_VALUE(v_new.sizes() == k_new.sizes(), kApp,
                     ": v_new must have the shape of k_new [B, S, Hkv, D] = ", shape_str(k_new),
                     ", got ", shape_str(v_new));
-  TORCH_CHECK_VALUE(S <= Tmax, kApp, ": S = ", S, " new rows (k_new.size(1)) do not fit a cache of Tmax = ",
-                    Tmax, " rows (k_cache.size(1))");
-  auto lens = read_lens(cache_lens, kApp, B);
-  for (int64_t b = 0; b < B; ++b) {
-    TORCH_CHECK_VALUE(rows_fit(lens[b], S, Tmax), kApp, ": cache_lens[", b, "] = ", lens[b],
-                      " leaves no room for S = ", S, " new rows: need 0 <= cache_lens[", b,
-                      "] and cache_lens[", b, "] + S <= Tmax = ", Tmax);
-  }
-  return lens;
+  return read_rows_that_fit(cache_lens, B, S, Tmax, kApp, "k_new.size(1)");
 }
 
 // Writes k_new/v_new at rows lens[b].. of checked arguments.
@@ -785,14 +792,7 @@ at::Tensor decode_attention_step_cpu(const at::Tensor& qkv, const std::optional<
   }
   check_rotary_inputs(x.narrow(2, 0, Hq), cos, sin, kStep, "q");
   // Every check, the attention's included, before the caches are written.
-  const auto lens = read_lens(cache_lens, kStep, B);
-  TORCH_CHECK_VALUE(S <= k_cache.size(1), kStep, ": S = ", S, " new rows (qkv.size(1)) do not fit a cache of Tmax = ",
-                    k_cache.size(1), " rows (k_cache.size(1))");
-  for (int64_t b = 0; b < B; ++b) {
-    TORCH_CHECK_VALUE(rows_fit(lens[b], S, k_cache.size(1)), kStep, ": cache_lens[", b, "] = ", lens[b],
-                      " leaves no room for S = ", S, " new rows: need 0 <= cache_lens[", b,
-                      "] and cache_lens[", b, "] + S <= Tmax = ", k_cache.size(1));
-  }
+  const auto lens = read_rows_that_fit(cache_lens, B, S, k_cache.size(1), kStep, "qkv.size(1)");
   std::vector<int64_t> lens_after(lens);
   for (auto& L : lens_after) L += S;  // cannot overflow: L <= Tmax - S
   const auto cd = k_cache.scalar_type();
