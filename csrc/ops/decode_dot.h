@@ -11,9 +11,9 @@
 //                 zmm, or ymm / xmm for blocks of 32 / 16
 //   Int8DotAvx2   AVX2: the same quantized x, vpmaddubsw + vpmaddwd (s16 pairs -> s32)
 //   Bf16Dot       AVX512-BF16: x rounded to bf16, vdpbf16ps (bf16 pairs -> fp32)
-//   Int4DotVnni   AVX512-VNNI: packed int4 weights (see Int4x2) unpacked to bytes in registers,
-//                 one block of 32 at a time, against the same quantized x (vpdpbusd on ymm)
-//   Int4PairDot   AVX2: the same two blocks at a time, x laid out to match (PairedX), vpmaddubsw
+//   Int4PairDot   AVX2: packed int4 weights (see Int4x2) unpacked to bytes in registers, two
+//                 blocks of 32 at a time, against x quantized and laid out to match (PairedX):
+//                 vpmaddubsw, or vpdpbusd on ymm where AVX512-VNNI is
 //   Int4FloatDot  int4 weights unpacked to int8 and widened to fp32 lanes (every other ISA)
 //
 // The int8 kernels sum whole blocks of B inputs in int32 and convert once per block, where
@@ -240,7 +240,7 @@ struct Int8DotVnni {
   static constexpr int64_t kBytes = V::kBytes;
   static constexpr int kMaxRows = 8;
   static constexpr int kFewRows = 4;
-  static constexpr int kOneRowJB = 4;
+  static constexpr int kOneRowJB = 1;  // one weight stream (see decode_linear.cpp run_jb)
   QuantizedX x;
   Weights<int8_t> w;
 
@@ -354,7 +354,7 @@ struct Int8DotAvx2 {
 struct Bf16Dot {
   static constexpr int kMaxRows = 8;
   static constexpr int kFewRows = 4;
-  static constexpr int kOneRowJB = 8;
+  static constexpr int kOneRowJB = 1;  // one weight stream (see decode_linear.cpp run_jb)
   const at::BFloat16* x;  // [N, K] bf16
   Weights<at::BFloat16> w;
 
@@ -394,62 +394,7 @@ inline void unpack_int4_block(const Int4x2* p, Fn&& put) {
   }
 }
 
-#if defined(KR_DECODE_INT8_VNNI)
-#define KR_DECODE_INT4_DOT 1
-// AVX512-VNNI: int4 weights against x quantized to int8 per block of B inputs (a multiple of 32
-// dividing the group). The unsigned nibbles u = q + 8 are the unsigned side of vpdpbusd as they
-// are, x the signed side, and the 8 * sum(x) this adds is taken off per block:
-//   sum_k q_k x_k = sum_k u_k x_k - 8 * sum_k x_k.
-// One ymm (32 inputs, one packed block) per step: the packing's 16-byte halves line up with ymm
-// lanes, and at 4.5 bits per weight the stream, not the dot products, is the bound.
-struct Int4DotVnni {
-  static constexpr int kMaxRows = 8;
-  static constexpr int kFewRows = 4;
-  static constexpr int kOneRowJB = 4;
-  QuantizedX x;
-  Weights<Int4x2> w;
-
-  template <int NR, int JB>
-  inline void operator()(int64_t n0, const int64_t* rows, int64_t ahead, float (&out)[JB][NR]) const {
-    const int64_t K = x.K, B = x.B, blocks = K / B, row = w.row_elements();
-    const __m256i low = _mm256_set1_epi8(0x0F);
-    const uint8_t* wr[JB];
-    for (int jb = 0; jb < JB; ++jb) wr[jb] = &w.data[rows[jb] * row].bits;
-    __m256 accf[JB][NR];
-    static_for<JB>([&](auto jb) { static_for<NR>([&](auto n) { accf[jb][n] = _mm256_setzero_ps(); }); });
-    for (int64_t b = 0; b < blocks; ++b) {
-      __m256i acc[JB][NR];
-      static_for<JB>([&](auto jb) { static_for<NR>([&](auto n) { acc[jb][n] = _mm256_setzero_si256(); }); });
-      const int64_t k0 = b * B;
-      for (int64_t k = k0; k < k0 + B; k += 32) {
-        __m256i xv[NR];
-        static_for<NR>([&](auto n) {
-          xv[n] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q + (n0 + n) * K + k));
-        });
-        static_for<JB>([&](auto jb) {
-          const uint8_t* p = wr[jb] + k / 2;
-          __builtin_prefetch(p + ahead);
-          const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-          const __m256i u = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), low);
-          static_for<NR>([&](auto n) { acc[jb][n] = _mm256_dpbusd_epi32(acc[jb][n], u, xv[n]); });
-        });
-      }
-      const int64_t g = k0 / w.group_size;
-      __m256i sums[NR];
-      static_for<NR>([&](auto n) { sums[n] = _mm256_setr_epi32(x.sums[(n0 + n) * blocks + b], 0, 0, 0, 0, 0, 0, 0); });
-      static_for<JB>([&](auto jb) {
-        const float sw = w.scales[rows[jb] * w.groups + g];
-        static_for<NR>([&](auto n) {
-          const __m256 s = _mm256_set1_ps(sw * x.s[(n0 + n) * blocks + b]);
-          accf[jb][n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(acc[jb][n], sums[n])), s, accf[jb][n]);
-        });
-      });
-    }
-    static_for<JB>([&](auto jb) { static_for<NR>([&](auto n) { out[jb][n] = Ymm::sum(accf[jb][n]); }); });
-  }
-};
-#elif defined(__AVX2__)
-#define KR_DECODE_INT4_DOT 1
+#if defined(__AVX2__)
 #define KR_DECODE_INT4_PAIRS 1
 // x for Int4PairDot: quantized to int8 per block of 32 inputs, as QuantizedX with B = 32, and laid
 // out per pair of blocks (b, b + 1) the way 32 bytes of packed weights unpack with one shift and
@@ -475,7 +420,9 @@ enum Int4Groups { kGroupPerBlock, kGroupPerPair, kAnyGroup };  // G = 32; G % 64
 // The two products add in int16 before vpmaddwd (each pair sum is within 2 * 15 * 127, so both
 // within 2^15), and each int32 lane holds one block, so one convert and one FMA with the per-lane
 // scales [sw_b * s_b x4 | sw_b+1 * s_b+1 x4] finish two blocks: about 15 instructions per 64
-// weights of a row where one block at a time took 26.
+// weights of a row where one block at a time took 26. With AVX512-VNNI two vpdpbusd on ymm take
+// the place of the two vpmaddubsw, their add and the vpmaddwd (the same int32 sums, exactly); a
+// block at a time on the same instructions streamed half as fast on an AMD Zen 4.
 template <Int4Groups kGroups>
 struct Int4PairDot {
   static constexpr int kMaxRows = 4;
@@ -505,7 +452,9 @@ struct Int4PairDot {
   inline void operator()(int64_t n0, const int64_t* rows, int64_t ahead, float (&out)[JB][NR]) const {
     const int64_t blocks = x.K / 32, full = blocks / 2, row = w.row_elements();
     const __m256i low = _mm256_set1_epi8(0x0F);
+#if !defined(KR_DECODE_INT8_VNNI)
     const __m256i ones16 = _mm256_set1_epi16(1);
+#endif
     const uint8_t* wr[JB];
     const float* sr[JB];
     for (int jb = 0; jb < JB; ++jb) {
@@ -533,9 +482,14 @@ struct Int4PairDot {
           const int8_t* xq = x.q + at * 64;
           const __m256i xl = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq));
           const __m256i xh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 32));
-          const __m256i s16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xl), _mm256_maddubs_epi16(hi, xh));
+#if defined(KR_DECODE_INT8_VNNI)
+          const __m256i dot = _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), lo, xl), hi, xh);
+#else
+          const __m256i dot =
+              _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(lo, xl), _mm256_maddubs_epi16(hi, xh)), ones16);
+#endif
           const __m256i corr = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.corr + at * 8));
-          const __m256i d = _mm256_sub_epi32(_mm256_madd_epi16(s16, ones16), corr);
+          const __m256i d = _mm256_sub_epi32(dot, corr);
           const __m256 s = _mm256_mul_ps(sw, _mm256_loadu_ps(x.s + at * 8));
           accf[jb][n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), s, accf[jb][n]);
         });

@@ -91,12 +91,15 @@ void run_range(const Dot& dot, int64_t N, int64_t j0, int64_t j1, int64_t half, 
 }
 
 // Output rows per block: 4 weight streams keep the loads busy (Dot::kOneRowJB for one row of x:
-// 8 fp32/bf16 streams measured 6% faster at batch 1); with many rows of x the JB x NR
+// 8 fp32 streams measured 6% faster at batch 1 on an Intel Xeon); with many rows of x the JB x NR
 // accumulators would not fit in the registers, so JB = 2 there. SwiGLU blocks hold gate/up pairs,
-// so they take at least 2. The int8 / int4 AVX2 kernels take fewer rows at batch 1 (1 and 2): their
-// rows are short (768 bytes for int8 at K = 768), and a block of 4 read side by side is 4 streams
-// of 12 lines that the hardware prefetcher of an AMD Zen 3 barely follows (int8 10.5 GB/s on one
-// core at K = 768, 19.3 at K = 12,288); one row at a time reads the matrix as one stream.
+// so they take at least 2. The int8, int4 and bf16 dot-product kernels take fewer rows at batch 1
+// (1, 2 and 1): their rows are short (768 bytes for int8 at K = 768), and a block of 4 read side by
+// side is 4 streams of 12 lines that the hardware prefetcher of an AMD Zen 3 barely follows (int8
+// 10.5 GB/s on one core at K = 768, 19.3 at K = 12,288); one row at a time reads the matrix as one
+// stream. On an AMD Zen 4 (AVX512-VNNI/BF16, 2 threads) one stream against 4 (int8) or 8 (bf16)
+// streamed a 75 MB int8 matrix at 26.5-28.2 GB/s against 14.9, a 151 MB bf16 one at 24 against 19;
+// the Xeon, where 8 bf16 streams had measured 6% faster than 4, never ran one.
 template <typename Dot, typename T, Epilogue E, int JB>
 void run_jb(const Dot& dot, int64_t N, int64_t row_bytes, int64_t outputs, T* y, const T* residual) {
   constexpr int kOut = E == Epilogue::kPlain ? JB : JB / 2;
@@ -140,11 +143,6 @@ int64_t int8_block(int64_t G, int64_t vector_bytes) {
   const int64_t B = std::gcd(G, int64_t{128});
   return B % vector_bytes == 0 ? B : 0;
 }
-
-#if defined(KR_DECODE_INT8_VNNI)
-// The same for int4 weights (G a multiple of 32): always a whole number of the 32-input steps.
-int64_t int4_block(int64_t G) { return std::gcd(G, int64_t{128}); }
-#endif
 
 #if defined(KR_DECODE_INT8_VNNI) || defined(KR_DECODE_INT8_AVX2)
 // The smallest block the int8 kernel of this build tiles: 16 bytes with VNNI (xmm), 32 with AVX2.
@@ -385,14 +383,6 @@ at::Tensor linear_impl(const at::Tensor& x_, const at::Tensor& weight_, const st
                               scales.const_data_ptr<float>(), K, groups, K / groups};
 #if defined(KR_DECODE_INT4_PAIRS)
       launch_int4_pairs(xp, N, K, K / groups, w, launch);
-#elif defined(KR_DECODE_INT4_DOT)
-      const int64_t B = int4_block(K / groups);
-      int8_t* q = scratch(xq_buf, N * K);
-      float* s = scratch(xs_buf, N * (K / B));
-      thread_local std::vector<int32_t> xsum_buf;
-      int32_t* sums = scratch(xsum_buf, N * (K / B));
-      quantize_x(xp, N, K, B, /*offset=*/false, q, s, sums);
-      launch(Int4DotVnni{QuantizedX{q, s, K, B, sums}, w});
 #else
       launch(Int4FloatDot{xp, w});
 #endif
@@ -466,8 +456,6 @@ int64_t decode_int8_x_block(int64_t G) {
 int64_t decode_int4_x_block(int64_t G) {
 #if defined(KR_DECODE_INT4_PAIRS)
   return G > 0 && G % kInt4Block == 0 ? kInt4Block : 0;
-#elif defined(KR_DECODE_INT4_DOT)
-  return G > 0 && G % kInt4Block == 0 ? int4_block(G) : 0;
 #else
   return 0;
 #endif
@@ -501,7 +489,7 @@ std::string decode_linear_kernel(c10::ScalarType weight_dtype) {
 #endif
     case at::kByte:
 #if defined(KR_DECODE_INT8_VNNI)
-      return "int4 unpacked in registers, avx512-vnni int8 dot products (x quantized to int8 per block of gcd(group, 128) inputs)";
+      return "int4 unpacked in registers two blocks at a time, avx512-vnni int8 dot products (x quantized to int8 per block of 32 inputs)";
 #elif defined(KR_DECODE_INT4_PAIRS)
       return "int4 unpacked in registers two blocks at a time, avx2 int8 dot products (x quantized to int8 per block of 32 inputs)";
 #else

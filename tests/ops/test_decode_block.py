@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from kr_mini_llm import ops
 from kr_mini_llm.ops.decode_block import _decode_block_fallback
+from kr_mini_llm.ops.decode_linear import x_format
 
 from .utils import assert_close, native_thread_invariance, num_threads, randn
 
@@ -159,8 +160,10 @@ def test_the_device_fallback_computes_the_same_block(wdtype):
     with ops.device_fallbacks():
         assert ops.backend_report("cpu")["decode_block"] == "parts"
         ref = ops.decode_block(**fallback)
-    # int8 / int4: the native kernel meets the weights with x quantised to int8 per block (bf16-sized errors)
-    tol = torch.float32 if wdtype in ("fp32", "bf16") else torch.bfloat16
+    # The native kernel meets int8 / int4 weights with x quantised to int8 per block, and bf16 weights
+    # with x rounded to bf16 where the CPU has bf16 dot products (x_format): bf16-sized errors.
+    wdt = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.int8, "int4": torch.uint8}[wdtype]
+    tol = torch.float32 if x_format(wdt, 64)[0] == "fp32" else torch.bfloat16
     assert_close(out, ref.double(), tol, scale=4)
     for name in ("k_cache", "v_cache"):
         assert_close(native[name], fallback[name].double(), tol, scale=4)
