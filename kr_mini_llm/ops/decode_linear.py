@@ -19,7 +19,7 @@ them all.
 To run on the CPU's own dot products, the kernel meets low-precision weights in their precision:
 with bf16 weights, x is rounded to bf16 (AVX512-BF16 CPUs); with int8 weights, x is quantized
 to symmetric int8 per block of gcd(G, 128) inputs (AVX512-VNNI and AVX2 CPUs, when that block is
-a whole number of vectors; int4 weights likewise, per block of gcd(G, 128)), as llama.cpp's q8_0
+a whole number of vectors; int4 weights likewise, per block of 32), as llama.cpp's q8_0
 does. Elsewhere x stays fp32 and the weights are
 widened. `x_format(weight_dtype, group_size)` says which applies in this build.
 
