@@ -108,6 +108,10 @@ def isa_env(level: str) -> dict:
     env = dict(os.environ, KR_MINI_LLM_ISA_LEVEL=level)
     if level != "native":
         env.update(ISA_LEVELS[level], KR_MINI_LLM_NATIVE_LIB=str(kernel_build(level)))
+        # Inductor's own cache per level: its keys leave out the ISA, and on an AVX-512 CPU a kernel
+        # compiled natively, loaded again under ATEN_CPU_CAPABILITY=avx2, computed wrong values
+        # (torch 2.13, an AMD Zen 4).
+        env["TORCHINDUCTOR_CACHE_DIR"] = str(ROOT / "build" / f"inductor-{level}")
     return env
 
 
