@@ -91,7 +91,7 @@ void run_range(const Dot& dot, int64_t N, int64_t j0, int64_t j1, int64_t half, 
 }
 
 // Output rows per block: 4 weight streams keep the loads busy (Dot::kOneRowJB for one row of x:
-// 8 fp32 streams measured 6% faster at batch 1 on an Intel Xeon); with many rows of x the JB x NR
+// 8 fp32/bf16 streams measured 6% faster at batch 1 on an Intel Xeon); with many rows of x the JB x NR
 // accumulators would not fit in the registers, so JB = 2 there. SwiGLU blocks hold gate/up pairs,
 // so they take at least 2. The int8, int4 and bf16 dot-product kernels take fewer rows at batch 1
 // (1, 2 and 1): their rows are short (768 bytes for int8 at K = 768), and a block of 4 read side by
@@ -99,7 +99,7 @@ void run_range(const Dot& dot, int64_t N, int64_t j0, int64_t j1, int64_t half, 
 // 10.5 GB/s on one core at K = 768, 19.3 at K = 12,288); one row at a time reads the matrix as one
 // stream. On an AMD Zen 4 (AVX512-VNNI/BF16, 2 threads) one stream against 4 (int8) or 8 (bf16)
 // streamed a 75 MB int8 matrix at 26.5-28.2 GB/s against 14.9, a 151 MB bf16 one at 24 against 19;
-// the Xeon, where 8 bf16 streams had measured 6% faster than 4, never ran one.
+// one stream was never measured on the Xeon.
 template <typename Dot, typename T, Epilogue E, int JB>
 void run_jb(const Dot& dot, int64_t N, int64_t row_bytes, int64_t outputs, T* y, const T* residual) {
   constexpr int kOut = E == Epilogue::kPlain ? JB : JB / 2;
