@@ -176,7 +176,6 @@ struct QuantizedX {
   const int8_t* q;          // [N, K]; Int8DotVnni stores q + 128 (as uint8), see there
   const float* s;           // [N, K / B]
   int64_t K, B;
-  const int32_t* sums = nullptr;  // int4: [N, K / B], 8 * the sum of q over each block
 };
 
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
