@@ -24,6 +24,7 @@ over the baselines.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import platform
 import statistics
@@ -46,7 +47,8 @@ from kr_mini_llm.errors import KrMiniLlmError  # noqa: E402
 from kr_mini_llm.io.outputs import add_overwrite_flag, claim_output  # noqa: E402
 from kr_mini_llm.model import Transformer  # noqa: E402
 from kr_mini_llm.training import TrainingConfig  # noqa: E402
-from kr_mini_llm.training.optim import build_optimizer, dropout_at, lr_factor, set_learning_rates  # noqa: E402
+from kr_mini_llm.training.optim import (build_optimizer, dropout_at, lr_factor, run_max_steps,  # noqa: E402
+                                       set_learning_rates)
 
 # The demo's recipe before the time-keyed schedule (and the baseline's): training_demo.yaml at
 # commit 58b9190, the schedule keys that matter here.
@@ -93,6 +95,11 @@ def run(recipe: str, train_keys: dict, model_cfg: TransformerConfig, shards: dic
     """One run: `minutes` of busy_seconds, or, with `steps`, exactly that many steps (the steps this
     recipe makes in `minutes` on an idle machine, from step_seconds), whatever else the machine runs."""
     model, opt, t = build(recipe, train_keys, model_cfg, seed)
+    # train.max_epochs ends the run as the Trainer does: at the steps of that many passes, if fewer
+    # than the minutes', the schedule keyed to them.
+    last = run_max_steps(t, shards["train"].num_tokens, t.batch_size * t.max_seq_length) if t.max_epochs else None
+    if last is not None:
+        t = dataclasses.replace(t, max_steps=last)
     is_hf = recipe == "gpt2"
     amp, _ = precision_choice(torch.device("cpu"), True)
     batches = iter(RandomWindows(shards["train"], t.max_seq_length, t.batch_size, seed=seed))
@@ -103,7 +110,7 @@ def run(recipe: str, train_keys: dict, model_cfg: TransformerConfig, shards: dic
         # a step budget stands for `minutes`: its schedule sees the share of the steps as the share of the time
         return budget * step / steps if steps else busy_seconds() - start
 
-    while (step < steps) if steps else (elapsed_now() < budget):
+    while ((step < steps) if steps else (elapsed_now() < budget)) and (last is None or step < last):
         elapsed = elapsed_now()
         set_learning_rates(opt, t, lr_factor(step, t, elapsed))
         if t.dropout_after_epochs > 0 and not is_hf:  # as the Trainer: passes over the training tokens so far
@@ -246,7 +253,8 @@ class _null:
 # The training keys that make a recipe (the rest, logging and saving, do not change the model).
 RECIPE_KEYS = ("optimizer", "learning_rate", "min_learning_rate", "muon_learning_rate", "muon_momentum",
                "muon_ns_steps", "lr_schedule", "decay_fraction", "warmup_steps", "max_steps", "batch_size",
-               "max_seq_length", "weight_decay", "beta1", "beta2", "max_grad_norm", "dropout_after_epochs")
+               "max_seq_length", "weight_decay", "beta1", "beta2", "max_grad_norm", "dropout_after_epochs",
+               "max_epochs")
 
 
 def demo_recipe() -> dict:

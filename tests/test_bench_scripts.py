@@ -1,4 +1,5 @@
 """The benchmark scripts run (tiny shapes, a smoke test, not a measurement) and write their tables."""
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -193,3 +194,27 @@ def test_bench_recipe_budgets_late_dropout_by_its_two_step_times(token_data, mon
     seconds = bench.step_seconds({"ours": (keys, cfg)}, bench.load_shards(str(tokens), tok), steps=2, turns=1)
     assert set(seconds) == {"ours", "ours+dropout"}
     assert rates == [0.0] * 3 + [0.2] * 3 + [0.0] * 2 + [0.2] * 2  # 3 warm-up steps each, then 2 timed each
+
+
+def test_bench_recipe_ends_a_pass_budget_where_the_trainer_does(token_data):
+    """--ours max_epochs=E: the run stops at the steps of E passes (optim.run_max_steps, as the
+    Trainer), inside its minutes, with the schedule ending at the floor rate."""
+    from kr_mini_llm import TransformerConfig
+
+    bench = _bench_recipe_module()
+    tokens, tok = token_data
+    shards = bench.load_shards(str(tokens), tok)
+    cfg = TransformerConfig(vocab_size=512, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
+                            max_seq_length=32)
+    keys = {**bench.demo_recipe(), "max_seq_length": 32, "batch_size": 2, "warmup_steps": 2, "max_epochs": 0.1,
+            "max_time_minutes": 1.0}
+    want = math.ceil(0.1 * shards["train"].num_tokens / 64)
+    assert 10 < want < 200
+    r = bench.run("ours", keys, cfg, shards, seed=0, minutes=1.0, steps=want + 50)
+    assert r["steps"] == want
+    # wsd: the last step's rate is one step's share of the decay above the floor (its rate is set
+    # before it); keyed to the minutes' steps instead, the run would end at the peak rate.
+    floor, peak = keys["min_learning_rate"], keys["learning_rate"]
+    one_step = 1 / ((want - 2) * keys["decay_fraction"])
+    assert r["lr_end"] == pytest.approx(floor + (peak - floor) * one_step, rel=1e-6)
+    assert bench.run("ours", {**keys, "max_epochs": None}, cfg, shards, seed=0, minutes=1.0, steps=7)["steps"] == 7

@@ -132,7 +132,8 @@ def print_summary(args, config, model_config, device):
         print(f"   - Distributed: {mode}, {world} process(es), each reading its own 1/{world} of every global batch")
     print(f"   - Sequence length: {t.max_seq_length}")
     print(f"   - Learning rate: {t.learning_rate} (warmup {t.warmup_steps}, {t.lr_schedule} to {t.min_learning_rate})")
-    print(f"   - Max steps: {t.max_steps:,}" + (f" (or {t.max_time_minutes} min)" if t.max_time_minutes else ""))
+    limits = [f"{t.max_epochs:g} passes" if t.max_epochs else "", f"{t.max_time_minutes} min" if t.max_time_minutes else ""]
+    print(f"   - Max steps: {t.max_steps:,}" + "".join(f" (or {lim})" for lim in limits if lim))
     print(f"   - Gradient checkpointing: {t.gradient_checkpointing}")
     print(f"   - Compile model: {t.compile_model}")
     print(f"   - Ops: {t.ops}")

@@ -118,7 +118,7 @@ def load_space(path: str | Path) -> Space:
     if not isinstance(params, dict) or not params:
         fail("params: name at least one key to search, e.g. train.learning_rate: {low: 1.0e-4, high: 3.0e-3, log: true}")
     types = _field_types()
-    budget_keys = {"train.max_steps", "train.max_time_minutes"}
+    budget_keys = {"train.max_steps", "train.max_time_minutes", "train.max_epochs"}
     out = []
     for key, spec in params.items():
         if key in budget_keys:

@@ -51,7 +51,8 @@ def trial_config(config: TrainingConfig, space: Space, output_dir: Path) -> Trai
 
     steps = space.steps if space.steps is not None else UNLIMITED_STEPS
     train = dataclasses.replace(config.train, max_steps=steps, eval_steps=steps, save_steps=steps, keep_checkpoints=1,
-                                early_stopping_patience=None, tensorboard=False, max_time_minutes=space.minutes)
+                                early_stopping_patience=None, tensorboard=False, max_time_minutes=space.minutes,
+                                max_epochs=None)
     trial = config.replace(train=train, output_dir=str(output_dir))
     trial.validate("the trial budget")
     return trial

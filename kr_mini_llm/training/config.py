@@ -41,6 +41,7 @@ class TrainSection:
     muon_ns_steps: int = 5  # Newton-Schulz iterations per Muon update (each is 3 matmuls per matrix)
     max_steps: int = 1000
     max_time_minutes: Optional[float] = None  # stop (and save) after this wall time
+    max_epochs: Optional[float] = None  # stop (and save) after this many passes over the training tokens
     mixed_precision: bool = False
     precision: str = "auto"  # auto (bf16 on CUDA and on CPUs with native bf16, else fp32; fp16 on MPS) | bf16 | fp16
     gradient_checkpointing: bool = False
@@ -158,6 +159,8 @@ class TrainingConfig:
             fail(f"train.muon_ns_steps must be >= 1, got {t.muon_ns_steps}")
         if t.max_time_minutes is not None and not t.max_time_minutes > 0:
             fail(f"train.max_time_minutes must be > 0 (or left out), got {t.max_time_minutes}")
+        if t.max_epochs is not None and not 0 < t.max_epochs < math.inf:
+            fail(f"train.max_epochs must be a number of passes > 0 (or left out), got {t.max_epochs}")
         for choice, allowed in (("lr_schedule", ("cosine", "linear", "wsd", "constant")),
                                 ("optimizer", ("adamw", "muon")),
                                 ("precision", ("auto", "bf16", "fp16")), ("ops", ("fused", "reference")),

@@ -6,14 +6,18 @@ its own learning rate) -- one optimizer object either way, so checkpoints, DCP a
 one state dict.
 
 The schedule is keyed to progress = the larger of step / max_steps and elapsed / max_time_minutes:
-whichever budget ends the run, the rate reaches min_learning_rate as it ends. Warmup is keyed the
-same way: it is the first warmup_steps / max_steps of the run, of its steps or of its time.
+whichever budget ends the run, the rate reaches min_learning_rate as it ends. train.max_epochs
+lowers max_steps to the steps of that many passes (run_max_steps), so a pass budget anneals too.
+Warmup is keyed the same way: it is the first warmup_steps / max_steps of the run, of its steps or
+of its time.
 """
 from __future__ import annotations
 
 import math
 
 import torch
+
+from ..errors import ConfigError
 
 # Parameters that stay on AdamW under train.optimizer: muon (besides every non-2-D one): the
 # token embedding and the output head are lookups/readouts, not hidden maps (as in the Muon paper).
@@ -193,6 +197,20 @@ def lr_factor(step: int, train, elapsed_s: float = 0.0) -> float:
     else:
         shape = 0.5 * (1 + math.cos(math.pi * progress))
     return floor + (1 - floor) * shape
+
+
+def run_max_steps(train, train_tokens: int | None, step_tokens: int) -> int:
+    """The run's step budget: train.max_steps, or fewer where train.max_epochs passes over
+    `train_tokens` take fewer steps of `step_tokens` (the last pass may end partway through a step's
+    batch: rounded up). The schedule is keyed to it (lr_factor with max_steps replaced), so a run
+    that the pass budget ends is annealed as it ends. Many passes over a small corpus overfit; on a
+    fast machine the pass budget ends the run where more steps would only make the model worse."""
+    if train.max_epochs is None:
+        return train.max_steps
+    if not train_tokens:
+        raise ConfigError("train.max_epochs counts passes over the training tokens, which this run does not know "
+                          "(pretraining runs do); leave it out and use train.max_steps")
+    return max(1, min(train.max_steps, math.ceil(train.max_epochs * train_tokens / step_tokens - 1e-9)))
 
 
 def dropout_at(train, model_dropout: float, epochs_seen: float) -> float:

@@ -8,6 +8,7 @@ pretraining by default; overfit.py and lora/trainer.py pass their own.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import signal
 import threading
@@ -27,7 +28,7 @@ from .config import TrainingConfig
 from .distributed import DistributedContext
 from .memory_advice import warn_if_short_of_memory
 from .metrics import MetricsLog, plot_loss_curve
-from .optim import dropout_at, lr_factor, set_learning_rates
+from .optim import run_max_steps, dropout_at, lr_factor, set_learning_rates
 from .run_lock import RunLock
 from .task import PretrainingTask, RunContext, TrainingTask
 
@@ -118,6 +119,7 @@ class Trainer:
                               "does not know (pretraining runs do); leave it at 0")
         if t.dropout_after_epochs > 0 and self.context.model_config.dropout == 0:
             self.say("train.dropout_after_epochs is set but the model config's dropout is 0: no dropout will start")
+        self._budget()  # a bad train.max_epochs fails here, before anything is written
         self.state = {"tokens_seen": 0, "best_val_loss": None, "evals_without_improvement": 0, "elapsed_s": 0.0}
         self.step = 0
         if resume_from is not None:
@@ -127,9 +129,11 @@ class Trainer:
 
     # -- the loop --------------------------------------------------------------------------------
     def train(self, stop_after: int | None = None) -> dict:
-        """Trains to train.max_steps (or until a time limit, early stop, Ctrl-C, or `stop_after` steps
-        of this run), saving checkpoints on the way and at the end; returns the final metrics."""
+        """Trains to train.max_steps or train.max_epochs (or until a time limit, early stop, Ctrl-C, or
+        `stop_after` steps of this run), saving checkpoints on the way and at the end; returns the
+        final metrics."""
         t = self.config.train
+        self._budget()
         first_step = self.step
         with self.dist.agree(f"locking {self.output_dir}"):
             if self._lock is not None:
@@ -145,12 +149,12 @@ class Trainer:
         old_handlers = self._catch_stop_signals(received)
         start = self.clock() - self.state["elapsed_s"]
         last_log, last_step, last_tokens = self.clock(), self.step, self.state["tokens_seen"]
-        reason = "max_steps"
+        reason = "max_steps" if self.max_steps == t.max_steps else "max_epochs"
         result = {}
         try:
-            while self.step < t.max_steps:
-                # Keyed to steps or to time, whichever budget ends the run first (optim.py).
-                factor = lr_factor(self.step, t, self.clock() - start)
+            while self.step < self.max_steps:
+                # Keyed to steps (or passes) or to time, whichever budget ends the run first (optim.py).
+                factor = lr_factor(self.step, self.schedule, self.clock() - start)
                 set_learning_rates(self.optimizer, t, factor)
                 lr = t.learning_rate * factor
                 if t.dropout_after_epochs > 0:
@@ -181,7 +185,7 @@ class Trainer:
                     if log:
                         log.log(row)
                 stop = None
-                if self.step % t.eval_steps == 0 or self.step == t.max_steps:
+                if self.step % t.eval_steps == 0 or self.step == self.max_steps:
                     result = self.evaluate()
                     if log:
                         log.log({"step": self.step, **result})
@@ -197,7 +201,7 @@ class Trainer:
                     stop = STOP_SIGNALS.get(received["signal"], "interrupted")
                 if stop_after is not None and self.step - first_step >= stop_after:
                     stop = "stop_after"
-                if self.step % t.save_steps == 0 or stop or self.step == t.max_steps:
+                if self.step % t.save_steps == 0 or stop or self.step == self.max_steps:
                     self._check_weights_finite()
                     self.save()
                 if stop:
@@ -224,6 +228,12 @@ class Trainer:
             self.release_lock()
         return {"step": self.step, "stop_reason": reason, "loss_curve": str(curve) if curve else None,
                 "tokens_seen": self.state["tokens_seen"], "elapsed_s": self.state["elapsed_s"], **result}
+
+    def _budget(self) -> None:
+        """max_steps, or the steps of train.max_epochs passes if fewer; the schedule is keyed to it."""
+        t = self.config.train
+        self.max_steps = run_max_steps(t, self._train_tokens, self.task.step_tokens(self))
+        self.schedule = dataclasses.replace(t, max_steps=self.max_steps)
 
     def _catch_stop_signals(self, received: dict) -> dict:
         """SIGINT and SIGTERM set `received` (the loop then saves and stops); a second one stops at once."""
@@ -322,6 +332,6 @@ class Trainer:
             return None
         from tqdm.auto import tqdm
 
-        return tqdm(total=self.config.train.max_steps, initial=self.step, desc="train", unit="step",
+        return tqdm(total=self.max_steps, initial=self.step, desc="train", unit="step",
                     dynamic_ncols=True)
 
