@@ -14,6 +14,10 @@ TORCH_LIBRARY(kr_mini_llm, m) {
   m.def("rotary(Tensor x, Tensor cos, Tensor sin) -> Tensor");
   m.def("rotary_backward(Tensor grad_out, Tensor cos, Tensor sin) -> Tensor");
 
+  // x * keep / (1 - p), keep a pure function of (seed [0-d int64], element index): the backward is
+  // the same op on the gradient with the same seed (ops/dropout.cpp).
+  m.def("dropout(Tensor x, Tensor seed, float p) -> Tensor");
+
   // silu(gate) * up.
   m.def("swiglu(Tensor gate, Tensor up) -> Tensor");
   m.def("swiglu_backward(Tensor grad_out, Tensor gate, Tensor up)"

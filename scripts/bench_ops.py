@@ -7,7 +7,9 @@
     python scripts/bench_ops.py --isa avx2 --output benchmarks/ops_cpu_avx2.md   # an AVX2-only CPU
 
 Baselines: the eager pure-PyTorch reference, torch.compile of that reference, and for the
-attention ops F.scaled_dot_product_attention (PyTorch's CPU flash kernel, enable_gqa=True).
+attention ops F.scaled_dot_product_attention (PyTorch's CPU flash kernel, enable_gqa=True); for
+dropout, PyTorch's F.dropout, eager and compiled (the reference hashes the same mask in integer ops:
+an oracle, not what a user would run).
 Times are medians of repeated runs, the contenders taking turns; ratios are baseline time / our time (> 1: we are faster).
 Peak memory is measured with the profiler's allocation events (all CPU allocations by torch).
 """
@@ -48,6 +50,17 @@ def swiglu_cases(quick):
         def make(dtype, n=n, c=c):
             return (torch.randn(n, c, dtype=dtype), torch.randn(n, c, dtype=dtype))
         yield f"gate/up [{n}, {c}]", make, {"ours": ops.swiglu, "reference": ops.swiglu_reference}
+
+
+def dropout_cases(quick):
+    # the residual stream of model_tiny's demo batch and of model_small at 8 x 1024 tokens; the
+    # baseline is PyTorch's own dropout (its "reference" here), eager and compiled
+    shapes = [(16 * 256, 256), (8 * 1024, 768)] if not quick else [(64, 96)]
+    for n, c in shapes:
+        def make(dtype, n=n, c=c):
+            return (torch.randn(n, c, dtype=dtype),)
+        yield f"x [{n}, {c}], p 0.1", make, {"ours": lambda x: ops.dropout(x, 0.1),
+                                             "reference": lambda x: F.dropout(x, 0.1, True)}
 
 
 def rotary_cases(quick):
@@ -170,7 +183,7 @@ def gemm_dtype(name, inputs):
 # Model FLOPs of a forward (fwd+bwd: 3x) for the GEMM-bound ops; their rows report MFU.
 FLOPS = {"attention": attention_flops, "linear_cross_entropy": lce_flops}
 
-OPS = {"rms_norm": rms_norm_cases, "rotary": rotary_cases, "swiglu": swiglu_cases,
+OPS = {"rms_norm": rms_norm_cases, "rotary": rotary_cases, "swiglu": swiglu_cases, "dropout": dropout_cases,
        "attention": attention_cases, "decode_attention": decode_cases, "decode_attention_step": decode_step_cases,
        "linear_cross_entropy": lce_cases, "decode_linear": decode_linear_cases}
 INFERENCE_ONLY = {"decode_attention", "decode_attention_step", "decode_linear"}
@@ -181,7 +194,7 @@ def first(out):
 
 
 # Inputs that get gradients, by op (tables, targets and caches do not).
-GRAD_INPUTS = {"rms_norm": (0, 1), "rotary": (0,), "swiglu": (0, 1), "attention": (0, 1, 2),
+GRAD_INPUTS = {"rms_norm": (0, 1), "rotary": (0,), "swiglu": (0, 1), "dropout": (0,), "attention": (0, 1, 2),
                "linear_cross_entropy": (0, 1)}
 
 

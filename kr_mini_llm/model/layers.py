@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .config import TransformerConfig
 
@@ -141,7 +140,9 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
         self.mlp = MLP(config, ops)
         self.dropout = config.dropout
+        self.ops = ops
 
     def forward(self, x, cos, sin, kv_cache=None):
-        h = x + F.dropout(self.self_attn(self.input_layernorm(x), cos, sin, kv_cache), self.dropout, self.training)
-        return h + F.dropout(self.mlp(self.post_attention_layernorm(h)), self.dropout, self.training)
+        drop = self.ops.dropout
+        h = x + drop(self.self_attn(self.input_layernorm(x), cos, sin, kv_cache), self.dropout, self.training)
+        return h + drop(self.mlp(self.post_attention_layernorm(h)), self.dropout, self.training)

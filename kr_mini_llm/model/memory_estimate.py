@@ -102,7 +102,7 @@ def estimate_memory(config, batch_size: int, seq_len: int, precision: str = "fp3
     block += a * (q + 2 * kv) + a * q + 4 * H  # rotated q, k, v; attention output (o_proj's input), logsumexp
     block += a * (q + kv) if config.qk_norm else 0
     block += 3 * a * I                         # gate, up, swiglu output
-    block += 2 * C if config.dropout > 0 else 0  # dropout masks
+    # dropout saves nothing: its backward hashes the mask again from the seed (ops/dropout.py)
     final = N * (4 * C + 8)                    # final norm input, targets
     # LM head: grad_hidden and grad_weight from the forward, their scaled copies in backward,
     # the [chunk, V] fp32 logits; autocast's cast copy of the normed hidden.

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 from .. import ops
 
 _NAMES = ("rms_norm", "rotary", "swiglu", "attention", "decode_attention", "kv_cache_append",
-          "linear_cross_entropy", "linear")
+          "linear_cross_entropy", "linear", "dropout")
 
 IMPLS = ("fused", "reference")
 

@@ -9,7 +9,6 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .. import ops as _ops
@@ -121,7 +120,7 @@ class Transformer(nn.Module):
             raise ValueError(f"input_ids must be [batch, seq_len], got shape {tuple(input_ids.shape)}")
         B, T = input_ids.shape
         cos, sin = self._rope(T, input_ids.device, kv_cache)
-        x = F.dropout(self.embed_tokens(input_ids), self.dropout, self.training)
+        x = self.ops.dropout(self.embed_tokens(input_ids), self.dropout, self.training)
         for layer in self.layers:
             if self.gradient_checkpointing and self.training and kv_cache is None:
                 x = checkpoint(layer, x, cos, sin, use_reentrant=False)

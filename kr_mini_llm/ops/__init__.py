@@ -17,6 +17,7 @@ from .decode_linear import (decode_linear, decode_linear_reference, decode_linea
 from .decode_attention import (decode_attention, decode_attention_reference, decode_attention_step,
                                decode_attention_step_reference, kv_cache_append, kv_cache_append_reference)
 from .decode_block import decode_block, decode_block_reference
+from .dropout import dropout, dropout_reference
 from .linear import linear, linear_reference
 from .linear_cross_entropy import linear_cross_entropy, linear_cross_entropy_reference
 from .rms_norm import rms_norm, rms_norm_reference
@@ -29,6 +30,7 @@ OPS = {
     "rms_norm": ("rms_norm", "rms_norm_backward"),
     "rotary": ("rotary", "rotary_backward"),
     "swiglu": ("swiglu", "swiglu_backward"),
+    "dropout": ("dropout",),
     "attention": ("attention", "attention_backward"),
     "decode_attention": ("decode_attention",),
     "kv_cache_append": ("kv_cache_append",),
@@ -57,7 +59,8 @@ def simd_capability() -> str:
 
 
 __all__ = ["rms_norm", "rms_norm_reference", "rotary", "rotary_reference", "rope_tables",
-           "rope_inv_freq", "swiglu", "swiglu_reference", "attention", "attention_reference", "decode_attention",
+           "rope_inv_freq", "swiglu", "swiglu_reference", "dropout", "dropout_reference", "attention",
+           "attention_reference", "decode_attention",
            "decode_attention_reference", "decode_attention_step", "decode_attention_step_reference", "kv_cache_append", "kv_cache_append_reference", "linear_cross_entropy",
            "linear_cross_entropy_reference", "linear", "linear_reference", "decode_linear", "decode_linear_reference", "decode_linear_swiglu",
            "decode_linear_swiglu_reference", "decode_block", "decode_block_reference", "quantize_int8", "dequantize_int8", "quantize_int4", "dequantize_int4",

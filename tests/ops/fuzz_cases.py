@@ -266,6 +266,13 @@ def b_swiglu(draw, g):
     return dict(gate=randn(g, shape, dt), up=randn(g, shape, dt)), ["gate", "up"], {}, {}
 
 
+def b_dropout(draw, g):
+    shape = [dims(draw) for _ in range(draw(st.integers(0, 3)))]
+    args = dict(x=randn(g, shape, draw(st.sampled_from(FLOATS))), p=draw(st.sampled_from([0.1, 0.5, 0.9])),
+                training=True, seed=torch.tensor(draw(st.integers(-2**63, 2**63 - 1)), dtype=torch.int64))
+    return args, ["x", "seed"], {"p": float_extreme}, {}
+
+
 def b_attention(draw, g):
     B, Tq, Hkv, G, D = dims(draw), dims(draw, 1, 6), dims(draw, 1, 2), dims(draw, 1, 3), dims(draw, 1, 8)
     causal = draw(st.booleans())
@@ -467,6 +474,7 @@ SPECS = {s.name: s for s in [
     Spec("rms_norm", b_rms_norm, ops.rms_norm, ops.rms_norm_reference),
     Spec("rotary", b_rotary, ops.rotary, ops.rotary_reference),
     Spec("swiglu", b_swiglu, ops.swiglu, ops.swiglu_reference),
+    Spec("dropout", b_dropout, ops.dropout, ops.dropout_reference, tol=lambda args: dict(atol=0.0, rtol=0.0)),
     Spec("attention", b_attention, ops.attention, ops.attention_reference, comparable=moderate_scale),
     Spec("linear_cross_entropy", b_lce, ops.linear_cross_entropy,
          lambda chunk_size, **a: ops.linear_cross_entropy_reference(**a), tol=dtype_tol(10.0)),

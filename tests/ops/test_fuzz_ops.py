@@ -13,7 +13,7 @@ from .isolated import describe_exit, run_python
 
 # Batches of about equal cost; together they name every op fuzz_cases knows.
 BATCHES = [
-    ["rms_norm", "rotary", "swiglu", "attention", "linear_cross_entropy"],
+    ["rms_norm", "rotary", "swiglu", "dropout", "attention", "linear_cross_entropy"],
     ["decode_attention", "kv_cache_append", "decode_attention_step", "decode_block"],
     ["decode_linear", "decode_linear_swiglu", "linear", "rope_tables", "quantize_int8", "quantize_int4"],
 ]
