@@ -251,7 +251,7 @@ class _null:
 
 
 # The training keys that make a recipe (the rest, logging and saving, do not change the model).
-RECIPE_KEYS = ("optimizer", "learning_rate", "min_learning_rate", "muon_learning_rate", "muon_momentum",
+RECIPE_KEYS = ("dropout", "optimizer", "learning_rate", "min_learning_rate", "muon_learning_rate", "muon_momentum",
                "muon_ns_steps", "lr_schedule", "decay_fraction", "warmup_steps", "max_steps", "batch_size",
                "max_seq_length", "weight_decay", "beta1", "beta2", "max_grad_norm", "dropout_after_epochs",
                "max_epochs")
@@ -358,6 +358,8 @@ def main(argv=None) -> int:
     model_cfg = TransformerConfig.from_yaml(args.model_config)
     ours_cfg = model_cfg.replace(**parse_model_keys(args.ours_model)) if args.ours_model else model_cfg
     ours = {**TODAY, **demo_recipe(), **parse_keys(args.ours)}
+    if ours.get("dropout") is not None:  # train.dropout: the run's rate, over the model config's
+        ours_cfg = ours_cfg.replace(dropout=ours["dropout"])
     recipes = {"gpt2": TODAY, "today": TODAY, "ours": ours}
     configs = {"gpt2": model_cfg, "today": model_cfg, "ours": ours_cfg}
     began = time.time()

@@ -31,7 +31,8 @@ class TrainSection:
     beta1: float = 0.9
     beta2: float = 0.95
     max_grad_norm: float = 1.0
-    dropout_after_epochs: float = 0.0  # the model config's dropout only after this many passes over the training tokens
+    dropout: Optional[float] = None  # this run's dropout rate, over the model config's (which a saved model keeps)
+    dropout_after_epochs: float = 0.0  # the dropout only after this many passes over the training tokens
     lr_schedule: str = "cosine"  # cosine | linear | wsd | constant (after warmup); keyed to steps or time (optim.py)
     decay_fraction: float = 0.2  # wsd: the last fraction of the run (steps or time) that decays to min_learning_rate
     warmup_steps: int = 100
@@ -153,6 +154,8 @@ class TrainingConfig:
             fail(f"train.muon_learning_rate must be > 0, got {t.muon_learning_rate}")
         if not 0 <= t.muon_momentum < 1:
             fail(f"train.muon_momentum must be in [0, 1), got {t.muon_momentum}")
+        if t.dropout is not None and not 0 <= t.dropout < 1:
+            fail(f"train.dropout must be in [0, 1) (or left out: the model config's), got {t.dropout}")
         if not 0 <= t.dropout_after_epochs < math.inf:
             fail(f"train.dropout_after_epochs must be a number of passes >= 0, got {t.dropout_after_epochs}")
         if t.muon_ns_steps < 1:

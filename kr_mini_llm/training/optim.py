@@ -214,10 +214,12 @@ def run_max_steps(train, train_tokens: int | None, step_tokens: int) -> int:
 
 
 def dropout_at(train, model_dropout: float, epochs_seen: float) -> float:
-    """The dropout rate for the next step: the model config's once the run has seen
-    train.dropout_after_epochs passes over its training tokens, 0 before. Many passes over a small
-    corpus overfit, which dropout holds back, while in the first passes it only slows learning."""
-    return model_dropout if epochs_seen >= train.dropout_after_epochs else 0.0
+    """The dropout rate for the next step: train.dropout (the model config's `model_dropout` when
+    unset) once the run has seen train.dropout_after_epochs passes over its training tokens, 0
+    before. Many passes over a small corpus overfit, which dropout holds back, while in the first
+    passes it only slows learning."""
+    rate = model_dropout if train.dropout is None else train.dropout
+    return rate if epochs_seen >= train.dropout_after_epochs else 0.0
 
 
 def learning_rate(step: int, train, elapsed_s: float = 0.0) -> float:

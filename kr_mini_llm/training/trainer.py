@@ -117,8 +117,9 @@ class Trainer:
         if t.dropout_after_epochs > 0 and not self._train_tokens:
             raise ConfigError("train.dropout_after_epochs counts passes over the training tokens, which this run "
                               "does not know (pretraining runs do); leave it at 0")
-        if t.dropout_after_epochs > 0 and self.context.model_config.dropout == 0:
-            self.say("train.dropout_after_epochs is set but the model config's dropout is 0: no dropout will start")
+        if t.dropout_after_epochs > 0 and dropout_at(t, self.context.model_config.dropout, math.inf) == 0:
+            self.say("train.dropout_after_epochs is set but the dropout rate (train.dropout, else the model "
+                     "config's) is 0: no dropout will start")
         self._budget()  # a bad train.max_epochs fails here, before anything is written
         self.state = {"tokens_seen": 0, "best_val_loss": None, "evals_without_improvement": 0, "elapsed_s": 0.0}
         self.step = 0
@@ -157,9 +158,9 @@ class Trainer:
                 factor = lr_factor(self.step, self.schedule, self.clock() - start)
                 set_learning_rates(self.optimizer, t, factor)
                 lr = t.learning_rate * factor
-                if t.dropout_after_epochs > 0:
-                    self.model.set_dropout(dropout_at(t, self.context.model_config.dropout,
-                                                      self.state["tokens_seen"] / self._train_tokens))
+                if t.dropout_after_epochs > 0 or t.dropout is not None:
+                    passes = self.state["tokens_seen"] / self._train_tokens if self._train_tokens else math.inf
+                    self.model.set_dropout(dropout_at(t, self.context.model_config.dropout, passes))
                 loss = self._train_step()
                 self.task.after_step(self, loss)
                 if not math.isfinite(loss):

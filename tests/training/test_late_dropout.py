@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from kr_mini_llm import ConfigError, Transformer
+from kr_mini_llm import ConfigError, Transformer, TransformerConfig
 from kr_mini_llm.training import Trainer, TrainingConfig
 from kr_mini_llm.training.optim import dropout_at
 
@@ -80,3 +80,23 @@ def test_before_its_pass_a_run_is_the_run_without_dropout(model_config, train_co
         weights.append({k: v.clone() for k, v in trainer.model.state_dict().items()})
         trainer.close()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_train_dropout_is_the_runs_rate_over_the_model_configs():
+    t = section(dropout=0.25, dropout_after_epochs=1.0)
+    assert [dropout_at(t, 0.1, e) for e in (0.5, 1.0)] == [0.0, 0.25]
+    assert dropout_at(section(dropout=0.0), 0.3, 5.0) == 0.0, "0 turns the model config's dropout off"
+    with pytest.raises(ConfigError, match=r"train.dropout must be in \[0, 1\)"):
+        section(dropout=1.0)
+
+
+def test_a_run_with_train_dropout_drops_at_that_rate_and_saves_the_model_configs(model_config, train_config):
+    from kr_mini_llm.data.datasets import TokenShards
+
+    train_tokens = TokenShards(train_config.data.tokens, "train").num_tokens
+    after = 7.5 * (4 * 2 * 32) / train_tokens
+    config = train_config.with_overrides(["train.dropout=0.15"])
+    rows = _rates(model_config.replace(dropout=0.3), config, after)
+    assert [rate for _, rate, _ in rows] == [0.0] * 8 + [0.15] * 12
+    saved = TransformerConfig.from_yaml(f"{config.output_dir}/model_config.yaml")
+    assert saved.dropout == 0.3
