@@ -18,7 +18,7 @@ install:
 install-test:
 	$(MAKE) install EXTRAS="[test]" SYSTEM_DEPS=--test
 
-# The main job: default corpus -> tokenizer -> token shards -> model_tiny (1000 steps, at most 10 min) -> text.
+# The main job: default corpus -> tokenizer -> token shards -> model_tiny (2,000 steps or 10 min, whichever comes first) -> text.
 demo: install
 	$(PYTHON) scripts/prepare_data.py
 	$(PYTHON) scripts/train_tokenizer.py --input data/processed/train.txt --vocab_size 8000 --output models/tokenizer --overwrite
