@@ -1,8 +1,9 @@
 // Dropout whose mask is a pure function of (seed, element index):
-//   keep_i = mix(mix(lo(i) + k0) ^ (hi(i) * 0x9E3779B9 + k1)) >= floor(p * 2^32),
+//   a = mix(k0 ^ mix(k1)),  b = mix(hi(i) + k1),  keep_i = mix(mix(lo(i) ^ a) + b) >= floor(p * 2^32),
 //   y_i = keep_i ? x_i / (1 - p) : 0      (computed as x_i * factor in fp32, double for double)
 // with k0, k1 the low and high halves of the seed, lo/hi the halves of the flat index i and mix a
-// 32-bit avalanche hash (xor-shift-multiply, the "lowbias32" constants). Nothing is stored for the
+// 32-bit avalanche hash (xor-shift-multiply, the "lowbias32" constants). The seed is hashed
+// before it meets the index, so neighbouring seeds do not give shifted copies of one mask. Nothing is stored for the
 // backward: x -> x * m / (1 - p) is linear, so its backward is the same op on the gradient with
 // the same seed. PyTorch's CPU dropout draws its mask one element at a time from mt19937 (MKL's
 // vectorised generator only on Intel CPUs) and saves it; this one hashes 8-16 lanes at a time on
@@ -31,16 +32,16 @@ inline uint32_t mix32(uint32_t x) {
 }
 
 template <typename T>
-void dropout_chunk(const T* x, T* y, int64_t start, int64_t n, uint32_t k0, uint32_t k1, uint32_t threshold,
+void dropout_chunk(const T* x, T* y, int64_t start, int64_t n, uint32_t a, uint32_t k1, uint32_t threshold,
                    acc_t<T> scale) {
   using IO = VecIO<T>;
   using A = acc_t<T>;
   constexpr int64_t K = IO::kSize;
   alignas(64) A factor[kChunk];
   const uint32_t lo = static_cast<uint32_t>(start);
-  const uint32_t hi = static_cast<uint32_t>(static_cast<uint64_t>(start) >> 32) * 0x9E3779B9U + k1;
+  const uint32_t b = mix32(static_cast<uint32_t>(static_cast<uint64_t>(start) >> 32) + k1);
   for (int64_t j = 0; j < n; ++j) {  // plain uint32 arithmetic: the compiler vectorises it
-    const uint32_t u = mix32(mix32(lo + static_cast<uint32_t>(j) + k0) ^ hi);
+    const uint32_t u = mix32(mix32((lo + static_cast<uint32_t>(j)) ^ a) + b);
     factor[j] = u >= threshold ? scale : A(0);
   }
   int64_t j = 0;
@@ -61,6 +62,7 @@ at::Tensor dropout_cpu(const at::Tensor& x_, const at::Tensor& seed, double p) {
   if (numel == 0) return y;
   const uint64_t s = static_cast<uint64_t>(seed.item<int64_t>());
   const uint32_t k0 = static_cast<uint32_t>(s), k1 = static_cast<uint32_t>(s >> 32);
+  const uint32_t a = mix32(k0 ^ mix32(k1));
   // p < 1, so p * 2^32 < 2^32 and the floor fits in 32 bits.
   const uint32_t threshold = static_cast<uint32_t>(std::floor(p * 4294967296.0));
   const int64_t chunks = (numel + kChunk - 1) / kChunk;
@@ -73,7 +75,7 @@ at::Tensor dropout_cpu(const at::Tensor& x_, const at::Tensor& seed, double p) {
     at::parallel_for(0, chunks, grain, [&](int64_t c0, int64_t c1) {
       for (int64_t c = c0; c < c1; ++c) {
         const int64_t start = c * kChunk;
-        dropout_chunk<scalar_t>(xp + start, yp + start, start, std::min(kChunk, numel - start), k0, k1, threshold,
+        dropout_chunk<scalar_t>(xp + start, yp + start, start, std::min(kChunk, numel - start), a, k1, threshold,
                                 scale);
       }
     });

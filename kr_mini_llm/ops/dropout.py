@@ -3,9 +3,9 @@
     dropout(x, p, training=True, seed=None) -> x * keep / (1 - p)
 
 Element i of x (flat, row-major) is kept iff h(i) >= floor(p * 2^32), where
-h(i) = mix(mix(lo(i) + k0) ^ (hi(i) * 0x9E3779B9 + k1)), k0/k1 the low/high 32 bits of the
-seed, lo/hi those of i, and mix the 32-bit hash x ^= x >> 16; x *= 0x7feb352d; x ^= x >> 15;
-x *= 0x846ca68b; x ^= x >> 16 (all mod 2^32). Each element is kept with probability 1 - p to
+h(i) = mix(mix(lo(i) ^ a) + mix(hi(i) + k1)) with a = mix(k0 ^ mix(k1)), k0/k1 the low/high 32
+bits of the seed, lo/hi those of i, and mix the 32-bit hash x ^= x >> 16; x *= 0x7feb352d;
+x ^= x >> 15; x *= 0x846ca68b; x ^= x >> 16 (all mod 2^32). Each element is kept with probability 1 - p to
 within 2^-32. seed=None draws one from torch's default CPU generator, so torch.manual_seed makes
 a run repeat (and activation checkpointing, which restores that generator, recomputes the same
 mask). The op is linear in x, so its backward is the same op on the gradient with the same seed:
@@ -46,10 +46,20 @@ def keep_mask(numel: int, seed: torch.Tensor, p: float, device=None) -> torch.Te
     """The kept elements (bool [numel]) of a call with this seed and p, in PyTorch integer ops."""
     s = int(seed.item()) & 0xFFFFFFFFFFFFFFFF
     k0, k1 = s & _MASK32, s >> 32
+    a = _mix32_int(k0 ^ _mix32_int(k1))
     i = torch.arange(numel, dtype=torch.int64, device=device)
-    hi = ((i >> 32) * 0x9E3779B9 + k1) & _MASK32
-    u = _mix32(_mix32(((i & _MASK32) + k0) & _MASK32) ^ hi)
+    b = _mix32(((i >> 32) + k1) & _MASK32)
+    u = _mix32((_mix32((i & _MASK32) ^ a) + b) & _MASK32)
     return u >= int(p * 4294967296.0)
+
+
+def _mix32_int(v: int) -> int:
+    """_mix32 on one Python integer in [0, 2^32)."""
+    v ^= v >> 16
+    v = (v * 0x7FEB352D) & _MASK32
+    v ^= v >> 15
+    v = (v * 0x846CA68B) & _MASK32
+    return v ^ (v >> 16)
 
 
 def dropout_reference(x: torch.Tensor, p: float, training: bool = True,
@@ -58,7 +68,10 @@ def dropout_reference(x: torch.Tensor, p: float, training: bool = True,
     differentiable by autograd."""
     if not training or p == 0:
         return x
-    seed = draw_seed() if seed is None else seed
+    return _masked(x, draw_seed() if seed is None else seed, p)
+
+
+def _masked(x, seed, p):
     _check(x, seed, p)
     acc = acc_dtype(x.dtype)
     factor = keep_mask(x.numel(), seed, p, x.device).reshape(x.shape).to(acc) * (1.0 / (1.0 - p))
@@ -70,13 +83,12 @@ def _check(x, seed, p, op="dropout"):
     check_float(x, op, "x")
     check_type(seed.dtype == torch.int64, lambda: f"{op}: seed must be int64, got {dtype_name(seed.dtype)}")
     check_value(seed.dim() == 0, lambda: f"{op}: seed must be a 0-d tensor, got {shape_str(seed)}")
-    check_value(0 <= p < 1, lambda: f"{op}: p must be in [0, 1), got {p}")
+    check_value(0 <= p < 1, lambda: f"{op}: p must be in [0, 1), got {p:g}")  # :g prints as the C++ check
 
 
 @register_fallback("dropout", "elementwise")
 def _dropout_fallback(x, seed, p):
-    _check(x, seed, p)
-    return dropout_reference(x, p, True, seed).contiguous()
+    return _masked(x, seed, p).contiguous()  # a new tensor even at p == 0, as the kernel's
 
 
 @register_fake("dropout")

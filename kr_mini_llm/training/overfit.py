@@ -24,11 +24,13 @@ OVERFIT_LOSS = 0.1  # "near zero": the model reproduces the batch (perplexity ~1
 def overfit_config(config, steps: int = 300):
     """The run's TrainingConfig: `steps` steps at a constant learning rate after a short warmup,
     no gradient accumulation, evaluation and a checkpoint only at the end, no samples, no
-    early stopping or time limit."""
+    early stopping, time or pass limit, no dropout (passes mean nothing on one repeated batch, and
+    dropout works against reproducing it)."""
     train = dataclasses.replace(
         config.train, max_steps=steps, lr_schedule="constant", warmup_steps=min(20, steps), eval_steps=steps,
         save_steps=steps, gradient_accumulation_steps=1, effective_batch_size=None, sample_prompts=[],
-        early_stopping_patience=None, max_time_minutes=None, keep_checkpoints=1)
+        early_stopping_patience=None, max_time_minutes=None, max_epochs=None, dropout=0.0,
+        dropout_after_epochs=0.0, keep_checkpoints=1)
     return config.replace(train=train)
 
 

@@ -233,7 +233,13 @@ class Trainer:
     def _budget(self) -> None:
         """max_steps, or the steps of train.max_epochs passes if fewer; the schedule is keyed to it."""
         t = self.config.train
-        self.max_steps = run_max_steps(t, self._train_tokens, self.task.step_tokens(self))
+        self.max_steps = t.max_steps
+        if t.max_epochs is not None:
+            self.max_steps = run_max_steps(t, self._train_tokens, self.task.step_tokens(self))
+            if self.max_steps <= t.warmup_steps:  # the run would end still warming up, never annealed
+                raise ConfigError(f"train.max_epochs={t.max_epochs:g} passes end the run at step {self.max_steps}, "
+                                  f"within its train.warmup_steps={t.warmup_steps}; raise max_epochs or lower "
+                                  "warmup_steps")
         self.schedule = dataclasses.replace(t, max_steps=self.max_steps)
 
     def _catch_stop_signals(self, received: dict) -> dict:

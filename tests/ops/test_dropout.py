@@ -59,10 +59,11 @@ def test_float64_reference_is_the_definition():
     seed = -1234567890123456789
     s = seed & 0xFFFFFFFFFFFFFFFF
     k0, k1 = s & 0xFFFFFFFF, s >> 32
+    a, b = mix(k0 ^ mix(k1)), mix(k1)  # b: the high half of every index here is 0
     p = 0.37
     mask = keep_mask(300, seed_of(seed), p)
     for i in range(300):
-        u = mix(mix((i + k0) & 0xFFFFFFFF) ^ k1)
+        u = mix((mix(i ^ a) + b) & 0xFFFFFFFF)
         assert bool(mask[i]) == (u >= math.floor(p * 2**32)), i
 
 
@@ -83,10 +84,12 @@ def test_keeps_one_minus_p_of_the_elements(p):
 def test_neighbouring_elements_and_seeds_are_independent():
     n = 1 << 18
     a = (ops.dropout(torch.ones(n), 0.5, seed=seed_of(1)) != 0).double()
-    b = (ops.dropout(torch.ones(n), 0.5, seed=seed_of(2)) != 0).double()
+    b = (ops.dropout(torch.ones(n), 0.5, seed=seed_of(2)) != 0).double()  # a neighbouring seed
     c = (ops.dropout(torch.ones(n), 0.5, seed=seed_of(1 + (1 << 32))) != 0).double()  # another high half
     bound = 6 / math.sqrt(n)
-    for u, v in ((a, b), (a, c), (a[1:], a[:-1]), (a[1024:], a[:-1024])):
+    pairs = [(a, b), (a, c), (a[1:], a[:-1]), (a[1024:], a[:-1024])]
+    pairs += [(a[d:], b[:-d]) for d in (1, 2, 1024)] + [(b[d:], a[:-d]) for d in (1, 2, 1024)]  # no shifted copies
+    for u, v in pairs:
         assert abs(torch.corrcoef(torch.stack([u, v]))[0, 1].item()) < bound
 
 
@@ -145,9 +148,13 @@ def test_same_bits_on_one_and_two_threads(dtype):
 
 
 def test_fallback_kernel_is_the_native_kernel():
-    """The kernel backends without a native one run (CUDA/MPS today): the same mask, the same bits."""
+    """The kernel backends without a native one run (CUDA/MPS today): the same mask, the same bits,
+    and like the native kernel a new tensor even at p == 0."""
     x = randn(6, 50, dtype=torch.bfloat16)
     assert torch.equal(_dropout_fallback(x, seed_of(4), 0.3), ops.dropout(x, 0.3, seed=seed_of(4)))
+    for fn in (_dropout_fallback, torch.ops.kr_mini_llm.dropout):
+        y = fn(x, seed_of(4), 0.0)
+        assert torch.equal(y, x) and y.data_ptr() != x.data_ptr()
 
 
 def test_torch_compile_fullgraph():
@@ -190,9 +197,10 @@ BAD = [
      "dropout: x must be float32, bfloat16, float16 or float64"),
     ((torch.zeros(4), torch.tensor(1, dtype=torch.int32), 0.1), TypeError, "dropout: seed must be int64, got Int"),
     ((torch.zeros(4), torch.tensor([1]), 0.1), ValueError, r"dropout: seed must be a 0-d tensor, got \[1\]"),
-    ((torch.zeros(4), seed_of(1), 1.0), ValueError, r"dropout: p must be in \[0, 1\), got 1"),
-    ((torch.zeros(4), seed_of(1), -0.1), ValueError, r"dropout: p must be in \[0, 1\), got -0.1"),
-    ((torch.zeros(4), seed_of(1), float("nan")), ValueError, r"dropout: p must be in \[0, 1\), got nan"),
+    ((torch.zeros(4), seed_of(1), 1.0), ValueError, r"dropout: p must be in \[0, 1\), got 1$"),
+    ((torch.zeros(4), seed_of(1), 1.0000001), ValueError, r"dropout: p must be in \[0, 1\), got 1$"),
+    ((torch.zeros(4), seed_of(1), -0.1), ValueError, r"dropout: p must be in \[0, 1\), got -0.1$"),
+    ((torch.zeros(4), seed_of(1), float("nan")), ValueError, r"dropout: p must be in \[0, 1\), got nan$"),
 ]
 
 

@@ -88,3 +88,21 @@ def test_a_pass_budget_resumes_to_the_same_end(model_config, train_config):
     resumed, parts_weights, parts_lrs = _train(model_config, parts, resume=True)
     assert resumed["step"] == whole["step"] and resumed["stop_reason"] == "max_epochs"
     assert parts_lrs == lrs and all(torch.equal(weights[k], parts_weights[k]) for k in weights)
+
+
+def test_a_pass_budget_inside_warmup_is_refused_before_anything_is_written(model_config, train_config):
+    from pathlib import Path
+
+    config = train_config.with_overrides(["train.max_epochs=0.01", "train.warmup_steps=5"])
+    with pytest.raises(ConfigError, match=r"train.max_epochs=0.01 passes end the run at step \d+, within its "
+                                          r"train.warmup_steps=5; raise max_epochs or lower warmup_steps"):
+        Trainer(model_config, config, show_progress=False)
+    assert not Path(config.output_dir).exists() or not any(Path(config.output_dir).iterdir())
+
+
+def test_the_overfit_check_ignores_pass_budgets_and_dropout(train_config):
+    from kr_mini_llm.training.overfit import overfit_config
+
+    config = train_config.with_overrides(["train.max_epochs=2", "train.dropout=0.3", "train.dropout_after_epochs=1"])
+    t = overfit_config(config).train
+    assert t.max_epochs is None and t.dropout == 0.0 and t.dropout_after_epochs == 0.0
