@@ -377,8 +377,9 @@ def main(argv=None) -> int:
         given = sorted(step_s)
         missing = {n: (recipes[n], configs[n]) for n in args.recipes
                    if n not in step_s or (late_dropout(recipes[n], configs[n]) and n + LATE not in step_s)}
-        if missing:
-            step_s.update(step_seconds(missing, shards, args.calibration_steps))
+        if missing:  # a given NAME=SECONDS stays; only what was not given is measured
+            for name, seconds in step_seconds(missing, shards, args.calibration_steps).items():
+                step_s.setdefault(name, seconds)
         for name in phases:
             print(f"{name}: {step_s[name]:.3f} s a step at {torch.get_num_threads()} threads", flush=True)
         lines.append(f"Budget: the steps each recipe makes in the minutes, from its seconds a step at "
