@@ -33,8 +33,8 @@ def dropout(x: torch.Tensor, p: float, training: bool = True, seed: torch.Tensor
     return ops.dropout(x, draw_seed() if seed is None else seed, float(p))
 
 
-def _mix32(v: torch.Tensor) -> torch.Tensor:
-    """The kernel's 32-bit hash on int64 tensors holding values in [0, 2^32)."""
+def _mix32(v):
+    """The kernel's 32-bit hash on a Python int or an int64 tensor of values in [0, 2^32)."""
     v = v ^ (v >> 16)
     v = (v * 0x7FEB352D) & _MASK32
     v = v ^ (v >> 15)
@@ -46,20 +46,11 @@ def keep_mask(numel: int, seed: torch.Tensor, p: float, device=None) -> torch.Te
     """The kept elements (bool [numel]) of a call with this seed and p, in PyTorch integer ops."""
     s = int(seed.item()) & 0xFFFFFFFFFFFFFFFF
     k0, k1 = s & _MASK32, s >> 32
-    a = _mix32_int(k0 ^ _mix32_int(k1))
+    a = _mix32(k0 ^ _mix32(k1))
     i = torch.arange(numel, dtype=torch.int64, device=device)
     b = _mix32(((i >> 32) + k1) & _MASK32)
     u = _mix32((_mix32((i & _MASK32) ^ a) + b) & _MASK32)
     return u >= int(p * 4294967296.0)
-
-
-def _mix32_int(v: int) -> int:
-    """_mix32 on one Python integer in [0, 2^32)."""
-    v ^= v >> 16
-    v = (v * 0x7FEB352D) & _MASK32
-    v ^= v >> 15
-    v = (v * 0x846CA68B) & _MASK32
-    return v ^ (v >> 16)
 
 
 def dropout_reference(x: torch.Tensor, p: float, training: bool = True,
