@@ -10,7 +10,7 @@
 Every contender runs greedy decoding with a KV cache on the same random weights, for a fixed number
 of new tokens after a prompt of --prompt_len random tokens (no early stop):
   ours-fp32/bf16/int8/int4  Generator on the packed decode kernels (int8: symmetric, per output
-                       channel; int4: Q4_0's blocks of 32, fp32 scales)
+                       channel; int4: Q4_0's blocks of 32, fp16 scales)
   ours-DTYPE-7ops      the same, each block of a decode step as its seven ops (DecodeModel.block_max_rows = 0:
                        the path before decode_block), to measure what decode_block takes off
   ours-nn              the Transformer with nn.Linear (the Generator before the decode kernels), fp32

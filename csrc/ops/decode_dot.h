@@ -12,8 +12,9 @@
 //   Int8DotAvx2   AVX2: the same quantized x, vpmaddubsw + vpmaddwd (s16 pairs -> s32)
 //   Bf16Dot       AVX512-BF16: x rounded to bf16, vdpbf16ps (bf16 pairs -> fp32)
 //   Int4PairDot   AVX2: packed int4 weights (see Int4x2) unpacked to bytes in registers, two
-//                 blocks of 32 at a time, against x quantized and laid out to match (PairedX):
-//                 vpmaddubsw, or vpdpbusd on ymm where AVX512-VNNI is
+//                 blocks of 32 at a time, against x quantized and laid out to match (SteppedX):
+//                 vpmaddubsw + vpmaddwd
+//   Int4QuadDot   AVX512-VNNI: the same four blocks at a time on zmm, vpdpbusd
 //   Int4FloatDot  int4 weights unpacked to int8 and widened to fp32 lanes (every other ISA)
 //
 // The int8 kernels sum whole blocks of B inputs in int32 and convert once per block, where
@@ -30,6 +31,7 @@
 #include <immintrin.h>
 #endif
 
+#include <cstring>
 #include <type_traits>
 #include <utility>
 
@@ -57,6 +59,11 @@ inline void static_for(F&& f) {
   static_for_impl<N>(std::forward<F>(f), std::make_integer_sequence<int, N>{});
 }
 
+#if defined(__F16C__)
+// One fp16 scale as fp32 (F16C: one instruction; c10's conversion is bit arithmetic).
+inline float half_to_float(at::Half h) { return _cvtsh_ss(h.x); }
+#endif
+
 // Packed int4 weights: each row is K / 32 blocks of 16 bytes, and byte i of a block holds input
 // i of the block in its low nibble and input i + 16 in its high nibble, as u = q + 8 in [0, 15]
 // (q in [-8, 7]): llama.cpp's Q4_0 layout, so 16 bytes unpack into 32 inputs in order with one
@@ -66,12 +73,14 @@ struct Int4x2 {
 };
 
 // The weights as the kernels see them: M rows of K inputs (K / 2 bytes for Int4x2), and for
-// int8 / int4 `groups` scales per row.
+// int8 / int4 `groups` scales per row: fp32 for int8, fp16 for int4 (Q4_0's 18 bytes per 32 weights,
+// where fp32 scales made 20).
 template <typename W>
 struct Weights {
   static constexpr int64_t kInputsPerElement = std::is_same_v<W, Int4x2> ? 2 : 1;
+  using Scale = std::conditional_t<std::is_same_v<W, Int4x2>, at::Half, float>;
   const W* data;
-  const float* scales;  // nullptr unless int8 / int4: [M, groups]
+  const Scale* scales;  // nullptr unless int8 / int4: [M, groups]
   int64_t K, groups, group_size;
   int64_t row_elements() const { return K / kInputsPerElement; }
 };
@@ -395,23 +404,24 @@ inline void unpack_int4_block(const Int4x2* p, Fn&& put) {
 
 #if defined(__AVX2__)
 #define KR_DECODE_INT4_PAIRS 1
-// x for Int4PairDot: quantized to int8 per block of 32 inputs, as QuantizedX with B = 32, and laid
-// out per pair of blocks (b, b + 1) the way 32 bytes of packed weights unpack with one shift and
-// two masks (low nibbles: inputs 0..15 of both blocks; high nibbles: inputs 16..31 of both):
-//   q     lo = [x_b 0..15 | x_b+1 0..15], hi = [x_b 16..31 | x_b+1 16..31]   (64 bytes)
-//   s     [s_b x4 | s_b+1 x4]                                            (8 floats)
-//   corr  [8 sum q_b, 0, 0, 0 | 8 sum q_b+1, 0, 0, 0]                     (8 int32)
-// An odd last block is a pair whose second half is zero.
-struct PairedX {
-  const int8_t* q;       // [N, pairs * 64]
-  const float* s;        // [N, pairs * 8]
-  const int32_t* corr;   // [N, pairs * 8]
-  const int32_t* group;  // [K / 32]: the weight group of each block (Int4PairDot<kAnyGroup> only)
-  int64_t K, pairs;
+// x for the int4 kernels: quantized to int8 per block of 32 inputs, as QuantizedX with B = 32, and
+// laid out per step of S blocks (S = 2 for Int4PairDot, 4 for Int4QuadDot) the way 16 * S bytes of
+// packed weights unpack with one shift and two masks (low nibbles: inputs 0..15 of each block;
+// high nibbles: inputs 16..31):
+//   q     lo = [x_b 0..15 | x_b+1 0..15 | ...], hi = [x_b 16..31 | x_b+1 16..31 | ...]   (32 S bytes)
+//   s     [s_b x4 | s_b+1 x4 | ...]                                                   (4 S floats)
+//   corr  [8 sum q_b, 0, 0, 0 | 8 sum q_b+1, 0, 0, 0 | ...]                            (4 S int32)
+// A last step with fewer than S blocks has zeros in the missing ones.
+struct SteppedX {
+  const int8_t* q;       // [N, steps * 32 S]
+  const float* s;        // [N, steps * 4 S]
+  const int32_t* corr;   // [N, steps * 4 S]
+  const int32_t* group;  // [K / 32]: the weight group of each block (kAnyGroup, kGroupPerStep)
+  int64_t K, steps;
 };
 
-// How a pair of blocks finds its two weight scales.
-enum Int4Groups { kGroupPerBlock, kGroupPerPair, kAnyGroup };  // G = 32; G % 64 == 0; else
+// How a step of S blocks finds its weight scales.
+enum Int4Groups { kGroupPerBlock, kGroupPerStep, kAnyGroup };  // G = 32; G % (32 S) == 0; else
 
 // AVX2: int4 weights against x quantized to int8, two packed blocks (64 inputs, 32 bytes) per step.
 // The unsigned nibbles u = q + 8 are vpmaddubsw's unsigned side as they are, x the signed side,
@@ -419,31 +429,33 @@ enum Int4Groups { kGroupPerBlock, kGroupPerPair, kAnyGroup };  // G = 32; G % 64
 // The two products add in int16 before vpmaddwd (each pair sum is within 2 * 15 * 127, so both
 // within 2^15), and each int32 lane holds one block, so one convert and one FMA with the per-lane
 // scales [sw_b * s_b x4 | sw_b+1 * s_b+1 x4] finish two blocks: about 15 instructions per 64
-// weights of a row where one block at a time took 26. With AVX512-VNNI two vpdpbusd on ymm take
-// the place of the two vpmaddubsw, their add and the vpmaddwd (the same int32 sums, exactly); a
-// block at a time on the same instructions streamed half as fast on an AMD Zen 4.
+// weights of a row where one block at a time took 26. AVX512-VNNI builds run Int4QuadDot instead.
 template <Int4Groups kGroups>
 struct Int4PairDot {
+  static constexpr int64_t kBlocks = 2;  // per step (SteppedX)
   static constexpr int kMaxRows = 4;
   static constexpr int kFewRows = 2;
   static constexpr int kOneRowJB = 2;  // 2 streams; 1 reloads x's pair vectors for every row
-  PairedX x;
+  SteppedX x;
   Weights<Int4x2> w;
 
   // [sw_b x4 | sw_b+1 x4] for the pair p of one row's scales sr (half: the second block is absent).
   template <bool kHalf>
-  inline __m256 pair_scales(const float* sr, int64_t p) const {
+  inline __m256 pair_scales(const at::Half* sr, int64_t p) const {
     if constexpr (kHalf) {
       const int64_t g = kGroups == kGroupPerBlock ? 2 * p : x.group[2 * p];
-      return _mm256_insertf128_ps(_mm256_setzero_ps(), _mm_set1_ps(sr[g]), 0);
+      return _mm256_insertf128_ps(_mm256_setzero_ps(), _mm_set1_ps(half_to_float(sr[g])), 0);
     }
     if constexpr (kGroups == kGroupPerBlock) {
-      const __m128 two = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(sr + 2 * p)));
+      int32_t two_halves;
+      std::memcpy(&two_halves, sr + 2 * p, sizeof(two_halves));
+      const __m128 two = _mm_cvtph_ps(_mm_cvtsi32_si128(two_halves));
       return _mm256_permutevar8x32_ps(_mm256_castps128_ps256(two), _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1));
-    } else if constexpr (kGroups == kGroupPerPair) {
-      return _mm256_broadcast_ss(sr + x.group[2 * p]);
+    } else if constexpr (kGroups == kGroupPerStep) {
+      return _mm256_set1_ps(half_to_float(sr[x.group[2 * p]]));
     } else {
-      return _mm256_set_m128(_mm_set1_ps(sr[x.group[2 * p + 1]]), _mm_set1_ps(sr[x.group[2 * p]]));
+      return _mm256_set_m128(_mm_set1_ps(half_to_float(sr[x.group[2 * p + 1]])),
+                             _mm_set1_ps(half_to_float(sr[x.group[2 * p]])));
     }
   }
 
@@ -451,11 +463,9 @@ struct Int4PairDot {
   inline void operator()(int64_t n0, const int64_t* rows, int64_t ahead, float (&out)[JB][NR]) const {
     const int64_t blocks = x.K / 32, full = blocks / 2, row = w.row_elements();
     const __m256i low = _mm256_set1_epi8(0x0F);
-#if !defined(KR_DECODE_INT8_VNNI)
     const __m256i ones16 = _mm256_set1_epi16(1);
-#endif
     const uint8_t* wr[JB];
-    const float* sr[JB];
+    const at::Half* sr[JB];
     for (int jb = 0; jb < JB; ++jb) {
       wr[jb] = &w.data[rows[jb] * row].bits;
       sr[jb] = w.scales + rows[jb] * w.groups;
@@ -477,16 +487,12 @@ struct Int4PairDot {
         const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
         const __m256 sw = pair_scales<kHalf>(sr[jb], p);
         static_for<NR>([&](auto n) {
-          const int64_t at = (n0 + n) * x.pairs + p;
+          const int64_t at = (n0 + n) * x.steps + p;
           const int8_t* xq = x.q + at * 64;
           const __m256i xl = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq));
           const __m256i xh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 32));
-#if defined(KR_DECODE_INT8_VNNI)
-          const __m256i dot = _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), lo, xl), hi, xh);
-#else
           const __m256i dot =
               _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(lo, xl), _mm256_maddubs_epi16(hi, xh)), ones16);
-#endif
           const __m256i corr = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.corr + at * 8));
           const __m256i d = _mm256_sub_epi32(dot, corr);
           const __m256 s = _mm256_mul_ps(sw, _mm256_loadu_ps(x.s + at * 8));
@@ -497,6 +503,93 @@ struct Int4PairDot {
     for (int64_t p = 0; p < full; ++p) step(p, std::false_type{});
     if (blocks % 2) step(full, std::true_type{});
     static_for<JB>([&](auto jb) { static_for<NR>([&](auto n) { out[jb][n] = hsum256(accf[jb][n]); }); });
+  }
+};
+#endif
+
+#if defined(KR_DECODE_INT8_VNNI)
+#define KR_DECODE_INT4_QUADS 1
+// AVX512-VNNI: Int4PairDot's scheme on zmm, four packed blocks (128 inputs, 64 bytes) per step:
+// one load, a shift and two masks unpack them, two vpdpbusd sum the low and high nibbles against
+// x, and each 128-bit lane of int32 holds one block, finished by one subtract, convert, multiply
+// and FMA with [sw_b x4 | ... | sw_b+3 x4] * s. Half the instructions per weight of two blocks on
+// ymm, with x's step pointers advanced instead of recomputed (the ymm loop spent a third of its
+// instructions on addresses). A last step of 1-3 blocks loads its weights and scales masked.
+template <Int4Groups kGroups>
+struct Int4QuadDot {
+  static constexpr int64_t kBlocks = 4;  // per step (SteppedX)
+  static constexpr int kMaxRows = 4;
+  static constexpr int kFewRows = 2;
+  static constexpr int kOneRowJB = 1;  // one weight stream: 2 measured 4-11% slower on a Zen 4
+  SteppedX x;
+  Weights<Int4x2> w;
+
+  // [sw_b x4 | sw_b+1 x4 | sw_b+2 x4 | sw_b+3 x4] for step p of one row's scales sr; r = the
+  // blocks present in the step (4 but in the last).
+  inline __m512 step_scales(const at::Half* sr, int64_t p, int r) const {
+    __m128i four;  // fp16
+    if constexpr (kGroups == kGroupPerStep) {
+      return _mm512_set1_ps(half_to_float(sr[x.group[4 * p]]));
+    } else if constexpr (kGroups == kGroupPerBlock) {
+      four = r == 4 ? _mm_loadl_epi64(reinterpret_cast<const __m128i*>(sr + 4 * p))
+                    : _mm_maskz_loadu_epi16(static_cast<__mmask8>((1 << r) - 1), sr + 4 * p);
+    } else {
+      alignas(16) at::Half t[8] = {};
+      for (int i = 0; i < r; ++i) t[i] = sr[x.group[4 * p + i]];
+      four = _mm_load_si128(reinterpret_cast<const __m128i*>(t));
+    }
+    const __m512i spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    return _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_cvtph_ps(four)));
+  }
+
+  template <int NR, int JB>
+  inline void operator()(int64_t n0, const int64_t* rows, int64_t ahead, float (&out)[JB][NR]) const {
+    const int64_t blocks = x.K / 32, full = blocks / 4, row = w.row_elements();
+    const int tail = static_cast<int>(blocks % 4);
+    const __m512i low = _mm512_set1_epi8(0x0F);
+    const uint8_t* wr[JB];
+    const at::Half* sr[JB];
+    for (int jb = 0; jb < JB; ++jb) {
+      wr[jb] = &w.data[rows[jb] * row].bits;
+      sr[jb] = w.scales + rows[jb] * w.groups;
+    }
+    const int8_t* xq[NR];
+    const float* xs[NR];
+    const int32_t* xc[NR];
+    for (int n = 0; n < NR; ++n) {
+      xq[n] = x.q + (n0 + n) * x.steps * 128;
+      xs[n] = x.s + (n0 + n) * x.steps * 16;
+      xc[n] = x.corr + (n0 + n) * x.steps * 16;
+    }
+    __m512 acc[JB][NR];
+    static_for<JB>([&](auto jb) { static_for<NR>([&](auto n) { acc[jb][n] = _mm512_setzero_ps(); }); });
+    auto step = [&](int64_t p, auto is_tail, int r) {
+      constexpr bool kTail = decltype(is_tail)::value;
+      static_for<JB>([&](auto jb) {
+        const uint8_t* wp = wr[jb] + p * 64;
+        __m512i v;
+        if constexpr (kTail) {
+          v = _mm512_maskz_loadu_epi8((__mmask64{1} << (16 * r)) - 1, wp);
+        } else {
+          __builtin_prefetch(wp + ahead);
+          v = _mm512_loadu_si512(wp);
+        }
+        const __m512i lo = _mm512_and_si512(v, low);
+        const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+        const __m512 sw = step_scales(sr[jb], p, kTail ? r : 4);
+        static_for<NR>([&](auto n) {
+          const __m512i xl = _mm512_loadu_si512(xq[n] + p * 128);
+          const __m512i xh = _mm512_loadu_si512(xq[n] + p * 128 + 64);
+          const __m512i dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xl), hi, xh);
+          const __m512i d = _mm512_sub_epi32(dot, _mm512_loadu_si512(xc[n] + p * 16));
+          const __m512 s = _mm512_mul_ps(sw, _mm512_loadu_ps(xs[n] + p * 16));
+          acc[jb][n] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), s, acc[jb][n]);
+        });
+      });
+    };
+    for (int64_t p = 0; p < full; ++p) step(p, std::false_type{}, 4);
+    if (tail) step(full, std::true_type{}, tail);
+    static_for<JB>([&](auto jb) { static_for<NR>([&](auto n) { out[jb][n] = _mm512_reduce_add_ps(acc[jb][n]); }); });
   }
 };
 #endif
@@ -526,7 +619,7 @@ struct Int4FloatDot {
       static_for<JB>([&](auto jb) {
         __builtin_prefetch(wr[jb] + k / 2 + ahead);
         unpack_int4_block(wr[jb] + k / 2, [&](int i, int u) { q[jb][i] = static_cast<int8_t>(u - 8); });
-        s[jb] = VF(w.scales[rows[jb] * w.groups + k / G]);
+        s[jb] = VF(static_cast<float>(w.scales[rows[jb] * w.groups + k / G]));
       });
       for (int64_t i = 0; i < 32; i += kVL) {
         VF xv[NR];

@@ -1,8 +1,8 @@
 // Decode-time linears: y = x W^T for a few rows of x (batch x new tokens, about 1-16), where
 // reading W once is the whole cost. Weights are fp32, bf16, int8 with symmetric fp32 scales per
 // group of G consecutive inputs (G = K is one scale per output channel), or int4 (a uint8 weight
-// [M, K / 2], two inputs per byte in decode_dot.h's Int4x2 layout) with fp32 scales per group of
-// G, a multiple of 32; x is fp32 or bf16 and every sum is accumulated in fp32 (int8 blocks in
+// [M, K / 2], two inputs per byte in decode_dot.h's Int4x2 layout) with fp16 scales per group of
+// G, a multiple of 32 (Q4_0's layout and scale type); x is fp32 or bf16 and every sum is accumulated in fp32 (int8 blocks in
 // int32 first).
 //
 // Layout of the work: output rows are split into blocks of JB rows, blocks are spread over the
@@ -202,12 +202,21 @@ void quantize_x(const float* x, int64_t N, int64_t K, int64_t B, bool offset, in
 constexpr int64_t kInt4Block = 32;
 
 #if defined(KR_DECODE_INT4_PAIRS)
-// x quantized per block of 32 (quantize_x) and laid out in pairs of blocks for Int4PairDot (see
-// PairedX), then the kernel for the group size G: the scale lookup is chosen once per call.
+// x quantized per block of 32 (quantize_x) and laid out in steps of S blocks for the int4 kernel
+// (see SteppedX: S = 4 where AVX512-VNNI is, else 2), then that kernel for the group size G: the
+// scale lookup is chosen once per call.
+#if defined(KR_DECODE_INT4_QUADS)
+template <Int4Groups kGroups>
+using Int4Dot = Int4QuadDot<kGroups>;
+#else
+template <Int4Groups kGroups>
+using Int4Dot = Int4PairDot<kGroups>;
+#endif
+
 template <typename Launch>
-void launch_int4_pairs(const float* xp, int64_t N, int64_t K, int64_t G, const Weights<Int4x2>& w,
-                       const Launch& launch) {
-  const int64_t blocks = K / kInt4Block, pairs = (blocks + 1) / 2;
+void launch_int4(const float* xp, int64_t N, int64_t K, int64_t G, const Weights<Int4x2>& w, const Launch& launch) {
+  constexpr int64_t S = Int4Dot<kAnyGroup>::kBlocks;
+  const int64_t blocks = K / kInt4Block, steps = (blocks + S - 1) / S;
   thread_local std::vector<int8_t> q_buf, pq_buf;
   thread_local std::vector<float> s_buf, ps_buf;
   thread_local std::vector<int32_t> sum_buf, pc_buf, group_buf;
@@ -215,31 +224,31 @@ void launch_int4_pairs(const float* xp, int64_t N, int64_t K, int64_t G, const W
   float* s = scratch(s_buf, N * blocks);
   int32_t* sums = scratch(sum_buf, N * blocks);
   quantize_x(xp, N, K, kInt4Block, /*offset=*/false, q, s, sums);
-  int8_t* pq = scratch(pq_buf, N * pairs * 64);
-  float* ps = scratch(ps_buf, N * pairs * 8);
-  int32_t* pc = scratch(pc_buf, N * pairs * 8);
+  int8_t* pq = scratch(pq_buf, N * steps * 32 * S);
+  float* ps = scratch(ps_buf, N * steps * 4 * S);
+  int32_t* pc = scratch(pc_buf, N * steps * 4 * S);
   int32_t* group = scratch(group_buf, blocks);
-  std::fill(pq, pq + N * pairs * 64, int8_t{0});  // an odd last block's missing half stays 0
-  std::fill(ps, ps + N * pairs * 8, 0.f);
-  std::fill(pc, pc + N * pairs * 8, 0);
+  std::fill(pq, pq + N * steps * 32 * S, int8_t{0});  // a short last step's missing blocks stay 0
+  std::fill(ps, ps + N * steps * 4 * S, 0.f);
+  std::fill(pc, pc + N * steps * 4 * S, 0);
   for (int64_t b = 0; b < blocks; ++b) group[b] = static_cast<int32_t>(b * kInt4Block / G);
   for (int64_t n = 0; n < N; ++n) {
     for (int64_t b = 0; b < blocks; ++b) {
-      const int64_t p = n * pairs + b / 2, half = b % 2;
+      const int64_t p = n * steps + b / S, slot = b % S;
       const int8_t* src = q + n * K + b * kInt4Block;
-      std::memcpy(pq + p * 64 + half * 16, src, 16);
-      std::memcpy(pq + p * 64 + 32 + half * 16, src + 16, 16);
-      std::fill(ps + p * 8 + half * 4, ps + p * 8 + half * 4 + 4, s[n * blocks + b]);
-      pc[p * 8 + half * 4] = sums[n * blocks + b];
+      std::memcpy(pq + p * 32 * S + slot * 16, src, 16);
+      std::memcpy(pq + p * 32 * S + 16 * S + slot * 16, src + 16, 16);
+      std::fill(ps + p * 4 * S + slot * 4, ps + p * 4 * S + slot * 4 + 4, s[n * blocks + b]);
+      pc[p * 4 * S + slot * 4] = sums[n * blocks + b];
     }
   }
-  const PairedX px{pq, ps, pc, group, K, pairs};
+  const SteppedX sx{pq, ps, pc, group, K, steps};
   if (G == kInt4Block) {
-    launch(Int4PairDot<kGroupPerBlock>{px, w});
-  } else if (G % (2 * kInt4Block) == 0) {
-    launch(Int4PairDot<kGroupPerPair>{px, w});
+    launch(Int4Dot<kGroupPerBlock>{sx, w});
+  } else if (G % (S * kInt4Block) == 0) {
+    launch(Int4Dot<kGroupPerStep>{sx, w});
   } else {
-    launch(Int4PairDot<kAnyGroup>{px, w});
+    launch(Int4Dot<kAnyGroup>{sx, w});
   }
 }
 #endif
@@ -265,11 +274,15 @@ void check_scales(const at::Tensor& weight, const std::optional<at::Tensor>& sca
   }
   if (wt == at::kChar || int4) {
     const char* kind = int4 ? "int4" : "int8";
+    // int4 scales are fp16 (Q4_0's), int8 ones fp32
+    const auto st = int4 ? at::kHalf : at::kFloat;
+    const char* stype = int4 ? "float16" : "float32";
     TORCH_CHECK_VALUE(scales.has_value(), op, ": ", kind, " ", wname, " needs ", sname,
-                      " [out_features, groups] (float32)");
+                      " [out_features, groups] (", stype, ")");
     const at::Tensor& s = *scales;
     check_cpu(s, op, sname);
-    TORCH_CHECK_TYPE(s.scalar_type() == at::kFloat, op, ": ", sname, " must be float32, got ", s.scalar_type());
+    TORCH_CHECK_TYPE(s.scalar_type() == st, op, ": ", sname, " of ", kind, " weights must be ", stype, ", got ",
+                     s.scalar_type());
     TORCH_CHECK_VALUE(s.dim() == 2 && s.size(0) == weight.size(0) && s.size(1) >= 1 && K % s.size(1) == 0,
                       op, ": ", sname, " must be [out_features, groups] = [", weight.size(0),
                       ", G] with G dividing in_features ", K, ", got ", shape_str(s));
@@ -380,9 +393,9 @@ at::Tensor linear_impl(const at::Tensor& x_, const at::Tensor& weight_, const st
     }
     case at::kByte: {
       const Weights<Int4x2> w{reinterpret_cast<const Int4x2*>(weight.const_data_ptr<uint8_t>()),
-                              scales.const_data_ptr<float>(), K, groups, K / groups};
+                              scales.const_data_ptr<at::Half>(), K, groups, K / groups};
 #if defined(KR_DECODE_INT4_PAIRS)
-      launch_int4_pairs(xp, N, K, K / groups, w, launch);
+      launch_int4(xp, N, K, K / groups, w, launch);
 #else
       launch(Int4FloatDot{xp, w});
 #endif
@@ -488,8 +501,8 @@ std::string decode_linear_kernel(c10::ScalarType weight_dtype) {
       return "widened to fp32, fp32 FMA";
 #endif
     case at::kByte:
-#if defined(KR_DECODE_INT8_VNNI)
-      return "int4 unpacked in registers two blocks at a time, avx512-vnni int8 dot products (x quantized to int8 per block of 32 inputs)";
+#if defined(KR_DECODE_INT4_QUADS)
+      return "int4 unpacked in registers four blocks at a time, avx512-vnni int8 dot products (x quantized to int8 per block of 32 inputs)";
 #elif defined(KR_DECODE_INT4_PAIRS)
       return "int4 unpacked in registers two blocks at a time, avx2 int8 dot products (x quantized to int8 per block of 32 inputs)";
 #else

@@ -7,8 +7,8 @@
 
 int8 is symmetric: q = round(w / scale) in [-127, 127] with one fp32 scale per output channel (the
 default) or per group of --group_size consecutive inputs (it must divide every layer's input size).
-int4 is llama.cpp's Q4_0 rule (q in [-8, 7], scale = the group's largest-magnitude weight / -8) with
-fp32 scales per group of --group_size inputs (a multiple of 32; default 32), packed two per byte;
+int4 is llama.cpp's Q4_0 (q in [-8, 7], scale = the group's largest-magnitude weight / -8, stored in
+fp16) per group of --group_size inputs (a multiple of 32; default 32), packed two per byte;
 a layer whose input size the group does not divide stays int8 per output channel (said once).
 The scheme is recorded in OUTPUT/inference.json; RMSNorm weights stay fp32.
 """

@@ -18,7 +18,7 @@ import torch
 from .. import ops
 from ..errors import KrMiniLlmError
 from ..model import KVCache, TransformerConfig
-from ..ops.decode_linear import INT4_BLOCK
+from ..ops.decode_linear import INT4_BLOCK, INT4_SCALE_DTYPE
 from .packed import INT4_GROUP_SIZE, PackedLinear, bf16_prefill, check_dtype
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,13 @@ class DecodeModel:
                 raise ConfigMismatchError(f"{name} holds {kind} weights; load them with dtype='{kind}'")
             if dtype == "int4" and kind == "int8":
                 self.int8_layers.append(name)
-            return PackedLinear(w, s.float())
+            # int4 scales are float16 (Q4_0's); files written before they were hold float32 ones, rounded here
+            scale_dtype = INT4_SCALE_DTYPE if kind == "int4" else torch.float32
+            scales = s.to(scale_dtype)
+            if kind == "int4" and not bool(torch.isfinite(scales).all()) and bool(torch.isfinite(s).all()):
+                raise ConfigMismatchError(f"{name}{SCALES_SUFFIX} holds scales past float16's range: these int4 "
+                                          "weights cannot run; quantize the checkpoint again")
+            return PackedLinear(w, scales)
 
         C, Hq, Hkv, I = c.hidden_size, c.num_heads * D, c.num_kv_heads * D, c.intermediate_size
         self.layers = []

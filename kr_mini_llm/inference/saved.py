@@ -3,11 +3,13 @@
 DIR/
   model.safetensors    the Transformer's weight names; int8 linears as NAME.weight (int8) + NAME.scales (fp32),
                        int4 ones as NAME.weight (uint8 [out, in / 2], ops.decode_linear's packing) + NAME.scales
+                       (fp16; directories written before int4 scales were fp16 hold fp32 ones, rounded at load)
   model_config.yaml    the model config (as in a checkpoint)
   inference.json       {"format": "kr-mini-llm-inference", "version": 1, "dtype": "int8",
                         "quantization": {"scheme": "symmetric", "bits": 8, "scale_dtype": "float32",
                                          "group_size": 128 | null (one scale per output channel)}}
-                       int4: "bits": 4, "packing": "q4_0", "group_size": 32 (a multiple of 32), and
+                       int4: "bits": 4, "packing": "q4_0", "scale_dtype": "float16", "group_size": 32 (a
+                       multiple of 32), and
                        "int8_layers": the layers kept in int8 per output channel (input size not a
                        multiple of the group size)
   tokenizer.model      the tokenizer
@@ -51,7 +53,7 @@ def save_inference_model(model: DecodeModel, out: str | os.PathLike, tokenizer_p
         info["quantization"] = {"scheme": "symmetric", "bits": 8, "scale_dtype": "float32",
                                 "group_size": group_size}
     elif model.dtype == "int4":
-        info["quantization"] = {"scheme": "symmetric", "bits": 4, "packing": "q4_0", "scale_dtype": "float32",
+        info["quantization"] = {"scheme": "symmetric", "bits": 4, "packing": "q4_0", "scale_dtype": "float16",
                                 "group_size": group_size or INT4_GROUP_SIZE, "int8_layers": model.int8_layers}
     if source:
         info["source"] = source

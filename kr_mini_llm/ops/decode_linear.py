@@ -4,13 +4,15 @@
     decode_linear_swiglu(x, weight, scales=None)           -> silu(x Wg^T) * (x Wu^T), weight = [Wg; Wu]
 
 x is [..., K] float32 or bfloat16; weight [M, K] float32, bfloat16 or int8, or uint8 [M, K / 2]
-for int4. Int8 and int4 weights carry symmetric float32 scales [M, G]: each row is split into G
-groups of K / G consecutive inputs and w ~= q * scale (int8: G = 1 is one scale per output
-channel; int4: K / G a multiple of 32). Accumulation is fp32; y has x's dtype.
+for int4. Int8 and int4 weights carry symmetric scales [M, G] (float32 for int8, float16 for int4):
+each row is split into G groups of K / G consecutive inputs and w ~= q * scale (int8: G = 1 is one
+scale per output channel; int4: K / G a multiple of 32). Accumulation is fp32; y has x's dtype.
 `quantize_int8` / `dequantize_int8` and `quantize_int4` / `dequantize_int4` make and undo them.
 
-Int4 is llama.cpp's Q4_0 with float32 scales: per group, scale = m / -8 where m is the weight of
-largest magnitude (so m itself is q = -8 exactly) and q = round(w / scale) in [-8, 7]. A uint8
+Int4 is llama.cpp's Q4_0, its rounding and its float16 scales (18 bytes per 32 weights), so an int4
+weight and the q4_0 GGUF of the same matrix hold the same numbers: per group, d = m / -8 where m is
+the weight of largest magnitude, q = round(w / d) in [-8, 7] (halves up, from the float32 d), and the
+scale stored is d rounded to float16. A uint8
 weight holds it packed: each row is K / 32 blocks of 16 bytes, byte i of a block holding input i of
 the block in its low nibble and input i + 16 in its high nibble, each as q + 8 in [0, 15]. The
 dtype says which format a weight is in, so one op (and its residual and SwiGLU epilogues) serves
@@ -35,6 +37,8 @@ from ._library import ops, qualname, register_fake, register_fallback
 
 WEIGHT_DTYPES = (torch.float32, torch.bfloat16, torch.int8, torch.uint8)  # uint8: packed int4
 INT4_BLOCK = 32  # inputs per packed int4 block; in_features and int4 group sizes are multiples of it
+INT4_SCALE_DTYPE = torch.float16  # Q4_0's; int8 scales are float32
+_DTYPE_NAME = {torch.float16: "float16", torch.float32: "float32"}  # as the C++ checks name them
 
 
 def _no_grad_check(op, *tensors):
@@ -128,11 +132,11 @@ def _check_finite(op, weight):
 
 # -- int4 format ---------------------------------------------------------------------------------
 def quantize_int4(weight: torch.Tensor, group_size: int = INT4_BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric int4 (Q4_0's rule): weight [M, K] -> (packed uint8 [M, K / 2], scales float32 [M, K / G]).
+    """Symmetric int4 (Q4_0's rule): weight [M, K] -> (packed uint8 [M, K / 2], scales float16 [M, K / G]).
 
-    Per group of G = `group_size` consecutive inputs (a multiple of 32 dividing K): scale = m / -8
-    with m the weight of largest magnitude, q = round(w / scale) (halves rounded up, as Q4_0) clamped
-    to [-8, 7]; packed two per byte as the module docstring says.
+    Per group of G = `group_size` consecutive inputs (a multiple of 32 dividing K): d = m / -8 with
+    m the weight of largest magnitude, q = round(w / d) (halves rounded up, as Q4_0) clamped to
+    [-8, 7], packed two per byte as the module docstring says; the scale is d in float16.
     """
     if weight.dim() != 2:
         raise ValueError(f"quantize_int4: weight must be 2-D [out_features, in_features], got {list(weight.shape)}")
@@ -145,8 +149,14 @@ def quantize_int4(weight: torch.Tensor, group_size: int = INT4_BLOCK) -> tuple[t
     _check_finite("quantize_int4", weight)
     w = weight.detach().float().view(M, K // G, G)
     idx = w.abs().argmax(-1, keepdim=True)
-    scales = torch.gather(w, -1, idx).squeeze(-1) / -8.0
-    inv = torch.where(scales != 0, 1.0 / scales, torch.zeros_like(scales))
+    d = torch.gather(w, -1, idx).squeeze(-1) / -8.0
+    scales = d.to(torch.float16)
+    if not bool(torch.isfinite(scales).all()):
+        r, g = (~torch.isfinite(scales)).nonzero()[0].tolist()
+        raise ValueError(f"quantize_int4: group {g} of row {r} holds a weight of magnitude {float(d[r, g].abs() * 8):.4g}, "
+                         f"past what int4's float16 scale can hold (|w| <= {8 * torch.finfo(torch.float16).max:.0f}); "
+                         "quantize this model to int8 instead")
+    inv = torch.where(d != 0, 1.0 / d, torch.zeros_like(d))
     u = torch.floor(w * inv.unsqueeze(-1) + 8.5).clamp_(0, 15).to(torch.uint8)  # q + 8
     return _pack_nibbles(u.view(M, K)), scales.contiguous()
 
@@ -221,11 +231,11 @@ def _check_scales(op, weight, scales, K, wname="weight", sname="scales"):
                          f"in blocks of 32 inputs), got {K}")
     M = weight.shape[0]
     if weight.dtype in (torch.int8, torch.uint8):
+        kind, stype = ("int4", torch.float16) if int4 else ("int8", torch.float32)
         if scales is None:
-            raise ValueError(f"{op}: {'int4' if int4 else 'int8'} {wname} needs {sname} [out_features, groups] "
-                             "(float32)")
-        if scales.dtype != torch.float32:
-            raise TypeError(f"{op}: {sname} must be float32, got {scales.dtype}")
+            raise ValueError(f"{op}: {kind} {wname} needs {sname} [out_features, groups] ({_DTYPE_NAME[stype]})")
+        if scales.dtype != stype:
+            raise TypeError(f"{op}: {sname} of {kind} weights must be {_DTYPE_NAME[stype]}, got {scales.dtype}")
         if scales.dim() != 2 or scales.shape[0] != M or scales.shape[1] < 1 or K % scales.shape[1]:
             raise ValueError(f"{op}: {sname} must be [out_features, groups] = [{M}, G] with G dividing "
                              f"in_features {K}, got {list(scales.shape)}")

@@ -187,7 +187,7 @@ def test_int4_saved_directory(checkpoint, tmp_path):
     out = save_inference_model(in_memory.model, tmp_path / "int4", Path(tok_path))
     info = json.loads((out / "inference.json").read_text())
     assert info["dtype"] == "int4"
-    assert info["quantization"] == {"scheme": "symmetric", "bits": 4, "packing": "q4_0", "scale_dtype": "float32",
+    assert info["quantization"] == {"scheme": "symmetric", "bits": 4, "packing": "q4_0", "scale_dtype": "float16",
                                     "group_size": 32, "int8_layers": []}
     loaded = Generator.from_pretrained(out, device="cpu")
     assert loaded.model.dtype == "int4"
@@ -195,14 +195,37 @@ def test_int4_saved_directory(checkpoint, tmp_path):
         assert torch.equal(loaded.model.state_dict()[name], t), name
     assert (list(loaded.generate_ids(prompts, 10, stop_at_eos=False))
             == list(in_memory.generate_ids(prompts, 10, stop_at_eos=False)))
-    # 4 bits + a float32 scale per 32 weights: 5 bits of fp32's 32, and fp32 norms
-    assert (out / "model.safetensors").stat().st_size < 0.17 * (ckpt / "model.safetensors").stat().st_size
+    # 4 bits + a float16 scale per 32 weights: 4.5 bits of fp32's 32, and fp32 norms
+    assert (out / "model.safetensors").stat().st_size < 0.155 * (ckpt / "model.safetensors").stat().st_size
     with pytest.raises(InferenceDirError, match="holds int4 weights, not int8"):
         Generator.from_pretrained(out, device="cpu", dtype="int8")
     # an int4 tensor under an int8 inference.json: refused by name
     info["dtype"] = "int8"
     (out / "inference.json").write_text(json.dumps(info))
     with pytest.raises(InferenceDirError, match="holds int4 weights; load them with dtype='int4'"):
+        load_inference_model(out)
+
+
+def test_int4_directory_with_float32_scales(checkpoint, tmp_path):
+    """A directory written when int4 scales were float32 loads, its scales rounded to float16: Q4_0's
+    d in float32 rounds to the very scale quantize_int4 now stores, so it is today's model exactly."""
+    from safetensors.torch import load_file, save_file
+
+    ckpt, _, tok_path = checkpoint
+    model = Generator.from_pretrained(ckpt, device="cpu", dtype="int4").model
+    out = save_inference_model(model, tmp_path / "int4", Path(tok_path))
+    tensors = load_file(out / "model.safetensors")
+    scales = [n for n, t in tensors.items() if n.endswith(".scales") and t.dtype == torch.float16]
+    assert scales
+    old = {n: (t.float() if n in scales else t) for n, t in tensors.items()}
+    save_file(old, out / "model.safetensors")
+    loaded = load_inference_model(out)
+    for name, t in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], t), name
+    # a float32 scale past float16's range: refused by name, not run as inf
+    old[scales[0]] = old[scales[0]].clone().fill_(1e6)
+    save_file(old, out / "model.safetensors")
+    with pytest.raises(InferenceDirError, match="past float16's range"):
         load_inference_model(out)
 
 

@@ -245,16 +245,28 @@ def test_int4_matches_float64_reference(M, K):
 
 def check_against_reference(x, w, s, swiglu: bool):
     y = (ops.decode_linear_swiglu if swiglu else ops.decode_linear)(x, w, s)
-    torch.testing.assert_close(y.double(), ref64(x, w, s, swiglu=swiglu), **tol(torch.float32, x.shape[-1]))
+    t = tol(torch.float32, x.shape[-1])
+    if not swiglu:
+        torch.testing.assert_close(y.double(), ref64(x, w, s), **t)
+        return
+    # silu(gate) * up: each factor's fp32 error (atol + rtol of it) reaches the product times the
+    # other factor (silu' is within [-0.1, 1.1])
+    gate, up = ref64(x, w, s).chunk(2, dim=-1)
+    ref = torch.nn.functional.silu(gate) * up
+    err = lambda v: t["atol"] + t["rtol"] * v.abs()
+    bound = 1.1 * err(gate) * up.abs() + torch.nn.functional.silu(gate).abs() * err(up) + t["rtol"] * ref.abs()
+    bad = (y.double() - ref).abs() > bound
+    assert not bad.any(), f"{int(bad.sum())} of {bad.numel()} outside the bound, worst {(y.double() - ref).abs().max()}"
+
 
 
 @settings(max_examples=60, deadline=None, derandomize=True)
 @given(M=st.integers(1, 40), blocks=st.integers(1, 24), per_group=st.integers(1, 8), N=st.integers(1, 9),
        swiglu=st.booleans(), seed=st.integers(0, 2**31 - 1))
 def test_int4_any_blocks_and_groups(M, blocks, per_group, N, swiglu, seed):
-    """Every count of 32-input blocks (odd ones end in a half step of the two-block AVX2 kernel)
-    and every group of whole blocks: one block, two, or an odd number that splits a pair of blocks
-    between two scales."""
+    """Every count of 32-input blocks (the AVX2 kernel steps two at a time, the AVX512-VNNI one four:
+    a last step of 1-3 blocks is loaded masked) and every group of whole blocks: one block, a whole
+    step (one scale per step), or a size that splits a step between scales."""
     per_group = min(per_group, blocks)
     blocks -= blocks % per_group
     K, G = 32 * blocks, 32 * per_group
@@ -357,7 +369,8 @@ def test_int4_format():
     w[0, 32] = 1.75  # second group: max |w| is -2.0 (q = -8 at inputs 47 and 63), scale 0.25 again
     packed, scales = ops.quantize_int4(w, 32)
     assert packed.dtype == torch.uint8 and packed.shape == (1, 32)
-    torch.testing.assert_close(scales, torch.tensor([[0.25, 0.25]]))
+    assert scales.dtype == torch.float16  # Q4_0's scale type
+    torch.testing.assert_close(scales, torch.tensor([[0.25, 0.25]], dtype=torch.float16))
     u = (q + 8).to(torch.uint8)[0]
     expected = torch.cat([u[b * 32:b * 32 + 16] | (u[b * 32 + 16:b * 32 + 32] << 4) for b in range(2)])
     assert torch.equal(packed[0], expected)
@@ -382,7 +395,7 @@ def test_int4_round_trip_error_bound():
 
 
 def test_int4_matches_gguf_q4_0():
-    """Our packed bytes are Q4_0's; only its fp16 scale differs from our fp32 one."""
+    """Our packed bytes and fp16 scales are Q4_0's, bit for bit: the int4 model is the q4_0 GGUF."""
     gguf = pytest.importorskip("gguf")
     import numpy as np
 
@@ -391,7 +404,22 @@ def test_int4_matches_gguf_q4_0():
     blocks = gguf.quants.quantize(w.numpy(), gguf.GGMLQuantizationType.Q4_0).reshape(16, 4, 18)
     assert np.array_equal(blocks[:, :, 2:].reshape(16, 64), packed.numpy())
     d = blocks[:, :, :2].copy().view(np.float16).reshape(16, 4)
-    assert np.array_equal(d, scales.numpy().astype(np.float16))
+    assert scales.dtype == torch.float16 and np.array_equal(d, scales.numpy())
+    # also where d's fp16 rounding would move a weight across a rounding boundary: q comes from the
+    # fp32 d, as in Q4_0. Row 0's d rounds up in fp16, row 1's down; weights at +-k.5 steps of d.
+    up, down = torch.tensor(0.1002), torch.tensor(0.1)
+    assert up.half().float() > up and down.half().float() < down
+    w = torch.zeros(2, 32)
+    for r, d in enumerate((up, down)):
+        w[r, 0] = -8 * d
+        w[r, 1:8] = torch.tensor([3.5, -2.5, 1.5, -0.5, 0.5, 2.5, -3.5]) * d
+    packed, scales = ops.quantize_int4(w, 32)
+    blocks = gguf.quants.quantize(w.numpy(), gguf.GGMLQuantizationType.Q4_0).reshape(2, 1, 18)
+    assert np.array_equal(blocks[:, :, 2:].reshape(2, 16), packed.numpy())
+    assert np.array_equal(blocks[:, :, :2].copy().view(np.float16).reshape(2, 1), scales.numpy())
+    # the case decides: q from the fp16 scale would differ
+    from_fp16 = torch.floor(w / scales.float() + 8.5).clamp(0, 15)
+    assert not torch.equal(from_fp16.to(torch.uint8), torch.floor(w / (w[:, :1] / -8) + 8.5).clamp(0, 15).to(torch.uint8))
 
 
 def test_int4_opcheck():
@@ -408,13 +436,19 @@ def test_int4_bad_input():
     with pytest.raises(ValueError, match="2 \\* weight.size\\(1\\)"):
         ops.decode_linear(torch.randn(2, 63), q, s)
     with pytest.raises(ValueError, match="multiple of 32"):  # K = 48: not whole packed blocks
-        ops.decode_linear(torch.randn(2, 48), torch.zeros(8, 24, dtype=torch.uint8), torch.ones(8, 1))
+        ops.decode_linear(torch.randn(2, 48), torch.zeros(8, 24, dtype=torch.uint8), torch.ones(8, 1).half())
     with pytest.raises(ValueError, match="int4 weight needs scales"):
         ops.decode_linear(x, q)
     with pytest.raises(ValueError, match="groups must be a multiple of 32"):
-        ops.decode_linear(x, q, torch.ones(8, 4))  # groups of 16
+        ops.decode_linear(x, q, torch.ones(8, 4).half())  # groups of 16
     with pytest.raises(ValueError, match="dividing"):
-        ops.decode_linear(x, q, torch.ones(8, 3))
+        ops.decode_linear(x, q, torch.ones(8, 3).half())
+    with pytest.raises(TypeError, match="scales of int4 weights must be float16"):
+        ops.decode_linear(x, q, s.float())
+    with pytest.raises(TypeError, match="scales of int8 weights must be float32"):
+        ops.decode_linear(x, torch.zeros(8, 64, dtype=torch.int8), s)
+    with pytest.raises(ValueError, match="float16 scale"):
+        ops.quantize_int4(torch.full((1, 32), 1e6), 32)
     with pytest.raises(ValueError, match="must be 2-D"):
         ops.decode_linear(x, q.view(8, 2, 16), s)
     with pytest.raises(ValueError, match="gate and up"):
@@ -426,4 +460,4 @@ def test_int4_bad_input():
     with pytest.raises(ValueError, match="NaN or inf"):
         ops.quantize_int4(torch.tensor([[float("nan")] * 32]), 32)
     with pytest.raises(ValueError, match="quantize_int4's pair"):
-        ops.dequantize_int4(q, torch.ones(8, 4))
+        ops.dequantize_int4(q, torch.ones(8, 4).half())
