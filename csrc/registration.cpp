@@ -71,6 +71,12 @@ TORCH_LIBRARY(kr_mini_llm, m) {
         " Tensor? k_norm, Tensor cos, Tensor sin, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor cache_lens,"
         " int num_heads, Tensor o_weight, Tensor? o_scales, Tensor norm2, Tensor gate_up_weight,"
         " Tensor? gate_up_scales, Tensor down_weight, Tensor? down_scales, float eps) -> Tensor");
+  // decode_block for every layer in one call: per-layer lists (one KV cache pair per layer, all
+  // alike), the same x, cos/sin, cache_lens, num_heads and eps; returns x after the last block.
+  m.def("decode_stack(Tensor x, Tensor[] norm1, Tensor[] qkv_weight, Tensor?[] qkv_scales, Tensor?[] q_norm,"
+        " Tensor?[] k_norm, Tensor cos, Tensor sin, Tensor(a!)[] k_cache, Tensor(b!)[] v_cache, Tensor cache_lens,"
+        " int num_heads, Tensor[] o_weight, Tensor?[] o_scales, Tensor[] norm2, Tensor[] gate_up_weight,"
+        " Tensor?[] gate_up_scales, Tensor[] down_weight, Tensor?[] down_scales, float eps) -> Tensor");
 
   // Test-only: c (+)= op(a) @ op(b) through the kernels' GEMM layer (csrc/ops/gemm.h); tiles
   // selects the in-kernel tile GEMM instead of the whole-matrix one.

@@ -5,6 +5,10 @@
 // the seven calls one by one, with one dispatch instead of seven: at a small model's decode step
 // the dispatches cost more than the norms and the attention's preparation. Every argument is
 // checked before the caches are written.
+//
+// decode_stack runs every block of the model, layer by layer, in one call (lists of the per-layer
+// arguments): one dispatch per decode step instead of one per layer. Every layer is checked before
+// the first cache is written.
 #include "ops/common.h"
 #include "ops/cpu_kernels.h"
 
@@ -25,14 +29,14 @@ void check_out_features(const at::Tensor& w, int64_t C, const char* name) {
                     " (x's hidden size), got ", shape_str(w));
 }
 
-at::Tensor decode_block_cpu(const at::Tensor& x, const at::Tensor& norm1, const at::Tensor& qkv_weight,
-                            const std::optional<at::Tensor>& qkv_scales, const std::optional<at::Tensor>& q_norm,
-                            const std::optional<at::Tensor>& k_norm, const at::Tensor& cos, const at::Tensor& sin,
-                            const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& cache_lens,
-                            int64_t num_heads, const at::Tensor& o_weight, const std::optional<at::Tensor>& o_scales,
-                            const at::Tensor& norm2, const at::Tensor& gate_up_weight,
-                            const std::optional<at::Tensor>& gate_up_scales, const at::Tensor& down_weight,
-                            const std::optional<at::Tensor>& down_scales, double eps) {
+// Every check of one block before its attention step runs (which checks qkv's width, cos/sin and
+// the cache rows before it writes).
+void check_block(const at::Tensor& x, const at::Tensor& norm1, const at::Tensor& qkv_weight,
+                 const std::optional<at::Tensor>& qkv_scales, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                 int64_t num_heads, const at::Tensor& o_weight, const std::optional<at::Tensor>& o_scales,
+                 const at::Tensor& norm2, const at::Tensor& gate_up_weight,
+                 const std::optional<at::Tensor>& gate_up_scales, const at::Tensor& down_weight,
+                 const std::optional<at::Tensor>& down_scales, double eps) {
   check_cpu(x, kOp, "x");
   TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16, kOp,
                    ": x must be float32 or bfloat16, got ", x.scalar_type());
@@ -55,7 +59,16 @@ at::Tensor decode_block_cpu(const at::Tensor& x, const at::Tensor& norm1, const 
                     "[2 * intermediate, C], got ", shape_str(gate_up_weight));
   check_decode_weight(down_weight, down_scales, gate_up_weight.size(0) / 2, kOp, "down_weight", "down_scales");
   check_out_features(down_weight, C, "down_weight");
-  // qkv's width, cos/sin and the cache rows are checked by the attention step before it writes.
+}
+
+at::Tensor run_block(const at::Tensor& x, const at::Tensor& norm1, const at::Tensor& qkv_weight,
+                     const std::optional<at::Tensor>& qkv_scales, const std::optional<at::Tensor>& q_norm,
+                     const std::optional<at::Tensor>& k_norm, const at::Tensor& cos, const at::Tensor& sin,
+                     const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& cache_lens,
+                     int64_t num_heads, const at::Tensor& o_weight, const std::optional<at::Tensor>& o_scales,
+                     const at::Tensor& norm2, const at::Tensor& gate_up_weight,
+                     const std::optional<at::Tensor>& gate_up_scales, const at::Tensor& down_weight,
+                     const std::optional<at::Tensor>& down_scales, double eps) {
   const at::Tensor h1 = std::get<0>(rms_norm_cpu(x, norm1, eps));
   const at::Tensor qkv = decode_linear_cpu(h1, qkv_weight, qkv_scales, std::nullopt);
   const at::Tensor att =
@@ -66,8 +79,96 @@ at::Tensor decode_block_cpu(const at::Tensor& x, const at::Tensor& norm1, const 
                            x1);
 }
 
+at::Tensor decode_block_cpu(const at::Tensor& x, const at::Tensor& norm1, const at::Tensor& qkv_weight,
+                            const std::optional<at::Tensor>& qkv_scales, const std::optional<at::Tensor>& q_norm,
+                            const std::optional<at::Tensor>& k_norm, const at::Tensor& cos, const at::Tensor& sin,
+                            const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& cache_lens,
+                            int64_t num_heads, const at::Tensor& o_weight, const std::optional<at::Tensor>& o_scales,
+                            const at::Tensor& norm2, const at::Tensor& gate_up_weight,
+                            const std::optional<at::Tensor>& gate_up_scales, const at::Tensor& down_weight,
+                            const std::optional<at::Tensor>& down_scales, double eps) {
+  check_block(x, norm1, qkv_weight, qkv_scales, k_cache, v_cache, num_heads, o_weight, o_scales, norm2,
+              gate_up_weight, gate_up_scales, down_weight, down_scales, eps);
+  return run_block(x, norm1, qkv_weight, qkv_scales, q_norm, k_norm, cos, sin, k_cache, v_cache, cache_lens,
+                   num_heads, o_weight, o_scales, norm2, gate_up_weight, gate_up_scales, down_weight, down_scales,
+                   eps);
+}
+
+// ---- decode_stack: every block of the model in one call ----------------------------------------
+constexpr const char* kStack = "decode_stack";
+
+using OptList = c10::List<std::optional<at::Tensor>>;
+
+// A layer's q/k/v weight rows and q/k norms, which its attention step would check only when it
+// runs, after the blocks before it wrote their caches: checked for every layer up front.
+void check_stack_layer(int64_t i, const at::Tensor& qkv_weight, const std::optional<at::Tensor>& q_norm,
+                       const std::optional<at::Tensor>& k_norm, const at::Tensor& k_cache, const at::Tensor& k0,
+                       const at::Tensor& v_cache, int64_t num_heads) {
+  TORCH_CHECK_VALUE(k_cache.sizes() == k0.sizes() && k_cache.scalar_type() == k0.scalar_type() &&
+                        v_cache.sizes() == k0.sizes() && v_cache.scalar_type() == k0.scalar_type(),
+                    kStack, ": layer ", i, "'s caches must be like layer 0's ", shape_str(k0), " ",
+                    k0.scalar_type(), " (one KV cache per layer, all alike), got k_cache ", shape_str(k_cache), " ",
+                    k_cache.scalar_type(), ", v_cache ", shape_str(v_cache), " ", v_cache.scalar_type());
+  const int64_t Hkv = k0.size(2), D = k0.size(3);
+  // num_heads * D fits (check_block), so (num_heads + 2 Hkv) * D is formed only where it fits too
+  int64_t heads = 0, width = 0;
+  TORCH_CHECK_VALUE(mul_add_fits(Hkv, 2, num_heads, &heads) && mul_add_fits(heads, D, 0, &width) &&
+                        qkv_weight.size(0) == width,
+                    kStack, ": layer ", i, "'s qkv_weight must have (num_heads + 2 Hkv) * D = (", num_heads,
+                    " + 2 * ", Hkv, ") * ", D, " rows (q, k and v stacked), got ", shape_str(qkv_weight));
+  TORCH_CHECK_VALUE(q_norm.has_value() == k_norm.has_value(), kStack, ": layer ", i,
+                    ": q_norm and k_norm go together (qk_norm): pass both or neither");
+  for (const auto* nw : {&q_norm, &k_norm}) {
+    if (!nw->has_value()) continue;
+    const char* name = nw == &q_norm ? "q_norm" : "k_norm";
+    check_cpu(**nw, kStack, name);
+    check_float(**nw, kStack, name);
+    TORCH_CHECK_VALUE((*nw)->dim() == 1 && (*nw)->size(0) == D, kStack, ": layer ", i, "'s ", name,
+                      " must be [D] = [", D, "], got ", shape_str(**nw));
+  }
+}
+
+at::Tensor decode_stack_cpu(const at::Tensor& x, at::TensorList norm1, at::TensorList qkv_weight,
+                            const OptList& qkv_scales, const OptList& q_norm, const OptList& k_norm,
+                            const at::Tensor& cos, const at::Tensor& sin, at::TensorList k_cache,
+                            at::TensorList v_cache, const at::Tensor& cache_lens, int64_t num_heads,
+                            at::TensorList o_weight, const OptList& o_scales, at::TensorList norm2,
+                            at::TensorList gate_up_weight, const OptList& gate_up_scales, at::TensorList down_weight,
+                            const OptList& down_scales, double eps) {
+  const int64_t n = static_cast<int64_t>(norm1.size());
+  TORCH_CHECK_VALUE(n > 0, kStack, ": needs at least one layer, got empty lists");
+  const std::pair<const char*, int64_t> lens[] = {
+      {"qkv_weight", qkv_weight.size()}, {"qkv_scales", qkv_scales.size()}, {"q_norm", q_norm.size()},
+      {"k_norm", k_norm.size()}, {"k_cache", k_cache.size()}, {"v_cache", v_cache.size()},
+      {"o_weight", o_weight.size()}, {"o_scales", o_scales.size()}, {"norm2", norm2.size()},
+      {"gate_up_weight", gate_up_weight.size()}, {"gate_up_scales", gate_up_scales.size()},
+      {"down_weight", down_weight.size()}, {"down_scales", down_scales.size()}};
+  for (const auto& [name, len] : lens) {
+    TORCH_CHECK_VALUE(len == n, kStack, ": every list holds one entry per layer: norm1 has ", n, ", ", name,
+                      " has ", len);
+  }
+  // Every layer checked before the first block writes its cache.
+  for (int64_t i = 0; i < n; ++i) {
+    check_block(x, norm1[i], qkv_weight[i], qkv_scales[i], k_cache[i], v_cache[i], num_heads, o_weight[i],
+                o_scales[i], norm2[i], gate_up_weight[i], gate_up_scales[i], down_weight[i], down_scales[i], eps);
+    check_stack_layer(i, qkv_weight[i], q_norm[i], k_norm[i], k_cache[i], k_cache[0], v_cache[i], num_heads);
+  }
+  // Layer 0's attention step checks cos/sin and the cache rows (the same for every layer) before
+  // it writes.
+  at::Tensor h = x;
+  for (int64_t i = 0; i < n; ++i) {
+    h = run_block(h, norm1[i], qkv_weight[i], qkv_scales[i], q_norm[i], k_norm[i], cos, sin, k_cache[i], v_cache[i],
+                  cache_lens, num_heads, o_weight[i], o_scales[i], norm2[i], gate_up_weight[i], gate_up_scales[i],
+                  down_weight[i], down_scales[i], eps);
+  }
+  return h;
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(kr_mini_llm, CPU, m) { m.impl("decode_block", &decode_block_cpu); }
+TORCH_LIBRARY_IMPL(kr_mini_llm, CPU, m) {
+  m.impl("decode_block", &decode_block_cpu);
+  m.impl("decode_stack", &decode_stack_cpu);
+}
 
 }  // namespace kr

@@ -2,8 +2,9 @@
 
 Per block: q/k/v are one stacked weight, gate/up one weight whose SwiGLU is the kernel's epilogue,
 the residual adds are fused into the o/down projections, and everything between the qkv and o
-projections is one op (decode_attention_step); a decode step of few rows runs each block as one op
-(decode_block: the seven calls below made in C++, without a dispatch each), a prefill as 7 calls per block (norm, qkv, attention step, o, norm, gate/up, down). Weights are
+projections is one op (decode_attention_step); a decode step of few rows runs the whole stack of
+blocks as one op (decode_stack: each block's seven calls made in C++, one dispatch per step), a
+prefill as 7 calls per block (norm, qkv, attention step, o, norm, gate/up, down). Weights are
 fp32, bf16, int8 + scales or int4 + scales (see packed.py; with int4, a layer whose input size the
 group size does not divide is int8 per output channel); activations and the residual stream are
 fp32; the KV cache is fp32 for fp32 weights and bf16 for the others (a 16-bit cache, as llama.cpp's
@@ -110,9 +111,17 @@ class DecodeModel:
             L.gate_up = PackedLinear.cat([lin(p + "mlp.gate_proj", I, C), lin(p + "mlp.up_proj", I, C)])
             L.down = lin(p + "mlp.down_proj", C, I)
             self.layers.append(L)
-        # Rows up to which a block's projections all run on the decode kernels (decode_block).
+        # Rows up to which a block's projections all run on the decode kernels (decode_stack).
         self.block_max_rows = min(p.decode_max_rows for L in self.layers
                                   for p in (L.qkv, L.o, L.gate_up, L.down)) if self.layers else 0
+        # decode_stack's per-layer lists before and after the caches, built once: the weights do not change
+        self._stack_head = ([L.norm1 for L in self.layers], [L.qkv.weight for L in self.layers],
+                            [L.qkv.scales for L in self.layers], [L.q_norm for L in self.layers],
+                            [L.k_norm for L in self.layers])
+        self._stack_tail = ([L.o.weight for L in self.layers], [L.o.scales for L in self.layers],
+                            [L.norm2 for L in self.layers], [L.gate_up.weight for L in self.layers],
+                            [L.gate_up.scales for L in self.layers], [L.down.weight for L in self.layers],
+                            [L.down.scales for L in self.layers])
         self.norm = vec("norm.weight", C)
         self.embed = lin("embed_tokens", c.vocab_size, C)
         self.lm_head = self.embed if c.tie_word_embeddings else lin("lm_head", c.vocab_size, C)
@@ -193,14 +202,10 @@ class DecodeModel:
         pos = kv_cache.lens.unsqueeze(1) + torch.arange(T)
         cos, sin = self.rope_cos[pos], self.rope_sin[pos]
         x = self.embed.rows(input_ids)
-        block = B * T <= self.block_max_rows  # every projection on its decode kernel: one call a block
-        for i, L in enumerate(self.layers):
-            if block:
-                x = ops.decode_block(x, L.norm1, L.qkv.weight, L.qkv.scales, L.q_norm, L.k_norm, cos, sin,
-                                     kv_cache.k[i], kv_cache.v[i], kv_cache.lens, self.num_heads, L.o.weight,
-                                     L.o.scales, L.norm2, L.gate_up.weight, L.gate_up.scales, L.down.weight,
-                                     L.down.scales, self.eps)
-                continue
+        if self.layers and B * T <= self.block_max_rows:  # every projection on its decode kernel: one call
+            x = ops.decode_stack(x, *self._stack_head, cos, sin, kv_cache.k, kv_cache.v, kv_cache.lens,
+                                 self.num_heads, *self._stack_tail, self.eps)
+        for i, L in enumerate(self.layers if B * T > self.block_max_rows else ()):
             qkv = L.qkv(ops.rms_norm(x, L.norm1, self.eps))
             # qk-norm, RoPE, cache append (in the cache's dtype) and attention: one call
             att = ops.decode_attention_step(qkv, L.q_norm, L.k_norm, self.eps, cos, sin, kv_cache.k[i],

@@ -16,7 +16,7 @@ from .decode_linear import (decode_linear, decode_linear_reference, decode_linea
                             quantize_int8)
 from .decode_attention import (decode_attention, decode_attention_reference, decode_attention_step,
                                decode_attention_step_reference, kv_cache_append, kv_cache_append_reference)
-from .decode_block import decode_block, decode_block_reference
+from .decode_block import decode_block, decode_block_reference, decode_stack, decode_stack_reference
 from .dropout import dropout, dropout_reference
 from .linear import linear, linear_reference
 from .linear_cross_entropy import linear_cross_entropy, linear_cross_entropy_reference
@@ -40,6 +40,7 @@ OPS = {
     "decode_linear": ("decode_linear",),
     "decode_linear_swiglu": ("decode_linear_swiglu",),
     "decode_block": ("decode_block",),
+    "decode_stack": ("decode_stack",),
 }
 
 
@@ -63,7 +64,7 @@ __all__ = ["rms_norm", "rms_norm_reference", "rotary", "rotary_reference", "rope
            "attention_reference", "decode_attention",
            "decode_attention_reference", "decode_attention_step", "decode_attention_step_reference", "kv_cache_append", "kv_cache_append_reference", "linear_cross_entropy",
            "linear_cross_entropy_reference", "linear", "linear_reference", "decode_linear", "decode_linear_reference", "decode_linear_swiglu",
-           "decode_linear_swiglu_reference", "decode_block", "decode_block_reference", "quantize_int8", "dequantize_int8", "quantize_int4", "dequantize_int4",
+           "decode_linear_swiglu_reference", "decode_block", "decode_block_reference", "decode_stack", "decode_stack_reference", "quantize_int8", "dequantize_int8", "quantize_int4", "dequantize_int4",
            "backend_report", "simd_capability", "OPS",
            "use_device_fallbacks", "device_fallbacks", "DeviceOpMissing"]
 

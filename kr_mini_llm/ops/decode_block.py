@@ -125,3 +125,90 @@ def _decode_block_fallback(*args):
 def _decode_block_fake(*args):
     a = _checked(args)
     return a["x"].new_empty(a["x"].shape)
+
+
+# ---- decode_stack: every block of a decode step in one call ------------------------------------
+STACK_OP = "decode_stack"
+# decode_block's arguments that decode_stack takes as per-layer lists (the rest are shared).
+LAYER_ARGS = ("norm1", "qkv_weight", "qkv_scales", "q_norm", "k_norm", "k_cache", "v_cache", "o_weight",
+              "o_scales", "norm2", "gate_up_weight", "gate_up_scales", "down_weight", "down_scales")
+
+
+def decode_stack(x: torch.Tensor, norm1: list, qkv_weight: list, qkv_scales: list, q_norm: list, k_norm: list,
+                 cos: torch.Tensor, sin: torch.Tensor, k_cache: list, v_cache: list, cache_lens: torch.Tensor,
+                 num_heads: int, o_weight: list, o_scales: list, norm2: list, gate_up_weight: list,
+                 gate_up_scales: list, down_weight: list, down_scales: list, eps: float) -> torch.Tensor:
+    """decode_block for every layer in one call: each per-layer argument a list with one entry per
+    layer (None entries where decode_block takes None), one KV cache pair per layer; x after the
+    last block. One dispatch per decode step instead of one per layer; every layer is checked
+    before the first cache is written."""
+    _no_grad_check(STACK_OP, x, cos, sin, *(t for lst in (norm1, qkv_weight, qkv_scales, q_norm, k_norm, k_cache,
+                                                          v_cache, o_weight, o_scales, norm2, gate_up_weight,
+                                                          gate_up_scales, down_weight, down_scales) for t in lst))
+    return ops.decode_stack(x, norm1, qkv_weight, qkv_scales, q_norm, k_norm, cos, sin, k_cache, v_cache, cache_lens,
+                            num_heads, o_weight, o_scales, norm2, gate_up_weight, gate_up_scales, down_weight,
+                            down_scales, eps)
+
+
+def _layers(args):
+    """decode_stack's arguments -> (shared arguments by name, one decode_block argument tuple per layer)."""
+    a = dict(zip(ARGS, args))
+    n = len(a["norm1"])
+    if n == 0:
+        raise ValueError(f"{STACK_OP}: needs at least one layer, got empty lists")
+    for name in LAYER_ARGS[1:]:
+        if len(a[name]) != n:
+            raise ValueError(f"{STACK_OP}: every list holds one entry per layer: norm1 has {n}, {name} has "
+                             f"{len(a[name])}")
+    return a, [tuple(a[k][i] if k in LAYER_ARGS else a[k] for k in ARGS) for i in range(n)]
+
+
+def _check_stack(args):
+    """decode_stack's checks, every layer before any block runs (the CPU kernel's messages)."""
+    a, layers = _layers(args)
+    k0 = a["k_cache"][0]
+    for i, layer in enumerate(layers):
+        L = _checked(layer)
+        kc, vc = L["k_cache"], L["v_cache"]
+        if any(c.shape != k0.shape or c.dtype != k0.dtype for c in (kc, vc)):
+            raise ValueError(f"{STACK_OP}: layer {i}'s caches must be like layer 0's {list(k0.shape)} {k0.dtype} "
+                             f"(one KV cache per layer, all alike), got k_cache {list(kc.shape)} {kc.dtype}, "
+                             f"v_cache {list(vc.shape)} {vc.dtype}")
+        Hkv, D = k0.shape[2], k0.shape[3]
+        if L["qkv_weight"].shape[0] != (L["num_heads"] + 2 * Hkv) * D:
+            raise ValueError(f"{STACK_OP}: layer {i}'s qkv_weight must have (num_heads + 2 Hkv) * D = "
+                             f"({L['num_heads']} + 2 * {Hkv}) * {D} rows (q, k and v stacked), got "
+                             f"{list(L['qkv_weight'].shape)}")
+        if (L["q_norm"] is None) != (L["k_norm"] is None):
+            raise ValueError(f"{STACK_OP}: layer {i}: q_norm and k_norm go together (qk_norm): pass both or neither")
+        for name in ("q_norm", "k_norm"):
+            w = L[name]
+            if w is not None:
+                check_float(w, STACK_OP, name)
+                if w.dim() != 1 or w.shape[0] != D:
+                    raise ValueError(f"{STACK_OP}: layer {i}'s {name} must be [D] = [{D}], got {list(w.shape)}")
+    return a, layers
+
+
+def decode_stack_reference(*args):
+    """Pure PyTorch: decode_block_reference layer by layer."""
+    _, layers = _layers(args)
+    x = args[0]
+    for layer in layers:
+        x = decode_block_reference(x, *layer[1:])
+    return x
+
+
+@register_fallback(STACK_OP, "parts")
+def _decode_stack_fallback(*args):
+    _, layers = _check_stack(args)
+    x = args[0]
+    for layer in layers:  # each block by the device's own decode_block kernel (its fallback where none)
+        x = ops.decode_block(x, *layer[1:])
+    return x
+
+
+@register_fake(STACK_OP)
+def _decode_stack_fake(*args):
+    a, _ = _check_stack(args)
+    return a["x"].new_empty(a["x"].shape)
