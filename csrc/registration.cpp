@@ -57,8 +57,9 @@ TORCH_LIBRARY(kr_mini_llm, m) {
         " -> (Tensor loss, Tensor grad_hidden, Tensor grad_weight)");
 
   // Inference-only (no backward): y = x W^T (+ residual) for the few rows of a decode step,
-  // x [..., K] float32/bfloat16, weight [M, K] float32/bfloat16/int8; int8 takes symmetric
-  // scales [M, G] (float32, G groups of K/G inputs each; G = 1 is per output channel).
+  // x [..., K] float32/bfloat16, weight [M, K] float32/bfloat16/int8 or uint8 [M, K / 2] (int4,
+  // Q4_0's packing); int8 takes symmetric scales [M, G] (float32, G groups of K/G inputs each; G = 1
+  // is per output channel), int4 [M, G] float16 (K/G a multiple of 32).
   // fp32 accumulation; y [..., M] in x's dtype.
   m.def("decode_linear(Tensor x, Tensor weight, Tensor? scales=None, Tensor? residual=None) -> Tensor");
   // silu(x Wg^T) * (x Wu^T) for weight = [Wg; Wu] [2I, K] (gate rows, then up rows) -> [..., I].

@@ -12,7 +12,7 @@ of new tokens after a prompt of --prompt_len random tokens (no early stop):
   ours-fp32/bf16/int8/int4  Generator on the packed decode kernels (int8: symmetric, per output
                        channel; int4: Q4_0's blocks of 32, fp16 scales)
   ours-DTYPE-7ops      the same, each block of a decode step as its seven ops (DecodeModel.block_max_rows = 0:
-                       the path before decode_block), to measure what decode_block takes off
+                       the path before decode_block), to measure what decode_stack / decode_block take off
   ours-nn              the Transformer with nn.Linear (the Generator before the decode kernels), fp32
   hf-fp32/hf-bf16      transformers LlamaForCausalLM.generate, sdpa attention
   llama.cpp f32/bf16/q8_0/q4_0  llama-batched-bench (or, in a build without it, llama-bench: batch 1 only) on

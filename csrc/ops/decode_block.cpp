@@ -12,6 +12,10 @@
 #include "ops/common.h"
 #include "ops/cpu_kernels.h"
 
+#include <algorithm>
+#include <utility>
+#include <vector>
+
 namespace kr {
 namespace {
 
@@ -128,6 +132,25 @@ void check_stack_layer(int64_t i, const at::Tensor& qkv_weight, const std::optio
   }
 }
 
+// No two of the 2n caches share memory: layer i + 1 would write over layer i's rows (a list built as
+// [cache] * n). Caches are contiguous (checked), so each is one byte range.
+void check_caches_apart(at::TensorList k_cache, at::TensorList v_cache) {
+  struct Range { uintptr_t begin, end; const char* name; size_t layer; };
+  std::vector<Range> ranges;
+  for (size_t i = 0; i < k_cache.size(); ++i) {
+    for (const auto& [c, name] : {std::pair{&k_cache[i], "k_cache"}, std::pair{&v_cache[i], "v_cache"}}) {
+      const auto begin = reinterpret_cast<uintptr_t>(c->const_data_ptr());
+      ranges.push_back({begin, begin + static_cast<uintptr_t>(c->nbytes()), name, i});
+    }
+  }
+  std::sort(ranges.begin(), ranges.end(), [](const Range& a, const Range& b) { return a.begin < b.begin; });
+  for (size_t j = 1; j < ranges.size(); ++j) {
+    const Range &a = ranges[j - 1], &b = ranges[j];
+    TORCH_CHECK_VALUE(b.begin >= a.end, kStack, ": layer ", a.layer, "'s ", a.name, " and layer ", b.layer, "'s ",
+                      b.name, " share memory: every layer needs caches of its own (KVCache.for_model makes them)");
+  }
+}
+
 at::Tensor decode_stack_cpu(const at::Tensor& x, at::TensorList norm1, at::TensorList qkv_weight,
                             const OptList& qkv_scales, const OptList& q_norm, const OptList& k_norm,
                             const at::Tensor& cos, const at::Tensor& sin, at::TensorList k_cache,
@@ -147,12 +170,19 @@ at::Tensor decode_stack_cpu(const at::Tensor& x, at::TensorList norm1, at::Tenso
     TORCH_CHECK_VALUE(len == n, kStack, ": every list holds one entry per layer: norm1 has ", n, ", ", name,
                       " has ", len);
   }
-  // Every layer checked before the first block writes its cache.
+  // Every layer checked before the first block writes its cache; a layer's own errors name it.
   for (int64_t i = 0; i < n; ++i) {
-    check_block(x, norm1[i], qkv_weight[i], qkv_scales[i], k_cache[i], v_cache[i], num_heads, o_weight[i],
-                o_scales[i], norm2[i], gate_up_weight[i], gate_up_scales[i], down_weight[i], down_scales[i], eps);
+    try {
+      check_block(x, norm1[i], qkv_weight[i], qkv_scales[i], k_cache[i], v_cache[i], num_heads, o_weight[i],
+                  o_scales[i], norm2[i], gate_up_weight[i], gate_up_scales[i], down_weight[i], down_scales[i], eps);
+    } catch (const c10::ValueError& e) {
+      TORCH_CHECK_VALUE(false, kStack, ": layer ", i, ": ", e.what_without_backtrace());
+    } catch (const c10::TypeError& e) {
+      TORCH_CHECK_TYPE(false, kStack, ": layer ", i, ": ", e.what_without_backtrace());
+    }
     check_stack_layer(i, qkv_weight[i], q_norm[i], k_norm[i], k_cache[i], k_cache[0], v_cache[i], num_heads);
   }
+  check_caches_apart(k_cache, v_cache);
   // Layer 0's attention step checks cos/sin and the cache rows (the same for every layer) before
   // it writes.
   at::Tensor h = x;

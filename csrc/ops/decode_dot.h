@@ -402,7 +402,7 @@ inline void unpack_int4_block(const Int4x2* p, Fn&& put) {
   }
 }
 
-#if defined(__AVX2__)
+#if defined(__AVX2__) && defined(__F16C__)  // F16C: the fp16 scales (every AVX2 CPU has it)
 #define KR_DECODE_INT4_PAIRS 1
 // x for the int4 kernels: quantized to int8 per block of 32 inputs, as QuantizedX with B = 32, and
 // laid out per step of S blocks (S = 2 for Int4PairDot, 4 for Int4QuadDot) the way 16 * S bytes of

@@ -91,9 +91,10 @@ class DecodeModel:
             # int4 scales are float16 (Q4_0's); files written before they were hold float32 ones, rounded here
             scale_dtype = INT4_SCALE_DTYPE if kind == "int4" else torch.float32
             scales = s.to(scale_dtype)
-            if kind == "int4" and not bool(torch.isfinite(scales).all()) and bool(torch.isfinite(s).all()):
-                raise ConfigMismatchError(f"{name}{SCALES_SUFFIX} holds scales past float16's range: these int4 "
-                                          "weights cannot run; quantize the checkpoint again")
+            if kind == "int4" and not bool(torch.isfinite(scales).all()):
+                raise ConfigMismatchError(f"{name}{SCALES_SUFFIX} holds scales that are not finite in float16 (inf, "
+                                          "NaN, or past float16's range): these int4 weights cannot run; quantize "
+                                          "the checkpoint again")
             return PackedLinear(w, scales)
 
         C, Hq, Hkv, I = c.hidden_size, c.num_heads * D, c.num_kv_heads * D, c.intermediate_size

@@ -163,12 +163,16 @@ def _layers(args):
     return a, [tuple(a[k][i] if k in LAYER_ARGS else a[k] for k in ARGS) for i in range(n)]
 
 
-def _check_stack(args):
-    """decode_stack's checks, every layer before any block runs (the CPU kernel's messages)."""
+def _check_stack(args, memory=True):
+    """decode_stack's checks, every layer before any block runs (the CPU kernel's messages); `memory`:
+    also that no two caches share memory (not for fake tensors, which have none)."""
     a, layers = _layers(args)
     k0 = a["k_cache"][0]
     for i, layer in enumerate(layers):
-        L = _checked(layer)
+        try:
+            L = _checked(layer)
+        except (ValueError, TypeError) as e:  # a layer's own errors name it
+            raise type(e)(f"{STACK_OP}: layer {i}: {e}") from None
         kc, vc = L["k_cache"], L["v_cache"]
         if any(c.shape != k0.shape or c.dtype != k0.dtype for c in (kc, vc)):
             raise ValueError(f"{STACK_OP}: layer {i}'s caches must be like layer 0's {list(k0.shape)} {k0.dtype} "
@@ -187,7 +191,19 @@ def _check_stack(args):
                 check_float(w, STACK_OP, name)
                 if w.dim() != 1 or w.shape[0] != D:
                     raise ValueError(f"{STACK_OP}: layer {i}'s {name} must be [D] = [{D}], got {list(w.shape)}")
+    if memory:
+        _check_caches_apart(a["k_cache"], a["v_cache"])
     return a, layers
+
+
+def _check_caches_apart(k_cache, v_cache):
+    """No two of the 2n caches share memory (layer i + 1 would write over layer i's rows)."""
+    ranges = sorted((c.data_ptr(), c.data_ptr() + c.nbytes, name, i)
+                    for i, pair in enumerate(zip(k_cache, v_cache)) for name, c in zip(("k_cache", "v_cache"), pair))
+    for (_, end, name_a, i), (begin, _, name_b, j) in zip(ranges, ranges[1:]):
+        if begin < end:
+            raise ValueError(f"{STACK_OP}: layer {i}'s {name_a} and layer {j}'s {name_b} share memory: every layer "
+                             "needs caches of its own (KVCache.for_model makes them)")
 
 
 def decode_stack_reference(*args):
@@ -210,5 +226,5 @@ def _decode_stack_fallback(*args):
 
 @register_fake(STACK_OP)
 def _decode_stack_fake(*args):
-    a, _ = _check_stack(args)
+    a, _ = _check_stack(args, memory=False)
     return a["x"].new_empty(a["x"].shape)

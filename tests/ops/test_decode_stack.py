@@ -112,14 +112,17 @@ def _spoil(a, i, how):
         return ValueError, r"q_norm and k_norm go together"
     if how == "norm2 size":
         a["norm2"][i] = torch.ones(a["norm2"][i].shape[0] + 1)
-        return ValueError, r"norm2 must be \[C\]"
+        return ValueError, rf"decode_stack: layer {i}: .*norm2 must be \[C\]"
     if how == "int4 scales dtype":
         a["down_scales"][i] = a["down_scales"][i].float()
-        return TypeError, r"scales of int4 weights must be float16"
+        return TypeError, rf"decode_stack: layer {i}: .*scales of int4 weights must be float16"
+    if how == "shared cache":  # a list built as [cache] * n: layer i + 1 would write over layer i
+        a["v_cache"][i] = a["k_cache"][i]
+        return ValueError, r"share memory: every layer needs caches of its own"
     raise AssertionError(how)
 
 
-SPOILERS = ["short list", "qkv rows", "cache shape", "q_norm alone", "norm2 size", "int4 scales dtype"]
+SPOILERS = ["short list", "qkv rows", "cache shape", "q_norm alone", "norm2 size", "int4 scales dtype", "shared cache"]
 
 
 @settings(max_examples=40, deadline=None, derandomize=True)
@@ -142,6 +145,16 @@ def test_generated_stacks_run_or_refuse_before_writing(layers, spoil, at, qk_nor
     for name in ("k_cache", "v_cache"):
         for now, then in zip(a[name], before[name]):
             assert torch.equal(now, then), "a cache was written before the error"
+
+
+def test_views_of_one_cache_tensor_are_caches_apart():
+    """Per-layer caches cut from one tensor (not overlapping) are as good as separate ones."""
+    a = make_stack(CASES[0], "fp32", torch.float32, layers=2)
+    theirs = clone_stack(a)
+    k_all, v_all = torch.stack(a["k_cache"]), torch.stack(a["v_cache"])
+    a["k_cache"], a["v_cache"] = list(k_all.unbind(0)), list(v_all.unbind(0))
+    assert torch.equal(ops.decode_stack(**a), by_blocks(theirs))
+    assert torch.equal(k_all, torch.stack(theirs["k_cache"]))
 
 
 def test_empty_stack_is_refused():
