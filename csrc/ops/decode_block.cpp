@@ -65,24 +65,6 @@ void check_block(const at::Tensor& x, const at::Tensor& norm1, const at::Tensor&
   check_out_features(down_weight, C, "down_weight");
 }
 
-at::Tensor run_block(const at::Tensor& x, const at::Tensor& norm1, const at::Tensor& qkv_weight,
-                     const std::optional<at::Tensor>& qkv_scales, const std::optional<at::Tensor>& q_norm,
-                     const std::optional<at::Tensor>& k_norm, const at::Tensor& cos, const at::Tensor& sin,
-                     const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& cache_lens,
-                     int64_t num_heads, const at::Tensor& o_weight, const std::optional<at::Tensor>& o_scales,
-                     const at::Tensor& norm2, const at::Tensor& gate_up_weight,
-                     const std::optional<at::Tensor>& gate_up_scales, const at::Tensor& down_weight,
-                     const std::optional<at::Tensor>& down_scales, double eps) {
-  const at::Tensor h1 = std::get<0>(rms_norm_cpu(x, norm1, eps));
-  const at::Tensor qkv = decode_linear_cpu(h1, qkv_weight, qkv_scales, std::nullopt);
-  const at::Tensor att =
-      decode_attention_step_cpu(qkv, q_norm, k_norm, eps, cos, sin, k_cache, v_cache, cache_lens, num_heads);
-  const at::Tensor x1 = decode_linear_cpu(att, o_weight, o_scales, x);
-  const at::Tensor h2 = std::get<0>(rms_norm_cpu(x1, norm2, eps));
-  return decode_linear_cpu(decode_linear_swiglu_cpu(h2, gate_up_weight, gate_up_scales), down_weight, down_scales,
-                           x1);
-}
-
 at::Tensor decode_block_cpu(const at::Tensor& x, const at::Tensor& norm1, const at::Tensor& qkv_weight,
                             const std::optional<at::Tensor>& qkv_scales, const std::optional<at::Tensor>& q_norm,
                             const std::optional<at::Tensor>& k_norm, const at::Tensor& cos, const at::Tensor& sin,
@@ -93,9 +75,14 @@ at::Tensor decode_block_cpu(const at::Tensor& x, const at::Tensor& norm1, const 
                             const std::optional<at::Tensor>& down_scales, double eps) {
   check_block(x, norm1, qkv_weight, qkv_scales, k_cache, v_cache, num_heads, o_weight, o_scales, norm2,
               gate_up_weight, gate_up_scales, down_weight, down_scales, eps);
-  return run_block(x, norm1, qkv_weight, qkv_scales, q_norm, k_norm, cos, sin, k_cache, v_cache, cache_lens,
-                   num_heads, o_weight, o_scales, norm2, gate_up_weight, gate_up_scales, down_weight, down_scales,
-                   eps);
+  const at::Tensor h1 = std::get<0>(rms_norm_cpu(x, norm1, eps));
+  const at::Tensor qkv = decode_linear_cpu(h1, qkv_weight, qkv_scales, std::nullopt);
+  const at::Tensor att =
+      decode_attention_step_cpu(qkv, q_norm, k_norm, eps, cos, sin, k_cache, v_cache, cache_lens, num_heads);
+  const at::Tensor x1 = decode_linear_cpu(att, o_weight, o_scales, x);
+  const at::Tensor h2 = std::get<0>(rms_norm_cpu(x1, norm2, eps));
+  return decode_linear_cpu(decode_linear_swiglu_cpu(h2, gate_up_weight, gate_up_scales), down_weight, down_scales,
+                           x1);
 }
 
 // ---- decode_stack: every block of the model in one call ----------------------------------------
@@ -184,10 +171,10 @@ at::Tensor decode_stack_cpu(const at::Tensor& x, at::TensorList norm1, at::Tenso
   }
   check_caches_apart(k_cache, v_cache);
   // Layer 0's attention step checks cos/sin and the cache rows (the same for every layer) before
-  // it writes.
+  // it writes; each decode_block repeats its layer's checks (well under a microsecond).
   at::Tensor h = x;
   for (int64_t i = 0; i < n; ++i) {
-    h = run_block(h, norm1[i], qkv_weight[i], qkv_scales[i], q_norm[i], k_norm[i], cos, sin, k_cache[i], v_cache[i],
+    h = decode_block_cpu(h, norm1[i], qkv_weight[i], qkv_scales[i], q_norm[i], k_norm[i], cos, sin, k_cache[i], v_cache[i],
                   cache_lens, num_heads, o_weight[i], o_scales[i], norm2[i], gate_up_weight[i], gate_up_scales[i],
                   down_weight[i], down_scales[i], eps);
   }

@@ -2,8 +2,8 @@
 // reading W once is the whole cost. Weights are fp32, bf16, int8 with symmetric fp32 scales per
 // group of G consecutive inputs (G = K is one scale per output channel), or int4 (a uint8 weight
 // [M, K / 2], two inputs per byte in decode_dot.h's Int4x2 layout) with fp16 scales per group of
-// G, a multiple of 32 (Q4_0's layout and scale type); x is fp32 or bf16 and every sum is accumulated in fp32 (int8 blocks in
-// int32 first).
+// G, a multiple of 32 (Q4_0's layout and scale type); x is fp32 or bf16 and every sum is
+// accumulated in fp32 (int8 blocks in int32 first).
 //
 // Layout of the work: output rows are split into blocks of JB rows, blocks are spread over the
 // threads (at::parallel_for), and each block streams its JB weight rows once while it keeps
