@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from ..ops import new_cache
+
 
 class KVCache:
     """Keys and values of every layer for a batch of sequences of different lengths.
@@ -15,9 +17,9 @@ class KVCache:
                  head_dim: int, dtype=torch.float32, device="cpu"):
         if batch_size <= 0 or max_length <= 0:
             raise ValueError(f"KVCache needs batch_size > 0 and max_length > 0, got {batch_size}, {max_length}")
-        shape = (batch_size, max_length, num_kv_heads, head_dim)
-        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        # head-major: each head's rows side by side, one stream per head for the attention kernels
+        self.k = [new_cache(batch_size, max_length, num_kv_heads, head_dim, dtype, device) for _ in range(num_layers)]
+        self.v = [new_cache(batch_size, max_length, num_kv_heads, head_dim, dtype, device) for _ in range(num_layers)]
         self.lens = torch.zeros(batch_size, dtype=torch.int64, device=device)
         self.max_length = max_length
 

@@ -15,7 +15,8 @@ from .decode_linear import (decode_linear, decode_linear_reference, decode_linea
                             decode_linear_swiglu_reference, dequantize_int4, dequantize_int8, quantize_int4,
                             quantize_int8)
 from .decode_attention import (decode_attention, decode_attention_reference, decode_attention_step,
-                               decode_attention_step_reference, kv_cache_append, kv_cache_append_reference)
+                               decode_attention_step_reference, kv_cache_append, kv_cache_append_reference,
+                               new_cache)
 from .decode_block import decode_block, decode_block_reference, decode_stack, decode_stack_reference
 from .dropout import dropout, dropout_reference
 from .linear import linear, linear_reference
@@ -62,7 +63,7 @@ def simd_capability() -> str:
 __all__ = ["rms_norm", "rms_norm_reference", "rotary", "rotary_reference", "rope_tables",
            "rope_inv_freq", "swiglu", "swiglu_reference", "dropout", "dropout_reference", "attention",
            "attention_reference", "decode_attention",
-           "decode_attention_reference", "decode_attention_step", "decode_attention_step_reference", "kv_cache_append", "kv_cache_append_reference", "linear_cross_entropy",
+           "decode_attention_reference", "decode_attention_step", "decode_attention_step_reference", "kv_cache_append", "kv_cache_append_reference", "new_cache", "linear_cross_entropy",
            "linear_cross_entropy_reference", "linear", "linear_reference", "decode_linear", "decode_linear_reference", "decode_linear_swiglu",
            "decode_linear_swiglu_reference", "decode_block", "decode_block_reference", "decode_stack", "decode_stack_reference", "quantize_int8", "dequantize_int8", "quantize_int4", "dequantize_int4",
            "backend_report", "simd_capability", "OPS",

@@ -1,7 +1,8 @@
 """The KV-cache step of generation: `kv_cache_append` then `decode_attention`.
 
-Caches are preallocated, contiguous `[B, Tmax, Hkv, D]` tensors; `cache_lens` `[B]` (int32 or
-int64, read on the CPU) counts the valid rows of each sequence. A generation step is::
+Caches are preallocated `[B, Tmax, Hkv, D]` tensors, contiguous or head-major (`new_cache`;
+KVCache's layout); `cache_lens` `[B]` (int32 or int64, read on the CPU) counts the valid rows of
+each sequence. A generation step is::
 
     kv_cache_append(k_cache, v_cache, k_new, v_new, cache_lens)   # rows lens .. lens+S-1
     cache_lens += S                                                 # the caller advances it
@@ -123,15 +124,45 @@ def _check_caches(op, k_cache, v_cache):
         check_float(c, op, name)
         if c.dim() != 4:
             raise ValueError(f"{op}: {name} must be 4-D [B, Tmax, Hkv, D], got shape {list(c.shape)}")
-        if not c.is_contiguous():
-            raise ValueError(f"{op}: {name} must be a contiguous [B, Tmax, Hkv, D] tensor (the cache "
-                             f"is written in place), got shape {list(c.shape)} with strides {c.stride()}")
+        if not any(_dense_in_order(c, order) for order in CACHE_LAYOUTS.values()):
+            raise ValueError(f"{op}: {name} must be a [B, Tmax, Hkv, D] tensor laid out contiguous or head-major "
+                             "(a contiguous [B, Hkv, Tmax, D] tensor .permute(0, 2, 1, 3), as KVCache makes it; "
+                             f"the cache is written in place), got shape {list(c.shape)} with strides {c.stride()}")
     if v_cache.shape != k_cache.shape:
         raise ValueError(f"{op}: v_cache must have the shape of k_cache [B, Tmax, Hkv, D] = "
                          f"{list(k_cache.shape)}, got {list(v_cache.shape)}")
     check_same_dtype(v_cache, "v_cache", k_cache, "k_cache", op)
+    if v_cache.stride() != k_cache.stride():
+        raise ValueError(f"{op}: v_cache must have the memory layout of k_cache (strides {k_cache.stride()}), "
+                         f"got {v_cache.stride()}")
     if k_cache.shape[2] == 0:
         raise ValueError(f"{op}: k_cache must have at least one KV head, got {list(k_cache.shape)}")
+
+
+# The memory layouts a cache [B, Tmax, Hkv, D] may have: its dims from outermost to innermost.
+CACHE_LAYOUTS = {"contiguous": (0, 1, 2, 3), "head-major": (0, 2, 1, 3)}
+
+
+def _dense_in_order(c, order):
+    """Whether c has the strides of a dense tensor whose dims, outermost first, are `order` (dims
+    of size 1 may have any stride, as in is_contiguous)."""
+    expected = 1
+    for d in reversed(order):
+        if c.shape[d] != 1 and c.stride(d) != expected:
+            return False
+        expected *= c.shape[d]
+    return True
+
+
+def new_cache(batch_size, max_length, num_kv_heads, head_dim, dtype=torch.float32, device="cpu", layout="head-major"):
+    """A zeroed cache [B, Tmax, Hkv, D] in one of CACHE_LAYOUTS: head-major (what KVCache allocates)
+    keeps each head's rows side by side, so attention over one KV head reads one contiguous stream."""
+    if layout not in CACHE_LAYOUTS:
+        raise ValueError(f"new_cache: layout must be one of {sorted(CACHE_LAYOUTS)}, got {layout!r}")
+    order = CACHE_LAYOUTS[layout]
+    sizes = (batch_size, max_length, num_kv_heads, head_dim)
+    storage = torch.zeros([sizes[d] for d in order], dtype=dtype, device=device)
+    return storage.permute([order.index(d) for d in range(4)])
 
 
 def _read_lens(op, cache_lens, B):

@@ -96,6 +96,14 @@ def test_kv_cache_decoding_matches_full_forward(changes):
     assert cache.lens.tolist() == [23, 23]
 
 
+def test_kv_cache_is_head_major():
+    """Each KV head's rows side by side ([B, Hkv, Tmax, D] storage seen as [B, Tmax, Hkv, D]): the
+    decode kernels read one head as one stream. Batch views keep the layout."""
+    cache = KVCache(num_layers=2, batch_size=3, max_length=7, num_kv_heads=2, head_dim=4)
+    for c in cache.k + cache.v + cache.rows(1, 3).k:
+        assert c.shape[1:] == (7, 2, 4) and c.stride() == (2 * 7 * 4, 4, 7 * 4, 1)
+
+
 def test_right_padded_prefill_into_cache_rows_then_decode_matches_full_forward():
     """What the server does: prompts of different lengths prefilled together (right-padded) into rows
     2..4 of a cache, logits taken at each prompt's last token, lengths set back, rows moved, decoded."""

@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kr_mini_llm import ops
+from kr_mini_llm.ops.decode_attention import CACHE_LAYOUTS
 from kr_mini_llm.ops.decode_linear import x_format
 
 from .utils import TOL
@@ -306,17 +307,29 @@ def _cache_case(draw, g):
     return B, Hkv, G, D, Tmax, S, lens, dt
 
 
+def _caches(draw, g, B, Tmax, Hkv, D, dt):
+    """A k/v cache pair [B, Tmax, Hkv, D] of random values in a drawn layout (both alike)."""
+    layout = draw(st.sampled_from(sorted(CACHE_LAYOUTS)))
+    pair = []
+    for _ in range(2):
+        c = ops.new_cache(B, Tmax, Hkv, D, dt, layout=layout)
+        c.copy_(randn(g, (B, Tmax, Hkv, D), dt))
+        pair.append(c)
+    return pair
+
+
 def b_decode(draw, g):
     B, Hkv, G, D, Tmax, S, lens, dt = _cache_case(draw, g)
-    args = dict(q=randn(g, (B, S, Hkv * G, D), dt), k_cache=randn(g, (B, Tmax, Hkv, D), dt),
-                v_cache=randn(g, (B, Tmax, Hkv, D), dt), cache_lens=lens + S, scale=None)
+    kc, vc = _caches(draw, g, B, Tmax, Hkv, D, dt)
+    args = dict(q=randn(g, (B, S, Hkv * G, D), dt), k_cache=kc, v_cache=vc, cache_lens=lens + S, scale=None)
     return (args, ["q", "k_cache", "v_cache", "cache_lens"], {"scale": float_extreme},
             {"cache_lens": index_extreme("cache_lens")})
 
 
 def b_append(draw, g):
     B, Hkv, _, D, Tmax, S, lens, dt = _cache_case(draw, g)
-    args = dict(k_cache=randn(g, (B, Tmax, Hkv, D), dt), v_cache=randn(g, (B, Tmax, Hkv, D), dt),
+    kc, vc = _caches(draw, g, B, Tmax, Hkv, D, dt)
+    args = dict(k_cache=kc, v_cache=vc,
                 k_new=randn(g, (B, S, Hkv, D), dt), v_new=randn(g, (B, S, Hkv, D), dt), cache_lens=lens)
     return (args, ["k_cache", "v_cache", "k_new", "v_new", "cache_lens"], {},
             {"cache_lens": index_extreme("cache_lens")})
@@ -330,10 +343,10 @@ def b_step(draw, g):
     norms = draw(st.booleans())
     pos = lens.long().unsqueeze(1) + torch.arange(S)
     cos, sin = ops.rope_tables(D, pos, dtype=dt)
+    kc, vc = _caches(draw, g, B, Tmax, Hkv, D, cdt)
     args = dict(qkv=randn(g, (B, S, (Hq + 2 * Hkv) * D), dt),
                 q_norm=randn(g, (D,), dt) if norms else None, k_norm=randn(g, (D,), dt) if norms else None,
-                eps=1e-6, cos=cos, sin=sin, k_cache=randn(g, (B, Tmax, Hkv, D), cdt),
-                v_cache=randn(g, (B, Tmax, Hkv, D), cdt), cache_lens=lens, num_heads=Hq)
+                eps=1e-6, cos=cos, sin=sin, k_cache=kc, v_cache=vc, cache_lens=lens, num_heads=Hq)
     return (args, ["qkv", "q_norm", "k_norm", "cos", "sin", "k_cache", "v_cache", "cache_lens"],
             {"num_heads": int_extreme, "eps": float_extreme}, {"cache_lens": index_extreme("cache_lens")})
 
@@ -350,10 +363,10 @@ def b_block(draw, g):
     def weight(out, inp):  # fp32 weights: the comparison is of the block, not of the quantizers
         return randn(g, (out, inp)) * inp**-0.5
 
+    kc, vc = _caches(draw, g, B, Tmax, Hkv, D, cdt)
     args = dict(x=randn(g, (B, S, C), xdt), norm1=randn(g, (C,)), qkv_weight=weight((Hq + 2 * Hkv) * D, C),
                 qkv_scales=None, q_norm=randn(g, (D,)) if norms else None, k_norm=randn(g, (D,)) if norms else None,
-                cos=cos, sin=sin, k_cache=randn(g, (B, Tmax, Hkv, D), cdt), v_cache=randn(g, (B, Tmax, Hkv, D), cdt),
-                cache_lens=lens, num_heads=Hq, o_weight=weight(C, Hq * D), o_scales=None, norm2=randn(g, (C,)),
+                cos=cos, sin=sin, k_cache=kc, v_cache=vc, cache_lens=lens, num_heads=Hq, o_weight=weight(C, Hq * D), o_scales=None, norm2=randn(g, (C,)),
                 gate_up_weight=weight(2 * I, C), gate_up_scales=None, down_weight=weight(C, I), down_scales=None,
                 eps=1e-6)
     tensors = [n for n, v in args.items() if isinstance(v, torch.Tensor)]

@@ -250,7 +250,9 @@ DECODE_ERRORS = [
     (dict(cache_lens=torch.tensor([3, 4, 5])), ValueError, r"cache_lens must be 1-D \[B\] = \[2\]"),
     (dict(cache_lens=torch.tensor([[3, 4]])), ValueError, r"cache_lens must be 1-D \[B\] = \[2\]"),
     (dict(cache_lens=torch.tensor([3.0, 4.0])), TypeError, "cache_lens must be int32 or int64"),
-    (dict(k_cache=randn(2, 2, 16, 32).transpose(1, 2)), ValueError, r"k_cache must be a contiguous"),
+    # rows outermost: neither layout (head-major is [B, Hkv, Tmax, D] storage, and valid)
+    (dict(k_cache=randn(16, 2, 2, 32).transpose(0, 1)), ValueError, r"k_cache must be .* laid out contiguous or head-major"),
+    (dict(k_cache=randn(2, 2, 16, 32).transpose(1, 2)), ValueError, r"v_cache must have the memory layout of k_cache"),
 ]
 
 APPEND_ERRORS = [
@@ -264,7 +266,8 @@ APPEND_ERRORS = [
     (dict(k_new=randn(3, 3, 2, 32), v_new=randn(3, 3, 2, 32)), ValueError, r"k_new must be \[B, S, Hkv, D\]"),
     (dict(v_new=randn(2, 4, 2, 32)), ValueError, r"v_new must have the shape of k_new"),
     (dict(v_new=randn(2, 3, 2, 32, dtype=torch.float16)), TypeError, r"v_new .* and v_cache .* same dtype"),
-    (dict(k_cache=randn(2, 16, 2, 64)[..., :32]), ValueError, r"k_cache must be a contiguous"),
+    (dict(k_cache=randn(2, 16, 2, 64)[..., :32]), ValueError, r"k_cache must be .* laid out contiguous or head-major"),
+    (dict(v_cache=randn(2, 2, 16, 32).transpose(1, 2)), ValueError, r"v_cache must have the memory layout of k_cache"),
     (dict(v_cache=randn(2, 16, 2, 32, dtype=torch.float64)), TypeError, r"v_cache .* and k_cache .* same dtype"),
     (dict(cache_lens=torch.tensor([1], dtype=torch.int32)), ValueError, r"cache_lens must be 1-D \[B\] = \[2\]"),
     (dict(cache_lens=torch.tensor([1, 2], dtype=torch.int16)), TypeError, "cache_lens must be int32 or int64"),
@@ -408,3 +411,68 @@ def test_step_bad_input_is_a_clear_error(path, kw, exc, match):
         fn(a["qkv"], a["q_norm"], a["k_norm"], 1e-6, a["cos"], a["sin"], a["k_cache"], a["v_cache"],
            a["cache_lens"], a["num_heads"])
     assert torch.equal(a["k_cache"], kc) and torch.equal(a["v_cache"], vc), "nothing written on error"
+
+
+# -- cache layouts: contiguous and head-major ([B, Hkv, Tmax, D] storage, KVCache's) --------------
+def head_major(c):
+    """c's values in a head-major cache."""
+    B, Tmax, Hkv, D = c.shape
+    out = ops.new_cache(B, Tmax, Hkv, D, c.dtype, layout="head-major")
+    assert out.shape == c.shape and out.stride() == (Hkv * Tmax * D, D, Tmax * D, 1)
+    return out.copy_(c)
+
+
+@pytest.mark.parametrize("path", ["native", "fallback"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", CASES, ids=[str(c[:6]) for c in CASES])
+def test_head_major_caches_give_the_contiguous_bits(case, dtype, path):
+    """Append then attend on both layouts: the same cache values and the same output bits (the
+    layout moves the rows in memory, not the arithmetic)."""
+    decode, append = (dec, app) if path == "native" else (_decode_attention_fallback, _kv_cache_append_fallback)
+    B, S, Hq, Hkv, D, Tmax, lens = case
+    q, kc, vc, cl = make(B, S, Hq, Hkv, D, Tmax, lens, dtype, seed=3)
+    g = torch.Generator().manual_seed(4)
+    kn, vn = randn(B, S, Hkv, D, dtype=dtype, generator=g), randn(B, S, Hkv, D, dtype=dtype, generator=g)
+    before = cl - S  # rows already cached: the new ones land at before[b] ..
+    hk, hv = head_major(kc), head_major(vc)
+    append(kc, vc, kn, vn, before)
+    append(hk, hv, kn, vn, before)
+    assert torch.equal(hk, kc) and torch.equal(hv, vc)
+    assert torch.equal(decode(q, hk, hv, cl, None), decode(q, kc, vc, cl, None))
+
+
+@pytest.mark.parametrize("case", STEP_CASES, ids=[str(c[:5]) for c in STEP_CASES])
+def test_step_on_head_major_caches(case):
+    args = make_step(case, torch.float32, torch.bfloat16, seed=5)
+    hm = list(args)
+    hm[6], hm[7] = head_major(args[6]), head_major(args[7])
+    out = ops.decode_attention_step(*args)
+    assert torch.equal(ops.decode_attention_step(*hm), out)
+    assert torch.equal(hm[6], args[6]) and torch.equal(hm[7], args[7])
+
+
+def test_opcheck_on_head_major_caches():
+    q, kc, vc, cl = make(2, 3, 8, 2, 64, 45, [3, 40], torch.bfloat16)
+    hk, hv = head_major(kc), head_major(vc)
+    torch.library.opcheck(dec.default, (q, hk, hv, cl, None))
+    kn = randn(2, 3, 2, 64, dtype=torch.bfloat16)
+    torch.library.opcheck(app.default, (hk, hv, kn, kn.clone(), cl - 3))
+    args = make_step(STEP_CASES[2], torch.float32, torch.bfloat16)
+    args[6], args[7] = head_major(args[6]), head_major(args[7])
+    torch.library.opcheck(step.default, tuple(args))
+
+
+def test_a_batch_slice_of_a_head_major_cache_writes_through():
+    """KVCache.rows(..) hands a server a slice of the batch: its appends land in the whole cache."""
+    q, kc, vc, cl = make(3, 2, 4, 2, 32, 20, [5, 9, 2], seed=6)
+    hk, hv = head_major(kc), head_major(vc)
+    kn = randn(2, 2, 2, 32, generator=torch.Generator().manual_seed(7))
+    ops.kv_cache_append(kc[1:], vc[1:], kn, kn, cl[1:])
+    ops.kv_cache_append(hk[1:], hv[1:], kn, kn, cl[1:])
+    assert torch.equal(hk, kc) and torch.equal(hv, vc)
+    assert torch.equal(dec(q[1:], hk[1:], hv[1:], cl[1:] + 2, None), dec(q[1:], kc[1:], vc[1:], cl[1:] + 2, None))
+
+
+def test_new_cache_refuses_an_unknown_layout():
+    with pytest.raises(ValueError, match=r"layout must be one of \['contiguous', 'head-major'\], got 'rows'"):
+        ops.new_cache(1, 4, 2, 8, layout="rows")

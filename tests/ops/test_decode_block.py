@@ -99,6 +99,20 @@ def test_is_its_parts_bit_for_bit(case, wdtype, cache_dtype):
 
 
 @pytest.mark.parametrize("case", CASES, ids=[str(c[:7]) for c in CASES])
+@pytest.mark.parametrize("path", ["native", "fallback"])
+def test_head_major_caches_give_the_contiguous_bits(case, path):
+    """KVCache's layout against contiguous caches: the same output, the same cache rows written."""
+    run = ops.decode_block if path == "native" else (lambda **a: _decode_block_fallback(*a.values()))
+    a = make(case, "int8", torch.bfloat16)
+    h = clone(a)
+    for name in ("k_cache", "v_cache"):
+        h[name] = ops.new_cache(*a[name].shape, a[name].dtype, layout="head-major").copy_(a[name])
+    assert h["k_cache"].stride()[1] == case[4], "one head's rows side by side"
+    assert torch.equal(run(**h), run(**a))
+    assert torch.equal(h["k_cache"], a["k_cache"]) and torch.equal(h["v_cache"], a["v_cache"])
+
+
+@pytest.mark.parametrize("case", CASES, ids=[str(c[:7]) for c in CASES])
 @pytest.mark.parametrize("wdtype, cache_dtype", [("fp32", torch.float32), ("fp32", torch.bfloat16),
                                                  ("bf16", torch.float32)])
 def test_matches_float64_reference(case, wdtype, cache_dtype):
