@@ -19,6 +19,7 @@
 // These are inference ops: they have no backward (the Python face says so when asked for one).
 #include "ops/common.h"
 #include "ops/decode_dot.h"
+#include "ops/row_kernels.h"
 
 #include <algorithm>
 #include <cmath>
@@ -34,8 +35,24 @@ namespace {
 // The output rows of one block of work, and where each of its JB dot products goes.
 enum class Epilogue { kPlain, kSwiGLU };
 
+// Per-call scratch (x is a few rows, a SwiGLU chunk): reused across calls so a decode step allocates
+// nothing.
+template <typename E>
+E* scratch(std::vector<E>& buf, int64_t n) {
+  if (static_cast<int64_t>(buf.size()) < n) buf.resize(n);
+  return buf.data();
+}
+
+// kPlain: y (+ residual) at outputs j0..; kSwiGLU: the fp32 gate and up dot products into gate/up
+// [NR rows, ldg apart] at column j0 - c0 (run_range applies SiLU to a chunk at a time, vectorised).
+struct SwiGLUOut {
+  float *gate, *up;
+  int64_t ldg, c0;
+};
+
 template <typename Dot, typename T, int NR, int JB, Epilogue E>
-inline void run_block(const Dot& dot, int64_t n0, int64_t j0, int64_t half, T* y, int64_t ldy, const T* residual) {
+inline void run_block(const Dot& dot, int64_t n0, int64_t j0, int64_t half, T* y, int64_t ldy, const T* residual,
+                      const SwiGLUOut& so) {
   // kPlain: JB consecutive rows j0..; kSwiGLU: JB/2 gate rows j0.. and the up rows half + j0..
   int64_t rows[JB];
   constexpr int kOut = E == Epilogue::kPlain ? JB : JB / 2;
@@ -52,15 +69,14 @@ inline void run_block(const Dot& dot, int64_t n0, int64_t j0, int64_t half, T* y
   dot.template operator()<NR, JB>(n0, rows, blocks_ahead * block_elems, out);
   for (int n = 0; n < NR; ++n) {
     for (int i = 0; i < kOut; ++i) {
-      float v;
       if constexpr (E == Epilogue::kPlain) {
-        v = out[i][n];
+        float v = out[i][n];
         if (residual != nullptr) v += static_cast<float>(residual[n * ldy + j0 + i]);
+        y[n * ldy + j0 + i] = static_cast<T>(v);
       } else {
-        const float gate = out[i][n];
-        v = gate / (1.f + std::exp(-gate)) * out[kOut + i][n];
+        so.gate[(n0 + n) * so.ldg + j0 - so.c0 + i] = out[i][n];
+        so.up[(n0 + n) * so.ldg + j0 - so.c0 + i] = out[kOut + i][n];
       }
-      y[n * ldy + j0 + i] = static_cast<T>(v);
     }
   }
 }
@@ -71,21 +87,39 @@ void run_range(const Dot& dot, int64_t N, int64_t j0, int64_t j1, int64_t half, 
                const T* residual) {
   constexpr int kOut = E == Epilogue::kPlain ? JB : JB / 2;
   constexpr int kMaxRows = Dot::kMaxRows;
-  for (int64_t j = j0; j < j1; j += kOut) {
-    for (int64_t n0 = 0; n0 < N; n0 += kMaxRows) {
-      T* yb = y + n0 * ldy;
-      const T* rb = residual ? residual + n0 * ldy : nullptr;
-      switch (std::min<int64_t>(kMaxRows, N - n0)) {
-#define KR_ROWS_CASE(R)                                                              \
-  case R:                                                                            \
-    if constexpr (R <= kMaxRows) run_block<Dot, T, R, JB, E>(dot, n0, j, half, yb, ldy, rb); \
+  // SwiGLU: the gate/up dot products of kChunk outputs (a multiple of kOut) at a time in fp32, then
+  // silu(gate) * up over the chunk with swiglu's own vector code (a scalar exp per output cost
+  // about 3% of an int4 decode step).
+  constexpr int64_t kChunk = E == Epilogue::kSwiGLU ? 64 : std::numeric_limits<int64_t>::max() / 2;
+  thread_local std::vector<float> gu_buf;
+  SwiGLUOut so{nullptr, nullptr, kChunk, 0};
+  if constexpr (E == Epilogue::kSwiGLU) {
+    float* buf = scratch(gu_buf, 2 * N * kChunk);
+    so.gate = buf;
+    so.up = buf + N * kChunk;
+  }
+  for (int64_t c0 = j0; c0 < j1; c0 += kChunk) {
+    const int64_t c1 = std::min(j1, c0 + kChunk);
+    so.c0 = c0;
+    for (int64_t j = c0; j < c1; j += kOut) {
+      for (int64_t n0 = 0; n0 < N; n0 += kMaxRows) {
+        T* yb = y + n0 * ldy;
+        const T* rb = residual ? residual + n0 * ldy : nullptr;
+        switch (std::min<int64_t>(kMaxRows, N - n0)) {
+#define KR_ROWS_CASE(R)                                                                       \
+  case R:                                                                                     \
+    if constexpr (R <= kMaxRows) run_block<Dot, T, R, JB, E>(dot, n0, j, half, yb, ldy, rb, so); \
     break;
-        KR_ROWS_CASE(1) KR_ROWS_CASE(2) KR_ROWS_CASE(3) KR_ROWS_CASE(4)
-        KR_ROWS_CASE(5) KR_ROWS_CASE(6) KR_ROWS_CASE(7) KR_ROWS_CASE(8)
+          KR_ROWS_CASE(1) KR_ROWS_CASE(2) KR_ROWS_CASE(3) KR_ROWS_CASE(4)
+          KR_ROWS_CASE(5) KR_ROWS_CASE(6) KR_ROWS_CASE(7) KR_ROWS_CASE(8)
 #undef KR_ROWS_CASE
-        default:
-          break;
+          default:
+            break;
+        }
       }
+    }
+    if constexpr (E == Epilogue::kSwiGLU) {
+      for (int64_t n = 0; n < N; ++n) swiglu_row<float, T>(so.gate + n * kChunk, so.up + n * kChunk, y + n * ldy + c0, c1 - c0);
     }
   }
 }
@@ -129,12 +163,6 @@ void run(const Dot& dot, int64_t N, int64_t row_bytes, int64_t outputs, T* y, co
 }
 
 // ---- x in the micro-kernels' formats -----------------------------------------------------------
-// Per-call scratch (x is a few rows): reused across calls so a decode step allocates nothing.
-template <typename E>
-E* scratch(std::vector<E>& buf, int64_t n) {
-  if (static_cast<int64_t>(buf.size()) < n) buf.resize(n);
-  return buf.data();
-}
 
 // The activation block of the int8 kernels: divides the weight group G (so each block has one
 // weight scale) and is at most 128 inputs (finer blocks keep x's rounding small; coarser ones

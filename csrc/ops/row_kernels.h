@@ -1,11 +1,13 @@
-// The per-row bodies of rms_norm and rotary. Their ops run them over whole tensors;
-// decode_attention_step runs them head by head inside its own loop. Written once, so the fused
-// step computes the same bits as the separate ops.
+// The per-row bodies of rms_norm, rotary and swiglu. Their ops run them over whole tensors;
+// decode_attention_step runs the first two head by head inside its own loop, decode_linear_swiglu
+// the last on its gate/up dot products. Written once, so the fused kernels compute the same bits
+// as the separate ops.
 #pragma once
 
 #include "ops/common.h"
 
 #include <cmath>
+#include <type_traits>
 
 namespace kr {
 
@@ -53,6 +55,35 @@ inline void rotate_head(const T* xp, T* op, const acc_t<T>* c, const acc_t<T>* s
     const V x1 = IO::load(xp + i, n), x2 = IO::load(xp + half + i, n);
     IO::store(op + i, at::vec::fmsub(x1, cv, x2 * sv), n);
     IO::store(op + half + i, at::vec::fmadd(x2, cv, x1 * sv), n);
+  }
+}
+
+// sigmoid(g) through exp_u20 (about 20 ulp in fp32, far inside the fp32 tolerance; double uses
+// the full-precision exp).
+template <typename V>
+inline V sigmoid_of(const V& g) {
+  const V one(1);
+  return one / (one + g.neg().exp_u20());
+}
+
+// out = silu(g) * up = g * sigmoid(g) * up over n values, read as I, computed in I's accumulation
+// type and stored as O (I itself, or fp32 dot products stored as the activations' type). The tail
+// goes through the same vector code, masked.
+template <typename I, typename O = I>
+inline void swiglu_row(const I* g, const I* u, O* out, int64_t n) {
+  static_assert(std::is_same_v<acc_t<I>, acc_t<O>>, "swiglu_row stores in a type of the same accumulation type");
+  using IN = VecIO<I>;
+  using OUT = VecIO<O>;
+  using V = typename IN::V;
+  constexpr int64_t K = IN::kSize;
+  int64_t i = 0;
+  for (; i + K <= n; i += K) {
+    const V gv = IN::load(g + i);
+    OUT::store(out + i, gv * sigmoid_of(gv) * IN::load(u + i));
+  }
+  if (i < n) {
+    const V gv = IN::load(g + i, n - i);
+    OUT::store(out + i, gv * sigmoid_of(gv) * IN::load(u + i, n - i), n - i);
   }
 }
 

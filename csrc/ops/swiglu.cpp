@@ -1,14 +1,15 @@
 // SwiGLU: out = silu(gate) * up = gate * sigmoid(gate) * up, element-wise, any shape.
 // The backward recomputes sigmoid(gate) (nothing extra is saved):
 //   grad_gate = g * up * sig * (1 + gate * (1 - sig)),   grad_up = g * gate * sig.
-// fp32 math for bf16/fp16 (double for double); exp through Vectorized::exp_u20 (about 20 ulp in
-// fp32, far inside the fp32 tolerance; double uses the full-precision exp). Every element, tails
+// fp32 math for bf16/fp16 (double for double); exp through Vectorized::exp_u20 (row_kernels.h,
+// shared with decode_linear_swiglu). Every element, tails
 // included, goes through the same vector code, so results do not depend on the thread count.
 // gate/up may be strided views whose last dim is contiguous (halves of a fused gate_up
 // projection) and are then read in place; outputs are contiguous.
 #include <ATen/TensorUtils.h>
 
 #include "ops/common.h"
+#include "ops/row_kernels.h"
 
 namespace kr {
 namespace {
@@ -43,28 +44,6 @@ Rows rows_of(at::Tensor& t) {
   }
   t = t.contiguous();
   return {1, numel, numel};
-}
-
-template <typename V>
-inline V sigmoid_of(const V& g) {
-  const V one(1);
-  return one / (one + g.neg().exp_u20());
-}
-
-template <typename T>
-void forward_run(const T* g, const T* u, T* out, int64_t n) {
-  using IO = VecIO<T>;
-  using V = typename IO::V;
-  constexpr int64_t K = IO::kSize;
-  int64_t i = 0;
-  for (; i + K <= n; i += K) {
-    const V gv = IO::load(g + i);
-    IO::store(out + i, gv * sigmoid_of(gv) * IO::load(u + i));
-  }
-  if (i < n) {
-    const V gv = IO::load(g + i, n - i);
-    IO::store(out + i, gv * sigmoid_of(gv) * IO::load(u + i, n - i), n - i);
-  }
 }
 
 template <typename T>
@@ -134,7 +113,7 @@ at::Tensor swiglu_cpu(const at::Tensor& gate_, const at::Tensor& up_) {
     const scalar_t* upp = upt.const_data_ptr<scalar_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
     for_each_run(rg, ru, VecIO<scalar_t>::kSize, [&](int64_t ig, int64_t iu, int64_t io, int64_t n) {
-      forward_run<scalar_t>(gp + ig, upp + iu, op + io, n);
+      swiglu_row<scalar_t>(gp + ig, upp + iu, op + io, n);
     });
   });
   return out;
