@@ -20,6 +20,7 @@ from .. import ops
 from ..errors import KrMiniLlmError
 from ..model import KVCache, TransformerConfig
 from ..ops.decode_linear import INT4_BLOCK, INT4_SCALE_DTYPE
+from .huge_pages import on_huge_pages
 from .packed import INT4_GROUP_SIZE, PackedLinear, bf16_prefill, check_dtype
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,10 @@ class DecodeModel:
         # Rows up to which a block's projections all run on the decode kernels (decode_stack).
         self.block_max_rows = min(p.decode_max_rows for L in self.layers
                                   for p in (L.qkv, L.o, L.gate_up, L.down)) if self.layers else 0
+        self.norm = vec("norm.weight", C)
+        self.embed = lin("embed_tokens", c.vocab_size, C)
+        self.lm_head = self.embed if c.tie_word_embeddings else lin("lm_head", c.vocab_size, C)
+        self._to_huge_pages()
         # decode_stack's per-layer lists before and after the caches, built once: the weights do not change
         self._stack_head = ([L.norm1 for L in self.layers], [L.qkv.weight for L in self.layers],
                             [L.qkv.scales for L in self.layers], [L.q_norm for L in self.layers],
@@ -123,9 +128,6 @@ class DecodeModel:
                             [L.norm2 for L in self.layers], [L.gate_up.weight for L in self.layers],
                             [L.gate_up.scales for L in self.layers], [L.down.weight for L in self.layers],
                             [L.down.scales for L in self.layers])
-        self.norm = vec("norm.weight", C)
-        self.embed = lin("embed_tokens", c.vocab_size, C)
-        self.lm_head = self.embed if c.tie_word_embeddings else lin("lm_head", c.vocab_size, C)
         if self.int8_layers:
             G = group_size or INT4_GROUP_SIZE
             log.warning(f"int4: {len(self.int8_layers)} layers whose input size is not a multiple of the group "
@@ -133,6 +135,23 @@ class DecodeModel:
         self.rope_cos, self.rope_sin = ops.rope_tables(D, c.max_seq_length, c.rope_theta, c.resolved_rope_scaling)
         self.cache_dtype = torch.float32 if dtype == "fp32" else torch.bfloat16
         self.device = torch.device("cpu")
+
+    def _to_huge_pages(self) -> None:
+        """Every weight copied into one mapping of 2 MiB pages, layer by layer as a decode step reads
+        them, where the OS grants them (huge_pages.py: far fewer TLB misses as a step streams them)."""
+        linears = [self.embed, self.lm_head]  # the tied embedding and head are one PackedLinear
+        owners = []  # (object, attribute) of each weight
+        for L in self.layers:
+            owners += [(L, "norm1"), (L, "q_norm"), (L, "k_norm"), (L, "norm2")]
+            for p in (L.qkv, L.o, L.gate_up, L.down):
+                owners += [(p, "weight"), (p, "scales")]
+        owners.append((self, "norm"))
+        owners += [(p, name) for p in {id(p): p for p in linears}.values() for name in ("weight", "scales")]
+        tensors = [getattr(o, name) for o, name in owners]
+        copies = on_huge_pages(tensors)
+        if copies is not None:
+            for (o, name), t in zip(owners, copies):
+                setattr(o, name, t)
 
     @classmethod
     def from_transformer(cls, model, dtype: str = "fp32", group_size: int | None = None) -> "DecodeModel":
