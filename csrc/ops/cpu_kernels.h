@@ -25,7 +25,8 @@ at::Tensor decode_linear_swiglu_cpu(const at::Tensor& x, const at::Tensor& weigh
 void check_decode_weight(const at::Tensor& weight, const std::optional<at::Tensor>& scales, int64_t K,
                          const char* op, const char* wname, const char* sname);
 
-// decode_attention_step, and its check of the caches ([B, Tmax, Hkv, D], contiguous, same shape and dtype).
+// decode_attention_step, and its check of the caches ([B, Tmax, Hkv, D], contiguous or head-major, the same
+// shape, dtype and layout).
 at::Tensor decode_attention_step_cpu(const at::Tensor& qkv, const std::optional<at::Tensor>& q_norm,
                                      const std::optional<at::Tensor>& k_norm, double eps,
                                      const at::Tensor& cos, const at::Tensor& sin,

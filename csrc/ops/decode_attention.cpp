@@ -30,6 +30,8 @@
 #include "ops/row_kernels.h"
 #include "ops/softmax_rows.h"
 
+#include <ATen/MemoryOverlap.h>
+
 #include <cmath>
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
@@ -57,8 +59,10 @@ constexpr int64_t kPrefetchAhead = 16;  // K rows the scores loop asks for ahead
 // Argument checks
 
 // Whether c [B, Tmax, Hkv, D] has the strides of the layout whose dims, outermost first, are
-// `order` (dims of size 1 may have any stride, as in is_contiguous).
+// `order` (dims of size 1 may have any stride, and an empty tensor any strides, as in
+// is_contiguous; for a non-empty one the running product stays <= numel, so cannot overflow).
 bool dense_in_order(const at::Tensor& c, std::initializer_list<int64_t> order) {
+  if (c.numel() == 0) return true;
   int64_t expected = 1;
   for (auto it = std::rbegin(order); it != std::rend(order); ++it) {
     if (c.size(*it) != 1 && c.stride(*it) != expected) return false;
@@ -84,9 +88,12 @@ void check_caches(const at::Tensor& k_cache, const at::Tensor& v_cache, const ch
                     ": v_cache must have the shape of k_cache [B, Tmax, Hkv, D] = ",
                     shape_str(k_cache), ", got ", shape_str(v_cache));
   check_same_dtype(v_cache, "v_cache", k_cache, "k_cache", op);
-  TORCH_CHECK_VALUE(v_cache.strides() == k_cache.strides(), op,
-                    ": v_cache must have the memory layout of k_cache (strides ", k_cache.strides(), "), got ",
-                    v_cache.strides());
+  // The kernels take both caches' strides from k_cache: they must agree wherever a dim has more
+  // than one index (a size-1 dim's stride is never used).
+  bool same_layout = true;
+  for (int64_t d = 0; d < 4; ++d) same_layout &= k_cache.size(d) <= 1 || v_cache.stride(d) == k_cache.stride(d);
+  TORCH_CHECK_VALUE(same_layout, op, ": v_cache must have the memory layout of k_cache (strides ",
+                    k_cache.strides(), "), got strides ", v_cache.strides());
   TORCH_CHECK_VALUE(k_cache.size(2) > 0, op, ": k_cache must have at least one KV head, got ",
                     shape_str(k_cache));
 }
@@ -700,7 +707,14 @@ void append_rows(const at::Tensor& k_cache, const at::Tensor& v_cache, const at:
   const int64_t B = k_cache.size(0), Hkv = k_cache.size(2), D = k_cache.size(3);
   const int64_t S = k_new.size(1), seq = S * Hkv * D;  // one sequence's new values, contiguous in kn/vn
   if (seq == 0 || B == 0) return;
-  const at::Tensor kn = k_new.contiguous(), vn = v_new.contiguous();
+  // New rows that are themselves cache memory (a view of the rows they go to) are copied out first:
+  // the row-by-row copy below would read rows it has already written.
+  auto source = [&](const at::Tensor& t) {
+    const bool overlaps = at::get_overlap_status(t, k_cache) != at::MemOverlapStatus::No ||
+                          at::get_overlap_status(t, v_cache) != at::MemOverlapStatus::No;
+    return overlaps ? t.clone(at::MemoryFormat::Contiguous) : t.contiguous();
+  };
+  const at::Tensor kn = source(k_new), vn = source(v_new);
   const CacheStrides cs(k_cache);
   const int64_t esize = k_cache.element_size();
   const char* ks = static_cast<const char*>(kn.const_data_ptr());

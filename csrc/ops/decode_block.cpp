@@ -120,7 +120,7 @@ void check_stack_layer(int64_t i, const at::Tensor& qkv_weight, const std::optio
 }
 
 // No two of the 2n caches share memory: layer i + 1 would write over layer i's rows (a list built as
-// [cache] * n). Caches are contiguous (checked), so each is one byte range.
+// [cache] * n). Caches are dense (contiguous or head-major, checked), so each is one byte range.
 void check_caches_apart(at::TensorList k_cache, at::TensorList v_cache) {
   struct Range { uintptr_t begin, end; const char* name; size_t layer; };
   std::vector<Range> ranges;

@@ -91,9 +91,10 @@ void run_range(const Dot& dot, int64_t N, int64_t j0, int64_t j1, int64_t half, 
   // silu(gate) * up over the chunk with swiglu's own vector code (a scalar exp per output cost
   // about 3% of an int4 decode step).
   constexpr int64_t kChunk = E == Epilogue::kSwiGLU ? 64 : std::numeric_limits<int64_t>::max() / 2;
-  thread_local std::vector<float> gu_buf;
+  static_assert(E != Epilogue::kSwiGLU || kChunk % kOut == 0, "a SwiGLU chunk holds whole blocks of outputs");
   SwiGLUOut so{nullptr, nullptr, kChunk, 0};
   if constexpr (E == Epilogue::kSwiGLU) {
+    thread_local std::vector<float> gu_buf;
     float* buf = scratch(gu_buf, 2 * N * kChunk);
     so.gate = buf;
     so.up = buf + N * kChunk;

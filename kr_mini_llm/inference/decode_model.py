@@ -137,8 +137,8 @@ class DecodeModel:
         self.device = torch.device("cpu")
 
     def _to_huge_pages(self) -> None:
-        """Every weight copied into one mapping of 2 MiB pages, layer by layer as a decode step reads
-        them, where the OS grants them (huge_pages.py: far fewer TLB misses as a step streams them)."""
+        """Every weight copied into one mapping of 2 MiB pages, layer by layer, where the OS grants them
+        (huge_pages.py: far fewer TLB misses as a decode step streams them)."""
         linears = [self.embed, self.lm_head]  # the tied embedding and head are one PackedLinear
         owners = []  # (object, attribute) of each weight
         for L in self.layers:

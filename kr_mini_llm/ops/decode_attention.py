@@ -88,6 +88,7 @@ def decode_attention_reference(q, k_cache, v_cache, cache_lens, scale=None):
 def kv_cache_append_reference(k_cache, v_cache, k_new, v_new, cache_lens) -> None:
     """Pure-PyTorch append: copies k_new/v_new into rows cache_lens[b] .. +S-1, in place."""
     S = k_new.shape[1]
+    k_new, v_new = k_new.clone(), v_new.clone()  # new rows may be a view of the cache rows they go to
     for b, L in enumerate(cache_lens.tolist()):
         k_cache[b, L:L + S].copy_(k_new[b])
         v_cache[b, L:L + S].copy_(v_new[b])
@@ -132,9 +133,10 @@ def _check_caches(op, k_cache, v_cache):
         raise ValueError(f"{op}: v_cache must have the shape of k_cache [B, Tmax, Hkv, D] = "
                          f"{list(k_cache.shape)}, got {list(v_cache.shape)}")
     check_same_dtype(v_cache, "v_cache", k_cache, "k_cache", op)
-    if v_cache.stride() != k_cache.stride():
-        raise ValueError(f"{op}: v_cache must have the memory layout of k_cache (strides {k_cache.stride()}), "
-                         f"got {v_cache.stride()}")
+    # the kernels take both caches' strides from k_cache: they must agree where a dim has more than one index
+    if any(n > 1 and v_cache.stride(d) != k_cache.stride(d) for d, n in enumerate(k_cache.shape)):
+        raise ValueError(f"{op}: v_cache must have the memory layout of k_cache (strides {list(k_cache.stride())}), "
+                         f"got strides {list(v_cache.stride())}")
     if k_cache.shape[2] == 0:
         raise ValueError(f"{op}: k_cache must have at least one KV head, got {list(k_cache.shape)}")
 
@@ -145,7 +147,9 @@ CACHE_LAYOUTS = {"contiguous": (0, 1, 2, 3), "head-major": (0, 2, 1, 3)}
 
 def _dense_in_order(c, order):
     """Whether c has the strides of a dense tensor whose dims, outermost first, are `order` (dims
-    of size 1 may have any stride, as in is_contiguous)."""
+    of size 1 may have any stride, and an empty tensor any strides, as in is_contiguous)."""
+    if c.numel() == 0:
+        return True
     expected = 1
     for d in reversed(order):
         if c.shape[d] != 1 and c.stride(d) != expected:

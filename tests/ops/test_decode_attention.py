@@ -476,3 +476,35 @@ def test_a_batch_slice_of_a_head_major_cache_writes_through():
 def test_new_cache_refuses_an_unknown_layout():
     with pytest.raises(ValueError, match=r"layout must be one of \['contiguous', 'head-major'\], got 'rows'"):
         ops.new_cache(1, 4, 2, 8, layout="rows")
+
+
+@pytest.mark.parametrize("path", ["native", "fallback"])
+@pytest.mark.parametrize("layout", ["contiguous", "head-major"])
+def test_append_of_rows_that_are_cache_memory(layout, path):
+    """k_new/v_new viewing the very rows they go to (rows 2..4 appended at row 3): copied out first,
+    so the new rows are the old rows 2..4, not row 2 smeared forward."""
+    append = app if path == "native" else _kv_cache_append_fallback
+    g = torch.Generator().manual_seed(8)
+    kc = ops.new_cache(2, 9, 3, 8, layout=layout).copy_(randn(2, 9, 3, 8, generator=g))
+    vc = ops.new_cache(2, 9, 3, 8, layout=layout).copy_(randn(2, 9, 3, 8, generator=g))
+    want_k, want_v = kc[:, 2:5].clone(), vc[:, 2:5].clone()
+    append(kc, vc, kc[:, 2:5], vc[:, 2:5], torch.tensor([3, 3]))
+    assert torch.equal(kc[:, 3:6], want_k) and torch.equal(vc[:, 3:6], want_v)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "head-major"])
+def test_empty_caches_pass_the_layout_check(layout):
+    """An empty cache has no layout to get wrong (its strides are whatever torch gave it)."""
+    kc, vc = ops.new_cache(2, 0, 2, 4, layout=layout), ops.new_cache(2, 0, 2, 4, layout=layout)
+    for fn in (app, _kv_cache_append_fallback):
+        fn(kc, vc, randn(2, 0, 2, 4), randn(2, 0, 2, 4), torch.tensor([0, 0]))
+
+
+@pytest.mark.parametrize("path", ["native", "fallback"])
+def test_one_kv_head_caches_in_either_layout_go_together(path):
+    """With Hkv = 1 the two layouts are the same memory, whatever the size-1 dim's stride says."""
+    decode = dec if path == "native" else _decode_attention_fallback
+    q, kc, vc, cl = make(2, 2, 4, 1, 32, 11, [5, 11], seed=9)
+    hk = head_major(kc)
+    assert hk.stride() != vc.stride()
+    assert torch.equal(decode(q, hk, vc, cl, None), decode(q, kc, vc, cl, None))
