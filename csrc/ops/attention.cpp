@@ -526,12 +526,16 @@ void backward_kernel(const at::Tensor& go, const at::Tensor& q, const at::Tensor
       const int64_t qstart = causal ? n0 / qb : 0;
       for (int64_t qi = qstart; qi * qb < d.Tq; ++qi) {
         const int64_t t0 = qi * qb, nt = std::min(qb, d.Tq - t0), rows = nt * G;
+        // Causal: the block's last query sees keys up to t0 + nt - 1, so the columns past that
+        // (rounded up to whole 16-column GEMM blocks) are never computed, read or written.
+        // t0 + nt > n0 for every block from qstart on.
+        const int64_t ncols = causal ? std::min(nb, gemm::round_up(t0 + nt - n0, 16)) : nb;
         pack_rows(Q, b, t0, nt, hk * G, G, D, qp);
         pack_rows(GO, b, t0, nt, hk * G, G, D, dop);
         transpose(rows, D, qp, D, qt, rows);
         transpose(rows, D, dop, D, dot, rows);
-        gemm::tile_mm<T>(rows, qp, D, sc.ktp, false, S, nb, sc.ws);
-        gemm::tile_mm<T>(rows, dop, D, sc.vtp, false, dP, nb, sc.ws);
+        gemm::tile_mm<T>(rows, qp, D, sc.ktp, false, S, nb, sc.ws, ncols);
+        gemm::tile_mm<T>(rows, dop, D, sc.vtp, false, dP, nb, sc.ws, ncols);
         for (int64_t r = 0; r < rows; ++r) {
           const int64_t tl = r / G, g = r % G, t = t0 + tl;
           const int64_t valid = causal ? std::min(nb, std::max<int64_t>(t - n0 + 1, 0)) : nb;
@@ -539,7 +543,7 @@ void backward_kernel(const at::Tensor& go, const at::Tensor& q, const at::Tensor
           T* pr = P + r * nb;
           A* dpr = dP + r * nb;
           T* dsr = dS + r * nb;
-          row_exp_sum<T>(sr, valid, scale, lse_bh[g * d.Tq + t], pr, nb);
+          row_exp_sum<T>(sr, valid, scale, lse_bh[g * d.Tq + t], pr, ncols);
           // dS = P * (dP - Di); P is re-read from its stored (possibly rounded) values so
           // dV and dS see the same P.
           const V vdi(di_bh[t * G + g]);
@@ -550,11 +554,11 @@ void backward_kernel(const at::Tensor& go, const at::Tensor& q, const at::Tensor
             const int64_t n = valid - i;
             IO::store(dsr + i, IO::load(pr + i, n) * (V::loadu(dpr + i, n) - vdi), n);
           }
-          for (i = valid; i < nb; ++i) dsr[i] = T(0);
+          std::fill(dsr + valid, dsr + ncols, T(0));
         }
-        gemm::tile_mm<T>(D, nb, rows, dot, rows, P, nb, true, dV, nb, sc.ws);
-        gemm::tile_mm<T>(D, nb, rows, qt, rows, dS, nb, true, dK, nb, sc.ws);
-        gemm::tile_mm<T>(rows, dS, nb, sc.kpp, true, dq + t0 * G * D, D, sc.ws);
+        gemm::tile_mm<T>(D, ncols, rows, dot, rows, P, nb, true, dV, nb, sc.ws);
+        gemm::tile_mm<T>(D, ncols, rows, qt, rows, dS, nb, true, dK, nb, sc.ws);
+        gemm::tile_mm<T>(rows, dS, nb, sc.kpp, true, dq + t0 * G * D, D, sc.ws, /*n=*/-1, /*k=*/ncols);
       }
       for (int64_t r = 0; r < nb; ++r) {
         T* gkr = gkp + ((b * d.Tk + n0 + r) * d.Hkv + hk) * D;

@@ -119,8 +119,8 @@ void tn_vnni(int64_t M, int64_t N, int64_t K, const T* a, int64_t lda, const T* 
         for (int64_t i = 0; i < mb; ++i) std::fill(slab.data() + i * kb + kreal, slab.data() + (i + 1) * kb, T(0));
         for (int64_t p = 0; p < panels; ++p) {
           const int64_t n0 = p * kPanel, w = std::min(kPanel, N - n0);
-          vnni_panel_mm(mb, w, kb, slab.data(), kb, bp.data() + p * Kp * kPanel + k0 * round_up(w, 16), acc,
-                        c + m0 * ldc + n0, ldc, cw);
+          vnni_panel_mm(mb, w, kb, slab.data(), kb, bp.data() + p * Kp * kPanel + k0 * round_up(w, 16),
+                        round_up(w, 16), acc, c + m0 * ldc + n0, ldc, cw);
         }
       }
     }

@@ -115,19 +115,20 @@ inline void panel_mm(int64_t M, int64_t K, const T* A, int64_t lda, const T* pan
 }
 
 // C[M, w] (fp32, ld ldc) (+)= A[M, K] (ld lda) @ one VNNI panel [K, wp] (wp = round_up(w, 16),
-// K even). brgemm writes wp columns, so a ragged panel (wp > w) goes through buf [M, wp].
+// K even), the panel's pairs of rows ldp >= wp columns apart (the first w used). brgemm writes wp
+// columns, so a ragged panel (wp > w) goes through buf [M, wp].
 template <typename T>
-inline void vnni_panel_mm(int64_t M, int64_t w, int64_t K, const T* A, int64_t lda, const T* panel,
+inline void vnni_panel_mm(int64_t M, int64_t w, int64_t K, const T* A, int64_t lda, const T* panel, int64_t ldp,
                           bool accumulate, float* C, int64_t ldc, std::vector<float>& buf) {
   const int64_t wp = round_up(w, 16);
   if (wp == w) {
-    at::native::cpublas::brgemm(M, wp, K, lda, wp, ldc, accumulate, A, panel, C, true);
+    at::native::cpublas::brgemm(M, wp, K, lda, ldp, ldc, accumulate, A, panel, C, true);
     return;
   }
   buf.resize(M * wp);
   if (accumulate)
     for (int64_t i = 0; i < M; ++i) std::memcpy(buf.data() + i * wp, C + i * ldc, w * sizeof(float));
-  at::native::cpublas::brgemm(M, wp, K, lda, wp, wp, accumulate, A, panel, buf.data(), true);
+  at::native::cpublas::brgemm(M, wp, K, lda, ldp, wp, accumulate, A, panel, buf.data(), true);
   for (int64_t i = 0; i < M; ++i) std::memcpy(C + i * ldc, buf.data() + i * wp, w * sizeof(float));
 }
 
@@ -165,7 +166,7 @@ struct Scratch {
 
 template <typename T>
 inline void tile_mm(int64_t M, const T* A, int64_t lda, const PackedB<T>& B, bool accumulate, acc_t<T>* C,
-                    int64_t ldc, Scratch<T>& ws);
+                    int64_t ldc, Scratch<T>& ws, int64_t n = -1, int64_t k = -1);
 
 // C[M, N] (row-major, ldc, accumulation type) = A[M, K] @ B[K, N] (+ C if accumulate), A and B
 // row-major with leading dimensions lda, ldb. bf16/fp16 on the VNNI path: B is packed (see
@@ -205,17 +206,22 @@ inline void tile_mm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, co
   }
 }
 
-// The same with B packed beforehand.
+// The same with B packed beforehand; n >= 0 and k >= 0 use only B's first n columns and first k
+// rows (A then has k columns): causal attention skips the keys a query block cannot see.
 template <typename T>
 inline void tile_mm(int64_t M, const T* A, int64_t lda, const PackedB<T>& B, bool accumulate, acc_t<T>* C,
-                    int64_t ldc, Scratch<T>& ws) {
-  const int64_t N = B.N, K = B.K;
-  if (!B.vnni) {
+                    int64_t ldc, Scratch<T>& ws, int64_t n, int64_t k) {
+  const int64_t N = n < 0 ? B.N : std::min(n, B.N), K = k < 0 ? B.K : std::min(k, B.K);
+  if (!B.vnni || K == 0) {
     tile_mm(M, N, K, A, lda, B.b, B.ldb, accumulate, C, ldc, ws);
     return;
   }
   if (M == 0 || N == 0) return;
   if constexpr (std::is_same_v<T, at::BFloat16> || std::is_same_v<T, at::Half>) {
+    // A panel's rows are stored in pairs, so its first k rows are its first round_up(k, 2) / 2
+    // pairs: fewer rows is a shorter K over the same panel. An odd K pads A with a zero column,
+    // which meets row K of the pair (B's own row, or the packing's zeros) as an exact zero.
+    const int64_t panel_rows = round_up(B.K, 2);
     const int64_t Kp = round_up(K, 2);
     const T* a = A;
     int64_t lda_ = lda;
@@ -229,8 +235,8 @@ inline void tile_mm(int64_t M, const T* A, int64_t lda, const PackedB<T>& B, boo
       lda_ = Kp;
     }
     for (int64_t n0 = 0, p = 0; n0 < N; n0 += kPanel, ++p)
-      vnni_panel_mm(M, std::min(kPanel, N - n0), Kp, a, lda_, B.panels.data() + p * Kp * kPanel, accumulate,
-                    C + n0, ldc, ws.c);
+      vnni_panel_mm(M, std::min(kPanel, N - n0), Kp, a, lda_, B.panels.data() + p * panel_rows * kPanel,
+                    round_up(std::min(kPanel, B.N - n0), 16), accumulate, C + n0, ldc, ws.c);
   }
 }
 
