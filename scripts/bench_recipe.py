@@ -44,6 +44,7 @@ from kr_mini_llm.data.datasets import EvalWindows, RandomWindows, TokenShards  #
 from kr_mini_llm.data.tokenizer import Tokenizer  # noqa: E402
 from kr_mini_llm.device import precision_choice  # noqa: E402
 from kr_mini_llm.errors import KrMiniLlmError  # noqa: E402
+from kr_mini_llm.host_memory import keep_freed_memory  # noqa: E402
 from kr_mini_llm.io.outputs import add_overwrite_flag, claim_output  # noqa: E402
 from kr_mini_llm.model import Transformer  # noqa: E402
 from kr_mini_llm.training import TrainingConfig  # noqa: E402
@@ -181,6 +182,7 @@ def _job(job: tuple) -> dict:
     """One step-budgeted run in a worker process (--jobs): its own shards and thread count."""
     tokens, tokenizer, threads, recipe, keys, model_cfg, seed, minutes, steps = job
     torch.set_num_threads(threads)
+    keep_freed_memory()  # as train.py runs
     return run(recipe, keys, TransformerConfig.from_dict(model_cfg), load_shards(tokens, tokenizer), seed,
                minutes, steps)
 
@@ -354,6 +356,7 @@ def main(argv=None) -> int:
     check_budget_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as train.py runs
     shards = load_shards(args.tokens, args.tokenizer)  # the calibration's
     model_cfg = TransformerConfig.from_yaml(args.model_config)
     ours_cfg = model_cfg.replace(**parse_model_keys(args.ours_model)) if args.ours_model else model_cfg

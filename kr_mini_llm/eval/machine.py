@@ -62,7 +62,7 @@ def measured_peaks(seconds: float = 1.0) -> dict:
 
 
 def environment() -> list[str]:
-    from .. import _C, ops
+    from .. import _C, host_memory, ops
     from ..device import cpu_flags
 
     level = isa_level()
@@ -78,6 +78,7 @@ def environment() -> list[str]:
         f"bf16 tile GEMMs on {'native dot products' if _C.vnni_tile_gemm(False) else 'fp32 (widened)'}",
         f"- Peak measured in this run on {torch.get_num_threads()} threads: fp32 FMA {peaks['float32']:,.0f} GFLOP/s "
         f"({ops.simd_capability()} FMA chains), bf16 {bf16}; MFU columns are against these",
+        f"- Host memory: {host_memory.describe()}",
         f"- torch {torch.__version__}",
         f"- Date: {time.strftime('%Y-%m-%d %H:%M %Z')}",
     ]

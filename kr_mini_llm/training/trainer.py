@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from ..device import apply_memory_limit, pick_device, precision_choice
+from ..host_memory import keep_freed_memory
 from ..io import layout
 from ..io.atomic import remove_directory
 from ..model import TransformerConfig
@@ -100,6 +101,8 @@ class Trainer:
         if config.threads:
             torch.set_num_threads(config.threads)
         apply_memory_limit(self.device, config.mps_memory_fraction)
+        if self.device.type == "cpu":
+            keep_freed_memory()  # each step reuses the memory the last one freed (host_memory.py)
         # bf16 on a CPU only where it is native and measures faster; train.precision forces a dtype.
         # Timed on rank 0 (after the thread count is set) and handed to every rank: ranks that timed
         # for themselves could disagree, and FSDP2 cannot gather parameters of two dtypes. LoRA runs this too.

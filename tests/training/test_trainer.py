@@ -38,6 +38,16 @@ def test_short_run_learns_and_writes_everything(model_config, train_config):
     assert result["sample"].startswith(train_config.train.sample_prompts[0])
 
 
+def test_a_cpu_run_keeps_freed_host_memory(model_config, train_config, monkeypatch):
+    """The Trainer sets host_memory.keep_freed_memory up on the CPU, before the first step."""
+    import kr_mini_llm.training.trainer as trainer_module
+
+    calls = []
+    monkeypatch.setattr(trainer_module, "keep_freed_memory", lambda: calls.append("kept") or True)
+    trainer = Trainer(model_config, train_config, show_progress=False)
+    assert trainer.device.type == "cpu" and calls == ["kept"]
+
+
 def test_resume_gives_the_same_losses(model_config, train_config, tmp_path):
     full = train_config.replace(output_dir=str(tmp_path / "full"))
     Trainer(model_config, full, show_progress=False).train()
