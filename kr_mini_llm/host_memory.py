@@ -5,8 +5,10 @@ bf16 copies autocast makes, the LM head's logits chunk). glibc's malloc serves a
 its mmap threshold (128 KiB at start, raised only as large blocks are freed) by a fresh mmap,
 and hands the heap's free top back to the kernel past its trim threshold, so the next step
 faults the same memory in again, a zeroed 4 KiB page at a time. Raising both thresholds keeps
-that memory in the process for the next step: measured 7-10% of model_tiny's bf16 step on a
-2-core Zen 4 (docs/performance.md). The cost: the process keeps its peak heap resident.
+that memory in the process for the next step. Measured on a 2-core Zen 4 (docs/performance.md):
+model_tiny's bf16 step 2-10% faster; its fp32 step no faster at the demo's batch 16 and 6-13%
+slower at batch 4, so the Trainer does it for bf16 steps only (for_training). The cost: the
+process keeps its peak heap resident.
 
 KR_MINI_LLM_MALLOC=system leaves glibc's settings as they are.
 """
@@ -23,6 +25,14 @@ ENV = "KR_MINI_LLM_MALLOC"
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 MMAP_THRESHOLD = 32 << 20
 TRIM_THRESHOLD = 2**31 - 1
+
+
+def for_training(device, amp_dtype) -> bool:
+    """The Trainer's rule: freed memory kept for bf16 steps on the CPU (keep_freed_memory), where
+    it measured faster; True where it is kept."""
+    import torch
+
+    return device.type == "cpu" and amp_dtype == torch.bfloat16 and keep_freed_memory()
 
 
 def describe() -> str:

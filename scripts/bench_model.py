@@ -31,7 +31,6 @@ from bench_common import (add_isa_argument, bf16_native, enter_isa, environment,
 
 from kr_mini_llm import Transformer, TransformerConfig  # noqa: E402
 from kr_mini_llm.device import precision_choice  # noqa: E402
-from kr_mini_llm.host_memory import keep_freed_memory  # noqa: E402
 from kr_mini_llm.model.hf import config_to_hf  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,7 +102,6 @@ def main():
     args = p.parse_args()
     enter_isa(args.isa)
     torch.set_num_threads(args.threads)
-    keep_freed_memory()  # as train.py runs (every variant shares the process's malloc)
     variants = args.variants.split(",")
     if args.dtypes is None:
         args.dtypes = "float32,bfloat16" if bf16_native()[0] else "float32"

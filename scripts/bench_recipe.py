@@ -44,7 +44,7 @@ from kr_mini_llm.data.datasets import EvalWindows, RandomWindows, TokenShards  #
 from kr_mini_llm.data.tokenizer import Tokenizer  # noqa: E402
 from kr_mini_llm.device import precision_choice  # noqa: E402
 from kr_mini_llm.errors import KrMiniLlmError  # noqa: E402
-from kr_mini_llm.host_memory import keep_freed_memory  # noqa: E402
+from kr_mini_llm import host_memory  # noqa: E402
 from kr_mini_llm.io.outputs import add_overwrite_flag, claim_output  # noqa: E402
 from kr_mini_llm.model import Transformer  # noqa: E402
 from kr_mini_llm.training import TrainingConfig  # noqa: E402
@@ -103,6 +103,7 @@ def run(recipe: str, train_keys: dict, model_cfg: TransformerConfig, shards: dic
         t = dataclasses.replace(t, max_steps=last)
     is_hf = recipe == "gpt2"
     amp, _ = precision_choice(torch.device("cpu"), True)
+    host_memory.for_training(torch.device("cpu"), amp)  # as the Trainer
     batches = iter(RandomWindows(shards["train"], t.max_seq_length, t.batch_size, seed=seed))
     budget, step, elapsed = 60.0 * minutes, 0, 0.0
     start, wall_start = busy_seconds(), time.perf_counter()
@@ -147,6 +148,7 @@ def step_seconds(runs: dict, shards: dict, steps: int = 20, turns: int = 5) -> d
     machine; it turns minutes into a step budget. A recipe with late dropout (train.dropout_after_epochs) is
     timed in both phases: NAME without its dropout, NAME+dropout with it."""
     amp, _ = precision_choice(torch.device("cpu"), True)
+    host_memory.for_training(torch.device("cpu"), amp)  # as the Trainer
     state = {}
     for name, (keys, cfg, *own) in runs.items():
         train = (own[0] if own else shards)["train"]
@@ -182,7 +184,6 @@ def _job(job: tuple) -> dict:
     """One step-budgeted run in a worker process (--jobs): its own shards and thread count."""
     tokens, tokenizer, threads, recipe, keys, model_cfg, seed, minutes, steps = job
     torch.set_num_threads(threads)
-    keep_freed_memory()  # as train.py runs
     return run(recipe, keys, TransformerConfig.from_dict(model_cfg), load_shards(tokens, tokenizer), seed,
                minutes, steps)
 
@@ -356,7 +357,6 @@ def main(argv=None) -> int:
     check_budget_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    keep_freed_memory()  # as train.py runs
     shards = load_shards(args.tokens, args.tokenizer)  # the calibration's
     model_cfg = TransformerConfig.from_yaml(args.model_config)
     ours_cfg = model_cfg.replace(**parse_model_keys(args.ours_model)) if args.ours_model else model_cfg

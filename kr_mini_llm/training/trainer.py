@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ..device import apply_memory_limit, pick_device, precision_choice
-from ..host_memory import keep_freed_memory
+from .. import host_memory
 from ..io import layout
 from ..io.atomic import remove_directory
 from ..model import TransformerConfig
@@ -101,13 +101,12 @@ class Trainer:
         if config.threads:
             torch.set_num_threads(config.threads)
         apply_memory_limit(self.device, config.mps_memory_fraction)
-        if self.device.type == "cpu":
-            keep_freed_memory()  # each step reuses the memory the last one freed (host_memory.py)
         # bf16 on a CPU only where it is native and measures faster; train.precision forces a dtype.
         # Timed on rank 0 (after the thread count is set) and handed to every rank: ranks that timed
         # for themselves could disagree, and FSDP2 cannot gather parameters of two dtypes. LoRA runs this too.
         self.amp_dtype, self.precision_reason = self.dist.from_main(
             precision_choice(self.device, t.mixed_precision, t.precision) if self.dist.is_main else None)
+        host_memory.for_training(self.device, self.amp_dtype)  # bf16 CPU steps reuse what the last one freed
         if self.task.check_memory:
             warn_if_short_of_memory(model_config, config, self.device, self.dist.is_main)
         self.context = RunContext(config, model_config, self.device, self.dist, self.amp_dtype, self.output_dir)

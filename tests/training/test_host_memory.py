@@ -24,7 +24,12 @@ PROBE = textwrap.dedent("""
     libc.malloc.restype = ctypes.c_void_p
     libc.malloc.argtypes = [ctypes.c_size_t]
     libc.free.argtypes = [ctypes.c_void_p]
-    kept = keep_freed_memory()
+    import torch
+    from kr_mini_llm.host_memory import for_training
+    how = sys.argv[2]
+    cpu = torch.device("cpu")
+    kept = {"keep": keep_freed_memory, "bf16": lambda: for_training(cpu, torch.bfloat16),
+            "fp32": lambda: for_training(cpu, None)}[how]()
     size = int(sys.argv[1])
     before = libc.mallinfo2().hblkhd
     p = libc.malloc(size)
@@ -34,14 +39,14 @@ PROBE = textwrap.dedent("""
 """)
 
 
-def probe(size: int, env_value: str | None) -> dict:
+def probe(size: int, env_value: str | None, how: str = "keep") -> dict:
     import json
 
     env = dict(os.environ)
     env.pop(ENV, None)
     if env_value is not None:
         env[ENV] = env_value
-    out = subprocess.run([sys.executable, "-c", PROBE, str(size)], env=env, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", PROBE, str(size), how], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
@@ -66,6 +71,13 @@ def test_system_leaves_glibc_as_it_is():
     assert got["kept"] is False
     assert got["mmapped"] >= 20 << 20, got
     assert got["describe"] == "the system's malloc settings"
+
+
+@linux_glibc
+def test_training_keeps_freed_memory_for_bf16_steps_only():
+    assert probe(20 << 20, None, "bf16")["mmapped"] == 0
+    fp32 = probe(20 << 20, None, "fp32")
+    assert fp32["kept"] is False and fp32["mmapped"] >= 20 << 20
 
 
 @linux_glibc

@@ -38,14 +38,14 @@ def test_short_run_learns_and_writes_everything(model_config, train_config):
     assert result["sample"].startswith(train_config.train.sample_prompts[0])
 
 
-def test_a_cpu_run_keeps_freed_host_memory(model_config, train_config, monkeypatch):
-    """The Trainer sets host_memory.keep_freed_memory up on the CPU, before the first step."""
-    import kr_mini_llm.training.trainer as trainer_module
+def test_the_trainer_applies_the_host_memory_rule(model_config, train_config, monkeypatch):
+    """Before the first step, with the run's device and precision (host_memory.for_training)."""
+    from kr_mini_llm import host_memory
 
     calls = []
-    monkeypatch.setattr(trainer_module, "keep_freed_memory", lambda: calls.append("kept") or True)
+    monkeypatch.setattr(host_memory, "for_training", lambda device, amp: calls.append((device.type, amp)))
     trainer = Trainer(model_config, train_config, show_progress=False)
-    assert trainer.device.type == "cpu" and calls == ["kept"]
+    assert calls == [("cpu", trainer.amp_dtype)]
 
 
 def test_resume_gives_the_same_losses(model_config, train_config, tmp_path):
