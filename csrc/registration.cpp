@@ -80,7 +80,8 @@ TORCH_LIBRARY(kr_mini_llm, m) {
         " Tensor?[] gate_up_scales, Tensor[] down_weight, Tensor?[] down_scales, float eps) -> Tensor");
 
   // Test-only: c (+)= op(a) @ op(b) through the kernels' GEMM layer (csrc/ops/gemm.h); tiles
-  // selects the in-kernel tile GEMM instead of the whole-matrix one.
+  // selects the in-kernel tile GEMM instead of the whole-matrix one; n_cols / k_rows >= 0 (tiles)
+  // multiply by b packed whole but use only its first n_cols columns and k_rows rows.
   m.def("gemm_for_tests(Tensor a, Tensor b, Tensor c, bool transpose_a, bool transpose_b,"
-        " bool accumulate, bool tiles) -> Tensor");
+        " bool accumulate, bool tiles, int n_cols=-1, int k_rows=-1) -> Tensor");
 }

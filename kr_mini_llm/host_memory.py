@@ -6,9 +6,9 @@ its mmap threshold (128 KiB at start, raised only as large blocks are freed) by 
 and hands the heap's free top back to the kernel past its trim threshold, so the next step
 faults the same memory in again, a zeroed 4 KiB page at a time. Raising both thresholds keeps
 that memory in the process for the next step. Measured on a 2-core Zen 4 (docs/performance.md):
-model_tiny's bf16 step 2-10% faster; its fp32 step no faster at the demo's batch 16 and 6-13%
-slower at batch 4, so the Trainer does it for bf16 steps only (for_training). The cost: the
-process keeps its peak heap resident.
+model_tiny's bf16 step 2-4% faster in train.py at the demo's batch 16 and 4-19% at batch 4;
+its fp32 step no faster at batch 16 and slower at batch 4 in four of five comparisons (by 6-16%), so the Trainer does it for bf16 steps only (for_training). The cost: the
+process keeps its peak heap resident, for the rest of its life (a notebook that trained too).
 
 KR_MINI_LLM_MALLOC=system leaves glibc's settings as they are.
 """
@@ -44,8 +44,9 @@ def describe() -> str:
 
 @functools.cache
 def keep_freed_memory() -> bool:
-    """Sets glibc's thresholds once per process; True where they were set (Linux with glibc and
-    KR_MINI_LLM_MALLOC not 'system'), False elsewhere (macOS, musl, Windows: nothing changes)."""
+    """Sets glibc's thresholds once per process; True where they were set (Linux with glibc as the
+    malloc in use and KR_MINI_LLM_MALLOC not 'system'), False elsewhere (macOS, musl, Windows, a
+    preloaded allocator: nothing changes)."""
     choice = os.environ.get(ENV, "keep")
     if choice not in ("keep", "system"):
         raise ValueError(f"{ENV}={choice!r}: expected 'keep' (the default: freed memory stays in the process "
@@ -53,10 +54,13 @@ def keep_freed_memory() -> bool:
     if choice == "system" or not sys.platform.startswith("linux"):
         return False
     try:
-        libc = ctypes.CDLL(None)
-        libc.gnu_get_libc_version  # glibc only: musl's mallopt does nothing
-        mallopt = libc.mallopt
+        process, glibc = ctypes.CDLL(None), ctypes.CDLL("libc.so.6")
+        glibc.gnu_get_libc_version  # glibc only: musl's mallopt does nothing
+        mallopt = glibc.mallopt
     except (OSError, AttributeError):
+        return False
+    # With tcmalloc or jemalloc preloaded (LD_PRELOAD), glibc's malloc is not the one in use.
+    if ctypes.cast(process.malloc, ctypes.c_void_p).value != ctypes.cast(glibc.malloc, ctypes.c_void_p).value:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1

@@ -68,6 +68,7 @@ struct VecIO {
       v.store(p, n);
 #ifdef KR_BF16_CVT
     } else if constexpr (std::is_same_v<T, at::BFloat16>) {
+      TORCH_INTERNAL_ASSERT_DEBUG_ONLY(n >= 0 && n <= kSize);
       _mm256_mask_storeu_epi16(p, static_cast<__mmask16>((1u << n) - 1), bf16_of(v));
 #endif
     } else {
@@ -77,9 +78,9 @@ struct VecIO {
 
  private:
 #ifdef KR_BF16_CVT
-  // One instruction where ATen's conversion takes about eight (and converts a second, unused
-  // half): round to nearest even as at::BFloat16, except that a denormal float (below 2^-126)
-  // becomes a signed zero and a NaN keeps its sign and payload (both still NaN / ~0).
+  // One instruction where ATen's vectorised conversion takes about eight (and converts a second,
+  // unused half): round to nearest even as ATen's, except that a denormal float (below 2^-126)
+  // becomes a signed zero and a NaN stays a quiet NaN with its sign (ATen writes 0xFFFF).
   static inline __m256i bf16_of(const V& v) {
     return reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(static_cast<__m512>(v)));
   }

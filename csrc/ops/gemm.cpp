@@ -249,9 +249,10 @@ double peak_gflops(at::ScalarType dtype, double seconds) {
 namespace {
 
 // gemm_for_tests: returns c (+)= op(a) @ op(b) through tile_mm (tiles=True: no transposes,
-// rows of a and b may be strided) or mm_acc.
+// rows of a and b may be strided) or mm_acc. n_cols / k_rows >= 0: c[:, :n] (+)= a[:, :k] @
+// b[:k, :n] by tile_mm on b packed whole (PackedB), the rest of c as given.
 at::Tensor gemm_for_tests_cpu(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c_in, bool ta,
-                              bool tb, bool accumulate, bool tiles) {
+                              bool tb, bool accumulate, bool tiles, int64_t n_cols, int64_t k_rows) {
   constexpr const char* op = "gemm_for_tests";
   check_float(a, op, "a");
   check_same_dtype(a, "a", b, "b", op);
@@ -277,11 +278,21 @@ at::Tensor gemm_for_tests_cpu(const at::Tensor& a, const at::Tensor& b, const at
                     ", b strides ", b.strides(), " (pass .contiguous())");
   TORCH_CHECK_TYPE(c.scalar_type() == at::toOpMathType(a.scalar_type()), op,
                    ": the tile GEMM writes c in the accumulation dtype");
+  const bool part = n_cols >= 0 || k_rows >= 0;
+  TORCH_CHECK_VALUE(n_cols <= N && k_rows <= K, op, ": n_cols (", n_cols, ") and k_rows (", k_rows,
+                    ") must be at most N = ", N, " and K = ", K);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.scalar_type(), op, [&] {
     Scratch<scalar_t> ws;
-    tile_mm<scalar_t>(M, N, K, a.const_data_ptr<scalar_t>(), std::max<int64_t>(a.stride(0), K),
-                      b.const_data_ptr<scalar_t>(), std::max<int64_t>(b.stride(0), N), accumulate,
-                      c.mutable_data_ptr<acc_t<scalar_t>>(), N, ws);
+    const int64_t lda = std::max<int64_t>(a.stride(0), K), ldb = std::max<int64_t>(b.stride(0), N);
+    if (part) {
+      PackedB<scalar_t> pb;
+      pb.pack(K, N, b.const_data_ptr<scalar_t>(), ldb);
+      tile_mm<scalar_t>(M, a.const_data_ptr<scalar_t>(), lda, pb, accumulate, c.mutable_data_ptr<acc_t<scalar_t>>(),
+                        N, ws, n_cols, k_rows);
+    } else {
+      tile_mm<scalar_t>(M, N, K, a.const_data_ptr<scalar_t>(), lda, b.const_data_ptr<scalar_t>(), ldb, accumulate,
+                        c.mutable_data_ptr<acc_t<scalar_t>>(), N, ws);
+    }
     tile_done<scalar_t>();
   });
   return c;

@@ -220,7 +220,8 @@ inline void tile_mm(int64_t M, const T* A, int64_t lda, const PackedB<T>& B, boo
   if constexpr (std::is_same_v<T, at::BFloat16> || std::is_same_v<T, at::Half>) {
     // A panel's rows are stored in pairs, so its first k rows are its first round_up(k, 2) / 2
     // pairs: fewer rows is a shorter K over the same panel. An odd K pads A with a zero column,
-    // which meets row K of the pair (B's own row, or the packing's zeros) as an exact zero.
+    // which meets row K of the pair (B's own row, or the packing's zeros): an exact zero while
+    // that row is finite.
     const int64_t panel_rows = round_up(B.K, 2);
     const int64_t Kp = round_up(K, 2);
     const T* a = A;

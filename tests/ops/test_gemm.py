@@ -81,6 +81,24 @@ def test_tile_gemm_matches_float64(dtype):
             check(c, a, b, c0, False, False, accumulate, dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_packed_tile_gemm_on_leading_columns_and_rows(dtype):
+    """tile_mm on B packed whole, using its first n columns and k rows (attention's causal blocks):
+    n inside a panel, on a 16-column edge, past a 64-column panel and ragged; k odd and even (the
+    VNNI pair of rows k - 1, k holds B's own row k, met by A's zero pad); c's other columns kept."""
+    g = torch.Generator().manual_seed(4)
+    M, K, N = 19, 45, 130
+    a = torch.randn(M, K + 2, generator=g, dtype=torch.float64).to(dtype)[:, :K]
+    b = torch.randn(K, N + 3, generator=g, dtype=torch.float64).to(dtype)[:, :N]
+    c0 = torch.randn(M, N, generator=g, dtype=acc(dtype))
+    for n, k in [(20, K), (64, 33), (70, 20), (129, 7), (N, 1), (16, 44), (N, K), (0, K), (N, 0)]:
+        for accumulate in (False, True):
+            c = gemm(a, b, c0, False, False, accumulate, True, n, k)
+            if n:  # n = 0 writes nothing: c is c0 (below)
+                check(c[:, :n], a[:, :k], b[:k, :n], c0[:, :n], False, False, accumulate, dtype)
+            assert torch.equal(c[:, n:], c0[:, n:])
+
+
 def test_kernels_are_the_build_of_the_isa_level_under_test():
     """Under scripts/run_isa.py (make test-isa-avx2) the kernels are the build for that level."""
     from kr_mini_llm import ops
