@@ -7,8 +7,9 @@ and hands the heap's free top back to the kernel past its trim threshold, so the
 faults the same memory in again, a zeroed 4 KiB page at a time. Raising both thresholds keeps
 that memory in the process for the next step. Measured on a 2-core Zen 4 (docs/performance.md):
 model_tiny's bf16 step 2-4% faster in train.py at the demo's batch 16 and 4-19% at batch 4;
-its fp32 step no faster at batch 16 and slower at batch 4 in four of five comparisons (by 6-16%), so the Trainer does it for bf16 steps only (for_training). The cost: the
-process keeps its peak heap resident, for the rest of its life (a notebook that trained too).
+its fp32 step no faster at batch 16 and slower at batch 4 in four of five comparisons (by
+6-16%), so the Trainer does it for bf16 steps only (for_training). The cost: the process keeps
+its peak heap resident for the rest of its life (a notebook that trained too).
 
 KR_MINI_LLM_MALLOC=system leaves glibc's settings as they are.
 """
