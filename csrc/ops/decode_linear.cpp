@@ -181,14 +181,13 @@ constexpr int64_t kInt8MinBlock = 16;
 constexpr int64_t kInt8MinBlock = 32;
 #endif
 
-// q = round(x / s), s = max|x| / 127 per block of B (a multiple of 16); `offset` stores q + 128
+// q = round(x / s), s = max|x| / 127 per block of B (a multiple of 16).
 // as unsigned bytes (for vpdpbusd). 128-bit packs keep the bytes in order without lane fixes.
-// `sums` (when not null) gets 8 * sum(q) per block, for the int4 kernels.
-void quantize_x(const float* x, int64_t N, int64_t K, int64_t B, bool offset, int8_t* q, float* s,
+// `sums` (when not null) gets sum(q) per block, for the kernels that correct an offset by it.
+void quantize_x(const float* x, int64_t N, int64_t K, int64_t B, int8_t* q, float* s,
                 int32_t* sums = nullptr) {
   const int64_t blocks = K / B;
   const __m128 sign = _mm_set1_ps(-0.f);
-  const __m128i bias = _mm_set1_epi8(offset ? static_cast<char>(0x80) : 0);
   for (int64_t n = 0; n < N; ++n) {
     for (int64_t b = 0; b < blocks; ++b) {
       const float* xb = x + n * K + b * B;
@@ -211,7 +210,7 @@ void quantize_x(const float* x, int64_t N, int64_t K, int64_t B, bool offset, in
         __m128i i[4];
         for (int t = 0; t < 4; ++t) i[t] = _mm_cvtps_epi32(_mm_mul_ps(_mm_loadu_ps(xb + k + 4 * t), inv));
         const __m128i v = _mm_packs_epi16(_mm_packs_epi32(i[0], i[1]), _mm_packs_epi32(i[2], i[3]));
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(qb + k), _mm_xor_si128(v, bias));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(qb + k), v);
         // the stored bytes, summed in int16 pairs (|q| <= 128: pair sums fit) then int32
         if (sums != nullptr) {
           total = _mm_add_epi32(total, _mm_madd_epi16(_mm_maddubs_epi16(_mm_set1_epi8(1), v), _mm_set1_epi16(1)));
@@ -220,7 +219,7 @@ void quantize_x(const float* x, int64_t N, int64_t K, int64_t B, bool offset, in
       if (sums != nullptr) {
         total = _mm_add_epi32(total, _mm_shuffle_epi32(total, _MM_SHUFFLE(1, 0, 3, 2)));
         total = _mm_add_epi32(total, _mm_shuffle_epi32(total, _MM_SHUFFLE(2, 3, 0, 1)));
-        sums[n * blocks + b] = 8 * _mm_cvtsi128_si32(total);
+        sums[n * blocks + b] = _mm_cvtsi128_si32(total);
       }
     }
   }
@@ -252,7 +251,7 @@ void launch_int4(const float* xp, int64_t N, int64_t K, int64_t G, const Weights
   int8_t* q = scratch(q_buf, N * K);
   float* s = scratch(s_buf, N * blocks);
   int32_t* sums = scratch(sum_buf, N * blocks);
-  quantize_x(xp, N, K, kInt4Block, /*offset=*/false, q, s, sums);
+  quantize_x(xp, N, K, kInt4Block, q, s, sums);
   int8_t* pq = scratch(pq_buf, N * steps * 32 * S);
   float* ps = scratch(ps_buf, N * steps * 4 * S);
   int32_t* pc = scratch(pc_buf, N * steps * 4 * S);
@@ -268,7 +267,7 @@ void launch_int4(const float* xp, int64_t N, int64_t K, int64_t G, const Weights
       std::memcpy(pq + p * 32 * S + slot * 16, src, 16);
       std::memcpy(pq + p * 32 * S + 16 * S + slot * 16, src + 16, 16);
       std::fill(ps + p * 4 * S + slot * 4, ps + p * 4 * S + slot * 4 + 4, s[n * blocks + b]);
-      pc[p * 4 * S + slot * 4] = sums[n * blocks + b];
+      pc[p * 4 * S + slot * 4] = 8 * sums[n * blocks + b];
     }
   }
   const SteppedX sx{pq, ps, pc, group, K, steps};
@@ -436,9 +435,13 @@ at::Tensor linear_impl(const at::Tensor& x_, const at::Tensor& weight_, const st
       if (const int64_t B = int8_block(K / groups, kInt8MinBlock); B > 0) {
         int8_t* q = scratch(xq_buf, N * K);
         float* s = scratch(xs_buf, N * (K / B));
-        const QuantizedX qx{q, s, K, B};
+        QuantizedX qx{q, s, K, B};
 #if defined(KR_DECODE_INT8_VNNI)
-        quantize_x(xp, N, K, B, /*offset=*/true, q, s);
+        thread_local std::vector<int32_t> xc_buf;
+        int32_t* corr = scratch(xc_buf, N * (K / B));
+        quantize_x(xp, N, K, B, q, s, corr);
+        for (int64_t i = 0; i < N * (K / B); ++i) corr[i] *= 128;
+        qx.corr = corr;
         if (B % Zmm::kBytes == 0) {
           launch(Int8DotVnni<Zmm>{qx, w});
         } else if (B % Ymm::kBytes == 0) {
@@ -447,7 +450,7 @@ at::Tensor linear_impl(const at::Tensor& x_, const at::Tensor& weight_, const st
           launch(Int8DotVnni<Xmm>{qx, w});
         }
 #else
-        quantize_x(xp, N, K, B, /*offset=*/false, q, s);
+        quantize_x(xp, N, K, B, q, s);
         launch(Int8DotAvx2{qx, w});
 #endif
         break;
