@@ -200,7 +200,7 @@ struct Zmm {
   static I load(const int8_t* p) { return _mm512_loadu_si512(p); }
   static I dot(I acc, I u, I s) { return _mm512_dpbusd_epi32(acc, u, s); }
   static I flip(I v) { return _mm512_xor_si512(v, _mm512_set1_epi8(static_cast<char>(0x80))); }
-  static I minus_lane0(I acc, int32_t c) { return _mm512_sub_epi32(acc, _mm512_zextsi128_si512(_mm_cvtsi32_si128(c))); }
+  static I minus_lane0(I acc, int32_t c) { return _mm512_mask_sub_epi32(acc, 1, acc, _mm512_set1_epi32(c)); }
   static F fzero() { return _mm512_setzero_ps(); }
   static F scaled_add(I d, float s, F acc) { return _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_set1_ps(s), acc); }
   static float sum(F v) { return _mm512_reduce_add_ps(v); }
@@ -214,7 +214,7 @@ struct Ymm {
   static I load(const int8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
   static I dot(I acc, I u, I s) { return _mm256_dpbusd_epi32(acc, u, s); }
   static I flip(I v) { return _mm256_xor_si256(v, _mm256_set1_epi8(static_cast<char>(0x80))); }
-  static I minus_lane0(I acc, int32_t c) { return _mm256_sub_epi32(acc, _mm256_zextsi128_si256(_mm_cvtsi32_si128(c))); }
+  static I minus_lane0(I acc, int32_t c) { return _mm256_mask_sub_epi32(acc, 1, acc, _mm256_set1_epi32(c)); }
   static F fzero() { return _mm256_setzero_ps(); }
   static F scaled_add(I d, float s, F acc) { return _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_set1_ps(s), acc); }
   static float sum(F v) {
@@ -246,8 +246,8 @@ struct Xmm {
 // a constant of x (QuantizedX::corr, once per call), taken off lane 0 of the block's int32 sum: the
 // lanes still add up to the exact sum(q * w). (Offsetting x instead needs sum(w) per row and block,
 // a second vpdpbusd per weight vector: that kernel was 1.05-1.2x slower on L2-resident int8 weights,
-// one thread of a Zen 4.) Every lane stays exact in fp32: at most B / 4 <= 32 products of at most
-// 255 * 127 each, and 128 * |sum(q)| <= 128 * 128 * 127 in lane 0, together under 2^22.
+// one thread of a Zen 4.) Every lane stays exact in fp32: 4 * B / kBytes <= 8 products of at most
+// 255 * 128 each, and 128 * |sum(q)| <= 128 * 128 * 128 in lane 0, together under 2^22.
 template <typename V>
 struct Int8DotVnni {
   static constexpr int64_t kBytes = V::kBytes;

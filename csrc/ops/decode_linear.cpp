@@ -182,7 +182,7 @@ constexpr int64_t kInt8MinBlock = 32;
 #endif
 
 // q = round(x / s), s = max|x| / 127 per block of B (a multiple of 16).
-// as unsigned bytes (for vpdpbusd). 128-bit packs keep the bytes in order without lane fixes.
+// 128-bit packs keep the bytes in order without lane fixes.
 // `sums` (when not null) gets sum(q) per block, for the kernels that correct an offset by it.
 void quantize_x(const float* x, int64_t N, int64_t K, int64_t B, int8_t* q, float* s,
                 int32_t* sums = nullptr) {
