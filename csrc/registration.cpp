@@ -56,6 +56,10 @@ TORCH_LIBRARY(kr_mini_llm, m) {
         " int ignore_index, int chunk_size, bool mean, bool need_grad_hidden, bool need_grad_weight)"
         " -> (Tensor loss, Tensor grad_hidden, Tensor grad_weight)");
 
+  // The first index of the largest value of each row of x [..., N] (N >= 1), NaN largest, as
+  // torch.argmax(x, -1): greedy decoding's pick over the vocabulary. int64 [...].
+  m.def("argmax(Tensor x) -> Tensor");
+
   // Inference-only (no backward): y = x W^T (+ residual) for the few rows of a decode step,
   // x [..., K] float32/bfloat16, weight [M, K] float32/bfloat16/int8 or uint8 [M, K / 2] (int4,
   // Q4_0's packing); int8 takes symmetric scales [M, G] (float32, G groups of K/G inputs each; G = 1

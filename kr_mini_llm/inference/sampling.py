@@ -11,6 +11,8 @@ import math
 
 import torch
 
+from .. import ops
+
 # A temperature this small already puts all the mass on the top token (a logit gap of 1e-3
 # becomes 100 nats); below it, logits / temperature can overflow float32.
 GREEDY_BELOW = 1e-5
@@ -90,6 +92,12 @@ def next_token_probs(logits: torch.Tensor, temperature: float, top_k: int | None
     return torch.softmax(logits, dim=-1)
 
 
+def greedy_pick(logits: torch.Tensor) -> torch.Tensor:
+    """logits [..., V] -> the greedy token ids [...]: torch.argmax(logits, -1)'s answer, from the
+    vectorised kernel (ATen's argmax is about 1% of a small model's decode step on a CPU)."""
+    return ops.argmax(logits)
+
+
 def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
                 generator: torch.Generator | None) -> torch.Tensor:
     """logits [B, V] -> token ids [B]. A temperature below GREEDY_BELOW (0 included) is greedy.
@@ -97,6 +105,6 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, top
     ValueError when a row's logits are NaN or infinite at the top (the model, not the settings, failed).
     """
     if is_greedy(temperature):
-        return logits.argmax(-1)
+        return greedy_pick(logits)
     probs = next_token_probs(logits, temperature, top_k, top_p)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Iterator
 import torch
 
 from ..model import KVCache
-from .sampling import apply_repetition_penalty, is_greedy, next_token_probs
+from .sampling import apply_repetition_penalty, greedy_pick, is_greedy, next_token_probs
 
 if TYPE_CHECKING:
     from .generator import Generator
@@ -145,7 +145,7 @@ def verify(s, logits: torch.Tensor, drafts: list[int], q: torch.Tensor | None,
     for i in range(k + 1):
         row = s.penalised(logits[i:i + 1], drafts[:i])
         if s.greedy:
-            best = int(row.argmax(-1))
+            best = int(greedy_pick(row))
             if i == k or best != drafts[i]:
                 return i, best
         else:
@@ -206,7 +206,7 @@ class _DraftModel:
             t = torch.tensor([feed], device=self.device)
             logits = s.penalised(self.model(t, kv_cache=self.cache, last_logits_only=True)[:, -1], drafts)
             if s.greedy:
-                d = int(logits.argmax(-1))
+                d = int(greedy_pick(logits))
             else:
                 qs.append(s.probs(logits)[0])
                 d = int(torch.multinomial(qs[-1], 1, generator=gen))

@@ -10,6 +10,7 @@ import torch
 
 from ._library import (DeviceOpMissing, device_fallbacks, kernel_path, switch_from_environment,
                        use_device_fallbacks)
+from .argmax import argmax, argmax_reference
 from .attention import attention, attention_reference
 from .decode_linear import (decode_linear, decode_linear_reference, decode_linear_swiglu,
                             decode_linear_swiglu_reference, dequantize_int4, dequantize_int8, quantize_int4,
@@ -42,6 +43,7 @@ OPS = {
     "decode_linear_swiglu": ("decode_linear_swiglu",),
     "decode_block": ("decode_block",),
     "decode_stack": ("decode_stack",),
+    "argmax": ("argmax",),
 }
 
 
@@ -49,7 +51,7 @@ def backend_report(device="cpu") -> dict:
     """Which path each op takes on `device`: 'native' (its fused kernel), or where it has none (or
     the CPU is switched to them, use_device_fallbacks) its fallback's: 'sdpa' (PyTorch's
     scaled_dot_product_attention, the backward in blocks of rows), 'chunked', 'fused_rms_norm',
-    'elementwise', 'copy', 'dequantize+linear', 'parts' (the op's parts, each by its own path)."""
+    'elementwise', 'copy', 'dequantize+linear', 'aten', 'parts' (the op's parts, each by its own path)."""
     return {name: kernel_path(registered[0], device) for name, registered in OPS.items()}
 
 
@@ -65,7 +67,7 @@ __all__ = ["rms_norm", "rms_norm_reference", "rotary", "rotary_reference", "rope
            "attention_reference", "decode_attention",
            "decode_attention_reference", "decode_attention_step", "decode_attention_step_reference", "kv_cache_append", "kv_cache_append_reference", "new_cache", "linear_cross_entropy",
            "linear_cross_entropy_reference", "linear", "linear_reference", "decode_linear", "decode_linear_reference", "decode_linear_swiglu",
-           "decode_linear_swiglu_reference", "decode_block", "decode_block_reference", "decode_stack", "decode_stack_reference", "quantize_int8", "dequantize_int8", "quantize_int4", "dequantize_int4",
+           "decode_linear_swiglu_reference", "decode_block", "decode_block_reference", "decode_stack", "decode_stack_reference", "quantize_int8", "dequantize_int8", "quantize_int4", "dequantize_int4", "argmax", "argmax_reference",
            "backend_report", "simd_capability", "OPS",
            "use_device_fallbacks", "device_fallbacks", "DeviceOpMissing"]
 

@@ -35,7 +35,7 @@ from typing import Sequence
 import torch
 
 from ..errors import KrMiniLlmError
-from ..inference.sampling import (apply_frequency_presence_penalty, apply_repetition_penalty, is_greedy,
+from ..inference.sampling import (apply_frequency_presence_penalty, apply_repetition_penalty, greedy_pick, is_greedy,
                                   next_token_probs, sample_next)
 from ..inference.speculative import Drafter, SpeculativeStats, check_speculative, truncate_rows, verify, verify_step
 from ..model import KVCache
@@ -342,7 +342,7 @@ class Engine:
         if not self._rows:
             return
         # Only ids the tokenizer can decode (as Generator.generate_ids): a model may have more rows.
-        greedy = None if self.speculative else logits[:, 0, :self.tokenizer.vocab_size].argmax(-1).tolist()
+        greedy = None if self.speculative else greedy_pick(logits[:, 0, :self.tokenizer.vocab_size]).tolist()
         keep = []
         for i, seq in enumerate(self._rows):
             if seq.stream.cancelled:

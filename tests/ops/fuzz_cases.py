@@ -267,6 +267,14 @@ def b_swiglu(draw, g):
     return dict(gate=randn(g, shape, dt), up=randn(g, shape, dt)), ["gate", "up"], {}, {}
 
 
+def b_argmax(draw, g):
+    shape = [dims(draw, 1, 40) for _ in range(draw(st.integers(1, 3)))]
+    x = randn(g, shape, draw(st.sampled_from(FLOATS)))
+    if draw(st.booleans()):  # ties: copies of each row's max further on
+        x = torch.where(x >= x.amax(-1, keepdim=True) - 0.5, x.amax(-1, keepdim=True), x)
+    return dict(x=x), ["x"], {}, {}
+
+
 def b_dropout(draw, g):
     shape = [dims(draw) for _ in range(draw(st.integers(0, 3)))]
     args = dict(x=randn(g, shape, draw(st.sampled_from(FLOATS))), p=draw(st.sampled_from([0.1, 0.5, 0.9])),
@@ -505,6 +513,7 @@ SPECS = {s.name: s for s in [
          writes=("k_cache", "v_cache"), tol=dtype_tol(30.0), comparable=native_or_finite("decode_block")),
     Spec("linear", b_linear, ops.linear, ops.linear_reference),
     Spec("rope_tables", b_rope_tables, ops.rope_tables, rope_ref),
+    Spec("argmax", b_argmax, ops.argmax, ops.argmax_reference, tol=lambda args: dict(atol=0, rtol=0)),
     Spec("quantize_int8", b_quantize, quantize_roundtrip,
          lambda weight, group_size: weight.double(), tol=quantize_tol),
     Spec("quantize_int4", b_quantize_int4, quantize_int4_roundtrip,

@@ -15,7 +15,8 @@ from .isolated import describe_exit, run_python
 BATCHES = [
     ["rms_norm", "rotary", "swiglu", "dropout", "attention", "linear_cross_entropy"],
     ["decode_attention", "kv_cache_append", "decode_attention_step", "decode_block"],
-    ["decode_linear", "decode_linear_swiglu", "linear", "rope_tables", "quantize_int8", "quantize_int4"],
+    ["decode_linear", "decode_linear_swiglu", "linear", "rope_tables", "quantize_int8", "quantize_int4",
+     "argmax"],
 ]
 
 
