@@ -82,6 +82,16 @@ TORCH_LIBRARY(kr_mini_llm, m) {
         " Tensor?[] k_norm, Tensor cos, Tensor sin, Tensor(a!)[] k_cache, Tensor(b!)[] v_cache, Tensor cache_lens,"
         " int num_heads, Tensor[] o_weight, Tensor?[] o_scales, Tensor[] norm2, Tensor[] gate_up_weight,"
         " Tensor?[] gate_up_scales, Tensor[] down_weight, Tensor?[] down_scales, float eps) -> Tensor");
+  // A model's decode step from token ids [B, S] to logits: the rows of embed_weight (dequantised to
+  // float32), the rope tables [P, D/2] at positions cache_lens[b] + s, decode_stack, cache_lens += S,
+  // then rms_norm with norm and head_weight (of every row, or of the last one when last_only) ->
+  // float32 [B, S or 1, vocab]. Weights as decode_linear takes them.
+  m.def("decode_forward(Tensor ids, Tensor embed_weight, Tensor? embed_scales, Tensor rope_cos, Tensor rope_sin,"
+        " Tensor[] norm1, Tensor[] qkv_weight, Tensor?[] qkv_scales, Tensor?[] q_norm, Tensor?[] k_norm,"
+        " Tensor(a!)[] k_cache, Tensor(b!)[] v_cache, Tensor(c!) cache_lens, int num_heads, Tensor[] o_weight,"
+        " Tensor?[] o_scales, Tensor[] norm2, Tensor[] gate_up_weight, Tensor?[] gate_up_scales,"
+        " Tensor[] down_weight, Tensor?[] down_scales, Tensor norm, Tensor head_weight, Tensor? head_scales,"
+        " float eps, bool last_only) -> Tensor");
 
   // Test-only: c (+)= op(a) @ op(b) through the kernels' GEMM layer (csrc/ops/gemm.h); tiles
   // selects the in-kernel tile GEMM instead of the whole-matrix one; n_cols / k_rows >= 0 (tiles)

@@ -33,5 +33,16 @@ at::Tensor decode_attention_step_cpu(const at::Tensor& qkv, const std::optional<
                                      const at::Tensor& k_cache, const at::Tensor& v_cache,
                                      const at::Tensor& cache_lens, int64_t num_heads);
 void check_kv_caches(const at::Tensor& k_cache, const at::Tensor& v_cache, const char* op);
+// decode_stack: every block of a decode step (per-layer lists; checks every layer before any write).
+at::Tensor decode_stack_cpu(const at::Tensor& x, at::TensorList norm1, at::TensorList qkv_weight,
+                            const c10::List<std::optional<at::Tensor>>& qkv_scales,
+                            const c10::List<std::optional<at::Tensor>>& q_norm,
+                            const c10::List<std::optional<at::Tensor>>& k_norm, const at::Tensor& cos,
+                            const at::Tensor& sin, at::TensorList k_cache, at::TensorList v_cache,
+                            const at::Tensor& cache_lens, int64_t num_heads, at::TensorList o_weight,
+                            const c10::List<std::optional<at::Tensor>>& o_scales, at::TensorList norm2,
+                            at::TensorList gate_up_weight, const c10::List<std::optional<at::Tensor>>& gate_up_scales,
+                            at::TensorList down_weight, const c10::List<std::optional<at::Tensor>>& down_scales,
+                            double eps);
 
 }  // namespace kr

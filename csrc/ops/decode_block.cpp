@@ -138,6 +138,9 @@ void check_caches_apart(at::TensorList k_cache, at::TensorList v_cache) {
   }
 }
 
+}  // namespace
+
+// Declared in ops/cpu_kernels.h.
 at::Tensor decode_stack_cpu(const at::Tensor& x, at::TensorList norm1, at::TensorList qkv_weight,
                             const OptList& qkv_scales, const OptList& q_norm, const OptList& k_norm,
                             const at::Tensor& cos, const at::Tensor& sin, at::TensorList k_cache,
@@ -180,8 +183,6 @@ at::Tensor decode_stack_cpu(const at::Tensor& x, at::TensorList norm1, at::Tenso
   }
   return h;
 }
-
-}  // namespace
 
 TORCH_LIBRARY_IMPL(kr_mini_llm, CPU, m) {
   m.impl("decode_block", &decode_block_cpu);

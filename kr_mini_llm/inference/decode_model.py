@@ -202,6 +202,14 @@ class DecodeModel:
         return self
 
     # -- forward ------------------------------------------------------------------------------
+    def _check_room(self, kv_cache: KVCache, T: int) -> None:
+        """ValueError when T more tokens do not fit the cache or the model's positions."""
+        end = int(kv_cache.lens.max()) + T
+        if end > kv_cache.max_length:
+            kv_cache.check_room(T)  # raises with the cache's own message
+        if end > self.rope_cos.shape[0]:
+            raise ValueError(f"position {end} exceeds max_seq_length {self.rope_cos.shape[0]} of this model")
+
     def __call__(self, input_ids: torch.Tensor, labels=None, *, kv_cache: KVCache | None = None,
                  last_logits_only: bool = False, logits_at: torch.Tensor | None = None) -> torch.Tensor:
         """As Transformer.forward without labels: logits of the new tokens (all, the last, or at
@@ -214,11 +222,16 @@ class DecodeModel:
         B, T = input_ids.shape
         if kv_cache is None:  # a whole sequence at once: a cache just for it
             kv_cache = KVCache.for_model(self.config, B, T, dtype=self.cache_dtype)
-        end = int(kv_cache.lens.max()) + T
-        if end > kv_cache.max_length:
-            kv_cache.check_room(T)  # raises with the cache's own message
-        if end > self.rope_cos.shape[0]:
-            raise ValueError(f"position {end} exceeds max_seq_length {self.rope_cos.shape[0]} of this model")
+        if self.layers and B * T <= self.block_max_rows and logits_at is None:
+            try:  # the whole step in one call (ops.decode_forward): it checks all before it writes
+                return ops.decode_forward(input_ids, self.embed.weight, self.embed.scales, self.rope_cos,
+                                          self.rope_sin, *self._stack_head, kv_cache.k, kv_cache.v, kv_cache.lens,
+                                          self.num_heads, *self._stack_tail, self.norm, self.lm_head.weight,
+                                          self.lm_head.scales, self.eps, last_logits_only)
+            except ValueError:
+                self._check_room(kv_cache, T)  # the cache's and the model's own words for a full cache
+                raise
+        self._check_room(kv_cache, T)
         pos = kv_cache.lens.unsqueeze(1) + torch.arange(T)
         cos, sin = self.rope_cos[pos], self.rope_sin[pos]
         x = self.embed.rows(input_ids)

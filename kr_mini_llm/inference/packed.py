@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops
-from ..ops.decode_linear import INT4_BLOCK, unpack_int4
+from ..ops.decode_linear import INT4_BLOCK, embedding_rows
 
 log = logging.getLogger(__name__)
 
@@ -114,13 +114,7 @@ class PackedLinear:
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         """Rows `ids` of W as fp32 (an embedding lookup)."""
-        w = F.embedding(ids, self.weight)
-        if self.scales is None:
-            return w.float()
-        if self.weight.dtype == torch.uint8:
-            w = unpack_int4(w.reshape(-1, w.shape[-1])).view(*ids.shape, self.in_features)
-        s = F.embedding(ids, self.scales)
-        return (w.float().unflatten(-1, (s.shape[-1], -1)) * s.unsqueeze(-1)).flatten(-2)
+        return embedding_rows(ids, self.weight, self.scales)
 
     @staticmethod
     def cat(parts: list["PackedLinear"]) -> "PackedLinear":

@@ -19,6 +19,7 @@ from .decode_attention import (decode_attention, decode_attention_reference, dec
                                decode_attention_step_reference, kv_cache_append, kv_cache_append_reference,
                                new_cache)
 from .decode_block import decode_block, decode_block_reference, decode_stack, decode_stack_reference
+from .decode_forward import decode_forward, decode_forward_reference
 from .dropout import dropout, dropout_reference
 from .linear import linear, linear_reference
 from .linear_cross_entropy import linear_cross_entropy, linear_cross_entropy_reference
@@ -43,6 +44,7 @@ OPS = {
     "decode_linear_swiglu": ("decode_linear_swiglu",),
     "decode_block": ("decode_block",),
     "decode_stack": ("decode_stack",),
+    "decode_forward": ("decode_forward",),
     "argmax": ("argmax",),
 }
 
@@ -67,7 +69,7 @@ __all__ = ["rms_norm", "rms_norm_reference", "rotary", "rotary_reference", "rope
            "attention_reference", "decode_attention",
            "decode_attention_reference", "decode_attention_step", "decode_attention_step_reference", "kv_cache_append", "kv_cache_append_reference", "new_cache", "linear_cross_entropy",
            "linear_cross_entropy_reference", "linear", "linear_reference", "decode_linear", "decode_linear_reference", "decode_linear_swiglu",
-           "decode_linear_swiglu_reference", "decode_block", "decode_block_reference", "decode_stack", "decode_stack_reference", "quantize_int8", "dequantize_int8", "quantize_int4", "dequantize_int4", "argmax", "argmax_reference",
+           "decode_linear_swiglu_reference", "decode_block", "decode_block_reference", "decode_stack", "decode_stack_reference", "decode_forward", "decode_forward_reference", "quantize_int8", "dequantize_int8", "quantize_int4", "dequantize_int4", "argmax", "argmax_reference",
            "backend_report", "simd_capability", "OPS",
            "use_device_fallbacks", "device_fallbacks", "DeviceOpMissing"]
 

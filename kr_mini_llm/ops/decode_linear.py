@@ -192,6 +192,18 @@ def dequantize_int4(packed: torch.Tensor, scales: torch.Tensor, dtype: torch.dty
 
 
 # -- references, fallback and fake kernels -------------------------------------------------------
+def embedding_rows(ids: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor | None = None) -> torch.Tensor:
+    """Rows `ids` of a decode weight [V, C] (fp32, bf16, int8 or int4 with its scales) as float32
+    [*ids.shape, C]: the values decode_linear multiplies by (an embedding lookup of a packed table)."""
+    w = F.embedding(ids, weight)
+    if scales is None:
+        return w.float()
+    if weight.dtype == torch.uint8:
+        w = unpack_int4(w.reshape(-1, w.shape[-1])).view(*ids.shape, 2 * weight.shape[1])
+    s = F.embedding(ids, scales)
+    return (w.float().unflatten(-1, (s.shape[-1], -1)) * s.unsqueeze(-1)).flatten(-2)
+
+
 def _full_weight(weight, scales, dtype):
     if weight.dtype == torch.int8:
         return dequantize_int8(weight, scales, dtype)

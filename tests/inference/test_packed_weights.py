@@ -54,21 +54,22 @@ def test_decode_model_matches_transformer(dtype, qk_norm, tie):
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "int8", "int4"])
-def test_decode_steps_run_the_stack_as_one_op(dtype):
-    """Decode steps (B * T rows within the decode kernels' reach) call decode_stack once, a prefill the
-    seven ops per block; both give the logits of the seven ops to the bit."""
+def test_decode_steps_run_as_one_op(dtype):
+    """Decode steps (B * T rows within the decode kernels' reach) call decode_forward once (embedding,
+    every block, norm and head), a prefill the seven ops per block; both give the logits of the ops one
+    by one to the bit."""
     torch.manual_seed(1)
     packed = DecodeModel.from_transformer(Transformer(config(qk_norm=True)).eval(), dtype)
     ids = torch.randint(0, 512, (3, 30))
     assert packed.block_max_rows >= 3
     calls = []
-    real = ops.decode_stack
-    ops.decode_stack = lambda *a: calls.append((a[0].shape, len(a[1]))) or real(*a)
+    real = ops.decode_forward
+    ops.decode_forward = lambda *a: calls.append((tuple(a[0].shape), len(a[5]))) or real(*a)
     try:
         fused = logits_with_cache(packed, ids, steps=5, cache_dtype=packed.cache_dtype)
     finally:
-        ops.decode_stack = real
-    assert calls == [((3, 1, 128), 2)] * 5, "one call of both blocks for each of the 5 decode steps, none for the prefill"
+        ops.decode_forward = real
+    assert calls == [((3, 1), 2)] * 5, "one call of both blocks for each of the 5 decode steps, none for the prefill"
     packed.block_max_rows = 0  # every block op by op
     assert torch.equal(logits_with_cache(packed, ids, steps=5, cache_dtype=packed.cache_dtype), fused)
 

@@ -28,7 +28,9 @@ NOT_FUZZED_ALONE = {"backend_report": "not an op", "simd_capability": "not an op
                     "rope_inv_freq": "rope_tables",
                     "new_cache": "not an op: every generated cache takes one of its layouts",
                     "decode_stack": "decode_block per layer; its list and per-layer checks are generated in "
-                                    "test_decode_stack.py"}
+                                    "test_decode_stack.py",
+                    "decode_forward": "decode_stack with the embedding, the rope tables and the head around it; its "
+                                      "own arguments are generated in test_decode_forward.py"}
 
 
 def test_batches_cover_every_op():
