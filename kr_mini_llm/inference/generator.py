@@ -206,7 +206,7 @@ class Generator:
             if repetition_penalty != 1.0:
                 logits = apply_repetition_penalty(logits.float(), seen, repetition_penalty)
             # Only ids the tokenizer can decode: a model may have more embedding rows than pieces.
-            nxt = sample_next(logits[:, :pieces].float().cpu(), temperature, top_k, top_p, gen)
+            nxt = sample_next(_float_cpu(logits, pieces), temperature, top_k, top_p, gen)
             ids = nxt.tolist()  # one conversion per step, not one per sequence
             out = [None if done[b] else ids[b] for b in range(B)]
             if stop_at_eos:
@@ -215,7 +215,8 @@ class Generator:
             yield out
             if all(done):
                 return
-            nxt = nxt.to(self.device)
+            if nxt.device != self.device:
+                nxt = nxt.to(self.device)
             if repetition_penalty != 1.0:
                 seen[rows, nxt] = True
             logits = self.model(nxt.view(B, 1), kv_cache=cache, last_logits_only=True)[:, -1]
@@ -264,3 +265,13 @@ class Generator:
         text = self.tokenizer.decode(tokens)
         if len(text) > len(emitted):
             yield text[len(emitted):]
+
+
+def _float_cpu(logits: torch.Tensor, pieces: int) -> torch.Tensor:
+    """logits[:, :pieces] as float32 on the CPU, with no call where nothing changes: after a decode step
+    has streamed the weights, each call, even one that returns its input, costs tens of microseconds."""
+    if logits.shape[-1] != pieces:
+        logits = logits[:, :pieces]
+    if logits.dtype != torch.float32:
+        logits = logits.float()
+    return logits if logits.device.type == "cpu" else logits.cpu()
