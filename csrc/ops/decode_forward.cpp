@@ -137,6 +137,12 @@ at::Tensor decode_forward_cpu(const at::Tensor& ids, const at::Tensor& embed_wei
                    ": cache_lens must be int32 or int64, got ", cache_lens.scalar_type());
   TORCH_CHECK_VALUE(cache_lens.dim() == 1 && cache_lens.size(0) == B, kOp, ": cache_lens must be 1-D [B] = [", B,
                     "], got ", shape_str(cache_lens));
+  // cache_lens advances after the caches are written: whatever would stop that is refused first.
+  TORCH_CHECK_VALUE(B <= 1 || cache_lens.stride(0) != 0, kOp,
+                    ": cache_lens must have one element per sequence, got an expanded tensor (stride 0); pass "
+                    "cache_lens.clone()");
+  TORCH_CHECK_VALUE(!cache_lens.is_inference() || c10::InferenceMode::is_enabled(), kOp,
+                    ": cache_lens is an inference tensor and is advanced in place: call under torch.inference_mode()");
   const at::Tensor lens = cache_lens.to(at::kLong).contiguous();
   const int64_t P = rope_cos.size(0), half = D / 2;
   const int64_t* lp = lens.const_data_ptr<int64_t>();

@@ -119,6 +119,8 @@ class DecodeModel:
         self.norm = vec("norm.weight", C)
         self.embed = lin("embed_tokens", c.vocab_size, C)
         self.lm_head = self.embed if c.tie_word_embeddings else lin("lm_head", c.vocab_size, C)
+        # Rows up to which a step runs as one op (decode_forward): the blocks' and the head's decode kernels.
+        self.step_max_rows = min(self.block_max_rows, self.lm_head.decode_max_rows) if self.layers else 0
         self._to_huge_pages()
         # decode_stack's per-layer lists before and after the caches, built once: the weights do not change
         self._stack_head = ([L.norm1 for L in self.layers], [L.qkv.weight for L in self.layers],
@@ -202,13 +204,17 @@ class DecodeModel:
         return self
 
     # -- forward ------------------------------------------------------------------------------
-    def _check_room(self, kv_cache: KVCache, T: int) -> None:
-        """ValueError when T more tokens do not fit the cache or the model's positions."""
+    def _room_error(self, kv_cache: KVCache, T: int) -> ValueError | None:
+        """The error when T more tokens do not fit the cache or the model's positions, else None."""
         end = int(kv_cache.lens.max()) + T
         if end > kv_cache.max_length:
-            kv_cache.check_room(T)  # raises with the cache's own message
+            try:
+                kv_cache.check_room(T)  # the cache's own message
+            except ValueError as e:
+                return e
         if end > self.rope_cos.shape[0]:
-            raise ValueError(f"position {end} exceeds max_seq_length {self.rope_cos.shape[0]} of this model")
+            return ValueError(f"position {end} exceeds max_seq_length {self.rope_cos.shape[0]} of this model")
+        return None
 
     def __call__(self, input_ids: torch.Tensor, labels=None, *, kv_cache: KVCache | None = None,
                  last_logits_only: bool = False, logits_at: torch.Tensor | None = None) -> torch.Tensor:
@@ -222,16 +228,20 @@ class DecodeModel:
         B, T = input_ids.shape
         if kv_cache is None:  # a whole sequence at once: a cache just for it
             kv_cache = KVCache.for_model(self.config, B, T, dtype=self.cache_dtype)
-        if self.layers and B * T <= self.block_max_rows and logits_at is None:
+        if 0 < B * T <= self.step_max_rows and logits_at is None:
             try:  # the whole step in one call (ops.decode_forward): it checks all before it writes
                 return ops.decode_forward(input_ids, self.embed.weight, self.embed.scales, self.rope_cos,
                                           self.rope_sin, *self._stack_head, kv_cache.k, kv_cache.v, kv_cache.lens,
                                           self.num_heads, *self._stack_tail, self.norm, self.lm_head.weight,
                                           self.lm_head.scales, self.eps, last_logits_only)
             except ValueError:
-                self._check_room(kv_cache, T)  # the cache's and the model's own words for a full cache
-                raise
-        self._check_room(kv_cache, T)
+                room = self._room_error(kv_cache, T)  # the cache's and the model's own words for a full cache
+                if room is None:
+                    raise
+                raise room from None
+        room = self._room_error(kv_cache, T)
+        if room is not None:
+            raise room
         pos = kv_cache.lens.unsqueeze(1) + torch.arange(T)
         cos, sin = self.rope_cos[pos], self.rope_sin[pos]
         x = self.embed.rows(input_ids)

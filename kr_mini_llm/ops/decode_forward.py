@@ -105,6 +105,13 @@ def _check(args, values=True):
         raise TypeError(f"{OP}: cache_lens must be int32 or int64, got {lens.dtype}")
     if lens.dim() != 1 or lens.shape[0] != B:
         raise ValueError(f"{OP}: cache_lens must be 1-D [B] = [{B}], got {list(lens.shape)}")
+    # cache_lens advances after the caches are written: whatever would stop that is refused first
+    if B > 1 and lens.stride(0) == 0:
+        raise ValueError(f"{OP}: cache_lens must have one element per sequence, got an expanded tensor (stride 0); "
+                         "pass cache_lens.clone()")
+    if lens.is_inference() and not torch.is_inference_mode_enabled():
+        raise ValueError(f"{OP}: cache_lens is an inference tensor and is advanced in place: call under "
+                         "torch.inference_mode()")
     P = a["rope_cos"].shape[0]
     if values:
         for b, n in enumerate(lens.tolist()):

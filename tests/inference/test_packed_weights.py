@@ -70,8 +70,28 @@ def test_decode_steps_run_as_one_op(dtype):
     finally:
         ops.decode_forward = real
     assert calls == [((3, 1), 2)] * 5, "one call of both blocks for each of the 5 decode steps, none for the prefill"
-    packed.block_max_rows = 0  # every block op by op
+    packed.block_max_rows = packed.step_max_rows = 0  # every block op by op
     assert torch.equal(logits_with_cache(packed, ids, steps=5, cache_dtype=packed.cache_dtype), fused)
+
+
+def test_a_full_cache_or_model_is_named_and_nothing_written():
+    """The one-op step refuses a token past the cache or the model's positions in their own words, before it
+    writes a cache row or moves the lengths."""
+    torch.manual_seed(2)
+    packed = DecodeModel.from_transformer(Transformer(config()).eval(), "int8")
+    with torch.inference_mode():
+        for max_length, length, words in [(8, 8, "KV cache is full"), (80, 64, "exceeds max_seq_length 64")]:
+            cache = KVCache.for_model(packed.config, 1, max_length, dtype=packed.cache_dtype)
+            cache.lens.fill_(length)
+            k, v = [t.clone() for t in cache.k], [t.clone() for t in cache.v]
+            with pytest.raises(ValueError, match=words):
+                packed(torch.tensor([[3]]), kv_cache=cache, last_logits_only=True)
+            assert int(cache.lens[0]) == length
+            assert all(torch.equal(a, b) for a, b in zip(cache.k + cache.v, k + v))
+        cache = KVCache.for_model(packed.config, 1, 8, dtype=packed.cache_dtype)
+        with pytest.raises(ValueError, match=r"ids\[0, 0\] = 512 is not a token of the vocabulary"):
+            packed(torch.tensor([[512]]), kv_cache=cache)
+        assert int(cache.lens[0]) == 0
 
 
 def test_int8_group_scales_are_closer_than_per_channel():

@@ -45,9 +45,15 @@ def test_first_of_ties_and_nan_first(dtype, n):
     assert torch.equal(ops.argmax(x), torch.argmax(x, -1))
 
 
-def test_signed_zeros_tie():
-    x = torch.tensor([[-1.0, -0.0, 0.0], [-1.0, 0.0, -0.0]])
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_signed_zeros_tie(dtype):
+    x = torch.full((4, 40), -1.0, dtype=dtype)
+    x[0, 1], x[0, 2] = -0.0, 0.0    # in the scalar tail of a short row below
+    x[1, 5], x[1, 20] = 0.0, -0.0   # in the vector part
+    x[2, 3], x[2, 37] = -0.0, 0.0   # across the vector part and the tail
+    x[3, 0], x[3, 17] = -0.0, -0.0
     assert torch.equal(ops.argmax(x), torch.argmax(x, -1))  # -0.0 == 0.0: the first
+    assert torch.equal(ops.argmax(x[:1, :3]), torch.argmax(x[:1, :3], -1))
 
 
 @settings(max_examples=200, deadline=None, derandomize=True)

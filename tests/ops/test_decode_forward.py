@@ -87,6 +87,22 @@ def test_int32_ids_and_lens_and_a_second_step():
     assert mine["cache_lens"].dtype == torch.int32
 
 
+@pytest.mark.parametrize("wdtype,group", [("int8", 32), ("int8", 16), ("int4", 64), ("int4", 32)])
+def test_embedding_rows_of_grouped_scales(wdtype, group):
+    """The embedding (and head) with several scales a row: the kernel's rows are embedding_rows'."""
+    a = make(CASES[1], "int8", torch.bfloat16, last_only=False)
+    C = a["norm"].shape[0]
+    w = torch.randn(VOCAB, C, generator=torch.Generator().manual_seed(5))
+    packed = ops.quantize_int8(w, group) if wdtype == "int8" else ops.quantize_int4(w, group)
+    assert packed[1].shape == (VOCAB, C // group)
+    a["embed_weight"], a["embed_scales"] = packed
+    a["head_weight"], a["head_scales"] = packed
+    a["ids"] = torch.tensor([[0], [VOCAB - 1]])
+    mine, theirs = clone_stack(a), clone_stack(a)
+    assert torch.equal(ops.decode_forward(**mine), by_parts(theirs))
+    assert_same_state(mine, theirs)
+
+
 def test_matches_the_float64_reference():
     a = make(CASES[2], "fp32", torch.float32, last_only=False)
     mine, ref = clone_stack(a), clone_stack(a)
@@ -142,13 +158,30 @@ def spoil(a, what):
     if what == "batch":
         a["ids"] = a["ids"][:, :1].repeat(2, 1) if a["ids"].shape[0] == 1 else a["ids"][:1]
         return ValueError, "the caches hold"
+    if what == "scales":
+        a["embed_scales"] = a["embed_scales"][:-1]
+        return ValueError, "embed_scales must be"
+    if what == "float64 table":
+        a["rope_cos"] = a["rope_cos"].double()
+        return TypeError, "rope_cos must be float32"
+    if what == "float lens":
+        a["cache_lens"] = a["cache_lens"].float()
+        return TypeError, "cache_lens must be int32 or int64"
+    if what == "expanded lens":
+        a["cache_lens"] = a["cache_lens"][:1].expand(a["ids"].shape[0])
+        return ValueError, "expanded tensor"
+    if what == "inference lens":
+        with torch.inference_mode():
+            a["cache_lens"] = a["cache_lens"].clone()
+        return ValueError, "inference tensor"
     if what == "layer":  # caught by decode_stack's checks, before the first block writes
         a["norm2"][-1] = a["norm2"][-1][:-1]
         return ValueError, "layer 1"
     raise AssertionError(what)
 
 
-SPOILS = ["id", "negative id", "float ids", "position", "norm", "head", "table", "batch", "layer"]
+SPOILS = ["id", "negative id", "float ids", "position", "norm", "head", "table", "batch", "layer", "scales",
+          "float64 table", "float lens", "expanded lens", "inference lens"]
 
 
 @pytest.mark.parametrize("what", SPOILS)
