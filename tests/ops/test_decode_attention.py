@@ -69,8 +69,11 @@ def test_forward_reduced_precision(case, dtype):
 
 
 @pytest.mark.parametrize("scale", [0.3, 1.7])
-def test_explicit_scale_and_int32_lens(scale):
-    _check_forward((2, 3, 8, 2, 64, 45, [3, 40]), torch.float64, scale, torch.int32)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_explicit_scale_and_int32_lens(scale, dtype):
+    # bf16 with D = 64 / 128: the bf16 dot-product scores where the CPU has them (the scale after the sum)
+    _check_forward((2, 3, 8, 2, 64, 45, [3, 40]), dtype, scale, torch.int32)
+    _check_forward((1, 2, 4, 2, 128, 20, [20]), dtype, scale, torch.int32)
 
 
 def test_non_contiguous_q():
