@@ -144,24 +144,25 @@ def decode_forward_reference(*args):
     return _forward(a, decode_stack_reference, rms_norm_reference, decode_linear_reference)
 
 
+def _check_layers(a, memory=True):
+    """decode_stack's checks of every layer (the CPU kernel runs them before its first block writes) on
+    placeholders of the x, cos and sin it would get."""
+    B, S = a["ids"].shape
+    half = a["k_cache"][0].shape[3] // 2
+    x = a["rope_cos"].new_empty((B, S, a["norm"].shape[0]))
+    _check_stack(_stack_args(a, x, x.new_empty((B, S, half)), x.new_empty((B, S, half))), memory=memory)
+
+
 @register_fallback(OP, "parts")
 def _decode_forward_fallback(*args):
     a = _check(args)
-    # decode_stack's own checks too, before its first block writes (the parts check the rest)
-    D = a["k_cache"][0].shape[3]
-    B, S = a["ids"].shape
-    x = a["rope_cos"].new_empty((B, S, a["norm"].shape[0]))
-    _check_stack(_stack_args(a, x, x.new_empty((B, S, D // 2)), x.new_empty((B, S, D // 2))))
+    _check_layers(a)  # before the first block writes (the parts check the rest)
     return _forward(a, ops.decode_stack, lambda x, w, e: ops.rms_norm(x, w, e)[0], ops.decode_linear)
 
 
 @register_fake(OP)
 def _decode_forward_fake(*args):
     a = _check(args, values=False)
+    _check_layers(a, memory=False)
     B, S = a["ids"].shape
-    D = a["k_cache"][0].shape[3]
-    C = a["norm"].shape[0]
-    x = a["rope_cos"].new_empty((B, S, C))
-    _check_stack(_stack_args(a, x, x.new_empty((B, S, D // 2)), x.new_empty((B, S, D // 2))), memory=False)
-    return x.new_empty((B, 1 if a["last_only"] else S, a["head_weight"].shape[0]))
-
+    return a["rope_cos"].new_empty((B, 1 if a["last_only"] else S, a["head_weight"].shape[0]))
